@@ -1,0 +1,79 @@
+//! herald-api: the HTTP API. `run` is what the binary calls; tests call [`serve`] with a
+//! listener on port 0 to start the very same code.
+
+mod auth;
+mod body;
+mod error;
+pub mod openapi;
+mod routes;
+mod state;
+mod views;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use herald_core::{Config, db, queue, services::enqueue::Enqueuer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use state::AppState;
+
+/// Binds `HERALD_LISTEN` and serves until `shutdown` is cancelled.
+pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("could not listen on {} (HERALD_LISTEN)", config.listen))?;
+    serve(config, listener, shutdown).await
+}
+
+/// Migrates the schema (waiting up to a minute for Postgres), then serves on `listener`
+/// until `shutdown` is cancelled; in-flight requests finish and queued pushes are flushed.
+pub async fn serve(
+    config: Arc<Config>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    herald_core::install_crypto();
+    let db = db::pool(config.database_url.expose(), config.database_pool_size)
+        .context("HERALD_DATABASE_URL")?;
+    migrate_with_retry(&db, Duration::from_secs(60)).await?;
+    let (client, conn) = queue::connect(config.redis_url.expose()).context("HERALD_REDIS_URL")?;
+    let queue = queue::deliveries(&config, client, conn);
+    let enqueuer = Arc::new(Enqueuer::start(queue.clone(), db.clone()));
+    let state = AppState {
+        config: config.clone(),
+        db,
+        queue,
+        enqueuer: enqueuer.clone(),
+    };
+    let app = routes::router(state);
+    info!(addr = %listener.local_addr()?, public_url = %config.public_url, "herald-api listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .context("serving HTTP")?;
+    if let Ok(enqueuer) = Arc::try_unwrap(enqueuer) {
+        enqueuer.shutdown().await;
+    }
+    info!("herald-api stopped");
+    Ok(())
+}
+
+/// Runs migrations, retrying while Postgres is not up yet.
+pub async fn migrate_with_retry(db: &sqlx::PgPool, within: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match db::migrate(db).await {
+            Ok(()) => return Ok(()),
+            Err(sqlx::migrate::MigrateError::Execute(e))
+                if herald_core::store::is_unavailable(&e)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                warn!(error = %e, "Postgres is not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e).context("running database migrations"),
+        }
+    }
+}

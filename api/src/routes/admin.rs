@@ -1,0 +1,154 @@
+//! `/v1/admin/*`: tenants and API keys, with the ops token.
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::StatusCode,
+};
+use herald_core::{
+    domain::{PhoneNumber, TimeZone, parse_email_sender, parse_local_time},
+    services::tenants::{self, NewTenant, TenantError},
+};
+use serde_json::Value;
+
+use crate::{
+    auth::Ops,
+    body::{Fields, JsonBody},
+    error::{ApiError, ApiResult, ErrorBody},
+    state::AppState,
+    views,
+};
+
+/// The default quiet window, 21:00 to 08:00 in the recipient's time zone.
+const DEFAULT_QUIET: (&str, &str) = ("21:00", "08:00");
+
+/// Create a tenant and its first API key.
+#[utoipa::path(
+    post, path = "/v1/admin/tenants", tag = "admin",
+    request_body(content = Object, description = "`{\"name\", \"timezone\"?, \"sms_from\"?, \"email_from\"?, \"quiet_hours\"?: {\"start\", \"end\"} | null}`"),
+    responses(
+        (status = 201, body = views::CreatedTenant),
+        (status = 409, description = "sms_from belongs to another tenant", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("ops_token" = []))
+)]
+pub async fn create_tenant(
+    _ops: Ops,
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> ApiResult<(StatusCode, Json<views::CreatedTenant>)> {
+    let new = parse_new_tenant(body)?;
+    match tenants::create(&state.db, &new).await {
+        Ok(created) => Ok((
+            StatusCode::CREATED,
+            Json(views::CreatedTenant::new(
+                created.tenant,
+                created.api_key,
+                created.key_prefix,
+            )),
+        )),
+        Err(TenantError::SmsFromTaken) => Err(ApiError::conflict(
+            "sms_from_taken",
+            "another tenant already sends from this number; inbound texts must name one tenant",
+        )
+        .field("sms_from")),
+        Err(TenantError::Db(e)) => Err(e.into()),
+    }
+}
+
+fn parse_new_tenant(body: Value) -> ApiResult<NewTenant> {
+    let mut f = Fields::new(body)?;
+    let name = f.req_str("name")?;
+    let name = name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(f.invalid_value("name", "`name` must be 1 to 200 characters"));
+    }
+    let timezone = match f.opt_str("timezone")? {
+        None => TimeZone::parse("UTC").map_err(|e| f.invalid_value("timezone", e.0))?,
+        Some(tz) => TimeZone::parse(&tz).map_err(|e| f.invalid_value("timezone", e.0))?,
+    };
+    let sms_from = f
+        .opt_str("sms_from")?
+        .map(|s| PhoneNumber::parse(&s))
+        .transpose()
+        .map_err(|e| f.invalid_value("sms_from", e.0))?;
+    let email_from = f
+        .opt_str("email_from")?
+        .map(|s| parse_email_sender(&s))
+        .transpose()
+        .map_err(|e| f.invalid_value("email_from", e.0))?;
+    // Absent: the default window. `null`: no quiet hours.
+    let explicit_null = f.has("quiet_hours");
+    let quiet_hours = match f.opt_object("quiet_hours")? {
+        Some(mut q) => {
+            let start = q.req_str("start")?;
+            let end = q.req_str("end")?;
+            let start = parse_local_time(&start).map_err(|e| q.invalid_value("start", e.0))?;
+            let end = parse_local_time(&end).map_err(|e| q.invalid_value("end", e.0))?;
+            if start == end {
+                return Err(
+                    q.invalid_value("end", "quiet hours must not start and end at the same time")
+                );
+            }
+            q.finish()?;
+            Some((start, end))
+        }
+        None if explicit_null => None,
+        None => Some((
+            parse_local_time(DEFAULT_QUIET.0).map_err(|e| ApiError::internal(&e))?,
+            parse_local_time(DEFAULT_QUIET.1).map_err(|e| ApiError::internal(&e))?,
+        )),
+    };
+    f.finish()?;
+    Ok(NewTenant {
+        name,
+        timezone,
+        sms_from,
+        email_from,
+        quiet_hours,
+    })
+}
+
+/// Create another API key for a tenant.
+#[utoipa::path(
+    post, path = "/v1/admin/tenants/{id}/keys", tag = "admin",
+    params(("id" = String, Path, description = "`ten_...`")),
+    responses((status = 201, body = views::CreatedKey), (status = 404, body = ErrorBody)),
+    security(("ops_token" = []))
+)]
+pub async fn create_key(
+    _ops: Ops,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<views::CreatedKey>)> {
+    match tenants::create_key(&state.db, &id).await? {
+        Some((api_key, key_prefix)) => Ok((
+            StatusCode::CREATED,
+            Json(views::CreatedKey {
+                api_key,
+                key_prefix,
+            }),
+        )),
+        None => Err(ApiError::not_found("tenant")),
+    }
+}
+
+/// Revoke an API key: it stops working at once.
+#[utoipa::path(
+    delete, path = "/v1/admin/keys/{key_prefix}", tag = "admin",
+    params(("key_prefix" = String, Path, description = "the key's first 12 characters")),
+    responses((status = 204), (status = 404, body = ErrorBody)),
+    security(("ops_token" = []))
+)]
+pub async fn revoke_key(
+    _ops: Ops,
+    State(state): State<AppState>,
+    Path(prefix): Path<String>,
+) -> ApiResult<StatusCode> {
+    if tenants::revoke_key(&state.db, &prefix).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("API key"))
+    }
+}

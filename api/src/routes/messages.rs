@@ -1,0 +1,342 @@
+//! `/v1/messages`: accept, read, list and cancel messages.
+
+use std::collections::HashMap;
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
+use chrono::{Duration, Utc};
+use herald_core::{
+    domain::{Channel, EmailAddress, MessageStatus, PhoneNumber, WebhookUrl, is_id},
+    services::messages::{self as service, CreateError, Created, Idempotency, NewMessage},
+    store::messages::{CancelOutcome, ListFilter},
+};
+use serde_json::Value;
+
+use crate::{
+    auth::Tenant,
+    body::{Fields, JsonBody, Page, known_params},
+    error::{ApiError, ApiResult, ErrorBody},
+    state::AppState,
+    views,
+};
+
+const MAX_SMS_CHARS: usize = 1600;
+const MAX_SUBJECT_CHARS: usize = 998;
+const MAX_METADATA_BYTES: usize = 4096;
+const MAX_AHEAD_DAYS: i64 = 366;
+
+/// Accept a message: sent now, or at `send_at` to the millisecond and never early.
+#[utoipa::path(
+    post, path = "/v1/messages", tag = "messages",
+    request_body(content = Object, description = "`{\"channel\": \"sms\" | \"email\" | \"webhook\", \"to\", \"body\", \"subject\"?, \"send_at\"?, \"expires_at\"?, \"respect_quiet_hours\"?, \"contact_id\"?, \"metadata\"?}`"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "the same key with an equal body within 24 h answers the same message")),
+    responses(
+        (status = 202, description = "accepted", body = views::Message),
+        (status = 200, description = "the message this Idempotency-Key created before", body = views::Message),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn create_message(
+    auth: Tenant,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Response> {
+    let idempotency = match headers.get("idempotency-key") {
+        None => None,
+        Some(raw) => {
+            let key = raw
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "invalid_value",
+                        "Idempotency-Key",
+                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                    )
+                })?;
+            Some(Idempotency::new(key.to_owned(), &body))
+        }
+    };
+    let new = parse_new_message(body, state.config.webhook_allow_private)?;
+    match service::create(
+        &state.db,
+        &state.enqueuer,
+        &auth.tenant,
+        &new,
+        idempotency.as_ref(),
+    )
+    .await
+    {
+        Ok(Created::New(m)) => {
+            Ok((StatusCode::ACCEPTED, Json(views::Message::from(m))).into_response())
+        }
+        Ok(Created::Existing(m)) => {
+            Ok((StatusCode::OK, Json(views::Message::from(m))).into_response())
+        }
+        Err(CreateError::IdempotencyConflict) => Err(ApiError::conflict(
+            "idempotency_key_reused",
+            "this Idempotency-Key was already used with a different request body",
+        )
+        .field("Idempotency-Key")),
+        Err(CreateError::Invalid {
+            field,
+            code,
+            message,
+        }) => Err(ApiError::invalid(code, field, message)),
+        Err(CreateError::Db(e)) => Err(e.into()),
+    }
+}
+
+/// Checks every field of a message request, in the contract's terms.
+pub fn parse_new_message(body: Value, allow_private_webhooks: bool) -> ApiResult<NewMessage> {
+    let mut f = Fields::new(body)?;
+    let channel_raw = f.req_str("channel")?;
+    let channel = Channel::parse(&channel_raw).ok_or_else(|| {
+        f.invalid_value(
+            "channel",
+            format!("`channel` must be sms, email or webhook, not `{channel_raw}`"),
+        )
+    })?;
+
+    let to = match f.opt_str("to")? {
+        None => None,
+        Some(raw) => Some(
+            match channel {
+                Channel::Sms => PhoneNumber::parse(&raw).map(|p| p.as_str().to_owned()),
+                Channel::Email => EmailAddress::parse(&raw).map(|e| e.as_str().to_owned()),
+                Channel::Webhook => {
+                    WebhookUrl::parse(&raw, allow_private_webhooks).map(|u| u.as_str().to_owned())
+                }
+            }
+            .map_err(|e| f.invalid_value("to", e.0))?,
+        ),
+    };
+
+    let body = match channel {
+        Channel::Sms | Channel::Email => {
+            let text = f.req_str("body")?;
+            let chars = text.chars().count();
+            if text.trim().is_empty() {
+                return Err(f.invalid_value("body", "`body` must not be empty"));
+            }
+            if channel == Channel::Sms && chars > MAX_SMS_CHARS {
+                return Err(f.invalid_value(
+                    "body",
+                    format!(
+                        "an SMS `body` is at most {MAX_SMS_CHARS} characters; this one has {chars}"
+                    ),
+                ));
+            }
+            text
+        }
+        Channel::Webhook => {
+            let doc = f.take("body").ok_or_else(|| f.missing("body"))?;
+            serde_json::to_string(&doc).map_err(|e| ApiError::internal(&e))?
+        }
+    };
+
+    let subject = f.opt_str("subject")?;
+    let subject = match (channel, subject) {
+        (Channel::Email, None) => return Err(f.missing("subject")),
+        (Channel::Email, Some(s)) => {
+            if s.trim().is_empty() || s.chars().count() > MAX_SUBJECT_CHARS {
+                return Err(f.invalid_value(
+                    "subject",
+                    format!("`subject` must be 1 to {MAX_SUBJECT_CHARS} characters"),
+                ));
+            }
+            Some(s)
+        }
+        (_, Some(_)) => return Err(f.invalid_value("subject", "`subject` is only for email")),
+        (_, None) => None,
+    };
+
+    let now = Utc::now();
+    let send_at = match f.opt_time("send_at")? {
+        Some(t) if t > now + Duration::days(MAX_AHEAD_DAYS) => {
+            return Err(f.invalid_value(
+                "send_at",
+                format!("`send_at` is at most {MAX_AHEAD_DAYS} days ahead"),
+            ));
+        }
+        // A past time means now.
+        Some(t) => t.max(now),
+        None => now,
+    };
+    let expires_at = match f.opt_time("expires_at")? {
+        Some(t) if t <= send_at => {
+            return Err(f.invalid_value(
+                "expires_at",
+                "`expires_at` must be later than `send_at` (and than now)",
+            ));
+        }
+        Some(t) => t,
+        None => send_at + Duration::hours(24),
+    };
+    let respect_quiet_hours = f.opt_bool("respect_quiet_hours")?.unwrap_or(true);
+
+    let contact_id = f.opt_str("contact_id")?;
+    if let Some(id) = &contact_id
+        && !is_id("ct", id)
+    {
+        return Err(ApiError::invalid(
+            "unknown_contact",
+            "contact_id",
+            format!("there is no contact {id}"),
+        ));
+    }
+
+    let metadata = match f.take("metadata") {
+        None => Value::Object(Default::default()),
+        Some(v @ Value::Object(_)) => {
+            let size = serde_json::to_string(&v)
+                .map(|s| s.len())
+                .unwrap_or(usize::MAX);
+            if size > MAX_METADATA_BYTES {
+                return Err(f.invalid_value(
+                    "metadata",
+                    format!("`metadata` is at most 4 KiB of JSON; this is {size} bytes"),
+                ));
+            }
+            v
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "invalid_type",
+                "metadata",
+                "`metadata` must be an object",
+            ));
+        }
+    };
+    f.finish()?;
+
+    if to.is_none() && contact_id.is_none() {
+        return Err(ApiError::invalid(
+            "missing_field",
+            "to",
+            match channel {
+                Channel::Webhook => "`to` is required for webhooks",
+                _ => "`to` is required unless `contact_id` gives the recipient",
+            },
+        ));
+    }
+
+    Ok(NewMessage {
+        channel,
+        to,
+        subject,
+        body,
+        send_at,
+        expires_at,
+        respect_quiet_hours,
+        contact_id,
+        metadata,
+    })
+}
+
+/// A message and its events.
+#[utoipa::path(
+    get, path = "/v1/messages/{id}", tag = "messages",
+    params(("id" = String, Path, description = "`msg_...`")),
+    responses((status = 200, body = views::MessageWithEvents), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn get_message(
+    auth: Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<views::MessageWithEvents>> {
+    if !is_id("msg", &id) {
+        return Err(ApiError::not_found("message"));
+    }
+    let (message, events) = service::get(&state.db, &auth.tenant.id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("message"))?;
+    Ok(Json(views::MessageWithEvents {
+        message: message.into(),
+        events: events.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// A page of messages, newest first.
+#[utoipa::path(
+    get, path = "/v1/messages", tag = "messages",
+    params(
+        ("status" = Option<String>, Query, description = "only messages in this status"),
+        ("contact_id" = Option<String>, Query, description = "only messages to this contact"),
+        ("limit" = Option<i64>, Query, description = "1..100, default 50"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses((status = 200, body = views::MessagePage), (status = 422, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn list_messages(
+    auth: Tenant,
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<views::MessagePage>> {
+    known_params(&q, &["status", "contact_id", "limit", "cursor"])?;
+    let page = Page::from_query(&q, |c| is_id("msg", c))?;
+    let status = match q.get("status").map(String::as_str) {
+        None | Some("") => None,
+        Some(s) => Some(MessageStatus::parse(s).ok_or_else(|| {
+            ApiError::invalid(
+                "invalid_value",
+                "status",
+                format!("`{s}` is not a message status"),
+            )
+        })?),
+    };
+    let filter = ListFilter {
+        status: status.map(MessageStatus::as_str),
+        contact_id: q
+            .get("contact_id")
+            .map(String::as_str)
+            .filter(|c| !c.is_empty()),
+        before_id: page.cursor.as_deref(),
+    };
+    let (rows, next_cursor) =
+        service::list(&state.db, &auth.tenant.id, &filter, page.limit).await?;
+    Ok(Json(views::MessagePage {
+        data: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// Cancel a message that has not started sending.
+#[utoipa::path(
+    post, path = "/v1/messages/{id}/cancel", tag = "messages",
+    params(("id" = String, Path, description = "`msg_...`")),
+    responses(
+        (status = 200, description = "canceled (also when it already was)", body = views::Message),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "it is sending or done", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn cancel_message(
+    auth: Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<views::Message>> {
+    if !is_id("msg", &id) {
+        return Err(ApiError::not_found("message"));
+    }
+    match service::cancel(&state.db, &state.queue, &auth.tenant.id, &id).await? {
+        CancelOutcome::Canceled(m) | CancelOutcome::AlreadyCanceled(m) => Ok(Json(m.into())),
+        CancelOutcome::TooLate(m) => Err(ApiError::conflict(
+            "not_cancelable",
+            format!("the message is {} and can no longer be canceled", m.status),
+        )),
+        CancelOutcome::NotFound => Err(ApiError::not_found("message")),
+    }
+}

@@ -1,0 +1,86 @@
+//! The router: every route of the contract that exists so far.
+
+pub mod admin;
+pub mod health;
+pub mod messages;
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, Request},
+    http::{HeaderValue, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{delete, get, post},
+};
+use herald_core::domain::new_id;
+use tracing::{Instrument, info, info_span};
+
+use crate::{body::MAX_BODY, error::ApiError, openapi, state::AppState};
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi_json))
+        .route("/v1/admin/tenants", post(admin::create_tenant))
+        .route("/v1/admin/tenants/{id}/keys", post(admin::create_key))
+        .route("/v1/admin/keys/{key_prefix}", delete(admin::revoke_key))
+        .route(
+            "/v1/messages",
+            post(messages::create_message).get(messages::list_messages),
+        )
+        .route("/v1/messages/{id}", get(messages::get_message))
+        .route("/v1/messages/{id}/cancel", post(messages::cancel_message))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    Json(openapi::document())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+/// Gives every request an id (the caller's `X-Request-Id` when it sends a sane one), a span
+/// that every log line of the request carries, and one log line when it is answered.
+async fn request_id(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 100 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| new_id("req"));
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let span = info_span!("request", request_id = %id, method = %method, path = %path);
+    let started = std::time::Instant::now();
+    let mut response = next.run(req).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.in_scope(|| {
+        if path != "/healthz" && path != "/readyz" {
+            info!(
+                status,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "answered"
+            );
+        }
+    });
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}

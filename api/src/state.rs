@@ -1,0 +1,15 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use herald_core::{Config, queue::Queue, services::enqueue::Enqueuer};
+use sqlx::PgPool;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: PgPool,
+    /// The `deliveries` queue (cancel removes waiting jobs; stats for ops).
+    pub queue: Queue,
+    pub enqueuer: Arc<Enqueuer>,
+}

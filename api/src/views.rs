@@ -1,0 +1,179 @@
+//! What the API answers with: the contract's JSON shapes, built from store rows.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use herald_core::store::{
+    messages::{EventRow, MessageRow},
+    tenants::TenantRow,
+};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// RFC 3339 with milliseconds and a `Z` offset.
+pub fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn opt_time(t: Option<DateTime<Utc>>) -> Option<String> {
+    t.map(time)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Message {
+    /// `msg_...`
+    pub id: String,
+    /// `sms`, `email` or `webhook`.
+    pub channel: String,
+    pub to: String,
+    pub subject: Option<String>,
+    /// The text (sms, email) or the JSON document (webhook).
+    #[schema(value_type = Object)]
+    pub body: serde_json::Value,
+    /// scheduled, queued, sending, retrying, sent, delivered, failed, undelivered, canceled,
+    /// suppressed, expired or dead.
+    pub status: String,
+    pub send_at: String,
+    pub expires_at: String,
+    /// Provider calls in the current run.
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub contact_id: Option<String>,
+    pub created_at: String,
+    pub sent_at: Option<String>,
+    pub delivered_at: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+}
+
+impl From<MessageRow> for Message {
+    fn from(m: MessageRow) -> Self {
+        let body = if m.channel == "webhook" {
+            serde_json::from_str(&m.body).unwrap_or(serde_json::Value::String(m.body))
+        } else {
+            serde_json::Value::String(m.body)
+        };
+        Self {
+            id: m.id,
+            channel: m.channel,
+            to: m.to_addr,
+            subject: m.subject,
+            body,
+            status: m.status,
+            send_at: time(m.send_at),
+            expires_at: time(m.expires_at),
+            attempts: m.attempts,
+            last_error: m.last_error,
+            provider_message_id: m.provider_message_id,
+            contact_id: m.contact_id,
+            created_at: time(m.created_at),
+            sent_at: opt_time(m.sent_at),
+            delivered_at: opt_time(m.delivered_at),
+            metadata: m.metadata,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Event {
+    pub at: String,
+    pub status: String,
+    pub detail: Option<String>,
+}
+
+impl From<EventRow> for Event {
+    fn from(e: EventRow) -> Self {
+        Self {
+            at: time(e.at),
+            status: e.status,
+            detail: e.detail,
+        }
+    }
+}
+
+/// A message with its history, oldest event first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageWithEvents {
+    #[serde(flatten)]
+    pub message: Message,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessagePage {
+    pub data: Vec<Message>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuietHours {
+    /// `HH:MM`, local to the recipient.
+    pub start: String,
+    pub end: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedTenant {
+    /// `ten_...`
+    pub id: String,
+    pub name: String,
+    /// Shown once: only its hash is kept.
+    pub api_key: String,
+    /// The key's first 12 characters, safe to show and log.
+    pub key_prefix: String,
+    /// `whsec_...`: signs this tenant's outbound webhooks.
+    pub webhook_secret: String,
+    pub timezone: String,
+    pub sms_from: Option<String>,
+    pub email_from: Option<String>,
+    pub quiet_hours: Option<QuietHours>,
+    pub created_at: String,
+}
+
+impl CreatedTenant {
+    pub fn new(t: TenantRow, api_key: String, key_prefix: String) -> Self {
+        let quiet_hours = match (t.quiet_start, t.quiet_end) {
+            (Some(start), Some(end)) => Some(QuietHours {
+                start: start.format("%H:%M").to_string(),
+                end: end.format("%H:%M").to_string(),
+            }),
+            _ => None,
+        };
+        Self {
+            id: t.id,
+            name: t.name,
+            api_key,
+            key_prefix,
+            webhook_secret: t.webhook_secret,
+            timezone: t.timezone,
+            sms_from: t.sms_from,
+            email_from: t.email_from,
+            quiet_hours,
+            created_at: time(t.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedKey {
+    pub api_key: String,
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `unready`.
+    pub status: &'static str,
+    pub checks: ReadinessChecks,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadinessChecks {
+    /// `ok`, or why not.
+    pub postgres: String,
+    pub redis: String,
+}

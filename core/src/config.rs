@@ -1,0 +1,546 @@
+//! Configuration: one struct, read from the environment once at start and validated,
+//! with every problem reported by the name of the variable at fault.
+
+use std::{collections::HashMap, fmt, net::SocketAddr, time::Duration};
+
+/// A value that must never reach a log: `Debug` and `Display` print `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself, for the one place that needs it (a connection, a signature).
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl<T> fmt::Display for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmsProviderKind {
+    Log,
+    Twilio,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmailProviderKind {
+    Log,
+    Resend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct TwilioConfig {
+    pub account_sid: Option<String>,
+    pub auth_token: Option<Secret<String>>,
+    pub base_url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResendConfig {
+    pub api_key: Option<Secret<String>>,
+    pub base_url: String,
+}
+
+/// One OpenAI-compatible chat endpoint (OpenAI, Ollama, vLLM).
+#[derive(Debug, Clone)]
+pub struct LlmEndpoint {
+    pub base_url: String,
+    pub api_key: Option<Secret<String>>,
+    pub model: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: Secret<String>,
+    pub redis_url: Secret<String>,
+    pub listen: SocketAddr,
+    /// How providers reach the API: status callbacks and webhook signatures use it.
+    pub public_url: String,
+    pub ops_token: Option<Secret<String>>,
+    pub sms_provider: SmsProviderKind,
+    pub twilio: TwilioConfig,
+    pub email_provider: EmailProviderKind,
+    pub resend: ResendConfig,
+    pub llm: Option<LlmEndpoint>,
+    pub llm_fallback: Option<LlmEndpoint>,
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub provider_timeout: Duration,
+    pub llm_timeout: Duration,
+    pub worker_concurrency: usize,
+    pub lease: Duration,
+    pub tenant_send_rate: u32,
+    pub api_rate: u32,
+    pub webhook_allow_private: bool,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    /// Prefix of every Redis key, so one Redis can host several deployments (and every test
+    /// its own namespace).
+    pub queue_prefix: String,
+    /// How long SIGTERM waits for in-flight jobs and requests before giving up.
+    pub shutdown_timeout: Duration,
+    /// Postgres connections per process.
+    pub database_pool_size: u32,
+}
+
+/// Everything wrong with the environment, one line per variable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        Self::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    /// Reads configuration from any lookup (tests pass a map; production the environment).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut r = Reader {
+            lookup: &lookup,
+            problems: Vec::new(),
+        };
+
+        let database_url = r.required(
+            "HERALD_DATABASE_URL",
+            "the Postgres URL, e.g. postgres://user:pass@127.0.0.1:5432/herald",
+        );
+        let redis_url = r.required(
+            "HERALD_REDIS_URL",
+            "the Redis URL, e.g. redis://127.0.0.1:6379",
+        );
+        if let Some(url) = &database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            r.problem(
+                "HERALD_DATABASE_URL",
+                "must start with postgres:// or postgresql://",
+            );
+        }
+        if let Some(url) = &redis_url
+            && !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis+unix://")
+                || url.starts_with("unix://"))
+        {
+            r.problem(
+                "HERALD_REDIS_URL",
+                "must start with redis://, rediss:// or unix://",
+            );
+        }
+
+        let listen = r.parsed("HERALD_LISTEN", "127.0.0.1:8080".parse().ok(), |s| {
+            s.parse::<SocketAddr>()
+                .map_err(|_| "must be an address like 127.0.0.1:8080".to_owned())
+        });
+        let public_url = match r.get("HERALD_PUBLIC_URL") {
+            Some(url) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    r.problem("HERALD_PUBLIC_URL", "must be an http:// or https:// URL");
+                }
+                url.trim_end_matches('/').to_owned()
+            }
+            None => format!("http://{}", listen.unwrap_or_else(default_listen)),
+        };
+        let ops_token = r.get("HERALD_OPS_TOKEN").map(Secret::new);
+        if let Some(token) = &ops_token
+            && token.expose().len() < 16
+        {
+            r.problem("HERALD_OPS_TOKEN", "must be at least 16 characters");
+        }
+
+        let sms_provider = r.parsed(
+            "HERALD_SMS_PROVIDER",
+            Some(SmsProviderKind::Log),
+            |s| match s {
+                "log" => Ok(SmsProviderKind::Log),
+                "twilio" => Ok(SmsProviderKind::Twilio),
+                _ => Err("must be `twilio` or `log`".to_owned()),
+            },
+        );
+        let twilio = TwilioConfig {
+            account_sid: r.get("HERALD_TWILIO_ACCOUNT_SID"),
+            auth_token: r.get("HERALD_TWILIO_AUTH_TOKEN").map(Secret::new),
+            base_url: r.url("HERALD_TWILIO_BASE_URL", "https://api.twilio.com"),
+        };
+        if sms_provider == Some(SmsProviderKind::Twilio) {
+            if twilio.account_sid.is_none() {
+                r.problem(
+                    "HERALD_TWILIO_ACCOUNT_SID",
+                    "is required when HERALD_SMS_PROVIDER=twilio",
+                );
+            }
+            if twilio.auth_token.is_none() {
+                r.problem(
+                    "HERALD_TWILIO_AUTH_TOKEN",
+                    "is required when HERALD_SMS_PROVIDER=twilio",
+                );
+            }
+        }
+
+        let email_provider =
+            r.parsed(
+                "HERALD_EMAIL_PROVIDER",
+                Some(EmailProviderKind::Log),
+                |s| match s {
+                    "log" => Ok(EmailProviderKind::Log),
+                    "resend" => Ok(EmailProviderKind::Resend),
+                    _ => Err("must be `resend` or `log`".to_owned()),
+                },
+            );
+        let resend = ResendConfig {
+            api_key: r.get("HERALD_RESEND_API_KEY").map(Secret::new),
+            base_url: r.url("HERALD_RESEND_BASE_URL", "https://api.resend.com"),
+        };
+        if email_provider == Some(EmailProviderKind::Resend) && resend.api_key.is_none() {
+            r.problem(
+                "HERALD_RESEND_API_KEY",
+                "is required when HERALD_EMAIL_PROVIDER=resend",
+            );
+        }
+
+        let llm = r.llm("HERALD_LLM");
+        let llm_fallback = r.llm("HERALD_LLM_FALLBACK");
+
+        let max_attempts = r.number("HERALD_MAX_ATTEMPTS", 8, 1, 100);
+        let retry_base = r.millis("HERALD_RETRY_BASE_MS", 2_000, 1, 86_400_000);
+        let retry_max = r.millis("HERALD_RETRY_MAX_MS", 3_600_000, 1, 7 * 86_400_000);
+        if retry_base > retry_max {
+            r.problem(
+                "HERALD_RETRY_BASE_MS",
+                "must not be greater than HERALD_RETRY_MAX_MS",
+            );
+        }
+        let provider_timeout = r.millis("HERALD_PROVIDER_TIMEOUT_MS", 10_000, 1, 600_000);
+        let llm_timeout = r.millis("HERALD_LLM_TIMEOUT_MS", 10_000, 1, 600_000);
+        let worker_concurrency = r.number("HERALD_WORKER_CONCURRENCY", 100, 1, 10_000) as usize;
+        let lease = r.millis("HERALD_LEASE_MS", 10_000, 100, 3_600_000);
+        let tenant_send_rate = r.number("HERALD_TENANT_SEND_RATE", 100, 1, 1_000_000);
+        let api_rate = r.number("HERALD_API_RATE", 200, 1, 1_000_000);
+        let webhook_allow_private = r.boolean("HERALD_WEBHOOK_ALLOW_PRIVATE", false);
+        let log_format = r.parsed("HERALD_LOG_FORMAT", Some(LogFormat::Json), |s| match s {
+            "json" => Ok(LogFormat::Json),
+            "pretty" => Ok(LogFormat::Pretty),
+            _ => Err("must be `json` or `pretty`".to_owned()),
+        });
+        let log_filter = r.get("RUST_LOG").unwrap_or_else(|| "info".to_owned());
+        let queue_prefix = r
+            .get("HERALD_QUEUE_PREFIX")
+            .unwrap_or_else(|| "herald".to_owned());
+        if queue_prefix.is_empty() || queue_prefix.contains(['{', '}', ' ']) {
+            r.problem(
+                "HERALD_QUEUE_PREFIX",
+                "must be non-empty, without spaces or braces",
+            );
+        }
+        let shutdown_timeout = r.millis("HERALD_SHUTDOWN_TIMEOUT_MS", 30_000, 0, 3_600_000);
+        let database_pool_size = r.number("HERALD_DATABASE_POOL_SIZE", 20, 1, 1_000);
+
+        if !r.problems.is_empty() {
+            return Err(ConfigError {
+                problems: r.problems,
+            });
+        }
+        // Every `None` above pushed a problem, so these are all present here.
+        let (
+            Some(database_url),
+            Some(redis_url),
+            Some(listen),
+            Some(sms_provider),
+            Some(email_provider),
+            Some(log_format),
+        ) = (
+            database_url,
+            redis_url,
+            listen,
+            sms_provider,
+            email_provider,
+            log_format,
+        )
+        else {
+            return Err(ConfigError {
+                problems: vec!["internal: a required value is missing".to_owned()],
+            });
+        };
+        Ok(Config {
+            database_url: Secret::new(database_url),
+            redis_url: Secret::new(redis_url),
+            listen,
+            public_url,
+            ops_token,
+            sms_provider,
+            twilio,
+            email_provider,
+            resend,
+            llm,
+            llm_fallback,
+            max_attempts,
+            retry_base,
+            retry_max,
+            provider_timeout,
+            llm_timeout,
+            worker_concurrency,
+            lease,
+            tenant_send_rate,
+            api_rate,
+            webhook_allow_private,
+            log_format,
+            log_filter,
+            queue_prefix,
+            shutdown_timeout,
+            database_pool_size,
+        })
+    }
+
+    /// A configuration for tests and tools: defaults everywhere but the two URLs.
+    pub fn for_urls(database_url: &str, redis_url: &str) -> Self {
+        let db = database_url.to_owned();
+        let redis = redis_url.to_owned();
+        Self::from_lookup(move |name| match name {
+            "HERALD_DATABASE_URL" => Some(db.clone()),
+            "HERALD_REDIS_URL" => Some(redis.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|e| panic!("default configuration is invalid: {e}"))
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+struct Reader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    problems: Vec<String>,
+}
+
+impl Reader<'_> {
+    /// The trimmed value; an empty variable counts as unset.
+    fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn problem(&mut self, name: &str, what: &str) {
+        self.problems.push(format!("{name} {what}"));
+    }
+
+    fn required(&mut self, name: &str, hint: &str) -> Option<String> {
+        let value = self.get(name);
+        if value.is_none() {
+            self.problem(name, &format!("is not set: {hint}"));
+        }
+        value
+    }
+
+    fn parsed<T>(
+        &mut self,
+        name: &str,
+        default: Option<T>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        match self.get(name) {
+            None => default,
+            Some(raw) => match parse(&raw) {
+                Ok(v) => Some(v),
+                Err(why) => {
+                    self.problem(name, &format!("{why} (got `{raw}`)"));
+                    None
+                }
+            },
+        }
+    }
+
+    fn number(&mut self, name: &str, default: u32, min: u32, max: u32) -> u32 {
+        self.parsed(name, Some(default), |s| match s.parse::<u32>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(format!("must be a whole number from {min} to {max}")),
+        })
+        .unwrap_or(default)
+    }
+
+    fn millis(&mut self, name: &str, default: u64, min: u64, max: u64) -> Duration {
+        let ms = self
+            .parsed(name, Some(default), |s| match s.parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "must be a number of milliseconds from {min} to {max}"
+                )),
+            })
+            .unwrap_or(default);
+        Duration::from_millis(ms)
+    }
+
+    fn boolean(&mut self, name: &str, default: bool) -> bool {
+        self.parsed(name, Some(default), |s| {
+            match s.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" => Ok(false),
+                _ => Err("must be `true` or `false`".to_owned()),
+            }
+        })
+        .unwrap_or(default)
+    }
+
+    fn url(&mut self, name: &str, default: &str) -> String {
+        let value = self.get(name).unwrap_or_else(|| default.to_owned());
+        if !(value.starts_with("http://") || value.starts_with("https://")) {
+            self.problem(name, "must be an http:// or https:// URL");
+        }
+        value.trim_end_matches('/').to_owned()
+    }
+
+    fn llm(&mut self, prefix: &str) -> Option<LlmEndpoint> {
+        let base = format!("{prefix}_BASE_URL");
+        let model = format!("{prefix}_MODEL");
+        let key = format!("{prefix}_API_KEY");
+        let base_url = self.get(&base);
+        let model_name = self.get(&model);
+        match (base_url, model_name) {
+            (None, None) => None,
+            (Some(_), None) => {
+                self.problem(&model, &format!("is required when {base} is set"));
+                None
+            }
+            (None, Some(_)) => {
+                self.problem(&base, &format!("is required when {model} is set"));
+                None
+            }
+            (Some(base_url), Some(model)) => {
+                if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+                    self.problem(&base, "must be an http:// or https:// URL");
+                }
+                Some(LlmEndpoint {
+                    base_url: base_url.trim_end_matches('/').to_owned(),
+                    api_key: self.get(&key).map(Secret::new),
+                    model,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    const BASE: [(&str, &str); 2] = [
+        (
+            "HERALD_DATABASE_URL",
+            "postgres://herald:hunter2@127.0.0.1/herald",
+        ),
+        ("HERALD_REDIS_URL", "redis://127.0.0.1:6379"),
+    ];
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = config(&BASE).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.public_url, "http://127.0.0.1:8080");
+        assert_eq!(c.max_attempts, 8);
+        assert_eq!(c.retry_base, Duration::from_millis(2000));
+        assert_eq!(c.retry_max, Duration::from_millis(3_600_000));
+        assert_eq!(c.worker_concurrency, 100);
+        assert_eq!(c.lease, Duration::from_millis(10_000));
+        assert_eq!(c.sms_provider, SmsProviderKind::Log);
+        assert_eq!(c.email_provider, EmailProviderKind::Log);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(c.ops_token.is_none());
+    }
+
+    #[test]
+    fn missing_urls_are_named() {
+        let err = config(&[]).unwrap_err().to_string();
+        assert!(err.contains("HERALD_DATABASE_URL is not set"), "{err}");
+        assert!(err.contains("HERALD_REDIS_URL is not set"), "{err}");
+    }
+
+    #[test]
+    fn every_bad_variable_is_reported_by_name() {
+        let mut vars = BASE.to_vec();
+        vars.extend([
+            ("HERALD_MAX_ATTEMPTS", "zero"),
+            ("HERALD_SMS_PROVIDER", "carrier-pigeon"),
+            ("HERALD_LISTEN", "nowhere"),
+        ]);
+        let err = config(&vars).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 3, "{text}");
+        assert!(text.contains("HERALD_MAX_ATTEMPTS"));
+        assert!(text.contains("HERALD_SMS_PROVIDER"));
+        assert!(text.contains("HERALD_LISTEN"));
+    }
+
+    #[test]
+    fn twilio_needs_its_credentials() {
+        let mut vars = BASE.to_vec();
+        vars.push(("HERALD_SMS_PROVIDER", "twilio"));
+        let text = config(&vars).unwrap_err().to_string();
+        assert!(text.contains("HERALD_TWILIO_ACCOUNT_SID"), "{text}");
+        assert!(text.contains("HERALD_TWILIO_AUTH_TOKEN"), "{text}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let mut vars = BASE.to_vec();
+        vars.extend([
+            ("HERALD_OPS_TOKEN", "ops-token-that-is-long-enough"),
+            ("HERALD_SMS_PROVIDER", "twilio"),
+            ("HERALD_TWILIO_ACCOUNT_SID", "AC123"),
+            ("HERALD_TWILIO_AUTH_TOKEN", "twilio-secret-token"),
+        ]);
+        let c = config(&vars).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(!debug.contains("ops-token-that-is-long-enough"), "{debug}");
+        assert!(!debug.contains("twilio-secret-token"), "{debug}");
+        assert!(debug.contains("[redacted]"));
+    }
+
+    #[test]
+    fn retry_base_cannot_exceed_max() {
+        let mut vars = BASE.to_vec();
+        vars.extend([
+            ("HERALD_RETRY_BASE_MS", "5000"),
+            ("HERALD_RETRY_MAX_MS", "1000"),
+        ]);
+        let text = config(&vars).unwrap_err().to_string();
+        assert!(
+            text.contains("HERALD_RETRY_BASE_MS must not be greater"),
+            "{text}"
+        );
+    }
+}

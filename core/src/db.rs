@@ -1,0 +1,64 @@
+//! Postgres: the pool, the embedded migrations, and waiting for the schema.
+
+use std::time::Duration;
+
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tracing::info;
+
+/// The migrations in `migrations/`, embedded in every binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// A pool whose acquire fails within a few seconds when Postgres is down, so the API answers
+/// 503 quickly instead of after a 30 s pool timeout. Connects lazily: a process can start
+/// before Postgres does.
+pub fn pool(url: &str, size: u32) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(size)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(3))
+        .idle_timeout(Duration::from_secs(300))
+        .connect_lazy(url)
+}
+
+/// Runs pending migrations (herald-api does this at start).
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await?;
+    info!(
+        migrations = MIGRATOR.iter().count(),
+        "database schema is up to date"
+    );
+    Ok(())
+}
+
+/// Waits until every embedded migration has been applied (by herald-api), so the worker and
+/// the scheduler never run against an older schema. Gives up after `timeout`.
+pub async fn wait_for_schema(pool: &PgPool, timeout: Duration) -> anyhow::Result<()> {
+    let wanted: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut logged = false;
+    loop {
+        let applied: Result<Vec<i64>, sqlx::Error> = sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(pool)
+        .await;
+        match applied {
+            Ok(applied) if wanted.iter().all(|v| applied.contains(v)) => return Ok(()),
+            Ok(_) | Err(_) if tokio::time::Instant::now() >= deadline => {
+                anyhow::bail!(
+                    "the database schema was not migrated within {timeout:?}: start herald-api or run `herald-api migrate`"
+                )
+            }
+            result => {
+                if !logged {
+                    match result {
+                        Ok(_) => info!("waiting for herald-api to migrate the database schema"),
+                        Err(e) => info!(error = %e, "waiting for Postgres and its schema"),
+                    }
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}

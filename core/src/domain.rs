@@ -1,0 +1,478 @@
+//! Domain types: prefixed ids, and values parsed once at the edge ("parse, don't validate")
+//! so the rest of Herald never sees an unchecked phone number, address or time zone.
+
+use std::{fmt, net::IpAddr, str::FromStr};
+
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+
+/// A new prefixed id such as `msg_01JD3Z8K6T3V4W5X6Y7Z8A9B0C`: 48 bits of milliseconds then
+/// 80 random bits in Crockford base32 (a ULID), so ids sort by creation time and list pages can
+/// use them as cursors.
+pub fn new_id(prefix: &str) -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let millis = u128::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+    let random: u128 = rand::rng().random::<u128>() & ((1u128 << 80) - 1);
+    let mut value = (millis << 80) | random;
+    let mut out = [0u8; 26];
+    for slot in out.iter_mut().rev() {
+        *slot = ALPHABET[(value & 31) as usize];
+        value >>= 5;
+    }
+    let mut id = String::with_capacity(prefix.len() + 1 + 26);
+    id.push_str(prefix);
+    id.push('_');
+    id.extend(out.iter().map(|b| *b as char));
+    id
+}
+
+/// `true` when `id` has the given prefix and the shape [`new_id`] makes.
+pub fn is_id(prefix: &str, id: &str) -> bool {
+    id.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .is_some_and(|tail| {
+            tail.len() == 26
+                && tail
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+        })
+}
+
+/// Why a value was refused; the API turns it into a 422 naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+/// An E.164 phone number: `+`, a non-zero digit, then 1 to 14 digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PhoneNumber(String);
+
+impl PhoneNumber {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        let digits = raw.strip_prefix('+');
+        let ok = digits.is_some_and(|d| {
+            (2..=15).contains(&d.len())
+                && d.bytes().all(|b| b.is_ascii_digit())
+                && !d.starts_with('0')
+        });
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(Invalid(format!(
+                "`{}` is not a phone number in E.164 form, such as +15551234567",
+                truncate(raw, 40)
+            )))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for PhoneNumber {
+    type Error = Invalid;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<PhoneNumber> for String {
+    fn from(value: PhoneNumber) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for PhoneNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An email address as senders use them: `local@domain.tld`, no spaces, at most 254 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EmailAddress(String);
+
+impl EmailAddress {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        let bad = || {
+            Invalid(format!(
+                "`{}` is not an email address such as name@example.com",
+                truncate(raw, 60)
+            ))
+        };
+        if raw.len() > 254
+            || raw
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+        {
+            return Err(bad());
+        }
+        let (local, domain) = raw.rsplit_once('@').ok_or_else(bad)?;
+        let domain_ok = domain.len() >= 3
+            && domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+            && !domain.contains("..")
+            && domain.split('.').all(|label| {
+                !label.is_empty()
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+            });
+        if local.is_empty() || local.len() > 64 || local.contains('@') || !domain_ok {
+            return Err(bad());
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A sender as email providers take it: `name@example.com` or `Name <name@example.com>`.
+pub fn parse_email_sender(raw: &str) -> Result<String, Invalid> {
+    let raw = raw.trim();
+    if let Some(open) = raw.find('<') {
+        let Some(inner) = raw[open + 1..].strip_suffix('>') else {
+            return Err(Invalid(
+                "a sender with a name must look like `Name <name@example.com>`".to_owned(),
+            ));
+        };
+        EmailAddress::parse(inner)?;
+        if raw[..open].trim().is_empty() {
+            return Err(Invalid(
+                "a sender with angle brackets needs a name before them".to_owned(),
+            ));
+        }
+        Ok(raw.to_owned())
+    } else {
+        Ok(EmailAddress::parse(raw)?.0)
+    }
+}
+
+/// A webhook target: `https` on a public host, unless private targets are allowed (development
+/// and tests). Hosts given by name are checked again when the call is made, after DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookUrl(String);
+
+impl WebhookUrl {
+    pub fn parse(raw: &str, allow_private: bool) -> Result<Self, Invalid> {
+        let url = reqwest::Url::parse(raw)
+            .map_err(|_| Invalid(format!("`{}` is not an absolute URL", truncate(raw, 80))))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if allow_private => {}
+            "http" => return Err(Invalid("webhook targets must use https".to_owned())),
+            other => {
+                return Err(Invalid(format!(
+                    "webhook targets must use https, not {other}"
+                )));
+            }
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(Invalid(
+                "webhook URLs must not carry credentials".to_owned(),
+            ));
+        }
+        let Some(host) = url.host() else {
+            return Err(Invalid("the webhook URL has no host".to_owned()));
+        };
+        if !allow_private {
+            let private = match host {
+                url::Host::Ipv4(ip) => is_private_ip(IpAddr::V4(ip)),
+                url::Host::Ipv6(ip) => is_private_ip(IpAddr::V6(ip)),
+                url::Host::Domain(name) => {
+                    let name = name.trim_end_matches('.').to_ascii_lowercase();
+                    name == "localhost"
+                        || name.ends_with(".localhost")
+                        || name.ends_with(".internal")
+                        || name.ends_with(".local")
+                }
+            };
+            if private {
+                return Err(Invalid(
+                    "webhook targets must be public addresses (private, loopback and link-local hosts are refused)".to_owned(),
+                ));
+            }
+        }
+        Ok(Self(url.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Private, loopback, link-local, unspecified, multicast and similar addresses that a tenant
+/// must not aim Herald at.
+pub fn is_private_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xC0) == 64) // 100.64.0.0/10, carrier-grade NAT
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24
+                || (o[0] == 198 && (o[1] & 0xFE) == 18) // 198.18.0.0/15
+                || o[0] >= 240
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private_ip(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link local
+                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        }
+    }
+}
+
+/// An IANA time zone name such as `America/New_York`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeZone(pub chrono_tz::Tz);
+
+impl TimeZone {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        chrono_tz::Tz::from_str(raw).map(Self).map_err(|_| {
+            Invalid(format!(
+                "`{}` is not an IANA time zone such as America/New_York",
+                truncate(raw, 60)
+            ))
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.0.name()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Sms,
+    Email,
+    Webhook,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 3] = [Channel::Sms, Channel::Email, Channel::Webhook];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Sms => "sms",
+            Channel::Email => "email",
+            Channel::Webhook => "webhook",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == raw)
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a message is in its life. See the contract for the allowed moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    Scheduled,
+    Queued,
+    Sending,
+    Retrying,
+    Sent,
+    Delivered,
+    Failed,
+    Undelivered,
+    Canceled,
+    Suppressed,
+    Expired,
+    Dead,
+    /// An inbound message, stored on its conversation.
+    Received,
+}
+
+impl MessageStatus {
+    pub const ALL: [MessageStatus; 13] = [
+        MessageStatus::Scheduled,
+        MessageStatus::Queued,
+        MessageStatus::Sending,
+        MessageStatus::Retrying,
+        MessageStatus::Sent,
+        MessageStatus::Delivered,
+        MessageStatus::Failed,
+        MessageStatus::Undelivered,
+        MessageStatus::Canceled,
+        MessageStatus::Suppressed,
+        MessageStatus::Expired,
+        MessageStatus::Dead,
+        MessageStatus::Received,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Scheduled => "scheduled",
+            MessageStatus::Queued => "queued",
+            MessageStatus::Sending => "sending",
+            MessageStatus::Retrying => "retrying",
+            MessageStatus::Sent => "sent",
+            MessageStatus::Delivered => "delivered",
+            MessageStatus::Failed => "failed",
+            MessageStatus::Undelivered => "undelivered",
+            MessageStatus::Canceled => "canceled",
+            MessageStatus::Suppressed => "suppressed",
+            MessageStatus::Expired => "expired",
+            MessageStatus::Dead => "dead",
+            MessageStatus::Received => "received",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+
+    /// Statuses from which a message may still be canceled.
+    pub fn is_cancelable(self) -> bool {
+        matches!(
+            self,
+            MessageStatus::Scheduled | MessageStatus::Queued | MessageStatus::Retrying
+        )
+    }
+}
+
+impl fmt::Display for MessageStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A local wall-clock time `HH:MM`, as used by quiet hours and daily delivery.
+pub fn parse_local_time(raw: &str) -> Result<chrono::NaiveTime, Invalid> {
+    let bad = || {
+        Invalid(format!(
+            "`{}` is not a time of day such as 21:00",
+            truncate(raw, 20)
+        ))
+    };
+    if raw.len() != 5 || raw.as_bytes()[2] != b':' {
+        return Err(bad());
+    }
+    chrono::NaiveTime::parse_from_str(raw, "%H:%M").map_err(|_| bad())
+}
+
+/// At most `max` characters of `s`, for error messages that echo input.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let mut out: String = s.chars().take(max).collect();
+        out.push('…');
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_have_their_prefix_and_sort_by_time() {
+        let a = new_id("msg");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = new_id("msg");
+        assert!(is_id("msg", &a), "{a}");
+        assert!(!is_id("ten", &a));
+        assert!(a < b, "{a} should sort before {b}");
+        assert_eq!(a.len(), 30);
+    }
+
+    #[test]
+    fn phone_numbers_must_be_e164() {
+        assert!(PhoneNumber::parse("+15551234567").is_ok());
+        assert!(PhoneNumber::parse("+44").is_ok());
+        for bad in [
+            "15551234567",
+            "+0555",
+            "+1",
+            "+1555123456789012",
+            "+1 555 123",
+            "",
+            "+",
+            "+1555abc",
+        ] {
+            assert!(PhoneNumber::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn email_addresses_are_checked() {
+        assert!(EmailAddress::parse("a@example.com").is_ok());
+        assert!(EmailAddress::parse("first.last+tag@sub.example.co.uk").is_ok());
+        for bad in [
+            "",
+            "a",
+            "a@",
+            "@example.com",
+            "a@example",
+            "a b@example.com",
+            "a@exa mple.com",
+            "a@.com",
+            "a@example..com",
+        ] {
+            assert!(EmailAddress::parse(bad).is_err(), "{bad} should be refused");
+        }
+        assert!(parse_email_sender("Acme <hi@acme.test>").is_ok());
+        assert!(parse_email_sender("hi@acme.test").is_ok());
+        assert!(parse_email_sender("<hi@acme.test>").is_err());
+    }
+
+    #[test]
+    fn webhook_targets_must_be_public_https() {
+        assert!(WebhookUrl::parse("https://hooks.example.com/x", false).is_ok());
+        assert!(WebhookUrl::parse("http://hooks.example.com/x", false).is_err());
+        assert!(WebhookUrl::parse("https://127.0.0.1/x", false).is_err());
+        assert!(WebhookUrl::parse("https://10.1.2.3/x", false).is_err());
+        assert!(WebhookUrl::parse("https://[::1]/x", false).is_err());
+        assert!(WebhookUrl::parse("https://169.254.169.254/latest", false).is_err());
+        assert!(WebhookUrl::parse("https://localhost/x", false).is_err());
+        assert!(WebhookUrl::parse("ftp://example.com/x", false).is_err());
+        assert!(WebhookUrl::parse("http://127.0.0.1:9000/x", true).is_ok());
+        assert!(WebhookUrl::parse("https://user:pw@example.com/", false).is_err());
+    }
+
+    #[test]
+    fn time_zones_are_iana_names() {
+        assert_eq!(
+            TimeZone::parse("America/New_York").unwrap().name(),
+            "America/New_York"
+        );
+        assert!(TimeZone::parse("Mars/Olympus").is_err());
+    }
+
+    #[test]
+    fn local_times_are_hh_mm() {
+        assert_eq!(
+            parse_local_time("21:00").unwrap(),
+            chrono::NaiveTime::from_hms_opt(21, 0, 0).unwrap()
+        );
+        assert!(parse_local_time("9:00").is_err());
+        assert!(parse_local_time("24:00").is_err());
+    }
+}

@@ -1,0 +1,169 @@
+//! Providers: who a message is handed to (Twilio, Resend, a webhook receiver, or the `log`
+//! providers that only record it), and the one place where a provider's answer is classified
+//! as accepted, rejected for good, or worth another try.
+
+pub mod log;
+pub mod resend;
+pub mod twilio;
+pub mod webhook;
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use reqwest::{StatusCode, header::HeaderMap};
+
+/// What one provider call came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Accepted; for SMS and email `sent`, for a webhook `delivered`.
+    Accepted { provider_message_id: Option<String> },
+    /// Rejected for good: `failed`, with a dead letter. `opt_out` when the recipient has
+    /// unsubscribed at the carrier (Twilio 21610).
+    Rejected { error: String, opt_out: bool },
+    /// Worth another try after the retry policy's delay, or `retry_after` if longer.
+    Transient {
+        error: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// One outbound message as a provider needs it.
+#[derive(Debug, Clone)]
+pub struct Outbound<'a> {
+    pub message_id: &'a str,
+    pub tenant_id: &'a str,
+    pub to: &'a str,
+    pub from: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    pub body: &'a str,
+    /// The run of the message (0 at first, +1 per replay): part of idempotency keys.
+    pub run: i32,
+    /// The tenant's webhook signing secret (`whsec_...`).
+    pub webhook_secret: &'a str,
+}
+
+/// Something that sends messages of one channel.
+pub trait Provider: Send + Sync {
+    /// A name for logs and metrics: `twilio`, `resend`, `webhook`, `log`.
+    fn name(&self) -> &'static str;
+    fn send<'a>(&'a self, message: &'a Outbound<'a>) -> BoxFuture<'a, SendOutcome>;
+}
+
+/// Classifies an HTTP answer that was not a success: 408, 429 and 5xx are transient (with
+/// `Retry-After` honoured), other 4xx are permanent.
+pub fn classify_status(status: StatusCode, headers: &HeaderMap, error: String) -> SendOutcome {
+    if status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+    {
+        SendOutcome::Transient {
+            error,
+            retry_after: retry_after(headers),
+        }
+    } else {
+        SendOutcome::Rejected {
+            error,
+            opt_out: false,
+        }
+    }
+}
+
+/// Classifies a failure to get an answer at all: timeouts and connection errors are transient.
+pub fn classify_transport(provider: &str, error: &reqwest::Error) -> SendOutcome {
+    let what = if error.is_timeout() {
+        "timed out".to_owned()
+    } else if error.is_connect() {
+        "could not connect".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    // The full chain, without the URL (which may carry an account id).
+    let mut detail = String::new();
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(error);
+    while let Some(s) = source {
+        detail = s.to_string();
+        source = s.source();
+    }
+    let error = if detail.is_empty() {
+        format!("{provider}: {what}")
+    } else {
+        format!("{provider}: {what}: {detail}")
+    };
+    SendOutcome::Transient {
+        error,
+        retry_after: None,
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let raw = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = raw.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(raw).ok()?;
+    let ms = at.timestamp_millis() - chrono::Utc::now().timestamp_millis();
+    Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+}
+
+/// An HTTP client for provider calls: bounded by the provider timeout, no redirects (a
+/// provider that redirects is misconfigured, and a webhook must not be bounced elsewhere).
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    crate::install_crypto();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("Herald/", env!("CARGO_PKG_VERSION")))
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classified_as_the_contract_says() {
+        let h = HeaderMap::new();
+        for code in [408, 429, 500, 502, 503, 504] {
+            let s = StatusCode::from_u16(code).unwrap();
+            assert!(
+                matches!(
+                    classify_status(s, &h, String::new()),
+                    SendOutcome::Transient { .. }
+                ),
+                "{code}"
+            );
+        }
+        for code in [400, 401, 403, 404, 410, 422] {
+            let s = StatusCode::from_u16(code).unwrap();
+            assert!(
+                matches!(
+                    classify_status(s, &h, String::new()),
+                    SendOutcome::Rejected { .. }
+                ),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_or_as_a_date() {
+        let mut h = HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, "30".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(30)));
+        let later = (chrono::Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
+        h.insert(reqwest::header::RETRY_AFTER, later.parse().unwrap());
+        let d = retry_after(&h).unwrap();
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! Outbound webhooks, signed as Standard Webhooks: `webhook-id`, `webhook-timestamp` and
+//! `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">` keyed by the tenant's
+//! `whsec_` secret. Targets resolving to private addresses are refused after DNS too, so a
+//! public name pointed at an internal address cannot reach internal services.
+
+use std::{net::SocketAddr, time::Duration};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use futures_util::{FutureExt, future::BoxFuture};
+use hmac::{Hmac, KeyInit, Mac};
+use reqwest::{StatusCode, header::CONTENT_TYPE};
+use sha2::Sha256;
+
+use super::{Outbound, Provider, SendOutcome, classify_status, classify_transport};
+use crate::domain::is_private_ip;
+
+pub struct WebhookSender {
+    client: reqwest::Client,
+}
+
+impl WebhookSender {
+    pub fn new(timeout: Duration, allow_private: bool) -> Self {
+        crate::install_crypto();
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("Herald-Webhooks/", env!("CARGO_PKG_VERSION")))
+            .pool_max_idle_per_host(64);
+        if !allow_private {
+            builder = builder.dns_resolver(PublicOnly);
+        }
+        Self {
+            client: builder.build().unwrap_or_else(|_| reqwest::Client::new()),
+        }
+    }
+}
+
+/// Resolves names with the system resolver and refuses any answer that includes a private,
+/// loopback or link-local address.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if addrs.iter().any(|a| is_private_ip(a.ip())) {
+                return Err(format!("{host} resolves to a private address").into());
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// The Standard Webhooks signature of one delivery: `v1,<base64>`.
+pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> Option<String> {
+    let key = STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap_or(secret))
+        .ok()?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).ok()?;
+    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+    Some(format!(
+        "v1,{}",
+        STANDARD.encode(mac.finalize().into_bytes())
+    ))
+}
+
+impl Provider for WebhookSender {
+    fn name(&self) -> &'static str {
+        "webhook"
+    }
+
+    fn send<'a>(&'a self, m: &'a Outbound<'a>) -> BoxFuture<'a, SendOutcome> {
+        async move {
+            let timestamp = chrono::Utc::now().timestamp();
+            let Some(signature) = sign(m.webhook_secret, m.message_id, timestamp, m.body) else {
+                return SendOutcome::Rejected {
+                    error: "the tenant's webhook secret is not valid base64".to_owned(),
+                    opt_out: false,
+                };
+            };
+            let response = self
+                .client
+                .post(m.to)
+                .header(CONTENT_TYPE, "application/json")
+                .header("webhook-id", m.message_id)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", signature)
+                .body(m.body.to_owned())
+                .send()
+                .await;
+            let response = match response {
+                Ok(r) => r,
+                Err(e) => {
+                    let private =
+                        std::iter::successors(std::error::Error::source(&e), |s| s.source())
+                            .any(|s| s.to_string().contains("resolves to a private address"));
+                    if private {
+                        return SendOutcome::Rejected {
+                            error: "webhook target resolves to a private address".to_owned(),
+                            opt_out: false,
+                        };
+                    }
+                    return classify_transport("webhook", &e);
+                }
+            };
+            let status = response.status();
+            if status.is_success() {
+                return SendOutcome::Accepted {
+                    provider_message_id: None,
+                };
+            }
+            let headers = response.headers().clone();
+            let text = response.text().await.unwrap_or_default();
+            let error = format!(
+                "webhook receiver answered HTTP {}: {}",
+                status.as_u16(),
+                crate::domain::truncate(text.trim(), 300)
+            );
+            if status == StatusCode::GONE {
+                return SendOutcome::Rejected {
+                    error,
+                    opt_out: false,
+                };
+            }
+            classify_status(status, &headers, error)
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_follow_the_standard_webhooks_example() {
+        // The example from the Standard Webhooks specification.
+        let sig = sign(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            r#"{"test": 2432232314}"#,
+        )
+        .unwrap();
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+}

@@ -1,0 +1,908 @@
+//! The worker side of the queue engine: an apalis [`Backend`] that leases jobs from Redis,
+//! and the middleware that settles each job with Redis when its handler returns.
+//!
+//! Per worker process and queue there are four small tasks:
+//! - the fetcher leases up to `concurrency` jobs (in batches, one round trip each) and hands
+//!   them to apalis; when nothing is due it sleeps until the next due time, a push
+//!   notification, or `idle_poll`, whichever comes first;
+//! - the heartbeat extends the leases of every job this process holds, in one call;
+//! - the subscriber turns Redis pub/sub notifications into wake-ups for the fetcher;
+//! - the acker acknowledges finished jobs in batches.
+//!
+//! A job's lease is taken before it is handed to apalis and released only through Redis (ack,
+//! retry, dead, or hand-back at shutdown), so a process that dies leaves nothing behind that
+//! another worker cannot take once the lease expires.
+
+use std::{
+    collections::HashSet,
+    marker::PhantomData,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use apalis_core::{
+    backend::{Backend, BackendConfig, finalize::Ephemeral},
+    error::{AbortError, BoxDynError},
+    task::{Task, builder::TaskBuilder, task_id::RandomId, task_id::TaskId},
+    worker::context::WorkerContext,
+};
+use futures_util::{FutureExt, StreamExt, future::BoxFuture};
+use rand::RngExt;
+use serde::de::DeserializeOwned;
+use tokio::{
+    sync::{Notify, Semaphore, mpsc},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+use tower::{Layer, Service};
+use tracing::{Instrument, debug, error, info_span, warn};
+
+use super::{BUCKET_TTL_SECS, CHUNK, Queue, QueueError, now_ms};
+
+/// How a worker process uses one queue.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Jobs leased at once by this process (running plus handed to apalis).
+    pub concurrency: usize,
+    /// How long a fetched job is held before another worker may take it; the heartbeat
+    /// extends it every third of this while the handler runs.
+    pub lease: Duration,
+    /// The most jobs leased in one round trip.
+    pub batch: usize,
+    /// The longest an idle fetcher sleeps without a notification, in case one was lost.
+    pub idle_poll: Duration,
+}
+
+impl WorkerOptions {
+    pub fn new(concurrency: usize, lease: Duration) -> Self {
+        Self {
+            concurrency: concurrency.max(1),
+            lease,
+            batch: 100,
+            idle_poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A handler's verdict on a job that did not succeed. Any other error (a panic, a timeout,
+/// an unexpected failure) is treated as [`JobError::Transient`].
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Try again after the queue's retry policy delay, or `retry_after` if that is longer.
+    /// Past the queue's maximum attempts the job is dead.
+    #[error("{message}")]
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Try again at exactly this time (milliseconds since the epoch). The handler has already
+    /// applied its own limits, so the queue's maximum attempts does not apply.
+    #[error("{message}")]
+    RetryAt { message: String, at_ms: i64 },
+    /// Not now, and this attempt does not count (an open circuit, a rate limit).
+    #[error("deferred: {reason}")]
+    Defer { reason: String, at_ms: i64 },
+    /// It will never work: the job goes to the dead set at once.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl JobError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::Transient {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::Permanent(message.into())
+    }
+}
+
+/// What a handler knows about the job it runs; extract it with `Data<JobMeta>`.
+#[derive(Debug, Clone)]
+pub struct JobMeta {
+    pub id: String,
+    /// 1 on the first attempt of a run; includes attempts whose worker died.
+    pub attempt: u32,
+    pub queue: String,
+}
+
+/// One leased job as the fetch script returns it.
+struct Leased {
+    id: String,
+    payload: String,
+    attempt: u32,
+}
+
+struct FetchResult {
+    jobs: Vec<Leased>,
+    /// When nothing was leased: the time something next becomes due (ms), or -1.
+    hint: i64,
+}
+
+impl Queue {
+    async fn fetch(
+        &self,
+        n: usize,
+        lease: Duration,
+        token: &str,
+    ) -> Result<FetchResult, QueueError> {
+        let k = &self.inner.keys;
+        let now = now_ms();
+        let values: Vec<redis::Value> = self
+            .inner
+            .scripts
+            .fetch
+            .key(&k.data)
+            .key(&k.attempts)
+            .key(&k.errors)
+            .key(&k.scheduled)
+            .key(&k.ready)
+            .key(&k.inflight)
+            .key(&k.lease)
+            .key(&k.dead)
+            .key(k.failed_bucket(now))
+            .arg(now)
+            .arg(n)
+            .arg(lease.as_millis() as u64)
+            .arg(token)
+            .arg(self.inner.max_attempts)
+            .arg(CHUNK)
+            .arg(BUCKET_TTL_SECS)
+            .invoke_async(&mut self.inner.conn.clone())
+            .await?;
+        let mut it = values.into_iter();
+        let hint = match it.next() {
+            Some(redis::Value::Int(h)) => h,
+            _ => -1,
+        };
+        let mut jobs = Vec::new();
+        while let (Some(id), Some(payload), Some(attempt)) = (it.next(), it.next(), it.next()) {
+            let id: String = redis::from_redis_value(id)?;
+            let payload: String = redis::from_redis_value(payload)?;
+            let attempt: u32 = redis::from_redis_value(attempt)?;
+            jobs.push(Leased {
+                id,
+                payload,
+                attempt,
+            });
+        }
+        Ok(FetchResult { jobs, hint })
+    }
+
+    async fn ack_many(&self, items: &[(String, Arc<str>)]) -> Result<usize, QueueError> {
+        let k = &self.inner.keys;
+        let mut inv = self.inner.scripts.ack.prepare_invoke();
+        inv.key(&k.data)
+            .key(&k.attempts)
+            .key(&k.errors)
+            .key(&k.inflight)
+            .key(&k.lease)
+            .key(k.done_bucket(now_ms()))
+            .arg(BUCKET_TTL_SECS);
+        for (id, token) in items {
+            inv.arg(id).arg(&**token);
+        }
+        Ok(inv.invoke_async(&mut self.inner.conn.clone()).await?)
+    }
+
+    async fn settle(&self, id: &str, token: &str, settle: &Settle) -> Result<String, QueueError> {
+        let k = &self.inner.keys;
+        let now = now_ms();
+        let (kind, due, error) = match settle {
+            Settle::Retry { delay, error } => {
+                ("retry", now + delay.as_millis() as i64, error.as_str())
+            }
+            Settle::RetryAt { at_ms, error } => ("retry_at", *at_ms, error.as_str()),
+            Settle::Defer { at_ms, reason } => ("defer", *at_ms, reason.as_str()),
+            Settle::Dead { error } => ("dead", now, error.as_str()),
+        };
+        Ok(self
+            .inner
+            .scripts
+            .settle
+            .key(&k.attempts)
+            .key(&k.errors)
+            .key(&k.scheduled)
+            .key(&k.inflight)
+            .key(&k.lease)
+            .key(&k.dead)
+            .key(k.failed_bucket(now))
+            .key(&k.notify)
+            .arg(now)
+            .arg(id)
+            .arg(token)
+            .arg(kind)
+            .arg(due)
+            .arg(error)
+            .arg(self.inner.max_attempts)
+            .arg(BUCKET_TTL_SECS)
+            .invoke_async(&mut self.inner.conn.clone())
+            .await?)
+    }
+
+    async fn extend(
+        &self,
+        ids: &[String],
+        lease: Duration,
+        token: &str,
+    ) -> Result<Vec<String>, QueueError> {
+        let k = &self.inner.keys;
+        let mut lost = Vec::new();
+        for chunk in ids.chunks(CHUNK) {
+            let mut inv = self.inner.scripts.extend.prepare_invoke();
+            inv.key(&k.inflight)
+                .key(&k.lease)
+                .arg(now_ms() + lease.as_millis() as i64)
+                .arg(token);
+            for id in chunk {
+                inv.arg(id);
+            }
+            let l: Vec<String> = inv.invoke_async(&mut self.inner.conn.clone()).await?;
+            lost.extend(l);
+        }
+        Ok(lost)
+    }
+
+    async fn release(&self, ids: &[String], token: &str) -> Result<usize, QueueError> {
+        let k = &self.inner.keys;
+        let mut total = 0;
+        for chunk in ids.chunks(CHUNK) {
+            let mut inv = self.inner.scripts.release.prepare_invoke();
+            inv.key(&k.attempts)
+                .key(&k.inflight)
+                .key(&k.lease)
+                .key(&k.ready)
+                .key(&k.notify)
+                .arg(token);
+            for id in chunk {
+                inv.arg(id);
+            }
+            let n: usize = inv.invoke_async(&mut self.inner.conn.clone()).await?;
+            total += n;
+        }
+        Ok(total)
+    }
+}
+
+/// How a finished attempt is settled in Redis.
+enum Settle {
+    Retry { delay: Duration, error: String },
+    RetryAt { at_ms: i64, error: String },
+    Defer { at_ms: i64, reason: String },
+    Dead { error: String },
+}
+
+/// State shared by a worker process's tasks for one queue.
+struct Shared {
+    queue: Queue,
+    opts: WorkerOptions,
+    /// Names this process's leases, so an ack from a process whose lease was reclaimed
+    /// cannot remove a job another worker now runs.
+    token: Arc<str>,
+    /// Jobs this process holds a lease on: the heartbeat extends them, shutdown hands back
+    /// whatever is left.
+    leased: Mutex<HashSet<String>>,
+    /// One permit per job this process may lease; a finished job gives its permit back.
+    capacity: Semaphore,
+    /// Wakes the idle fetcher (a push notification arrived, or capacity came back).
+    wake: Notify,
+    acks: mpsc::UnboundedSender<String>,
+    acks_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    /// Stops the background tasks of this process for this queue.
+    cancel: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Shared {
+    fn leased(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.leased.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Settles a finished job with Redis and gives its permit back.
+    async fn finish(&self, meta: &JobMeta, result: &Result<(), String>, verdict: Option<Settle>) {
+        match (result, verdict) {
+            (Ok(()), _) => {
+                // The acker removes the id from `leased` once Redis has the ack, so the
+                // heartbeat keeps the lease alive until then.
+                if self.acks.send(meta.id.clone()).is_err() {
+                    self.leased().remove(&meta.id);
+                }
+            }
+            (Err(_), Some(settle)) => {
+                let mut tries = 0;
+                loop {
+                    match self.queue.settle(&meta.id, &self.token, &settle).await {
+                        Ok(outcome) => {
+                            log_settled(meta, &settle, &outcome);
+                            break;
+                        }
+                        Err(e) if tries < 3 => {
+                            tries += 1;
+                            warn!(queue = %meta.queue, job_id = %meta.id, error = %e, "could not settle a failed job; trying again");
+                            tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                        }
+                        Err(e) => {
+                            error!(queue = %meta.queue, job_id = %meta.id, error = %e,
+                                "could not settle a failed job; it runs again when its lease expires");
+                            break;
+                        }
+                    }
+                }
+                self.leased().remove(&meta.id);
+            }
+            (Err(_), None) => {
+                self.leased().remove(&meta.id);
+            }
+        }
+        self.capacity.add_permits(1);
+    }
+}
+
+fn log_settled(meta: &JobMeta, settle: &Settle, outcome: &str) {
+    match (settle, outcome) {
+        (_, "lost") => warn!(queue = %meta.queue, job_id = %meta.id, attempt = meta.attempt,
+            "the job's lease was lost while it ran; its new holder decides"),
+        (_, "dead") => {
+            let error = match settle {
+                Settle::Retry { error, .. }
+                | Settle::RetryAt { error, .. }
+                | Settle::Dead { error } => error.as_str(),
+                Settle::Defer { reason, .. } => reason.as_str(),
+            };
+            error!(queue = %meta.queue, job_id = %meta.id, attempt = meta.attempt, error = %error, "job is dead")
+        }
+        (Settle::Retry { delay, error }, _) => {
+            warn!(queue = %meta.queue, job_id = %meta.id, attempt = meta.attempt,
+            delay_ms = delay.as_millis() as u64, error = %error, "job failed; retry scheduled")
+        }
+        (Settle::RetryAt { at_ms, error }, _) => {
+            warn!(queue = %meta.queue, job_id = %meta.id, attempt = meta.attempt,
+            in_ms = at_ms - now_ms(), error = %error, "job failed; retry scheduled")
+        }
+        (Settle::Defer { at_ms, reason }, _) => debug!(queue = %meta.queue, job_id = %meta.id,
+            in_ms = at_ms - now_ms(), reason = %reason, "job deferred"),
+        (Settle::Dead { .. }, _) => {}
+    }
+}
+
+/// A handle on a worker process's state for one queue, kept outside apalis so that a forced
+/// shutdown can still hand back the leases of jobs that did not finish.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerHandle")
+            .field("queue", &self.shared.queue.name())
+            .finish()
+    }
+}
+
+impl WorkerHandle {
+    /// Jobs this process holds a lease on.
+    pub fn leased(&self) -> usize {
+        self.shared.leased().len()
+    }
+
+    /// Stops fetching and hands every lease this process still holds back to the queue, so
+    /// another worker takes those jobs at once. Returns how many were handed back.
+    pub async fn release_all(&self) -> Result<usize, QueueError> {
+        self.shared.cancel.cancel();
+        let ids: Vec<String> = self.shared.leased().drain().collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.shared.queue.release(&ids, &self.shared.token).await
+    }
+}
+
+/// An apalis backend over one Herald queue, yielding `Task<J>`.
+pub struct QueueBackend<J> {
+    shared: Arc<Shared>,
+    rx: Option<mpsc::Receiver<Task<J>>>,
+    tx: Option<mpsc::Sender<Task<J>>>,
+    closing: Option<BoxFuture<'static, ()>>,
+    _job: PhantomData<fn() -> J>,
+}
+
+impl<J> std::fmt::Debug for QueueBackend<J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueBackend")
+            .field("queue", &self.shared.queue.name())
+            .finish()
+    }
+}
+
+impl<J: DeserializeOwned + Send + 'static> QueueBackend<J> {
+    pub fn new(queue: Queue, opts: WorkerOptions) -> Self {
+        let token: Arc<str> = format!(
+            "{}:{}:{:08x}",
+            hostname(),
+            std::process::id(),
+            rand::rng().random::<u32>()
+        )
+        .into();
+        let (acks, acks_rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(opts.concurrency);
+        let shared = Arc::new(Shared {
+            capacity: Semaphore::new(opts.concurrency),
+            queue,
+            opts,
+            token,
+            leased: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+            acks,
+            acks_rx: Mutex::new(Some(acks_rx)),
+            cancel: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        Self {
+            shared,
+            rx: Some(rx),
+            tx: Some(tx),
+            closing: None,
+            _job: PhantomData,
+        }
+    }
+
+    pub fn handle(&self) -> WorkerHandle {
+        WorkerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Starts the fetcher, heartbeat, subscriber and acker on the first poll.
+    fn start(&mut self) {
+        let Some(tx) = self.tx.take() else { return };
+        let s = &self.shared;
+        let acks_rx = s
+            .acks_rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let mut tasks = s.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        tasks.push(tokio::spawn(fetch_loop::<J>(s.clone(), tx)));
+        tasks.push(tokio::spawn(heartbeat_loop(s.clone())));
+        tasks.push(tokio::spawn(subscribe_loop(s.clone())));
+        if let Some(rx) = acks_rx {
+            tasks.push(tokio::spawn(ack_loop(s.clone(), rx)));
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned())
+}
+
+impl<J: DeserializeOwned + Send + 'static> Backend for QueueBackend<J> {
+    type Task = Task<J>;
+    type Error = QueueError;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        self.start();
+        match self.rx.as_mut() {
+            Some(rx) => rx.poll_recv(cx).map(|task| task.map(Ok)),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        if self.closing.is_none() {
+            let shared = self.shared.clone();
+            let rx = self.rx.take();
+            self.closing = Some(close(shared, rx).boxed());
+        }
+        match self.closing.as_mut() {
+            Some(fut) => fut.poll_unpin(cx).map(Ok),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// Graceful close: stop fetching, hand back jobs leased but never started, flush the acks.
+async fn close<J>(shared: Arc<Shared>, rx: Option<mpsc::Receiver<Task<J>>>) {
+    shared.cancel.cancel();
+    let tasks: Vec<JoinHandle<()>> =
+        std::mem::take(&mut *shared.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+    for task in tasks {
+        let _ = task.await;
+    }
+    let mut unstarted = Vec::new();
+    if let Some(mut rx) = rx {
+        rx.close();
+        while let Ok(task) = rx.try_recv() {
+            if let Some(TaskId::String(id)) = task.task_id() {
+                unstarted.push(id.clone());
+            }
+        }
+    }
+    if !unstarted.is_empty() {
+        {
+            let mut leased = shared.leased();
+            for id in &unstarted {
+                leased.remove(id);
+            }
+        }
+        match shared.queue.release(&unstarted, &shared.token).await {
+            Ok(n) => {
+                debug!(queue = %shared.queue.name(), released = n, "handed back jobs that had not started")
+            }
+            Err(e) => {
+                warn!(queue = %shared.queue.name(), error = %e, "could not hand back unstarted jobs; they run when their lease expires")
+            }
+        }
+    }
+}
+
+async fn fetch_loop<J: DeserializeOwned + Send + 'static>(
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Task<J>>,
+) {
+    let opts = shared.opts.clone();
+    let name = shared.queue.name().to_owned();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        // Wait for room: never lease more jobs than this process can run.
+        let first = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            permit = shared.capacity.acquire() => permit,
+        };
+        let Ok(first) = first else { return };
+        first.forget();
+        let mut n = 1;
+        let extra = shared
+            .capacity
+            .available_permits()
+            .min(opts.batch.saturating_sub(1));
+        if extra > 0
+            && let Ok(more) = shared.capacity.try_acquire_many(extra as u32)
+        {
+            more.forget();
+            n += extra;
+        }
+
+        let fetched = shared.queue.fetch(n, opts.lease, &shared.token).await;
+        let batch = match fetched {
+            Ok(batch) => {
+                backoff = Duration::from_millis(50);
+                batch
+            }
+            Err(e) => {
+                shared.capacity.add_permits(n);
+                warn!(queue = %name, error = %e, retry_in_ms = backoff.as_millis() as u64, "could not fetch jobs");
+                tokio::select! {
+                    _ = shared.cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+
+        let got = batch.jobs.len();
+        shared.capacity.add_permits(n - got);
+        for job in batch.jobs {
+            let args = match serde_json::from_str::<J>(&job.payload) {
+                Ok(args) => args,
+                Err(e) => {
+                    let meta = JobMeta {
+                        id: job.id,
+                        attempt: job.attempt,
+                        queue: name.clone(),
+                    };
+                    shared.leased().insert(meta.id.clone());
+                    let settle = Settle::Dead {
+                        error: format!("the job's payload could not be decoded: {e}"),
+                    };
+                    shared
+                        .finish(&meta, &Err(String::new()), Some(settle))
+                        .await;
+                    continue;
+                }
+            };
+            shared.leased().insert(job.id.clone());
+            let meta = JobMeta {
+                id: job.id.clone(),
+                attempt: job.attempt,
+                queue: name.clone(),
+            };
+            let task = TaskBuilder::new(args)
+                .task_id(TaskId::String(job.id.clone()))
+                // apalis counts the attempt up by one when the task starts.
+                .attempt(job.attempt.saturating_sub(1) as usize)
+                .data(meta)
+                .build();
+            if tx.send(task).await.is_err() {
+                // The worker is gone: hand the job straight back.
+                shared.leased().remove(&job.id);
+                shared.capacity.add_permits(1);
+                let _ = shared
+                    .queue
+                    .release(std::slice::from_ref(&job.id), &shared.token)
+                    .await;
+                return;
+            }
+        }
+
+        if got == 0 {
+            let wait = if batch.hint < 0 {
+                opts.idle_poll
+            } else {
+                Duration::from_millis(u64::try_from(batch.hint - now_ms()).unwrap_or(0))
+                    .min(opts.idle_poll)
+            };
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = shared.cancel.cancelled() => return,
+                    _ = shared.wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>) {
+    let every = shared.opts.lease / 3;
+    let name = shared.queue.name().to_owned();
+    loop {
+        tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let ids: Vec<String> = shared.leased().iter().cloned().collect();
+        if ids.is_empty() {
+            continue;
+        }
+        match shared
+            .queue
+            .extend(&ids, shared.opts.lease, &shared.token)
+            .await
+        {
+            Ok(lost) if !lost.is_empty() => {
+                warn!(queue = %name, lost = lost.len(), "leases were reclaimed by another worker; their jobs run there");
+            }
+            Ok(_) => {}
+            Err(e) => warn!(queue = %name, error = %e, "could not extend leases"),
+        }
+    }
+}
+
+async fn subscribe_loop(shared: Arc<Shared>) {
+    let channel = shared.queue.inner.keys.notify.clone();
+    let name = shared.queue.name().to_owned();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let connected = async {
+            let mut pubsub = shared.queue.inner.client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            p = connected => p,
+        };
+        match pubsub {
+            Ok(mut pubsub) => {
+                backoff = Duration::from_millis(100);
+                // Anything may have been pushed while we were not listening.
+                shared.wake.notify_one();
+                let mut messages = pubsub.on_message();
+                loop {
+                    tokio::select! {
+                        _ = shared.cancel.cancelled() => return,
+                        msg = messages.next() => match msg {
+                            Some(_) => shared.wake.notify_one(),
+                            None => break,
+                        }
+                    }
+                }
+                debug!(queue = %name, "notification connection closed; reconnecting");
+            }
+            Err(e) => {
+                debug!(queue = %name, error = %e, "could not subscribe to notifications");
+            }
+        }
+        tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<String>) {
+    let name = shared.queue.name().to_owned();
+    let mut batch: Vec<(String, Arc<str>)> = Vec::new();
+    loop {
+        if batch.is_empty() {
+            let first = tokio::select! {
+                id = rx.recv() => id,
+                _ = shared.cancel.cancelled() => {
+                    // Shutting down: flush what is queued, then stop.
+                    rx.close();
+                    rx.recv().await
+                }
+            };
+            match first {
+                Some(id) => batch.push((id, shared.token.clone())),
+                None => return,
+            }
+        }
+        while batch.len() < CHUNK {
+            match rx.try_recv() {
+                Ok(id) => batch.push((id, shared.token.clone())),
+                Err(_) => break,
+            }
+        }
+        match shared.queue.ack_many(&batch).await {
+            Ok(_) => {
+                let mut leased = shared.leased();
+                for (id, _) in batch.drain(..) {
+                    leased.remove(&id);
+                }
+            }
+            Err(e) => {
+                warn!(queue = %name, error = %e, pending = batch.len(), "could not acknowledge jobs; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = shared.cancel.cancelled() => {
+                        // One last try, then leave them to lease expiry.
+                        if shared.queue.ack_many(&batch).await.is_err() {
+                            warn!(queue = %name, pending = batch.len(), "acknowledgements lost at shutdown; those jobs run again");
+                        }
+                        let mut leased = shared.leased();
+                        for (id, _) in batch.drain(..) {
+                            leased.remove(&id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<J: Send + 'static> BackendConfig for QueueBackend<J> {
+    type Args = J;
+    type Id = RandomId;
+    type Kind = Ephemeral;
+    type Config = WorkerOptions;
+    type Layer = QueueLayer;
+
+    fn config(&self) -> &Self::Config {
+        &self.shared.opts
+    }
+
+    fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
+        QueueLayer {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Settles every job with Redis once the handler stack below it has finished.
+#[derive(Clone)]
+pub struct QueueLayer {
+    shared: Arc<Shared>,
+}
+
+impl<S> Layer<S> for QueueLayer {
+    type Service = QueueService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        QueueService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct QueueService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S, J, R> Service<Task<J>> for QueueService<S>
+where
+    S: Service<Task<J>, Response = R>,
+    S::Error: Into<BoxDynError>,
+    S::Future: Send + 'static,
+    R: Send + 'static,
+{
+    type Response = R;
+    type Error = BoxDynError;
+    type Future = BoxFuture<'static, Result<R, BoxDynError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, task: Task<J>) -> Self::Future {
+        let meta = task.data().get::<JobMeta>().cloned();
+        let shared = self.shared.clone();
+        let span = match &meta {
+            Some(m) => info_span!("job", queue = %m.queue, job_id = %m.id, attempt = m.attempt),
+            None => info_span!("job"),
+        };
+        let fut = self.inner.call(task);
+        async move {
+            let res = fut.await.map_err(Into::into);
+            if let Some(meta) = meta {
+                match &res {
+                    Ok(_) => shared.finish(&meta, &Ok(()), None).await,
+                    Err(e) => {
+                        let settle = verdict(&shared, &meta, e);
+                        shared
+                            .finish(&meta, &Err(e.to_string()), Some(settle))
+                            .await;
+                    }
+                }
+            }
+            res
+        }
+        .instrument(span)
+        .boxed()
+    }
+}
+
+/// Turns a handler's error into how the job is settled.
+fn verdict(shared: &Shared, meta: &JobMeta, error: &BoxDynError) -> Settle {
+    let text = |s: &str| crate::domain::truncate(s, 2000);
+    match error.downcast_ref::<JobError>() {
+        Some(JobError::Transient {
+            message,
+            retry_after,
+        }) => Settle::Retry {
+            delay: shared.queue.policy().delay(meta.attempt, *retry_after),
+            error: text(message),
+        },
+        Some(JobError::RetryAt { message, at_ms }) => Settle::RetryAt {
+            at_ms: *at_ms,
+            error: text(message),
+        },
+        Some(JobError::Defer { reason, at_ms }) => Settle::Defer {
+            at_ms: *at_ms,
+            reason: text(reason),
+        },
+        Some(JobError::Permanent(message)) => Settle::Dead {
+            error: text(message),
+        },
+        None => {
+            let message = if let Some(abort) = error.downcast_ref::<AbortError>() {
+                format!("the handler panicked: {abort}")
+            } else {
+                error.to_string()
+            };
+            Settle::Retry {
+                delay: shared.queue.policy().delay(meta.attempt, None),
+                error: text(&message),
+            }
+        }
+    }
+}

@@ -1,0 +1,506 @@
+//! Herald's queue engine: durable jobs in Redis with millisecond due times, leases that a
+//! heartbeat extends, persisted retries and a dead set, driven by apalis workers through
+//! [`backend::QueueBackend`].
+//!
+//! [`Queue`] is the client side (push, stats, dead-job administration); the worker side lives
+//! in [`backend`]. Both speak to Redis only through the scripts in [`scripts`].
+
+pub mod backend;
+pub mod policy;
+mod scripts;
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use redis::{AsyncCommands, Script, aio::ConnectionManager};
+use serde::{Serialize, de::DeserializeOwned};
+
+pub use backend::{JobError, JobMeta, QueueBackend, WorkerHandle, WorkerOptions};
+pub use policy::RetryPolicy;
+
+/// The queue that carries one job per outbound message.
+pub const DELIVERIES: &str = "deliveries";
+
+/// Promotion, reclaim and listing work in chunks of this many jobs, so no single script
+/// call grows with the size of a burst or a backlog.
+const CHUNK: usize = 1000;
+/// Completed and failed counters live in 5-second buckets for two minutes.
+const BUCKET_SECS: i64 = 5;
+const BUCKET_TTL_SECS: i64 = 120;
+
+/// Errors talking to Redis or decoding what it holds.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("unexpected answer from redis: {0}")]
+    Parse(#[from] redis::ParsingError),
+    #[error("job payload could not be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A Redis connection with bounded connect and response times, so a Redis outage turns into
+/// a quick error rather than a hung request. It connects lazily and reconnects by itself: a
+/// process starts while Redis is down and recovers when it is back.
+pub fn connect(url: &str) -> Result<(redis::Client, ConnectionManager), QueueError> {
+    let client = redis::Client::open(url)?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500));
+    let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+    Ok((client, manager))
+}
+
+/// The keys of one queue, all under the hash tag `{prefix:name}`.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    pub data: String,
+    pub attempts: String,
+    pub errors: String,
+    pub scheduled: String,
+    pub ready: String,
+    pub inflight: String,
+    pub lease: String,
+    pub dead: String,
+    pub notify: String,
+    done: String,
+    failed: String,
+}
+
+impl Keys {
+    fn new(prefix: &str, name: &str) -> Self {
+        let tag = format!("{{{prefix}:{name}}}");
+        Self {
+            data: format!("{tag}:data"),
+            attempts: format!("{tag}:attempts"),
+            errors: format!("{tag}:errors"),
+            scheduled: format!("{tag}:scheduled"),
+            ready: format!("{tag}:ready"),
+            inflight: format!("{tag}:inflight"),
+            lease: format!("{tag}:lease"),
+            dead: format!("{tag}:dead"),
+            notify: format!("{tag}:notify"),
+            done: format!("{tag}:done"),
+            failed: format!("{tag}:failed"),
+        }
+    }
+
+    fn bucket(base: &str, now_ms: i64) -> String {
+        format!("{base}:{}", now_ms / 1000 / BUCKET_SECS)
+    }
+
+    pub fn done_bucket(&self, now_ms: i64) -> String {
+        Self::bucket(&self.done, now_ms)
+    }
+
+    pub fn failed_bucket(&self, now_ms: i64) -> String {
+        Self::bucket(&self.failed, now_ms)
+    }
+}
+
+pub(crate) struct Scripts {
+    pub push: Script,
+    pub fetch: Script,
+    pub ack: Script,
+    pub settle: Script,
+    pub extend: Script,
+    pub release: Script,
+    replay: Script,
+    delete_dead: Script,
+    remove_waiting: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            push: Script::new(&scripts::with_helpers(scripts::PUSH)),
+            fetch: Script::new(&scripts::with_helpers(scripts::FETCH)),
+            ack: Script::new(&scripts::with_helpers(scripts::ACK)),
+            settle: Script::new(&scripts::with_helpers(scripts::SETTLE)),
+            extend: Script::new(scripts::EXTEND),
+            release: Script::new(scripts::RELEASE),
+            replay: Script::new(scripts::REPLAY),
+            delete_dead: Script::new(scripts::DELETE_DEAD),
+            remove_waiting: Script::new(scripts::REMOVE_WAITING),
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub name: String,
+    pub keys: Keys,
+    pub scripts: Scripts,
+    pub client: redis::Client,
+    pub conn: ConnectionManager,
+    /// Attempts before a job that keeps failing without a handler's verdict (panics,
+    /// timeouts, a worker that dies) is moved to the dead set.
+    pub max_attempts: u32,
+    pub policy: RetryPolicy,
+}
+
+/// A handle on one named queue. Cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("name", &self.inner.name)
+            .field("keys", &self.inner.keys.data)
+            .finish()
+    }
+}
+
+/// A job to push: its id (pushing an id that is already waiting or running does nothing),
+/// its payload and when it is due.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub payload: String,
+    pub due_ms: i64,
+}
+
+impl NewJob {
+    pub fn new<J: Serialize>(
+        id: impl Into<String>,
+        job: &J,
+        due_ms: i64,
+    ) -> Result<Self, QueueError> {
+        Ok(Self {
+            id: id.into(),
+            payload: serde_json::to_string(job)?,
+            due_ms,
+        })
+    }
+}
+
+/// Counts for `GET /v1/admin/queues`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QueueStats {
+    pub name: String,
+    /// Due now and waiting for a worker.
+    pub pending: u64,
+    /// Due later.
+    pub scheduled: u64,
+    /// Leased by a worker.
+    pub running: u64,
+    pub dead: u64,
+    pub completed_last_minute: u64,
+    pub failed_last_minute: u64,
+}
+
+/// One failed attempt, as kept with a job.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct AttemptError {
+    /// Milliseconds since the epoch.
+    pub at: i64,
+    pub attempt: u32,
+    pub error: String,
+}
+
+/// A job in the dead set.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadJob {
+    pub id: String,
+    pub payload: serde_json::Value,
+    pub attempts: u32,
+    pub errors: Vec<AttemptError>,
+    /// Milliseconds since the epoch.
+    pub dead_at: i64,
+}
+
+/// A page of dead jobs, newest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadPage {
+    pub jobs: Vec<DeadJob>,
+    pub next_offset: Option<usize>,
+}
+
+/// Which dead jobs to list.
+#[derive(Debug, Clone, Default)]
+pub struct DeadFilter {
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Queue {
+    pub fn new(
+        client: redis::Client,
+        conn: ConnectionManager,
+        prefix: &str,
+        name: &str,
+        max_attempts: u32,
+        policy: RetryPolicy,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                name: name.to_owned(),
+                keys: Keys::new(prefix, name),
+                scripts: Scripts::new(),
+                client,
+                conn,
+                max_attempts,
+                policy,
+            }),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.inner.policy
+    }
+
+    pub fn max_attempts(&self) -> u32 {
+        self.inner.max_attempts
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// Pushes one job; returns whether it was added (false: that id is already waiting or
+    /// running).
+    pub async fn push<J: Serialize>(
+        &self,
+        id: &str,
+        job: &J,
+        due_ms: i64,
+    ) -> Result<bool, QueueError> {
+        let added = self.push_many(&[NewJob::new(id, job, due_ms)?]).await?;
+        Ok(added == 1)
+    }
+
+    /// Pushes many jobs in one round trip; returns how many were added.
+    pub async fn push_many(&self, jobs: &[NewJob]) -> Result<usize, QueueError> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let k = &self.inner.keys;
+        let mut total = 0;
+        for chunk in jobs.chunks(CHUNK) {
+            let mut inv = self.inner.scripts.push.prepare_invoke();
+            inv.key(&k.data)
+                .key(&k.attempts)
+                .key(&k.errors)
+                .key(&k.scheduled)
+                .key(&k.ready)
+                .key(&k.dead)
+                .key(&k.notify)
+                .arg(now_ms());
+            for job in chunk {
+                inv.arg(&job.id).arg(&job.payload).arg(job.due_ms);
+            }
+            let added: usize = inv.invoke_async(&mut self.conn()).await?;
+            total += added;
+        }
+        Ok(total)
+    }
+
+    /// Removes a job that has not started yet (a canceled message). Returns whether it was
+    /// waiting.
+    pub async fn remove_waiting(&self, id: &str) -> Result<bool, QueueError> {
+        let k = &self.inner.keys;
+        let removed: i64 = self
+            .inner
+            .scripts
+            .remove_waiting
+            .key(&k.data)
+            .key(&k.attempts)
+            .key(&k.errors)
+            .key(&k.scheduled)
+            .key(&k.ready)
+            .arg(id)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(removed == 1)
+    }
+
+    /// The counts ops look at.
+    pub async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let k = &self.inner.keys;
+        let now = now_ms();
+        let buckets: Vec<i64> = (0..(60 / BUCKET_SECS))
+            .map(|i| now - i * BUCKET_SECS * 1000)
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.llen(&k.ready)
+            .zcount(&k.scheduled, "-inf", now)
+            .zcount(&k.scheduled, format!("({now}"), "+inf")
+            .zcard(&k.inflight)
+            .zcard(&k.dead)
+            .mget(
+                buckets
+                    .iter()
+                    .map(|t| k.done_bucket(*t))
+                    .collect::<Vec<_>>(),
+            )
+            .mget(
+                buckets
+                    .iter()
+                    .map(|t| k.failed_bucket(*t))
+                    .collect::<Vec<_>>(),
+            );
+        #[allow(clippy::type_complexity)]
+        let (ready, due, later, running, dead, done, failed): (
+            u64,
+            u64,
+            u64,
+            u64,
+            u64,
+            Vec<Option<u64>>,
+            Vec<Option<u64>>,
+        ) = pipe.query_async(&mut self.conn()).await?;
+        Ok(QueueStats {
+            name: self.inner.name.clone(),
+            pending: ready + due,
+            scheduled: later,
+            running,
+            dead,
+            completed_last_minute: done.into_iter().flatten().sum(),
+            failed_last_minute: failed.into_iter().flatten().sum(),
+        })
+    }
+
+    /// Dead jobs, newest first, `limit` from `offset`.
+    pub async fn list_dead(
+        &self,
+        filter: &DeadFilter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<DeadPage, QueueError> {
+        let k = &self.inner.keys;
+        let max = filter.until_ms.map_or("+inf".to_owned(), |t| t.to_string());
+        let min = filter.since_ms.map_or("-inf".to_owned(), |t| t.to_string());
+        let entries: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(&k.dead)
+            .arg(&max)
+            .arg(&min)
+            .arg("BYSCORE")
+            .arg("REV")
+            .arg("LIMIT")
+            .arg(offset)
+            .arg(limit + 1)
+            .arg("WITHSCORES")
+            .query_async(&mut self.conn())
+            .await?;
+        let more = entries.len() > limit;
+        let mut jobs = Vec::with_capacity(limit);
+        for (id, score) in entries.into_iter().take(limit) {
+            if let Some(job) = self.dead_details(id, score as i64).await? {
+                jobs.push(job);
+            }
+        }
+        Ok(DeadPage {
+            jobs,
+            next_offset: more.then_some(offset + limit),
+        })
+    }
+
+    /// One dead job, if `id` is dead.
+    pub async fn get_dead(&self, id: &str) -> Result<Option<DeadJob>, QueueError> {
+        let score: Option<f64> = self.conn().zscore(&self.inner.keys.dead, id).await?;
+        match score {
+            Some(score) => self.dead_details(id.to_owned(), score as i64).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn dead_details(&self, id: String, dead_at: i64) -> Result<Option<DeadJob>, QueueError> {
+        let k = &self.inner.keys;
+        let (payload, attempts, errors): (Option<String>, Option<u32>, Option<String>) =
+            redis::pipe()
+                .hget(&k.data, &id)
+                .hget(&k.attempts, &id)
+                .hget(&k.errors, &id)
+                .query_async(&mut self.conn())
+                .await?;
+        let Some(payload) = payload else {
+            return Ok(None);
+        };
+        let payload = serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload));
+        let errors = errors
+            .and_then(|raw| serde_json::from_str::<Vec<AttemptError>>(&raw).ok())
+            .unwrap_or_default();
+        Ok(Some(DeadJob {
+            id,
+            payload,
+            attempts: attempts.unwrap_or(0),
+            errors,
+            dead_at,
+        }))
+    }
+
+    /// Replays a dead job with fresh attempts. Returns whether it was dead.
+    pub async fn replay_dead(&self, id: &str) -> Result<bool, QueueError> {
+        let k = &self.inner.keys;
+        let n: i64 = self
+            .inner
+            .scripts
+            .replay
+            .key(&k.attempts)
+            .key(&k.errors)
+            .key(&k.ready)
+            .key(&k.dead)
+            .key(&k.notify)
+            .arg(id)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Deletes a dead job. Returns whether it was dead.
+    pub async fn delete_dead(&self, id: &str) -> Result<bool, QueueError> {
+        let k = &self.inner.keys;
+        let n: i64 = self
+            .inner
+            .scripts
+            .delete_dead
+            .key(&k.data)
+            .key(&k.attempts)
+            .key(&k.errors)
+            .key(&k.dead)
+            .arg(id)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Whether Redis answers, for `/readyz`.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    /// Decodes a payload pushed with [`NewJob::new`].
+    pub fn decode<J: DeserializeOwned>(payload: &str) -> Result<J, serde_json::Error> {
+        serde_json::from_str(payload)
+    }
+}
+
+/// The `deliveries` queue as configured. Its own maximum is a backstop above
+/// `HERALD_MAX_ATTEMPTS`: the delivery handler counts provider calls itself and settles the
+/// message before the queue would give up, but a job that dies before reaching its handler
+/// (a worker killed mid-job, again and again) must still end dead.
+pub fn deliveries(config: &crate::Config, client: redis::Client, conn: ConnectionManager) -> Queue {
+    Queue::new(
+        client,
+        conn,
+        &config.queue_prefix,
+        DELIVERIES,
+        config.max_attempts + 2,
+        RetryPolicy::new(config.retry_base, config.retry_max),
+    )
+}

@@ -1,0 +1,297 @@
+//! Delivering one message: claim it, check it may still go out, hand it to its channel's
+//! provider, and record what came of it. The worker's `deliveries` handler calls [`deliver`].
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use sqlx::PgPool;
+use tracing::{debug, info, warn};
+
+use super::DeliveryJob;
+use crate::{
+    config::{Config, EmailProviderKind, SmsProviderKind},
+    domain::{Channel, new_id},
+    providers::{
+        Outbound, Provider, SendOutcome, http_client, log::LogProvider, resend::Resend,
+        twilio::Twilio, webhook::WebhookSender,
+    },
+    queue::{DELIVERIES, JobError, JobMeta, RetryPolicy},
+    store::{
+        self, contacts,
+        messages::{self, AttemptUpdate, MessageRow},
+        tenants,
+    },
+};
+
+/// How long to put a job off while Postgres is unreachable; it does not count as an attempt.
+const DB_DOWN_DEFER: Duration = Duration::from_secs(5);
+
+/// Everything a delivery needs, built once per worker process.
+pub struct Deliverer {
+    pub db: PgPool,
+    pub sms: Arc<dyn Provider>,
+    pub email: Arc<dyn Provider>,
+    pub webhook: Arc<dyn Provider>,
+    pub max_attempts: u32,
+    pub policy: RetryPolicy,
+}
+
+impl std::fmt::Debug for Deliverer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deliverer")
+            .field("sms", &self.sms.name())
+            .field("email", &self.email.name())
+            .field("max_attempts", &self.max_attempts)
+            .finish()
+    }
+}
+
+impl Deliverer {
+    /// The providers configuration names.
+    pub fn from_config(config: &Config, db: PgPool) -> Self {
+        let client = http_client(config.provider_timeout);
+        let sms: Arc<dyn Provider> = match (
+            config.sms_provider,
+            &config.twilio.account_sid,
+            &config.twilio.auth_token,
+        ) {
+            (SmsProviderKind::Twilio, Some(sid), Some(token)) => Arc::new(Twilio::new(
+                client.clone(),
+                &config.twilio.base_url,
+                sid,
+                token.clone(),
+                &config.public_url,
+            )),
+            _ => Arc::new(LogProvider::new(db.clone(), "sms")),
+        };
+        let email: Arc<dyn Provider> = match (config.email_provider, &config.resend.api_key) {
+            (EmailProviderKind::Resend, Some(key)) => {
+                Arc::new(Resend::new(client, &config.resend.base_url, key.clone()))
+            }
+            _ => Arc::new(LogProvider::new(db.clone(), "email")),
+        };
+        let webhook: Arc<dyn Provider> = Arc::new(WebhookSender::new(
+            config.provider_timeout,
+            config.webhook_allow_private,
+        ));
+        Self {
+            db,
+            sms,
+            email,
+            webhook,
+            max_attempts: config.max_attempts,
+            policy: RetryPolicy::new(config.retry_base, config.retry_max),
+        }
+    }
+
+    fn provider(&self, channel: Channel) -> &dyn Provider {
+        match channel {
+            Channel::Sms => self.sms.as_ref(),
+            Channel::Email => self.email.as_ref(),
+            Channel::Webhook => self.webhook.as_ref(),
+        }
+    }
+}
+
+/// A Postgres failure: put the job off (without spending an attempt) while Postgres is down,
+/// otherwise let the queue retry it.
+fn db_error(e: sqlx::Error) -> JobError {
+    if store::is_unavailable(&e) {
+        JobError::Defer {
+            reason: format!("postgres unavailable: {e}"),
+            at_ms: Utc::now().timestamp_millis() + DB_DOWN_DEFER.as_millis() as i64,
+        }
+    } else {
+        JobError::transient(format!("postgres: {e}"))
+    }
+}
+
+/// Sends one message. `Ok` means its fate is recorded in Postgres (sent, failed, dead,
+/// expired, suppressed, or nothing to do); an error asks the queue to run the job again.
+pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result<(), JobError> {
+    let attempt = i32::try_from(meta.attempt).unwrap_or(i32::MAX);
+    let Some(m) = messages::claim(&d.db, &job.message_id, attempt)
+        .await
+        .map_err(db_error)?
+    else {
+        // Canceled, already sent, or claimed by another copy of this job: nothing to do.
+        debug!(message_id = %job.message_id, "message is not waiting to be sent; job done");
+        return Ok(());
+    };
+    let now = Utc::now();
+
+    if now >= m.expires_at {
+        finish(
+            d,
+            &m,
+            "expired",
+            None,
+            None,
+            Some("expires_at passed before it could be sent"),
+            None,
+        )
+        .await?;
+        return Ok(());
+    }
+    // `attempts` already counts this one; more than the maximum means earlier attempts died
+    // with their worker, and the message must not loop forever.
+    if m.attempts > d.max_attempts as i32 {
+        let why = format!(
+            "{} attempts started without a result; giving up",
+            m.attempts - 1
+        );
+        finish(d, &m, "dead", None, Some(&why), Some(&why), None).await?;
+        dead_letter(d, &m, "exhausted").await;
+        return Ok(());
+    }
+    let channel = Channel::parse(&m.channel).unwrap_or(Channel::Sms);
+    if channel == Channel::Sms
+        && contacts::phone_opted_out(&d.db, &m.tenant_id, &m.to_addr)
+            .await
+            .map_err(db_error)?
+    {
+        finish(
+            d,
+            &m,
+            "suppressed",
+            None,
+            None,
+            Some("the recipient has opted out"),
+            None,
+        )
+        .await?;
+        return Ok(());
+    }
+    let Some(tenant) = tenants::get(&d.db, &m.tenant_id).await.map_err(db_error)? else {
+        return Err(JobError::permanent("the message's tenant no longer exists"));
+    };
+
+    let outbound = Outbound {
+        message_id: &m.id,
+        tenant_id: &m.tenant_id,
+        to: &m.to_addr,
+        from: m.from_addr.as_deref(),
+        subject: m.subject.as_deref(),
+        body: &m.body,
+        run: m.run,
+        webhook_secret: &tenant.webhook_secret,
+    };
+    let provider = d.provider(channel);
+    let started = std::time::Instant::now();
+    let outcome = provider.send(&outbound).await;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+
+    match outcome {
+        SendOutcome::Accepted {
+            provider_message_id,
+        } => {
+            // A webhook answered 2xx has arrived; SMS and email wait for the provider's callback.
+            let status = if channel == Channel::Webhook {
+                "delivered"
+            } else {
+                "sent"
+            };
+            let detail = format!("{} accepted it in {elapsed_ms} ms", provider.name());
+            finish(
+                d,
+                &m,
+                status,
+                provider_message_id.as_deref(),
+                None,
+                Some(&detail),
+                None,
+            )
+            .await?;
+            info!(message_id = %m.id, tenant_id = %m.tenant_id, provider = provider.name(), attempt = m.attempts, elapsed_ms, status, "message sent");
+            Ok(())
+        }
+        SendOutcome::Rejected { error, opt_out } => {
+            if opt_out && channel == Channel::Sms {
+                contacts::opt_out_phone(&d.db, &new_id("ct"), &m.tenant_id, &m.to_addr)
+                    .await
+                    .map_err(db_error)?;
+            }
+            finish(d, &m, "failed", None, Some(&error), Some(&error), None).await?;
+            dead_letter(d, &m, "rejected").await;
+            warn!(message_id = %m.id, tenant_id = %m.tenant_id, provider = provider.name(), error = %error, "provider rejected the message");
+            Ok(())
+        }
+        SendOutcome::Transient { error, retry_after } => {
+            if m.attempts >= d.max_attempts as i32 {
+                let detail = format!("attempt {} of {}: {error}", m.attempts, d.max_attempts);
+                finish(d, &m, "dead", None, Some(&error), Some(&detail), None).await?;
+                dead_letter(d, &m, "exhausted").await;
+                warn!(message_id = %m.id, tenant_id = %m.tenant_id, attempts = m.attempts, error = %error, "message is dead: every attempt failed");
+                return Ok(());
+            }
+            let delay = d.policy.delay(m.attempts as u32, retry_after);
+            let next = Utc::now() + chrono::Duration::milliseconds(delay.as_millis() as i64);
+            if next > m.expires_at {
+                let detail = format!("{error}; the next attempt would come after expires_at");
+                finish(d, &m, "expired", None, Some(&error), Some(&detail), None).await?;
+                return Ok(());
+            }
+            let detail = format!(
+                "attempt {} failed: {error}; next attempt in {} ms",
+                m.attempts,
+                delay.as_millis()
+            );
+            finish(
+                d,
+                &m,
+                "retrying",
+                None,
+                Some(&error),
+                Some(&detail),
+                Some(next),
+            )
+            .await?;
+            Err(JobError::RetryAt {
+                message: error,
+                at_ms: next.timestamp_millis(),
+            })
+        }
+    }
+}
+
+/// Records the outcome of the claimed attempt.
+async fn finish(
+    d: &Deliverer,
+    m: &MessageRow,
+    status: &str,
+    provider_message_id: Option<&str>,
+    last_error: Option<&str>,
+    detail: Option<&str>,
+    next_attempt_at: Option<chrono::DateTime<Utc>>,
+) -> Result<(), JobError> {
+    let update = AttemptUpdate {
+        id: &m.id,
+        status,
+        last_error,
+        provider_message_id,
+        detail,
+        next_attempt_at,
+    };
+    let changed = messages::finish_attempt(&d.db, &update)
+        .await
+        .map_err(db_error)?;
+    if !changed {
+        debug!(message_id = %m.id, status, "message left `sending` meanwhile; outcome not recorded");
+    }
+    Ok(())
+}
+
+/// Keeps a dead letter for a `failed` or `dead` message. A failure here is logged, not
+/// retried: the message's status and events already say what happened.
+async fn dead_letter(d: &Deliverer, m: &MessageRow, reason: &str) {
+    let errors = messages::attempt_errors(&d.db, &m.id)
+        .await
+        .unwrap_or(serde_json::Value::Array(vec![]));
+    let refreshed = messages::get_any(&d.db, &m.id).await.ok().flatten();
+    let row = refreshed.as_ref().unwrap_or(m);
+    if let Err(e) =
+        messages::insert_dead_letter(&d.db, &new_id("dl"), DELIVERIES, row, reason, &errors).await
+    {
+        warn!(message_id = %m.id, error = %e, "could not write the dead letter");
+    }
+}

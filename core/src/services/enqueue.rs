@@ -1,0 +1,93 @@
+//! Pushing committed messages' delivery jobs to Redis without holding up the API.
+//!
+//! A request commits its message in Postgres and hands the job to the [`Enqueuer`]; a
+//! background task pushes jobs in batches and marks them enqueued in one statement per batch.
+//! Whatever does not make it (Redis down, a crash) keeps `enqueued_at IS NULL`, and the
+//! scheduler's outbox sweep pushes it. Pushes are idempotent by message id, so a message
+//! pushed by both is still one job.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::{sync::mpsc, task::JoinHandle};
+use tracing::{debug, warn};
+
+use super::DeliveryJob;
+use crate::queue::{NewJob, Queue};
+
+/// Jobs waiting for the background pusher; past this the API leaves them to the sweep.
+const BUFFER: usize = 50_000;
+const BATCH: usize = 500;
+
+pub struct Enqueuer {
+    tx: mpsc::Sender<NewJob>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Enqueuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enqueuer").finish()
+    }
+}
+
+impl Enqueuer {
+    pub fn start(queue: Queue, db: PgPool) -> Self {
+        let (tx, rx) = mpsc::channel(BUFFER);
+        let task = tokio::spawn(run(queue, db, rx));
+        Self { tx, task }
+    }
+
+    /// Hands a committed message's job to the pusher. Never waits: when the buffer is full
+    /// the outbox sweep pushes it instead.
+    pub fn submit(&self, message_id: &str, due_ms: i64) {
+        let job = match NewJob::new(
+            message_id,
+            &DeliveryJob {
+                message_id: message_id.to_owned(),
+            },
+            due_ms,
+        ) {
+            Ok(job) => job,
+            Err(e) => {
+                warn!(message_id, error = %e, "could not encode a delivery job; the outbox sweep will push it");
+                return;
+            }
+        };
+        if self.tx.try_send(job).is_err() {
+            debug!(
+                message_id,
+                "enqueue buffer full; the outbox sweep will push this message"
+            );
+        }
+    }
+
+    /// Pushes what is buffered, then stops.
+    pub async fn shutdown(self) {
+        drop(self.tx);
+        let _ = self.task.await;
+    }
+}
+
+async fn run(queue: Queue, db: PgPool, mut rx: mpsc::Receiver<NewJob>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let pushed = tokio::time::timeout(Duration::from_secs(3), queue.push_many(&batch)).await;
+        match pushed {
+            Ok(Ok(_)) => {
+                let ids: Vec<String> = batch.iter().map(|j| j.id.clone()).collect();
+                if let Err(e) = crate::store::messages::mark_enqueued(&db, &ids).await {
+                    // Harmless: the sweep pushes them again and the push is a no-op.
+                    debug!(error = %e, count = ids.len(), "could not mark messages enqueued");
+                }
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, count = batch.len(), "could not push delivery jobs; the outbox sweep will push them")
+            }
+            Err(_) => warn!(
+                count = batch.len(),
+                "Redis did not answer in time; the outbox sweep will push these jobs"
+            ),
+        }
+        batch.clear();
+    }
+}

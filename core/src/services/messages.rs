@@ -1,0 +1,279 @@
+//! Accepting, reading, listing and canceling messages.
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use super::enqueue::Enqueuer;
+use crate::{
+    domain::{Channel, MessageStatus, new_id},
+    queue::Queue,
+    store::{
+        contacts,
+        messages::{self, CancelOutcome, EventRow, ListFilter, MessageRow, NewMessageRow},
+        tenants::TenantRow,
+    },
+};
+
+/// A message request whose every field has been checked.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub channel: Channel,
+    /// The recipient, already parsed for its channel; `None` when `contact_id` gives it.
+    pub to: Option<String>,
+    pub subject: Option<String>,
+    /// The text (sms, email) or the serialized JSON document (webhook).
+    pub body: String,
+    pub send_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub respect_quiet_hours: bool,
+    pub contact_id: Option<String>,
+    pub metadata: serde_json::Value,
+}
+
+/// An `Idempotency-Key` and the hash of the request it came with.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    pub request_hash: Vec<u8>,
+}
+
+impl Idempotency {
+    /// Hashes the request's JSON in canonical form (object keys sorted), so two bodies that
+    /// are equal as JSON hash alike however they were spaced or ordered.
+    pub fn new(key: String, body: &serde_json::Value) -> Self {
+        let canonical = serde_json::to_string(body).unwrap_or_default();
+        Self {
+            key,
+            request_hash: Sha256::digest(canonical.as_bytes()).to_vec(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Created {
+    /// A new message (202).
+    New(MessageRow),
+    /// The message this idempotency key created earlier, as it is now (200).
+    Existing(MessageRow),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("this Idempotency-Key was used with a different request body")]
+    IdempotencyConflict,
+    #[error("{message}")]
+    Invalid {
+        field: &'static str,
+        code: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+pub async fn create(
+    db: &PgPool,
+    enqueuer: &Enqueuer,
+    tenant: &TenantRow,
+    new: &NewMessage,
+    idempotency: Option<&Idempotency>,
+) -> Result<Created, CreateError> {
+    // Up to three rounds: a concurrent request with the same key can win the insert, and
+    // then this one answers with its message.
+    for _ in 0..3 {
+        if let Some(idem) = idempotency
+            && let Some(found) = existing_for_key(db, tenant, idem).await?
+        {
+            return Ok(Created::Existing(found));
+        }
+        let to = recipient(db, tenant, new).await?;
+        let from =
+            match new.channel {
+                Channel::Sms => Some(tenant.sms_from.clone().ok_or_else(|| {
+                    CreateError::Invalid {
+                        field: "channel",
+                        code: "sms_from_not_configured",
+                        message: "this tenant has no sms_from number; set one before sending SMS"
+                            .to_owned(),
+                    }
+                })?),
+                Channel::Email => Some(tenant.email_from.clone().ok_or_else(|| {
+                    CreateError::Invalid {
+                        field: "channel",
+                        code: "email_from_not_configured",
+                        message:
+                            "this tenant has no email_from address; set one before sending email"
+                                .to_owned(),
+                    }
+                })?),
+                Channel::Webhook => None,
+            };
+        let now = Utc::now();
+        let due_now = new.send_at <= now;
+        let status = if due_now {
+            MessageStatus::Queued
+        } else {
+            MessageStatus::Scheduled
+        };
+        let detail = if due_now {
+            "accepted".to_owned()
+        } else {
+            format!(
+                "accepted; due at {}",
+                new.send_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            )
+        };
+        let id = new_id("msg");
+        let row = NewMessageRow {
+            id: &id,
+            tenant_id: &tenant.id,
+            channel: new.channel.as_str(),
+            to_addr: &to,
+            from_addr: from.as_deref(),
+            subject: new.subject.as_deref(),
+            body: &new.body,
+            status: status.as_str(),
+            send_at: if due_now { now } else { new.send_at },
+            expires_at: new.expires_at,
+            respect_quiet_hours: new.respect_quiet_hours,
+            contact_id: new.contact_id.as_deref(),
+            metadata: &new.metadata,
+            event_detail: &detail,
+        };
+        let message = match idempotency {
+            None => messages::insert(db, &row).await?,
+            Some(idem) => {
+                let mut tx = db.begin().await?;
+                let message = messages::insert(&mut *tx, &row).await?;
+                if !messages::insert_idempotency_key(
+                    &mut *tx,
+                    &tenant.id,
+                    &idem.key,
+                    &idem.request_hash,
+                    &id,
+                )
+                .await?
+                {
+                    // Someone else holds this key now: drop ours and answer with theirs.
+                    tx.rollback().await?;
+                    continue;
+                }
+                tx.commit().await?;
+                message
+            }
+        };
+        enqueuer.submit(&message.id, message.send_at.timestamp_millis());
+        return Ok(Created::New(message));
+    }
+    Err(CreateError::IdempotencyConflict)
+}
+
+async fn existing_for_key(
+    db: &PgPool,
+    tenant: &TenantRow,
+    idem: &Idempotency,
+) -> Result<Option<MessageRow>, CreateError> {
+    let Some((hash, message_id)) =
+        messages::find_idempotency_key(db, &tenant.id, &idem.key).await?
+    else {
+        return Ok(None);
+    };
+    if hash != idem.request_hash {
+        return Err(CreateError::IdempotencyConflict);
+    }
+    Ok(messages::get(db, &tenant.id, &message_id).await?)
+}
+
+/// The recipient: `to` when given, else the contact's phone (sms) or email (email).
+async fn recipient(
+    db: &PgPool,
+    tenant: &TenantRow,
+    new: &NewMessage,
+) -> Result<String, CreateError> {
+    let contact =
+        match &new.contact_id {
+            Some(id) => Some(contacts::get(db, &tenant.id, id).await?.ok_or_else(|| {
+                CreateError::Invalid {
+                    field: "contact_id",
+                    code: "unknown_contact",
+                    message: format!("there is no contact {id}"),
+                }
+            })?),
+            None => None,
+        };
+    if let Some(to) = &new.to {
+        return Ok(to.clone());
+    }
+    let from_contact = contact.as_ref().and_then(|c| match new.channel {
+        Channel::Sms => c.phone.clone(),
+        Channel::Email => c.email.clone(),
+        Channel::Webhook => None,
+    });
+    from_contact.ok_or_else(|| CreateError::Invalid {
+        field: "to",
+        code: "missing_field",
+        message: match (new.channel, contact.is_some()) {
+            (Channel::Webhook, _) => "`to` is required for webhooks".to_owned(),
+            (_, true) => format!(
+                "the contact has no {} to send to; give `to`",
+                if new.channel == Channel::Sms {
+                    "phone"
+                } else {
+                    "email"
+                }
+            ),
+            (_, false) => "`to` is required unless `contact_id` gives the recipient".to_owned(),
+        },
+    })
+}
+
+/// A message and its events, oldest first.
+pub async fn get(
+    db: &PgPool,
+    tenant_id: &str,
+    id: &str,
+) -> Result<Option<(MessageRow, Vec<EventRow>)>, sqlx::Error> {
+    let Some(message) = messages::get(db, tenant_id, id).await? else {
+        return Ok(None);
+    };
+    let events = messages::events(db, id).await?;
+    Ok(Some((message, events)))
+}
+
+/// A page of a tenant's messages, newest first, and the cursor of the next page.
+pub async fn list(
+    db: &PgPool,
+    tenant_id: &str,
+    filter: &ListFilter<'_>,
+    limit: i64,
+) -> Result<(Vec<MessageRow>, Option<String>), sqlx::Error> {
+    let mut rows = messages::list(db, tenant_id, filter, limit).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = if more {
+        rows.last().map(|m| m.id.clone())
+    } else {
+        None
+    };
+    Ok((rows, next))
+}
+
+/// Cancels a message that has not started sending, and removes its waiting job.
+pub async fn cancel(
+    db: &PgPool,
+    queue: &Queue,
+    tenant_id: &str,
+    id: &str,
+) -> Result<CancelOutcome, sqlx::Error> {
+    let mut conn = db.acquire().await?;
+    let outcome = messages::cancel(&mut conn, tenant_id, id).await?;
+    if let CancelOutcome::Canceled(m) = &outcome {
+        // Best effort: a job left behind finds the message canceled and does nothing.
+        if let Err(e) = queue.remove_waiting(&m.id).await {
+            tracing::debug!(message_id = %m.id, error = %e, "could not remove a canceled message's job");
+        }
+    }
+    Ok(outcome)
+}

@@ -1,0 +1,139 @@
+//! Tenants and API keys: creation, key rotation and revocation, and authentication.
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use chrono::NaiveTime;
+use rand::RngExt;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use crate::{
+    domain::{PhoneNumber, TimeZone, new_id},
+    store::tenants::{self, NewTenantRow, TenantRow},
+};
+
+#[derive(Debug, Clone)]
+pub struct NewTenant {
+    pub name: String,
+    pub timezone: TimeZone,
+    pub sms_from: Option<PhoneNumber>,
+    pub email_from: Option<String>,
+    /// `None`: no quiet hours.
+    pub quiet_hours: Option<(NaiveTime, NaiveTime)>,
+}
+
+#[derive(Debug)]
+pub struct CreatedTenant {
+    pub tenant: TenantRow,
+    pub api_key: String,
+    pub key_prefix: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    #[error("another tenant already sends from this number")]
+    SmsFromTaken,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Length of the public prefix of a key, safe to show and log.
+pub const KEY_PREFIX_LEN: usize = 12;
+
+/// A new API key: `hk_` and 40 random base62 characters (about 238 bits).
+pub fn generate_key() -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    let mut key = String::from("hk_");
+    key.extend((0..40).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char));
+    key
+}
+
+/// Keys carry enough entropy that a fast hash is safe; only the hash is stored.
+pub fn hash_key(key: &str) -> Vec<u8> {
+    Sha256::digest(key.as_bytes()).to_vec()
+}
+
+/// `whsec_` and the base64 of 32 random bytes, as Standard Webhooks secrets look.
+pub fn generate_webhook_secret() -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    format!("whsec_{}", STANDARD.encode(bytes))
+}
+
+pub async fn create(db: &PgPool, new: &NewTenant) -> Result<CreatedTenant, TenantError> {
+    let id = new_id("ten");
+    let secret = generate_webhook_secret();
+    let api_key = generate_key();
+    let key_prefix = api_key[..KEY_PREFIX_LEN].to_owned();
+    let mut tx = db.begin().await?;
+    let row = NewTenantRow {
+        id: &id,
+        name: &new.name,
+        timezone: new.timezone.name(),
+        sms_from: new.sms_from.as_ref().map(PhoneNumber::as_str),
+        email_from: new.email_from.as_deref(),
+        quiet_hours: new.quiet_hours,
+        webhook_secret: &secret,
+    };
+    let Some(tenant) = tenants::insert(&mut tx, &row).await? else {
+        return Err(TenantError::SmsFromTaken);
+    };
+    tenants::insert_key(&mut *tx, &id, &key_prefix, &hash_key(&api_key)).await?;
+    tx.commit().await?;
+    Ok(CreatedTenant {
+        tenant,
+        api_key,
+        key_prefix,
+    })
+}
+
+/// A new key for a tenant; `None` when there is no such tenant.
+pub async fn create_key(
+    db: &PgPool,
+    tenant_id: &str,
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    if tenants::get(db, tenant_id).await?.is_none() {
+        return Ok(None);
+    }
+    let api_key = generate_key();
+    let key_prefix = api_key[..KEY_PREFIX_LEN].to_owned();
+    tenants::insert_key(db, tenant_id, &key_prefix, &hash_key(&api_key)).await?;
+    Ok(Some((api_key, key_prefix)))
+}
+
+pub async fn revoke_key(db: &PgPool, key_prefix: &str) -> Result<bool, sqlx::Error> {
+    tenants::revoke_key(db, key_prefix).await
+}
+
+/// The tenant a presented key belongs to, with the key's prefix; `None` for an unknown or
+/// revoked key.
+pub async fn authenticate(
+    db: &PgPool,
+    presented: &str,
+) -> Result<Option<(TenantRow, String)>, sqlx::Error> {
+    if !presented.starts_with("hk_") || presented.len() > 128 {
+        return Ok(None);
+    }
+    tenants::find_by_key_hash(db, &hash_key(presented)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_long_random_and_prefixed() {
+        let a = generate_key();
+        let b = generate_key();
+        assert!(a.starts_with("hk_"));
+        assert_eq!(a.len(), 43);
+        assert_ne!(a, b);
+        assert_eq!(hash_key(&a).len(), 32);
+    }
+
+    #[test]
+    fn webhook_secrets_hold_32_bytes() {
+        let s = generate_webhook_secret();
+        let raw = STANDARD.decode(s.strip_prefix("whsec_").unwrap()).unwrap();
+        assert_eq!(raw.len(), 32);
+    }
+}

@@ -1,0 +1,410 @@
+//! Messages, their events, and the idempotency keys that guard their creation.
+//!
+//! Every status change and the event recording it are written by one statement, so the
+//! history never disagrees with the status.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MessageRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub channel: String,
+    pub direction: String,
+    pub author: String,
+    pub to_addr: String,
+    pub from_addr: Option<String>,
+    pub subject: Option<String>,
+    pub body: String,
+    pub status: String,
+    pub send_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub respect_quiet_hours: bool,
+    pub contact_id: Option<String>,
+    pub metadata: serde_json::Value,
+    pub attempts: i32,
+    pub run: i32,
+    pub claim_attempt: i32,
+    pub last_error: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub enqueued_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EventRow {
+    pub at: DateTime<Utc>,
+    pub status: String,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewMessageRow<'a> {
+    pub id: &'a str,
+    pub tenant_id: &'a str,
+    pub channel: &'a str,
+    pub to_addr: &'a str,
+    pub from_addr: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    pub body: &'a str,
+    pub status: &'a str,
+    pub send_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub respect_quiet_hours: bool,
+    pub contact_id: Option<&'a str>,
+    pub metadata: &'a serde_json::Value,
+    pub event_detail: &'a str,
+}
+
+/// Inserts a message with its first event.
+pub async fn insert(
+    db: impl PgExecutor<'_>,
+    m: &NewMessageRow<'_>,
+) -> Result<MessageRow, sqlx::Error> {
+    sqlx::query_as::<_, MessageRow>(
+        "WITH m AS (
+            INSERT INTO messages (id, tenant_id, channel, to_addr, from_addr, subject, body, status,
+                                  send_at, expires_at, respect_quiet_hours, contact_id, metadata)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+            RETURNING *
+         ), e AS (
+            INSERT INTO message_events (message_id, status, detail) SELECT id, status, $14 FROM m
+         )
+         SELECT * FROM m",
+    )
+    .bind(m.id)
+    .bind(m.tenant_id)
+    .bind(m.channel)
+    .bind(m.to_addr)
+    .bind(m.from_addr)
+    .bind(m.subject)
+    .bind(m.body)
+    .bind(m.status)
+    .bind(m.send_at)
+    .bind(m.expires_at)
+    .bind(m.respect_quiet_hours)
+    .bind(m.contact_id)
+    .bind(m.metadata)
+    .bind(m.event_detail)
+    .fetch_one(db)
+    .await
+}
+
+pub async fn get(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    id: &str,
+) -> Result<Option<MessageRow>, sqlx::Error> {
+    sqlx::query_as::<_, MessageRow>("SELECT * FROM messages WHERE id = $1 AND tenant_id = $2")
+        .bind(id)
+        .bind(tenant_id)
+        .fetch_optional(db)
+        .await
+}
+
+/// A message whatever its tenant (ops tools and workers).
+pub async fn get_any(db: impl PgExecutor<'_>, id: &str) -> Result<Option<MessageRow>, sqlx::Error> {
+    sqlx::query_as::<_, MessageRow>("SELECT * FROM messages WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn events(db: impl PgExecutor<'_>, id: &str) -> Result<Vec<EventRow>, sqlx::Error> {
+    sqlx::query_as::<_, EventRow>(
+        "SELECT at, status, detail FROM message_events WHERE message_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter<'a> {
+    pub status: Option<&'a str>,
+    pub contact_id: Option<&'a str>,
+    /// Only ids older than this one (the cursor).
+    pub before_id: Option<&'a str>,
+}
+
+/// A tenant's messages, newest first; returns up to `limit + 1` so the caller knows whether
+/// another page follows.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    filter: &ListFilter<'_>,
+    limit: i64,
+) -> Result<Vec<MessageRow>, sqlx::Error> {
+    sqlx::query_as::<_, MessageRow>(
+        "SELECT * FROM messages
+         WHERE tenant_id = $1
+           AND ($2::text IS NULL OR status = $2)
+           AND ($3::text IS NULL OR contact_id = $3)
+           AND ($4::text IS NULL OR id < $4)
+         ORDER BY id DESC
+         LIMIT $5",
+    )
+    .bind(tenant_id)
+    .bind(filter.status)
+    .bind(filter.contact_id)
+    .bind(filter.before_id)
+    .bind(limit + 1)
+    .fetch_all(db)
+    .await
+}
+
+/// What a cancel found.
+#[derive(Debug)]
+pub enum CancelOutcome {
+    Canceled(MessageRow),
+    AlreadyCanceled(MessageRow),
+    TooLate(MessageRow),
+    NotFound,
+}
+
+pub async fn cancel(
+    conn: &mut PgConnection,
+    tenant_id: &str,
+    id: &str,
+) -> Result<CancelOutcome, sqlx::Error> {
+    let canceled = sqlx::query_as::<_, MessageRow>(
+        "WITH m AS (
+            UPDATE messages SET status = 'canceled', updated_at = now()
+            WHERE id = $1 AND tenant_id = $2 AND status IN ('scheduled', 'queued', 'retrying')
+            RETURNING *
+         ), e AS (
+            INSERT INTO message_events (message_id, status, detail) SELECT id, 'canceled', 'canceled by the API' FROM m
+         )
+         SELECT * FROM m",
+    )
+    .bind(id)
+    .bind(tenant_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(row) = canceled {
+        return Ok(CancelOutcome::Canceled(row));
+    }
+    Ok(match get(&mut *conn, tenant_id, id).await? {
+        None => CancelOutcome::NotFound,
+        Some(row) if row.status == "canceled" => CancelOutcome::AlreadyCanceled(row),
+        Some(row) => CancelOutcome::TooLate(row),
+    })
+}
+
+/// Records that these messages' jobs are in Redis, so the outbox sweep leaves them alone.
+pub async fn mark_enqueued(db: impl PgExecutor<'_>, ids: &[String]) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE messages SET enqueued_at = now() WHERE id = ANY($1) AND enqueued_at IS NULL",
+    )
+    .bind(ids)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Messages committed but never pushed to Redis (a crash between the two, or Redis down),
+/// older than `grace` so the API's own push is not raced.
+pub async fn outbox(
+    db: impl PgExecutor<'_>,
+    grace_ms: i64,
+    limit: i64,
+) -> Result<Vec<(String, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as::<_, (String, DateTime<Utc>)>(
+        "SELECT id, send_at FROM messages
+         WHERE enqueued_at IS NULL AND created_at < now() - make_interval(secs => $1::float8 / 1000)
+           AND status IN ('scheduled', 'queued', 'retrying')
+         ORDER BY created_at
+         LIMIT $2",
+    )
+    .bind(grace_ms as f64)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Claims a message for a send attempt: it moves to `sending` and its attempt count goes up,
+/// only if it is waiting to go out. A message already `sending` may be taken over only by a
+/// later queue attempt of its job (its previous worker died mid-send), never by a duplicate.
+pub async fn claim(
+    db: impl PgExecutor<'_>,
+    id: &str,
+    job_attempt: i32,
+) -> Result<Option<MessageRow>, sqlx::Error> {
+    sqlx::query_as::<_, MessageRow>(
+        "WITH m AS (
+            UPDATE messages SET status = 'sending', attempts = attempts + 1, claim_attempt = $2, updated_at = now()
+            WHERE id = $1
+              AND (status IN ('scheduled', 'queued', 'retrying') OR (status = 'sending' AND claim_attempt < $2))
+            RETURNING *
+         ), e AS (
+            INSERT INTO message_events (message_id, status, detail)
+            SELECT id, 'sending', 'attempt ' || attempts FROM m
+         )
+         SELECT * FROM m",
+    )
+    .bind(id)
+    .bind(job_attempt)
+    .fetch_optional(db)
+    .await
+}
+
+/// Moves a `sending` message to its outcome, with an event. Returns false if the message was
+/// no longer `sending` (nothing changed).
+pub async fn finish_attempt(
+    db: impl PgExecutor<'_>,
+    update: &AttemptUpdate<'_>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "WITH m AS (
+            UPDATE messages SET
+                status = $2,
+                last_error = COALESCE($3, last_error),
+                provider_message_id = COALESCE($4, provider_message_id),
+                sent_at = CASE WHEN $2 IN ('sent', 'delivered') THEN now() ELSE sent_at END,
+                delivered_at = CASE WHEN $2 = 'delivered' THEN now() ELSE delivered_at END,
+                send_at = COALESCE($6, send_at),
+                updated_at = now()
+            WHERE id = $1 AND status = 'sending'
+            RETURNING id
+         ), e AS (
+            INSERT INTO message_events (message_id, status, detail) SELECT id, $2, $5 FROM m
+         )
+         SELECT count(*) FROM m",
+    )
+    .bind(update.id)
+    .bind(update.status)
+    .bind(update.last_error)
+    .bind(update.provider_message_id)
+    .bind(update.detail)
+    .bind(update.next_attempt_at)
+    .fetch_one(db)
+    .await?;
+    use sqlx::Row;
+    Ok(done.try_get::<i64, _>(0)? == 1)
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AttemptUpdate<'a> {
+    pub id: &'a str,
+    pub status: &'a str,
+    pub last_error: Option<&'a str>,
+    pub provider_message_id: Option<&'a str>,
+    pub detail: Option<&'a str>,
+    /// For `retrying`: when the next attempt is due.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// Looks up a live idempotency key: the request hash and message id it answered with.
+pub async fn find_idempotency_key(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    key: &str,
+) -> Result<Option<(Vec<u8>, String)>, sqlx::Error> {
+    sqlx::query_as::<_, (Vec<u8>, String)>(
+        "SELECT request_hash, message_id FROM idempotency_keys
+         WHERE tenant_id = $1 AND key = $2 AND expires_at > now()",
+    )
+    .bind(tenant_id)
+    .bind(key)
+    .fetch_optional(db)
+    .await
+}
+
+/// Stores an idempotency key for 24 hours; false when a live one exists already (a
+/// concurrent request with the same key won the race). An expired key is taken over.
+pub async fn insert_idempotency_key(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    key: &str,
+    request_hash: &[u8],
+    message_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query(
+        "INSERT INTO idempotency_keys (tenant_id, key, request_hash, message_id, expires_at)
+         VALUES ($1, $2, $3, $4, now() + interval '24 hours')
+         ON CONFLICT (tenant_id, key) DO UPDATE
+            SET request_hash = EXCLUDED.request_hash, message_id = EXCLUDED.message_id,
+                created_at = now(), expires_at = EXCLUDED.expires_at
+            WHERE idempotency_keys.expires_at <= now()
+         RETURNING 1",
+    )
+    .bind(tenant_id)
+    .bind(key)
+    .bind(request_hash)
+    .bind(message_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.is_some())
+}
+
+/// Records what the `log` provider "sent".
+pub async fn insert_log_delivery(
+    db: impl PgExecutor<'_>,
+    m: &MessageRow,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO log_deliveries (message_id, tenant_id, channel, to_addr, from_addr, subject, body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&m.id)
+    .bind(&m.tenant_id)
+    .bind(&m.channel)
+    .bind(&m.to_addr)
+    .bind(&m.from_addr)
+    .bind(&m.subject)
+    .bind(&m.body)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Writes a dead letter for a message that ended `failed` (`rejected`) or `dead` (`exhausted`).
+pub async fn insert_dead_letter(
+    db: impl PgExecutor<'_>,
+    id: &str,
+    queue: &str,
+    m: &MessageRow,
+    reason: &str,
+    errors: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO dead_letters (id, queue, tenant_id, message_id, reason, payload, attempts, errors)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(id)
+    .bind(queue)
+    .bind(&m.tenant_id)
+    .bind(&m.id)
+    .bind(reason)
+    .bind(serde_json::json!({ "message_id": m.id }))
+    .bind(m.attempts)
+    .bind(errors)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The errors of a message's attempts in its current run, from its events.
+pub async fn attempt_errors(
+    db: impl PgExecutor<'_>,
+    id: &str,
+) -> Result<serde_json::Value, sqlx::Error> {
+    let rows = sqlx::query_as::<_, (DateTime<Utc>, Option<String>)>(
+        "SELECT at, detail FROM message_events
+         WHERE message_id = $1 AND status IN ('retrying', 'failed', 'dead') ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await?;
+    Ok(serde_json::Value::Array(
+        rows.into_iter()
+            .map(
+                |(at, detail)| serde_json::json!({ "at": at, "error": detail.unwrap_or_default() }),
+            )
+            .collect(),
+    ))
+}

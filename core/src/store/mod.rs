@@ -1,0 +1,18 @@
+//! The store: sqlx functions over Postgres, each taking an executor (a pool, a connection or
+//! a transaction) so services decide what runs in one transaction.
+
+pub mod contacts;
+pub mod messages;
+pub mod tenants;
+
+/// Whether an error means Postgres is unreachable or overloaded (answer 503 and retry later),
+/// rather than a bug.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+    ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08") || c == "53300"))
+}

@@ -1,0 +1,107 @@
+//! Tenants and their API keys.
+
+use chrono::{DateTime, NaiveTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TenantRow {
+    pub id: String,
+    pub name: String,
+    pub timezone: String,
+    pub sms_from: Option<String>,
+    pub email_from: Option<String>,
+    pub quiet_start: Option<NaiveTime>,
+    pub quiet_end: Option<NaiveTime>,
+    pub webhook_secret: String,
+    pub help_text: Option<String>,
+    pub system_prompt: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewTenantRow<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub timezone: &'a str,
+    pub sms_from: Option<&'a str>,
+    pub email_from: Option<&'a str>,
+    pub quiet_hours: Option<(NaiveTime, NaiveTime)>,
+    pub webhook_secret: &'a str,
+}
+
+/// Inserts a tenant; `Ok(None)` when its `sms_from` belongs to another tenant already.
+pub async fn insert(
+    conn: &mut PgConnection,
+    t: &NewTenantRow<'_>,
+) -> Result<Option<TenantRow>, sqlx::Error> {
+    sqlx::query_as::<_, TenantRow>(
+        "INSERT INTO tenants (id, name, timezone, sms_from, email_from, quiet_start, quiet_end, webhook_secret)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (sms_from) DO NOTHING
+         RETURNING *",
+    )
+    .bind(t.id)
+    .bind(t.name)
+    .bind(t.timezone)
+    .bind(t.sms_from)
+    .bind(t.email_from)
+    .bind(t.quiet_hours.map(|q| q.0))
+    .bind(t.quiet_hours.map(|q| q.1))
+    .bind(t.webhook_secret)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn get(db: impl PgExecutor<'_>, id: &str) -> Result<Option<TenantRow>, sqlx::Error> {
+    sqlx::query_as::<_, TenantRow>("SELECT * FROM tenants WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn insert_key(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    key_prefix: &str,
+    key_hash: &[u8],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO api_keys (key_prefix, tenant_id, key_hash) VALUES ($1, $2, $3)")
+        .bind(key_prefix)
+        .bind(tenant_id)
+        .bind(key_hash)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// The tenant owning a live (not revoked) key with this hash.
+pub async fn find_by_key_hash(
+    db: impl PgExecutor<'_>,
+    key_hash: &[u8],
+) -> Result<Option<(TenantRow, String)>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        tenant: TenantRow,
+        key_prefix: String,
+    }
+    let row = sqlx::query_as::<_, Row>(
+        "SELECT t.*, k.key_prefix FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+         WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+    )
+    .bind(key_hash)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| (r.tenant, r.key_prefix)))
+}
+
+/// Revokes a key; false when no live key has that prefix.
+pub async fn revoke_key(db: impl PgExecutor<'_>, key_prefix: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE api_keys SET revoked_at = now() WHERE key_prefix = $1 AND revoked_at IS NULL",
+    )
+    .bind(key_prefix)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

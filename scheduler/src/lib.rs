@@ -1,0 +1,105 @@
+//! herald-scheduler: apalis-cron ticks under one monitor. Every tick's work is safe to run
+//! in several scheduler processes at once.
+//!
+//! - every second, the outbox sweep pushes messages committed in Postgres but never pushed to
+//!   Redis (a crash between the two, or Redis down while they were accepted);
+//! - every hour, retention removes expired idempotency keys.
+
+mod outbox;
+
+use std::{str::FromStr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use apalis::prelude::{Data, Monitor, WorkerBuilder, WorkerBuilderExt};
+use apalis_cron::{CronScheduler, Tick};
+use herald_core::{Config, db, queue};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use outbox::sweep;
+
+#[derive(Clone)]
+struct Ctx {
+    db: PgPool,
+    deliveries: queue::Queue,
+}
+
+async fn outbox_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
+    let pushed = outbox::sweep(&ctx.db, &ctx.deliveries).await?;
+    if pushed > 0 {
+        info!(
+            pushed,
+            "outbox sweep pushed messages that had not reached the queue"
+        );
+    }
+    Ok(())
+}
+
+async fn retention_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
+    let removed = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at < now()")
+        .execute(&ctx.db)
+        .await?
+        .rows_affected();
+    if removed > 0 {
+        info!(removed, "retention removed expired idempotency keys");
+    }
+    Ok(())
+}
+
+fn schedule(expr: &str) -> anyhow::Result<cron::Schedule> {
+    cron::Schedule::from_str(expr).with_context(|| format!("bad cron expression {expr}"))
+}
+
+/// Runs the ticks until `shutdown` is cancelled.
+pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    herald_core::install_crypto();
+    let pool = db::pool(config.database_url.expose(), 5).context("HERALD_DATABASE_URL")?;
+    tokio::select! {
+        ready = db::wait_for_schema(&pool, Duration::from_secs(120)) => ready?,
+        _ = shutdown.cancelled() => return Ok(()),
+    }
+    let (client, conn) = queue::connect(config.redis_url.expose()).context("HERALD_REDIS_URL")?;
+    let ctx = Ctx {
+        db: pool,
+        deliveries: queue::deliveries(&config, client, conn),
+    };
+    let every_second = schedule("* * * * * *")?;
+    let hourly = schedule("0 17 * * * *")?;
+    info!("herald-scheduler starting");
+
+    let monitor = {
+        let (c1, c2) = (ctx.clone(), ctx);
+        Monitor::new()
+            .shutdown_timeout(config.shutdown_timeout)
+            .register(move |_| {
+                WorkerBuilder::new("herald-outbox-sweep")
+                    .backend(CronScheduler::new(every_second.clone()))
+                    .data(c1.clone())
+                    .enable_tracing()
+                    .catch_panic()
+                    .concurrency(1)
+                    .build(outbox_tick)
+            })
+            .register(move |_| {
+                WorkerBuilder::new("herald-retention")
+                    .backend(CronScheduler::new(hourly.clone()))
+                    .data(c2.clone())
+                    .enable_tracing()
+                    .catch_panic()
+                    .concurrency(1)
+                    .build(retention_tick)
+            })
+    };
+    let result = monitor
+        .run_with_signal(async move {
+            shutdown.cancelled().await;
+            Ok(())
+        })
+        .await;
+    if let Err(e) = &result {
+        warn!(error = %e, "a scheduler tick stopped with an error");
+    }
+    info!("herald-scheduler stopped");
+    result.context("running scheduler ticks")
+}

@@ -1,0 +1,343 @@
+//! One message the whole way: API → Postgres → Redis → worker → provider → `sent`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use herald_tests::{
+    TestApp,
+    app::test_config,
+    eventually,
+    providers::{Reply, TwilioMock},
+};
+use reqwest::StatusCode;
+use serde_json::json;
+
+async fn app_with_twilio() -> (TestApp, TwilioMock) {
+    let twilio = TwilioMock::start().await;
+    let mut config = test_config().await;
+    twilio.configure(&mut config);
+    let mut app = TestApp::start_with(config).await;
+    app.start_worker();
+    (app, twilio)
+}
+
+fn statuses(m: &serde_json::Value) -> Vec<String> {
+    m["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["status"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_sms_reaches_twilio_with_the_right_fields_and_reads_back_sent() {
+    let (app, twilio) = app_with_twilio().await;
+    let tenant = app.tenant().await;
+
+    let m = app
+        .send_sms(
+            &tenant,
+            "+15551234567",
+            "Your appointment is tomorrow at 3:30 PM",
+        )
+        .await;
+    assert_eq!(m["status"], "queued");
+    assert_eq!(m["channel"], "sms");
+    assert_eq!(m["attempts"], 0);
+    let id = m["id"].as_str().unwrap();
+    assert!(id.starts_with("msg_"), "{id}");
+
+    let sent = app
+        .wait_for_status(&tenant, id, "sent", Duration::from_secs(15))
+        .await;
+    let received = twilio.received();
+    assert_eq!(received.len(), 1, "exactly one provider call");
+    let call = &received[0];
+    assert_eq!(
+        call.path,
+        format!("/2010-04-01/Accounts/{}/Messages.json", twilio.account_sid)
+    );
+    assert_eq!(call.form["To"], "+15551234567");
+    assert_eq!(call.form["From"], tenant.sms_from.clone().unwrap());
+    assert_eq!(call.form["Body"], "Your appointment is tomorrow at 3:30 PM");
+    assert_eq!(
+        call.form["StatusCallback"],
+        format!("{}/v1/inbound/twilio/status", app.base)
+    );
+    assert!(
+        call.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/x-www-form-urlencoded"),
+        "Twilio takes a form"
+    );
+
+    let sid = sent["provider_message_id"].as_str().unwrap();
+    assert!(
+        sid.starts_with("SM") && sid.len() == 34,
+        "the Twilio sid is kept: {sid}"
+    );
+    assert_eq!(sent["attempts"], 1);
+    assert!(sent["sent_at"].is_string());
+    assert_eq!(statuses(&sent), ["queued", "sending", "sent"]);
+}
+
+#[tokio::test]
+async fn a_scheduled_sms_goes_out_after_its_time_never_before() {
+    let (app, twilio) = app_with_twilio().await;
+    let tenant = app.tenant().await;
+    let send_at = Utc::now() + chrono::Duration::milliseconds(2000);
+    let (status, m) = app
+        .post(
+            "/v1/messages",
+            &tenant.api_key,
+            &json!({"channel": "sms", "to": "+15551230000", "body": "later", "send_at": send_at.to_rfc3339()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{m}");
+    assert_eq!(m["status"], "scheduled");
+    let id = m["id"].as_str().unwrap();
+
+    let sent = app
+        .wait_for_status(&tenant, id, "sent", Duration::from_secs(15))
+        .await;
+    let call = &twilio.received()[0];
+    assert!(
+        call.at >= send_at,
+        "sent {} ms before its time",
+        (send_at - call.at).num_milliseconds()
+    );
+    let sent_at: DateTime<Utc> = sent["sent_at"].as_str().unwrap().parse().unwrap();
+    assert!(sent_at >= send_at);
+    assert_eq!(statuses(&sent), ["scheduled", "sending", "sent"]);
+}
+
+#[tokio::test]
+async fn a_canceled_message_is_never_sent() {
+    let (app, twilio) = app_with_twilio().await;
+    let tenant = app.tenant().await;
+    let soon = Utc::now() + chrono::Duration::milliseconds(800);
+    let (_, m) = app
+        .post(
+            "/v1/messages",
+            &tenant.api_key,
+            &json!({"channel": "sms", "to": "+15551110000", "body": "never", "send_at": soon.to_rfc3339()}),
+        )
+        .await;
+    let id = m["id"].as_str().unwrap();
+
+    let (status, canceled) = app
+        .post(
+            &format!("/v1/messages/{id}/cancel"),
+            &tenant.api_key,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{canceled}");
+    assert_eq!(canceled["status"], "canceled");
+    let (status, again) = app
+        .post(
+            &format!("/v1/messages/{id}/cancel"),
+            &tenant.api_key,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "canceling twice is fine: {again}");
+
+    // A later message going out proves the canceled one's time has come and gone.
+    let later = (soon + chrono::Duration::milliseconds(700)).to_rfc3339();
+    let (_, witness) = app
+        .post(
+            "/v1/messages",
+            &tenant.api_key,
+            &json!({"channel": "sms", "to": "+15552220000", "body": "witness", "send_at": later}),
+        )
+        .await;
+    app.wait_for_status(
+        &tenant,
+        witness["id"].as_str().unwrap(),
+        "sent",
+        Duration::from_secs(15),
+    )
+    .await;
+    let sent_to: Vec<String> = twilio
+        .received()
+        .iter()
+        .map(|r| r.form["To"].clone())
+        .collect();
+    assert_eq!(
+        sent_to,
+        ["+15552220000"],
+        "the canceled message must not reach Twilio"
+    );
+    let (_, m) = app
+        .get(&format!("/v1/messages/{id}"), &tenant.api_key)
+        .await;
+    assert_eq!(m["status"], "canceled");
+}
+
+#[tokio::test]
+async fn a_message_being_sent_can_no_longer_be_canceled() {
+    let (app, twilio) = app_with_twilio().await;
+    twilio.script([Reply::Hang(Duration::from_millis(1500))]);
+    let tenant = app.tenant().await;
+    let m = app.send_sms(&tenant, "+15553330000", "slow provider").await;
+    let id = m["id"].as_str().unwrap();
+    app.wait_for_status(&tenant, id, "sending", Duration::from_secs(10))
+        .await;
+
+    let (status, body) = app
+        .post(
+            &format!("/v1/messages/{id}/cancel"),
+            &tenant.api_key,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "not_cancelable");
+    app.wait_for_status(&tenant, id, "sent", Duration::from_secs(10))
+        .await;
+}
+
+#[tokio::test]
+async fn transient_provider_errors_are_retried_until_sent() {
+    let (app, twilio) = app_with_twilio().await;
+    twilio.script([
+        Reply::Raw {
+            status: 503,
+            body: "upstream unavailable".into(),
+            headers: vec![],
+        },
+        Reply::TwilioError {
+            status: 500,
+            code: 20500,
+            message: "Internal Server Error".into(),
+        },
+    ]);
+    let tenant = app.tenant().await;
+    let m = app
+        .send_sms(&tenant, "+15554440000", "third time lucky")
+        .await;
+    let id = m["id"].as_str().unwrap();
+    let sent = app
+        .wait_for_status(&tenant, id, "sent", Duration::from_secs(15))
+        .await;
+    assert_eq!(sent["attempts"], 3);
+    assert_eq!(twilio.received().len(), 3);
+    assert_eq!(
+        statuses(&sent),
+        [
+            "queued", "sending", "retrying", "sending", "retrying", "sending", "sent"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_number_rejected_by_twilio_fails_with_its_error() {
+    let (app, twilio) = app_with_twilio().await;
+    twilio.script([Reply::TwilioError {
+        status: 400,
+        code: 21211,
+        message: "The 'To' number +15550000000 is not a valid phone number.".into(),
+    }]);
+    let tenant = app.tenant().await;
+    let m = app.send_sms(&tenant, "+15550000000", "hello?").await;
+    let failed = app
+        .wait_for_status(
+            &tenant,
+            m["id"].as_str().unwrap(),
+            "failed",
+            Duration::from_secs(15),
+        )
+        .await;
+    let error = failed["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("21211") && error.contains("not a valid phone number"),
+        "{error}"
+    );
+    assert_eq!(
+        twilio.received().len(),
+        1,
+        "a permanent error is not retried"
+    );
+}
+
+#[tokio::test]
+async fn email_and_webhook_go_out_through_the_log_provider_and_a_receiver() {
+    let mut app = TestApp::start().await;
+    app.start_worker();
+    let tenant = app.tenant().await;
+
+    let (status, email) = app
+        .post(
+            "/v1/messages",
+            &tenant.api_key,
+            &json!({"channel": "email", "to": "pat@example.com", "subject": "Your visit", "body": "See you soon."}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{email}");
+    let id = email["id"].as_str().unwrap();
+    app.wait_for_status(&tenant, id, "sent", Duration::from_secs(15))
+        .await;
+    let (subject, body): (Option<String>, String) =
+        sqlx::query_as("SELECT subject, body FROM log_deliveries WHERE message_id = $1")
+            .bind(id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(subject.as_deref(), Some("Your visit"));
+    assert_eq!(body, "See you soon.");
+
+    // A webhook receiver on loopback that records what it gets.
+    let got = std::sync::Arc::new(std::sync::Mutex::new(
+        Vec::<(axum::http::HeaderMap, String)>::new(),
+    ));
+    let sink = got.clone();
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push((headers, body));
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+
+    let (status, hook) = app
+        .post(
+            "/v1/messages",
+            &tenant.api_key,
+            &json!({"channel": "webhook", "to": url, "body": {"event": "appointment.booked", "id": 42}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{hook}");
+    assert_eq!(
+        hook["body"],
+        json!({"event": "appointment.booked", "id": 42})
+    );
+    let id = hook["id"].as_str().unwrap();
+    app.wait_for_status(&tenant, id, "delivered", Duration::from_secs(15))
+        .await;
+    let (headers, body) = eventually(
+        Duration::from_secs(5),
+        "the receiver got the webhook",
+        || async { got.lock().unwrap().first().cloned() },
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        json!({"event": "appointment.booked", "id": 42})
+    );
+    assert_eq!(headers["webhook-id"], id);
+    assert!(
+        headers["webhook-signature"]
+            .to_str()
+            .unwrap()
+            .starts_with("v1,")
+    );
+}

@@ -1,0 +1,124 @@
+//! herald-api and herald-worker as real processes, as production runs them.
+
+use std::time::Duration;
+
+use herald_tests::{
+    app::test_config,
+    eventually,
+    process::{Proc, free_port},
+    providers::TwilioMock,
+};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn an_sms_goes_the_whole_way_through_real_processes() {
+    let config = test_config().await;
+    let twilio = TwilioMock::start().await;
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let ops = config.ops_token.as_ref().unwrap().expose().clone();
+    let env: Vec<(String, String)> = [
+        ("HERALD_DATABASE_URL", config.database_url.expose().as_str()),
+        ("HERALD_REDIS_URL", config.redis_url.expose().as_str()),
+        ("HERALD_QUEUE_PREFIX", config.queue_prefix.as_str()),
+        ("HERALD_LISTEN", &format!("127.0.0.1:{port}")),
+        ("HERALD_OPS_TOKEN", &ops),
+        ("HERALD_SMS_PROVIDER", "twilio"),
+        ("HERALD_TWILIO_ACCOUNT_SID", &twilio.account_sid),
+        ("HERALD_TWILIO_AUTH_TOKEN", &twilio.auth_token),
+        ("HERALD_TWILIO_BASE_URL", &twilio.base_url),
+        ("HERALD_LOG_FORMAT", "json"),
+        ("RUST_LOG", "info"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let mut api_proc = Proc::start("herald-api", &env);
+    let mut worker = Proc::start("herald-worker", &env);
+
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(30), "herald-api is ready", || async {
+        let r = http.get(format!("{api}/readyz")).send().await.ok()?;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+
+    let tenant: Value = http
+        .post(format!("{api}/v1/admin/tenants"))
+        .bearer_auth(&ops)
+        .json(&json!({"name": "Process Clinic", "sms_from": "+15005550006", "quiet_hours": null}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = tenant["api_key"].as_str().unwrap().to_owned();
+    let r = http
+        .post(format!("{api}/v1/messages"))
+        .bearer_auth(&key)
+        .json(&json!({"channel": "sms", "to": "+15557654321", "body": "Hello from a real process"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let sent = eventually(
+        Duration::from_secs(30),
+        "the message reads back as sent",
+        || async {
+            let m: Value = http
+                .get(format!("{api}/v1/messages/{id}"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (m["status"] == "sent").then_some(m)
+        },
+    )
+    .await;
+    assert!(
+        sent["provider_message_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("SM")
+    );
+    let calls = twilio.received();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].form["To"], "+15557654321");
+
+    // SIGTERM stops both cleanly.
+    api_proc.signal("TERM").await;
+    worker.signal("TERM").await;
+    let api_exit = tokio::time::timeout(Duration::from_secs(20), api_proc.wait())
+        .await
+        .expect("herald-api exits after SIGTERM");
+    let worker_exit = tokio::time::timeout(Duration::from_secs(20), worker.wait())
+        .await
+        .expect("herald-worker exits after SIGTERM");
+    assert_eq!(api_exit, Some(0));
+    assert_eq!(worker_exit, Some(0));
+}
+
+#[tokio::test]
+async fn a_binary_with_bad_configuration_names_the_variable() {
+    let output = tokio::process::Command::new(herald_tests::process::bin("herald-worker"))
+        .env_clear()
+        .env("HERALD_REDIS_URL", "redis://127.0.0.1:1")
+        .env("HERALD_MAX_ATTEMPTS", "lots")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("HERALD_DATABASE_URL"), "{stderr}");
+    assert!(stderr.contains("HERALD_MAX_ATTEMPTS"), "{stderr}");
+}

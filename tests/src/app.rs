@@ -1,0 +1,308 @@
+//! [`TestApp`]: the real API (and, when asked, the real worker and scheduler) started
+//! in-process on a fresh database and Redis prefix, with typed helpers for the tests.
+
+use std::{sync::Arc, time::Duration};
+
+use herald_core::{
+    Config,
+    config::{LogFormat, Secret},
+};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::{eventually, fresh_database, redis_url, unique};
+
+/// A tenant created through the admin API.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub id: String,
+    pub api_key: String,
+    pub key_prefix: String,
+    pub webhook_secret: String,
+    pub sms_from: Option<String>,
+}
+
+pub struct TestApp {
+    pub config: Arc<Config>,
+    /// `http://127.0.0.1:<port>`
+    pub base: String,
+    pub http: reqwest::Client,
+    pub db: PgPool,
+    pub redis: redis::aio::ConnectionManager,
+    pub ops_token: String,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+static LOGS: std::sync::Once = std::sync::Once::new();
+
+/// A configuration for one test: its own database and Redis prefix, quick retries, short
+/// leases, and an ops token.
+pub async fn test_config() -> Config {
+    LOGS.call_once(|| {
+        herald_core::install_crypto();
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".to_owned());
+        herald_core::telemetry::init(LogFormat::Pretty, &filter);
+    });
+    let db = fresh_database().await;
+    let mut config = Config::for_urls(&db, &redis_url());
+    config.queue_prefix = unique("t");
+    config.ops_token = Some(Secret::new(unique("ops-token-")));
+    config.retry_base = Duration::from_millis(50);
+    config.retry_max = Duration::from_millis(400);
+    config.lease = Duration::from_millis(2000);
+    config.provider_timeout = Duration::from_millis(2000);
+    config.shutdown_timeout = Duration::from_secs(5);
+    config.worker_concurrency = 20;
+    config.database_pool_size = 10;
+    config.webhook_allow_private = true;
+    config
+}
+
+impl TestApp {
+    /// The API alone.
+    pub async fn start() -> Self {
+        Self::start_with(test_config().await).await
+    }
+
+    /// The API with this configuration (built from [`test_config`]).
+    pub async fn start_with(mut config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let base = format!("http://{addr}");
+        config.listen = addr;
+        config.public_url = base.clone();
+        let config = Arc::new(config);
+        let shutdown = CancellationToken::new();
+        let api = tokio::spawn(herald_api::serve(
+            config.clone(),
+            listener,
+            shutdown.clone(),
+        ));
+        let db = PgPool::connect(config.database_url.expose()).await.unwrap();
+        let client = redis::Client::open(config.redis_url.expose().as_str()).unwrap();
+        let redis = redis::aio::ConnectionManager::new(client).await.unwrap();
+        let app = Self {
+            ops_token: config
+                .ops_token
+                .as_ref()
+                .map(|t| t.expose().clone())
+                .unwrap_or_default(),
+            config,
+            base,
+            http: reqwest::Client::new(),
+            db,
+            redis,
+            shutdown,
+            tasks: vec![api],
+        };
+        eventually(
+            Duration::from_secs(30),
+            "the API answers /healthz",
+            || async {
+                let r = app.http.get(app.url("/healthz")).send().await.ok()?;
+                (r.status() == StatusCode::OK).then_some(())
+            },
+        )
+        .await;
+        app
+    }
+
+    /// Starts the real worker in this process, with the app's configuration.
+    pub fn start_worker(&mut self) {
+        let task = tokio::spawn(herald_worker::run(
+            self.config.clone(),
+            self.shutdown.child_token(),
+        ));
+        self.tasks.push(task);
+    }
+
+    /// Starts the real scheduler in this process, with the app's configuration.
+    pub fn start_scheduler(&mut self) {
+        let task = tokio::spawn(herald_scheduler::run(
+            self.config.clone(),
+            self.shutdown.child_token(),
+        ));
+        self.tasks.push(task);
+    }
+
+    /// Stops everything started in-process and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        for task in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let r = req.send().await.expect("the API answers");
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, body)
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> (StatusCode, Value) {
+        self.send(self.http.post(self.url(path)).bearer_auth(key).json(body))
+            .await
+    }
+
+    /// POST with a raw body, for malformed-request tests.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        key: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
+        self.send(
+            self.http
+                .post(self.url(path))
+                .bearer_auth(key)
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
+    }
+
+    pub async fn post_with_headers(
+        &self,
+        path: &str,
+        key: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.post(self.url(path)).bearer_auth(key).json(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req).await
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> (StatusCode, Value) {
+        self.send(self.http.get(self.url(path)).bearer_auth(key))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, key: &str) -> (StatusCode, Value) {
+        self.send(self.http.delete(self.url(path)).bearer_auth(key))
+            .await
+    }
+
+    /// Creates a tenant through the admin API (panics unless it answers 201).
+    pub async fn create_tenant(&self, body: Value) -> Tenant {
+        let (status, t) = self.post("/v1/admin/tenants", &self.ops_token, &body).await;
+        assert_eq!(status, StatusCode::CREATED, "create tenant: {t}");
+        Tenant {
+            id: t["id"].as_str().unwrap().to_owned(),
+            api_key: t["api_key"].as_str().unwrap().to_owned(),
+            key_prefix: t["key_prefix"].as_str().unwrap().to_owned(),
+            webhook_secret: t["webhook_secret"].as_str().unwrap().to_owned(),
+            sms_from: t["sms_from"].as_str().map(str::to_owned),
+        }
+    }
+
+    /// A tenant with its own `sms_from` and `email_from`, and no quiet hours (so tests do not
+    /// depend on the time of day they run at).
+    pub async fn tenant(&self) -> Tenant {
+        let n: u64 = rand::random::<u64>() % 1_000_000_000;
+        self.create_tenant(json!({
+            "name": "Acme Dental",
+            "sms_from": format!("+1500{n:09}"),
+            "email_from": "Acme Dental <hello@acme.test>",
+            "quiet_hours": null,
+        }))
+        .await
+    }
+
+    /// Sends an SMS (asserting 202) and returns the message.
+    pub async fn send_sms(&self, tenant: &Tenant, to: &str, body: &str) -> Value {
+        let (status, m) = self
+            .post(
+                "/v1/messages",
+                &tenant.api_key,
+                &json!({"channel": "sms", "to": to, "body": body}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "send sms: {m}");
+        m
+    }
+
+    /// Waits until the message reads back with `status`; returns it with its events.
+    pub async fn wait_for_status(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        status: &str,
+        within: Duration,
+    ) -> Value {
+        let path = format!("/v1/messages/{id}");
+        let mut last = Value::Null;
+        let found = tokio::time::timeout(within, async {
+            loop {
+                let (code, m) = self.get(&path, &tenant.api_key).await;
+                assert_eq!(code, StatusCode::OK, "{m}");
+                if m["status"] == status {
+                    return m;
+                }
+                last = m;
+                tokio::time::sleep(Duration::from_millis(20)).await; // poll until the deadline
+            }
+        })
+        .await;
+        match found {
+            Ok(m) => m,
+            Err(_) => {
+                panic!("message {id} did not become {status} within {within:?}; last read: {last}")
+            }
+        }
+    }
+
+    /// Rows in `messages`, to prove a rejected request created nothing.
+    pub async fn message_rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM messages")
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
+    /// Redis keys under this app's queue prefix, to prove a rejected request queued nothing.
+    pub async fn queue_keys(&self) -> Vec<String> {
+        let pattern = format!("{{{}:*", self.config.queue_prefix);
+        let mut conn = self.redis.clone();
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            keys.extend(batch);
+            if next == 0 {
+                return keys;
+            }
+            cursor = next;
+        }
+    }
+}

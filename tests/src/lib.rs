@@ -1,0 +1,134 @@
+//! The harness of Herald's black-box suite.
+//!
+//! `scripts/test` starts a real Postgres and a real Redis on loopback and exports their URLs
+//! as `HERALD_TEST_DATABASE_URL` and `HERALD_TEST_REDIS_URL`. Every test gets its own Postgres
+//! database (a copy of a migrated template) and its own Redis key prefix, so the suite runs in
+//! parallel; providers are real HTTP servers on loopback speaking their wire formats.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod app;
+pub mod process;
+pub mod providers;
+
+use std::{future::Future, time::Duration};
+
+use rand::RngExt;
+use sha2::{Digest, Sha256};
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+
+pub use app::{Tenant, TestApp};
+
+/// The admin URL of the test Postgres (its `postgres` database).
+pub fn admin_database_url() -> String {
+    std::env::var("HERALD_TEST_DATABASE_URL")
+        .expect("HERALD_TEST_DATABASE_URL is not set: run the suite with scripts/test, which starts Postgres and Redis")
+}
+
+pub fn redis_url() -> String {
+    std::env::var("HERALD_TEST_REDIS_URL")
+        .expect("HERALD_TEST_REDIS_URL is not set: run the suite with scripts/test, which starts Postgres and Redis")
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (base, _) = url
+        .rsplit_once('/')
+        .expect("a database URL ends with /<database>");
+    format!("{base}/{db}")
+}
+
+/// A random lowercase name with a prefix, for databases and Redis prefixes.
+pub fn unique(prefix: &str) -> String {
+    let n: u64 = rand::rng().random();
+    format!("{prefix}{n:016x}")
+}
+
+/// A fresh database with every migration applied; returns its URL.
+///
+/// The first test of a run migrates a template database (under an advisory lock, since the
+/// tests run in many processes); every test then copies it, which takes milliseconds.
+pub async fn fresh_database() -> String {
+    let admin = admin_database_url();
+    let mut hasher = Sha256::new();
+    for m in herald_core::db::MIGRATOR.iter() {
+        hasher.update(m.version.to_le_bytes());
+        hasher.update(&*m.checksum);
+    }
+    let digest = hasher.finalize();
+    let template = format!(
+        "herald_tpl_{}",
+        digest
+            .iter()
+            .take(6)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+
+    let mut conn = PgConnection::connect(&admin)
+        .await
+        .expect("connect to the test Postgres");
+    conn.execute("SELECT pg_advisory_lock(7242001)")
+        .await
+        .unwrap();
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&template)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    if !exists {
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {template}")))
+            .await
+            .unwrap();
+        let pool = PgPool::connect(&with_database(&admin, &template))
+            .await
+            .unwrap();
+        herald_core::db::migrate(&pool)
+            .await
+            .expect("migrate the template database");
+        pool.close().await;
+    }
+    conn.execute("SELECT pg_advisory_unlock(7242001)")
+        .await
+        .unwrap();
+
+    let name = unique("t_");
+    // Copying needs the template idle; another process may be closing its connection.
+    let mut tries = 0;
+    loop {
+        match conn
+            .execute(sqlx::AssertSqlSafe(format!(
+                "CREATE DATABASE {name} TEMPLATE {template}"
+            )))
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if tries < 50 && e.to_string().contains("being accessed by other users") => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await; // poll until the template is idle
+            }
+            Err(e) => panic!("create test database: {e}"),
+        }
+    }
+    conn.close().await.ok();
+    with_database(&admin, &name)
+}
+
+/// Polls `check` until it yields `Some`, or panics with `what` after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    let mut poll_pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(poll_pause).await;
+        poll_pause = (poll_pause * 2).min(Duration::from_millis(100));
+    }
+}

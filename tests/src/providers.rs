@@ -1,0 +1,212 @@
+//! Provider servers on loopback that speak the real wire formats, record what they receive,
+//! and answer as scripted.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use base64::{Engine, engine::general_purpose::STANDARD};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+/// One request as the provider saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: DateTime<Utc>,
+    pub path: String,
+    pub headers: HeaderMap,
+    /// Form fields (Twilio).
+    pub form: HashMap<String, String>,
+    pub body: Bytes,
+}
+
+/// How the next request is answered.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// The provider's normal success answer.
+    Accept,
+    /// A Twilio-style error body with this HTTP status and error code.
+    TwilioError {
+        status: u16,
+        code: u32,
+        message: String,
+    },
+    /// Any status, body and headers.
+    Raw {
+        status: u16,
+        body: String,
+        headers: Vec<(String, String)>,
+    },
+    /// Wait this long before answering with success (past a client's timeout, it hangs).
+    Hang(Duration),
+}
+
+#[derive(Default)]
+struct MockState {
+    received: Vec<Received>,
+    script: VecDeque<Reply>,
+}
+
+/// A Twilio Messages API on loopback: checks HTTP Basic auth like Twilio (20003 on a wrong
+/// credential) and answers 201 with a Twilio message resource.
+#[derive(Clone)]
+pub struct TwilioMock {
+    pub base_url: String,
+    pub account_sid: String,
+    pub auth_token: String,
+    state: Arc<Mutex<MockState>>,
+}
+
+impl TwilioMock {
+    pub async fn start() -> Self {
+        let account_sid = format!("AC{}", crate::unique("").trim_start_matches('_').repeat(2));
+        let auth_token = crate::unique("tok");
+        let state = Arc::new(Mutex::new(MockState::default()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let mock = Self {
+            base_url,
+            account_sid,
+            auth_token,
+            state,
+        };
+        let app = Router::new()
+            .route(
+                "/2010-04-01/Accounts/{sid}/Messages.json",
+                post(twilio_create),
+            )
+            .with_state(mock.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        mock
+    }
+
+    /// Answers the next requests with these replies, in order; then `Accept` again.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.lock().unwrap().script.extend(replies);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// Configures `config` to send SMS through this mock.
+    pub fn configure(&self, config: &mut herald_core::Config) {
+        config.sms_provider = herald_core::config::SmsProviderKind::Twilio;
+        config.twilio.account_sid = Some(self.account_sid.clone());
+        config.twilio.auth_token = Some(herald_core::config::Secret::new(self.auth_token.clone()));
+        config.twilio.base_url = self.base_url.clone();
+    }
+}
+
+async fn twilio_create(
+    State(mock): State<TwilioMock>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = url_decode_form(&body);
+    let received = Received {
+        at: Utc::now(),
+        path: format!("/2010-04-01/Accounts/{sid}/Messages.json"),
+        headers: headers.clone(),
+        form: form.clone(),
+        body,
+    };
+    let expected = format!(
+        "Basic {}",
+        STANDARD.encode(format!("{}:{}", mock.account_sid, mock.auth_token))
+    );
+    let authorized = sid == mock.account_sid
+        && headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(expected.as_str());
+    let reply = {
+        let mut state = mock.state.lock().unwrap();
+        state.received.push(received);
+        state.script.pop_front().unwrap_or(Reply::Accept)
+    };
+    if !authorized {
+        return twilio_error(401, 20003, "Authenticate");
+    }
+    match reply {
+        Reply::Accept => twilio_created(&mock.account_sid, &form),
+        Reply::Hang(d) => {
+            tokio::time::sleep(d).await;
+            twilio_created(&mock.account_sid, &form)
+        }
+        Reply::TwilioError {
+            status,
+            code,
+            message,
+        } => twilio_error(status, code, &message),
+        Reply::Raw {
+            status,
+            body,
+            headers,
+        } => {
+            let mut r = (StatusCode::from_u16(status).unwrap(), body).into_response();
+            for (k, v) in headers {
+                r.headers_mut().insert(
+                    axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            r
+        }
+    }
+}
+
+/// Decodes an `application/x-www-form-urlencoded` body.
+pub fn url_decode_form(body: &[u8]) -> HashMap<String, String> {
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
+fn twilio_created(account_sid: &str, form: &HashMap<String, String>) -> Response {
+    let sid = format!("SM{}", crate::unique("").repeat(2));
+    let now = Utc::now().to_rfc2822();
+    let body = json!({
+        "account_sid": account_sid,
+        "api_version": "2010-04-01",
+        "body": form.get("Body"),
+        "date_created": now,
+        "date_sent": null,
+        "date_updated": now,
+        "direction": "outbound-api",
+        "error_code": null,
+        "error_message": null,
+        "from": form.get("From"),
+        "messaging_service_sid": null,
+        "num_media": "0",
+        "num_segments": "1",
+        "price": null,
+        "price_unit": "USD",
+        "sid": sid,
+        "status": "queued",
+        "subresource_uris": {"media": format!("/2010-04-01/Accounts/{account_sid}/Messages/{sid}/Media.json")},
+        "to": form.get("To"),
+        "uri": format!("/2010-04-01/Accounts/{account_sid}/Messages/{sid}.json"),
+    });
+    (StatusCode::CREATED, axum::Json(body)).into_response()
+}
+
+fn twilio_error(status: u16, code: u32, message: &str) -> Response {
+    let body = json!({
+        "code": code,
+        "message": message,
+        "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
+        "status": status,
+    });
+    (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response()
+}

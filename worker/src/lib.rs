@@ -1,0 +1,103 @@
+//! herald-worker: apalis workers on Herald's Redis queue engine, under one monitor.
+//! `run` is what the binary calls; tests call it too.
+
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use anyhow::Context;
+use apalis::prelude::{Data, Monitor, WorkerBuilder, WorkerBuilderExt};
+use herald_core::{
+    Config, db,
+    queue::{self, JobError, JobMeta, QueueBackend, WorkerHandle, WorkerOptions},
+    services::{
+        DeliveryJob,
+        delivery::{self, Deliverer},
+    },
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Sends one message: the `deliveries` queue's handler.
+async fn send_message(
+    job: DeliveryJob,
+    meta: Data<JobMeta>,
+    deliverer: Data<Arc<Deliverer>>,
+) -> Result<(), JobError> {
+    delivery::deliver(&deliverer, &job, &meta).await
+}
+
+/// Runs the workers until `shutdown` is cancelled. In-flight jobs get
+/// `HERALD_SHUTDOWN_TIMEOUT_MS` to finish; the leases of any still running are then handed
+/// back so another worker takes them at once.
+pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    herald_core::install_crypto();
+    let pool = db::pool(config.database_url.expose(), config.database_pool_size)
+        .context("HERALD_DATABASE_URL")?;
+    tokio::select! {
+        ready = db::wait_for_schema(&pool, Duration::from_secs(120)) => ready?,
+        _ = shutdown.cancelled() => return Ok(()),
+    }
+    let (client, conn) = queue::connect(config.redis_url.expose()).context("HERALD_REDIS_URL")?;
+    let deliveries = queue::deliveries(&config, client, conn);
+    let deliverer = Arc::new(Deliverer::from_config(&config, pool));
+    info!(
+        sms = deliverer.sms.name(),
+        email = deliverer.email.name(),
+        concurrency = config.worker_concurrency,
+        lease_ms = config.lease.as_millis() as u64,
+        "herald-worker starting"
+    );
+
+    // Kept outside apalis so leases can be handed back even after a forced shutdown.
+    let handles: Arc<Mutex<Vec<WorkerHandle>>> = Arc::default();
+    let job_timeout = config.provider_timeout + Duration::from_secs(30);
+    let options = WorkerOptions::new(config.worker_concurrency, config.lease);
+    let monitor = {
+        let handles = handles.clone();
+        let deliverer = deliverer.clone();
+        Monitor::new()
+            .shutdown_timeout(config.shutdown_timeout)
+            .register(move |_restarts| {
+                let backend = QueueBackend::<DeliveryJob>::new(deliveries.clone(), options.clone());
+                handles
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(backend.handle());
+                WorkerBuilder::new("herald-deliveries")
+                    .backend(backend)
+                    .data(deliverer.clone())
+                    .timeout(job_timeout)
+                    .catch_panic()
+                    .enable_tracing()
+                    .build(send_message)
+            })
+    };
+    let signal = shutdown.clone();
+    let result = monitor
+        .run_with_signal(async move {
+            signal.cancelled().await;
+            Ok(())
+        })
+        .await;
+    if let Err(e) = &result {
+        warn!(error = %e, "a worker stopped with an error");
+    }
+    let handles: Vec<WorkerHandle> =
+        std::mem::take(&mut *handles.lock().unwrap_or_else(PoisonError::into_inner));
+    for handle in handles {
+        match handle.release_all().await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                released = n,
+                "handed back the leases of jobs that did not finish"
+            ),
+            Err(e) => {
+                warn!(error = %e, "could not hand back leases; those jobs run again when their leases expire")
+            }
+        }
+    }
+    info!("herald-worker stopped");
+    result.context("running workers")
+}
