@@ -19,6 +19,7 @@ use crate::{error, routes, views};
         routes::admin::create_tenant,
         routes::admin::create_key,
         routes::admin::revoke_key,
+        routes::admin::queues,
         routes::messages::create_message,
         routes::messages::list_messages,
         routes::messages::get_message,
@@ -28,7 +29,7 @@ use crate::{error, routes, views};
         error::ErrorBody, error::ErrorDetail,
         views::Message, views::Event, views::MessageWithEvents, views::MessagePage,
         views::CreatedTenant, views::CreatedKey, views::QuietHours,
-        views::Health, views::Readiness, views::ReadinessChecks,
+        views::Health, views::Readiness, views::ReadinessChecks, views::QueueStats,
     )),
     modifiers(&Security),
     tags(

@@ -177,3 +177,32 @@ pub struct ReadinessChecks {
     pub postgres: String,
     pub redis: String,
 }
+
+/// One queue's counts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueStats {
+    pub name: String,
+    /// Due now and waiting for a worker.
+    pub pending: u64,
+    /// Due later.
+    pub scheduled: u64,
+    /// Leased by a worker right now.
+    pub running: u64,
+    pub dead: u64,
+    pub completed_last_minute: u64,
+    pub failed_last_minute: u64,
+}
+
+impl From<herald_core::queue::QueueStats> for QueueStats {
+    fn from(s: herald_core::queue::QueueStats) -> Self {
+        Self {
+            name: s.name,
+            pending: s.pending,
+            scheduled: s.scheduled,
+            running: s.running,
+            dead: s.dead,
+            completed_last_minute: s.completed_last_minute,
+            failed_last_minute: s.failed_last_minute,
+        }
+    }
+}

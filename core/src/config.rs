@@ -247,7 +247,9 @@ impl Config {
             "pretty" => Ok(LogFormat::Pretty),
             _ => Err("must be `json` or `pretty`".to_owned()),
         });
-        let log_filter = r.get("RUST_LOG").unwrap_or_else(|| "info,sqlx=warn".to_owned());
+        let log_filter = r
+            .get("RUST_LOG")
+            .unwrap_or_else(|| "info,sqlx=warn".to_owned());
         let queue_prefix = r
             .get("HERALD_QUEUE_PREFIX")
             .unwrap_or_else(|| "herald".to_owned());

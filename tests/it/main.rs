@@ -3,5 +3,6 @@
 
 mod delivery;
 mod processes;
+mod queue;
 mod tenancy;
 mod validation;

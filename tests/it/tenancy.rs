@@ -227,6 +227,7 @@ async fn health_readiness_and_the_openapi_document() {
         ("/v1/admin/tenants", "post"),
         ("/v1/admin/tenants/{id}/keys", "post"),
         ("/v1/admin/keys/{key_prefix}", "delete"),
+        ("/v1/admin/queues", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
     ] {
@@ -241,4 +242,35 @@ async fn health_readiness_and_the_openapi_document() {
     assert_eq!(body["error"]["code"], "not_found");
     let r = app.http.get(app.url("/healthz")).send().await.unwrap();
     assert!(r.headers().contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn ops_see_the_queue_counts() {
+    let app = TestApp::start().await;
+    let t = app.tenant().await;
+    app.send_sms(&t, "+15551234567", "now").await;
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (status, _) = app
+        .post(
+            "/v1/messages",
+            &t.api_key,
+            &json!({"channel": "sms", "to": "+15551234567", "body": "later", "send_at": later}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let queues = herald_tests::eventually(
+        std::time::Duration::from_secs(10),
+        "both jobs are queued",
+        || async {
+            let (status, q) = app.get("/v1/admin/queues", &app.ops_token).await;
+            assert_eq!(status, StatusCode::OK, "{q}");
+            (q[0]["pending"] == 1 && q[0]["scheduled"] == 1).then_some(q)
+        },
+    )
+    .await;
+    assert_eq!(queues[0]["name"], "deliveries");
+    assert_eq!(queues[0]["running"], 0);
+    assert_eq!(queues[0]["dead"], 0);
+    let (status, _) = app.get("/v1/admin/queues", &t.api_key).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }

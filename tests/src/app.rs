@@ -45,14 +45,19 @@ impl Drop for TestApp {
 
 static LOGS: std::sync::Once = std::sync::Once::new();
 
-/// A configuration for one test: its own database and Redis prefix, quick retries, short
-/// leases, and an ops token.
-pub async fn test_config() -> Config {
+/// Logs (captured by the test runner) and the TLS provider, once per test process.
+pub fn init_logs() {
     LOGS.call_once(|| {
         herald_core::install_crypto();
         let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".to_owned());
         herald_core::telemetry::init(LogFormat::Pretty, &filter);
     });
+}
+
+/// A configuration for one test: its own database and Redis prefix, quick retries, short
+/// leases, and an ops token.
+pub async fn test_config() -> Config {
+    init_logs();
     let db = fresh_database().await;
     let mut config = Config::for_urls(&db, &redis_url());
     config.queue_prefix = unique("t");

@@ -34,8 +34,14 @@ pub struct Proc {
 impl Proc {
     /// Starts `name` with exactly these environment variables (plus PATH).
     pub fn start(name: &str, env: &[(String, String)]) -> Self {
+        Self::start_args(name, &[], env)
+    }
+
+    /// Starts `name` with these arguments and exactly these environment variables (plus PATH).
+    pub fn start_args(name: &str, args: &[String], env: &[(String, String)]) -> Self {
         let mut cmd = Command::new(bin(name));
-        cmd.env_clear()
+        cmd.args(args)
+            .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())

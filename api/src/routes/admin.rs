@@ -152,3 +152,21 @@ pub async fn revoke_key(
         Err(ApiError::not_found("API key"))
     }
 }
+
+/// Every queue's counts: pending, scheduled, running, dead, and completed and failed in the
+/// last minute.
+#[utoipa::path(
+    get, path = "/v1/admin/queues", tag = "admin",
+    responses((status = 200, body = [views::QueueStats]), (status = 503, body = ErrorBody)),
+    security(("ops_token" = []))
+)]
+pub async fn queues(
+    _ops: Ops,
+    State(state): State<AppState>,
+) -> ApiResult<Json<Vec<views::QueueStats>>> {
+    let stats = state.queue.stats().await.map_err(|e| {
+        tracing::warn!(error = %e, "could not read queue stats");
+        ApiError::unavailable("Redis")
+    })?;
+    Ok(Json(vec![stats.into()]))
+}

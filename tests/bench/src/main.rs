@@ -1,0 +1,455 @@
+//! herald-bench: measures Herald's queue engine on this machine and prints the figures beside
+//! DESIGN.md's targets.
+//!
+//! ```sh
+//! cargo run --release -p herald-bench            # everything, about two minutes
+//! cargo run --release -p herald-bench -- --jobs 20000   # a smaller backlog
+//! ```
+//!
+//! It starts its own `redis-server` on a free loopback port (AOF on, fsync every second, as in
+//! production) and runs the worker as a separate process (`herald-bench worker ...`, the same
+//! binary) so the worker's memory is measured alone.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod worker;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    process::{ExitCode, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use herald_core::queue::{self, NewJob, Queue, RetryPolicy, now_ms};
+use tokio::process::{Child, Command};
+
+pub use worker::BenchJob;
+
+const QUEUE: &str = "bench";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = if args.first().map(String::as_str) == Some("worker") {
+        worker::main(parse_flags(&args[1..])).await
+    } else {
+        bench(parse_flags(&args)).await
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--key value` pairs.
+pub fn parse_flags(args: &[String]) -> HashMap<String, String> {
+    let mut flags = HashMap::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if let Some(key) = arg.strip_prefix("--") {
+            let value = it.next().cloned().unwrap_or_default();
+            flags.insert(key.to_owned(), value);
+        }
+    }
+    flags
+}
+
+pub fn flag<T: std::str::FromStr>(flags: &HashMap<String, String>, name: &str, default: T) -> T {
+    flags
+        .get(name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A private redis-server for the run, removed when dropped.
+struct RedisServer {
+    child: Child,
+    url: String,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    async fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(format!("herald-bench-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting redis-server (install it: apt-get install redis-server)")?;
+        let url = format!("redis://127.0.0.1:{port}");
+        let client = redis::Client::open(url.as_str())?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("redis-server did not answer within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self { child, url, dir })
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn queue_for(redis: &redis::Client, conn: &redis::aio::ConnectionManager, prefix: &str) -> Queue {
+    Queue::new(
+        redis.clone(),
+        conn.clone(),
+        prefix,
+        QUEUE,
+        8,
+        RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(10)),
+    )
+}
+
+/// A worker process of this binary.
+struct WorkerProc {
+    child: Child,
+}
+
+impl WorkerProc {
+    fn start(
+        redis_url: &str,
+        prefix: &str,
+        concurrency: usize,
+        lease_ms: u64,
+    ) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let child = Command::new(exe)
+            .args([
+                "worker", "--redis", redis_url, "--prefix", prefix, "--queue", QUEUE,
+            ])
+            .args([
+                "--concurrency",
+                &concurrency.to_string(),
+                "--lease-ms",
+                &lease_ms.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(Self { child })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// Peak resident memory so far, in KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// SIGTERM, then the JSON summary the worker prints as it exits.
+    async fn stop(self) -> anyhow::Result<serde_json::Value> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .await;
+        let out = tokio::time::timeout(Duration::from_secs(30), self.child.wait_with_output())
+            .await
+            .context("the worker did not exit within 30 s of SIGTERM")??;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or("{}");
+        Ok(serde_json::from_str(line)?)
+    }
+}
+
+struct Figures {
+    rows: Vec<(String, String, String, String)>,
+}
+
+impl Figures {
+    fn add(&mut self, figure: &str, measured: String, target: &str, floor: &str) {
+        println!("  {figure}: {measured}");
+        self.rows.push((
+            figure.to_owned(),
+            measured,
+            target.to_owned(),
+            floor.to_owned(),
+        ));
+    }
+}
+
+async fn fill(queue: &Queue, n: usize, due_ms: impl Fn(usize) -> i64) -> anyhow::Result<()> {
+    let mut batch = Vec::with_capacity(1000);
+    for i in 0..n {
+        let due = due_ms(i);
+        batch.push(NewJob::new(
+            format!("j{i}"),
+            &BenchJob {
+                due_ms: due,
+                ..Default::default()
+            },
+            due,
+        )?);
+        if batch.len() == 1000 {
+            queue.push_many(&batch).await?;
+            batch.clear();
+        }
+    }
+    queue.push_many(&batch).await?;
+    Ok(())
+}
+
+/// Waits until nothing is pending, scheduled or running; returns when the first job was taken
+/// and when the last finished.
+async fn wait_drained(
+    queue: &Queue,
+    total: u64,
+    within: Duration,
+) -> anyhow::Result<(Instant, Instant)> {
+    let deadline = Instant::now() + within;
+    let mut first: Option<Instant> = None;
+    loop {
+        let s = queue.stats().await?;
+        let left = s.pending + s.scheduled + s.running;
+        if first.is_none() && left < total {
+            first = Some(Instant::now());
+        }
+        if left == 0 {
+            return Ok((first.unwrap_or_else(Instant::now), Instant::now()));
+        }
+        if Instant::now() > deadline {
+            bail!("{left} jobs still not done after {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn bench(flags: HashMap<String, String>) -> anyhow::Result<()> {
+    let jobs: usize = flag(&flags, "jobs", 100_000);
+    let server = RedisServer::start().await?;
+    let (client, conn) = queue::connect(&server.url)?;
+    println!(
+        "herald-bench: Redis at {} (AOF everysec), {jobs} jobs per drain run",
+        server.url
+    );
+    let mut figures = Figures { rows: Vec::new() };
+
+    // Enqueue: one job per call from 50 concurrent clients, and in batches of 1,000.
+    {
+        let q = Arc::new(queue_for(&client, &conn, "enq1"));
+        let n = jobs;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..50 {
+            let q = q.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in (c..n).step_by(50) {
+                    q.push(&format!("j{i}"), &BenchJob::default(), now_ms())
+                        .await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        let rate = n as f64 / started.elapsed().as_secs_f64();
+        figures.add(
+            "enqueue, one job per call, 50 concurrent clients",
+            format!("{rate:.0} jobs/s"),
+            "-",
+            "-",
+        );
+
+        let q = queue_for(&client, &conn, "enq2");
+        let started = Instant::now();
+        fill(&q, n, |_| now_ms()).await?;
+        let rate = n as f64 / started.elapsed().as_secs_f64();
+        figures.add(
+            "enqueue, batches of 1,000",
+            format!("{rate:.0} jobs/s"),
+            "-",
+            "-",
+        );
+    }
+
+    // Drain a pre-filled backlog with one worker process.
+    let mut peak_rss = 0;
+    for concurrency in [1usize, 50, 200] {
+        let prefix = format!("drain{concurrency}");
+        let q = queue_for(&client, &conn, &prefix);
+        fill(&q, jobs, |_| 0).await?;
+        let worker = WorkerProc::start(&server.url, &prefix, concurrency, 10_000)?;
+        let (first, last) = wait_drained(&q, jobs as u64, Duration::from_secs(600)).await?;
+        peak_rss = peak_rss.max(worker.peak_rss_kib());
+        let summary = worker.stop().await?;
+        let rate = jobs as f64 / (last - first).as_secs_f64();
+        let processed = summary["processed"].as_u64().unwrap_or(0);
+        let (target, floor) = if concurrency == 1 {
+            ("-", "-")
+        } else {
+            ("40,000/s", "20,000/s")
+        };
+        figures.add(
+            &format!("drain {jobs} no-op jobs, one worker process, concurrency {concurrency}"),
+            format!("{rate:.0} jobs/s ({processed} processed)"),
+            target,
+            floor,
+        );
+    }
+    figures.add(
+        "worker peak RSS (VmHWM) over the drain runs",
+        format!("{:.1} MiB", peak_rss as f64 / 1024.0),
+        "40 MiB",
+        "100 MiB",
+    );
+
+    // Scheduled precision: 10,000 jobs due over 10 s, one every millisecond.
+    {
+        let prefix = "late";
+        let q = queue_for(&client, &conn, prefix);
+        let worker = WorkerProc::start(&server.url, prefix, 200, 10_000)?;
+        tokio::time::sleep(Duration::from_millis(500)).await; // let the worker start and go idle
+        let start = now_ms() + 1_000;
+        fill(&q, 10_000, |i| start + i as i64).await?;
+        wait_drained(&q, 10_000, Duration::from_secs(60)).await?;
+        let summary = worker.stop().await?;
+        let l = &summary["lateness_ms"];
+        figures.add(
+            "scheduled lateness, 10,000 jobs due over 10 s (p50 / p99 / max)",
+            format!("{} / {} / {} ms", l["p50"], l["p99"], l["max"]),
+            "p99 < 50 ms",
+            "p99 < 250 ms",
+        );
+        let early = l["early"].as_u64().unwrap_or(0);
+        if early > 0 {
+            println!("  WARNING: {early} jobs started before their due time");
+        }
+    }
+
+    // Recovery: kill -9 the worker running a job; another process runs it again.
+    {
+        let prefix = "kill";
+        let q = queue_for(&client, &conn, prefix);
+        let a = WorkerProc::start(&server.url, prefix, 10, 10_000)?;
+        let b = WorkerProc::start(&server.url, prefix, 10, 10_000)?;
+        let probe = worker::probe_key(prefix);
+        q.push(
+            "victim",
+            &BenchJob {
+                sleep_ms: 600_000,
+                probe: true,
+                ..Default::default()
+            },
+            now_ms(),
+        )
+        .await?;
+        let mut c = conn.clone();
+        let first = wait_probe(&mut c, &probe, |e| e.kind == "start").await?;
+        let (victim, survivor) = if first.pid == a.pid() { (a, b) } else { (b, a) };
+        let killed_at = Instant::now();
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(victim.pid().to_string())
+            .status()
+            .await;
+        drop(victim);
+        let rerun = wait_probe(&mut c, &probe, |e| e.kind == "start" && e.attempt == 2).await?;
+        let took = killed_at.elapsed();
+        assert_eq!(rerun.pid, survivor.pid());
+        figures.add(
+            "a killed worker's in-flight job runs again (lease 10 s)",
+            format!("{:.1} s, attempt {}", took.as_secs_f64(), rerun.attempt),
+            "10 s",
+            "30 s",
+        );
+        drop(survivor);
+    }
+
+    println!();
+    println!("| figure | measured | target | floor |");
+    println!("|---|---|---|---|");
+    for (figure, measured, target, floor) in &figures.rows {
+        println!("| {figure} | {measured} | {target} | {floor} |");
+    }
+    Ok(())
+}
+
+struct ProbeEvent {
+    kind: String,
+    attempt: u32,
+    pid: u32,
+}
+
+async fn wait_probe(
+    conn: &mut redis::aio::ConnectionManager,
+    key: &str,
+    want: impl Fn(&ProbeEvent) -> bool,
+) -> anyhow::Result<ProbeEvent> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let entries: Vec<String> = redis::cmd("LRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .query_async(conn)
+            .await?;
+        for e in entries {
+            let parts: Vec<&str> = e.split(' ').collect();
+            if let [kind, _id, attempt, pid, _at] = parts.as_slice() {
+                let ev = ProbeEvent {
+                    kind: (*kind).to_owned(),
+                    attempt: attempt.parse().unwrap_or(0),
+                    pid: pid.parse().unwrap_or(0),
+                };
+                if want(&ev) {
+                    return Ok(ev);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no matching probe event in {key} within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
