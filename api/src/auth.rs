@@ -33,13 +33,7 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     Ok(token)
 }
 
-/// Compares secrets in time independent of where they differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use herald_core::domain::constant_time_eq;
 
 fn is_ops_token(state: &AppState, token: &str) -> bool {
     state
@@ -63,10 +57,41 @@ impl FromRequestParts<AppState> for Tenant {
                 "the ops token cannot be used on tenant routes; use a tenant API key",
             ));
         }
-        match tenants::authenticate(&state.db, token).await? {
-            Some((tenant, key_prefix)) => Ok(Tenant { tenant, key_prefix }),
-            None => Err(ApiError::unauthorized("unknown or revoked API key")),
+        let Some((tenant, key_prefix)) = tenants::authenticate(&state.db, token).await? else {
+            return Err(ApiError::unauthorized("unknown or revoked API key"));
+        };
+        rate_limit(state, &key_prefix).await?;
+        Ok(Tenant { tenant, key_prefix })
+    }
+}
+
+/// `HERALD_API_RATE` per key: 429 with `Retry-After` past it. The limit must never take the
+/// API down with it, so an unreachable Redis lets the request through.
+async fn rate_limit(state: &AppState, key_prefix: &str) -> Result<(), ApiError> {
+    let rate = state.config.api_rate;
+    let took = tokio::time::timeout(
+        std::time::Duration::from_millis(100),
+        state.limiter.take(&format!("api:{key_prefix}"), rate),
+    )
+    .await;
+    match took {
+        Ok(Ok(Some(wait))) => {
+            let mut e = ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "this API key is limited to {rate} requests per second; slow down and retry"
+                ),
+            );
+            e.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+            Err(e)
         }
+        Ok(Ok(None)) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "API rate limit unavailable; request allowed");
+            Ok(())
+        }
+        Err(_) => Ok(()),
     }
 }
 
@@ -97,14 +122,37 @@ impl FromRequestParts<AppState> for Ops {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
+/// Either kind of caller, on routes both may use (dead letters): ops see every tenant, a
+/// tenant key sees its own.
+pub enum Caller {
+    Ops,
+    Tenant(Box<TenantRow>),
+}
 
-    #[test]
-    fn secrets_compare_by_content() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
+impl Caller {
+    /// The tenant whose data this caller may see; `None` for ops (all of it).
+    pub fn scope(&self) -> Option<&str> {
+        match self {
+            Caller::Ops => None,
+            Caller::Tenant(t) => Some(&t.id),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        if is_ops_token(state, token) {
+            return Ok(Caller::Ops);
+        }
+        match tenants::authenticate(&state.db, token).await? {
+            Some((tenant, _)) => Ok(Caller::Tenant(Box::new(tenant))),
+            None => Err(ApiError::unauthorized("unknown or revoked API key")),
+        }
     }
 }

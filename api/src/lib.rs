@@ -39,6 +39,7 @@ pub async fn serve(
         .context("HERALD_DATABASE_URL")?;
     migrate_with_retry(&db, Duration::from_secs(60)).await?;
     let (client, conn) = queue::connect(config.redis_url.expose()).context("HERALD_REDIS_URL")?;
+    let limiter = herald_core::ratelimit::RateLimiter::new(conn.clone(), &config.queue_prefix);
     let queue = queue::deliveries(&config, client, conn);
     let enqueuer = Arc::new(Enqueuer::start(queue.clone(), db.clone()));
     let state = AppState {
@@ -46,6 +47,7 @@ pub async fn serve(
         db,
         queue,
         enqueuer: enqueuer.clone(),
+        limiter,
     };
     let app = routes::router(state);
     info!(addr = %listener.local_addr()?, public_url = %config.public_url, "herald-api listening");

@@ -24,17 +24,26 @@ use crate::{error, routes, views};
         routes::messages::list_messages,
         routes::messages::get_message,
         routes::messages::cancel_message,
+        routes::inbound::twilio_status,
+        routes::dead_letters::list,
+        routes::dead_letters::get,
+        routes::dead_letters::replay,
+        routes::dead_letters::replay_many,
+        routes::dead_letters::delete,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail,
         views::Message, views::Event, views::MessageWithEvents, views::MessagePage,
         views::CreatedTenant, views::CreatedKey, views::QuietHours,
         views::Health, views::Readiness, views::ReadinessChecks, views::QueueStats,
+        views::DeadLetter, views::DeadLetterPage, views::AttemptError, views::Replayed, views::ReplayedCount,
     )),
     modifiers(&Security),
     tags(
         (name = "messages", description = "send, read, list and cancel messages (tenant API key)"),
-        (name = "admin", description = "tenants and keys (ops token)"),
+        (name = "admin", description = "tenants, keys and queues (ops token)"),
+        (name = "dead letters", description = "what could not be delivered: inspect, replay, delete (ops token: every tenant; tenant key: its own)"),
+        (name = "inbound", description = "what providers send Herald, signed"),
         (name = "ops", description = "health and readiness"),
     )
 )]

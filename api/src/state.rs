@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use herald_core::{Config, queue::Queue, services::enqueue::Enqueuer};
+use herald_core::{Config, queue::Queue, ratelimit::RateLimiter, services::enqueue::Enqueuer};
 use sqlx::PgPool;
 
 #[derive(Clone)]
@@ -12,4 +12,6 @@ pub struct AppState {
     /// The `deliveries` queue (cancel removes waiting jobs; stats for ops).
     pub queue: Queue,
     pub enqueuer: Arc<Enqueuer>,
+    /// Per API key (`HERALD_API_RATE`), shared by every API process through Redis.
+    pub limiter: RateLimiter,
 }

@@ -206,3 +206,76 @@ impl From<herald_core::queue::QueueStats> for QueueStats {
         }
     }
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptError {
+    pub at: String,
+    pub error: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetter {
+    /// `dl_...`
+    pub id: String,
+    pub queue: String,
+    pub tenant_id: String,
+    pub message_id: Option<String>,
+    /// `exhausted` (every attempt failed) or `rejected` (the provider refused it for good).
+    pub reason: String,
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    pub attempts: i32,
+    pub errors: Vec<AttemptError>,
+    pub dead_at: String,
+    pub replayed_at: Option<String>,
+}
+
+impl From<herald_core::store::dead_letters::DeadLetterRow> for DeadLetter {
+    fn from(d: herald_core::store::dead_letters::DeadLetterRow) -> Self {
+        let errors = d
+            .errors
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|e| AttemptError {
+                        at: e["at"]
+                            .as_str()
+                            .and_then(|t| t.parse::<DateTime<Utc>>().ok())
+                            .map(time)
+                            .unwrap_or_default(),
+                        error: e["error"].as_str().unwrap_or_default().to_owned(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            id: d.id,
+            queue: d.queue,
+            tenant_id: d.tenant_id,
+            message_id: d.message_id,
+            reason: d.reason,
+            payload: d.payload,
+            attempts: d.attempts,
+            errors,
+            dead_at: time(d.dead_at),
+            replayed_at: opt_time(d.replayed_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterPage {
+    pub data: Vec<DeadLetter>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Replayed {
+    pub message_id: String,
+    pub status: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplayedCount {
+    pub replayed: u64,
+}

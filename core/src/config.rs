@@ -102,6 +102,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Postgres connections per process.
     pub database_pool_size: u32,
+    /// Transient failures in a row that open a provider's circuit.
+    pub circuit_failures: u32,
+    /// How long an open circuit stops calls before one probe is let through.
+    pub circuit_cooldown: Duration,
 }
 
 /// Everything wrong with the environment, one line per variable.
@@ -261,6 +265,8 @@ impl Config {
         }
         let shutdown_timeout = r.millis("HERALD_SHUTDOWN_TIMEOUT_MS", 30_000, 0, 3_600_000);
         let database_pool_size = r.number("HERALD_DATABASE_POOL_SIZE", 20, 1, 1_000);
+        let circuit_failures = r.number("HERALD_CIRCUIT_FAILURES", 5, 1, 1_000);
+        let circuit_cooldown = r.millis("HERALD_CIRCUIT_COOLDOWN_MS", 30_000, 100, 3_600_000);
 
         if !r.problems.is_empty() {
             return Err(ConfigError {
@@ -315,6 +321,8 @@ impl Config {
             queue_prefix,
             shutdown_timeout,
             database_pool_size,
+            circuit_failures,
+            circuit_cooldown,
         })
     }
 

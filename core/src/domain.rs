@@ -377,6 +377,14 @@ pub fn parse_local_time(raw: &str) -> Result<chrono::NaiveTime, Invalid> {
     chrono::NaiveTime::parse_from_str(raw, "%H:%M").map_err(|_| bad())
 }
 
+/// Compares secrets in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// At most `max` characters of `s`, for error messages that echo input.
 pub fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {

@@ -9,6 +9,7 @@ pub mod db;
 pub mod domain;
 pub mod providers;
 pub mod queue;
+pub mod ratelimit;
 pub mod services;
 pub mod shutdown;
 pub mod store;

@@ -23,18 +23,13 @@ pub async fn sweep(db: &PgPool, queue: &Queue) -> anyhow::Result<usize> {
         }
         let jobs = due
             .iter()
-            .map(|(id, send_at)| {
-                NewJob::new(
-                    id.clone(),
-                    &DeliveryJob {
-                        message_id: id.clone(),
-                    },
-                    send_at.timestamp_millis(),
-                )
+            .map(|m| {
+                let job = DeliveryJob::new(&m.id, &m.tenant_id, &m.channel, &m.to_addr);
+                NewJob::new(m.id.clone(), &job, m.send_at.timestamp_millis())
             })
             .collect::<Result<Vec<_>, _>>()?;
         queue.push_many(&jobs).await?;
-        let ids: Vec<String> = due.into_iter().map(|(id, _)| id).collect();
+        let ids: Vec<String> = due.into_iter().map(|m| m.id).collect();
         messages::mark_enqueued(db, &ids).await?;
         total += ids.len();
         if (ids.len() as i64) < BATCH {

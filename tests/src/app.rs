@@ -287,9 +287,9 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Redis keys under this app's queue prefix, to prove a rejected request queued nothing.
+    /// Redis keys of this app's `deliveries` queue, to prove a rejected request queued nothing.
     pub async fn queue_keys(&self) -> Vec<String> {
-        let pattern = format!("{{{}:*", self.config.queue_prefix);
+        let pattern = format!("{{{}:deliveries}}*", self.config.queue_prefix);
         let mut conn = self.redis.clone();
         let mut keys = Vec::new();
         let mut cursor: u64 = 0;

@@ -10,6 +10,7 @@ pub mod app;
 pub mod engine;
 pub mod process;
 pub mod providers;
+pub mod proxy;
 
 use std::{future::Future, time::Duration};
 

@@ -11,6 +11,7 @@ use apalis::prelude::{Data, Monitor, WorkerBuilder, WorkerBuilderExt};
 use herald_core::{
     Config, db,
     queue::{self, JobError, JobMeta, QueueBackend, WorkerHandle, WorkerOptions},
+    ratelimit::RateLimiter,
     services::{
         DeliveryJob,
         delivery::{self, Deliverer},
@@ -40,8 +41,9 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
         _ = shutdown.cancelled() => return Ok(()),
     }
     let (client, conn) = queue::connect(config.redis_url.expose()).context("HERALD_REDIS_URL")?;
+    let limiter = RateLimiter::new(conn.clone(), &config.queue_prefix);
     let deliveries = queue::deliveries(&config, client, conn);
-    let deliverer = Arc::new(Deliverer::from_config(&config, pool));
+    let deliverer = Arc::new(Deliverer::from_config(&config, pool, Some(limiter)));
     info!(
         sms = deliverer.sms.name(),
         email = deliverer.email.name(),

@@ -1,7 +1,9 @@
 //! The router: every route of the contract that exists so far.
 
 pub mod admin;
+pub mod dead_letters;
 pub mod health;
+pub mod inbound;
 pub mod messages;
 
 use axum::{
@@ -32,6 +34,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/messages/{id}", get(messages::get_message))
         .route("/v1/messages/{id}/cancel", post(messages::cancel_message))
+        .route("/v1/inbound/twilio/status", post(inbound::twilio_status))
+        .route("/v1/dead-letters", get(dead_letters::list))
+        .route("/v1/dead-letters/replay", post(dead_letters::replay_many))
+        .route(
+            "/v1/dead-letters/{id}",
+            get(dead_letters::get).delete(dead_letters::delete),
+        )
+        .route("/v1/dead-letters/{id}/replay", post(dead_letters::replay))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -5,6 +5,7 @@
 pub mod log;
 pub mod resend;
 pub mod twilio;
+pub mod twilio_signature;
 pub mod webhook;
 
 use std::time::Duration;

@@ -7,7 +7,10 @@ use chrono::Utc;
 use sqlx::PgPool;
 use tracing::{debug, info, warn};
 
-use super::DeliveryJob;
+use super::{
+    DeliveryJob,
+    breaker::{Admit, Breakers},
+};
 use crate::{
     config::{Config, EmailProviderKind, SmsProviderKind},
     domain::{Channel, new_id},
@@ -16,6 +19,7 @@ use crate::{
         twilio::Twilio, webhook::WebhookSender,
     },
     queue::{DELIVERIES, JobError, JobMeta, RetryPolicy},
+    ratelimit::RateLimiter,
     store::{
         self, contacts,
         messages::{self, AttemptUpdate, MessageRow},
@@ -34,6 +38,10 @@ pub struct Deliverer {
     pub webhook: Arc<dyn Provider>,
     pub max_attempts: u32,
     pub policy: RetryPolicy,
+    pub breakers: Breakers,
+    /// Per tenant and channel, shared by every worker through Redis.
+    pub limiter: Option<RateLimiter>,
+    pub send_rate: u32,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -48,7 +56,7 @@ impl std::fmt::Debug for Deliverer {
 
 impl Deliverer {
     /// The providers configuration names.
-    pub fn from_config(config: &Config, db: PgPool) -> Self {
+    pub fn from_config(config: &Config, db: PgPool, limiter: Option<RateLimiter>) -> Self {
         let client = http_client(config.provider_timeout);
         let sms: Arc<dyn Provider> = match (
             config.sms_provider,
@@ -81,6 +89,19 @@ impl Deliverer {
             webhook,
             max_attempts: config.max_attempts,
             policy: RetryPolicy::new(config.retry_base, config.retry_max),
+            breakers: Breakers::new(config.circuit_failures, config.circuit_cooldown),
+            limiter,
+            send_rate: config.tenant_send_rate,
+        }
+    }
+
+    /// The circuit a message's provider call belongs to: the SMS or email provider, or the
+    /// webhook's host.
+    pub fn circuit(&self, channel: Channel, host: Option<&str>) -> String {
+        match channel {
+            Channel::Sms => self.sms.name().to_owned(),
+            Channel::Email => self.email.name().to_owned(),
+            Channel::Webhook => format!("webhook:{}", host.unwrap_or_default()),
         }
     }
 
@@ -106,9 +127,67 @@ fn db_error(e: sqlx::Error) -> JobError {
     }
 }
 
+/// Releases a half-open circuit's probe slot unless the probe made its call.
+struct ProbeGuard<'a> {
+    breakers: &'a Breakers,
+    circuit: Option<String>,
+}
+
+impl ProbeGuard<'_> {
+    fn done(&mut self) {
+        self.circuit = None;
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = &self.circuit {
+            self.breakers.release_probe(c);
+        }
+    }
+}
+
+fn defer(reason: String, wait: Duration) -> JobError {
+    JobError::Defer {
+        reason,
+        at_ms: Utc::now().timestamp_millis() + wait.as_millis() as i64,
+    }
+}
+
 /// Sends one message. `Ok` means its fate is recorded in Postgres (sent, failed, dead,
 /// expired, suppressed, or nothing to do); an error asks the queue to run the job again.
 pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result<(), JobError> {
+    // Before claiming, so a job put off spends no attempt: the provider's circuit, then the
+    // tenant's send rate.
+    let mut probe = ProbeGuard {
+        breakers: &d.breakers,
+        circuit: None,
+    };
+    if let Some(channel) = job.channel {
+        let circuit = d.circuit(channel, job.host.as_deref());
+        match d.breakers.admit(&circuit) {
+            Admit::No(wait) => return Err(defer(format!("the {circuit} circuit is open"), wait)),
+            Admit::Probe => probe.circuit = Some(circuit),
+            Admit::Yes => {}
+        }
+        if let (Some(limiter), Some(tenant)) = (&d.limiter, &job.tenant_id) {
+            match limiter
+                .take(&format!("send:{tenant}:{channel}"), d.send_rate)
+                .await
+            {
+                Ok(None) => {}
+                Ok(Some(wait)) => {
+                    return Err(defer(
+                        format!("tenant send rate of {}/s reached", d.send_rate),
+                        wait,
+                    ));
+                }
+                // The limit protects providers; an unreachable Redis must not stop sending.
+                Err(e) => debug!(error = %e, "send rate unavailable; sending anyway"),
+            }
+        }
+    }
+
     let attempt = i32::try_from(meta.attempt).unwrap_or(i32::MAX);
     let Some(m) = messages::claim(&d.db, &job.message_id, attempt)
         .await
@@ -177,9 +256,21 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
         webhook_secret: &tenant.webhook_secret,
     };
     let provider = d.provider(channel);
+    let circuit = d.circuit(
+        channel,
+        reqwest::Url::parse(&m.to_addr)
+            .ok()
+            .as_ref()
+            .and_then(|u| u.host_str()),
+    );
     let started = std::time::Instant::now();
     let outcome = provider.send(&outbound).await;
     let elapsed_ms = started.elapsed().as_millis() as u64;
+    match &outcome {
+        SendOutcome::Transient { .. } => d.breakers.failure(&circuit),
+        SendOutcome::Accepted { .. } | SendOutcome::Rejected { .. } => d.breakers.success(&circuit),
+    }
+    probe.done();
 
     match outcome {
         SendOutcome::Accepted {

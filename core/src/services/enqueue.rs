@@ -13,7 +13,10 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{debug, warn};
 
 use super::DeliveryJob;
-use crate::queue::{NewJob, Queue};
+use crate::{
+    queue::{NewJob, Queue},
+    store::messages::MessageRow,
+};
 
 /// Jobs waiting for the background pusher; past this the API leaves them to the sweep.
 const BUFFER: usize = 50_000;
@@ -39,14 +42,15 @@ impl Enqueuer {
 
     /// Hands a committed message's job to the pusher. Never waits: when the buffer is full
     /// the outbox sweep pushes it instead.
-    pub fn submit(&self, message_id: &str, due_ms: i64) {
-        let job = match NewJob::new(
+    pub fn submit(&self, message: &MessageRow) {
+        let message_id = message.id.as_str();
+        let job = DeliveryJob::new(
             message_id,
-            &DeliveryJob {
-                message_id: message_id.to_owned(),
-            },
-            due_ms,
-        ) {
+            &message.tenant_id,
+            &message.channel,
+            &message.to_addr,
+        );
+        let job = match NewJob::new(message_id, &job, message.send_at.timestamp_millis()) {
             Ok(job) => job,
             Err(e) => {
                 warn!(message_id, error = %e, "could not encode a delivery job; the outbox sweep will push it");

@@ -164,7 +164,7 @@ pub async fn create(
                 message
             }
         };
-        enqueuer.submit(&message.id, message.send_at.timestamp_millis());
+        enqueuer.submit(&message);
         return Ok(Created::New(message));
     }
     Err(CreateError::IdempotencyConflict)

@@ -1,16 +1,48 @@
 //! Services: one free function per use case, called by the thin transports (axum handlers,
 //! apalis handlers, cron ticks).
 
+pub mod breaker;
+pub mod dead_letters;
 pub mod delivery;
 pub mod enqueue;
 pub mod messages;
+pub mod reports;
 pub mod tenants;
 
 use serde::{Deserialize, Serialize};
+
+use crate::domain::Channel;
 
 /// The job on the `deliveries` queue: which message to send. The job id is the message id,
 /// so pushing the same message twice leaves one job.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeliveryJob {
     pub message_id: String,
+    /// The tenant and channel, for the send rate, and the webhook target's host, for its
+    /// circuit: both are checked before the message is claimed, so a job put off spends
+    /// nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<Channel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+impl DeliveryJob {
+    pub fn new(message_id: &str, tenant_id: &str, channel: &str, to: &str) -> Self {
+        let channel = Channel::parse(channel);
+        let host = match channel {
+            Some(Channel::Webhook) => reqwest::Url::parse(to)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned)),
+            _ => None,
+        };
+        Self {
+            message_id: message_id.to_owned(),
+            tenant_id: Some(tenant_id.to_owned()),
+            channel,
+            host,
+        }
+    }
 }

@@ -206,15 +206,25 @@ pub async fn mark_enqueued(db: impl PgExecutor<'_>, ids: &[String]) -> Result<u6
     Ok(done.rows_affected())
 }
 
+/// A message whose job never reached Redis.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub channel: String,
+    pub to_addr: String,
+    pub send_at: DateTime<Utc>,
+}
+
 /// Messages committed but never pushed to Redis (a crash between the two, or Redis down),
 /// older than `grace` so the API's own push is not raced.
 pub async fn outbox(
     db: impl PgExecutor<'_>,
     grace_ms: i64,
     limit: i64,
-) -> Result<Vec<(String, DateTime<Utc>)>, sqlx::Error> {
-    sqlx::query_as::<_, (String, DateTime<Utc>)>(
-        "SELECT id, send_at FROM messages
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    sqlx::query_as::<_, OutboxRow>(
+        "SELECT id, tenant_id, channel, to_addr, send_at FROM messages
          WHERE enqueued_at IS NULL AND created_at < now() - make_interval(secs => $1::float8 / 1000)
            AND status IN ('scheduled', 'queued', 'retrying')
          ORDER BY created_at
@@ -407,4 +417,64 @@ pub async fn attempt_errors(
             )
             .collect(),
     ))
+}
+
+/// Starts a fresh run of a `failed` or `dead` message that has not expired: queued now, with
+/// attempts from zero. `None` when the message is in any other state.
+pub async fn restart(
+    db: impl PgExecutor<'_>,
+    id: &str,
+    detail: &str,
+) -> Result<Option<MessageRow>, sqlx::Error> {
+    sqlx::query_as::<_, MessageRow>(
+        "WITH m AS (
+            UPDATE messages SET status = 'queued', send_at = now(), run = run + 1, attempts = 0,
+                   claim_attempt = 0, last_error = NULL, enqueued_at = NULL, updated_at = now()
+            WHERE id = $1 AND status IN ('failed', 'dead') AND expires_at > now()
+            RETURNING *
+         ), e AS (
+            INSERT INTO message_events (message_id, status, detail)
+            SELECT id, 'queued', $2 || ' (run ' || run || ')' FROM m
+         )
+         SELECT * FROM m",
+    )
+    .bind(id)
+    .bind(detail)
+    .fetch_optional(db)
+    .await
+}
+
+/// Applies a provider's delivery report to the message it sent as `provider_message_id`,
+/// never moving it backwards: `sent` only from `sending`; `delivered`, `undelivered` and
+/// `failed` only from `sending` or `sent`. Returns the message when it moved.
+pub async fn apply_delivery_report(
+    db: impl PgExecutor<'_>,
+    provider_message_id: &str,
+    status: &str,
+    error: Option<&str>,
+    detail: &str,
+) -> Result<Option<MessageRow>, sqlx::Error> {
+    sqlx::query_as::<_, MessageRow>(
+        "WITH m AS (
+            UPDATE messages SET
+                status = $2,
+                last_error = COALESCE($3, last_error),
+                sent_at = CASE WHEN sent_at IS NULL THEN now() ELSE sent_at END,
+                delivered_at = CASE WHEN $2 = 'delivered' THEN now() ELSE delivered_at END,
+                updated_at = now()
+            WHERE provider_message_id = $1
+              AND ((status = 'sending' AND $2 = 'sent')
+                OR (status IN ('sending', 'sent') AND $2 IN ('delivered', 'undelivered', 'failed')))
+            RETURNING *
+         ), e AS (
+            INSERT INTO message_events (message_id, status, detail) SELECT id, $2, $4 FROM m
+         )
+         SELECT * FROM m",
+    )
+    .bind(provider_message_id)
+    .bind(status)
+    .bind(error)
+    .bind(detail)
+    .fetch_optional(db)
+    .await
 }

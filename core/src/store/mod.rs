@@ -2,6 +2,7 @@
 //! a transaction) so services decide what runs in one transaction.
 
 pub mod contacts;
+pub mod dead_letters;
 pub mod messages;
 pub mod tenants;
 

@@ -1,0 +1,89 @@
+//! `/v1/inbound/*`: what providers send Herald, form-encoded and signed as the provider signs
+//! it. A bad or missing signature is 403 and changes nothing.
+
+use axum::{
+    body::Bytes,
+    extract::{OriginalUri, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use herald_core::{providers::twilio_signature, services::reports};
+
+use crate::{
+    error::{ApiError, ApiResult, ErrorBody},
+    state::AppState,
+};
+
+const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
+
+/// The form parameters of a request Twilio signed, or 403.
+fn verified_twilio_form(
+    state: &AppState,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<Vec<(String, String)>> {
+    let Some(token) = state.config.twilio.auth_token.as_ref() else {
+        return Err(ApiError::forbidden(
+            "invalid_signature",
+            "Twilio requests cannot be verified: HERALD_TWILIO_AUTH_TOKEN is not set",
+        ));
+    };
+    let signature = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::forbidden("invalid_signature", "missing X-Twilio-Signature"))?;
+    let params: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|_| {
+        ApiError::forbidden("invalid_signature", "the body is not a form Twilio signed")
+    })?;
+    let path_and_query = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+    let url = format!("{}{path_and_query}", state.config.public_url);
+    if !twilio_signature::validate(token.expose(), &url, &params, signature) {
+        tracing::warn!(url, "rejected a request with a bad X-Twilio-Signature");
+        return Err(ApiError::forbidden(
+            "invalid_signature",
+            "X-Twilio-Signature does not match this request",
+        ));
+    }
+    Ok(params)
+}
+
+fn twiml() -> Response {
+    ([(header::CONTENT_TYPE, "text/xml")], EMPTY_TWIML).into_response()
+}
+
+/// Twilio's status callback: moves a message to `sent`, `delivered`, `undelivered` or
+/// `failed`, never backwards.
+#[utoipa::path(
+    post, path = "/v1/inbound/twilio/status", tag = "inbound",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "Twilio's status callback: MessageSid, MessageStatus, ErrorCode, ..."),
+    params(("X-Twilio-Signature" = String, Header)),
+    responses((status = 200, description = "`<Response/>`"), (status = 403, description = "bad or missing signature", body = ErrorBody)),
+)]
+pub async fn twilio_status(
+    State(state): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let params = verified_twilio_form(&state, &uri, &headers, &body)?;
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let (Some(sid), Some(status)) = (
+        get("MessageSid").or(get("SmsSid")),
+        get("MessageStatus").or(get("SmsStatus")),
+    ) else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing_field",
+            "MessageSid and MessageStatus are required",
+        )
+        .field("MessageStatus"));
+    };
+    reports::twilio_status(&state.db, sid, status, get("ErrorCode")).await?;
+    Ok(twiml())
+}

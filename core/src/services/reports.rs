@@ -1,0 +1,64 @@
+//! Delivery reports from providers (Twilio's status callbacks): the message moves forward to
+//! `sent`, `delivered`, `undelivered` or `failed`, and never backwards.
+
+use sqlx::PgPool;
+use tracing::{debug, info};
+
+use crate::{
+    domain::new_id,
+    providers::twilio::UNSUBSCRIBED,
+    queue::DELIVERIES,
+    store::{contacts, messages},
+};
+
+/// What a Twilio `MessageStatus` means for Herald, if anything.
+fn herald_status(twilio: &str) -> Option<&'static str> {
+    match twilio {
+        "sent" => Some("sent"),
+        "delivered" | "read" => Some("delivered"),
+        "undelivered" => Some("undelivered"),
+        "failed" => Some("failed"),
+        // queued, sending, accepted, scheduled, canceled, receiving, received: nothing to record.
+        _ => None,
+    }
+}
+
+/// Applies one Twilio status callback. Returns whether the message moved.
+pub async fn twilio_status(
+    db: &PgPool,
+    sid: &str,
+    twilio_status: &str,
+    error_code: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let Some(status) = herald_status(twilio_status) else {
+        debug!(sid, twilio_status, "status callback with nothing to record");
+        return Ok(false);
+    };
+    let error = error_code
+        .filter(|c| !c.is_empty() && *c != "0")
+        .map(|c| format!("twilio {c}: reported by the status callback ({twilio_status})"));
+    let detail = match &error {
+        Some(e) => format!("status callback: {twilio_status}; {e}"),
+        None => format!("status callback: {twilio_status}"),
+    };
+    let Some(m) =
+        messages::apply_delivery_report(db, sid, status, error.as_deref(), &detail).await?
+    else {
+        debug!(
+            sid,
+            twilio_status,
+            "status callback does not move any message (unknown sid, or it would go backwards)"
+        );
+        return Ok(false);
+    };
+    info!(message_id = %m.id, tenant_id = %m.tenant_id, status, "delivery report applied");
+    if error_code.and_then(|c| c.parse::<u32>().ok()) == Some(UNSUBSCRIBED) {
+        contacts::opt_out_phone(db, &new_id("ct"), &m.tenant_id, &m.to_addr).await?;
+    }
+    if status == "failed" {
+        let errors = messages::attempt_errors(db, &m.id).await?;
+        messages::insert_dead_letter(db, &new_id("dl"), DELIVERIES, &m, "rejected", &errors)
+            .await?;
+    }
+    Ok(true)
+}
