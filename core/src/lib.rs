@@ -4,6 +4,7 @@
 //! [`services`] (one use case each) → the transports in the other crates. [`queue`] is the
 //! Redis queue engine; [`providers`] are who messages are handed to.
 
+pub mod batch;
 pub mod config;
 pub mod db;
 pub mod domain;

@@ -279,6 +279,48 @@ impl TestApp {
         }
     }
 
+    /// Reads a message (asserting 200), with its events.
+    pub async fn message(&self, tenant: &Tenant, id: &str) -> Value {
+        let (code, m) = self
+            .get(&format!("/v1/messages/{id}"), &tenant.api_key)
+            .await;
+        assert_eq!(code, StatusCode::OK, "read message {id}: {m}");
+        m
+    }
+
+    /// `POST /v1/messages/{id}/cancel` with the tenant's key.
+    pub async fn cancel(&self, tenant: &Tenant, id: &str) -> (StatusCode, Value) {
+        self.post(
+            &format!("/v1/messages/{id}/cancel"),
+            &tenant.api_key,
+            &json!({}),
+        )
+        .await
+    }
+
+    /// The `deliveries` entry of `GET /v1/admin/queues` (asserting 200).
+    pub async fn deliveries_stats(&self) -> Value {
+        let (code, q) = self.get("/v1/admin/queues", &self.ops_token).await;
+        assert_eq!(code, StatusCode::OK, "queue stats: {q}");
+        q.as_array()
+            .and_then(|qs| qs.iter().find(|q| q["name"] == "deliveries").cloned())
+            .unwrap_or_else(|| panic!("no deliveries queue in {q}"))
+    }
+
+    /// Waits until the `deliveries` queue has nothing pending, scheduled or running, and at
+    /// least `completed` jobs completed in the last minute; returns the stats.
+    pub async fn wait_for_drained_queue(&self, completed: u64, within: Duration) -> Value {
+        eventually(within, "the deliveries queue drains", || async {
+            let q = self.deliveries_stats().await;
+            (q["pending"] == 0
+                && q["scheduled"] == 0
+                && q["running"] == 0
+                && q["completed_last_minute"].as_u64().unwrap_or(0) >= completed)
+                .then_some(q)
+        })
+        .await
+    }
+
     /// Rows in `messages`, to prove a rejected request created nothing.
     pub async fn message_rows(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM messages")

@@ -100,6 +100,17 @@ impl TwilioMock {
         self.state.lock().unwrap().received.clone()
     }
 
+    /// How many requests asked to send to `to`.
+    pub fn calls_to(&self, to: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .received
+            .iter()
+            .filter(|r| r.form.get("To").map(String::as_str) == Some(to))
+            .count()
+    }
+
     /// Configures `config` to send SMS through this mock.
     pub fn configure(&self, config: &mut herald_core::Config) {
         config.sms_provider = herald_core::config::SmsProviderKind::Twilio;

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use rand::RngExt;
 
+/// The longest `Retry-After` honoured; a provider asking for more is misbehaving.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     pub base: Duration,
@@ -26,12 +29,13 @@ impl RetryPolicy {
     }
 
     /// The wait after attempt `attempt` failed: a random time in `[0, ceiling]` (full jitter),
-    /// or the provider's `Retry-After` when that is longer (never beyond `max`).
+    /// or the provider's `Retry-After` when that is longer. A provider's word is honoured past
+    /// `max` (it knows when it will take requests again), up to a day.
     pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         let ceiling = u64::try_from(self.ceiling(attempt).as_millis()).unwrap_or(u64::MAX);
         let jittered = Duration::from_millis(rand::rng().random_range(0..=ceiling));
         match retry_after {
-            Some(after) if after > jittered => after.min(self.max),
+            Some(after) if after > jittered => after.min(MAX_RETRY_AFTER),
             _ => jittered,
         }
     }
@@ -68,15 +72,19 @@ mod tests {
     }
 
     #[test]
-    fn a_longer_retry_after_wins_but_never_past_the_maximum() {
+    fn a_longer_retry_after_wins_even_past_the_maximum_up_to_a_day() {
         let p = policy();
         assert_eq!(
             p.delay(1, Some(Duration::from_secs(30))),
             Duration::from_secs(30)
         );
         assert_eq!(
-            p.delay(1, Some(Duration::from_secs(86_400))),
-            Duration::from_secs(3600)
+            p.delay(1, Some(Duration::from_secs(7200))),
+            Duration::from_secs(7200)
+        );
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(10 * 86_400))),
+            MAX_RETRY_AFTER
         );
         assert!(p.delay(1, Some(Duration::from_millis(1))) <= Duration::from_millis(4000));
     }

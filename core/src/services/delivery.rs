@@ -1,7 +1,11 @@
 //! Delivering one message: claim it, check it may still go out, hand it to its channel's
 //! provider, and record what came of it. The worker's `deliveries` handler calls [`deliver`].
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use chrono::Utc;
 use sqlx::PgPool;
@@ -12,6 +16,7 @@ use super::{
     breaker::{Admit, Breakers},
 };
 use crate::{
+    batch::Batcher,
     config::{Config, EmailProviderKind, SmsProviderKind},
     domain::{Channel, new_id},
     providers::{
@@ -22,13 +27,14 @@ use crate::{
     ratelimit::RateLimiter,
     store::{
         self, contacts,
-        messages::{self, AttemptUpdate, MessageRow},
-        tenants,
+        messages::{self, Claimed, MessageRow, Outcome},
     },
 };
 
 /// How long to put a job off while Postgres is unreachable; it does not count as an attempt.
 const DB_DOWN_DEFER: Duration = Duration::from_secs(5);
+/// The most claims (or outcomes) one statement carries.
+const BATCH: usize = 256;
 
 /// Everything a delivery needs, built once per worker process.
 pub struct Deliverer {
@@ -42,6 +48,9 @@ pub struct Deliverer {
     /// Per tenant and channel, shared by every worker through Redis.
     pub limiter: Option<RateLimiter>,
     pub send_rate: u32,
+    /// Claims and outcomes of concurrent jobs share statements (see [`crate::batch`]).
+    claims: Batcher<(String, i32), Option<Claimed>>,
+    outcomes: Batcher<Outcome, bool>,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -82,6 +91,37 @@ impl Deliverer {
             config.provider_timeout,
             config.webhook_allow_private,
         ));
+        let claims = {
+            let db = db.clone();
+            Batcher::spawn(BATCH, 2, move |items: Vec<(String, i32)>| {
+                let db = db.clone();
+                async move {
+                    let ids: Vec<String> = items.iter().map(|(id, _)| id.clone()).collect();
+                    let attempts: Vec<i32> = items.iter().map(|(_, a)| *a).collect();
+                    let mut claimed: HashMap<String, Claimed> =
+                        messages::claim_many(&db, &ids, &attempts)
+                            .await?
+                            .into_iter()
+                            .map(|c| (c.message.id.clone(), c))
+                            .collect();
+                    // A duplicate job in the same batch finds its message taken.
+                    Ok(ids.iter().map(|id| claimed.remove(id)).collect())
+                }
+            })
+        };
+        let outcomes = {
+            let db = db.clone();
+            Batcher::spawn(BATCH, 2, move |items: Vec<Outcome>| {
+                let db = db.clone();
+                async move {
+                    let moved: HashSet<String> = messages::finish_many(&db, &items)
+                        .await?
+                        .into_iter()
+                        .collect();
+                    Ok(items.iter().map(|o| moved.contains(&o.id)).collect())
+                }
+            })
+        };
         Self {
             db,
             sms,
@@ -92,6 +132,8 @@ impl Deliverer {
             breakers: Breakers::new(config.circuit_failures, config.circuit_cooldown),
             limiter,
             send_rate: config.tenant_send_rate,
+            claims,
+            outcomes,
         }
     }
 
@@ -116,8 +158,9 @@ impl Deliverer {
 
 /// A Postgres failure: put the job off (without spending an attempt) while Postgres is down,
 /// otherwise let the queue retry it.
-fn db_error(e: sqlx::Error) -> JobError {
-    if store::is_unavailable(&e) {
+fn db_error(e: impl std::borrow::Borrow<sqlx::Error>) -> JobError {
+    let e = e.borrow();
+    if store::is_unavailable(e) {
         JobError::Defer {
             reason: format!("postgres unavailable: {e}"),
             at_ms: Utc::now().timestamp_millis() + DB_DOWN_DEFER.as_millis() as i64,
@@ -189,27 +232,23 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
     }
 
     let attempt = i32::try_from(meta.attempt).unwrap_or(i32::MAX);
-    let Some(m) = messages::claim(&d.db, &job.message_id, attempt)
+    let claimed = d
+        .claims
+        .call((job.message_id.clone(), attempt))
         .await
-        .map_err(db_error)?
+        .map_err(db_error)?;
+    let Some(Claimed {
+        message: m,
+        webhook_secret,
+    }) = claimed
     else {
         // Canceled, already sent, or claimed by another copy of this job: nothing to do.
         debug!(message_id = %job.message_id, "message is not waiting to be sent; job done");
         return Ok(());
     };
-    let now = Utc::now();
-
-    if now >= m.expires_at {
-        finish(
-            d,
-            &m,
-            "expired",
-            None,
-            None,
-            Some("expires_at passed before it could be sent"),
-            None,
-        )
-        .await?;
+    if m.status != "sending" {
+        // Expired or suppressed by the claim itself; recorded with its event.
+        info!(message_id = %m.id, tenant_id = %m.tenant_id, status = %m.status, "message not sent");
         return Ok(());
     }
     // `attempts` already counts this one; more than the maximum means earlier attempts died
@@ -219,32 +258,12 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
             "{} attempts started without a result; giving up",
             m.attempts - 1
         );
-        finish(d, &m, "dead", None, Some(&why), Some(&why), None).await?;
+        finish(d, &m, "dead", None, Some(&why), &why, None).await?;
         dead_letter(d, &m, "exhausted").await;
         return Ok(());
     }
-    let channel = Channel::parse(&m.channel).unwrap_or(Channel::Sms);
-    if channel == Channel::Sms
-        && contacts::phone_opted_out(&d.db, &m.tenant_id, &m.to_addr)
-            .await
-            .map_err(db_error)?
-    {
-        finish(
-            d,
-            &m,
-            "suppressed",
-            None,
-            None,
-            Some("the recipient has opted out"),
-            None,
-        )
-        .await?;
-        return Ok(());
-    }
-    let Some(tenant) = tenants::get(&d.db, &m.tenant_id).await.map_err(db_error)? else {
-        return Err(JobError::permanent("the message's tenant no longer exists"));
-    };
 
+    let channel = Channel::parse(&m.channel).unwrap_or(Channel::Sms);
     let outbound = Outbound {
         message_id: &m.id,
         tenant_id: &m.tenant_id,
@@ -253,16 +272,16 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
         subject: m.subject.as_deref(),
         body: &m.body,
         run: m.run,
-        webhook_secret: &tenant.webhook_secret,
+        webhook_secret: &webhook_secret,
     };
     let provider = d.provider(channel);
-    let circuit = d.circuit(
-        channel,
-        reqwest::Url::parse(&m.to_addr)
+    let host = match channel {
+        Channel::Webhook => reqwest::Url::parse(&m.to_addr)
             .ok()
-            .as_ref()
-            .and_then(|u| u.host_str()),
-    );
+            .and_then(|u| u.host_str().map(str::to_owned)),
+        _ => None,
+    };
+    let circuit = d.circuit(channel, host.as_deref());
     let started = std::time::Instant::now();
     let outcome = provider.send(&outbound).await;
     let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -283,17 +302,8 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
                 "sent"
             };
             let detail = format!("{} accepted it in {elapsed_ms} ms", provider.name());
-            finish(
-                d,
-                &m,
-                status,
-                provider_message_id.as_deref(),
-                None,
-                Some(&detail),
-                None,
-            )
-            .await?;
-            info!(message_id = %m.id, tenant_id = %m.tenant_id, provider = provider.name(), attempt = m.attempts, elapsed_ms, status, "message sent");
+            finish(d, &m, status, provider_message_id, None, &detail, None).await?;
+            debug!(message_id = %m.id, tenant_id = %m.tenant_id, provider = provider.name(), attempt = m.attempts, elapsed_ms, status, "message sent");
             Ok(())
         }
         SendOutcome::Rejected { error, opt_out } => {
@@ -302,7 +312,7 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
                     .await
                     .map_err(db_error)?;
             }
-            finish(d, &m, "failed", None, Some(&error), Some(&error), None).await?;
+            finish(d, &m, "failed", None, Some(&error), &error, None).await?;
             dead_letter(d, &m, "rejected").await;
             warn!(message_id = %m.id, tenant_id = %m.tenant_id, provider = provider.name(), error = %error, "provider rejected the message");
             Ok(())
@@ -310,7 +320,7 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
         SendOutcome::Transient { error, retry_after } => {
             if m.attempts >= d.max_attempts as i32 {
                 let detail = format!("attempt {} of {}: {error}", m.attempts, d.max_attempts);
-                finish(d, &m, "dead", None, Some(&error), Some(&detail), None).await?;
+                finish(d, &m, "dead", None, Some(&error), &detail, None).await?;
                 dead_letter(d, &m, "exhausted").await;
                 warn!(message_id = %m.id, tenant_id = %m.tenant_id, attempts = m.attempts, error = %error, "message is dead: every attempt failed");
                 return Ok(());
@@ -319,7 +329,7 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
             let next = Utc::now() + chrono::Duration::milliseconds(delay.as_millis() as i64);
             if next > m.expires_at {
                 let detail = format!("{error}; the next attempt would come after expires_at");
-                finish(d, &m, "expired", None, Some(&error), Some(&detail), None).await?;
+                finish(d, &m, "expired", None, Some(&error), &detail, None).await?;
                 return Ok(());
             }
             let detail = format!(
@@ -327,16 +337,7 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
                 m.attempts,
                 delay.as_millis()
             );
-            finish(
-                d,
-                &m,
-                "retrying",
-                None,
-                Some(&error),
-                Some(&detail),
-                Some(next),
-            )
-            .await?;
+            finish(d, &m, "retrying", None, Some(&error), &detail, Some(next)).await?;
             Err(JobError::RetryAt {
                 message: error,
                 at_ms: next.timestamp_millis(),
@@ -345,27 +346,25 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
     }
 }
 
-/// Records the outcome of the claimed attempt.
+/// Records the outcome of the claimed attempt (batched with other workers' outcomes).
 async fn finish(
     d: &Deliverer,
     m: &MessageRow,
     status: &str,
-    provider_message_id: Option<&str>,
+    provider_message_id: Option<String>,
     last_error: Option<&str>,
-    detail: Option<&str>,
+    detail: &str,
     next_attempt_at: Option<chrono::DateTime<Utc>>,
 ) -> Result<(), JobError> {
-    let update = AttemptUpdate {
-        id: &m.id,
-        status,
-        last_error,
+    let outcome = Outcome {
+        id: m.id.clone(),
+        status: status.to_owned(),
+        last_error: last_error.map(str::to_owned),
         provider_message_id,
-        detail,
+        detail: Some(detail.to_owned()),
         next_attempt_at,
     };
-    let changed = messages::finish_attempt(&d.db, &update)
-        .await
-        .map_err(db_error)?;
+    let changed = d.outcomes.call(outcome).await.map_err(db_error)?;
     if !changed {
         debug!(message_id = %m.id, status, "message left `sending` meanwhile; outcome not recorded");
     }

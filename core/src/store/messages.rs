@@ -236,76 +236,124 @@ pub async fn outbox(
     .await
 }
 
-/// Claims a message for a send attempt: it moves to `sending` and its attempt count goes up,
-/// only if it is waiting to go out. A message already `sending` may be taken over only by a
-/// later queue attempt of its job (its previous worker died mid-send), never by a duplicate.
-pub async fn claim(
+/// A claimed message, with what sending it needs.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    #[sqlx(flatten)]
+    pub message: MessageRow,
+    /// The tenant's `whsec_` secret, for webhooks.
+    pub webhook_secret: String,
+}
+
+/// Claims messages for a send attempt, one statement for the whole batch. A message is
+/// claimed only if it is waiting to go out, or is `sending` under an earlier queue attempt of
+/// its job (its worker died mid-send); never by a duplicate job with the same attempt.
+///
+/// The claim also applies what is decided before any provider call: a message past its
+/// `expires_at` becomes `expired`, an SMS to an opted-out number becomes `suppressed`; only
+/// a message that moves to `sending` counts an attempt. Returns the claimed rows; the status
+/// says which way each went.
+pub async fn claim_many(
     db: impl PgExecutor<'_>,
-    id: &str,
-    job_attempt: i32,
-) -> Result<Option<MessageRow>, sqlx::Error> {
-    sqlx::query_as::<_, MessageRow>(
-        "WITH m AS (
-            UPDATE messages SET status = 'sending', attempts = attempts + 1, claim_attempt = $2, updated_at = now()
-            WHERE id = $1
-              AND (status IN ('scheduled', 'queued', 'retrying') OR (status = 'sending' AND claim_attempt < $2))
-            RETURNING *
-         ), e AS (
+    ids: &[String],
+    job_attempts: &[i32],
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    sqlx::query_as::<_, Claimed>(
+        "WITH target AS (
+            SELECT m.id, j.attempt,
+                   CASE WHEN m.expires_at <= now() THEN 'expired'
+                        WHEN m.channel = 'sms' AND EXISTS (
+                            SELECT 1 FROM contacts c
+                            WHERE c.tenant_id = m.tenant_id AND c.phone = m.to_addr AND c.opted_out)
+                        THEN 'suppressed'
+                        ELSE 'sending' END AS next
+            FROM unnest($1::text[], $2::int[]) AS j(id, attempt)
+            JOIN messages m ON m.id = j.id
+            WHERE m.status IN ('scheduled', 'queued', 'retrying')
+               OR (m.status = 'sending' AND m.claim_attempt < j.attempt)
+            ORDER BY m.id
+            FOR UPDATE OF m
+         ), claimed AS (
+            UPDATE messages m SET
+                status = t.next,
+                attempts = m.attempts + CASE WHEN t.next = 'sending' THEN 1 ELSE 0 END,
+                claim_attempt = t.attempt,
+                updated_at = now()
+            FROM target t
+            WHERE m.id = t.id
+            RETURNING m.*
+         ), events AS (
             INSERT INTO message_events (message_id, status, detail)
-            SELECT id, 'sending', 'attempt ' || attempts FROM m
+            SELECT id, status, CASE status
+                WHEN 'sending' THEN 'attempt ' || attempts
+                WHEN 'suppressed' THEN 'the recipient has opted out; not sent'
+                ELSE 'expires_at passed before it could be sent' END
+            FROM claimed
          )
-         SELECT * FROM m",
+         SELECT claimed.*, tn.webhook_secret FROM claimed JOIN tenants tn ON tn.id = claimed.tenant_id",
     )
-    .bind(id)
-    .bind(job_attempt)
-    .fetch_optional(db)
+    .bind(ids)
+    .bind(job_attempts)
+    .fetch_all(db)
     .await
 }
 
-/// Moves a `sending` message to its outcome, with an event. Returns false if the message was
-/// no longer `sending` (nothing changed).
-pub async fn finish_attempt(
-    db: impl PgExecutor<'_>,
-    update: &AttemptUpdate<'_>,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "WITH m AS (
-            UPDATE messages SET
-                status = $2,
-                last_error = COALESCE($3, last_error),
-                provider_message_id = COALESCE($4, provider_message_id),
-                sent_at = CASE WHEN $2 IN ('sent', 'delivered') THEN now() ELSE sent_at END,
-                delivered_at = CASE WHEN $2 = 'delivered' THEN now() ELSE delivered_at END,
-                send_at = COALESCE($6, send_at),
-                updated_at = now()
-            WHERE id = $1 AND status = 'sending'
-            RETURNING id
-         ), e AS (
-            INSERT INTO message_events (message_id, status, detail) SELECT id, $2, $5 FROM m
-         )
-         SELECT count(*) FROM m",
-    )
-    .bind(update.id)
-    .bind(update.status)
-    .bind(update.last_error)
-    .bind(update.provider_message_id)
-    .bind(update.detail)
-    .bind(update.next_attempt_at)
-    .fetch_one(db)
-    .await?;
-    use sqlx::Row;
-    Ok(done.try_get::<i64, _>(0)? == 1)
-}
-
+/// The outcome of a `sending` message's attempt.
 #[derive(Debug, Clone, Default)]
-pub struct AttemptUpdate<'a> {
-    pub id: &'a str,
-    pub status: &'a str,
-    pub last_error: Option<&'a str>,
-    pub provider_message_id: Option<&'a str>,
-    pub detail: Option<&'a str>,
+pub struct Outcome {
+    pub id: String,
+    pub status: String,
+    pub last_error: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub detail: Option<String>,
     /// For `retrying`: when the next attempt is due.
     pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// Records the outcomes of many attempts in one statement, each with its event. Returns the
+/// ids that moved (a message no longer `sending`, canceled say, is left as it is).
+pub async fn finish_many(
+    db: impl PgExecutor<'_>,
+    outcomes: &[Outcome],
+) -> Result<Vec<String>, sqlx::Error> {
+    let ids: Vec<&str> = outcomes.iter().map(|o| o.id.as_str()).collect();
+    let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
+    let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.last_error.as_deref()).collect();
+    let provider_ids: Vec<Option<&str>> = outcomes
+        .iter()
+        .map(|o| o.provider_message_id.as_deref())
+        .collect();
+    let details: Vec<Option<&str>> = outcomes.iter().map(|o| o.detail.as_deref()).collect();
+    let next: Vec<Option<DateTime<Utc>>> = outcomes.iter().map(|o| o.next_attempt_at).collect();
+    sqlx::query_scalar::<_, String>(
+        "WITH v AS (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+                AS v(id, status, last_error, provider_message_id, detail, next_at)
+         ), moved AS (
+            UPDATE messages m SET
+                status = v.status,
+                last_error = COALESCE(v.last_error, m.last_error),
+                provider_message_id = COALESCE(v.provider_message_id, m.provider_message_id),
+                sent_at = CASE WHEN v.status IN ('sent', 'delivered') THEN now() ELSE m.sent_at END,
+                delivered_at = CASE WHEN v.status = 'delivered' THEN now() ELSE m.delivered_at END,
+                send_at = COALESCE(v.next_at, m.send_at),
+                updated_at = now()
+            FROM v
+            WHERE m.id = v.id AND m.status = 'sending'
+            RETURNING m.id, v.status, v.detail
+         )
+         INSERT INTO message_events (message_id, status, detail)
+         SELECT id, status, detail FROM moved
+         RETURNING message_id",
+    )
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&errors)
+    .bind(&provider_ids)
+    .bind(&details)
+    .bind(&next)
+    .fetch_all(db)
+    .await
 }
 
 /// Looks up a live idempotency key: the request hash and message id it answered with.

@@ -9,11 +9,18 @@ pub mod tenants;
 /// Whether an error means Postgres is unreachable or overloaded (answer 503 and retry later),
 /// rather than a bug.
 pub fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(
+    // Protocol: a connection accepted and then dropped (a proxy or pooler in front of a dead
+    // Postgres) fails in the handshake rather than in the connect.
+    let connection = matches!(
         e,
         sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
-    ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08") || c == "53300"))
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed
+    );
+    connection
+        || matches!(e, sqlx::Error::Database(db)
+            if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08") || c == "53300"))
 }

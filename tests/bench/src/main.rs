@@ -11,11 +11,12 @@
 //! binary) so the worker's memory is measured alone.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod delivery;
+mod servers;
 mod worker;
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
     process::{ExitCode, Stdio},
     sync::Arc,
     time::{Duration, Instant},
@@ -25,6 +26,7 @@ use anyhow::{Context, bail};
 use herald_core::queue::{self, NewJob, Queue, RetryPolicy, now_ms};
 use tokio::process::{Child, Command};
 
+pub use servers::RedisServer;
 pub use worker::BenchJob;
 
 const QUEUE: &str = "bench";
@@ -64,64 +66,6 @@ pub fn flag<T: std::str::FromStr>(flags: &HashMap<String, String>, name: &str, d
         .get(name)
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A private redis-server for the run, removed when dropped.
-struct RedisServer {
-    child: Child,
-    url: String,
-    dir: PathBuf,
-}
-
-impl RedisServer {
-    async fn start() -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let dir = std::env::temp_dir().join(format!("herald-bench-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting redis-server (install it: apt-get install redis-server)")?;
-        let url = format!("redis://127.0.0.1:{port}");
-        let client = redis::Client::open(url.as_str())?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok()
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("redis-server did not answer within 10 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(Self { child, url, dir })
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 fn queue_for(redis: &redis::Client, conn: &redis::aio::ConnectionManager, prefix: &str) -> Queue {
@@ -266,13 +210,32 @@ async fn wait_drained(
 
 async fn bench(flags: HashMap<String, String>) -> anyhow::Result<()> {
     let jobs: usize = flag(&flags, "jobs", 100_000);
+    let only: String = flag(&flags, "only", "all".to_owned());
+    let mut figures = Figures { rows: Vec::new() };
+    if only == "all" || only == "engine" {
+        engine(&mut figures, jobs).await?;
+    }
+    if only == "all" || only == "delivery" {
+        let messages: usize = flag(&flags, "messages", 50_000);
+        let requests: usize = flag(&flags, "requests", 50_000);
+        delivery::run(&mut figures, messages, requests).await?;
+    }
+    println!();
+    println!("| figure | measured | target | floor |");
+    println!("|---|---|---|---|");
+    for (figure, measured, target, floor) in &figures.rows {
+        println!("| {figure} | {measured} | {target} | {floor} |");
+    }
+    Ok(())
+}
+
+async fn engine(figures: &mut Figures, jobs: usize) -> anyhow::Result<()> {
     let server = RedisServer::start().await?;
     let (client, conn) = queue::connect(&server.url)?;
     println!(
         "herald-bench: Redis at {} (AOF everysec), {jobs} jobs per drain run",
         server.url
     );
-    let mut figures = Figures { rows: Vec::new() };
 
     // Enqueue: one job per call from 50 concurrent clients, and in batches of 1,000.
     {
@@ -404,13 +367,6 @@ async fn bench(flags: HashMap<String, String>) -> anyhow::Result<()> {
             "30 s",
         );
         drop(survivor);
-    }
-
-    println!();
-    println!("| figure | measured | target | floor |");
-    println!("|---|---|---|---|");
-    for (figure, measured, target, floor) in &figures.rows {
-        println!("| {figure} | {measured} | {target} | {floor} |");
     }
     Ok(())
 }

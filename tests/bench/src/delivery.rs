@@ -1,0 +1,259 @@
+//! End-to-end figures: messages delivered by a real `herald-worker` process to a loopback
+//! Twilio-compatible provider with `sent` recorded in Postgres, and `POST /v1/messages`
+//! accepted by a real `herald-api` process under 50 concurrent clients.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::bail;
+use axum::{Router, http::StatusCode, response::IntoResponse, routing::post};
+use herald_core::{
+    db,
+    domain::{PhoneNumber, TimeZone},
+    queue::{self, NewJob},
+    services::{
+        DeliveryJob,
+        tenants::{self, NewTenant},
+    },
+};
+use sqlx::PgPool;
+
+use crate::{
+    Figures,
+    servers::{PostgresServer, RedisServer, herald, wait_http},
+};
+
+/// A Twilio Messages API that accepts everything at once.
+async fn start_provider() -> anyhow::Result<(String, Arc<AtomicU64>)> {
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = calls.clone();
+    let app = Router::new().route(
+        "/2010-04-01/Accounts/{sid}/Messages.json",
+        post(move || {
+            let n = counter.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let body = format!(r#"{{"sid":"SM{n:032x}","status":"queued"}}"#);
+                (
+                    StatusCode::CREATED,
+                    [("content-type", "application/json")],
+                    body,
+                )
+                    .into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, calls))
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn base_env(pg: &str, redis: &str, prefix: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("HERALD_DATABASE_URL", pg.to_owned()),
+        ("HERALD_REDIS_URL", redis.to_owned()),
+        ("HERALD_QUEUE_PREFIX", prefix.to_owned()),
+        ("HERALD_LOG_FORMAT", "json".to_owned()),
+        ("RUST_LOG", "warn".to_owned()),
+        ("HERALD_OPS_TOKEN", "bench-ops-token-0123456789".to_owned()),
+        // One tenant sends everything here: the per-tenant limits would be the figure.
+        ("HERALD_TENANT_SEND_RATE", "1000000".to_owned()),
+        ("HERALD_API_RATE", "1000000".to_owned()),
+    ]
+}
+
+/// `n` accepted messages, committed and queued the way the API leaves them.
+async fn accept(
+    pool: &PgPool,
+    queue: &queue::Queue,
+    tenant: &str,
+    tag: &str,
+    n: usize,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO messages (id, tenant_id, channel, to_addr, from_addr, body, status, send_at, expires_at, enqueued_at)
+         SELECT $1 || g, $2, 'sms', '+1555' || lpad(g::text, 7, '0'), '+15005550006', 'Your appointment is tomorrow at 3:30 PM',
+                'queued', now(), now() + interval '1 day', now()
+         FROM generate_series(1, $3) AS g",
+    )
+    .bind(format!("msg_{tag}_"))
+    .bind(tenant)
+    .bind(n as i64)
+    .execute(pool)
+    .await?;
+    let now = queue::now_ms();
+    let jobs: Vec<NewJob> = (1..=n)
+        .map(|g| {
+            let id = format!("msg_{tag}_{g}");
+            let to = format!("+1555{g:07}");
+            NewJob::new(id.clone(), &DeliveryJob::new(&id, tenant, "sms", &to), now)
+        })
+        .collect::<Result<_, _>>()?;
+    for chunk in jobs.chunks(1000) {
+        queue.push_many(chunk).await?;
+    }
+    Ok(())
+}
+
+pub async fn run(figures: &mut Figures, messages: usize, requests: usize) -> anyhow::Result<()> {
+    herald_core::install_crypto();
+    let pg = PostgresServer::start().await?;
+    let redis = RedisServer::start().await?;
+    println!(
+        "herald-bench: Postgres at {} (fsync and synchronous_commit on), Redis at {}",
+        pg.url, redis.url
+    );
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(5)
+        .connect(&pg.url)
+        .await?;
+    db::migrate(&pool).await?;
+    let created = tenants::create(
+        &pool,
+        &NewTenant {
+            name: "Bench Clinic".to_owned(),
+            timezone: TimeZone::parse("UTC")?,
+            sms_from: Some(PhoneNumber::parse("+15005550006")?),
+            email_from: None,
+            quiet_hours: None,
+        },
+    )
+    .await?;
+    let tenant = created.tenant.id.clone();
+    let (provider, calls) = start_provider().await?;
+
+    for concurrency in [50usize, 200] {
+        let prefix = format!("deliver{concurrency}");
+        let tag = format!("c{concurrency}");
+        let (client, conn) = queue::connect(&redis.url)?;
+        let mut config = herald_core::Config::for_urls(&pg.url, &redis.url);
+        config.queue_prefix = prefix.clone();
+        let q = queue::deliveries(&config, client, conn);
+        accept(&pool, &q, &tenant, &tag, messages).await?;
+        let before = calls.load(Ordering::Relaxed);
+        let mut env = base_env(&pg.url, &redis.url, &prefix);
+        env.extend([
+            ("HERALD_SMS_PROVIDER", "twilio".to_owned()),
+            ("HERALD_TWILIO_ACCOUNT_SID", "ACbench".to_owned()),
+            ("HERALD_TWILIO_AUTH_TOKEN", "bench-token".to_owned()),
+            ("HERALD_TWILIO_BASE_URL", provider.clone()),
+            ("HERALD_WORKER_CONCURRENCY", concurrency.to_string()),
+        ]);
+        let worker = herald("herald-worker", &env)?;
+        let pid = worker.id().unwrap_or(0);
+        let like = format!("msg_{tag}_%");
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let mut first: Option<Instant> = None;
+        let last = loop {
+            let sent: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM messages WHERE id LIKE $1 AND status = 'sent'",
+            )
+            .bind(&like)
+            .fetch_one(&pool)
+            .await?;
+            if first.is_none() && sent > 0 {
+                first = Some(Instant::now());
+            }
+            if sent as usize >= messages {
+                break Instant::now();
+            }
+            if Instant::now() > deadline {
+                bail!("only {sent} of {messages} messages sent after 10 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let rss = peak_rss_kib(pid);
+        drop(worker);
+        let first = first.unwrap_or(last);
+        let rate = messages as f64 / (last - first).as_secs_f64().max(0.001);
+        let provider_calls = calls.load(Ordering::Relaxed) - before;
+        figures.add(
+            &format!("delivery end to end ({messages} messages, one worker process, concurrency {concurrency})"),
+            format!("{rate:.0} messages/s ({provider_calls} provider calls, worker peak RSS {:.1} MiB)", rss as f64 / 1024.0),
+            "15,000/s",
+            "8,000/s",
+        );
+    }
+
+    // POST /v1/messages from 50 concurrent clients against a real herald-api process.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut env = base_env(&pg.url, &redis.url, "api");
+    env.push(("HERALD_LISTEN", format!("127.0.0.1:{port}")));
+    let api = herald("herald-api", &env)?;
+    let base = format!("http://127.0.0.1:{port}");
+    wait_http(&format!("{base}/readyz"), Duration::from_secs(30)).await?;
+    let key = Arc::new(created.api_key.clone());
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (http, key, next, base) = (http.clone(), key.clone(), next.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i as usize >= requests {
+                    return (latencies, errors);
+                }
+                let body = serde_json::json!({"channel": "sms", "to": format!("+1555{:07}", i % 10_000_000), "body": "Your table is ready"});
+                let t = Instant::now();
+                let r = http.post(format!("{base}/v1/messages")).bearer_auth(key.as_str()).json(&body).send().await;
+                match r {
+                    Ok(r) if r.status() == StatusCode::ACCEPTED => latencies.push(t.elapsed()),
+                    _ => errors += 1,
+                }
+            }
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    drop(api);
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    let rate = latencies.len() as f64 / elapsed.as_secs_f64();
+    figures.add(
+        &format!("POST /v1/messages accepted (row + job), 50 clients, {requests} requests"),
+        format!(
+            "{rate:.0}/s, p50 {:.1} ms, p99 {:.1} ms, {errors} errors",
+            pct(0.5).as_secs_f64() * 1000.0,
+            pct(0.99).as_secs_f64() * 1000.0
+        ),
+        "10,000/s",
+        "5,000/s, p99 < 20 ms",
+    );
+    Ok(())
+}

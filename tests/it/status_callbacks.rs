@@ -1,0 +1,295 @@
+//! Twilio's status callbacks: signed, forward only, and a `failed` one keeps a dead letter
+//! (and 21610 opts the number out).
+
+use std::time::Duration;
+
+use herald_core::providers::twilio_signature;
+use herald_tests::{Tenant, TestApp, app::test_config, providers::TwilioMock};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+const STATUS_PATH: &str = "/v1/inbound/twilio/status";
+
+async fn app_with_twilio() -> (TestApp, TwilioMock) {
+    let twilio = TwilioMock::start().await;
+    let mut config = test_config().await;
+    twilio.configure(&mut config);
+    let mut app = TestApp::start_with(config).await;
+    app.start_worker();
+    (app, twilio)
+}
+
+/// How a callback is signed.
+enum Signed<'a> {
+    /// With this auth token (the right one, or not).
+    With(&'a str),
+    /// No `X-Twilio-Signature` at all.
+    Missing,
+    /// This header value, whatever the request.
+    Header(&'a str),
+}
+
+/// POSTs a status callback form; returns the status and the body text.
+async fn callback(
+    app: &TestApp,
+    signed: Signed<'_>,
+    params: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let params: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let body = serde_urlencoded::to_string(&params).unwrap();
+    let mut req = app
+        .http
+        .post(app.url(STATUS_PATH))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body);
+    match signed {
+        Signed::With(token) => {
+            let url = format!("{}{STATUS_PATH}", app.base);
+            req = req.header(
+                "X-Twilio-Signature",
+                twilio_signature::compute(token, &url, &params),
+            );
+        }
+        Signed::Header(value) => req = req.header("X-Twilio-Signature", value),
+        Signed::Missing => {}
+    }
+    let r = req.send().await.expect("the API answers");
+    let status = r.status();
+    (status, r.text().await.unwrap())
+}
+
+/// A status callback's form as Twilio sends it.
+fn form<'a>(
+    twilio: &'a TwilioMock,
+    sid: &'a str,
+    status: &'a str,
+    to: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("AccountSid", twilio.account_sid.as_str()),
+        ("ApiVersion", "2010-04-01"),
+        ("MessageSid", sid),
+        ("SmsSid", sid),
+        ("MessageStatus", status),
+        ("SmsStatus", status),
+        ("To", to),
+        ("From", "+15005550006"),
+    ]
+}
+
+/// Sends an SMS and waits for it to be `sent`; returns it (with its Twilio sid).
+async fn sent_sms(app: &TestApp, tenant: &Tenant, to: &str) -> Value {
+    let m = app.send_sms(tenant, to, "status please").await;
+    let sent = app
+        .wait_for_status(
+            tenant,
+            m["id"].as_str().unwrap(),
+            "sent",
+            Duration::from_secs(15),
+        )
+        .await;
+    assert!(sent["provider_message_id"].is_string(), "{sent}");
+    sent
+}
+
+async fn dead_letter_count(app: &TestApp) -> usize {
+    let (status, page) = app.get("/v1/dead-letters?limit=100", &app.ops_token).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    page["data"].as_array().unwrap().len()
+}
+
+fn event_statuses(m: &Value) -> Vec<String> {
+    m["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["status"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_signed_delivered_callback_moves_a_sent_sms_forward_and_a_late_sent_does_not_undo_it() {
+    let (app, twilio) = app_with_twilio().await;
+    let tenant = app.tenant().await;
+    let to = "+15558880001";
+    let sent = sent_sms(&app, &tenant, to).await;
+    let id = sent["id"].as_str().unwrap();
+    let sid = sent["provider_message_id"].as_str().unwrap();
+    assert!(sent["delivered_at"].is_null(), "{sent}");
+
+    let (status, body) = callback(
+        &app,
+        Signed::With(&twilio.auth_token),
+        &form(&twilio, sid, "delivered", to),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let delivered = app.message(&tenant, id).await;
+    assert_eq!(delivered["status"], "delivered", "{delivered}");
+    assert!(delivered["delivered_at"].is_string(), "{delivered}");
+    let events = event_statuses(&delivered);
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("delivered"),
+        "{events:?}"
+    );
+
+    // Twilio's callbacks can arrive out of order: a late `sent` changes nothing.
+    let (status, body) = callback(
+        &app,
+        Signed::With(&twilio.auth_token),
+        &form(&twilio, sid, "sent", to),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let after = app.message(&tenant, id).await;
+    assert_eq!(after["status"], "delivered", "{after}");
+    assert_eq!(after["delivered_at"], delivered["delivered_at"], "{after}");
+    assert_eq!(event_statuses(&after), events, "no new event");
+    assert_eq!(dead_letter_count(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_callback_with_a_wrong_or_missing_signature_is_refused_and_changes_nothing() {
+    let (app, twilio) = app_with_twilio().await;
+    let tenant = app.tenant().await;
+    let to = "+15558880002";
+    let sent = sent_sms(&app, &tenant, to).await;
+    let id = sent["id"].as_str().unwrap();
+    let sid = sent["provider_message_id"].as_str().unwrap();
+    let mut failed = form(&twilio, sid, "failed", to);
+    failed.push(("ErrorCode", "21610"));
+
+    // Signed by someone without the auth token, unsigned, garbage, and a valid signature
+    // over other parameters.
+    let mut delivered = form(&twilio, sid, "delivered", to);
+    delivered.push(("ErrorCode", ""));
+    let url = format!("{}{STATUS_PATH}", app.base);
+    let other_params: Vec<(String, String)> = delivered
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let signature_of_other = twilio_signature::compute(&twilio.auth_token, &url, &other_params);
+    let cases: [(&str, Signed<'_>); 4] = [
+        ("another token", Signed::With("not-the-auth-token")),
+        ("no signature", Signed::Missing),
+        ("garbage", Signed::Header("not a signature")),
+        (
+            "another request's signature",
+            Signed::Header(&signature_of_other),
+        ),
+    ];
+    for (what, signed) in cases {
+        let (status, body) = callback(&app, signed, &failed).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{what}: {body}");
+        let error: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        assert_eq!(
+            error["error"]["code"], "invalid_signature",
+            "{what}: {body}"
+        );
+    }
+
+    let after = app.message(&tenant, id).await;
+    assert_eq!(after["status"], "sent", "{after}");
+    assert_eq!(
+        event_statuses(&after),
+        event_statuses(&sent),
+        "no new event"
+    );
+    assert_eq!(after["last_error"], sent["last_error"], "{after}");
+    assert_eq!(dead_letter_count(&app).await, 0, "no dead letter");
+    // The number was not opted out: the next SMS to it goes out.
+    sent_sms(&app, &tenant, to).await;
+    assert_eq!(twilio.calls_to(to), 2);
+}
+
+#[tokio::test]
+async fn a_failed_callback_with_21610_fails_the_message_and_opts_the_number_out() {
+    let (app, twilio) = app_with_twilio().await;
+    let tenant = app.tenant().await;
+    let to = "+15558880003";
+    let sent = sent_sms(&app, &tenant, to).await;
+    let id = sent["id"].as_str().unwrap();
+    let sid = sent["provider_message_id"].as_str().unwrap();
+    let mut params = form(&twilio, sid, "failed", to);
+    params.push(("ErrorCode", "21610"));
+
+    let (status, body) = callback(&app, Signed::With(&twilio.auth_token), &params).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let failed = app.message(&tenant, id).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("21610")),
+        "{failed}"
+    );
+    assert_eq!(
+        event_statuses(&failed).last().map(String::as_str),
+        Some("failed")
+    );
+
+    let (status, page) = app.get("/v1/dead-letters", &tenant.api_key).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let letters = page["data"].as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{page}");
+    assert_eq!(letters[0]["message_id"], id, "{page}");
+    assert_eq!(letters[0]["reason"], "rejected", "{page}");
+    assert_eq!(letters[0]["tenant_id"], tenant.id.as_str(), "{page}");
+
+    // The number is opted out: the next SMS to it is suppressed without a provider call.
+    let calls = twilio.received().len();
+    let next = app.send_sms(&tenant, to, "are you there?").await;
+    let suppressed = app
+        .wait_for_status(
+            &tenant,
+            next["id"].as_str().unwrap(),
+            "suppressed",
+            Duration::from_secs(15),
+        )
+        .await;
+    app.wait_for_drained_queue(0, Duration::from_secs(10)).await;
+    assert_eq!(twilio.received().len(), calls, "no provider call");
+    assert_eq!(twilio.calls_to(to), 1);
+
+    // Another tenant's SMS to the same number still goes out: the opt-out is per tenant.
+    let other = app.tenant().await;
+    sent_sms(&app, &other, to).await;
+    assert_eq!(twilio.calls_to(to), 2);
+
+    // `attempts` counts provider calls (API.md), and none was made.
+    assert_eq!(
+        suppressed["attempts"], 0,
+        "a suppressed message made no provider call: {suppressed}"
+    );
+}
+
+#[tokio::test]
+async fn a_callback_for_an_unknown_sid_is_answered_and_changes_nothing() {
+    let (app, twilio) = app_with_twilio().await;
+    let tenant = app.tenant().await;
+    let to = "+15558880004";
+    let sent = sent_sms(&app, &tenant, to).await;
+    let id = sent["id"].as_str().unwrap();
+    let rows = app.message_rows().await;
+
+    let unknown = "SM00000000000000000000000000000000";
+    for status in ["delivered", "failed"] {
+        let mut params = form(&twilio, unknown, status, to);
+        params.push(("ErrorCode", "21610"));
+        let (code, body) = callback(&app, Signed::With(&twilio.auth_token), &params).await;
+        assert_eq!(code, StatusCode::OK, "{status}: {body}");
+    }
+
+    let after = app.message(&tenant, id).await;
+    assert_eq!(after["status"], "sent", "{after}");
+    assert_eq!(event_statuses(&after), event_statuses(&sent));
+    assert_eq!(app.message_rows().await, rows, "no row");
+    assert_eq!(dead_letter_count(&app).await, 0, "no dead letter");
+    // Nobody was opted out.
+    sent_sms(&app, &tenant, to).await;
+    assert_eq!(twilio.calls_to(to), 2);
+}
