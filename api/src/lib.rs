@@ -41,7 +41,7 @@ pub async fn serve(
     let (client, conn) = queue::connect(config.redis_url.expose()).context("HERALD_REDIS_URL")?;
     let limiter = herald_core::ratelimit::RateLimiter::new(conn.clone(), &config.queue_prefix);
     let queue = queue::deliveries(&config, client, conn);
-    let enqueuer = Arc::new(Enqueuer::start(queue.clone(), db.clone()));
+    let enqueuer = Arc::new(Enqueuer::start(queue.clone()));
     let state = AppState {
         config: config.clone(),
         db,

@@ -26,6 +26,24 @@ pub fn new_id(prefix: &str) -> String {
     id
 }
 
+/// The smallest id [`new_id`] could make at `millis` (ms since the epoch): every id made
+/// earlier sorts before it, every id made later after it.
+pub fn id_floor(prefix: &str, millis: i64) -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let mut value = u64::try_from(millis).unwrap_or(0);
+    let mut time = [0u8; 10];
+    for slot in time.iter_mut().rev() {
+        *slot = ALPHABET[(value & 31) as usize];
+        value >>= 5;
+    }
+    let mut id = String::with_capacity(prefix.len() + 27);
+    id.push_str(prefix);
+    id.push('_');
+    id.extend(time.iter().map(|b| *b as char));
+    id.push_str("0000000000000000");
+    id
+}
+
 /// `true` when `id` has the given prefix and the shape [`new_id`] makes.
 pub fn is_id(prefix: &str, id: &str) -> bool {
     id.strip_prefix(prefix)
@@ -409,6 +427,20 @@ mod tests {
         assert!(!is_id("ten", &a));
         assert!(a < b, "{a} should sort before {b}");
         assert_eq!(a.len(), 30);
+    }
+
+    #[test]
+    fn an_id_floor_sorts_between_earlier_and_later_ids() {
+        let before = new_id("msg");
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        let floor = id_floor("msg", chrono::Utc::now().timestamp_millis() - 1);
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        let after = new_id("msg");
+        assert!(
+            before < floor && floor < after,
+            "{before} < {floor} < {after}"
+        );
+        assert_eq!(floor.len(), before.len());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use axum::{
 use chrono::{DateTime, Utc};
 use herald_core::{
     domain::is_id,
-    services::dead_letters::{self as service, Replay},
+    services::dead_letters::{self as service, Replay, ReplayError},
     store::dead_letters::{self, DeadLetterFilter},
 };
 use serde_json::Value;
@@ -54,6 +54,16 @@ fn scoped_tenant(caller: &Caller, asked: Option<String>) -> Option<Option<String
         (None, asked) => Some(asked),
         (Some(own), Some(asked)) if asked != own => None,
         (Some(own), _) => Some(Some(own.to_owned())),
+    }
+}
+
+fn replay_error(e: ReplayError) -> ApiError {
+    match e {
+        ReplayError::Db(e) => e.into(),
+        ReplayError::Queue(e) => {
+            tracing::warn!(error = %e, "could not push a replayed message");
+            ApiError::unavailable("the queue")
+        }
     }
 }
 
@@ -155,7 +165,10 @@ pub async fn replay(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<views::Replayed>)> {
-    match service::replay(&state.db, &state.enqueuer, &id, caller.scope()).await? {
+    match service::replay(&state.db, &state.queue, &id, caller.scope())
+        .await
+        .map_err(replay_error)?
+    {
         Replay::Replayed(m) => Ok((
             StatusCode::ACCEPTED,
             Json(views::Replayed {
@@ -245,7 +258,9 @@ pub async fn replay_many(
             "an empty filter replays nothing: give ids or a filter, or say {\"all\": true}",
         ));
     }
-    let replayed = service::replay_matching(&state.db, &state.enqueuer, &filter).await?;
+    let replayed = service::replay_matching(&state.db, &state.queue, &filter)
+        .await
+        .map_err(replay_error)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(views::ReplayedCount { replayed }),

@@ -3,10 +3,13 @@
 
 use sqlx::PgPool;
 
-use super::enqueue::Enqueuer;
-use crate::store::{
-    dead_letters::{self, DeadLetterFilter},
-    messages::{self, MessageRow},
+use super::DeliveryJob;
+use crate::{
+    queue::{Queue, QueueError},
+    store::{
+        dead_letters::{self, DeadLetterFilter},
+        messages::{self, MessageRow},
+    },
 };
 
 #[derive(Debug)]
@@ -22,13 +25,24 @@ pub enum Replay {
     NotFound,
 }
 
-/// Replays one dead letter, as `tenant_id` when a tenant asks.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    /// Redis is unreachable: nothing was replayed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// Replays one dead letter, as `tenant_id` when a tenant asks. The job is pushed before the
+/// transaction commits (a worker that takes it at once waits on the message's row lock and
+/// then sees it queued), so a replay happens whole or not at all.
 pub async fn replay(
     db: &PgPool,
-    enqueuer: &Enqueuer,
+    queue: &Queue,
     id: &str,
     tenant_id: Option<&str>,
-) -> Result<Replay, sqlx::Error> {
+) -> Result<Replay, ReplayError> {
     let mut tx = db.begin().await?;
     let Some(letter) = dead_letters::get_for_update(&mut tx, id, tenant_id).await? else {
         return Ok(Replay::NotFound);
@@ -40,8 +54,16 @@ pub async fn replay(
     match messages::restart(&mut *tx, message_id, &detail).await? {
         Some(message) => {
             dead_letters::mark_replayed(&mut *tx, id).await?;
+            let job = DeliveryJob::new(
+                &message.id,
+                &message.tenant_id,
+                &message.channel,
+                &message.to_addr,
+            );
+            queue
+                .push(&message.id, &job, message.send_at.timestamp_millis())
+                .await?;
             tx.commit().await?;
-            enqueuer.submit(&message);
             Ok(Replay::Replayed(Box::new(message)))
         }
         None => {
@@ -61,9 +83,9 @@ pub async fn replay(
 /// many went back on the queue.
 pub async fn replay_matching(
     db: &PgPool,
-    enqueuer: &Enqueuer,
+    queue: &Queue,
     filter: &DeadLetterFilter,
-) -> Result<u64, sqlx::Error> {
+) -> Result<u64, ReplayError> {
     let mut filter = filter.clone();
     filter.unreplayed = true;
     let mut replayed = 0;
@@ -74,9 +96,8 @@ pub async fn replay_matching(
             return Ok(replayed);
         }
         for letter in page.iter().take(500) {
-            if let Replay::Replayed(_) =
-                replay(db, enqueuer, &letter.id, filter.tenant_id.as_deref()).await?
-            {
+            let outcome = replay(db, queue, &letter.id, filter.tenant_id.as_deref()).await?;
+            if let Replay::Replayed(_) = outcome {
                 replayed += 1;
             }
         }

@@ -1,14 +1,13 @@
 //! Pushing committed messages' delivery jobs to Redis without holding up the API.
 //!
 //! A request commits its message in Postgres and hands the job to the [`Enqueuer`]; a
-//! background task pushes jobs in batches and marks them enqueued in one statement per batch.
-//! Whatever does not make it (Redis down, a crash) keeps `enqueued_at IS NULL`, and the
-//! scheduler's outbox sweep pushes it. Pushes are idempotent by message id, so a message
-//! pushed by both is still one job.
+//! background task pushes jobs in batches. Whatever does not make it (Redis down, a crash)
+//! is pushed by the scheduler's outbox sweep, which walks every message created since its
+//! watermark. Pushes are idempotent by message id, so a message pushed by both is still
+//! one job.
 
 use std::time::Duration;
 
-use sqlx::PgPool;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{debug, warn};
 
@@ -34,9 +33,9 @@ impl std::fmt::Debug for Enqueuer {
 }
 
 impl Enqueuer {
-    pub fn start(queue: Queue, db: PgPool) -> Self {
+    pub fn start(queue: Queue) -> Self {
         let (tx, rx) = mpsc::channel(BUFFER);
-        let task = tokio::spawn(run(queue, db, rx));
+        let task = tokio::spawn(run(queue, rx));
         Self { tx, task }
     }
 
@@ -72,18 +71,12 @@ impl Enqueuer {
     }
 }
 
-async fn run(queue: Queue, db: PgPool, mut rx: mpsc::Receiver<NewJob>) {
+async fn run(queue: Queue, mut rx: mpsc::Receiver<NewJob>) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let pushed = tokio::time::timeout(Duration::from_secs(3), queue.push_many(&batch)).await;
         match pushed {
-            Ok(Ok(_)) => {
-                let ids: Vec<String> = batch.iter().map(|j| j.id.clone()).collect();
-                if let Err(e) = crate::store::messages::mark_enqueued(&db, &ids).await {
-                    // Harmless: the sweep pushes them again and the push is a no-op.
-                    debug!(error = %e, count = ids.len(), "could not mark messages enqueued");
-                }
-            }
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 warn!(error = %e, count = batch.len(), "could not push delivery jobs; the outbox sweep will push them")
             }

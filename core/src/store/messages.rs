@@ -28,7 +28,6 @@ pub struct MessageRow {
     pub claim_attempt: i32,
     pub last_error: Option<String>,
     pub provider_message_id: Option<String>,
-    pub enqueued_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
@@ -195,18 +194,7 @@ pub async fn cancel(
     })
 }
 
-/// Records that these messages' jobs are in Redis, so the outbox sweep leaves them alone.
-pub async fn mark_enqueued(db: impl PgExecutor<'_>, ids: &[String]) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE messages SET enqueued_at = now() WHERE id = ANY($1) AND enqueued_at IS NULL",
-    )
-    .bind(ids)
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected())
-}
-
-/// A message whose job never reached Redis.
+/// A message the outbox sweep may have to push.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OutboxRow {
     pub id: String,
@@ -216,24 +204,50 @@ pub struct OutboxRow {
     pub send_at: DateTime<Utc>,
 }
 
-/// Messages committed but never pushed to Redis (a crash between the two, or Redis down),
-/// older than `grace` so the API's own push is not raced.
-pub async fn outbox(
+/// Messages still waiting to go out whose ids lie after `after` and before `before` (ids
+/// sort by creation time), oldest first.
+pub async fn waiting_between(
     db: impl PgExecutor<'_>,
-    grace_ms: i64,
+    after: &str,
+    before: &str,
     limit: i64,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
     sqlx::query_as::<_, OutboxRow>(
         "SELECT id, tenant_id, channel, to_addr, send_at FROM messages
-         WHERE enqueued_at IS NULL AND created_at < now() - make_interval(secs => $1::float8 / 1000)
-           AND status IN ('scheduled', 'queued', 'retrying')
-         ORDER BY created_at
-         LIMIT $2",
+         WHERE id > $1 AND id < $2 AND status IN ('scheduled', 'queued', 'retrying')
+         ORDER BY id
+         LIMIT $3",
     )
-    .bind(grace_ms as f64)
+    .bind(after)
+    .bind(before)
     .bind(limit)
     .fetch_all(db)
     .await
+}
+
+/// The last message id the outbox sweep has pushed everything up to.
+pub async fn watermark(db: impl PgExecutor<'_>, name: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT last_id FROM outbox_watermarks WHERE name = $1")
+        .bind(name)
+        .fetch_optional(db)
+        .await
+}
+
+/// Moves the watermark forward (never back, whichever scheduler writes first).
+pub async fn advance_watermark(
+    db: impl PgExecutor<'_>,
+    name: &str,
+    last_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO outbox_watermarks (name, last_id) VALUES ($1, $2)
+         ON CONFLICT (name) DO UPDATE SET last_id = GREATEST(outbox_watermarks.last_id, EXCLUDED.last_id)",
+    )
+    .bind(name)
+    .bind(last_id)
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// A claimed message, with what sending it needs.
@@ -341,6 +355,11 @@ pub async fn finish_many(
             FROM v
             WHERE m.id = v.id AND m.status = 'sending'
             RETURNING m.id, v.status, v.detail
+         ), refs AS (
+            INSERT INTO provider_refs (provider_message_id, message_id)
+            SELECT v.provider_message_id, v.id FROM v JOIN moved ON moved.id = v.id
+            WHERE v.provider_message_id IS NOT NULL
+            ON CONFLICT DO NOTHING
          )
          INSERT INTO message_events (message_id, status, detail)
          SELECT id, status, detail FROM moved
@@ -477,7 +496,7 @@ pub async fn restart(
     sqlx::query_as::<_, MessageRow>(
         "WITH m AS (
             UPDATE messages SET status = 'queued', send_at = now(), run = run + 1, attempts = 0,
-                   claim_attempt = 0, last_error = NULL, enqueued_at = NULL, updated_at = now()
+                   claim_attempt = 0, last_error = NULL, updated_at = now()
             WHERE id = $1 AND status IN ('failed', 'dead') AND expires_at > now()
             RETURNING *
          ), e AS (
@@ -510,7 +529,7 @@ pub async fn apply_delivery_report(
                 sent_at = CASE WHEN sent_at IS NULL THEN now() ELSE sent_at END,
                 delivered_at = CASE WHEN $2 = 'delivered' THEN now() ELSE delivered_at END,
                 updated_at = now()
-            WHERE provider_message_id = $1
+            WHERE id = (SELECT message_id FROM provider_refs WHERE provider_message_id = $1)
               AND ((status = 'sending' AND $2 = 'sent')
                 OR (status IN ('sending', 'sent') AND $2 IN ('delivered', 'undelivered', 'failed')))
             RETURNING *
