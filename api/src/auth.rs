@@ -2,7 +2,7 @@
 //! kind is refused on the other's routes with 403; a missing or unknown key is 401.
 
 use axum::{extract::FromRequestParts, http::request::Parts};
-use herald_core::{services::tenants, store::tenants::TenantRow};
+use herald_core::store::tenants::TenantRow;
 
 use crate::{error::ApiError, state::AppState};
 
@@ -57,7 +57,7 @@ impl FromRequestParts<AppState> for Tenant {
                 "the ops token cannot be used on tenant routes; use a tenant API key",
             ));
         }
-        let Some((tenant, key_prefix)) = tenants::authenticate(&state.db, token).await? else {
+        let Some((tenant, key_prefix)) = state.keys.authenticate(token).await? else {
             return Err(ApiError::unauthorized("unknown or revoked API key"));
         };
         rate_limit(state, &key_prefix).await?;
@@ -112,7 +112,7 @@ impl FromRequestParts<AppState> for Ops {
         if is_ops_token(state, token) {
             return Ok(Ops);
         }
-        if tenants::authenticate(&state.db, token).await?.is_some() {
+        if state.keys.authenticate(token).await?.is_some() {
             return Err(ApiError::forbidden(
                 "forbidden",
                 "tenant API keys cannot use admin routes",
@@ -150,7 +150,7 @@ impl FromRequestParts<AppState> for Caller {
         if is_ops_token(state, token) {
             return Ok(Caller::Ops);
         }
-        match tenants::authenticate(&state.db, token).await? {
+        match state.keys.authenticate(token).await? {
             Some((tenant, _)) => Ok(Caller::Tenant(Box::new(tenant))),
             None => Err(ApiError::unauthorized("unknown or revoked API key")),
         }

@@ -112,6 +112,17 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<std::sync::Arc<sqlx::Error>> for ApiError {
+    fn from(e: std::sync::Arc<sqlx::Error>) -> Self {
+        if herald_core::store::is_unavailable(&e) {
+            tracing::warn!(error = %e, "postgres unavailable");
+            Self::unavailable("the database")
+        } else {
+            Self::internal(&e)
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {

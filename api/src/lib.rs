@@ -12,7 +12,10 @@ mod views;
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use herald_core::{Config, db, queue, services::enqueue::Enqueuer};
+use herald_core::{
+    Config, db, queue,
+    services::{messages::Intake, tenants::KeyLookup},
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -41,12 +44,14 @@ pub async fn serve(
     let (client, conn) = queue::connect(config.redis_url.expose()).context("HERALD_REDIS_URL")?;
     let limiter = herald_core::ratelimit::RateLimiter::new(conn.clone(), &config.queue_prefix);
     let queue = queue::deliveries(&config, client, conn);
-    let enqueuer = Arc::new(Enqueuer::start(queue.clone()));
+    let intake = Arc::new(Intake::start(db.clone(), queue.clone()));
+    let keys = KeyLookup::start(db.clone());
     let state = AppState {
         config: config.clone(),
         db,
         queue,
-        enqueuer: enqueuer.clone(),
+        intake: intake.clone(),
+        keys,
         limiter,
     };
     let app = routes::router(state);
@@ -55,8 +60,8 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .context("serving HTTP")?;
-    if let Ok(enqueuer) = Arc::try_unwrap(enqueuer) {
-        enqueuer.shutdown().await;
+    if let Ok(intake) = Arc::try_unwrap(intake) {
+        intake.shutdown().await;
     }
     info!("herald-api stopped");
     Ok(())

@@ -2,7 +2,12 @@
 
 use std::sync::Arc;
 
-use herald_core::{Config, queue::Queue, ratelimit::RateLimiter, services::enqueue::Enqueuer};
+use herald_core::{
+    Config,
+    queue::Queue,
+    ratelimit::RateLimiter,
+    services::{messages::Intake, tenants::KeyLookup},
+};
 use sqlx::PgPool;
 
 #[derive(Clone)]
@@ -11,7 +16,8 @@ pub struct AppState {
     pub db: PgPool,
     /// The `deliveries` queue (cancel removes waiting jobs; stats for ops).
     pub queue: Queue,
-    pub enqueuer: Arc<Enqueuer>,
+    pub intake: Arc<Intake>,
+    pub keys: KeyLookup,
     /// Per API key (`HERALD_API_RATE`), shared by every API process through Redis.
     pub limiter: RateLimiter,
 }

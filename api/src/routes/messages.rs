@@ -67,14 +67,10 @@ pub async fn create_message(
         }
     };
     let new = parse_new_message(body, state.config.webhook_allow_private)?;
-    match service::create(
-        &state.db,
-        &state.enqueuer,
-        &auth.tenant,
-        &new,
-        idempotency.as_ref(),
-    )
-    .await
+    match state
+        .intake
+        .create(&auth.tenant, &new, idempotency.as_ref())
+        .await
     {
         Ok(Created::New(m)) => {
             Ok((StatusCode::ACCEPTED, Json(views::Message::from(m))).into_response())

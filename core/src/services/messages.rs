@@ -4,8 +4,11 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
+use std::sync::Arc;
+
 use super::enqueue::Enqueuer;
 use crate::{
+    batch::Batcher,
     domain::{Channel, MessageStatus, new_id},
     queue::Queue,
     store::{
@@ -69,16 +72,73 @@ pub enum CreateError {
         message: String,
     },
     #[error(transparent)]
-    Db(#[from] sqlx::Error),
+    Db(Arc<sqlx::Error>),
 }
 
-pub async fn create(
-    db: &PgPool,
-    enqueuer: &Enqueuer,
+impl From<sqlx::Error> for CreateError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(Arc::new(e))
+    }
+}
+
+impl From<Arc<sqlx::Error>> for CreateError {
+    fn from(e: Arc<sqlx::Error>) -> Self {
+        Self::Db(e)
+    }
+}
+
+/// Accepts messages: validates what needs the database, inserts (concurrent requests share
+/// one statement), and hands the jobs to the pusher.
+pub struct Intake {
+    db: PgPool,
+    enqueuer: Enqueuer,
+    inserts: Batcher<NewMessageRow, MessageRow>,
+}
+
+impl std::fmt::Debug for Intake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intake").finish()
+    }
+}
+
+impl Intake {
+    pub fn start(db: PgPool, queue: Queue) -> Self {
+        let inserts = {
+            let db = db.clone();
+            Batcher::spawn(256, 4, move |rows: Vec<NewMessageRow>| {
+                let db = db.clone();
+                async move { messages::insert_many(&db, &rows).await }
+            })
+        };
+        Self {
+            db,
+            enqueuer: Enqueuer::start(queue),
+            inserts,
+        }
+    }
+
+    pub async fn create(
+        &self,
+        tenant: &TenantRow,
+        new: &NewMessage,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Created, CreateError> {
+        create(self, tenant, new, idempotency).await
+    }
+
+    /// Pushes what is buffered, then stops.
+    pub async fn shutdown(self) {
+        self.enqueuer.shutdown().await;
+    }
+}
+
+async fn create(
+    intake: &Intake,
     tenant: &TenantRow,
     new: &NewMessage,
     idempotency: Option<&Idempotency>,
 ) -> Result<Created, CreateError> {
+    let db = &intake.db;
     // Up to three rounds: a concurrent request with the same key can win the insert, and
     // then this one answers with its message.
     for _ in 0..3 {
@@ -127,23 +187,23 @@ pub async fn create(
         };
         let id = new_id("msg");
         let row = NewMessageRow {
-            id: &id,
-            tenant_id: &tenant.id,
-            channel: new.channel.as_str(),
-            to_addr: &to,
-            from_addr: from.as_deref(),
-            subject: new.subject.as_deref(),
-            body: &new.body,
-            status: status.as_str(),
+            id: id.clone(),
+            tenant_id: tenant.id.clone(),
+            channel: new.channel.as_str().to_owned(),
+            to_addr: to,
+            from_addr: from,
+            subject: new.subject.clone(),
+            body: new.body.clone(),
+            status: status.as_str().to_owned(),
             send_at: if due_now { now } else { new.send_at },
             expires_at: new.expires_at,
             respect_quiet_hours: new.respect_quiet_hours,
-            contact_id: new.contact_id.as_deref(),
-            metadata: &new.metadata,
-            event_detail: &detail,
+            contact_id: new.contact_id.clone(),
+            metadata: new.metadata.clone(),
+            event_detail: detail,
         };
         let message = match idempotency {
-            None => messages::insert(db, &row).await?,
+            None => intake.inserts.call(row).await?,
             Some(idem) => {
                 let mut tx = db.begin().await?;
                 let message = messages::insert(&mut *tx, &row).await?;
@@ -164,7 +224,7 @@ pub async fn create(
                 message
             }
         };
-        enqueuer.submit(&message);
+        intake.enqueuer.submit(&message);
         return Ok(Created::New(message));
     }
     Err(CreateError::IdempotencyConflict)

@@ -1,5 +1,7 @@
 //! Tenants and API keys: creation, key rotation and revocation, and authentication.
 
+use std::{collections::HashMap, sync::Arc};
+
 use base64::{Engine, engine::general_purpose::STANDARD};
 use chrono::NaiveTime;
 use rand::RngExt;
@@ -7,6 +9,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 use crate::{
+    batch::Batcher,
     domain::{PhoneNumber, TimeZone, new_id},
     store::tenants::{self, NewTenantRow, TenantRow},
 };
@@ -104,16 +107,42 @@ pub async fn revoke_key(db: &PgPool, key_prefix: &str) -> Result<bool, sqlx::Err
     tenants::revoke_key(db, key_prefix).await
 }
 
-/// The tenant a presented key belongs to, with the key's prefix; `None` for an unknown or
-/// revoked key.
-pub async fn authenticate(
-    db: &PgPool,
-    presented: &str,
-) -> Result<Option<(TenantRow, String)>, sqlx::Error> {
-    if !presented.starts_with("hk_") || presented.len() > 128 {
-        return Ok(None);
+/// Looks keys up for the API: concurrent requests share one query, and every lookup reads
+/// the database, so a revoked key stops working at once.
+#[derive(Clone, Debug)]
+pub struct KeyLookup {
+    batcher: Batcher<Vec<u8>, Option<(TenantRow, String)>>,
+}
+
+impl KeyLookup {
+    pub fn start(db: PgPool) -> Self {
+        let batcher = Batcher::spawn(256, 4, move |hashes: Vec<Vec<u8>>| {
+            let db = db.clone();
+            async move {
+                let found: HashMap<Vec<u8>, (TenantRow, String)> =
+                    tenants::find_by_key_hashes(&db, &hashes)
+                        .await?
+                        .into_iter()
+                        .map(|(t, prefix, hash)| (hash, (t, prefix)))
+                        .collect();
+                // The same key often comes several times in one batch.
+                Ok(hashes.iter().map(|h| found.get(h).cloned()).collect())
+            }
+        });
+        Self { batcher }
     }
-    tenants::find_by_key_hash(db, &hash_key(presented)).await
+
+    /// The tenant a presented key belongs to, with the key's prefix; `None` for an unknown or
+    /// revoked key.
+    pub async fn authenticate(
+        &self,
+        presented: &str,
+    ) -> Result<Option<(TenantRow, String)>, Arc<sqlx::Error>> {
+        if !presented.starts_with("hk_") || presented.len() > 128 {
+            return Ok(None);
+        }
+        self.batcher.call(hash_key(presented)).await
+    }
 }
 
 #[cfg(test)]

@@ -41,56 +41,84 @@ pub struct EventRow {
     pub detail: Option<String>,
 }
 
+/// A message to insert, with the detail of its first event.
 #[derive(Debug, Clone)]
-pub struct NewMessageRow<'a> {
-    pub id: &'a str,
-    pub tenant_id: &'a str,
-    pub channel: &'a str,
-    pub to_addr: &'a str,
-    pub from_addr: Option<&'a str>,
-    pub subject: Option<&'a str>,
-    pub body: &'a str,
-    pub status: &'a str,
+pub struct NewMessageRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub channel: String,
+    pub to_addr: String,
+    pub from_addr: Option<String>,
+    pub subject: Option<String>,
+    pub body: String,
+    pub status: String,
     pub send_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub respect_quiet_hours: bool,
-    pub contact_id: Option<&'a str>,
-    pub metadata: &'a serde_json::Value,
-    pub event_detail: &'a str,
+    pub contact_id: Option<String>,
+    pub metadata: serde_json::Value,
+    pub event_detail: String,
 }
 
-/// Inserts a message with its first event.
-pub async fn insert(
+/// Inserts messages, each with its first event, in one statement. Returns the rows in the
+/// order given.
+pub async fn insert_many(
     db: impl PgExecutor<'_>,
-    m: &NewMessageRow<'_>,
-) -> Result<MessageRow, sqlx::Error> {
-    sqlx::query_as::<_, MessageRow>(
-        "WITH m AS (
+    rows: &[NewMessageRow],
+) -> Result<Vec<MessageRow>, sqlx::Error> {
+    fn col<T>(rows: &[NewMessageRow], f: impl Fn(&NewMessageRow) -> T) -> Vec<T> {
+        rows.iter().map(f).collect()
+    }
+    let inserted = sqlx::query_as::<_, MessageRow>(
+        "WITH v AS (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                 $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::bool[],
+                                 $12::text[], $13::jsonb[], $14::text[])
+                AS v(id, tenant_id, channel, to_addr, from_addr, subject, body, status, send_at,
+                     expires_at, respect_quiet_hours, contact_id, metadata, detail)
+         ), m AS (
             INSERT INTO messages (id, tenant_id, channel, to_addr, from_addr, subject, body, status,
                                   send_at, expires_at, respect_quiet_hours, contact_id, metadata)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+            SELECT id, tenant_id, channel, to_addr, from_addr, subject, body, status, send_at,
+                   expires_at, respect_quiet_hours, contact_id, metadata
+            FROM v
             RETURNING *
          ), e AS (
-            INSERT INTO message_events (message_id, status, detail) SELECT id, status, $14 FROM m
+            INSERT INTO message_events (message_id, status, detail)
+            SELECT m.id, m.status, v.detail FROM m JOIN v ON v.id = m.id
          )
          SELECT * FROM m",
     )
-    .bind(m.id)
-    .bind(m.tenant_id)
-    .bind(m.channel)
-    .bind(m.to_addr)
-    .bind(m.from_addr)
-    .bind(m.subject)
-    .bind(m.body)
-    .bind(m.status)
-    .bind(m.send_at)
-    .bind(m.expires_at)
-    .bind(m.respect_quiet_hours)
-    .bind(m.contact_id)
-    .bind(m.metadata)
-    .bind(m.event_detail)
-    .fetch_one(db)
-    .await
+    .bind(col(rows, |r| r.id.clone()))
+    .bind(col(rows, |r| r.tenant_id.clone()))
+    .bind(col(rows, |r| r.channel.clone()))
+    .bind(col(rows, |r| r.to_addr.clone()))
+    .bind(col(rows, |r| r.from_addr.clone()))
+    .bind(col(rows, |r| r.subject.clone()))
+    .bind(col(rows, |r| r.body.clone()))
+    .bind(col(rows, |r| r.status.clone()))
+    .bind(col(rows, |r| r.send_at))
+    .bind(col(rows, |r| r.expires_at))
+    .bind(col(rows, |r| r.respect_quiet_hours))
+    .bind(col(rows, |r| r.contact_id.clone()))
+    .bind(col(rows, |r| r.metadata.clone()))
+    .bind(col(rows, |r| r.event_detail.clone()))
+    .fetch_all(db)
+    .await?;
+    let mut by_id: std::collections::HashMap<String, MessageRow> =
+        inserted.into_iter().map(|m| (m.id.clone(), m)).collect();
+    rows.iter()
+        .map(|r| by_id.remove(&r.id).ok_or(sqlx::Error::RowNotFound))
+        .collect()
+}
+
+/// Inserts one message with its first event.
+pub async fn insert(
+    db: impl PgExecutor<'_>,
+    row: &NewMessageRow,
+) -> Result<MessageRow, sqlx::Error> {
+    let mut rows = insert_many(db, std::slice::from_ref(row)).await?;
+    rows.pop().ok_or(sqlx::Error::RowNotFound)
 }
 
 pub async fn get(

@@ -95,6 +95,31 @@ pub async fn find_by_key_hash(
     Ok(row.map(|r| (r.tenant, r.key_prefix)))
 }
 
+/// The tenants owning live keys with these hashes: `(tenant, key_prefix, key_hash)`.
+pub async fn find_by_key_hashes(
+    db: impl PgExecutor<'_>,
+    key_hashes: &[Vec<u8>],
+) -> Result<Vec<(TenantRow, String, Vec<u8>)>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        tenant: TenantRow,
+        key_prefix: String,
+        key_hash: Vec<u8>,
+    }
+    let rows = sqlx::query_as::<_, Row>(
+        "SELECT t.*, k.key_prefix, k.key_hash FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+         WHERE k.key_hash = ANY($1) AND k.revoked_at IS NULL",
+    )
+    .bind(key_hashes)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.tenant, r.key_prefix, r.key_hash))
+        .collect())
+}
+
 /// Revokes a key; false when no live key has that prefix.
 pub async fn revoke_key(db: impl PgExecutor<'_>, key_prefix: &str) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(

@@ -88,9 +88,9 @@ async fn accept(
     n: usize,
 ) -> anyhow::Result<()> {
     sqlx::query(
-        "INSERT INTO messages (id, tenant_id, channel, to_addr, from_addr, body, status, send_at, expires_at, enqueued_at)
+        "INSERT INTO messages (id, tenant_id, channel, to_addr, from_addr, body, status, send_at, expires_at)
          SELECT $1 || g, $2, 'sms', '+1555' || lpad(g::text, 7, '0'), '+15005550006', 'Your appointment is tomorrow at 3:30 PM',
-                'queued', now(), now() + interval '1 day', now()
+                'queued', now(), now() + interval '1 day'
          FROM generate_series(1, $3) AS g",
     )
     .bind(format!("msg_{tag}_"))

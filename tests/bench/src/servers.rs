@@ -152,8 +152,9 @@ impl PostgresServer {
         if !ok {
             bail!("initdb failed");
         }
+        let extra = std::env::var("HERALD_BENCH_PG_OPTS").unwrap_or_default();
         let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c shared_buffers=256MB",
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c shared_buffers=256MB {extra}",
             dir.display()
         );
         let ok = server
