@@ -93,7 +93,7 @@ impl Deliverer {
         ));
         let claims = {
             let db = db.clone();
-            Batcher::spawn(BATCH, 4, move |items: Vec<(String, i32)>| {
+            Batcher::spawn(BATCH, 2, move |items: Vec<(String, i32)>| {
                 let db = db.clone();
                 async move {
                     let ids: Vec<String> = items.iter().map(|(id, _)| id.clone()).collect();
@@ -111,7 +111,7 @@ impl Deliverer {
         };
         let outcomes = {
             let db = db.clone();
-            Batcher::spawn(BATCH, 4, move |items: Vec<Outcome>| {
+            Batcher::spawn(BATCH, 2, move |items: Vec<Outcome>| {
                 let db = db.clone();
                 async move {
                     let moved: HashSet<String> = messages::finish_many(&db, &items)
