@@ -43,6 +43,7 @@ pub async fn serve(
     migrate_with_retry(&db, Duration::from_secs(60)).await?;
     let (client, conn) = queue::connect(config.redis_url.expose()).context("HERALD_REDIS_URL")?;
     let limiter = herald_core::ratelimit::RateLimiter::new(conn.clone(), &config.queue_prefix);
+    let replies = queue::ai_replies(&config, client.clone(), conn.clone());
     let queue = queue::deliveries(&config, client, conn);
     let intake = Arc::new(Intake::start(db.clone(), queue.clone()));
     let keys = KeyLookup::start(db.clone());
@@ -50,6 +51,7 @@ pub async fn serve(
         config: config.clone(),
         db,
         queue,
+        replies,
         intake: intake.clone(),
         keys,
         limiter,

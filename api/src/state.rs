@@ -16,6 +16,8 @@ pub struct AppState {
     pub db: PgPool,
     /// The `deliveries` queue (cancel removes waiting jobs; stats for ops).
     pub queue: Queue,
+    /// The `ai-replies` queue.
+    pub replies: Queue,
     pub intake: Arc<Intake>,
     pub keys: KeyLookup,
     /// Per API key (`HERALD_API_RATE`), shared by every API process through Redis.

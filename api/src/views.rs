@@ -43,6 +43,15 @@ pub struct Message {
     pub delivered_at: Option<String>,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
+    /// `outbound` or `inbound`.
+    pub direction: String,
+    /// Who wrote it: `api`, `contact`, `ai`, `human` or `system`.
+    pub author: String,
+    /// For an AI reply: the model that answered (null for the canned reply).
+    pub model: Option<String>,
+    /// For an AI reply: the model's token usage.
+    #[schema(value_type = Option<Object>)]
+    pub usage: Option<serde_json::Value>,
 }
 
 impl From<MessageRow> for Message {
@@ -69,6 +78,10 @@ impl From<MessageRow> for Message {
             sent_at: opt_time(m.sent_at),
             delivered_at: opt_time(m.delivered_at),
             metadata: m.metadata,
+            direction: m.direction,
+            author: m.author,
+            model: m.model,
+            usage: m.usage,
         }
     }
 }
@@ -278,4 +291,74 @@ pub struct Replayed {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReplayedCount {
     pub replayed: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Contact {
+    /// `ct_...`
+    pub id: String,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    /// IANA time zone.
+    pub timezone: String,
+    pub opted_out: bool,
+    /// Who answers this contact's texts: `ai` or `human`.
+    pub mode: String,
+    pub created_at: String,
+}
+
+impl Contact {
+    pub fn new(c: herald_core::store::contacts::ContactRow, tenant_timezone: &str) -> Self {
+        Self {
+            id: c.id,
+            phone: c.phone,
+            email: c.email,
+            name: c.name,
+            timezone: c.timezone.unwrap_or_else(|| tenant_timezone.to_owned()),
+            opted_out: c.opted_out,
+            mode: c.mode,
+            created_at: time(c.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationEntry {
+    pub id: String,
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    /// `contact`, `ai`, `human`, `system` (or `api` for a message sent through the API).
+    pub author: String,
+    pub body: String,
+    pub at: String,
+    pub status: String,
+}
+
+impl From<MessageRow> for ConversationEntry {
+    fn from(m: MessageRow) -> Self {
+        Self {
+            id: m.id,
+            direction: m.direction,
+            author: m.author,
+            body: m.body,
+            at: time(m.created_at),
+            status: m.status,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Conversation {
+    pub contact_id: String,
+    /// `ai` or `human`.
+    pub mode: String,
+    pub data: Vec<ConversationEntry>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationMode {
+    pub contact_id: String,
+    pub mode: String,
 }

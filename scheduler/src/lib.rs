@@ -23,9 +23,17 @@ pub use outbox::sweep;
 struct Ctx {
     db: PgPool,
     deliveries: queue::Queue,
+    replies: queue::Queue,
 }
 
 async fn outbox_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
+    let replies = outbox::sweep_replies(&ctx.db, &ctx.replies).await?;
+    if replies > 0 {
+        info!(
+            replies,
+            "outbox sweep queued AI replies that had not reached the queue"
+        );
+    }
     let pushed = outbox::sweep(&ctx.db, &ctx.deliveries).await?;
     if pushed > 0 {
         info!(
@@ -62,6 +70,7 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
     let (client, conn) = queue::connect(config.redis_url.expose()).context("HERALD_REDIS_URL")?;
     let ctx = Ctx {
         db: pool,
+        replies: queue::ai_replies(&config, client.clone(), conn.clone()),
         deliveries: queue::deliveries(&config, client, conn),
     };
     let every_second = schedule("* * * * * *")?;

@@ -12,7 +12,7 @@
 use herald_core::{
     domain::id_floor,
     queue::{NewJob, Queue, now_ms},
-    services::DeliveryJob,
+    services::{DeliveryJob, conversations::ReplyJob},
     store::messages,
 };
 use sqlx::PgPool;
@@ -41,6 +41,41 @@ pub async fn sweep(db: &PgPool, queue: &Queue) -> anyhow::Result<usize> {
         match due.last() {
             Some(last) if due.len() as i64 == BATCH => {
                 after = last.id.clone();
+                messages::advance_watermark(db, name, &after).await?;
+            }
+            _ => {
+                messages::advance_watermark(db, name, &before).await?;
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// The reply outbox: inbound texts created since the watermark that still want an AI reply
+/// job (Redis was down when they came in) get one. Returns how many it queued.
+pub async fn sweep_replies(db: &PgPool, queue: &Queue) -> anyhow::Result<usize> {
+    let name = queue.name();
+    let before = id_floor("msg", now_ms() - GRACE_MS);
+    let mut after = messages::watermark(db, name).await?.unwrap_or_default();
+    let mut total = 0;
+    loop {
+        let ids = messages::awaiting_reply_between(db, &after, &before, BATCH).await?;
+        let jobs = ids
+            .iter()
+            .map(|id| {
+                NewJob::new(
+                    id.clone(),
+                    &ReplyJob {
+                        inbound_id: id.clone(),
+                    },
+                    now_ms(),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        total += queue.push_many(&jobs).await?;
+        match ids.last() {
+            Some(last) if ids.len() as i64 == BATCH => {
+                after = last.clone();
                 messages::advance_watermark(db, name, &after).await?;
             }
             _ => {

@@ -1,4 +1,5 @@
-//! herald-worker: apalis workers on Herald's Redis queue engine, under one monitor.
+//! herald-worker: apalis workers on Herald's Redis queue engine, under one monitor:
+//! `herald-deliveries` sends messages, `herald-ai-replies` answers inbound texts.
 //! `run` is what the binary calls; tests call it too.
 
 use std::{
@@ -10,11 +11,14 @@ use anyhow::Context;
 use apalis::prelude::{Data, Monitor, WorkerBuilder, WorkerBuilderExt};
 use herald_core::{
     Config, db,
+    providers::llm::Assistant,
     queue::{self, JobError, JobMeta, QueueBackend, WorkerHandle, WorkerOptions},
     ratelimit::RateLimiter,
     services::{
         DeliveryJob,
+        conversations::{self, Replier, ReplyJob},
         delivery::{self, Deliverer},
+        messages::Intake,
     },
 };
 use tokio_util::sync::CancellationToken;
@@ -27,6 +31,11 @@ async fn send_message(
     deliverer: Data<Arc<Deliverer>>,
 ) -> Result<(), JobError> {
     delivery::deliver(&deliverer, &job, &meta).await
+}
+
+/// Answers one inbound text: the `ai-replies` queue's handler.
+async fn answer_text(job: ReplyJob, replier: Data<Arc<Replier>>) -> Result<(), JobError> {
+    conversations::answer(&replier, &job).await
 }
 
 /// Runs the workers until `shutdown` is cancelled. In-flight jobs get
@@ -42,11 +51,22 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
     }
     let (client, conn) = queue::connect(config.redis_url.expose()).context("HERALD_REDIS_URL")?;
     let limiter = RateLimiter::new(conn.clone(), &config.queue_prefix);
+    let replies = queue::ai_replies(&config, client.clone(), conn.clone());
     let deliveries = queue::deliveries(&config, client, conn);
-    let deliverer = Arc::new(Deliverer::from_config(&config, pool, Some(limiter)));
+    let deliverer = Arc::new(Deliverer::from_config(&config, pool.clone(), Some(limiter)));
+    let replier = Arc::new(Replier {
+        db: pool.clone(),
+        assistant: Assistant::from_config(&config),
+        intake: Intake::start(pool, deliveries.clone()),
+    });
     info!(
         sms = deliverer.sms.name(),
         email = deliverer.email.name(),
+        llm = config.llm.as_ref().map_or("none", |l| l.model.as_str()),
+        llm_fallback = config
+            .llm_fallback
+            .as_ref()
+            .map_or("none", |l| l.model.as_str()),
         concurrency = config.worker_concurrency,
         lease_ms = config.lease.as_millis() as u64,
         "herald-worker starting"
@@ -55,16 +75,18 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
     // Kept outside apalis so leases can be handed back even after a forced shutdown.
     let handles: Arc<Mutex<Vec<WorkerHandle>>> = Arc::default();
     let job_timeout = config.provider_timeout + Duration::from_secs(30);
+    // Two model calls per endpoint, each bounded, plus the database.
+    let reply_timeout = config.llm_timeout * 5 + Duration::from_secs(30);
     let options = WorkerOptions::new(config.worker_concurrency, config.lease);
+    let reply_options =
+        WorkerOptions::new(config.worker_concurrency.div_ceil(4).max(1), config.lease);
     let monitor = {
-        let handles = handles.clone();
-        let deliverer = deliverer.clone();
+        let (h1, h2) = (handles.clone(), handles.clone());
         Monitor::new()
             .shutdown_timeout(config.shutdown_timeout)
             .register(move |_restarts| {
                 let backend = QueueBackend::<DeliveryJob>::new(deliveries.clone(), options.clone());
-                handles
-                    .lock()
+                h1.lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .push(backend.handle());
                 WorkerBuilder::new("herald-deliveries")
@@ -74,6 +96,19 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
                     .catch_panic()
                     .enable_tracing()
                     .build(send_message)
+            })
+            .register(move |_restarts| {
+                let backend = QueueBackend::<ReplyJob>::new(replies.clone(), reply_options.clone());
+                h2.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(backend.handle());
+                WorkerBuilder::new("herald-ai-replies")
+                    .backend(backend)
+                    .data(replier.clone())
+                    .timeout(reply_timeout)
+                    .catch_panic()
+                    .enable_tracing()
+                    .build(answer_text)
             })
     };
     let signal = shutdown.clone();

@@ -25,7 +25,7 @@ const DEFAULT_QUIET: (&str, &str) = ("21:00", "08:00");
 /// Create a tenant and its first API key.
 #[utoipa::path(
     post, path = "/v1/admin/tenants", tag = "admin",
-    request_body(content = Object, description = "`{\"name\", \"timezone\"?, \"sms_from\"?, \"email_from\"?, \"quiet_hours\"?: {\"start\", \"end\"} | null}`"),
+    request_body(content = Object, description = "`{\"name\", \"timezone\"?, \"sms_from\"?, \"email_from\"?, \"quiet_hours\"?: {\"start\", \"end\"} | null, \"help_text\"?, \"system_prompt\"?, \"canned_reply\"?}`"),
     responses(
         (status = 201, body = views::CreatedTenant),
         (status = 409, description = "sms_from belongs to another tenant", body = ErrorBody),
@@ -100,6 +100,17 @@ fn parse_new_tenant(body: Value) -> ApiResult<NewTenant> {
             parse_local_time(DEFAULT_QUIET.1).map_err(|e| ApiError::internal(&e))?,
         )),
     };
+    let text = |f: &mut Fields, name: &str, max: usize| -> ApiResult<Option<String>> {
+        match f.opt_str(name)? {
+            Some(t) if t.trim().is_empty() || t.chars().count() > max => {
+                Err(f.invalid_value(name, format!("`{name}` must be 1 to {max} characters")))
+            }
+            other => Ok(other),
+        }
+    };
+    let help_text = text(&mut f, "help_text", 320)?;
+    let system_prompt = text(&mut f, "system_prompt", 4000)?;
+    let canned_reply = text(&mut f, "canned_reply", 320)?;
     f.finish()?;
     Ok(NewTenant {
         name,
@@ -107,6 +118,9 @@ fn parse_new_tenant(body: Value) -> ApiResult<NewTenant> {
         sms_from,
         email_from,
         quiet_hours,
+        help_text,
+        system_prompt,
+        canned_reply,
     })
 }
 
@@ -164,9 +178,13 @@ pub async fn queues(
     _ops: Ops,
     State(state): State<AppState>,
 ) -> ApiResult<Json<Vec<views::QueueStats>>> {
-    let stats = state.queue.stats().await.map_err(|e| {
-        tracing::warn!(error = %e, "could not read queue stats");
-        ApiError::unavailable("Redis")
-    })?;
-    Ok(Json(vec![stats.into()]))
+    let mut all = Vec::new();
+    for queue in [&state.queue, &state.replies] {
+        let stats = queue.stats().await.map_err(|e| {
+            tracing::warn!(error = %e, "could not read queue stats");
+            ApiError::unavailable("Redis")
+        })?;
+        all.push(stats.into());
+    }
+    Ok(Json(all))
 }

@@ -7,7 +7,13 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use herald_core::{providers::twilio_signature, services::reports};
+use herald_core::{
+    providers::twilio_signature,
+    services::{
+        conversations::{self, Inbound, Received},
+        reports,
+    },
+};
 
 use crate::{
     error::{ApiError, ApiResult, ErrorBody},
@@ -85,5 +91,54 @@ pub async fn twilio_status(
         .field("MessageStatus"));
     };
     reports::twilio_status(&state.db, sid, status, get("ErrorCode")).await?;
+    Ok(twiml())
+}
+
+/// Twilio's inbound SMS webhook: the text is stored on its contact's conversation, keywords
+/// act at once, and replies are jobs. Answers `<Response/>` straight away.
+#[utoipa::path(
+    post, path = "/v1/inbound/twilio/sms", tag = "inbound",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "Twilio's inbound message: From, To, Body, MessageSid, ..."),
+    params(("X-Twilio-Signature" = String, Header)),
+    responses((status = 200, description = "`<Response/>`"), (status = 403, description = "bad or missing signature", body = ErrorBody)),
+)]
+pub async fn twilio_sms(
+    State(state): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let params = verified_twilio_form(&state, &uri, &headers, &body)?;
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let (Some(from), Some(to), Some(sid)) = (
+        get("From"),
+        get("To"),
+        get("MessageSid").or_else(|| get("SmsSid")),
+    ) else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing_field",
+            "From, To and MessageSid are required",
+        )
+        .field("From"));
+    };
+    let inbound = Inbound {
+        from,
+        to,
+        body: get("Body").unwrap_or_default(),
+        sid,
+    };
+    match conversations::receive(&state.db, &state.intake, &state.replies, &inbound).await? {
+        Received::UnknownNumber => {
+            tracing::warn!(to = %inbound.to, "inbound text to a number no tenant sends from")
+        }
+        Received::Duplicate => tracing::debug!(sid = %inbound.sid, "inbound text seen before"),
+        Received::Stored { .. } => {}
+    }
     Ok(twiml())
 }

@@ -1,6 +1,8 @@
 //! The router: every route of the contract that exists so far.
 
 pub mod admin;
+pub mod contacts;
+pub mod conversations;
 pub mod dead_letters;
 pub mod health;
 pub mod inbound;
@@ -35,6 +37,25 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/messages/{id}", get(messages::get_message))
         .route("/v1/messages/{id}/cancel", post(messages::cancel_message))
         .route("/v1/inbound/twilio/status", post(inbound::twilio_status))
+        .route("/v1/inbound/twilio/sms", post(inbound::twilio_sms))
+        .route("/v1/contacts", post(contacts::create))
+        .route(
+            "/v1/contacts/{id}",
+            get(contacts::get).patch(contacts::patch),
+        )
+        .route("/v1/conversations/{contact_id}", get(conversations::get))
+        .route(
+            "/v1/conversations/{contact_id}/takeover",
+            post(conversations::takeover),
+        )
+        .route(
+            "/v1/conversations/{contact_id}/release",
+            post(conversations::release),
+        )
+        .route(
+            "/v1/conversations/{contact_id}/reply",
+            post(conversations::reply),
+        )
         .route("/v1/dead-letters", get(dead_letters::list))
         .route("/v1/dead-letters/replay", post(dead_letters::replay_many))
         .route(

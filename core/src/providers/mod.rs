@@ -2,6 +2,7 @@
 //! providers that only record it), and the one place where a provider's answer is classified
 //! as accepted, rejected for good, or worth another try.
 
+pub mod llm;
 pub mod log;
 pub mod resend;
 pub mod twilio;

@@ -504,3 +504,19 @@ pub fn deliveries(config: &crate::Config, client: redis::Client, conn: Connectio
         RetryPolicy::new(config.retry_base, config.retry_max),
     )
 }
+
+/// The queue of AI reply jobs, one per inbound text that wants an answer.
+pub const AI_REPLIES: &str = "ai-replies";
+
+/// The `ai-replies` queue as configured. A reply job makes at most two model calls per
+/// endpoint; a few attempts cover a worker dying mid-call.
+pub fn ai_replies(config: &crate::Config, client: redis::Client, conn: ConnectionManager) -> Queue {
+    Queue::new(
+        client,
+        conn,
+        &config.queue_prefix,
+        AI_REPLIES,
+        5,
+        RetryPolicy::new(config.retry_base, config.retry_max),
+    )
+}

@@ -92,7 +92,7 @@ impl From<Arc<sqlx::Error>> for CreateError {
 pub struct Intake {
     db: PgPool,
     enqueuer: Enqueuer,
-    inserts: Batcher<NewMessageRow, MessageRow>,
+    inserts: Batcher<NewMessageRow, Option<MessageRow>>,
 }
 
 impl std::fmt::Debug for Intake {
@@ -124,6 +124,16 @@ impl Intake {
         idempotency: Option<&Idempotency>,
     ) -> Result<Created, CreateError> {
         create(self, tenant, new, idempotency).await
+    }
+
+    /// Inserts a message Herald itself sends (a reply, a help text) and queues it; `None`
+    /// when it was already there (an AI reply whose job ran twice).
+    pub async fn send(&self, row: NewMessageRow) -> Result<Option<MessageRow>, Arc<sqlx::Error>> {
+        let message = self.inserts.call(row).await?;
+        if let Some(m) = &message {
+            self.enqueuer.submit(m);
+        }
+        Ok(message)
     }
 
     /// Pushes what is buffered, then stops.
@@ -201,12 +211,24 @@ async fn create(
             contact_id: new.contact_id.clone(),
             metadata: new.metadata.clone(),
             event_detail: detail,
+            direction: "outbound".to_owned(),
+            author: "api".to_owned(),
+            in_reply_to: None,
+            model: None,
+            usage: None,
+            needs_reply: false,
         };
         let message = match idempotency {
-            None => intake.inserts.call(row).await?,
+            None => intake
+                .inserts
+                .call(row)
+                .await?
+                .ok_or(sqlx::Error::RowNotFound)?,
             Some(idem) => {
                 let mut tx = db.begin().await?;
-                let message = messages::insert(&mut *tx, &row).await?;
+                let message = messages::insert(&mut *tx, &row)
+                    .await?
+                    .ok_or(sqlx::Error::RowNotFound)?;
                 if !messages::insert_idempotency_key(
                     &mut *tx,
                     &tenant.id,

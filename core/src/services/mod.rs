@@ -2,6 +2,7 @@
 //! apalis handlers, cron ticks).
 
 pub mod breaker;
+pub mod conversations;
 pub mod dead_letters;
 pub mod delivery;
 pub mod enqueue;

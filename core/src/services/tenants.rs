@@ -22,6 +22,12 @@ pub struct NewTenant {
     pub email_from: Option<String>,
     /// `None`: no quiet hours.
     pub quiet_hours: Option<(NaiveTime, NaiveTime)>,
+    /// The answer to HELP or INFO.
+    pub help_text: Option<String>,
+    /// The AI's instructions (a safe default otherwise).
+    pub system_prompt: Option<String>,
+    /// Sent when no model answers.
+    pub canned_reply: Option<String>,
 }
 
 #[derive(Debug)]
@@ -76,6 +82,9 @@ pub async fn create(db: &PgPool, new: &NewTenant) -> Result<CreatedTenant, Tenan
         email_from: new.email_from.as_deref(),
         quiet_hours: new.quiet_hours,
         webhook_secret: &secret,
+        help_text: new.help_text.as_deref(),
+        system_prompt: new.system_prompt.as_deref(),
+        canned_reply: new.canned_reply.as_deref(),
     };
     let Some(tenant) = tenants::insert(&mut tx, &row).await? else {
         return Err(TenantError::SmsFromTaken);

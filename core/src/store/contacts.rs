@@ -65,3 +65,129 @@ pub async fn opt_out_phone(
     .await?;
     Ok(())
 }
+
+#[derive(Debug, Clone, Default)]
+pub struct NewContact {
+    pub id: String,
+    pub tenant_id: String,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub timezone: Option<String>,
+}
+
+/// Inserts a contact; `Ok(None)` when the tenant has a contact with that phone already.
+pub async fn insert(
+    db: impl PgExecutor<'_>,
+    c: &NewContact,
+) -> Result<Option<ContactRow>, sqlx::Error> {
+    sqlx::query_as::<_, ContactRow>(
+        "INSERT INTO contacts (id, tenant_id, phone, email, name, timezone) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (tenant_id, phone) WHERE phone IS NOT NULL DO NOTHING
+         RETURNING *",
+    )
+    .bind(&c.id)
+    .bind(&c.tenant_id)
+    .bind(&c.phone)
+    .bind(&c.email)
+    .bind(&c.name)
+    .bind(&c.timezone)
+    .fetch_optional(db)
+    .await
+}
+
+/// What a PATCH changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ContactChanges {
+    pub phone: Option<String>,
+    pub email: Option<Option<String>>,
+    pub name: Option<Option<String>>,
+    pub timezone: Option<String>,
+}
+
+/// Applies changes; `Ok(None)` when there is no such contact. A phone another contact of the
+/// tenant has is a unique violation (the caller answers 409).
+pub async fn update(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    id: &str,
+    ch: &ContactChanges,
+) -> Result<Option<ContactRow>, sqlx::Error> {
+    sqlx::query_as::<_, ContactRow>(
+        "UPDATE contacts SET
+            phone = COALESCE($3, phone),
+            email = CASE WHEN $4 THEN $5 ELSE email END,
+            name = CASE WHEN $6 THEN $7 ELSE name END,
+            timezone = COALESCE($8, timezone),
+            updated_at = now()
+         WHERE id = $1 AND tenant_id = $2
+         RETURNING *",
+    )
+    .bind(id)
+    .bind(tenant_id)
+    .bind(&ch.phone)
+    .bind(ch.email.is_some())
+    .bind(ch.email.clone().flatten())
+    .bind(ch.name.is_some())
+    .bind(ch.name.clone().flatten())
+    .bind(&ch.timezone)
+    .fetch_optional(db)
+    .await
+}
+
+/// The tenant's contact for a phone number, created (in the tenant's time zone) if it is new.
+pub async fn find_or_create_by_phone(
+    db: impl PgExecutor<'_>,
+    id_if_new: &str,
+    tenant_id: &str,
+    phone: &str,
+    timezone: &str,
+) -> Result<ContactRow, sqlx::Error> {
+    sqlx::query_as::<_, ContactRow>(
+        "INSERT INTO contacts (id, tenant_id, phone, timezone) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (tenant_id, phone) WHERE phone IS NOT NULL DO UPDATE SET updated_at = contacts.updated_at
+         RETURNING *",
+    )
+    .bind(id_if_new)
+    .bind(tenant_id)
+    .bind(phone)
+    .bind(timezone)
+    .fetch_one(db)
+    .await
+}
+
+/// Opts a contact in or out of texts.
+pub async fn set_opted_out(
+    db: impl PgExecutor<'_>,
+    id: &str,
+    opted_out: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE contacts SET opted_out = $2,
+            opted_out_at = CASE WHEN $2 THEN now() ELSE NULL END, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(opted_out)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Who answers the contact's conversation: `ai` or `human`. `None` when there is no such
+/// contact.
+pub async fn set_mode(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    id: &str,
+    mode: &str,
+) -> Result<Option<ContactRow>, sqlx::Error> {
+    sqlx::query_as::<_, ContactRow>(
+        "UPDATE contacts SET mode = $3, updated_at = now() WHERE id = $1 AND tenant_id = $2 RETURNING *",
+    )
+    .bind(id)
+    .bind(tenant_id)
+    .bind(mode)
+    .fetch_optional(db)
+    .await
+}

@@ -32,6 +32,13 @@ pub struct MessageRow {
     pub updated_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
     pub delivered_at: Option<DateTime<Utc>>,
+    /// For an AI reply: the inbound text it answers.
+    pub in_reply_to: Option<String>,
+    /// For an AI reply: the model that wrote it and its token usage.
+    pub model: Option<String>,
+    pub usage: Option<serde_json::Value>,
+    /// An inbound text whose AI reply job is not queued yet.
+    pub needs_reply: bool,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -58,14 +65,60 @@ pub struct NewMessageRow {
     pub contact_id: Option<String>,
     pub metadata: serde_json::Value,
     pub event_detail: String,
+    /// `outbound` or `inbound`.
+    pub direction: String,
+    /// `api`, `contact`, `ai`, `human` or `system`.
+    pub author: String,
+    pub in_reply_to: Option<String>,
+    pub model: Option<String>,
+    pub usage: Option<serde_json::Value>,
+    pub needs_reply: bool,
 }
 
-/// Inserts messages, each with its first event, in one statement. Returns the rows in the
-/// order given.
+impl NewMessageRow {
+    /// An outbound message with the common defaults, due now.
+    pub fn outbound(
+        tenant_id: &str,
+        channel: &str,
+        to: &str,
+        from: Option<&str>,
+        body: &str,
+        author: &str,
+    ) -> Self {
+        let now = Utc::now();
+        Self {
+            id: crate::domain::new_id("msg"),
+            tenant_id: tenant_id.to_owned(),
+            channel: channel.to_owned(),
+            to_addr: to.to_owned(),
+            from_addr: from.map(str::to_owned),
+            subject: None,
+            body: body.to_owned(),
+            status: "queued".to_owned(),
+            send_at: now,
+            expires_at: now + chrono::Duration::hours(24),
+            respect_quiet_hours: true,
+            contact_id: None,
+            metadata: serde_json::json!({}),
+            event_detail: "accepted".to_owned(),
+            direction: "outbound".to_owned(),
+            author: author.to_owned(),
+            in_reply_to: None,
+            model: None,
+            usage: None,
+            needs_reply: false,
+        }
+    }
+}
+
+/// Inserts messages, each with its first event, in one statement; an SMS without a contact is
+/// linked to the tenant's contact for its number, so it shows in the conversation. Returns the
+/// rows in the order given; `None` for one that was already there (an AI reply to the same
+/// inbound text).
 pub async fn insert_many(
     db: impl PgExecutor<'_>,
     rows: &[NewMessageRow],
-) -> Result<Vec<MessageRow>, sqlx::Error> {
+) -> Result<Vec<Option<MessageRow>>, sqlx::Error> {
     fn col<T>(rows: &[NewMessageRow], f: impl Fn(&NewMessageRow) -> T) -> Vec<T> {
         rows.iter().map(f).collect()
     }
@@ -73,15 +126,23 @@ pub async fn insert_many(
         "WITH v AS (
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                                  $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::bool[],
-                                 $12::text[], $13::jsonb[], $14::text[])
+                                 $12::text[], $13::jsonb[], $14::text[], $15::text[], $16::text[],
+                                 $17::text[], $18::text[], $19::jsonb[], $20::bool[])
                 AS v(id, tenant_id, channel, to_addr, from_addr, subject, body, status, send_at,
-                     expires_at, respect_quiet_hours, contact_id, metadata, detail)
+                     expires_at, respect_quiet_hours, contact_id, metadata, detail, direction, author,
+                     in_reply_to, model, usage, needs_reply)
          ), m AS (
             INSERT INTO messages (id, tenant_id, channel, to_addr, from_addr, subject, body, status,
-                                  send_at, expires_at, respect_quiet_hours, contact_id, metadata)
-            SELECT id, tenant_id, channel, to_addr, from_addr, subject, body, status, send_at,
-                   expires_at, respect_quiet_hours, contact_id, metadata
+                                  send_at, expires_at, respect_quiet_hours, contact_id, metadata,
+                                  direction, author, in_reply_to, model, usage, needs_reply)
+            SELECT v.id, v.tenant_id, v.channel, v.to_addr, v.from_addr, v.subject, v.body, v.status,
+                   v.send_at, v.expires_at, v.respect_quiet_hours,
+                   COALESCE(v.contact_id, CASE WHEN v.channel = 'sms' AND v.direction = 'outbound' THEN
+                       (SELECT c.id FROM contacts c WHERE c.tenant_id = v.tenant_id AND c.phone = v.to_addr)
+                   END),
+                   v.metadata, v.direction, v.author, v.in_reply_to, v.model, v.usage, v.needs_reply
             FROM v
+            ON CONFLICT DO NOTHING
             RETURNING *
          ), e AS (
             INSERT INTO message_events (message_id, status, detail)
@@ -103,22 +164,28 @@ pub async fn insert_many(
     .bind(col(rows, |r| r.contact_id.clone()))
     .bind(col(rows, |r| r.metadata.clone()))
     .bind(col(rows, |r| r.event_detail.clone()))
+    .bind(col(rows, |r| r.direction.clone()))
+    .bind(col(rows, |r| r.author.clone()))
+    .bind(col(rows, |r| r.in_reply_to.clone()))
+    .bind(col(rows, |r| r.model.clone()))
+    .bind(col(rows, |r| r.usage.clone()))
+    .bind(col(rows, |r| r.needs_reply))
     .fetch_all(db)
     .await?;
     let mut by_id: std::collections::HashMap<String, MessageRow> =
         inserted.into_iter().map(|m| (m.id.clone(), m)).collect();
-    rows.iter()
-        .map(|r| by_id.remove(&r.id).ok_or(sqlx::Error::RowNotFound))
-        .collect()
+    Ok(rows.iter().map(|r| by_id.remove(&r.id)).collect())
 }
 
-/// Inserts one message with its first event.
+/// Inserts one message with its first event; `None` if it was already there.
 pub async fn insert(
     db: impl PgExecutor<'_>,
     row: &NewMessageRow,
-) -> Result<MessageRow, sqlx::Error> {
-    let mut rows = insert_many(db, std::slice::from_ref(row)).await?;
-    rows.pop().ok_or(sqlx::Error::RowNotFound)
+) -> Result<Option<MessageRow>, sqlx::Error> {
+    Ok(insert_many(db, std::slice::from_ref(row))
+        .await?
+        .pop()
+        .flatten())
 }
 
 pub async fn get(
@@ -571,5 +638,91 @@ pub async fn apply_delivery_report(
     .bind(error)
     .bind(detail)
     .fetch_optional(db)
+    .await
+}
+
+/// Remembers a provider's id for a message; false when that id is known already (a
+/// provider retrying its webhook).
+pub async fn insert_provider_ref(
+    db: impl PgExecutor<'_>,
+    provider_message_id: &str,
+    message_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO provider_refs (provider_message_id, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(provider_message_id)
+    .bind(message_id)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A contact's SMS conversation, oldest first, after the message `after_id` (a cursor).
+pub async fn conversation(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    contact_id: &str,
+    after_id: Option<&str>,
+    limit: i64,
+) -> Result<Vec<MessageRow>, sqlx::Error> {
+    sqlx::query_as::<_, MessageRow>(
+        "SELECT * FROM messages
+         WHERE tenant_id = $1 AND contact_id = $2 AND channel = 'sms' AND ($3::text IS NULL OR id > $3)
+         ORDER BY id
+         LIMIT $4",
+    )
+    .bind(tenant_id)
+    .bind(contact_id)
+    .bind(after_id)
+    .bind(limit + 1)
+    .fetch_all(db)
+    .await
+}
+
+/// The latest turns of a contact's conversation before a message, newest first.
+pub async fn turns_before(
+    db: impl PgExecutor<'_>,
+    contact_id: &str,
+    before_id: &str,
+    limit: i64,
+) -> Result<Vec<MessageRow>, sqlx::Error> {
+    sqlx::query_as::<_, MessageRow>(
+        "SELECT * FROM messages
+         WHERE contact_id = $1 AND channel = 'sms' AND id < $2
+           AND status NOT IN ('canceled', 'suppressed', 'failed', 'dead', 'expired')
+         ORDER BY id DESC
+         LIMIT $3",
+    )
+    .bind(contact_id)
+    .bind(before_id)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// The inbound text no longer needs a reply job (answered, or a person has the conversation).
+pub async fn reply_handled(db: impl PgExecutor<'_>, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE messages SET needs_reply = false WHERE id = $1 AND needs_reply")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Inbound texts created between two ids that still want a reply job (the reply outbox).
+pub async fn awaiting_reply_between(
+    db: impl PgExecutor<'_>,
+    after: &str,
+    before: &str,
+    limit: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM messages WHERE id > $1 AND id < $2 AND needs_reply ORDER BY id LIMIT $3",
+    )
+    .bind(after)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
     .await
 }

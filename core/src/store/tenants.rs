@@ -16,6 +16,7 @@ pub struct TenantRow {
     pub help_text: Option<String>,
     pub system_prompt: Option<String>,
     pub created_at: DateTime<Utc>,
+    pub canned_reply: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -27,6 +28,9 @@ pub struct NewTenantRow<'a> {
     pub email_from: Option<&'a str>,
     pub quiet_hours: Option<(NaiveTime, NaiveTime)>,
     pub webhook_secret: &'a str,
+    pub help_text: Option<&'a str>,
+    pub system_prompt: Option<&'a str>,
+    pub canned_reply: Option<&'a str>,
 }
 
 /// Inserts a tenant; `Ok(None)` when its `sms_from` belongs to another tenant already.
@@ -35,8 +39,9 @@ pub async fn insert(
     t: &NewTenantRow<'_>,
 ) -> Result<Option<TenantRow>, sqlx::Error> {
     sqlx::query_as::<_, TenantRow>(
-        "INSERT INTO tenants (id, name, timezone, sms_from, email_from, quiet_start, quiet_end, webhook_secret)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        "INSERT INTO tenants (id, name, timezone, sms_from, email_from, quiet_start, quiet_end, webhook_secret,
+                              help_text, system_prompt, canned_reply)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (sms_from) DO NOTHING
          RETURNING *",
     )
@@ -48,6 +53,9 @@ pub async fn insert(
     .bind(t.quiet_hours.map(|q| q.0))
     .bind(t.quiet_hours.map(|q| q.1))
     .bind(t.webhook_secret)
+    .bind(t.help_text)
+    .bind(t.system_prompt)
+    .bind(t.canned_reply)
     .fetch_optional(conn)
     .await
 }
@@ -129,4 +137,15 @@ pub async fn revoke_key(db: impl PgExecutor<'_>, key_prefix: &str) -> Result<boo
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// The tenant whose `sms_from` is this number (inbound texts name their tenant by `To`).
+pub async fn by_sms_from(
+    db: impl PgExecutor<'_>,
+    number: &str,
+) -> Result<Option<TenantRow>, sqlx::Error> {
+    sqlx::query_as::<_, TenantRow>("SELECT * FROM tenants WHERE sms_from = $1")
+        .bind(number)
+        .fetch_optional(db)
+        .await
 }

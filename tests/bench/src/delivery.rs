@@ -133,6 +133,9 @@ pub async fn run(figures: &mut Figures, messages: usize, requests: usize) -> any
             sms_from: Some(PhoneNumber::parse("+15005550006")?),
             email_from: None,
             quiet_hours: None,
+            help_text: None,
+            system_prompt: None,
+            canned_reply: None,
         },
     )
     .await?;
