@@ -352,4 +352,45 @@ impl TestApp {
             cursor = next;
         }
     }
+
+    /// POSTs a form to `path` signed as Twilio signs it with `auth_token`; returns the status
+    /// and body.
+    pub async fn twilio_post(&self, path: &str, auth_token: &str, params: &[(&str, &str)]) -> (StatusCode, String) {
+        let owned: Vec<(String, String)> = params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let url = self.url(path);
+        let signature = herald_core::providers::twilio_signature::compute(auth_token, &url, &owned);
+        let r = self
+            .http
+            .post(&url)
+            .header("X-Twilio-Signature", signature)
+            .form(&owned)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.text().await.unwrap())
+    }
+
+    /// An inbound text from `from` to the tenant's number, as Twilio's webhook delivers it.
+    pub async fn text_in(&self, auth_token: &str, tenant: &Tenant, from: &str, body: &str) -> StatusCode {
+        let sid = format!("SM{}", crate::unique("").repeat(2));
+        let to = tenant.sms_from.clone().expect("the tenant has an sms_from");
+        let (status, answer) = self
+            .twilio_post(
+                "/v1/inbound/twilio/sms",
+                auth_token,
+                &[
+                    ("MessageSid", &sid),
+                    ("AccountSid", "ACtest"),
+                    ("From", from),
+                    ("To", &to),
+                    ("Body", body),
+                    ("NumMedia", "0"),
+                ],
+            )
+            .await;
+        if status == StatusCode::OK {
+            assert!(answer.contains("<Response/>"), "{answer}");
+        }
+        status
+    }
 }

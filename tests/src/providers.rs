@@ -221,3 +221,104 @@ fn twilio_error(status: u16, code: u32, message: &str) -> Response {
     });
     (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response()
 }
+
+/// How the model endpoint answers the next chat completion.
+#[derive(Debug, Clone)]
+pub enum ModelReply {
+    /// A completion with this text.
+    Text(String),
+    /// An HTTP error status (429 and 5xx are retried once by Herald).
+    Status(u16),
+    /// Answer after this long (past Herald's timeout, it is a timeout).
+    Hang(Duration),
+}
+
+#[derive(Default)]
+struct ModelState {
+    received: Vec<serde_json::Value>,
+    script: VecDeque<ModelReply>,
+    default: Option<ModelReply>,
+}
+
+/// An OpenAI-compatible chat completions endpoint (`POST {base}/chat/completions`) on
+/// loopback, answering as scripted and recording every request body.
+#[derive(Clone)]
+pub struct ModelMock {
+    /// The base URL to configure, ending in `/v1` like OpenAI's, Ollama's and vLLM's.
+    pub base_url: String,
+    pub model: String,
+    state: Arc<Mutex<ModelState>>,
+}
+
+impl ModelMock {
+    /// An endpoint that answers `default` whenever its script is empty.
+    pub async fn start(model: &str, default: ModelReply) -> Self {
+        let state = Arc::new(Mutex::new(ModelState {
+            default: Some(default),
+            ..Default::default()
+        }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let mock = Self {
+            base_url,
+            model: model.to_owned(),
+            state,
+        };
+        let app = Router::new()
+            .route("/v1/chat/completions", post(model_complete))
+            .with_state(mock.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        mock
+    }
+
+    pub fn script(&self, replies: impl IntoIterator<Item = ModelReply>) {
+        self.state.lock().unwrap().script.extend(replies);
+    }
+
+    /// Request bodies received, oldest first.
+    pub fn received(&self) -> Vec<serde_json::Value> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// An endpoint configuration pointing at this mock.
+    pub fn endpoint(&self) -> herald_core::config::LlmEndpoint {
+        herald_core::config::LlmEndpoint {
+            base_url: self.base_url.clone(),
+            api_key: Some(herald_core::config::Secret::new("sk-test".to_owned())),
+            model: self.model.clone(),
+        }
+    }
+}
+
+async fn model_complete(State(mock): State<ModelMock>, body: Bytes) -> Response {
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let reply = {
+        let mut state = mock.state.lock().unwrap();
+        state.received.push(json.clone());
+        state
+            .script
+            .pop_front()
+            .or_else(|| state.default.clone())
+            .unwrap_or(ModelReply::Status(500))
+    };
+    let text = match reply {
+        ModelReply::Text(t) => t,
+        ModelReply::Status(code) => {
+            let body = json!({"error": {"message": "the model is unavailable", "type": "server_error"}});
+            return (StatusCode::from_u16(code).unwrap(), axum::Json(body)).into_response();
+        }
+        ModelReply::Hang(d) => {
+            tokio::time::sleep(d).await;
+            "late answer".to_owned()
+        }
+    };
+    let body = json!({
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": Utc::now().timestamp(),
+        "model": json["model"].as_str().unwrap_or(&mock.model),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49},
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
