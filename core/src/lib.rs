@@ -11,6 +11,7 @@ pub mod domain;
 pub mod providers;
 pub mod queue;
 pub mod ratelimit;
+pub mod schedule;
 pub mod services;
 pub mod shutdown;
 pub mod store;
