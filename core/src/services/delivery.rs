@@ -237,15 +237,17 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
         .call((job.message_id.clone(), attempt))
         .await
         .map_err(db_error)?;
-    let Some(Claimed {
+    let Some(claimed) = claimed else {
+        return not_claimed(d, &job.message_id).await;
+    };
+    if claimed.quiet {
+        return quiet_hours(d, &claimed).await;
+    }
+    let Claimed {
         message: m,
         webhook_secret,
-    }) = claimed
-    else {
-        // Canceled, already sent, or claimed by another copy of this job: nothing to do.
-        debug!(message_id = %job.message_id, "message is not waiting to be sent; job done");
-        return Ok(());
-    };
+        ..
+    } = claimed;
     if m.status != "sending" {
         // Expired or suppressed by the claim itself; recorded with its event.
         info!(message_id = %m.id, tenant_id = %m.tenant_id, status = %m.status, "message not sent");
@@ -344,6 +346,52 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
             })
         }
     }
+}
+
+/// A job whose message could not be claimed: canceled, sent, claimed by another copy of the
+/// job (nothing to do), or moved to a later time (an appointment moved, quiet hours), when the
+/// job is put off to that time.
+async fn not_claimed(d: &Deliverer, id: &str) -> Result<(), JobError> {
+    let Some(m) = messages::get_any(&d.db, id).await.map_err(db_error)? else {
+        return Ok(());
+    };
+    let waiting = matches!(m.status.as_str(), "scheduled" | "queued" | "retrying");
+    if waiting && m.send_at > Utc::now() {
+        return Err(JobError::Defer {
+            reason: "the message is due later".to_owned(),
+            at_ms: m.send_at.timestamp_millis(),
+        });
+    }
+    debug!(message_id = %id, status = %m.status, "message is not waiting to be sent; job done");
+    Ok(())
+}
+
+/// An SMS due inside its recipient's quiet hours waits for them to end, or expires when that
+/// would be after its `expires_at`.
+async fn quiet_hours(d: &Deliverer, c: &Claimed) -> Result<(), JobError> {
+    let m = &c.message;
+    let zone = c.zone.as_deref().and_then(|z| z.parse::<chrono_tz::Tz>().ok()).unwrap_or(chrono_tz::UTC);
+    let (Some(start), Some(end)) = (c.quiet_start, c.quiet_end) else {
+        return Err(defer("quiet hours".to_owned(), Duration::from_secs(1)));
+    };
+    // Postgres judged it quiet a moment ago; if the window has just closed, try again now.
+    let Some(until) = crate::schedule::quiet_until(Utc::now(), zone, start, end) else {
+        return Err(defer("quiet hours just ended".to_owned(), Duration::from_millis(100)));
+    };
+    let local = until.with_timezone(&zone).format("%H:%M %Z");
+    if until > m.expires_at {
+        let why = format!("quiet hours in {} last until {local}, after expires_at", zone.name());
+        messages::expire_waiting(&d.db, &m.id, &why).await.map_err(db_error)?;
+        info!(message_id = %m.id, tenant_id = %m.tenant_id, "message expired: quiet hours outlast it");
+        return Ok(());
+    }
+    let why = format!("deferred by quiet hours in {} until {local}", zone.name());
+    messages::defer_waiting(&d.db, &m.id, until, &why).await.map_err(db_error)?;
+    info!(message_id = %m.id, tenant_id = %m.tenant_id, until = %until, "message deferred by quiet hours");
+    Err(JobError::Defer {
+        reason: why,
+        at_ms: until.timestamp_millis(),
+    })
 }
 
 /// Records the outcome of the claimed attempt (batched with other workers' outcomes).

@@ -352,16 +352,24 @@ pub struct Claimed {
     pub message: MessageRow,
     /// The tenant's `whsec_` secret, for webhooks.
     pub webhook_secret: String,
+    /// Not claimed: it is quiet hours where the recipient is. `zone` and the window come
+    /// with it, so the caller can work out when they end.
+    pub quiet: bool,
+    pub zone: Option<String>,
+    pub quiet_start: Option<chrono::NaiveTime>,
+    pub quiet_end: Option<chrono::NaiveTime>,
 }
 
 /// Claims messages for a send attempt, one statement for the whole batch. A message is
-/// claimed only if it is waiting to go out, or is `sending` under an earlier queue attempt of
-/// its job (its worker died mid-send); never by a duplicate job with the same attempt.
+/// claimed only if it is due and waiting to go out, or is `sending` under an earlier queue
+/// attempt of its job (its worker died mid-send); never by a duplicate job with the same
+/// attempt.
 ///
 /// The claim also applies what is decided before any provider call: a message past its
 /// `expires_at` becomes `expired`, an SMS to an opted-out number becomes `suppressed`; only
-/// a message that moves to `sending` counts an attempt. Returns the claimed rows; the status
-/// says which way each went.
+/// a message that moves to `sending` counts an attempt. An SMS due inside its recipient's
+/// quiet hours is returned unclaimed, marked `quiet`, for the caller to put off. Returns the
+/// rows; the status says which way each went.
 pub async fn claim_many(
     db: impl PgExecutor<'_>,
     ids: &[String],
@@ -369,17 +377,28 @@ pub async fn claim_many(
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     sqlx::query_as::<_, Claimed>(
         "WITH target AS (
-            SELECT m.id, j.attempt,
+            SELECT m.id, j.attempt, z.zone,
                    CASE WHEN m.expires_at <= now() THEN 'expired'
                         WHEN m.channel = 'sms' AND EXISTS (
-                            SELECT 1 FROM contacts c
-                            WHERE c.tenant_id = m.tenant_id AND c.phone = m.to_addr AND c.opted_out)
+                            SELECT 1 FROM contacts o
+                            WHERE o.tenant_id = m.tenant_id AND o.phone = m.to_addr AND o.opted_out)
                         THEN 'suppressed'
+                        WHEN m.channel = 'sms' AND m.respect_quiet_hours AND tn.quiet_start IS NOT NULL
+                             AND CASE WHEN tn.quiet_start <= tn.quiet_end
+                                      THEN (now() AT TIME ZONE z.zone)::time >= tn.quiet_start
+                                           AND (now() AT TIME ZONE z.zone)::time < tn.quiet_end
+                                      ELSE (now() AT TIME ZONE z.zone)::time >= tn.quiet_start
+                                           OR (now() AT TIME ZONE z.zone)::time < tn.quiet_end END
+                        THEN 'quiet'
                         ELSE 'sending' END AS next
             FROM unnest($1::text[], $2::int[]) AS j(id, attempt)
             JOIN messages m ON m.id = j.id
-            WHERE m.status IN ('scheduled', 'queued', 'retrying')
-               OR (m.status = 'sending' AND m.claim_attempt < j.attempt)
+            JOIN tenants tn ON tn.id = m.tenant_id
+            LEFT JOIN contacts c ON c.id = m.contact_id
+            CROSS JOIN LATERAL (SELECT COALESCE(c.timezone, tn.timezone) AS zone) z
+            WHERE (m.status IN ('scheduled', 'queued', 'retrying')
+                   OR (m.status = 'sending' AND m.claim_attempt < j.attempt))
+              AND m.send_at <= now() + interval '1 second'
             ORDER BY m.id
             FOR UPDATE OF m
          ), claimed AS (
@@ -389,7 +408,7 @@ pub async fn claim_many(
                 claim_attempt = t.attempt,
                 updated_at = now()
             FROM target t
-            WHERE m.id = t.id
+            WHERE m.id = t.id AND t.next <> 'quiet'
             RETURNING m.*
          ), events AS (
             INSERT INTO message_events (message_id, status, detail)
@@ -399,12 +418,53 @@ pub async fn claim_many(
                 ELSE 'expires_at passed before it could be sent' END
             FROM claimed
          )
-         SELECT claimed.*, tn.webhook_secret FROM claimed JOIN tenants tn ON tn.id = claimed.tenant_id",
+         SELECT claimed.*, tn.webhook_secret, false AS quiet, NULL::text AS zone,
+                NULL::time AS quiet_start, NULL::time AS quiet_end
+         FROM claimed JOIN tenants tn ON tn.id = claimed.tenant_id
+         UNION ALL
+         SELECT m.*, tn.webhook_secret, true, t.zone, tn.quiet_start, tn.quiet_end
+         FROM target t JOIN messages m ON m.id = t.id JOIN tenants tn ON tn.id = m.tenant_id
+         WHERE t.next = 'quiet'",
     )
     .bind(ids)
     .bind(job_attempts)
     .fetch_all(db)
     .await
+}
+
+/// Puts a waiting message off to `until` (quiet hours), with an event saying why.
+pub async fn defer_waiting(db: impl PgExecutor<'_>, id: &str, until: DateTime<Utc>, detail: &str) -> Result<bool, sqlx::Error> {
+    let moved = sqlx::query(
+        "WITH m AS (
+            UPDATE messages SET status = 'scheduled', send_at = $2, updated_at = now()
+            WHERE id = $1 AND status IN ('scheduled', 'queued', 'retrying')
+            RETURNING id
+         )
+         INSERT INTO message_events (message_id, status, detail) SELECT id, 'scheduled', $3 FROM m",
+    )
+    .bind(id)
+    .bind(until)
+    .bind(detail)
+    .execute(db)
+    .await?;
+    Ok(moved.rows_affected() == 1)
+}
+
+/// Expires a waiting message that cannot go out before its `expires_at`.
+pub async fn expire_waiting(db: impl PgExecutor<'_>, id: &str, detail: &str) -> Result<bool, sqlx::Error> {
+    let moved = sqlx::query(
+        "WITH m AS (
+            UPDATE messages SET status = 'expired', updated_at = now()
+            WHERE id = $1 AND status IN ('scheduled', 'queued', 'retrying')
+            RETURNING id
+         )
+         INSERT INTO message_events (message_id, status, detail) SELECT id, 'expired', $2 FROM m",
+    )
+    .bind(id)
+    .bind(detail)
+    .execute(db)
+    .await?;
+    Ok(moved.rows_affected() == 1)
 }
 
 /// The outcome of a `sending` message's attempt.
