@@ -370,23 +370,37 @@ async fn not_claimed(d: &Deliverer, id: &str) -> Result<(), JobError> {
 /// would be after its `expires_at`.
 async fn quiet_hours(d: &Deliverer, c: &Claimed) -> Result<(), JobError> {
     let m = &c.message;
-    let zone = c.zone.as_deref().and_then(|z| z.parse::<chrono_tz::Tz>().ok()).unwrap_or(chrono_tz::UTC);
+    let zone = c
+        .zone
+        .as_deref()
+        .and_then(|z| z.parse::<chrono_tz::Tz>().ok())
+        .unwrap_or(chrono_tz::UTC);
     let (Some(start), Some(end)) = (c.quiet_start, c.quiet_end) else {
         return Err(defer("quiet hours".to_owned(), Duration::from_secs(1)));
     };
     // Postgres judged it quiet a moment ago; if the window has just closed, try again now.
     let Some(until) = crate::schedule::quiet_until(Utc::now(), zone, start, end) else {
-        return Err(defer("quiet hours just ended".to_owned(), Duration::from_millis(100)));
+        return Err(defer(
+            "quiet hours just ended".to_owned(),
+            Duration::from_millis(100),
+        ));
     };
     let local = until.with_timezone(&zone).format("%H:%M %Z");
     if until > m.expires_at {
-        let why = format!("quiet hours in {} last until {local}, after expires_at", zone.name());
-        messages::expire_waiting(&d.db, &m.id, &why).await.map_err(db_error)?;
+        let why = format!(
+            "quiet hours in {} last until {local}, after expires_at",
+            zone.name()
+        );
+        messages::expire_waiting(&d.db, &m.id, &why)
+            .await
+            .map_err(db_error)?;
         info!(message_id = %m.id, tenant_id = %m.tenant_id, "message expired: quiet hours outlast it");
         return Ok(());
     }
     let why = format!("deferred by quiet hours in {} until {local}", zone.name());
-    messages::defer_waiting(&d.db, &m.id, until, &why).await.map_err(db_error)?;
+    messages::defer_waiting(&d.db, &m.id, until, &why)
+        .await
+        .map_err(db_error)?;
     info!(message_id = %m.id, tenant_id = %m.tenant_id, until = %until, "message deferred by quiet hours");
     Err(JobError::Defer {
         reason: why,

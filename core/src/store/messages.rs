@@ -433,7 +433,12 @@ pub async fn claim_many(
 }
 
 /// Puts a waiting message off to `until` (quiet hours), with an event saying why.
-pub async fn defer_waiting(db: impl PgExecutor<'_>, id: &str, until: DateTime<Utc>, detail: &str) -> Result<bool, sqlx::Error> {
+pub async fn defer_waiting(
+    db: impl PgExecutor<'_>,
+    id: &str,
+    until: DateTime<Utc>,
+    detail: &str,
+) -> Result<bool, sqlx::Error> {
     let moved = sqlx::query(
         "WITH m AS (
             UPDATE messages SET status = 'scheduled', send_at = $2, updated_at = now()
@@ -451,7 +456,11 @@ pub async fn defer_waiting(db: impl PgExecutor<'_>, id: &str, until: DateTime<Ut
 }
 
 /// Expires a waiting message that cannot go out before its `expires_at`.
-pub async fn expire_waiting(db: impl PgExecutor<'_>, id: &str, detail: &str) -> Result<bool, sqlx::Error> {
+pub async fn expire_waiting(
+    db: impl PgExecutor<'_>,
+    id: &str,
+    detail: &str,
+) -> Result<bool, sqlx::Error> {
     let moved = sqlx::query(
         "WITH m AS (
             UPDATE messages SET status = 'expired', updated_at = now()
