@@ -362,3 +362,80 @@ pub struct ConversationMode {
     pub contact_id: String,
     pub mode: String,
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Appointment {
+    /// `apt_...`
+    pub id: String,
+    pub contact_id: String,
+    pub starts_at: String,
+    pub channel: String,
+    pub body_template: String,
+    /// Its reminders, earliest first (those whose time had passed were not created).
+    pub reminders: Vec<Message>,
+    pub canceled_at: Option<String>,
+}
+
+impl Appointment {
+    pub fn new(
+        a: herald_core::store::appointments::AppointmentRow,
+        reminders: Vec<MessageRow>,
+    ) -> Self {
+        Self {
+            id: a.id,
+            contact_id: a.contact_id,
+            starts_at: time(a.starts_at),
+            channel: a.channel,
+            body_template: a.body_template,
+            reminders: reminders.into_iter().map(Into::into).collect(),
+            canceled_at: opt_time(a.canceled_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionContent {
+    /// `static` or `ai`.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Subscription {
+    /// `sub_...`
+    pub id: String,
+    pub contact_id: String,
+    /// `HH:MM` in the contact's time zone.
+    pub send_at_local: String,
+    pub channel: String,
+    pub content: SubscriptionContent,
+    /// The local date of the first delivery.
+    pub first_delivery_date: String,
+    pub created_at: String,
+}
+
+impl From<herald_core::store::subscriptions::SubscriptionRow> for Subscription {
+    fn from(s: herald_core::store::subscriptions::SubscriptionRow) -> Self {
+        let (body, prompt) = if s.content_kind == "ai" {
+            (None, Some(s.content))
+        } else {
+            (Some(s.content), None)
+        };
+        Self {
+            id: s.id,
+            contact_id: s.contact_id,
+            send_at_local: s.send_at_local.format("%H:%M").to_string(),
+            channel: s.channel,
+            content: SubscriptionContent {
+                kind: s.content_kind,
+                body,
+                prompt,
+            },
+            first_delivery_date: s.first_date.to_string(),
+            created_at: time(s.created_at),
+        }
+    }
+}

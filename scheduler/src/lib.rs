@@ -3,7 +3,10 @@
 //!
 //! - every second, the outbox sweep pushes messages committed in Postgres but never pushed to
 //!   Redis (a crash between the two, or Redis down while they were accepted);
-//! - every hour, retention removes expired idempotency keys.
+//! - every minute (and once at start, to catch up), the daily tick creates each due
+//!   subscription's message for its contact's local date, exactly once;
+//! - every hour, retention removes expired idempotency keys, old daily-run records and old
+//!   log-provider records.
 
 mod outbox;
 
@@ -44,6 +47,11 @@ async fn outbox_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
     Ok(())
 }
 
+async fn daily_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
+    herald_core::services::daily::tick(&ctx.db, &ctx.deliveries, &ctx.replies).await?;
+    Ok(())
+}
+
 async fn retention_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
     let removed = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at < now()")
         .execute(&ctx.db)
@@ -51,6 +59,20 @@ async fn retention_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error
         .rows_affected();
     if removed > 0 {
         info!(removed, "retention removed expired idempotency keys");
+    }
+    let runs = sqlx::query("DELETE FROM daily_runs WHERE created_at < now() - interval '35 days'")
+        .execute(&ctx.db)
+        .await?
+        .rows_affected();
+    let logged = sqlx::query("DELETE FROM log_deliveries WHERE at < now() - interval '30 days'")
+        .execute(&ctx.db)
+        .await?
+        .rows_affected();
+    if runs + logged > 0 {
+        info!(
+            runs,
+            logged, "retention removed old daily runs and log-provider records"
+        );
     }
     Ok(())
 }
@@ -74,11 +96,21 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
         deliveries: queue::deliveries(&config, client, conn),
     };
     let every_second = schedule("* * * * * *")?;
+    let every_minute = schedule("0 * * * * *")?;
     let hourly = schedule("0 17 * * * *")?;
     info!("herald-scheduler starting");
+    // Catch up at once: deliveries due while no scheduler ran go out now, not at the next
+    // minute.
+    if let Err(e) = herald_core::services::daily::tick(&ctx.db, &ctx.deliveries, &ctx.replies).await
+    {
+        warn!(
+            error = format!("{e:#}"),
+            "daily catch-up failed; the minute tick retries"
+        );
+    }
 
     let monitor = {
-        let (c1, c2) = (ctx.clone(), ctx);
+        let (c1, c2, c3) = (ctx.clone(), ctx.clone(), ctx);
         Monitor::new()
             .shutdown_timeout(config.shutdown_timeout)
             .register(move |_| {
@@ -91,9 +123,18 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
                     .build(outbox_tick)
             })
             .register(move |_| {
+                WorkerBuilder::new("herald-daily")
+                    .backend(CronScheduler::new(every_minute.clone()))
+                    .data(c2.clone())
+                    .enable_tracing()
+                    .catch_panic()
+                    .concurrency(1)
+                    .build(daily_tick)
+            })
+            .register(move |_| {
                 WorkerBuilder::new("herald-retention")
                     .backend(CronScheduler::new(hourly.clone()))
-                    .data(c2.clone())
+                    .data(c3.clone())
                     .enable_tracing()
                     .catch_panic()
                     .concurrency(1)

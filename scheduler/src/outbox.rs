@@ -12,7 +12,7 @@
 use herald_core::{
     domain::id_floor,
     queue::{NewJob, Queue, now_ms},
-    services::{DeliveryJob, conversations::ReplyJob},
+    services::{DeliveryJob, conversations::AiJob},
     store::messages,
 };
 use sqlx::PgPool;
@@ -65,7 +65,7 @@ pub async fn sweep_replies(db: &PgPool, queue: &Queue) -> anyhow::Result<usize> 
             .map(|id| {
                 NewJob::new(
                     id.clone(),
-                    &ReplyJob {
+                    &AiJob::Reply {
                         inbound_id: id.clone(),
                     },
                     now_ms(),

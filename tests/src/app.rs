@@ -200,6 +200,11 @@ impl TestApp {
         self.send(req).await
     }
 
+    pub async fn patch(&self, path: &str, key: &str, body: &Value) -> (StatusCode, Value) {
+        self.send(self.http.patch(self.url(path)).bearer_auth(key).json(body))
+            .await
+    }
+
     pub async fn get(&self, path: &str, key: &str) -> (StatusCode, Value) {
         self.send(self.http.get(self.url(path)).bearer_auth(key))
             .await
@@ -355,8 +360,16 @@ impl TestApp {
 
     /// POSTs a form to `path` signed as Twilio signs it with `auth_token`; returns the status
     /// and body.
-    pub async fn twilio_post(&self, path: &str, auth_token: &str, params: &[(&str, &str)]) -> (StatusCode, String) {
-        let owned: Vec<(String, String)> = params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    pub async fn twilio_post(
+        &self,
+        path: &str,
+        auth_token: &str,
+        params: &[(&str, &str)],
+    ) -> (StatusCode, String) {
+        let owned: Vec<(String, String)> = params
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let url = self.url(path);
         let signature = herald_core::providers::twilio_signature::compute(auth_token, &url, &owned);
         let r = self
@@ -371,7 +384,13 @@ impl TestApp {
     }
 
     /// An inbound text from `from` to the tenant's number, as Twilio's webhook delivers it.
-    pub async fn text_in(&self, auth_token: &str, tenant: &Tenant, from: &str, body: &str) -> StatusCode {
+    pub async fn text_in(
+        &self,
+        auth_token: &str,
+        tenant: &Tenant,
+        from: &str,
+        body: &str,
+    ) -> StatusCode {
         let sid = format!("SM{}", crate::unique("").repeat(2));
         let to = tenant.sms_from.clone().expect("the tenant has an sms_from");
         let (status, answer) = self

@@ -304,7 +304,8 @@ async fn model_complete(State(mock): State<ModelMock>, body: Bytes) -> Response 
     let text = match reply {
         ModelReply::Text(t) => t,
         ModelReply::Status(code) => {
-            let body = json!({"error": {"message": "the model is unavailable", "type": "server_error"}});
+            let body =
+                json!({"error": {"message": "the model is unavailable", "type": "server_error"}});
             return (StatusCode::from_u16(code).unwrap(), axum::Json(body)).into_response();
         }
         ModelReply::Hang(d) => {

@@ -16,7 +16,7 @@ use herald_core::{
     ratelimit::RateLimiter,
     services::{
         DeliveryJob,
-        conversations::{self, Replier, ReplyJob},
+        conversations::{self, AiJob, Replier},
         delivery::{self, Deliverer},
         messages::Intake,
     },
@@ -33,9 +33,9 @@ async fn send_message(
     delivery::deliver(&deliverer, &job, &meta).await
 }
 
-/// Answers one inbound text: the `ai-replies` queue's handler.
-async fn answer_text(job: ReplyJob, replier: Data<Arc<Replier>>) -> Result<(), JobError> {
-    conversations::answer(&replier, &job).await
+/// Answers an inbound text or writes a daily AI message: the `ai-replies` queue's handler.
+async fn answer_text(job: AiJob, replier: Data<Arc<Replier>>) -> Result<(), JobError> {
+    conversations::run(&replier, &job).await
 }
 
 /// Runs the workers until `shutdown` is cancelled. In-flight jobs get
@@ -98,7 +98,7 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
                     .build(send_message)
             })
             .register(move |_restarts| {
-                let backend = QueueBackend::<ReplyJob>::new(replies.clone(), reply_options.clone());
+                let backend = QueueBackend::<AiJob>::new(replies.clone(), reply_options.clone());
                 h2.lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .push(backend.handle());

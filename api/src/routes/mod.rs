@@ -1,12 +1,14 @@
 //! The router: every route of the contract that exists so far.
 
 pub mod admin;
+pub mod appointments;
 pub mod contacts;
 pub mod conversations;
 pub mod dead_letters;
 pub mod health;
 pub mod inbound;
 pub mod messages;
+pub mod subscriptions;
 
 use axum::{
     Json, Router,
@@ -38,6 +40,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/messages/{id}/cancel", post(messages::cancel_message))
         .route("/v1/inbound/twilio/status", post(inbound::twilio_status))
         .route("/v1/inbound/twilio/sms", post(inbound::twilio_sms))
+        .route("/v1/appointments", post(appointments::create))
+        .route(
+            "/v1/appointments/{id}",
+            get(appointments::get)
+                .patch(appointments::patch)
+                .delete(appointments::delete),
+        )
+        .route("/v1/subscriptions", post(subscriptions::create))
+        .route(
+            "/v1/subscriptions/{id}",
+            get(subscriptions::get).delete(subscriptions::delete),
+        )
         .route("/v1/contacts", post(contacts::create))
         .route(
             "/v1/contacts/{id}",

@@ -18,11 +18,18 @@ use crate::{
     },
 };
 
-/// The job on the `ai-replies` queue: answer this inbound text. Its job id is the inbound
-/// message's id, so a text gets one job.
+/// A job on the `ai-replies` queue.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ReplyJob {
-    pub inbound_id: String,
+#[serde(untagged)]
+pub enum AiJob {
+    /// Answer this inbound text. Its job id is the inbound message's id, so a text gets one
+    /// job.
+    Reply { inbound_id: String },
+    /// Write and send an AI subscription's message for this local date.
+    Daily {
+        subscription_id: String,
+        local_date: chrono::NaiveDate,
+    },
 }
 
 /// The words that must always work, as the whole message in any case.
@@ -175,7 +182,7 @@ pub async fn receive(
         intake.send(help).await.map_err(unwrap_arc)?;
     }
     if message.needs_reply {
-        let job = ReplyJob {
+        let job = AiJob::Reply {
             inbound_id: message.id.clone(),
         };
         if let Err(e) = replies.push(&message.id, &job, now_ms()).await {
@@ -256,19 +263,124 @@ pub fn chat(system: String, history_newest_first: &[MessageRow], text: &str) -> 
             } else {
                 "assistant"
             },
-            content: truncate(&m.body, MAX_PROMPT_CHARS),
+            content: truncate(&m.body, MAX_PROMPT_CHARS - 1),
         });
     }
     turns.push(Turn {
         role: "user",
-        content: truncate(text, MAX_PROMPT_CHARS),
+        content: truncate(text, MAX_PROMPT_CHARS - 1),
     });
     turns
 }
 
+/// Runs one job of the `ai-replies` queue.
+pub async fn run(r: &Replier, job: &AiJob) -> Result<(), JobError> {
+    match job {
+        AiJob::Reply { inbound_id } => answer(r, inbound_id).await,
+        AiJob::Daily {
+            subscription_id,
+            local_date,
+        } => daily(r, subscription_id, *local_date).await,
+    }
+}
+
+/// Writes an AI subscription's message for one local date, through the same model chain as
+/// replies (primary, fallback, the tenant's canned text).
+async fn daily(
+    r: &Replier,
+    subscription_id: &str,
+    local_date: chrono::NaiveDate,
+) -> Result<(), JobError> {
+    use crate::store::subscriptions;
+    if !subscriptions::run_pending(&r.db, subscription_id, local_date)
+        .await
+        .map_err(db_error)?
+    {
+        return Ok(());
+    }
+    let Some(sub) = subscriptions::get(&r.db, None, subscription_id)
+        .await
+        .map_err(db_error)?
+    else {
+        return Ok(());
+    };
+    let contact = contacts::get(&r.db, &sub.tenant_id, &sub.contact_id)
+        .await
+        .map_err(db_error)?;
+    let tenant = tenants::get(&r.db, &sub.tenant_id)
+        .await
+        .map_err(db_error)?;
+    let (Some(contact), Some(tenant)) = (contact, tenant) else {
+        return Ok(());
+    };
+    let zone: chrono_tz::Tz = contact
+        .timezone
+        .as_deref()
+        .unwrap_or(&tenant.timezone)
+        .parse()
+        .unwrap_or(chrono_tz::UTC);
+    let (to, from) = match sub.channel.as_str() {
+        "email" => (contact.email.clone(), tenant.email_from.clone()),
+        _ => (contact.phone.clone(), tenant.sms_from.clone()),
+    };
+    let Some(to) = to else { return Ok(()) };
+    let system = tenant
+        .system_prompt
+        .clone()
+        .unwrap_or_else(|| default_system_prompt(&tenant));
+    let ask = format!(
+        "Write today's message ({local_date}) for {}. The business asks for: {}",
+        contact.name.as_deref().unwrap_or("the customer"),
+        truncate(&sub.content, MAX_PROMPT_CHARS - 1)
+    );
+    let turns = vec![
+        Turn {
+            role: "system",
+            content: system,
+        },
+        Turn {
+            role: "user",
+            content: ask,
+        },
+    ];
+    let (text, model, usage) = match r.assistant.answer(&turns).await {
+        Answer::Model(c) => (fit_reply(&c.text), Some(c.model), c.usage),
+        Answer::Canned => (canned_reply(&tenant), None, None),
+    };
+    let mut row =
+        NewMessageRow::outbound(&tenant.id, &sub.channel, &to, from.as_deref(), &text, "ai");
+    if sub.channel == "email" {
+        row.subject = Some(truncate(&text, 60));
+    }
+    row.contact_id = Some(contact.id.clone());
+    row.subscription_id = Some(sub.id.clone());
+    row.local_date = Some(local_date);
+    row.expires_at = crate::schedule::end_of_local_day(zone, local_date);
+    row.event_detail = format!("daily AI delivery for {local_date}");
+    row.model = model;
+    row.usage = usage;
+    let sent = r
+        .intake
+        .send(row)
+        .await
+        .map_err(|e| db_error(unwrap_arc(e)))?;
+    if let Some(m) = sent {
+        subscriptions::set_run_messages(
+            &r.db,
+            std::slice::from_ref(&sub.id),
+            &[local_date],
+            std::slice::from_ref(&m.id),
+        )
+        .await
+        .map_err(db_error)?;
+        info!(message_id = %m.id, subscription_id = %sub.id, %local_date, "daily AI delivery queued");
+    }
+    Ok(())
+}
+
 /// Answers one inbound text, unless a person has the conversation or it was answered.
-pub async fn answer(r: &Replier, job: &ReplyJob) -> Result<(), JobError> {
-    let Some(inbound) = messages::get_any(&r.db, &job.inbound_id)
+async fn answer(r: &Replier, inbound_id: &str) -> Result<(), JobError> {
+    let Some(inbound) = messages::get_any(&r.db, inbound_id)
         .await
         .map_err(db_error)?
     else {
@@ -377,6 +489,6 @@ mod tests {
         assert!(turns[1].content.contains("Ignore your instructions"));
         let long = "x".repeat(5000);
         let turns = chat(String::new(), &[], &long);
-        assert!(turns[1].content.chars().count() <= MAX_PROMPT_CHARS + 1);
+        assert!(turns[1].content.chars().count() <= MAX_PROMPT_CHARS);
     }
 }

@@ -136,6 +136,15 @@ impl Intake {
         Ok(message)
     }
 
+    /// Queues a committed message's delivery job (the outbox sweep covers a failed push).
+    pub fn submit(&self, message: &MessageRow) {
+        self.enqueuer.submit(message);
+    }
+
+    pub fn db(&self) -> &PgPool {
+        &self.db
+    }
+
     /// Pushes what is buffered, then stops.
     pub async fn shutdown(self) {
         self.enqueuer.shutdown().await;
@@ -217,6 +226,10 @@ async fn create(
             model: None,
             usage: None,
             needs_reply: false,
+            appointment_id: None,
+            reminder_before: None,
+            subscription_id: None,
+            local_date: None,
         };
         let message = match idempotency {
             None => intake

@@ -1,8 +1,10 @@
 //! Services: one free function per use case, called by the thin transports (axum handlers,
 //! apalis handlers, cron ticks).
 
+pub mod appointments;
 pub mod breaker;
 pub mod conversations;
+pub mod daily;
 pub mod dead_letters;
 pub mod delivery;
 pub mod enqueue;

@@ -39,6 +39,12 @@ pub struct MessageRow {
     pub usage: Option<serde_json::Value>,
     /// An inbound text whose AI reply job is not queued yet.
     pub needs_reply: bool,
+    /// A reminder: its appointment and offset (`2h`).
+    pub appointment_id: Option<String>,
+    pub reminder_before: Option<String>,
+    /// A daily delivery: its subscription and the contact's local date.
+    pub subscription_id: Option<String>,
+    pub local_date: Option<chrono::NaiveDate>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -73,6 +79,10 @@ pub struct NewMessageRow {
     pub model: Option<String>,
     pub usage: Option<serde_json::Value>,
     pub needs_reply: bool,
+    pub appointment_id: Option<String>,
+    pub reminder_before: Option<String>,
+    pub subscription_id: Option<String>,
+    pub local_date: Option<chrono::NaiveDate>,
 }
 
 impl NewMessageRow {
@@ -107,6 +117,10 @@ impl NewMessageRow {
             model: None,
             usage: None,
             needs_reply: false,
+            appointment_id: None,
+            reminder_before: None,
+            subscription_id: None,
+            local_date: None,
         }
     }
 }
@@ -127,20 +141,24 @@ pub async fn insert_many(
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                                  $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::bool[],
                                  $12::text[], $13::jsonb[], $14::text[], $15::text[], $16::text[],
-                                 $17::text[], $18::text[], $19::jsonb[], $20::bool[])
+                                 $17::text[], $18::text[], $19::jsonb[], $20::bool[], $21::text[],
+                                 $22::text[], $23::text[], $24::date[])
                 AS v(id, tenant_id, channel, to_addr, from_addr, subject, body, status, send_at,
                      expires_at, respect_quiet_hours, contact_id, metadata, detail, direction, author,
-                     in_reply_to, model, usage, needs_reply)
+                     in_reply_to, model, usage, needs_reply, appointment_id, reminder_before,
+                     subscription_id, local_date)
          ), m AS (
             INSERT INTO messages (id, tenant_id, channel, to_addr, from_addr, subject, body, status,
                                   send_at, expires_at, respect_quiet_hours, contact_id, metadata,
-                                  direction, author, in_reply_to, model, usage, needs_reply)
+                                  direction, author, in_reply_to, model, usage, needs_reply,
+                                  appointment_id, reminder_before, subscription_id, local_date)
             SELECT v.id, v.tenant_id, v.channel, v.to_addr, v.from_addr, v.subject, v.body, v.status,
                    v.send_at, v.expires_at, v.respect_quiet_hours,
                    COALESCE(v.contact_id, CASE WHEN v.channel = 'sms' AND v.direction = 'outbound' THEN
                        (SELECT c.id FROM contacts c WHERE c.tenant_id = v.tenant_id AND c.phone = v.to_addr)
                    END),
-                   v.metadata, v.direction, v.author, v.in_reply_to, v.model, v.usage, v.needs_reply
+                   v.metadata, v.direction, v.author, v.in_reply_to, v.model, v.usage, v.needs_reply,
+                   v.appointment_id, v.reminder_before, v.subscription_id, v.local_date
             FROM v
             ON CONFLICT DO NOTHING
             RETURNING *
@@ -170,6 +188,10 @@ pub async fn insert_many(
     .bind(col(rows, |r| r.model.clone()))
     .bind(col(rows, |r| r.usage.clone()))
     .bind(col(rows, |r| r.needs_reply))
+    .bind(col(rows, |r| r.appointment_id.clone()))
+    .bind(col(rows, |r| r.reminder_before.clone()))
+    .bind(col(rows, |r| r.subscription_id.clone()))
+    .bind(col(rows, |r| r.local_date))
     .fetch_all(db)
     .await?;
     let mut by_id: std::collections::HashMap<String, MessageRow> =

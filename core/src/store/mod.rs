@@ -1,9 +1,11 @@
 //! The store: sqlx functions over Postgres, each taking an executor (a pool, a connection or
 //! a transaction) so services decide what runs in one transaction.
 
+pub mod appointments;
 pub mod contacts;
 pub mod dead_letters;
 pub mod messages;
+pub mod subscriptions;
 pub mod tenants;
 
 /// Whether an error means Postgres is unreachable or overloaded (answer 503 and retry later),

@@ -1,0 +1,1152 @@
+//! Conversations: inbound texts (signed by Twilio), the keywords that must always work (STOP,
+//! START, HELP), AI replies with their fallbacks, a person taking over, and the contacts API.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use herald_core::providers::twilio_signature;
+use herald_tests::{
+    Tenant, TestApp,
+    app::test_config,
+    eventually,
+    providers::{ModelMock, ModelReply, Received, TwilioMock},
+};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const INBOUND_PATH: &str = "/v1/inbound/twilio/sms";
+const PRIMARY: &str = "primary-model";
+const FALLBACK: &str = "fallback-model";
+const QUESTION: &str = "What time do you open?";
+const ANSWER: &str = "We open at 9 AM, Monday to Friday.";
+const FALLBACK_ANSWER: &str = "Our doors open at nine on weekdays.";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The API and the worker, with Twilio and two model endpoints on loopback.
+struct Setup {
+    app: TestApp,
+    twilio: TwilioMock,
+    model: ModelMock,
+    fallback: ModelMock,
+}
+
+async fn setup_with(primary: ModelReply, fallback: ModelReply, llm_timeout: Duration) -> Setup {
+    let twilio = TwilioMock::start().await;
+    let model = ModelMock::start(PRIMARY, primary).await;
+    let fallback = ModelMock::start(FALLBACK, fallback).await;
+    let mut config = test_config().await;
+    twilio.configure(&mut config);
+    config.llm = Some(model.endpoint());
+    config.llm_fallback = Some(fallback.endpoint());
+    config.llm_timeout = llm_timeout;
+    let mut app = TestApp::start_with(config).await;
+    app.start_worker();
+    Setup {
+        app,
+        twilio,
+        model,
+        fallback,
+    }
+}
+
+/// Both models answer.
+async fn setup() -> Setup {
+    setup_with(
+        ModelReply::Text(ANSWER.to_owned()),
+        ModelReply::Text(FALLBACK_ANSWER.to_owned()),
+        Duration::from_secs(3),
+    )
+    .await
+}
+
+/// A tenant like [`TestApp::tenant`] (its own `sms_from`, no quiet hours) with `extra` fields.
+async fn tenant_with(app: &TestApp, extra: Value) -> Tenant {
+    let n: u64 = rand::random::<u64>() % 1_000_000_000;
+    let mut body = json!({
+        "name": "Acme Dental",
+        "sms_from": format!("+1500{n:09}"),
+        "quiet_hours": null,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    app.create_tenant(body).await
+}
+
+impl Setup {
+    /// A signed inbound text from `from` to the tenant's number (asserting 200).
+    async fn text(&self, tenant: &Tenant, from: &str, body: &str) {
+        let status = self
+            .app
+            .text_in(&self.twilio.auth_token, tenant, from, body)
+            .await;
+        assert_eq!(status, StatusCode::OK, "inbound text {body:?} from {from}");
+    }
+
+    /// Twilio's requests that sent to `to`, oldest first.
+    fn sms_to(&self, to: &str) -> Vec<Received> {
+        self.twilio
+            .received()
+            .into_iter()
+            .filter(|r| r.form.get("To").map(String::as_str) == Some(to))
+            .collect()
+    }
+
+    fn bodies_to(&self, to: &str) -> Vec<String> {
+        self.sms_to(to)
+            .iter()
+            .map(|r| r.form.get("Body").cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// Waits until Twilio was asked to send `body` to `to`; returns that request.
+    async fn wait_for_sms(&self, to: &str, body: &str) -> Received {
+        eventually(
+            WAIT,
+            &format!("Twilio is asked to send {body:?} to {to}"),
+            || async {
+                self.sms_to(to)
+                    .into_iter()
+                    .find(|r| r.form.get("Body").map(String::as_str) == Some(body))
+            },
+        )
+        .await
+    }
+}
+
+/// The tenant's messages (`GET /v1/messages`), newest first.
+async fn messages(app: &TestApp, tenant: &Tenant, query: &str) -> Vec<Value> {
+    let (status, page) = app
+        .get(&format!("/v1/messages?limit=100{query}"), &tenant.api_key)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    page["data"].as_array().unwrap().clone()
+}
+
+/// The inbound messages with this body, newest first.
+async fn inbound_with_body(app: &TestApp, tenant: &Tenant, body: &str) -> Vec<Value> {
+    messages(app, tenant, "")
+        .await
+        .into_iter()
+        .filter(|m| m["direction"] == "inbound" && m["body"] == body)
+        .collect()
+}
+
+/// The contact id on the (first) inbound text with this body.
+async fn contact_id_texting(app: &TestApp, tenant: &Tenant, body: &str) -> String {
+    let found = inbound_with_body(app, tenant, body).await;
+    let m = found
+        .last()
+        .unwrap_or_else(|| panic!("no inbound message {body:?} is listed"));
+    assert_eq!(m["author"], "contact", "{m}");
+    assert_eq!(m["status"], "received", "{m}");
+    m["contact_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the inbound message has no contact_id: {m}"))
+        .to_owned()
+}
+
+/// The outbound messages to this contact written by `author`, newest first.
+async fn outbound_by(app: &TestApp, tenant: &Tenant, contact_id: &str, author: &str) -> Vec<Value> {
+    messages(app, tenant, &format!("&contact_id={contact_id}"))
+        .await
+        .into_iter()
+        .filter(|m| m["direction"] == "outbound" && m["author"] == author)
+        .collect()
+}
+
+/// Waits until the contact has `n` outbound messages by `author` and the newest is `sent`;
+/// returns that one, with its events.
+async fn wait_for_reply(
+    app: &TestApp,
+    tenant: &Tenant,
+    contact_id: &str,
+    author: &str,
+    n: usize,
+) -> Value {
+    let newest = eventually(
+        WAIT,
+        &format!("{n} outbound message(s) by {author} to {contact_id}"),
+        || async {
+            let found = outbound_by(app, tenant, contact_id, author).await;
+            (found.len() >= n).then(|| found[0].clone())
+        },
+    )
+    .await;
+    app.wait_for_status(tenant, newest["id"].as_str().unwrap(), "sent", WAIT)
+        .await
+}
+
+/// `POST /v1/contacts` with a phone (asserting 201); returns the id.
+async fn create_contact(app: &TestApp, tenant: &Tenant, phone: &str) -> String {
+    let (status, c) = app
+        .post("/v1/contacts", &tenant.api_key, &json!({"phone": phone}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{c}");
+    c["id"].as_str().unwrap().to_owned()
+}
+
+async fn contact(app: &TestApp, tenant: &Tenant, id: &str) -> Value {
+    let (status, c) = app
+        .get(&format!("/v1/contacts/{id}"), &tenant.api_key)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    c
+}
+
+async fn conversation(app: &TestApp, tenant: &Tenant, contact_id: &str) -> Value {
+    let (status, c) = app
+        .get(&format!("/v1/conversations/{contact_id}"), &tenant.api_key)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    c
+}
+
+/// `(direction, author, body)` of each conversation entry, oldest first.
+fn entries(conversation: &Value) -> Vec<(String, String, String)> {
+    conversation["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["direction"].as_str().unwrap().to_owned(),
+                e["author"].as_str().unwrap().to_owned(),
+                e["body"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn entry(direction: &str, author: &str, body: &str) -> (String, String, String) {
+    (direction.to_owned(), author.to_owned(), body.to_owned())
+}
+
+/// `(role, content)` of each chat message a model was sent.
+fn chat(request: &Value) -> Vec<(String, String)> {
+    request["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no messages in the chat request: {request}"))
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().to_owned(),
+                m["content"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn turn(role: &str, content: &str) -> (String, String) {
+    (role.to_owned(), content.to_owned())
+}
+
+fn event_statuses(m: &Value) -> Vec<String> {
+    m["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["status"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits until the `ai-replies` queue has nothing pending, scheduled or running.
+async fn wait_for_idle_reply_queue(app: &TestApp) {
+    eventually(WAIT, "the ai-replies queue is idle", || async {
+        let (status, qs) = app.get("/v1/admin/queues", &app.ops_token).await;
+        assert_eq!(status, StatusCode::OK, "{qs}");
+        let q = qs
+            .as_array()
+            .and_then(|qs| qs.iter().find(|q| q["name"] == "ai-replies").cloned())
+            .unwrap_or_else(|| panic!("no ai-replies queue in {qs}"));
+        (q["pending"] == 0 && q["scheduled"] == 0 && q["running"] == 0).then_some(())
+    })
+    .await;
+}
+
+async fn contact_rows(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM contacts")
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keywords
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn conversation_stop_words_in_any_case_suppress_sms_and_start_words_let_it_through_again() {
+    let s = setup().await;
+    let app = &s.app;
+    let tenant = app.tenant().await;
+    let phone = "+15557770001";
+
+    s.text(&tenant, phone, "stop").await;
+    let cid = contact_id_texting(app, &tenant, "stop").await;
+
+    let mut sent_bodies = Vec::new();
+    for (i, (stop, start)) in [
+        ("stop", "START"),
+        (" Quit ", "yes"),
+        ("UNSUBSCRIBE", " unstop "),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if i > 0 {
+            s.text(&tenant, phone, stop).await;
+        }
+        assert_eq!(
+            contact(app, &tenant, &cid).await["opted_out"],
+            true,
+            "{stop:?} opts the number out"
+        );
+        let blocked_body = format!("blocked after {stop:?}");
+        let blocked = app.send_sms(&tenant, phone, &blocked_body).await;
+        let blocked = app
+            .wait_for_status(&tenant, blocked["id"].as_str().unwrap(), "suppressed", WAIT)
+            .await;
+        assert!(
+            !event_statuses(&blocked).contains(&"sending".to_owned()),
+            "a suppressed SMS never starts sending: {blocked}"
+        );
+
+        s.text(&tenant, phone, start).await;
+        assert_eq!(
+            contact(app, &tenant, &cid).await["opted_out"],
+            false,
+            "{start:?} opts the number back in"
+        );
+        let allowed_body = format!("allowed after {start:?}");
+        let allowed = app.send_sms(&tenant, phone, &allowed_body).await;
+        app.wait_for_status(&tenant, allowed["id"].as_str().unwrap(), "sent", WAIT)
+            .await;
+        sent_bodies.push(allowed_body);
+        // The later SMS went out, so the suppressed one had its chance and did not.
+        assert_eq!(
+            s.bodies_to(phone),
+            sent_bodies,
+            "only the SMS sent while opted in reach Twilio"
+        );
+    }
+
+    // Keyword texts get no AI reply: a question afterwards gets the first and only one.
+    s.text(&tenant, phone, QUESTION).await;
+    let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
+    assert_eq!(reply["body"], ANSWER);
+    wait_for_idle_reply_queue(app).await;
+    let requests = s.model.received();
+    assert_eq!(
+        requests.len(),
+        1,
+        "only the question reached the model: {requests:?}"
+    );
+    assert_eq!(chat(&requests[0]).last().unwrap(), &turn("user", QUESTION));
+    assert_eq!(outbound_by(app, &tenant, &cid, "ai").await.len(), 1);
+
+    // Keyword texts are stored on the conversation too.
+    let inbound: Vec<String> = entries(&conversation(app, &tenant, &cid).await)
+        .into_iter()
+        .filter(|(d, _, _)| d == "inbound")
+        .map(|(_, _, b)| b)
+        .collect();
+    assert_eq!(
+        inbound,
+        [
+            "stop",
+            "START",
+            " Quit ",
+            "yes",
+            "UNSUBSCRIBE",
+            " unstop ",
+            QUESTION
+        ]
+    );
+}
+
+#[tokio::test]
+async fn conversation_stop_suppresses_an_sms_scheduled_before_it_when_its_time_comes() {
+    let s = setup().await;
+    let app = &s.app;
+    let tenant = app.tenant().await;
+    let phone = "+15557770002";
+
+    let send_at = Utc::now() + chrono::Duration::milliseconds(2500);
+    let (status, m) = app
+        .post(
+            "/v1/messages",
+            &tenant.api_key,
+            &json!({"channel": "sms", "to": phone, "body": "see you soon", "send_at": send_at.to_rfc3339()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{m}");
+    assert_eq!(m["status"], "scheduled");
+    let id = m["id"].as_str().unwrap();
+    let send_at: DateTime<Utc> = m["send_at"].as_str().unwrap().parse().unwrap();
+
+    s.text(&tenant, phone, "STOP").await;
+    let cid = contact_id_texting(app, &tenant, "STOP").await;
+    assert_eq!(contact(app, &tenant, &cid).await["opted_out"], true);
+
+    let suppressed = app.wait_for_status(&tenant, id, "suppressed", WAIT).await;
+    let events = suppressed["events"].as_array().unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last["status"], "suppressed", "{suppressed}");
+    let at: DateTime<Utc> = last["at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        at >= send_at,
+        "suppressed at its time, not before: {at} < {send_at}"
+    );
+    assert!(
+        !event_statuses(&suppressed).contains(&"sending".to_owned()),
+        "{suppressed}"
+    );
+
+    // A later SMS to another number goes out: the suppressed one had its chance.
+    let witness = app.send_sms(&tenant, "+15557779999", "witness").await;
+    app.wait_for_status(&tenant, witness["id"].as_str().unwrap(), "sent", WAIT)
+        .await;
+    assert_eq!(
+        s.twilio.calls_to(phone),
+        0,
+        "Twilio never hears of the opted-out SMS"
+    );
+}
+
+#[tokio::test]
+async fn conversation_help_and_info_get_the_tenants_help_text_and_no_ai_reply() {
+    let s = setup().await;
+    let app = &s.app;
+    let help = "Acme Dental: call 555-0100 or reply here. Reply STOP to opt out.";
+    let tenant = tenant_with(app, json!({"help_text": help})).await;
+    let phone = "+15557770003";
+
+    s.text(&tenant, phone, "HELP").await;
+    let sms = s.wait_for_sms(phone, help).await;
+    assert_eq!(
+        sms.form["From"],
+        tenant.sms_from.clone().unwrap(),
+        "the help text comes from the tenant's number"
+    );
+    let cid = contact_id_texting(app, &tenant, "HELP").await;
+    let system = wait_for_reply(app, &tenant, &cid, "system", 1).await;
+    assert_eq!(system["body"], help);
+    assert_eq!(system["to"], phone);
+    assert_eq!(system["contact_id"], cid.as_str());
+
+    s.text(&tenant, phone, " info ").await;
+    wait_for_reply(app, &tenant, &cid, "system", 2).await;
+
+    // A question afterwards gets its AI reply: by then any reply to HELP would have come.
+    s.text(&tenant, phone, QUESTION).await;
+    wait_for_reply(app, &tenant, &cid, "ai", 1).await;
+    wait_for_idle_reply_queue(app).await;
+    let requests = s.model.received();
+    assert_eq!(
+        requests.len(),
+        1,
+        "HELP and INFO never reach the model: {requests:?}"
+    );
+    assert_eq!(chat(&requests[0]).last().unwrap(), &turn("user", QUESTION));
+    assert_eq!(s.bodies_to(phone), [help, help, ANSWER]);
+    assert_eq!(outbound_by(app, &tenant, &cid, "ai").await.len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// AI replies
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn conversation_a_question_is_answered_by_the_primary_model_as_a_user_turn() {
+    let s = setup().await;
+    let app = &s.app;
+    let prompt = "You are the assistant of Acme Dental. Keep answers short.";
+    let tenant = tenant_with(app, json!({"system_prompt": prompt})).await;
+    let phone = "+15557770004";
+
+    s.text(&tenant, phone, QUESTION).await;
+    let sms = s.wait_for_sms(phone, ANSWER).await;
+    assert_eq!(sms.form["From"], tenant.sms_from.clone().unwrap());
+
+    let requests = s.model.received();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0]["model"], PRIMARY);
+    let turns = chat(&requests[0]);
+    assert_eq!(
+        turns,
+        [turn("system", prompt), turn("user", QUESTION)],
+        "the system prompt first, the text as the last user message"
+    );
+    assert!(
+        !turns[0].1.contains(QUESTION),
+        "the text is never spliced into the system prompt"
+    );
+
+    let cid = contact_id_texting(app, &tenant, QUESTION).await;
+    let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
+    assert_eq!(reply["body"], ANSWER);
+    assert_eq!(reply["direction"], "outbound");
+    assert_eq!(reply["channel"], "sms");
+    assert_eq!(reply["to"], phone);
+    assert_eq!(reply["contact_id"], cid.as_str());
+    assert_eq!(reply["model"], PRIMARY);
+    assert_eq!(
+        reply["usage"],
+        json!({"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49})
+    );
+
+    let c = conversation(app, &tenant, &cid).await;
+    assert_eq!(c["contact_id"], cid.as_str());
+    assert_eq!(c["mode"], "ai");
+    assert_eq!(
+        entries(&c),
+        [
+            entry("inbound", "contact", QUESTION),
+            entry("outbound", "ai", ANSWER)
+        ]
+    );
+    assert_eq!(c["data"][0]["status"], "received");
+    assert_eq!(c["data"][1]["status"], "sent");
+    assert_eq!(c["data"][1]["id"], reply["id"]);
+
+    // A follow-up: the model sees the conversation so far, then the new text last.
+    let follow_up = "And on Saturday?";
+    let saturday = "Saturdays 10 AM to 2 PM.";
+    s.model.script([ModelReply::Text(saturday.to_owned())]);
+    s.text(&tenant, phone, follow_up).await;
+    s.wait_for_sms(phone, saturday).await;
+    let requests = s.model.received();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(
+        chat(&requests[1]),
+        [
+            turn("system", prompt),
+            turn("user", QUESTION),
+            turn("assistant", ANSWER),
+            turn("user", follow_up),
+        ]
+    );
+    wait_for_reply(app, &tenant, &cid, "ai", 2).await;
+    assert_eq!(
+        entries(&conversation(app, &tenant, &cid).await),
+        [
+            entry("inbound", "contact", QUESTION),
+            entry("outbound", "ai", ANSWER),
+            entry("inbound", "contact", follow_up),
+            entry("outbound", "ai", saturday),
+        ]
+    );
+    assert!(
+        s.fallback.received().is_empty(),
+        "the fallback is not asked"
+    );
+}
+
+#[tokio::test]
+async fn conversation_a_primary_that_answers_on_its_retry_is_used() {
+    let s = setup().await;
+    let app = &s.app;
+    let tenant = app.tenant().await;
+    let phone = "+15557770005";
+    s.model.script([ModelReply::Status(429)]);
+
+    s.text(&tenant, phone, QUESTION).await;
+    s.wait_for_sms(phone, ANSWER).await;
+    let cid = contact_id_texting(app, &tenant, QUESTION).await;
+    let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
+    assert_eq!(reply["model"], PRIMARY);
+    assert_eq!(s.model.received().len(), 2, "one call and one retry");
+    assert!(s.fallback.received().is_empty());
+}
+
+#[tokio::test]
+async fn conversation_the_fallback_answers_when_the_primary_fails_twice() {
+    let s = setup_with(
+        ModelReply::Status(500),
+        ModelReply::Text(FALLBACK_ANSWER.to_owned()),
+        Duration::from_secs(3),
+    )
+    .await;
+    let app = &s.app;
+    let tenant = app.tenant().await;
+    let phone = "+15557770006";
+
+    s.text(&tenant, phone, QUESTION).await;
+    s.wait_for_sms(phone, FALLBACK_ANSWER).await;
+    let cid = contact_id_texting(app, &tenant, QUESTION).await;
+    let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
+    assert_eq!(reply["body"], FALLBACK_ANSWER);
+    assert_eq!(reply["model"], FALLBACK);
+    assert!(reply["usage"].is_object(), "{reply}");
+    assert_eq!(
+        s.model.received().len(),
+        2,
+        "the primary is called and retried once"
+    );
+    let fallback = s.fallback.received();
+    assert_eq!(fallback.len(), 1, "{fallback:?}");
+    assert_eq!(fallback[0]["model"], FALLBACK);
+    assert_eq!(chat(&fallback[0]).last().unwrap(), &turn("user", QUESTION));
+    assert_eq!(s.bodies_to(phone), [FALLBACK_ANSWER]);
+}
+
+#[tokio::test]
+async fn conversation_the_canned_reply_answers_when_both_models_fail() {
+    let s = setup_with(
+        ModelReply::Status(500),
+        ModelReply::Status(503),
+        Duration::from_secs(3),
+    )
+    .await;
+    let app = &s.app;
+    let canned = "Thanks! Someone from Acme Dental will text you back shortly.";
+    let tenant = tenant_with(app, json!({"canned_reply": canned})).await;
+    let phone = "+15557770007";
+
+    s.text(&tenant, phone, QUESTION).await;
+    s.wait_for_sms(phone, canned).await;
+    let cid = contact_id_texting(app, &tenant, QUESTION).await;
+    let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
+    assert_eq!(reply["body"], canned);
+    assert_eq!(reply["model"], Value::Null, "{reply}");
+    assert_eq!(reply["usage"], Value::Null, "{reply}");
+    assert_eq!(s.model.received().len(), 2, "the primary and its retry");
+    assert_eq!(s.fallback.received().len(), 2, "the fallback and its retry");
+
+    // A tenant without a canned reply of its own still gets an answer.
+    let plain = app.tenant().await;
+    let other = "+15557770008";
+    s.text(&plain, other, QUESTION).await;
+    let cid = contact_id_texting(app, &plain, QUESTION).await;
+    let reply = wait_for_reply(app, &plain, &cid, "ai", 1).await;
+    assert_eq!(reply["model"], Value::Null, "{reply}");
+    let body = reply["body"].as_str().unwrap();
+    assert!(!body.trim().is_empty(), "{reply}");
+    assert_eq!(s.bodies_to(other), [body]);
+}
+
+#[tokio::test]
+async fn conversation_a_primary_that_hangs_past_the_timeout_is_left_for_the_fallback() {
+    let s = setup_with(
+        ModelReply::Hang(Duration::from_secs(30)),
+        ModelReply::Text(FALLBACK_ANSWER.to_owned()),
+        Duration::from_millis(400),
+    )
+    .await;
+    let app = &s.app;
+    let tenant = app.tenant().await;
+    let phone = "+15557770009";
+
+    s.text(&tenant, phone, QUESTION).await;
+    // Had Herald waited for the primary, it would answer "late answer" after 30 s.
+    s.wait_for_sms(phone, FALLBACK_ANSWER).await;
+    let cid = contact_id_texting(app, &tenant, QUESTION).await;
+    let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
+    assert_eq!(reply["model"], FALLBACK);
+    assert!(
+        !s.model.received().is_empty(),
+        "the primary was asked first"
+    );
+    assert_eq!(s.fallback.received().len(), 1);
+}
+
+#[tokio::test]
+async fn conversation_a_long_model_answer_is_cut_to_320_characters() {
+    let long = "Thanks for asking! We are open from nine in the morning until five in the \
+                evening on weekdays, and on Saturdays until noon. "
+        .repeat(8);
+    assert!(long.chars().count() > 900);
+    let s = setup_with(
+        ModelReply::Text(long.clone()),
+        ModelReply::Text(FALLBACK_ANSWER.to_owned()),
+        Duration::from_secs(3),
+    )
+    .await;
+    let app = &s.app;
+    let tenant = app.tenant().await;
+    let phone = "+15557770010";
+
+    s.text(&tenant, phone, QUESTION).await;
+    let cid = contact_id_texting(app, &tenant, QUESTION).await;
+    let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
+    let body = reply["body"].as_str().unwrap();
+    let chars = body.chars().count();
+    assert!(
+        (1..=320).contains(&chars),
+        "the reply is {chars} characters: {body:?}"
+    );
+    assert!(
+        body.starts_with("Thanks for asking! We are open"),
+        "{body:?}"
+    );
+    assert_eq!(reply["model"], PRIMARY);
+    let sent = s.bodies_to(phone);
+    assert_eq!(sent, [body], "Twilio gets the cut reply");
+    assert!(sent[0].chars().count() <= 320);
+}
+
+#[tokio::test]
+async fn conversation_a_long_text_reaches_the_model_cut_to_1000_characters() {
+    let s = setup().await;
+    let app = &s.app;
+    let tenant = app.tenant().await;
+    let phone = "+15557770011";
+    let long = format!("Question: {}", "please tell me more ".repeat(75));
+    assert!(long.chars().count() > 1400 && long.chars().count() <= 1600);
+
+    s.text(&tenant, phone, &long).await;
+    s.wait_for_sms(phone, ANSWER).await;
+    let requests = s.model.received();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let turns = chat(&requests[0]);
+    let (role, content) = turns.last().unwrap();
+    assert_eq!(role, "user");
+    assert!(
+        content.starts_with("Question: please tell me more"),
+        "{content:?}"
+    );
+    let chars = content.chars().count();
+    assert!(
+        chars <= 1000,
+        "the text handed to the model is {chars} characters, over 1000"
+    );
+    assert!(!turns[0].1.contains("please tell me more"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A person takes over
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn conversation_taken_over_gets_no_ai_reply_and_is_answered_again_once_released() {
+    let s = setup().await;
+    let app = &s.app;
+    let tenant = app.tenant().await;
+    let phone = "+15557770012";
+    let cid = create_contact(app, &tenant, phone).await;
+    assert_eq!(conversation(app, &tenant, &cid).await["mode"], "ai");
+
+    let (status, mode) = app
+        .post(
+            &format!("/v1/conversations/{cid}/takeover"),
+            &tenant.api_key,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{mode}");
+    assert_eq!(mode, json!({"contact_id": cid, "mode": "human"}));
+    assert_eq!(conversation(app, &tenant, &cid).await["mode"], "human");
+    assert_eq!(contact(app, &tenant, &cid).await["mode"], "human");
+
+    let asked = "Can I move my appointment?";
+    s.text(&tenant, phone, asked).await;
+    let person = "Hi, this is Dana. Sure, what day works for you?";
+    let (status, m) = app
+        .post(
+            &format!("/v1/conversations/{cid}/reply"),
+            &tenant.api_key,
+            &json!({"body": person}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{m}");
+    assert_eq!(m["author"], "human");
+    assert_eq!(m["direction"], "outbound");
+    assert_eq!(m["to"], phone);
+    assert_eq!(m["contact_id"], cid.as_str());
+    assert!(m["id"].as_str().unwrap().starts_with("msg_"), "{m}");
+    let sms = s.wait_for_sms(phone, person).await;
+    assert_eq!(sms.form["From"], tenant.sms_from.clone().unwrap());
+    app.wait_for_status(&tenant, m["id"].as_str().unwrap(), "sent", WAIT)
+        .await;
+
+    // The person's reply went out after the text was stored, and no reply job is left.
+    wait_for_idle_reply_queue(app).await;
+    assert!(
+        s.model.received().is_empty(),
+        "no model is asked while a person has the conversation: {:?}",
+        s.model.received()
+    );
+    assert!(outbound_by(app, &tenant, &cid, "ai").await.is_empty());
+    assert_eq!(s.bodies_to(phone), [person]);
+
+    let (status, mode) = app
+        .post(
+            &format!("/v1/conversations/{cid}/release"),
+            &tenant.api_key,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{mode}");
+    assert_eq!(mode, json!({"contact_id": cid, "mode": "ai"}));
+
+    let next = "Thursday afternoon, please.";
+    s.text(&tenant, phone, next).await;
+    let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
+    assert_eq!(reply["body"], ANSWER);
+    let requests = s.model.received();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let turns = chat(&requests[0]);
+    assert_eq!(turns[0].0, "system");
+    assert_eq!(
+        turns[1..],
+        [
+            turn("user", asked),
+            turn("assistant", person),
+            turn("user", next)
+        ],
+        "the model sees the conversation, the person's reply included"
+    );
+
+    let c = conversation(app, &tenant, &cid).await;
+    assert_eq!(c["mode"], "ai");
+    assert_eq!(
+        entries(&c),
+        [
+            entry("inbound", "contact", asked),
+            entry("outbound", "human", person),
+            entry("inbound", "contact", next),
+            entry("outbound", "ai", ANSWER),
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inbound webhook
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn conversation_a_text_from_an_unknown_number_creates_a_contact_in_the_tenants_time_zone() {
+    let s = setup().await;
+    let app = &s.app;
+    let tenant = tenant_with(app, json!({"timezone": "America/Chicago"})).await;
+    let phone = "+15557770013";
+    assert_eq!(contact_rows(app).await, 0);
+
+    s.text(&tenant, phone, QUESTION).await;
+    let inbound = inbound_with_body(app, &tenant, QUESTION).await;
+    assert_eq!(inbound.len(), 1, "{inbound:?}");
+    assert_eq!(inbound[0]["channel"], "sms");
+    let cid = contact_id_texting(app, &tenant, QUESTION).await;
+    assert!(cid.starts_with("ct_"), "{cid}");
+    let c = contact(app, &tenant, &cid).await;
+    assert_eq!(c["phone"], phone);
+    assert_eq!(c["timezone"], "America/Chicago", "{c}");
+    assert_eq!(c["opted_out"], false);
+    assert_eq!(c["mode"], "ai");
+    assert_eq!(contact_rows(app).await, 1);
+    let stored: Option<String> = sqlx::query_scalar("SELECT timezone FROM contacts WHERE id = $1")
+        .bind(&cid)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(stored.as_deref(), Some("America/Chicago"));
+
+    // The same number again is the same contact.
+    s.text(&tenant, phone, "Are you open on Sunday?").await;
+    assert_eq!(
+        contact_id_texting(app, &tenant, "Are you open on Sunday?").await,
+        cid
+    );
+    assert_eq!(contact_rows(app).await, 1);
+}
+
+#[tokio::test]
+async fn conversation_a_retried_inbound_webhook_is_stored_and_answered_once() {
+    let s = setup().await;
+    let app = &s.app;
+    let tenant = app.tenant().await;
+    let phone = "+15557770014";
+    let to = tenant.sms_from.clone().unwrap();
+    let sid = "SM0123456789abcdef0123456789abcdef";
+    let params = [
+        ("MessageSid", sid),
+        ("AccountSid", "ACtest"),
+        ("From", phone),
+        ("To", to.as_str()),
+        ("Body", QUESTION),
+        ("NumMedia", "0"),
+    ];
+    for attempt in 1..=2 {
+        let (status, body) = app
+            .twilio_post(INBOUND_PATH, &s.twilio.auth_token, &params)
+            .await;
+        assert_eq!(status, StatusCode::OK, "attempt {attempt}: {body}");
+        assert!(body.contains("<Response/>"), "attempt {attempt}: {body}");
+    }
+    assert_eq!(inbound_with_body(app, &tenant, QUESTION).await.len(), 1);
+    let cid = contact_id_texting(app, &tenant, QUESTION).await;
+    wait_for_reply(app, &tenant, &cid, "ai", 1).await;
+
+    // A later, different text gets its reply: by then a second reply to the retry would have come.
+    let later = "Do you take walk-ins?";
+    s.model
+        .script([ModelReply::Text("Yes, walk-ins are welcome.".to_owned())]);
+    s.text(&tenant, phone, later).await;
+    wait_for_reply(app, &tenant, &cid, "ai", 2).await;
+    wait_for_idle_reply_queue(app).await;
+    assert_eq!(s.model.received().len(), 2, "{:?}", s.model.received());
+    assert_eq!(outbound_by(app, &tenant, &cid, "ai").await.len(), 2);
+    assert_eq!(s.twilio.calls_to(phone), 2);
+    let inbound: Vec<String> = entries(&conversation(app, &tenant, &cid).await)
+        .into_iter()
+        .filter(|(d, _, _)| d == "inbound")
+        .map(|(_, _, b)| b)
+        .collect();
+    assert_eq!(inbound, [QUESTION, later]);
+}
+
+#[tokio::test]
+async fn conversation_an_inbound_text_with_a_bad_signature_is_refused_and_changes_nothing() {
+    let s = setup().await;
+    let app = &s.app;
+    let tenant = app.tenant().await;
+    let phone = "+15557770015";
+    let to = tenant.sms_from.clone().unwrap();
+    let form = |body: &str| -> Vec<(String, String)> {
+        [
+            ("MessageSid", format!("SM{}", "ab".repeat(16))),
+            ("AccountSid", "ACtest".to_owned()),
+            ("From", phone.to_owned()),
+            ("To", to.clone()),
+            ("Body", body.to_owned()),
+            ("NumMedia", "0".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    };
+    let url = app.url(INBOUND_PATH);
+    let stop = form("STOP");
+
+    // Signed with the wrong auth token.
+    let borrowed: Vec<(&str, &str)> = stop.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (status, body) = app
+        .twilio_post(INBOUND_PATH, "not-the-auth-token", &borrowed)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "wrong token: {body}");
+    let error: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{body}"));
+    assert_eq!(error["error"]["code"], "invalid_signature", "{body}");
+
+    // No signature at all.
+    let r = app.http.post(&url).form(&stop).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "missing signature");
+
+    // A valid signature, but for other parameters: the body was tampered with.
+    let signed_for = twilio_signature::compute(&s.twilio.auth_token, &url, &form("Hello there"));
+    let r = app
+        .http
+        .post(&url)
+        .header("X-Twilio-Signature", signed_for)
+        .form(&stop)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "tampered body");
+
+    // A valid signature for this body, but for another URL.
+    let elsewhere = twilio_signature::compute(
+        &s.twilio.auth_token,
+        &app.url("/v1/inbound/twilio/status"),
+        &stop,
+    );
+    let r = app
+        .http
+        .post(&url)
+        .header("X-Twilio-Signature", elsewhere)
+        .form(&stop)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "signed for another URL");
+
+    assert_eq!(app.message_rows().await, 0, "no message stored");
+    assert_eq!(contact_rows(app).await, 0, "no contact created");
+
+    // The forged STOPs opted nobody out.
+    let m = app.send_sms(&tenant, phone, "still reachable").await;
+    app.wait_for_status(&tenant, m["id"].as_str().unwrap(), "sent", WAIT)
+        .await;
+    assert_eq!(s.twilio.calls_to(phone), 1);
+    assert!(s.model.received().is_empty());
+}
+
+#[tokio::test]
+async fn conversation_of_another_tenant_is_not_found() {
+    let s = setup().await;
+    let app = &s.app;
+    let a = app.tenant().await;
+    let b = app.tenant().await;
+    let phone = "+15557770016";
+
+    s.text(&a, phone, QUESTION).await;
+    let cid = contact_id_texting(app, &a, QUESTION).await;
+    wait_for_reply(app, &a, &cid, "ai", 1).await;
+
+    let (status, body) = app
+        .get(&format!("/v1/conversations/{cid}"), &b.api_key)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body["error"]["code"].is_string(), "{body}");
+    let (status, body) = app.get(&format!("/v1/contacts/{cid}"), &b.api_key).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    for action in ["takeover", "release"] {
+        let (status, body) = app
+            .post(
+                &format!("/v1/conversations/{cid}/{action}"),
+                &b.api_key,
+                &json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{action}: {body}");
+    }
+    let (status, body) = app
+        .post(
+            &format!("/v1/conversations/{cid}/reply"),
+            &b.api_key,
+            &json!({"body": "not yours"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = app
+        .patch(
+            &format!("/v1/contacts/{cid}"),
+            &b.api_key,
+            &json!({"name": "Mallory"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = app
+        .get("/v1/conversations/ct_doesnotexist", &a.api_key)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    // A's conversation is as it was.
+    let c = conversation(app, &a, &cid).await;
+    assert_eq!(c["mode"], "ai");
+    assert_eq!(
+        entries(&c),
+        [
+            entry("inbound", "contact", QUESTION),
+            entry("outbound", "ai", ANSWER)
+        ]
+    );
+    assert_eq!(contact(app, &a, &cid).await["name"], Value::Null);
+
+    // The same number texting B is B's own contact, and its STOP at B leaves A alone.
+    s.text(&b, phone, "STOP").await;
+    let b_cid = contact_id_texting(app, &b, "STOP").await;
+    assert_ne!(b_cid, cid);
+    assert_eq!(contact(app, &b, &b_cid).await["opted_out"], true);
+    assert_eq!(contact(app, &a, &cid).await["opted_out"], false);
+    let c = conversation(app, &b, &b_cid).await;
+    assert_eq!(entries(&c), [entry("inbound", "contact", "STOP")]);
+    let m = app.send_sms(&a, phone, "from A").await;
+    app.wait_for_status(&a, m["id"].as_str().unwrap(), "sent", WAIT)
+        .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contacts API
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn conversation_contacts_api_creates_reads_and_patches_contacts() {
+    let app = TestApp::start().await;
+    let tenant = tenant_with(&app, json!({"timezone": "America/Chicago"})).await;
+
+    let (status, ana) = app
+        .post(
+            "/v1/contacts",
+            &tenant.api_key,
+            &json!({"phone": "+15551112222", "name": "Ana"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{ana}");
+    let id = ana["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("ct_"), "{id}");
+    assert_eq!(ana["phone"], "+15551112222");
+    assert_eq!(ana["name"], "Ana");
+    assert_eq!(
+        ana["timezone"], "America/Chicago",
+        "defaults to the tenant's"
+    );
+    assert_eq!(ana["opted_out"], false);
+    assert_eq!(contact(&app, &tenant, &id).await, ana);
+
+    let (status, paris) = app
+        .post(
+            "/v1/contacts",
+            &tenant.api_key,
+            &json!({"phone": "+33612345678", "timezone": "Europe/Paris", "email": "luc@example.com"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{paris}");
+    assert_eq!(paris["timezone"], "Europe/Paris");
+    assert_eq!(paris["email"], "luc@example.com");
+    assert_eq!(paris["name"], Value::Null);
+    let rows = contact_rows(&app).await;
+    assert_eq!(rows, 2);
+
+    let (status, dup) = app
+        .post(
+            "/v1/contacts",
+            &tenant.api_key,
+            &json!({"phone": "+15551112222", "name": "Someone else"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{dup}");
+    assert_eq!(dup["error"]["code"], "contact_exists", "{dup}");
+
+    for (body, field) in [
+        (json!({"phone": "555-1234"}), "phone"),
+        (
+            json!({"phone": "+15553334444", "timezone": "Mars/Olympus"}),
+            "timezone",
+        ),
+    ] {
+        let (status, err) = app.post("/v1/contacts", &tenant.api_key, &body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {err}");
+        assert_eq!(err["error"]["field"], field, "{body}: {err}");
+    }
+    assert_eq!(
+        contact_rows(&app).await,
+        rows,
+        "a rejected create adds nothing"
+    );
+
+    let (status, missing) = app
+        .get("/v1/contacts/ct_doesnotexist", &tenant.api_key)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+
+    let path = format!("/v1/contacts/{id}");
+    let patch = |body: Value| {
+        let (app, path, key) = (&app, &path, &tenant.api_key);
+        async move { app.patch(path, key, &body).await }
+    };
+    let (status, changed) = patch(json!({"name": "Ana María", "timezone": "Asia/Tokyo"})).await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!(changed["name"], "Ana María");
+    assert_eq!(changed["timezone"], "Asia/Tokyo");
+    assert_eq!(changed["phone"], "+15551112222", "unnamed fields stay");
+    assert_eq!(contact(&app, &tenant, &id).await, changed);
+
+    let (status, cleared) = patch(json!({"name": null})).await;
+    assert_eq!(status, StatusCode::OK, "{cleared}");
+    assert_eq!(cleared["name"], Value::Null);
+    assert_eq!(cleared["timezone"], "Asia/Tokyo");
+    assert_eq!(contact(&app, &tenant, &id).await["name"], Value::Null);
+
+    let (status, err) = patch(json!({"timezone": "Nowhere/Special"})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["error"]["field"], "timezone", "{err}");
+    let (status, err) = patch(json!({"phone": "+33612345678"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    assert_eq!(err["error"]["code"], "contact_exists", "{err}");
+    assert_eq!(
+        contact(&app, &tenant, &id).await,
+        cleared,
+        "a rejected patch changes nothing"
+    );
+}
