@@ -20,7 +20,10 @@ use crate::{
 };
 
 /// Subscriptions handled per statement.
-const BATCH: i64 = 5_000;
+const BATCH: i64 = 20_000;
+/// Subscriptions per transaction, and how many transactions run at once.
+const CHUNK: usize = 2_500;
+const PARALLEL: usize = 2;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TickReport {
@@ -69,69 +72,23 @@ pub async fn tick(db: &PgPool, deliveries: &Queue, ai: &Queue) -> anyhow::Result
         if due.is_empty() {
             break;
         }
-        let ids: Vec<String> = due.iter().map(|d| d.id.clone()).collect();
-        let dates: Vec<NaiveDate> = due.iter().map(|d| d.local_date).collect();
-        let now = Utc::now();
-        let mut tx = db.begin().await?;
-        let won: HashSet<String> = subscriptions::claim_runs(&mut tx, &ids, &dates)
-            .await?
-            .into_iter()
-            .collect();
-        let rows: Vec<NewMessageRow> = due
-            .iter()
-            .filter(|d| d.content_kind == "static" && won.contains(&d.id))
-            .filter_map(|d| message_for(d, now))
-            .collect();
-        let created: Vec<_> = messages::insert_many(&mut *tx, &rows)
-            .await?
-            .into_iter()
-            .flatten()
-            .collect();
-        let (run_ids, run_dates, run_messages): (Vec<String>, Vec<NaiveDate>, Vec<String>) =
-            created
-                .iter()
-                .filter_map(|m| Some((m.subscription_id.clone()?, m.local_date?, m.id.clone())))
-                .fold((vec![], vec![], vec![]), |mut acc, (s, d, m)| {
-                    acc.0.push(s);
-                    acc.1.push(d);
-                    acc.2.push(m);
-                    acc
-                });
-        subscriptions::set_run_messages(&mut *tx, &run_ids, &run_dates, &run_messages).await?;
-        subscriptions::set_last_dates(&mut tx, &ids, &dates).await?;
-        tx.commit().await?;
-
-        let jobs = created
-            .iter()
-            .map(|m| {
-                NewJob::new(
-                    m.id.clone(),
-                    &DeliveryJob::new(&m.id, &m.tenant_id, &m.channel, &m.to_addr),
-                    m.send_at.timestamp_millis(),
-                )
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if let Err(e) = deliveries.push_many(&jobs).await {
-            // New messages: the outbox sweep pushes them.
-            warn!(error = %e, count = jobs.len(), "could not queue daily deliveries; the outbox sweep will");
+        // Chunks in their own transactions, two at a time, so Postgres works on both cores.
+        let mut chunks = tokio::task::JoinSet::new();
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(PARALLEL));
+        for chunk in due.chunks(CHUNK) {
+            let (chunk, db, deliveries, ai) =
+                (chunk.to_vec(), db.clone(), deliveries.clone(), ai.clone());
+            let permit = limit.clone().acquire_owned().await?;
+            chunks.spawn(async move {
+                let _permit = permit;
+                run_chunk(&db, &deliveries, &ai, &chunk).await
+            });
         }
-        report.created += created.len();
-
-        let ai_jobs = due
-            .iter()
-            .filter(|d| d.content_kind == "ai" && won.contains(&d.id))
-            .map(|d| {
-                let job = AiJob::Daily {
-                    subscription_id: d.id.clone(),
-                    local_date: d.local_date,
-                };
-                NewJob::new(daily_job_id(&d.id, d.local_date), &job, now_ms())
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if let Err(e) = ai.push_many(&ai_jobs).await {
-            warn!(error = %e, count = ai_jobs.len(), "could not queue daily AI deliveries; the next tick will");
+        while let Some(done) = chunks.join_next().await {
+            let r = done??;
+            report.created += r.created;
+            report.ai += r.ai;
         }
-        report.ai += ai_jobs.len();
     }
 
     // AI runs whose job never reached Redis (pushes are idempotent by job id).
@@ -157,4 +114,74 @@ pub async fn tick(db: &PgPool, deliveries: &Queue, ai: &Queue) -> anyhow::Result
         );
     }
     Ok(report)
+}
+
+/// Claims, creates and queues one chunk of due subscriptions.
+async fn run_chunk(
+    db: &PgPool,
+    deliveries: &Queue,
+    ai: &Queue,
+    due: &[Due],
+) -> anyhow::Result<TickReport> {
+    let ids: Vec<String> = due.iter().map(|d| d.id.clone()).collect();
+    let dates: Vec<NaiveDate> = due.iter().map(|d| d.local_date).collect();
+    let now = Utc::now();
+    let mut tx = db.begin().await?;
+    let won: HashSet<String> = subscriptions::claim_runs(&mut tx, &ids, &dates)
+        .await?
+        .into_iter()
+        .collect();
+    let rows: Vec<NewMessageRow> = due
+        .iter()
+        .filter(|d| d.content_kind == "static" && won.contains(&d.id))
+        .filter_map(|d| message_for(d, now))
+        .collect();
+    let created: Vec<_> = messages::insert_many(&mut *tx, &rows)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut run_ids = Vec::with_capacity(created.len());
+    let mut run_dates = Vec::with_capacity(created.len());
+    let mut run_messages = Vec::with_capacity(created.len());
+    for m in &created {
+        if let (Some(s), Some(d)) = (&m.subscription_id, m.local_date) {
+            run_ids.push(s.clone());
+            run_dates.push(d);
+            run_messages.push(m.id.clone());
+        }
+    }
+    subscriptions::set_run_messages(&mut *tx, &run_ids, &run_dates, &run_messages).await?;
+    subscriptions::set_last_dates(&mut tx, &ids, &dates).await?;
+    tx.commit().await?;
+
+    let jobs = created
+        .iter()
+        .map(|m| {
+            let job = DeliveryJob::new(&m.id, &m.tenant_id, &m.channel, &m.to_addr);
+            NewJob::new(m.id.clone(), &job, m.send_at.timestamp_millis())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Err(e) = deliveries.push_many(&jobs).await {
+        // New messages: the outbox sweep pushes them.
+        warn!(error = %e, count = jobs.len(), "could not queue daily deliveries; the outbox sweep will");
+    }
+    let ai_jobs = due
+        .iter()
+        .filter(|d| d.content_kind == "ai" && won.contains(&d.id))
+        .map(|d| {
+            let job = AiJob::Daily {
+                subscription_id: d.id.clone(),
+                local_date: d.local_date,
+            };
+            NewJob::new(daily_job_id(&d.id, d.local_date), &job, now_ms())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Err(e) = ai.push_many(&ai_jobs).await {
+        warn!(error = %e, count = ai_jobs.len(), "could not queue daily AI deliveries; the next tick will");
+    }
+    Ok(TickReport {
+        created: created.len(),
+        ai: ai_jobs.len(),
+    })
 }

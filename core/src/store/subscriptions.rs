@@ -90,16 +90,17 @@ pub struct Due {
 pub async fn due(db: impl PgExecutor<'_>, limit: i64) -> Result<Vec<Due>, sqlx::Error> {
     sqlx::query_as::<_, Due>(
         "SELECT s.id, s.tenant_id, s.contact_id, s.channel, s.content_kind, s.content, z.zone,
-                (now() AT TIME ZONE z.zone)::date AS local_date,
+                l.local_now::date AS local_date,
                 c.phone, c.email, c.name, t.sms_from, t.email_from
          FROM subscriptions s
          JOIN contacts c ON c.id = s.contact_id
          JOIN tenants t ON t.id = s.tenant_id
          CROSS JOIN LATERAL (SELECT COALESCE(c.timezone, t.timezone) AS zone) z
+         CROSS JOIN LATERAL (SELECT now() AT TIME ZONE z.zone AS local_now) l
          WHERE s.deleted_at IS NULL
-           AND (now() AT TIME ZONE z.zone)::time >= s.send_at_local
-           AND (now() AT TIME ZONE z.zone)::date >= s.first_date
-           AND (s.last_date IS NULL OR s.last_date < (now() AT TIME ZONE z.zone)::date)
+           AND l.local_now::time >= s.send_at_local
+           AND l.local_now::date >= s.first_date
+           AND (s.last_date IS NULL OR s.last_date < l.local_now::date)
          ORDER BY s.id
          LIMIT $1",
     )

@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod delivery;
+mod fanout;
 mod servers;
 mod worker;
 
@@ -214,6 +215,10 @@ async fn bench(flags: HashMap<String, String>) -> anyhow::Result<()> {
     let mut figures = Figures { rows: Vec::new() };
     if only == "all" || only == "engine" {
         engine(&mut figures, jobs).await?;
+    }
+    if only == "all" || only == "fanout" {
+        let subscriptions: usize = flag(&flags, "subscriptions", 100_000);
+        fanout::run(&mut figures, subscriptions).await?;
     }
     if only == "all" || only == "delivery" {
         let messages: usize = flag(&flags, "messages", 50_000);

@@ -1,0 +1,98 @@
+//! Daily fan-out: 100,000 subscriptions due in the same minute, timed from the start of a
+//! scheduler tick until every message is created in Postgres and queued in Redis.
+
+use std::time::Instant;
+
+use anyhow::bail;
+use herald_core::{
+    db,
+    domain::{PhoneNumber, TimeZone},
+    queue,
+    services::{
+        daily,
+        tenants::{self, NewTenant},
+    },
+};
+
+use crate::{
+    Figures,
+    servers::{PostgresServer, RedisServer},
+};
+
+pub async fn run(figures: &mut Figures, subscriptions: usize) -> anyhow::Result<()> {
+    herald_core::install_crypto();
+    let pg = PostgresServer::start().await?;
+    let redis = RedisServer::start().await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(5)
+        .connect(&pg.url)
+        .await?;
+    db::migrate(&pool).await?;
+    let tenant = tenants::create(
+        &pool,
+        &NewTenant {
+            name: "Fan-out Gym".to_owned(),
+            timezone: TimeZone::parse("UTC")?,
+            sms_from: Some(PhoneNumber::parse("+15005550006")?),
+            email_from: None,
+            quiet_hours: None,
+            help_text: None,
+            system_prompt: None,
+            canned_reply: None,
+        },
+    )
+    .await?
+    .tenant;
+    // Contacts in four zones, each with a subscription due at local midnight: all due now.
+    sqlx::query(
+        "INSERT INTO contacts (id, tenant_id, phone, name, timezone)
+         SELECT 'ct_fan' || g, $1, '+1555' || lpad(g::text, 7, '0'), 'Member ' || g,
+                (ARRAY['UTC', 'Europe/Paris', 'America/New_York', 'Asia/Tokyo'])[1 + g % 4]
+         FROM generate_series(1, $2) AS g",
+    )
+    .bind(&tenant.id)
+    .bind(subscriptions as i64)
+    .execute(&pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO subscriptions (id, tenant_id, contact_id, send_at_local, channel, content_kind, content, first_date)
+         SELECT 'sub_fan' || g, $1, 'ct_fan' || g, '00:00', 'sms', 'static',
+                'Good morning {{name}}! Today''s class starts at 7.', DATE '2000-01-01'
+         FROM generate_series(1, $2) AS g",
+    )
+    .bind(&tenant.id)
+    .bind(subscriptions as i64)
+    .execute(&pool)
+    .await?;
+    sqlx::query("ANALYZE").execute(&pool).await?;
+
+    let mut config = herald_core::Config::for_urls(&pg.url, &redis.url);
+    config.queue_prefix = "fanout".to_owned();
+    let (client, conn) = queue::connect(&redis.url)?;
+    let deliveries = queue::deliveries(&config, client.clone(), conn.clone());
+    let ai = queue::ai_replies(&config, client, conn);
+
+    let started = Instant::now();
+    let report = daily::tick(&pool, &deliveries, &ai).await?;
+    let took = started.elapsed();
+    let stats = deliveries.stats().await?;
+    let queued = stats.pending + stats.scheduled;
+    if report.created != subscriptions || queued as usize != subscriptions {
+        bail!(
+            "created {} messages and queued {queued} jobs for {subscriptions} subscriptions",
+            report.created
+        );
+    }
+    // A second tick in the same minute creates nothing.
+    let again = daily::tick(&pool, &deliveries, &ai).await?;
+    if again.created != 0 {
+        bail!("a second tick created {} more messages", again.created);
+    }
+    figures.add(
+        &format!("daily fan-out: {subscriptions} subscriptions due in the same minute, all created and queued"),
+        format!("{:.1} s ({:.0} messages/s)", took.as_secs_f64(), subscriptions as f64 / took.as_secs_f64().max(0.001)),
+        "10 s",
+        "30 s",
+    );
+    Ok(())
+}
