@@ -20,6 +20,7 @@ use crate::{error, routes, views};
         routes::admin::create_key,
         routes::admin::revoke_key,
         routes::admin::queues,
+        routes::admin::message,
         routes::messages::create_message,
         routes::messages::list_messages,
         routes::messages::get_message,

@@ -109,6 +109,9 @@ pub struct MessageWithEvents {
     #[serde(flatten)]
     pub message: Message,
     pub events: Vec<Event>,
+    /// The owning tenant (ops views only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

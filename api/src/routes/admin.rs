@@ -188,3 +188,26 @@ pub async fn queues(
     }
     Ok(Json(all))
 }
+
+/// Any tenant's message with its events, for ops.
+#[utoipa::path(
+    get, path = "/v1/admin/messages/{id}", tag = "admin",
+    params(("id" = String, Path, description = "`msg_...`")),
+    responses((status = 200, body = views::MessageWithEvents), (status = 404, body = ErrorBody)),
+    security(("ops_token" = []))
+)]
+pub async fn message(
+    _ops: Ops,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<views::MessageWithEvents>> {
+    let m = herald_core::store::messages::get_any(&state.db, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("message"))?;
+    let events = herald_core::store::messages::events(&state.db, &id).await?;
+    Ok(Json(views::MessageWithEvents {
+        tenant_id: Some(m.tenant_id.clone()),
+        message: m.into(),
+        events: events.into_iter().map(Into::into).collect(),
+    }))
+}

@@ -260,6 +260,7 @@ pub async fn get_message(
     Ok(Json(views::MessageWithEvents {
         message: message.into(),
         events: events.into_iter().map(Into::into).collect(),
+        tenant_id: None,
     }))
 }
 

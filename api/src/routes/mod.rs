@@ -32,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/tenants/{id}/keys", post(admin::create_key))
         .route("/v1/admin/keys/{key_prefix}", delete(admin::revoke_key))
         .route("/v1/admin/queues", get(admin::queues))
+        .route("/v1/admin/messages/{id}", get(admin::message))
         .route(
             "/v1/messages",
             post(messages::create_message).get(messages::list_messages),
