@@ -147,6 +147,29 @@ apt_prefix() {
     fi
 }
 
+# ensure_browser
+#
+# Make sure Debian's Chromium and ChromeDriver are installed (the dashboard's browser test drives
+# them headless), installing them like ensure_packages does.
+ensure_browser() {
+    if command -v chromedriver >/dev/null 2>&1 && { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; }; then
+        return 0
+    fi
+    local prefix
+    if prefix=$(apt_prefix); then
+        log "installing chromium and chromium-driver (for the dashboard's browser test)"
+        # shellcheck disable=SC2086 # $prefix is empty or "sudo -n", split on purpose.
+        $prefix env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        # shellcheck disable=SC2086
+        $prefix env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+    else
+        printf 'error: missing chromium/chromedriver; install them (as root) with:\n' >&2
+        printf "    sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver\n" >&2
+        exit 1
+    fi
+    command -v chromedriver >/dev/null 2>&1 || die "chromium-driver was installed but chromedriver is not on PATH"
+}
+
 # ensure_packages [postgres] [redis]
 #
 # Make sure the servers we are about to start are installed (both when no argument is given).

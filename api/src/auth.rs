@@ -61,6 +61,7 @@ impl FromRequestParts<AppState> for Tenant {
             return Err(ApiError::unauthorized("unknown or revoked API key"));
         };
         rate_limit(state, &key_prefix).await?;
+        tracing::Span::current().record("tenant_id", tenant.id.as_str());
         Ok(Tenant { tenant, key_prefix })
     }
 }

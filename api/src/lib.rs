@@ -5,6 +5,7 @@ mod auth;
 mod body;
 mod error;
 pub mod openapi;
+mod ops;
 mod routes;
 mod state;
 mod views;

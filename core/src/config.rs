@@ -106,6 +106,9 @@ pub struct Config {
     pub circuit_failures: u32,
     /// How long an open circuit stops calls before one probe is let through.
     pub circuit_cooldown: Duration,
+    /// Where herald-worker and herald-scheduler serve `/metrics` (`None`: off).
+    pub worker_metrics_listen: Option<SocketAddr>,
+    pub scheduler_metrics_listen: Option<SocketAddr>,
 }
 
 /// Everything wrong with the environment, one line per variable.
@@ -267,6 +270,10 @@ impl Config {
         let database_pool_size = r.number("HERALD_DATABASE_POOL_SIZE", 20, 1, 1_000);
         let circuit_failures = r.number("HERALD_CIRCUIT_FAILURES", 5, 1, 1_000);
         let circuit_cooldown = r.millis("HERALD_CIRCUIT_COOLDOWN_MS", 30_000, 100, 3_600_000);
+        let worker_metrics_listen =
+            r.listen_or_off("HERALD_WORKER_METRICS_LISTEN", "127.0.0.1:9101");
+        let scheduler_metrics_listen =
+            r.listen_or_off("HERALD_SCHEDULER_METRICS_LISTEN", "127.0.0.1:9102");
 
         if !r.problems.is_empty() {
             return Err(ConfigError {
@@ -323,6 +330,8 @@ impl Config {
             database_pool_size,
             circuit_failures,
             circuit_cooldown,
+            worker_metrics_listen,
+            scheduler_metrics_listen,
         })
     }
 
@@ -415,6 +424,24 @@ impl Reader<'_> {
             }
         })
         .unwrap_or(default)
+    }
+
+    /// An address to listen on, or `off`.
+    fn listen_or_off(&mut self, name: &str, default: &str) -> Option<SocketAddr> {
+        let raw = self.get(name).unwrap_or_else(|| default.to_owned());
+        if raw == "off" {
+            return None;
+        }
+        match raw.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.problem(
+                    name,
+                    &format!("must be an address like 127.0.0.1:9101, or `off` (got `{raw}`)"),
+                );
+                None
+            }
+        }
     }
 
     fn url(&mut self, name: &str, default: &str) -> String {

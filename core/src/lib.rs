@@ -8,6 +8,7 @@ pub mod batch;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod metrics;
 pub mod providers;
 pub mod queue;
 pub mod ratelimit;

@@ -95,6 +95,14 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
         replies: queue::ai_replies(&config, client.clone(), conn.clone()),
         deliveries: queue::deliveries(&config, client, conn),
     };
+    if let Some(addr) = config.scheduler_metrics_listen {
+        let queues = vec![ctx.deliveries.clone(), ctx.replies.clone()];
+        tokio::spawn(herald_core::metrics::serve(
+            addr,
+            queues,
+            shutdown.child_token(),
+        ));
+    }
     let every_second = schedule("* * * * * *")?;
     let every_minute = schedule("0 * * * * *")?;
     let hourly = schedule("0 17 * * * *")?;

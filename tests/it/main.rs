@@ -2,11 +2,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod conversations;
+mod dashboard;
 mod dead_letters;
 mod delivery;
 mod guarantees;
+mod heraldctl;
 mod processes;
 mod queue;
 mod status_callbacks;
 mod tenancy;
+mod time;
 mod validation;

@@ -70,6 +70,9 @@ pub async fn test_config() -> Config {
     config.worker_concurrency = 20;
     config.database_pool_size = 10;
     config.webhook_allow_private = true;
+    // Many workers share one test process: any free port.
+    config.worker_metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.scheduler_metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     config
 }
 

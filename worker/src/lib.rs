@@ -22,7 +22,7 @@ use herald_core::{
     },
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 /// Sends one message: the `deliveries` queue's handler.
 async fn send_message(
@@ -30,7 +30,16 @@ async fn send_message(
     meta: Data<JobMeta>,
     deliverer: Data<Arc<Deliverer>>,
 ) -> Result<(), JobError> {
-    delivery::deliver(&deliverer, &job, &meta).await
+    // Every line of this job carries its message, tenant and the request that caused it.
+    let span = tracing::info_span!(
+        "delivery",
+        message_id = %job.message_id,
+        tenant_id = job.tenant_id.as_deref().unwrap_or_default(),
+        request_id = job.request_id.as_deref().unwrap_or_default(),
+    );
+    delivery::deliver(&deliverer, &job, &meta)
+        .instrument(span)
+        .await
 }
 
 /// Answers an inbound text or writes a daily AI message: the `ai-replies` queue's handler.
@@ -71,6 +80,15 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
         lease_ms = config.lease.as_millis() as u64,
         "herald-worker starting"
     );
+
+    if let Some(addr) = config.worker_metrics_listen {
+        let queues = vec![deliveries.clone(), replies.clone()];
+        tokio::spawn(herald_core::metrics::serve(
+            addr,
+            queues,
+            shutdown.child_token(),
+        ));
+    }
 
     // Kept outside apalis so leases can be handed back even after a forced shutdown.
     let handles: Arc<Mutex<Vec<WorkerHandle>>> = Arc::default();

@@ -45,6 +45,7 @@ const MAX_AHEAD_DAYS: i64 = 366;
 pub async fn create_message(
     auth: Tenant,
     State(state): State<AppState>,
+    request_id: Option<axum::Extension<super::RequestId>>,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Response> {
@@ -67,11 +68,20 @@ pub async fn create_message(
         }
     };
     let new = parse_new_message(body, state.config.webhook_allow_private)?;
-    match state
+    let request_id = request_id.map(|axum::Extension(super::RequestId(id))| id);
+    let created = state
         .intake
-        .create(&auth.tenant, &new, idempotency.as_ref())
-        .await
-    {
+        .create(
+            &auth.tenant,
+            &new,
+            idempotency.as_ref(),
+            request_id.as_deref(),
+        )
+        .await;
+    if let Ok(Created::New(m) | Created::Existing(m)) = &created {
+        tracing::Span::current().record("message_id", m.id.as_str());
+    }
+    match created {
         Ok(Created::New(m)) => {
             Ok((StatusCode::ACCEPTED, Json(views::Message::from(m))).into_response())
         }

@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi_json))
+        .route("/metrics", get(metrics))
         .route("/v1/admin/tenants", post(admin::create_tenant))
         .route("/v1/admin/tenants/{id}/keys", post(admin::create_key))
         .route("/v1/admin/keys/{key_prefix}", delete(admin::revoke_key))
@@ -78,18 +79,50 @@ pub fn router(state: AppState) -> Router {
             get(dead_letters::get).delete(dead_letters::delete),
         )
         .route("/v1/dead-letters/{id}/replay", post(dead_letters::replay))
+        .merge(crate::ops::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .route_layer(middleware::from_fn(track))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// Prometheus text format; the queue gauges are read fresh for each scrape.
+async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> impl IntoResponse {
+    herald_core::metrics::record_queue_depths(&[state.queue.clone(), state.replies.clone()]).await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        herald_core::metrics::install().render(),
+    )
 }
 
 async fn openapi_json() -> impl IntoResponse {
     Json(openapi::document())
 }
 
+/// Counts and times every routed request by its route pattern (not its path, so ids do not
+/// explode the label set).
+async fn track(req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!("herald_http_request_duration_seconds", "route" => route.clone(), "method" => method.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("herald_http_requests_total", "route" => route, "method" => method, "status" => status).increment(1);
+    response
+}
+
 async fn not_found() -> ApiError {
+    metrics::counter!("herald_http_requests_total", "route" => "unmatched", "method" => "any", "status" => "404").increment(1);
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
@@ -100,6 +133,10 @@ async fn method_not_allowed() -> ApiError {
         "this route does not take that method",
     )
 }
+
+/// The id of the request being served, for the jobs it causes.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
 
 /// Gives every request an id (the caller's `X-Request-Id` when it sends a sane one), a span
 /// that every log line of the request carries, and one log line when it is answered.
@@ -113,7 +150,16 @@ async fn request_id(req: Request, next: Next) -> Response {
         .unwrap_or_else(|| new_id("req"));
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let span = info_span!("request", request_id = %id, method = %method, path = %path);
+    let span = info_span!(
+        "request",
+        request_id = %id,
+        method = %method,
+        path = %path,
+        tenant_id = tracing::field::Empty,
+        message_id = tracing::field::Empty,
+    );
+    let mut req = req;
+    req.extensions_mut().insert(RequestId(id.clone()));
     let started = std::time::Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();

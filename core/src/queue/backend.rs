@@ -343,6 +343,14 @@ impl Shared {
 }
 
 fn log_settled(meta: &JobMeta, settle: &Settle, outcome: &str) {
+    let recorded = match (settle, outcome) {
+        (_, "lost") => "lost",
+        (_, "dead") => "dead",
+        (Settle::Defer { .. }, _) => "deferred",
+        _ => "retried",
+    };
+    ::metrics::counter!("herald_jobs_total", "queue" => meta.queue.clone(), "outcome" => recorded)
+        .increment(1);
     match (settle, outcome) {
         (_, "lost") => warn!(queue = %meta.queue, job_id = %meta.id, attempt = meta.attempt,
             "the job's lease was lost while it ran; its new holder decides"),
@@ -852,7 +860,16 @@ where
         };
         let fut = self.inner.call(task);
         async move {
+            let started = std::time::Instant::now();
             let res = fut.await.map_err(Into::into);
+            if let Some(meta) = &meta {
+                ::metrics::histogram!("herald_job_duration_seconds", "queue" => meta.queue.clone())
+                    .record(started.elapsed().as_secs_f64());
+                if res.is_ok() {
+                    ::metrics::counter!("herald_jobs_total", "queue" => meta.queue.clone(), "outcome" => "completed")
+                        .increment(1);
+                }
+            }
             if let Some(meta) = meta {
                 match &res {
                     Ok(_) => shared.finish(&meta, &Ok(()), None).await,

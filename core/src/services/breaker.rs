@@ -36,6 +36,11 @@ pub enum Admit {
     No(Duration),
 }
 
+/// `herald_circuit_state{circuit}`: 0 closed, 1 half open, 2 open.
+fn gauge(circuit: &str, value: f64) {
+    ::metrics::gauge!("herald_circuit_state", "circuit" => circuit.to_owned()).set(value);
+}
+
 #[derive(Debug)]
 pub struct Breakers {
     threshold: u32,
@@ -72,6 +77,7 @@ impl Breakers {
                 let now = Instant::now();
                 if now >= until {
                     *state = State::HalfOpen { probing: true };
+                    gauge(key, 1.0);
                     Admit::Probe
                 } else {
                     Admit::No(until - now + Self::jitter())
@@ -79,6 +85,7 @@ impl Breakers {
             }
             State::HalfOpen { probing: false } => {
                 *state = State::HalfOpen { probing: true };
+                gauge(key, 1.0);
                 Admit::Probe
             }
             State::HalfOpen { probing: true } => Admit::No(Duration::from_secs(1) + Self::jitter()),
@@ -107,6 +114,7 @@ impl Breakers {
                     cooldown_ms = self.cooldown.as_millis() as u64,
                     "circuit opened after repeated failures"
                 );
+                gauge(key, 2.0);
                 State::Open {
                     until: Instant::now() + self.cooldown,
                 }

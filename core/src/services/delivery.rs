@@ -287,10 +287,24 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
     let started = std::time::Instant::now();
     let outcome = provider.send(&outbound).await;
     let elapsed_ms = started.elapsed().as_millis() as u64;
-    match &outcome {
-        SendOutcome::Transient { .. } => d.breakers.failure(&circuit),
-        SendOutcome::Accepted { .. } | SendOutcome::Rejected { .. } => d.breakers.success(&circuit),
-    }
+    let recorded = match &outcome {
+        SendOutcome::Transient { .. } => {
+            d.breakers.failure(&circuit);
+            "transient"
+        }
+        SendOutcome::Accepted { .. } => {
+            d.breakers.success(&circuit);
+            "accepted"
+        }
+        SendOutcome::Rejected { .. } => {
+            d.breakers.success(&circuit);
+            "rejected"
+        }
+    };
+    ::metrics::counter!("herald_provider_calls_total", "provider" => provider.name(), "outcome" => recorded)
+        .increment(1);
+    ::metrics::histogram!("herald_provider_call_duration_seconds", "provider" => provider.name())
+        .record(elapsed_ms as f64 / 1000.0);
     probe.done();
 
     match outcome {
@@ -441,6 +455,7 @@ async fn dead_letter(d: &Deliverer, m: &MessageRow, reason: &str) {
         .unwrap_or(serde_json::Value::Array(vec![]));
     let refreshed = messages::get_any(&d.db, &m.id).await.ok().flatten();
     let row = refreshed.as_ref().unwrap_or(m);
+    ::metrics::counter!("herald_dead_letters_total", "reason" => reason.to_owned()).increment(1);
     if let Err(e) =
         messages::insert_dead_letter(&d.db, &new_id("dl"), DELIVERIES, row, reason, &errors).await
     {

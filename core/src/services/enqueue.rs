@@ -42,13 +42,19 @@ impl Enqueuer {
     /// Hands a committed message's job to the pusher. Never waits: when the buffer is full
     /// the outbox sweep pushes it instead.
     pub fn submit(&self, message: &MessageRow) {
+        self.submit_for(message, None);
+    }
+
+    /// Like [`Enqueuer::submit`], naming the API request that caused the message.
+    pub fn submit_for(&self, message: &MessageRow, request_id: Option<&str>) {
         let message_id = message.id.as_str();
-        let job = DeliveryJob::new(
+        let mut job = DeliveryJob::new(
             message_id,
             &message.tenant_id,
             &message.channel,
             &message.to_addr,
         );
+        job.request_id = request_id.map(str::to_owned);
         let job = match NewJob::new(message_id, &job, message.send_at.timestamp_millis()) {
             Ok(job) => job,
             Err(e) => {

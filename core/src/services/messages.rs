@@ -117,13 +117,15 @@ impl Intake {
         }
     }
 
+    /// Accepts a message from the API; `request_id` follows it into its job's logs.
     pub async fn create(
         &self,
         tenant: &TenantRow,
         new: &NewMessage,
         idempotency: Option<&Idempotency>,
+        request_id: Option<&str>,
     ) -> Result<Created, CreateError> {
-        create(self, tenant, new, idempotency).await
+        create(self, tenant, new, idempotency, request_id).await
     }
 
     /// Inserts a message Herald itself sends (a reply, a help text) and queues it; `None`
@@ -156,6 +158,7 @@ async fn create(
     tenant: &TenantRow,
     new: &NewMessage,
     idempotency: Option<&Idempotency>,
+    request_id: Option<&str>,
 ) -> Result<Created, CreateError> {
     let db = &intake.db;
     // Up to three rounds: a concurrent request with the same key can win the insert, and
@@ -259,7 +262,9 @@ async fn create(
                 message
             }
         };
-        intake.enqueuer.submit(&message);
+        intake.enqueuer.submit_for(&message, request_id);
+        ::metrics::counter!("herald_messages_accepted_total", "channel" => message.channel.clone())
+            .increment(1);
         return Ok(Created::New(message));
     }
     Err(CreateError::IdempotencyConflict)

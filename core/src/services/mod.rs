@@ -30,6 +30,9 @@ pub struct DeliveryJob {
     pub channel: Option<Channel>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// The API request that caused it, so the worker's log lines carry it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl DeliveryJob {
@@ -46,6 +49,7 @@ impl DeliveryJob {
             tenant_id: Some(tenant_id.to_owned()),
             channel,
             host,
+            request_id: None,
         }
     }
 }

@@ -1,0 +1,121 @@
+//! Prometheus metrics: one recorder per process, rendered at `/metrics` (the API on its own
+//! listener, the worker and the scheduler on `HERALD_*_METRICS_LISTEN`).
+//!
+//! - `herald_http_requests_total{route,method,status}`, `herald_http_request_duration_seconds`
+//! - `herald_jobs_total{queue,outcome}`, `herald_job_duration_seconds{queue}`
+//! - `herald_queue_depth{queue,state}`
+//! - `herald_provider_calls_total{provider,outcome}`, `herald_provider_call_duration_seconds`
+//! - `herald_dead_letters_total{reason}`, `herald_circuit_state{circuit}` (0 closed, 1 half
+//!   open, 2 open), `herald_messages_accepted_total{channel}`
+
+use std::{net::SocketAddr, sync::OnceLock, time::Duration};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::queue::Queue;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process's recorder (once) and returns the handle that renders it.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("duration_seconds".to_owned()),
+                    &[
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0,
+                    ],
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            match builder.install_recorder() {
+                Ok(handle) => handle,
+                // Another recorder is installed (a test harness): render an empty one.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
+
+/// Records the counts of these queues as gauges.
+pub async fn record_queue_depths(queues: &[Queue]) {
+    for q in queues {
+        if let Ok(s) = q.stats().await {
+            let name = q.name().to_owned();
+            for (state, value) in [
+                ("pending", s.pending),
+                ("scheduled", s.scheduled),
+                ("running", s.running),
+                ("dead", s.dead),
+            ] {
+                ::metrics::gauge!("herald_queue_depth", "queue" => name.clone(), "state" => state)
+                    .set(value as f64);
+            }
+        }
+    }
+}
+
+/// Serves `/metrics` on `addr` until `shutdown`, refreshing the queue gauges every 5 s. A
+/// port already in use is logged, not fatal: metrics must never stop the work.
+pub async fn serve(addr: SocketAddr, queues: Vec<Queue>, shutdown: CancellationToken) {
+    let handle = install();
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(%addr, error = %e, "could not listen for /metrics; running without it");
+            return;
+        }
+    };
+    info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics at /metrics");
+    let refresh = {
+        let shutdown = shutdown.clone();
+        async move {
+            loop {
+                record_queue_depths(&queues).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        }
+    };
+    tokio::join!(refresh, respond(listener, handle, shutdown));
+}
+
+/// A minimal HTTP/1 responder for `GET /metrics`, so the worker and the scheduler need no web
+/// framework.
+async fn respond(
+    listener: tokio::net::TcpListener,
+    handle: PrometheusHandle,
+    shutdown: CancellationToken,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((mut stream, _)) = accepted else {
+            continue;
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let (status, body) = if request.starts_with("GET /metrics") {
+                ("200 OK", handle.render())
+            } else {
+                ("404 Not Found", "not found\n".to_owned())
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,314 @@
+//! The `/ops` dashboard, driven in a real headless Chromium: logging in, seeing a dead letter,
+//! replaying it and watching it leave the list while its message is sent; and the doors that
+//! must stay shut (no session, no CSRF token).
+
+use std::time::Duration;
+
+use herald_tests::{
+    Tenant, TestApp,
+    app::test_config,
+    browser::Browser,
+    eventually,
+    providers::{Reply, TwilioMock},
+};
+use reqwest::{StatusCode, header};
+use serde_json::Value;
+
+/// An app whose first SMS is rejected for good by Twilio, so it has one dead letter; returns
+/// the dead letter's and the message's ids.
+async fn app_with_a_dead_letter() -> (TestApp, TwilioMock, Tenant, String, String) {
+    let twilio = TwilioMock::start().await;
+    twilio.script([Reply::TwilioError {
+        status: 400,
+        code: 21211,
+        message: "The 'To' number +15550001111 is not a valid phone number.".into(),
+    }]);
+    let mut config = test_config().await;
+    twilio.configure(&mut config);
+    let mut app = TestApp::start_with(config).await;
+    app.start_worker();
+    let tenant = app.tenant().await;
+    let m = app
+        .send_sms(&tenant, "+15550001111", "Your order is ready for pickup")
+        .await;
+    let message_id = m["id"].as_str().unwrap().to_owned();
+    app.wait_for_status(&tenant, &message_id, "failed", Duration::from_secs(15))
+        .await;
+    // The dead letter is written right after the message is marked failed.
+    let dead_letter = eventually(
+        Duration::from_secs(10),
+        "the dead letter is written",
+        || async {
+            let (_, page) = app.get("/v1/dead-letters", &app.ops_token).await;
+            page["data"][0]["id"].as_str().map(str::to_owned)
+        },
+    )
+    .await;
+    (app, twilio, tenant, dead_letter, message_id)
+}
+
+/// A client that keeps redirects for the test to see.
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Logs in over plain HTTP; returns the session cookie (`name=value`).
+async fn log_in(app: &TestApp, http: &reqwest::Client) -> String {
+    let r = http
+        .post(app.url("/ops/login"))
+        .form(&[("token", app.ops_token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let cookie = r.headers()[header::SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+/// The CSRF token in a page's forms.
+fn csrf_of(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 19;
+    html[at..].split('"').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn ops_log_in_see_a_dead_letter_replay_it_and_its_message_is_sent() {
+    let (app, twilio, tenant, dead_letter, message_id) = app_with_a_dead_letter().await;
+    let browser = Browser::start().await;
+
+    // Without a session the dashboard sends the visitor to log in.
+    browser.goto(&app.url("/ops/dead-letters")).await;
+    assert!(
+        browser.current_url().await.ends_with("/ops/login"),
+        "{}",
+        browser.current_url().await
+    );
+    browser
+        .type_into("input[name=token]", "not-the-token")
+        .await;
+    browser.click("#login").await;
+    assert!(browser.source().await.contains("That is not the ops token"));
+
+    browser.type_into("input[name=token]", &app.ops_token).await;
+    browser.click("#login").await;
+    assert!(
+        browser.current_url().await.ends_with("/ops"),
+        "{}",
+        browser.current_url().await
+    );
+    let queues = browser.text("#queues").await;
+    assert!(
+        queues.contains("deliveries") && queues.contains("ai-replies"),
+        "{queues}"
+    );
+    let cookie = browser
+        .cookies()
+        .await
+        .into_iter()
+        .find(|c| c["name"] == "herald_ops")
+        .expect("the session cookie");
+    assert_eq!(cookie["httpOnly"], Value::Bool(true));
+    assert_eq!(cookie["sameSite"], "Strict");
+
+    browser.goto(&app.url("/ops/dead-letters")).await;
+    assert!(
+        browser.text("#dead-letters").await.contains(&dead_letter),
+        "the dead letter is listed"
+    );
+    browser
+        .click(&format!("a[href=\"/ops/dead-letters/{dead_letter}\"]"))
+        .await;
+    let detail = browser.source().await;
+    assert!(detail.contains("21211"), "its error history is shown");
+    assert!(detail.contains(&message_id));
+    std::fs::create_dir_all(herald_tests::process::bin_dir().join("screenshots")).unwrap();
+    let shot = browser.screenshot().await;
+    assert!(shot.starts_with(b"\x89PNG"), "a PNG screenshot");
+    std::fs::write(
+        herald_tests::process::bin_dir().join("screenshots/dashboard-dead-letter.png"),
+        &shot,
+    )
+    .unwrap();
+
+    browser.click("#replay").await;
+    let notice = browser.text("#notice").await;
+    assert!(notice.contains("Replayed"), "{notice}");
+    assert!(
+        !browser.text("#dead-letters").await.contains(&dead_letter),
+        "a replayed dead letter leaves the list"
+    );
+
+    app.wait_for_status(&tenant, &message_id, "sent", Duration::from_secs(15))
+        .await;
+    browser
+        .goto(&app.url(&format!("/ops/messages?id={message_id}")))
+        .await;
+    let status = eventually(
+        Duration::from_secs(5),
+        "the dashboard shows it sent",
+        || async {
+            let s = browser.text("#status").await;
+            (s == "sent").then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(status, "sent");
+    assert!(
+        browser
+            .text("#events")
+            .await
+            .contains("replayed from dead letter")
+    );
+    assert_eq!(twilio.received().len(), 2, "rejected once, then sent once");
+    std::fs::write(
+        herald_tests::process::bin_dir().join("screenshots/dashboard-message.png"),
+        browser.screenshot().await,
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn dashboard_pages_refuse_a_visitor_without_a_session() {
+    let (app, _twilio, _tenant, dead_letter, _) = app_with_a_dead_letter().await;
+    let http = no_redirects();
+    for page in [
+        "/ops",
+        "/ops/dead-letters",
+        &format!("/ops/dead-letters/{dead_letter}"),
+        "/ops/messages",
+    ] {
+        let r = http.get(app.url(page)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{page}");
+        assert_eq!(r.headers()[header::LOCATION], "/ops/login", "{page}");
+    }
+    // A forged cookie is no session either.
+    let r = http
+        .get(app.url("/ops"))
+        .header(header::COOKIE, "herald_ops=9999999999.abc.forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let r = http
+        .post(app.url(&format!("/ops/dead-letters/{dead_letter}/replay")))
+        .form(&[("csrf", "whatever")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let (_, d) = app
+        .get(&format!("/v1/dead-letters/{dead_letter}"), &app.ops_token)
+        .await;
+    assert_eq!(d["replayed_at"], Value::Null, "nothing was replayed");
+}
+
+#[tokio::test]
+async fn a_dashboard_action_without_the_csrf_token_is_refused() {
+    let (app, _twilio, _tenant, dead_letter, _) = app_with_a_dead_letter().await;
+    let http = no_redirects();
+    let cookie = log_in(&app, &http).await;
+    let action = app.url(&format!("/ops/dead-letters/{dead_letter}/replay"));
+    for form in [vec![], vec![("csrf", "forged-token")]] {
+        let r = http
+            .post(&action)
+            .header(header::COOKIE, &cookie)
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "csrf {form:?}");
+        assert!(r.text().await.unwrap().contains("CSRF"));
+    }
+    let (_, d) = app
+        .get(&format!("/v1/dead-letters/{dead_letter}"), &app.ops_token)
+        .await;
+    assert_eq!(
+        d["replayed_at"],
+        Value::Null,
+        "a refused action changes nothing"
+    );
+
+    // The token from the page itself works.
+    let page = http
+        .get(app.url(&format!("/ops/dead-letters/{dead_letter}")))
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let r = http
+        .post(&action)
+        .header(header::COOKIE, &cookie)
+        .form(&[("csrf", csrf_of(&page))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let (_, d) = app
+        .get(&format!("/v1/dead-letters/{dead_letter}"), &app.ops_token)
+        .await;
+    assert!(d["replayed_at"].is_string(), "{d}");
+}
+
+#[tokio::test]
+async fn a_bulk_replay_asks_for_confirmation_before_it_replays() {
+    let (app, _twilio, _tenant, dead_letter, _) = app_with_a_dead_letter().await;
+    let http = no_redirects();
+    let cookie = log_in(&app, &http).await;
+    let list = http
+        .get(app.url("/ops/dead-letters?reason=rejected"))
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = csrf_of(&list);
+    let r = http
+        .post(app.url("/ops/dead-letters/replay"))
+        .header(header::COOKIE, &cookie)
+        .form(&[("csrf", csrf.as_str()), ("reason", "rejected")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let confirm = r.text().await.unwrap();
+    assert!(
+        confirm.contains("Replay dead letters?") && confirm.contains("id=\"count\">1<"),
+        "{confirm}"
+    );
+    let (_, d) = app
+        .get(&format!("/v1/dead-letters/{dead_letter}"), &app.ops_token)
+        .await;
+    assert_eq!(d["replayed_at"], Value::Null, "asking changes nothing");
+
+    let r = http
+        .post(app.url("/ops/dead-letters/replay"))
+        .header(header::COOKIE, &cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("reason", "rejected"),
+            ("confirm", "yes"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let (_, d) = app
+        .get(&format!("/v1/dead-letters/{dead_letter}"), &app.ops_token)
+        .await;
+    assert!(d["replayed_at"].is_string(), "confirmed, it replays: {d}");
+}
