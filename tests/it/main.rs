@@ -7,6 +7,7 @@ mod dead_letters;
 mod delivery;
 mod guarantees;
 mod heraldctl;
+mod ops;
 mod processes;
 mod queue;
 mod status_callbacks;

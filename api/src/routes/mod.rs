@@ -16,70 +16,64 @@ use axum::{
     http::{HeaderValue, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{delete, get, post},
 };
 use herald_core::domain::new_id;
 use tracing::{Instrument, info, info_span};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{body::MAX_BODY, error::ApiError, openapi, state::AppState};
 
+/// The API's routes and the OpenAPI document describing exactly them: every route is added
+/// through `utoipa_axum::routes!`, which reads the handler's `#[utoipa::path]`, so a route
+/// cannot exist without its documentation.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(openapi_json))
+        .routes(routes!(metrics))
+        .routes(routes!(admin::create_tenant))
+        .routes(routes!(admin::create_key))
+        .routes(routes!(admin::revoke_key))
+        .routes(routes!(admin::queues))
+        .routes(routes!(admin::message))
+        .routes(routes!(messages::create_message, messages::list_messages))
+        .routes(routes!(messages::get_message))
+        .routes(routes!(messages::cancel_message))
+        .routes(routes!(inbound::twilio_status))
+        .routes(routes!(inbound::twilio_sms))
+        .routes(routes!(appointments::create))
+        .routes(routes!(
+            appointments::get,
+            appointments::patch,
+            appointments::delete
+        ))
+        .routes(routes!(subscriptions::create))
+        .routes(routes!(subscriptions::get, subscriptions::delete))
+        .routes(routes!(contacts::create))
+        .routes(routes!(contacts::get, contacts::patch))
+        .routes(routes!(conversations::get))
+        .routes(routes!(conversations::takeover))
+        .routes(routes!(conversations::release))
+        .routes(routes!(conversations::reply))
+        .routes(routes!(dead_letters::list))
+        .routes(routes!(dead_letters::replay_many))
+        .routes(routes!(dead_letters::get, dead_letters::delete))
+        .routes(routes!(dead_letters::replay))
+        .split_for_parts()
+}
+
+static DOCUMENT: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+
+/// The OpenAPI document of every route.
+pub fn document() -> utoipa::openapi::OpenApi {
+    DOCUMENT.get_or_init(|| api().1).clone()
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/openapi.json", get(openapi_json))
-        .route("/metrics", get(metrics))
-        .route("/v1/admin/tenants", post(admin::create_tenant))
-        .route("/v1/admin/tenants/{id}/keys", post(admin::create_key))
-        .route("/v1/admin/keys/{key_prefix}", delete(admin::revoke_key))
-        .route("/v1/admin/queues", get(admin::queues))
-        .route("/v1/admin/messages/{id}", get(admin::message))
-        .route(
-            "/v1/messages",
-            post(messages::create_message).get(messages::list_messages),
-        )
-        .route("/v1/messages/{id}", get(messages::get_message))
-        .route("/v1/messages/{id}/cancel", post(messages::cancel_message))
-        .route("/v1/inbound/twilio/status", post(inbound::twilio_status))
-        .route("/v1/inbound/twilio/sms", post(inbound::twilio_sms))
-        .route("/v1/appointments", post(appointments::create))
-        .route(
-            "/v1/appointments/{id}",
-            get(appointments::get)
-                .patch(appointments::patch)
-                .delete(appointments::delete),
-        )
-        .route("/v1/subscriptions", post(subscriptions::create))
-        .route(
-            "/v1/subscriptions/{id}",
-            get(subscriptions::get).delete(subscriptions::delete),
-        )
-        .route("/v1/contacts", post(contacts::create))
-        .route(
-            "/v1/contacts/{id}",
-            get(contacts::get).patch(contacts::patch),
-        )
-        .route("/v1/conversations/{contact_id}", get(conversations::get))
-        .route(
-            "/v1/conversations/{contact_id}/takeover",
-            post(conversations::takeover),
-        )
-        .route(
-            "/v1/conversations/{contact_id}/release",
-            post(conversations::release),
-        )
-        .route(
-            "/v1/conversations/{contact_id}/reply",
-            post(conversations::reply),
-        )
-        .route("/v1/dead-letters", get(dead_letters::list))
-        .route("/v1/dead-letters/replay", post(dead_letters::replay_many))
-        .route(
-            "/v1/dead-letters/{id}",
-            get(dead_letters::get).delete(dead_letters::delete),
-        )
-        .route("/v1/dead-letters/{id}/replay", post(dead_letters::replay))
-        .merge(crate::ops::router())
+    let (api, doc) = api();
+    let _ = DOCUMENT.set(doc);
+    api.merge(crate::ops::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -88,7 +82,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Prometheus text format; the queue gauges are read fresh for each scrape.
+/// Prometheus metrics of this API process (and the queue depths, read fresh for each scrape).
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> impl IntoResponse {
     herald_core::metrics::record_queue_depths(&[state.queue.clone(), state.replies.clone()]).await;
     (
@@ -100,8 +95,10 @@ async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) ->
     )
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, description = "the OpenAPI 3 document of every route")))]
 async fn openapi_json() -> impl IntoResponse {
-    Json(openapi::document())
+    Json(document())
 }
 
 /// Counts and times every routed request by its route pattern (not its path, so ids do not

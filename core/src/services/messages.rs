@@ -335,10 +335,16 @@ pub async fn get(
     tenant_id: &str,
     id: &str,
 ) -> Result<Option<(MessageRow, Vec<EventRow>)>, sqlx::Error> {
-    let Some(message) = messages::get(db, tenant_id, id).await? else {
+    // One snapshot for both reads, so the events never run ahead of the status.
+    let mut tx = db.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let Some(message) = messages::get(&mut *tx, tenant_id, id).await? else {
         return Ok(None);
     };
-    let events = messages::events(db, id).await?;
+    let events = messages::events(&mut *tx, id).await?;
+    tx.commit().await?;
     Ok(Some((message, events)))
 }
 

@@ -1,0 +1,249 @@
+//! What ops look at: Prometheus metrics after traffic, the OpenAPI document of every route,
+//! and request ids on every answer.
+
+use std::time::Duration;
+
+use herald_tests::{
+    TestApp, app::test_config, eventually, process::free_port, providers::TwilioMock,
+};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// The value of a Prometheus sample whose line starts with `name{` and contains every label.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| labels.iter().all(|lab| l.contains(lab)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_appear_after_traffic() {
+    let twilio = TwilioMock::start().await;
+    let mut config = test_config().await;
+    twilio.configure(&mut config);
+    let worker_port = free_port();
+    config.worker_metrics_listen = Some(format!("127.0.0.1:{worker_port}").parse().unwrap());
+    let mut app = TestApp::start_with(config).await;
+    app.start_worker();
+    let tenant = app.tenant().await;
+    let m = app
+        .send_sms(&tenant, "+15551234567", "metrics please")
+        .await;
+    app.wait_for_status(
+        &tenant,
+        m["id"].as_str().unwrap(),
+        "sent",
+        Duration::from_secs(15),
+    )
+    .await;
+    let (status, _) = app
+        .get(
+            "/v1/messages/msg_01AAAAAAAAAAAAAAAAAAAAAAAA",
+            &tenant.api_key,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let r = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = r.text().await.unwrap();
+    let posted = sample(
+        &text,
+        "herald_http_requests_total",
+        &[
+            "route=\"/v1/messages\"",
+            "method=\"POST\"",
+            "status=\"202\"",
+        ],
+    );
+    assert_eq!(posted, Some(1.0), "{text}");
+    assert!(
+        sample(
+            &text,
+            "herald_http_requests_total",
+            &["route=\"/v1/messages/{id}\"", "status=\"404\""]
+        )
+        .is_some(),
+        "requests are labelled by route pattern, not path"
+    );
+    assert!(
+        text.contains("herald_http_request_duration_seconds_bucket"),
+        "latency histograms"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "herald_messages_accepted_total",
+            &["channel=\"sms\""]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &text,
+            "herald_queue_depth",
+            &["queue=\"deliveries\"", "state=\"pending\""]
+        )
+        .is_some(),
+        "queue depths"
+    );
+
+    // The worker serves its own.
+    let worker = eventually(
+        Duration::from_secs(10),
+        "the worker's /metrics shows the job",
+        || async {
+            let r = app
+                .http
+                .get(format!("http://127.0.0.1:{worker_port}/metrics"))
+                .send()
+                .await
+                .ok()?;
+            let text = r.text().await.ok()?;
+            sample(
+                &text,
+                "herald_jobs_total",
+                &["queue=\"deliveries\"", "outcome=\"completed\""],
+            )
+            .map(|_| text)
+        },
+    )
+    .await;
+    assert_eq!(
+        sample(
+            &worker,
+            "herald_provider_calls_total",
+            &["provider=\"twilio\"", "outcome=\"accepted\""]
+        ),
+        Some(1.0)
+    );
+    assert!(worker.contains("herald_provider_call_duration_seconds_bucket"));
+    assert!(worker.contains("herald_job_duration_seconds_bucket"));
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_and_every_listed_route_answers() {
+    let app = TestApp::start().await;
+    let (status, doc) = app.get("/openapi.json", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    let mut documented: Vec<(String, String)> = paths
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .filter(|m| ["get", "post", "put", "patch", "delete"].contains(&m.as_str()))
+                .map(move |m| (m.to_uppercase(), path.clone()))
+        })
+        .collect();
+    documented.sort();
+    // Every route of the contract (the router is built from the same annotations).
+    for (method, path) in [
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+        ("POST", "/v1/admin/tenants"),
+        ("POST", "/v1/admin/tenants/{id}/keys"),
+        ("DELETE", "/v1/admin/keys/{key_prefix}"),
+        ("GET", "/v1/admin/queues"),
+        ("GET", "/v1/admin/messages/{id}"),
+        ("POST", "/v1/messages"),
+        ("GET", "/v1/messages"),
+        ("GET", "/v1/messages/{id}"),
+        ("POST", "/v1/messages/{id}/cancel"),
+        ("POST", "/v1/contacts"),
+        ("GET", "/v1/contacts/{id}"),
+        ("PATCH", "/v1/contacts/{id}"),
+        ("POST", "/v1/appointments"),
+        ("GET", "/v1/appointments/{id}"),
+        ("PATCH", "/v1/appointments/{id}"),
+        ("DELETE", "/v1/appointments/{id}"),
+        ("POST", "/v1/subscriptions"),
+        ("GET", "/v1/subscriptions/{id}"),
+        ("DELETE", "/v1/subscriptions/{id}"),
+        ("GET", "/v1/conversations/{contact_id}"),
+        ("POST", "/v1/conversations/{contact_id}/takeover"),
+        ("POST", "/v1/conversations/{contact_id}/release"),
+        ("POST", "/v1/conversations/{contact_id}/reply"),
+        ("POST", "/v1/inbound/twilio/sms"),
+        ("POST", "/v1/inbound/twilio/status"),
+        ("GET", "/v1/dead-letters"),
+        ("GET", "/v1/dead-letters/{id}"),
+        ("POST", "/v1/dead-letters/{id}/replay"),
+        ("POST", "/v1/dead-letters/replay"),
+        ("DELETE", "/v1/dead-letters/{id}"),
+    ] {
+        assert!(
+            documented.contains(&(method.to_owned(), path.to_owned())),
+            "{method} {path} is missing from /openapi.json"
+        );
+    }
+    // And every documented route exists: it answers with anything but "no such route".
+    for (method, path) in &documented {
+        let url = app.url(&path.replace('{', "x").replace('}', ""));
+        let r = app
+            .http
+            .request(method.parse().unwrap(), url)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert!(
+            !(status == StatusCode::NOT_FOUND && body["error"]["message"] == "no such route")
+                && status != StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path} is documented but not routed ({status})"
+        );
+    }
+    // Every operation says what it answers.
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            assert!(
+                op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                "{method} {path} has no responses"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id() {
+    let app = TestApp::start().await;
+    let t = app.tenant().await;
+    let r = app
+        .http
+        .get(app.url("/v1/messages"))
+        .bearer_auth(&t.api_key)
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(id.starts_with("req_"), "{id}");
+    let r = app.http.get(app.url("/nowhere")).send().await.unwrap();
+    assert!(r.headers().contains_key("x-request-id"), "also on a 404");
+    let r = app
+        .http
+        .get(app.url("/healthz"))
+        .header("x-request-id", "from-the-caller-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["x-request-id"],
+        "from-the-caller-42",
+        "a caller's id is kept"
+    );
+}
