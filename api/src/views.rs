@@ -442,3 +442,39 @@ impl From<herald_core::store::subscriptions::SubscriptionRow> for Subscription {
         }
     }
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Group {
+    /// `grp_...`
+    pub id: String,
+    pub name: String,
+    pub members: i64,
+    pub created_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ContactPage {
+    pub data: Vec<Contact>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupSendAccepted {
+    /// `gms_...`
+    pub id: String,
+    pub group_id: String,
+    /// Members with an address for the channel: one message each.
+    pub recipients: i32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupSendStatus {
+    pub id: String,
+    pub group_id: String,
+    pub channel: String,
+    pub recipients: i32,
+    /// Messages by status, e.g. `{"sent": 2, "suppressed": 1}`.
+    #[schema(value_type = Object)]
+    pub counts: std::collections::BTreeMap<String, i64>,
+    pub created_at: String,
+}

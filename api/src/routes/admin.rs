@@ -111,6 +111,19 @@ fn parse_new_tenant(body: Value) -> ApiResult<NewTenant> {
     let help_text = text(&mut f, "help_text", 320)?;
     let system_prompt = text(&mut f, "system_prompt", 4000)?;
     let canned_reply = text(&mut f, "canned_reply", 320)?;
+    let missed_call_text = text(&mut f, "missed_call_text", 320)?;
+    let missed_call_cooldown_minutes = match f.take("missed_call_cooldown_minutes") {
+        None => 10,
+        Some(v) => match v.as_i64() {
+            Some(n) if (0..=1440).contains(&n) => n as i32,
+            _ => {
+                return Err(f.invalid_value(
+                    "missed_call_cooldown_minutes",
+                    "`missed_call_cooldown_minutes` must be a whole number from 0 to 1440",
+                ));
+            }
+        },
+    };
     f.finish()?;
     Ok(NewTenant {
         name,
@@ -121,6 +134,8 @@ fn parse_new_tenant(body: Value) -> ApiResult<NewTenant> {
         help_text,
         system_prompt,
         canned_reply,
+        missed_call_text,
+        missed_call_cooldown_minutes,
     })
 }
 

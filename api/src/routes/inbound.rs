@@ -10,7 +10,7 @@ use axum::{
 use herald_core::{
     providers::twilio_signature,
     services::{
-        conversations::{self, Inbound, Received},
+        conversations::{self, CallStatus, Inbound, Received},
         reports,
     },
 };
@@ -140,5 +140,47 @@ pub async fn twilio_sms(
         Received::Duplicate => tracing::debug!(sid = %inbound.sid, "inbound text seen before"),
         Received::Stored { .. } => {}
     }
+    Ok(twiml())
+}
+
+/// Twilio's call status callback: a missed call (`no-answer`, `busy`, `failed`) to a tenant's
+/// number texts the caller back, once per cooldown, and shows on their conversation.
+#[utoipa::path(
+    post, path = "/v1/inbound/twilio/voice-status", tag = "inbound",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "Twilio's call status callback: CallSid, CallStatus, From, To, ..."),
+    params(("X-Twilio-Signature" = String, Header)),
+    responses((status = 200, description = "`<Response/>`"), (status = 403, description = "bad or missing signature", body = ErrorBody)),
+)]
+pub async fn twilio_voice_status(
+    State(state): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let params = verified_twilio_form(&state, &uri, &headers, &body)?;
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let (Some(call_sid), Some(status), Some(from), Some(to)) =
+        (get("CallSid"), get("CallStatus"), get("From"), get("To"))
+    else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing_field",
+            "CallSid, CallStatus, From and To are required",
+        )
+        .field("CallStatus"));
+    };
+    let call = CallStatus {
+        call_sid,
+        status,
+        from,
+        to,
+    };
+    let outcome = conversations::missed_call(&state.db, &state.intake, &call).await?;
+    tracing::debug!(call_sid = %call.call_sid, ?outcome, "call status callback");
     Ok(twiml())
 }

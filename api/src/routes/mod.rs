@@ -5,6 +5,7 @@ pub mod appointments;
 pub mod contacts;
 pub mod conversations;
 pub mod dead_letters;
+pub mod groups;
 pub mod health;
 pub mod inbound;
 pub mod messages;
@@ -42,6 +43,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(messages::cancel_message))
         .routes(routes!(inbound::twilio_status))
         .routes(routes!(inbound::twilio_sms))
+        .routes(routes!(inbound::twilio_voice_status))
         .routes(routes!(appointments::create))
         .routes(routes!(
             appointments::get,
@@ -56,6 +58,12 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(conversations::takeover))
         .routes(routes!(conversations::release))
         .routes(routes!(conversations::reply))
+        .routes(routes!(groups::create))
+        .routes(routes!(groups::get, groups::delete))
+        .routes(routes!(groups::members))
+        .routes(routes!(groups::add_member, groups::remove_member))
+        .routes(routes!(groups::send))
+        .routes(routes!(groups::send_status))
         .routes(routes!(dead_letters::list))
         .routes(routes!(dead_letters::replay_many))
         .routes(routes!(dead_letters::get, dead_letters::delete))

@@ -492,3 +492,112 @@ mod tests {
         assert!(turns[1].content.chars().count() <= MAX_PROMPT_CHARS);
     }
 }
+
+/// A call status callback from Twilio.
+#[derive(Debug, Clone)]
+pub struct CallStatus {
+    pub call_sid: String,
+    pub status: String,
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug)]
+pub enum MissedCall {
+    /// The caller was texted (the message is queued).
+    TextedBack(Box<MessageRow>),
+    /// Texted already within the tenant's cooldown.
+    CoolingDown,
+    /// The caller opted out of texts: nothing is sent.
+    OptedOut,
+    /// Twilio sent this call's callback before.
+    Duplicate,
+    /// The call was answered (or is still going).
+    NotMissed,
+    /// No tenant sends from the called number.
+    UnknownNumber,
+}
+
+pub fn missed_call_text(tenant: &TenantRow) -> String {
+    tenant.missed_call_text.clone().unwrap_or_else(|| {
+        format!(
+            "Sorry we missed your call! This is {}. How can we help? Reply here and we'll get right back to you.",
+            tenant.name
+        )
+    })
+}
+
+/// A missed call (`no-answer`, `busy` or `failed`) to a tenant's number: the missed call goes
+/// on the caller's conversation as a `system` entry, and the caller is texted the tenant's
+/// missed-call message through the ordinary delivery path, once per cooldown however many
+/// times they call or Twilio retries. Their answer is an ordinary inbound text, answered by
+/// the AI unless a person has the conversation.
+pub async fn missed_call(
+    db: &PgPool,
+    intake: &Intake,
+    call: &CallStatus,
+) -> Result<MissedCall, sqlx::Error> {
+    if !matches!(call.status.as_str(), "no-answer" | "busy" | "failed") {
+        return Ok(MissedCall::NotMissed);
+    }
+    let Some(tenant) = tenants::by_sms_from(db, &call.to).await? else {
+        return Ok(MissedCall::UnknownNumber);
+    };
+    let mut tx = db.begin().await?;
+    let contact = contacts::find_or_create_by_phone(
+        &mut *tx,
+        &new_id("ct"),
+        &tenant.id,
+        &call.from,
+        &tenant.timezone,
+    )
+    .await?;
+    let entry_id = new_id("msg");
+    if !messages::insert_provider_ref(&mut *tx, &call.call_sid, &entry_id).await? {
+        tx.rollback().await?;
+        return Ok(MissedCall::Duplicate);
+    }
+    let mut entry = NewMessageRow::outbound(
+        &tenant.id,
+        "sms",
+        &call.to,
+        Some(&call.from),
+        &format!("Missed call ({})", call.status),
+        "system",
+    );
+    entry.id = entry_id;
+    entry.direction = "inbound".to_owned();
+    entry.status = "received".to_owned();
+    entry.contact_id = Some(contact.id.clone());
+    entry.event_detail = format!("missed call {} ({})", call.call_sid, call.status);
+    messages::insert(&mut *tx, &entry).await?;
+    if contact.opted_out {
+        tx.commit().await?;
+        info!(tenant_id = %tenant.id, contact_id = %contact.id, "missed call from an opted-out number: no text-back");
+        return Ok(MissedCall::OptedOut);
+    }
+    if !contacts::claim_text_back(&mut *tx, &contact.id, tenant.missed_call_cooldown_minutes)
+        .await?
+    {
+        tx.commit().await?;
+        debug!(tenant_id = %tenant.id, contact_id = %contact.id, "missed call inside the cooldown: no second text-back");
+        return Ok(MissedCall::CoolingDown);
+    }
+    let mut text = NewMessageRow::outbound(
+        &tenant.id,
+        "sms",
+        &call.from,
+        tenant.sms_from.as_deref(),
+        &missed_call_text(&tenant),
+        "system",
+    );
+    text.contact_id = Some(contact.id.clone());
+    text.event_detail = format!("text-back for missed call {}", call.call_sid);
+    let message = messages::insert(&mut *tx, &text)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
+    tx.commit().await?;
+    intake.submit(&message);
+    info!(message_id = %message.id, tenant_id = %tenant.id, contact_id = %contact.id, "missed call texted back");
+    Ok(MissedCall::TextedBack(Box::new(message)))
+}

@@ -233,6 +233,7 @@ async fn create(
             reminder_before: None,
             subscription_id: None,
             local_date: None,
+            group_message_id: None,
         };
         let message = match idempotency {
             None => intake

@@ -8,6 +8,7 @@ pub mod daily;
 pub mod dead_letters;
 pub mod delivery;
 pub mod enqueue;
+pub mod groups;
 pub mod messages;
 pub mod reports;
 pub mod tenants;

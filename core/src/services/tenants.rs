@@ -28,6 +28,10 @@ pub struct NewTenant {
     pub system_prompt: Option<String>,
     /// Sent when no model answers.
     pub canned_reply: Option<String>,
+    /// Texted to a caller whose call was missed.
+    pub missed_call_text: Option<String>,
+    /// One text-back per caller within this many minutes.
+    pub missed_call_cooldown_minutes: i32,
 }
 
 #[derive(Debug)]
@@ -85,6 +89,8 @@ pub async fn create(db: &PgPool, new: &NewTenant) -> Result<CreatedTenant, Tenan
         help_text: new.help_text.as_deref(),
         system_prompt: new.system_prompt.as_deref(),
         canned_reply: new.canned_reply.as_deref(),
+        missed_call_text: new.missed_call_text.as_deref(),
+        missed_call_cooldown_minutes: new.missed_call_cooldown_minutes,
     };
     let Some(tenant) = tenants::insert(&mut tx, &row).await? else {
         return Err(TenantError::SmsFromTaken);

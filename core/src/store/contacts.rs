@@ -16,6 +16,7 @@ pub struct ContactRow {
     pub mode: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub last_text_back_at: Option<DateTime<Utc>>,
 }
 
 pub async fn get(
@@ -190,4 +191,22 @@ pub async fn set_mode(
     .bind(mode)
     .fetch_optional(db)
     .await
+}
+
+/// Claims the contact's missed-call text-back if none was sent within `cooldown_minutes`;
+/// false when one was (a second call inside the cooldown, or a concurrent callback).
+pub async fn claim_text_back(
+    db: impl PgExecutor<'_>,
+    id: &str,
+    cooldown_minutes: i32,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE contacts SET last_text_back_at = now(), updated_at = now()
+         WHERE id = $1 AND (last_text_back_at IS NULL OR last_text_back_at <= now() - make_interval(mins => $2))",
+    )
+    .bind(id)
+    .bind(cooldown_minutes)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }

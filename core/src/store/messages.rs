@@ -45,6 +45,8 @@ pub struct MessageRow {
     /// A daily delivery: its subscription and the contact's local date.
     pub subscription_id: Option<String>,
     pub local_date: Option<chrono::NaiveDate>,
+    /// A message to a group member: the group send it belongs to.
+    pub group_message_id: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -83,6 +85,7 @@ pub struct NewMessageRow {
     pub reminder_before: Option<String>,
     pub subscription_id: Option<String>,
     pub local_date: Option<chrono::NaiveDate>,
+    pub group_message_id: Option<String>,
 }
 
 impl NewMessageRow {
@@ -121,6 +124,7 @@ impl NewMessageRow {
             reminder_before: None,
             subscription_id: None,
             local_date: None,
+            group_message_id: None,
         }
     }
 }
@@ -142,23 +146,25 @@ pub async fn insert_many(
                                  $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::bool[],
                                  $12::text[], $13::jsonb[], $14::text[], $15::text[], $16::text[],
                                  $17::text[], $18::text[], $19::jsonb[], $20::bool[], $21::text[],
-                                 $22::text[], $23::text[], $24::date[])
+                                 $22::text[], $23::text[], $24::date[], $25::text[])
                 AS v(id, tenant_id, channel, to_addr, from_addr, subject, body, status, send_at,
                      expires_at, respect_quiet_hours, contact_id, metadata, detail, direction, author,
                      in_reply_to, model, usage, needs_reply, appointment_id, reminder_before,
-                     subscription_id, local_date)
+                     subscription_id, local_date, group_message_id)
          ), m AS (
             INSERT INTO messages (id, tenant_id, channel, to_addr, from_addr, subject, body, status,
                                   send_at, expires_at, respect_quiet_hours, contact_id, metadata,
                                   direction, author, in_reply_to, model, usage, needs_reply,
-                                  appointment_id, reminder_before, subscription_id, local_date)
+                                  appointment_id, reminder_before, subscription_id, local_date,
+                                  group_message_id)
             SELECT v.id, v.tenant_id, v.channel, v.to_addr, v.from_addr, v.subject, v.body, v.status,
                    v.send_at, v.expires_at, v.respect_quiet_hours,
                    COALESCE(v.contact_id, CASE WHEN v.channel = 'sms' AND v.direction = 'outbound' THEN
                        (SELECT c.id FROM contacts c WHERE c.tenant_id = v.tenant_id AND c.phone = v.to_addr)
                    END),
                    v.metadata, v.direction, v.author, v.in_reply_to, v.model, v.usage, v.needs_reply,
-                   v.appointment_id, v.reminder_before, v.subscription_id, v.local_date
+                   v.appointment_id, v.reminder_before, v.subscription_id, v.local_date,
+                   v.group_message_id
             FROM v
             ON CONFLICT DO NOTHING
             RETURNING *
@@ -192,6 +198,7 @@ pub async fn insert_many(
     .bind(col(rows, |r| r.reminder_before.clone()))
     .bind(col(rows, |r| r.subscription_id.clone()))
     .bind(col(rows, |r| r.local_date))
+    .bind(col(rows, |r| r.group_message_id.clone()))
     .fetch_all(db)
     .await?;
     let mut by_id: std::collections::HashMap<String, MessageRow> =

@@ -4,6 +4,7 @@
 pub mod appointments;
 pub mod contacts;
 pub mod dead_letters;
+pub mod groups;
 pub mod messages;
 pub mod subscriptions;
 pub mod tenants;

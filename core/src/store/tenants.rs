@@ -17,6 +17,8 @@ pub struct TenantRow {
     pub system_prompt: Option<String>,
     pub created_at: DateTime<Utc>,
     pub canned_reply: Option<String>,
+    pub missed_call_text: Option<String>,
+    pub missed_call_cooldown_minutes: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -31,6 +33,8 @@ pub struct NewTenantRow<'a> {
     pub help_text: Option<&'a str>,
     pub system_prompt: Option<&'a str>,
     pub canned_reply: Option<&'a str>,
+    pub missed_call_text: Option<&'a str>,
+    pub missed_call_cooldown_minutes: i32,
 }
 
 /// Inserts a tenant; `Ok(None)` when its `sms_from` belongs to another tenant already.
@@ -40,8 +44,8 @@ pub async fn insert(
 ) -> Result<Option<TenantRow>, sqlx::Error> {
     sqlx::query_as::<_, TenantRow>(
         "INSERT INTO tenants (id, name, timezone, sms_from, email_from, quiet_start, quiet_end, webhook_secret,
-                              help_text, system_prompt, canned_reply)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                              help_text, system_prompt, canned_reply, missed_call_text, missed_call_cooldown_minutes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          ON CONFLICT (sms_from) DO NOTHING
          RETURNING *",
     )
@@ -56,6 +60,8 @@ pub async fn insert(
     .bind(t.help_text)
     .bind(t.system_prompt)
     .bind(t.canned_reply)
+    .bind(t.missed_call_text)
+    .bind(t.missed_call_cooldown_minutes)
     .fetch_optional(conn)
     .await
 }

@@ -136,6 +136,8 @@ pub async fn run(figures: &mut Figures, messages: usize, requests: usize) -> any
             help_text: None,
             system_prompt: None,
             canned_reply: None,
+            missed_call_text: None,
+            missed_call_cooldown_minutes: 10,
         },
     )
     .await?;

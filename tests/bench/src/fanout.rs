@@ -39,6 +39,8 @@ pub async fn run(figures: &mut Figures, subscriptions: usize) -> anyhow::Result<
             help_text: None,
             system_prompt: None,
             canned_reply: None,
+            missed_call_text: None,
+            missed_call_cooldown_minutes: 10,
         },
     )
     .await?

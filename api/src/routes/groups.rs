@@ -1,0 +1,372 @@
+//! `/v1/groups`: contact groups, and messages to a whole group.
+
+use std::collections::HashMap;
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
+use chrono::{Duration, Utc};
+use herald_core::{
+    domain::{Channel, is_id, new_id},
+    services::{
+        groups::{self as service, GroupError, GroupSend, Sent},
+        messages::Idempotency,
+    },
+    store::{contacts, groups},
+};
+use serde_json::Value;
+
+use crate::{
+    auth::Tenant,
+    body::{Fields, JsonBody, Page, known_params},
+    error::{ApiError, ApiResult, ErrorBody},
+    state::AppState,
+    views,
+};
+
+async fn group(state: &AppState, tenant_id: &str, id: &str) -> ApiResult<groups::GroupRow> {
+    if !is_id("grp", id) {
+        return Err(ApiError::not_found("group"));
+    }
+    groups::get(&state.db, tenant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("group"))
+}
+
+async fn view(state: &AppState, g: groups::GroupRow) -> ApiResult<views::Group> {
+    let members = groups::member_count(&state.db, &g.id).await?;
+    Ok(views::Group {
+        id: g.id,
+        name: g.name,
+        members,
+        created_at: views::time(g.created_at),
+    })
+}
+
+/// Create a group.
+#[utoipa::path(
+    post, path = "/v1/groups", tag = "groups",
+    request_body(content = Object, description = "`{\"name\"}`"),
+    responses((status = 201, body = views::Group), (status = 422, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn create(
+    auth: Tenant,
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> ApiResult<(StatusCode, Json<views::Group>)> {
+    let mut f = Fields::new(body)?;
+    let name = f.req_str("name")?;
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        return Err(f.invalid_value("name", "`name` must be 1 to 200 characters"));
+    }
+    f.finish()?;
+    let g = groups::insert(&state.db, &new_id("grp"), &auth.tenant.id, name.trim()).await?;
+    Ok((StatusCode::CREATED, Json(view(&state, g).await?)))
+}
+
+/// A group and its member count.
+#[utoipa::path(
+    get, path = "/v1/groups/{id}", tag = "groups",
+    params(("id" = String, Path, description = "`grp_...`")),
+    responses((status = 200, body = views::Group), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn get(
+    auth: Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<views::Group>> {
+    let g = group(&state, &auth.tenant.id, &id).await?;
+    Ok(Json(view(&state, g).await?))
+}
+
+/// Delete a group (its members' contacts stay).
+#[utoipa::path(
+    delete, path = "/v1/groups/{id}", tag = "groups",
+    params(("id" = String, Path, description = "`grp_...`")),
+    responses((status = 204), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn delete(
+    auth: Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    if is_id("grp", &id) && groups::delete(&state.db, &auth.tenant.id, &id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("group"))
+    }
+}
+
+/// Add a contact to a group (again is fine).
+#[utoipa::path(
+    put, path = "/v1/groups/{id}/members/{contact_id}", tag = "groups",
+    params(("id" = String, Path), ("contact_id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn add_member(
+    auth: Tenant,
+    State(state): State<AppState>,
+    Path((id, contact_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let g = group(&state, &auth.tenant.id, &id).await?;
+    if !is_id("ct", &contact_id)
+        || contacts::get(&state.db, &auth.tenant.id, &contact_id)
+            .await?
+            .is_none()
+    {
+        return Err(ApiError::not_found("contact"));
+    }
+    groups::add_member(&state.db, &g.id, &contact_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Remove a contact from a group.
+#[utoipa::path(
+    delete, path = "/v1/groups/{id}/members/{contact_id}", tag = "groups",
+    params(("id" = String, Path), ("contact_id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn remove_member(
+    auth: Tenant,
+    State(state): State<AppState>,
+    Path((id, contact_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let g = group(&state, &auth.tenant.id, &id).await?;
+    if groups::remove_member(&state.db, &g.id, &contact_id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("member"))
+    }
+}
+
+/// A group's members, in id order.
+#[utoipa::path(
+    get, path = "/v1/groups/{id}/members", tag = "groups",
+    params(("id" = String, Path), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = views::ContactPage), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn members(
+    auth: Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<views::ContactPage>> {
+    known_params(&q, &["limit", "cursor"])?;
+    let page = Page::from_query(&q, |c| is_id("ct", c))?;
+    let g = group(&state, &auth.tenant.id, &id).await?;
+    let mut rows = groups::members(&state.db, &g.id, page.cursor.as_deref(), page.limit).await?;
+    let more = rows.len() as i64 > page.limit;
+    rows.truncate(page.limit as usize);
+    let next_cursor = if more {
+        rows.last().map(|c| c.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(views::ContactPage {
+        data: rows
+            .into_iter()
+            .map(|c| views::Contact::new(c, &auth.tenant.timezone))
+            .collect(),
+        next_cursor,
+    }))
+}
+
+fn parse_send(body: Value) -> ApiResult<GroupSend> {
+    let mut f = Fields::new(body)?;
+    let channel_raw = f.req_str("channel")?;
+    let channel = match Channel::parse(&channel_raw) {
+        Some(c @ (Channel::Sms | Channel::Email)) => c,
+        _ => {
+            return Err(f.invalid_value(
+                "channel",
+                format!("a group send goes by sms or email, not `{channel_raw}`"),
+            ));
+        }
+    };
+    let body = f.req_str("body")?;
+    let chars = body.chars().count();
+    if body.trim().is_empty() || (channel == Channel::Sms && chars > 1600) {
+        return Err(f.invalid_value(
+            "body",
+            "`body` must be 1 to 1600 characters for sms, and not empty",
+        ));
+    }
+    let subject = f.opt_str("subject")?;
+    let subject = match (channel, subject) {
+        (Channel::Email, None) => return Err(f.missing("subject")),
+        (Channel::Email, Some(s)) if s.trim().is_empty() || s.chars().count() > 998 => {
+            return Err(f.invalid_value("subject", "`subject` must be 1 to 998 characters"));
+        }
+        (Channel::Email, s) => s,
+        (_, Some(_)) => return Err(f.invalid_value("subject", "`subject` is only for email")),
+        (_, None) => None,
+    };
+    let now = Utc::now();
+    let send_at = match f.opt_time("send_at")? {
+        Some(t) if t > now + Duration::days(366) => {
+            return Err(f.invalid_value("send_at", "`send_at` is at most 366 days ahead"));
+        }
+        Some(t) => t.max(now),
+        None => now,
+    };
+    let expires_at = match f.opt_time("expires_at")? {
+        Some(t) if t <= send_at => {
+            return Err(f.invalid_value(
+                "expires_at",
+                "`expires_at` must be later than `send_at` (and than now)",
+            ));
+        }
+        Some(t) => t,
+        None => send_at + Duration::hours(24),
+    };
+    let respect_quiet_hours = f.opt_bool("respect_quiet_hours")?.unwrap_or(true);
+    let metadata = match f.take("metadata") {
+        None => Value::Object(Default::default()),
+        Some(v @ Value::Object(_))
+            if serde_json::to_string(&v)
+                .map(|s| s.len())
+                .unwrap_or(usize::MAX)
+                <= 4096 =>
+        {
+            v
+        }
+        Some(Value::Object(_)) => {
+            return Err(f.invalid_value("metadata", "`metadata` is at most 4 KiB of JSON"));
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "invalid_type",
+                "metadata",
+                "`metadata` must be an object",
+            ));
+        }
+    };
+    f.finish()?;
+    Ok(GroupSend {
+        channel,
+        subject,
+        body,
+        send_at,
+        expires_at,
+        respect_quiet_hours,
+        metadata,
+    })
+}
+
+/// Send one message to every member of a group, each with its own status, retries, opt-out
+/// and quiet hours; `Idempotency-Key` covers the whole send.
+#[utoipa::path(
+    post, path = "/v1/groups/{id}/messages", tag = "groups",
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body(content = Object, description = "`{\"channel\": \"sms\" | \"email\", \"body\", \"subject\"?, \"send_at\"?, \"expires_at\"?, \"respect_quiet_hours\"?, \"metadata\"?}`"),
+    responses(
+        (status = 202, body = views::GroupSendAccepted),
+        (status = 200, description = "the send this Idempotency-Key made before", body = views::GroupSendAccepted),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn send(
+    auth: Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Response> {
+    let idempotency = match headers.get("idempotency-key") {
+        None => None,
+        Some(raw) => {
+            let key = raw
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "invalid_value",
+                        "Idempotency-Key",
+                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                    )
+                })?;
+            Some(Idempotency::new(key.to_owned(), &body))
+        }
+    };
+    let new = parse_send(body)?;
+    if !is_id("grp", &id) {
+        return Err(ApiError::not_found("group"));
+    }
+    let answer = |status: StatusCode, g: groups::GroupMessageRow| {
+        (
+            status,
+            Json(views::GroupSendAccepted {
+                id: g.id,
+                group_id: g.group_id,
+                recipients: g.recipients,
+            }),
+        )
+            .into_response()
+    };
+    match service::send(
+        &state.db,
+        &state.queue,
+        &auth.tenant,
+        &id,
+        &new,
+        idempotency.as_ref(),
+    )
+    .await
+    {
+        Ok(Sent::New(g)) => Ok(answer(StatusCode::ACCEPTED, g)),
+        Ok(Sent::Existing(g)) => Ok(answer(StatusCode::OK, g)),
+        Err(GroupError::NotFound) => Err(ApiError::not_found("group")),
+        Err(GroupError::IdempotencyConflict) => Err(ApiError::conflict(
+            "idempotency_key_reused",
+            "this Idempotency-Key was already used with a different request body",
+        )
+        .field("Idempotency-Key")),
+        Err(GroupError::Invalid {
+            field,
+            code,
+            message,
+        }) => Err(ApiError::invalid(code, field, message)),
+        Err(GroupError::Db(e)) => Err(e.into()),
+    }
+}
+
+/// A group send's messages counted by status.
+#[utoipa::path(
+    get, path = "/v1/group-messages/{id}", tag = "groups",
+    params(("id" = String, Path, description = "`gms_...`")),
+    responses((status = 200, body = views::GroupSendStatus), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn send_status(
+    auth: Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<views::GroupSendStatus>> {
+    let g = groups::get_send(&state.db, &auth.tenant.id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("group message"))?;
+    let counts = groups::send_counts(&state.db, &g.id)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(Json(views::GroupSendStatus {
+        id: g.id,
+        group_id: g.group_id,
+        channel: g.channel,
+        recipients: g.recipients,
+        counts,
+        created_at: views::time(g.created_at),
+    }))
+}

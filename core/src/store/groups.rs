@@ -1,0 +1,261 @@
+//! Contact groups, and sends to a whole group.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+
+use super::{contacts::ContactRow, messages::MessageRow};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct GroupRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+pub async fn insert(
+    db: impl PgExecutor<'_>,
+    id: &str,
+    tenant_id: &str,
+    name: &str,
+) -> Result<GroupRow, sqlx::Error> {
+    sqlx::query_as::<_, GroupRow>(
+        "INSERT INTO groups (id, tenant_id, name) VALUES ($1, $2, $3) RETURNING *",
+    )
+    .bind(id)
+    .bind(tenant_id)
+    .bind(name)
+    .fetch_one(db)
+    .await
+}
+
+pub async fn get(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    id: &str,
+) -> Result<Option<GroupRow>, sqlx::Error> {
+    sqlx::query_as::<_, GroupRow>(
+        "SELECT * FROM groups WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL",
+    )
+    .bind(id)
+    .bind(tenant_id)
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn delete(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    id: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE groups SET deleted_at = now() WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL")
+        .bind(id)
+        .bind(tenant_id)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn member_count(db: impl PgExecutor<'_>, group_id: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM group_members WHERE group_id = $1")
+        .bind(group_id)
+        .fetch_one(db)
+        .await
+}
+
+/// Adds a member; false when it was one already.
+pub async fn add_member(
+    db: impl PgExecutor<'_>,
+    group_id: &str,
+    contact_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO group_members (group_id, contact_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(group_id)
+    .bind(contact_id)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn remove_member(
+    db: impl PgExecutor<'_>,
+    group_id: &str,
+    contact_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM group_members WHERE group_id = $1 AND contact_id = $2")
+        .bind(group_id)
+        .bind(contact_id)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Members in contact-id order after `after` (a cursor); up to `limit + 1`.
+pub async fn members(
+    db: impl PgExecutor<'_>,
+    group_id: &str,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<ContactRow>, sqlx::Error> {
+    sqlx::query_as::<_, ContactRow>(
+        "SELECT c.* FROM group_members gm JOIN contacts c ON c.id = gm.contact_id
+         WHERE gm.group_id = $1 AND ($2::text IS NULL OR c.id > $2)
+         ORDER BY c.id LIMIT $3",
+    )
+    .bind(group_id)
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(db)
+    .await
+}
+
+/// Every member's id and address for a channel (members without one are left out).
+pub async fn recipients(
+    db: impl PgExecutor<'_>,
+    group_id: &str,
+    channel: &str,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.id, CASE WHEN $2 = 'email' THEN c.email ELSE c.phone END AS address
+         FROM group_members gm JOIN contacts c ON c.id = gm.contact_id
+         WHERE gm.group_id = $1 AND (CASE WHEN $2 = 'email' THEN c.email ELSE c.phone END) IS NOT NULL
+         ORDER BY c.id",
+    )
+    .bind(group_id)
+    .bind(channel)
+    .fetch_all(db)
+    .await
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct GroupMessageRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub group_id: String,
+    pub channel: String,
+    pub recipients: i32,
+    pub idempotency_key: Option<String>,
+    pub request_hash: Option<Vec<u8>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Records a group send; `Ok(None)` when its idempotency key is taken (a concurrent send).
+pub async fn insert_send(
+    conn: &mut PgConnection,
+    g: &GroupMessageRow,
+) -> Result<Option<GroupMessageRow>, sqlx::Error> {
+    sqlx::query_as::<_, GroupMessageRow>(
+        "INSERT INTO group_messages (id, tenant_id, group_id, channel, recipients, idempotency_key, request_hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         RETURNING *",
+    )
+    .bind(&g.id)
+    .bind(&g.tenant_id)
+    .bind(&g.group_id)
+    .bind(&g.channel)
+    .bind(g.recipients)
+    .bind(&g.idempotency_key)
+    .bind(&g.request_hash)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn send_by_key(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    key: &str,
+) -> Result<Option<GroupMessageRow>, sqlx::Error> {
+    sqlx::query_as::<_, GroupMessageRow>(
+        "SELECT * FROM group_messages WHERE tenant_id = $1 AND idempotency_key = $2",
+    )
+    .bind(tenant_id)
+    .bind(key)
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn get_send(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    id: &str,
+) -> Result<Option<GroupMessageRow>, sqlx::Error> {
+    sqlx::query_as::<_, GroupMessageRow>(
+        "SELECT * FROM group_messages WHERE id = $1 AND tenant_id = $2",
+    )
+    .bind(id)
+    .bind(tenant_id)
+    .fetch_optional(db)
+    .await
+}
+
+/// The group send's messages, counted by status.
+pub async fn send_counts(
+    db: impl PgExecutor<'_>,
+    id: &str,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT status, count(*) FROM messages WHERE group_message_id = $1 GROUP BY status ORDER BY status")
+        .bind(id)
+        .fetch_all(db)
+        .await
+}
+
+/// What every message of a group send shares.
+#[derive(Debug, Clone)]
+pub struct SendTemplate {
+    pub tenant_id: String,
+    pub group_message_id: String,
+    pub channel: String,
+    pub from_addr: Option<String>,
+    pub subject: Option<String>,
+    pub body: String,
+    pub status: String,
+    pub send_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub respect_quiet_hours: bool,
+    pub metadata: serde_json::Value,
+}
+
+/// Inserts one message (and its first event) per recipient in one statement: only the ids,
+/// contacts and addresses vary, the rest is the template's. Returns the rows' `(id, to,
+/// send_at)` for their jobs.
+pub async fn insert_send_messages(
+    conn: &mut PgConnection,
+    t: &SendTemplate,
+    ids: &[String],
+    contact_ids: &[String],
+    addresses: &[String],
+) -> Result<Vec<MessageRow>, sqlx::Error> {
+    sqlx::query_as::<_, MessageRow>(
+        "WITH m AS (
+            INSERT INTO messages (id, tenant_id, channel, to_addr, from_addr, subject, body, status, send_at,
+                                  expires_at, respect_quiet_hours, contact_id, metadata, group_message_id)
+            SELECT v.id, $4, $5, v.address, $6, $7, $8, $9, $10, $11, $12, v.contact_id, $13, $14
+            FROM unnest($1::text[], $2::text[], $3::text[]) AS v(id, contact_id, address)
+            RETURNING *
+         ), e AS (
+            INSERT INTO message_events (message_id, status, detail)
+            SELECT id, status, 'accepted for group send ' || $14 FROM m
+         )
+         SELECT * FROM m",
+    )
+    .bind(ids)
+    .bind(contact_ids)
+    .bind(addresses)
+    .bind(&t.tenant_id)
+    .bind(&t.channel)
+    .bind(&t.from_addr)
+    .bind(&t.subject)
+    .bind(&t.body)
+    .bind(&t.status)
+    .bind(t.send_at)
+    .bind(t.expires_at)
+    .bind(t.respect_quiet_hours)
+    .bind(&t.metadata)
+    .bind(&t.group_message_id)
+    .fetch_all(conn)
+    .await
+}
