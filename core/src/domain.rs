@@ -11,9 +11,23 @@ use serde::{Deserialize, Serialize};
 /// use them as cursors.
 pub fn new_id(prefix: &str) -> String {
     const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    // Monotonic within a process: ids made in the same millisecond count up from the first
+    // one's random part, so things made one after the other (a missed call, then its text-back)
+    // also sort one after the other.
+    static LAST: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
     let millis = u128::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
-    let random: u128 = rand::rng().random::<u128>() & ((1u128 << 80) - 1);
-    let mut value = (millis << 80) | random;
+    let fresh = (millis << 80) | (rand::rng().random::<u128>() & ((1u128 << 79) - 1));
+    let mut value = {
+        let mut last = LAST
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *last = if *last >> 80 >= millis {
+            *last + 1
+        } else {
+            fresh
+        };
+        *last
+    };
     let mut out = [0u8; 26];
     for slot in out.iter_mut().rev() {
         *slot = ALPHABET[(value & 31) as usize];
@@ -441,6 +455,14 @@ mod tests {
             "{before} < {floor} < {after}"
         );
         assert_eq!(floor.len(), before.len());
+    }
+
+    #[test]
+    fn ids_made_in_one_millisecond_still_sort_in_order() {
+        let ids: Vec<String> = (0..1000).map(|_| new_id("msg")).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
     }
 
     #[test]

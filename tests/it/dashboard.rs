@@ -88,24 +88,16 @@ async fn ops_log_in_see_a_dead_letter_replay_it_and_its_message_is_sent() {
 
     // Without a session the dashboard sends the visitor to log in.
     browser.goto(&app.url("/ops/dead-letters")).await;
-    assert!(
-        browser.current_url().await.ends_with("/ops/login"),
-        "{}",
-        browser.current_url().await
-    );
+    browser.wait_for_url("/ops/login").await;
     browser
         .type_into("input[name=token]", "not-the-token")
         .await;
     browser.click("#login").await;
-    assert!(browser.source().await.contains("That is not the ops token"));
+    browser.wait_for_source("That is not the ops token").await;
 
     browser.type_into("input[name=token]", &app.ops_token).await;
     browser.click("#login").await;
-    assert!(
-        browser.current_url().await.ends_with("/ops"),
-        "{}",
-        browser.current_url().await
-    );
+    browser.wait_for_url("/ops").await;
     let queues = browser.text("#queues").await;
     assert!(
         queues.contains("deliveries") && queues.contains("ai-replies"),
@@ -128,8 +120,10 @@ async fn ops_log_in_see_a_dead_letter_replay_it_and_its_message_is_sent() {
     browser
         .click(&format!("a[href=\"/ops/dead-letters/{dead_letter}\"]"))
         .await;
-    let detail = browser.source().await;
-    assert!(detail.contains("21211"), "its error history is shown");
+    browser
+        .wait_for_url(&format!("/ops/dead-letters/{dead_letter}"))
+        .await;
+    let detail = browser.wait_for_source("21211").await; // its error history
     assert!(detail.contains(&message_id));
     std::fs::create_dir_all(herald_tests::process::bin_dir().join("screenshots")).unwrap();
     let shot = browser.screenshot().await;

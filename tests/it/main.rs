@@ -10,6 +10,7 @@ mod heraldctl;
 mod ops;
 mod processes;
 mod queue;
+mod reach;
 mod status_callbacks;
 mod tenancy;
 mod time;

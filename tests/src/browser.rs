@@ -60,6 +60,8 @@ impl Browser {
         let profile = std::env::temp_dir().join(crate::unique("herald-chromium-"));
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            // Element look-ups wait for the element (a page still loading on a busy machine).
+            "timeouts": {"implicit": 10_000, "pageLoad": 30_000},
             "goog:chromeOptions": {
                 "binary": chromium(),
                 "args": [
@@ -119,6 +121,33 @@ impl Browser {
             .as_str()
             .unwrap_or_default()
             .to_owned()
+    }
+
+    /// Waits until the browser is on a URL ending with `suffix` (a click's navigation can
+    /// finish after the click returns), and returns the URL.
+    pub async fn wait_for_url(&self, suffix: &str) -> String {
+        eventually(
+            Duration::from_secs(10),
+            &format!("the browser is on …{suffix}"),
+            || async {
+                let url = self.current_url().await;
+                url.ends_with(suffix).then_some(url)
+            },
+        )
+        .await
+    }
+
+    /// Waits until the page's HTML contains `needle`, and returns the HTML.
+    pub async fn wait_for_source(&self, needle: &str) -> String {
+        eventually(
+            Duration::from_secs(10),
+            &format!("the page shows {needle:?}"),
+            || async {
+                let html = self.source().await;
+                html.contains(needle).then_some(html)
+            },
+        )
+        .await
     }
 
     /// The page's HTML now.

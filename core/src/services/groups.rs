@@ -9,16 +9,13 @@ use tracing::{info, warn};
 
 use super::{DeliveryJob, messages::Idempotency};
 use crate::{
-    domain::{Channel, new_id},
+    domain::{Channel, id_floor, new_id},
     queue::{NewJob, Queue},
     store::{
         groups::{self, GroupMessageRow, SendTemplate},
         tenants::TenantRow,
     },
 };
-
-/// Messages inserted per statement.
-const CHUNK: usize = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct GroupSend {
@@ -99,7 +96,6 @@ pub async fn send(
             message: format!("this tenant has nothing to send {} from", new.channel),
         });
     }
-    let recipients = groups::recipients(db, group_id, new.channel.as_str()).await?;
     let now = Utc::now();
     let due_now = new.send_at <= now;
     let send = GroupMessageRow {
@@ -107,7 +103,7 @@ pub async fn send(
         tenant_id: tenant.id.clone(),
         group_id: group_id.to_owned(),
         channel: new.channel.as_str().to_owned(),
-        recipients: i32::try_from(recipients.len()).unwrap_or(i32::MAX),
+        recipients: 0,
         idempotency_key: idempotency.map(|i| i.key.clone()),
         request_hash: idempotency.map(|i| i.request_hash.clone()),
         created_at: now,
@@ -127,7 +123,7 @@ pub async fn send(
     };
 
     let mut tx = db.begin().await?;
-    let Some(send) = groups::insert_send(&mut tx, &send).await? else {
+    let Some(mut send) = groups::insert_send(&mut tx, &send).await? else {
         // A concurrent send with the same key won: answer with it.
         tx.rollback().await?;
         let idem = idempotency.ok_or(GroupError::IdempotencyConflict)?;
@@ -136,24 +132,22 @@ pub async fn send(
             .map(Sent::Existing)
             .ok_or(GroupError::IdempotencyConflict);
     };
-    let mut created = Vec::with_capacity(recipients.len());
-    for chunk in recipients.chunks(CHUNK) {
-        let ids: Vec<String> = chunk.iter().map(|_| new_id("msg")).collect();
-        let contacts: Vec<String> = chunk.iter().map(|(c, _)| c.clone()).collect();
-        let addresses: Vec<String> = chunk.iter().map(|(_, a)| a.clone()).collect();
-        created.extend(
-            groups::insert_send_messages(&mut tx, &template, &ids, &contacts, &addresses).await?,
-        );
-    }
+    // The time part of a Herald id made now; the statement adds the random part.
+    let prefix = id_floor("msg", now.timestamp_millis());
+    let prefix = &prefix[..prefix.len() - 16];
+    let created = groups::insert_send_messages(&mut tx, &template, group_id, prefix).await?;
+    send.recipients = i32::try_from(created.len()).unwrap_or(i32::MAX);
+    groups::set_recipients(&mut tx, &send.id, send.recipients).await?;
     tx.commit().await?;
 
+    let due_ms = template.send_at.timestamp_millis();
     let jobs = created
         .iter()
-        .map(|m| {
+        .map(|(id, to)| {
             NewJob::new(
-                m.id.clone(),
-                &DeliveryJob::new(&m.id, &m.tenant_id, &m.channel, &m.to_addr),
-                m.send_at.timestamp_millis(),
+                id.clone(),
+                &DeliveryJob::new(id, &tenant.id, &template.channel, to),
+                due_ms,
             )
         })
         .collect::<Result<Vec<_>, _>>()

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 
-use super::{contacts::ContactRow, messages::MessageRow};
+use super::contacts::ContactRow;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct GroupRow {
@@ -112,24 +112,6 @@ pub async fn members(
     .await
 }
 
-/// Every member's id and address for a channel (members without one are left out).
-pub async fn recipients(
-    db: impl PgExecutor<'_>,
-    group_id: &str,
-    channel: &str,
-) -> Result<Vec<(String, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT c.id, CASE WHEN $2 = 'email' THEN c.email ELSE c.phone END AS address
-         FROM group_members gm JOIN contacts c ON c.id = gm.contact_id
-         WHERE gm.group_id = $1 AND (CASE WHEN $2 = 'email' THEN c.email ELSE c.phone END) IS NOT NULL
-         ORDER BY c.id",
-    )
-    .bind(group_id)
-    .bind(channel)
-    .fetch_all(db)
-    .await
-}
-
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct GroupMessageRow {
     pub id: String,
@@ -219,34 +201,38 @@ pub struct SendTemplate {
     pub metadata: serde_json::Value,
 }
 
-/// Inserts one message (and its first event) per recipient in one statement: only the ids,
-/// contacts and addresses vary, the rest is the template's. Returns the rows' `(id, to,
-/// send_at)` for their jobs.
+/// Inserts one message (and its first event) per member with an address for the channel,
+/// in one statement that reads the members itself: nothing per member crosses the wire but
+/// the answer. Ids are `id_prefix` (the time part of a Herald id) and 16 random hex digits,
+/// so they sort with other messages of the moment. Returns `(id, to)` of each.
 pub async fn insert_send_messages(
     conn: &mut PgConnection,
     t: &SendTemplate,
-    ids: &[String],
-    contact_ids: &[String],
-    addresses: &[String],
-) -> Result<Vec<MessageRow>, sqlx::Error> {
-    sqlx::query_as::<_, MessageRow>(
-        "WITH m AS (
+    group_id: &str,
+    id_prefix: &str,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH r AS (
+            SELECT c.id AS contact_id, CASE WHEN $3 = 'email' THEN c.email ELSE c.phone END AS address
+            FROM group_members gm JOIN contacts c ON c.id = gm.contact_id
+            WHERE gm.group_id = $1
+         ), m AS (
             INSERT INTO messages (id, tenant_id, channel, to_addr, from_addr, subject, body, status, send_at,
                                   expires_at, respect_quiet_hours, contact_id, metadata, group_message_id)
-            SELECT v.id, $4, $5, v.address, $6, $7, $8, $9, $10, $11, $12, v.contact_id, $13, $14
-            FROM unnest($1::text[], $2::text[], $3::text[]) AS v(id, contact_id, address)
-            RETURNING *
+            SELECT $2 || upper(substr(md5(random()::text || r.contact_id), 1, 16)), $4, $3, r.address, $5, $6,
+                   $7, $8, $9, $10, $11, r.contact_id, $12, $13
+            FROM r WHERE r.address IS NOT NULL
+            RETURNING id, to_addr, status
          ), e AS (
             INSERT INTO message_events (message_id, status, detail)
-            SELECT id, status, 'accepted for group send ' || $14 FROM m
+            SELECT id, status, 'accepted for group send ' || $13 FROM m
          )
-         SELECT * FROM m",
+         SELECT id, to_addr FROM m",
     )
-    .bind(ids)
-    .bind(contact_ids)
-    .bind(addresses)
-    .bind(&t.tenant_id)
+    .bind(group_id)
+    .bind(id_prefix)
     .bind(&t.channel)
+    .bind(&t.tenant_id)
     .bind(&t.from_addr)
     .bind(&t.subject)
     .bind(&t.body)
@@ -258,4 +244,18 @@ pub async fn insert_send_messages(
     .bind(&t.group_message_id)
     .fetch_all(conn)
     .await
+}
+
+/// Sets how many messages a group send made.
+pub async fn set_recipients(
+    conn: &mut PgConnection,
+    id: &str,
+    recipients: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE group_messages SET recipients = $2 WHERE id = $1")
+        .bind(id)
+        .bind(recipients)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
