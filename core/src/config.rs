@@ -119,6 +119,19 @@ pub struct ConfigError {
 }
 
 impl Config {
+    /// How long one delivery job may run before the worker abandons it: the provider call's
+    /// own timeout plus room for the database work around it.
+    pub fn delivery_job_timeout(&self) -> Duration {
+        self.provider_timeout + Duration::from_secs(30)
+    }
+
+    /// A `sending` claim older than this belongs to an attempt that can no longer report
+    /// back: its job ran out of time, and a dead worker's lease has expired too. Only a job
+    /// lost with Redis's data leaves a message like that; the next job for it takes over.
+    pub fn stale_claim_after(&self) -> Duration {
+        self.delivery_job_timeout() + self.lease + Duration::from_secs(10)
+    }
+
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         let vars: HashMap<String, String> = std::env::vars().collect();

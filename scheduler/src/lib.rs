@@ -5,10 +5,13 @@
 //!   Redis (a crash between the two, or Redis down while they were accepted);
 //! - every minute (and once at start, to catch up), the daily tick creates each due
 //!   subscription's message for its contact's local date, exactly once;
+//! - every two seconds, the reconcile checks whether Redis restarted, failed over or lost its
+//!   data, and if so queues again every job Postgres says should exist;
 //! - every hour, retention removes expired idempotency keys, old daily-run records and old
 //!   log-provider records.
 
 mod outbox;
+pub mod reconcile;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
@@ -25,6 +28,7 @@ pub use outbox::sweep;
 #[derive(Clone)]
 struct Ctx {
     db: PgPool,
+    stale_claim: Duration,
     deliveries: queue::Queue,
     replies: queue::Queue,
 }
@@ -44,6 +48,12 @@ async fn outbox_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
             "outbox sweep pushed messages that had not reached the queue"
         );
     }
+    Ok(())
+}
+
+async fn reconcile_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
+    reconcile::replies(&ctx.db, &ctx.replies).await?;
+    reconcile::deliveries(&ctx.db, &ctx.deliveries, ctx.stale_claim).await?;
     Ok(())
 }
 
@@ -92,6 +102,7 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
     let (client, conn) = queue::connect(config.redis_url.expose()).context("HERALD_REDIS_URL")?;
     let ctx = Ctx {
         db: pool,
+        stale_claim: config.stale_claim_after(),
         replies: queue::ai_replies(&config, client.clone(), conn.clone()),
         deliveries: queue::deliveries(&config, client, conn),
     };
@@ -105,6 +116,7 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
     }
     let every_second = schedule("* * * * * *")?;
     let every_minute = schedule("0 * * * * *")?;
+    let every_two_seconds = schedule("*/2 * * * * *")?;
     let hourly = schedule("0 17 * * * *")?;
     info!("herald-scheduler starting");
     // Catch up at once: deliveries due while no scheduler ran go out now, not at the next
@@ -118,7 +130,7 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
     }
 
     let monitor = {
-        let (c1, c2, c3) = (ctx.clone(), ctx.clone(), ctx);
+        let (c1, c2, c3, c4) = (ctx.clone(), ctx.clone(), ctx.clone(), ctx);
         Monitor::new()
             .shutdown_timeout(config.shutdown_timeout)
             .register(move |_| {
@@ -129,6 +141,15 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
                     .catch_panic()
                     .concurrency(1)
                     .build(outbox_tick)
+            })
+            .register(move |_| {
+                WorkerBuilder::new("herald-reconcile")
+                    .backend(CronScheduler::new(every_two_seconds.clone()))
+                    .data(c4.clone())
+                    .enable_tracing()
+                    .catch_panic()
+                    .concurrency(1)
+                    .build(reconcile_tick)
             })
             .register(move |_| {
                 WorkerBuilder::new("herald-daily")

@@ -462,3 +462,64 @@ async fn ops_filter_page_bulk_replay_and_delete_dead_letters() {
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     assert!(dead_letters(&app, &b.api_key, "").await.is_empty());
 }
+
+#[tokio::test]
+async fn a_job_taken_while_its_replay_is_still_committing_waits_for_it_and_sends() {
+    let twilio = TwilioMock::start().await;
+    let mut config = test_config().await;
+    twilio.configure(&mut config);
+    config.max_attempts = 1;
+    let mut app = TestApp::start_with(config).await;
+    app.start_worker();
+    let tenant = app.tenant().await;
+    twilio.script([unavailable()]);
+    let m = app.send_sms(&tenant, "+15556660009", "slow replay").await;
+    let id = m["id"].as_str().unwrap();
+    app.wait_for_status(&tenant, id, "dead", Duration::from_secs(20))
+        .await;
+
+    // A replay whose transaction is slow to commit: the message is back to `queued` inside
+    // it, and its job is already in Redis, where a worker takes it at once.
+    let mut tx = app.db.begin().await.unwrap();
+    sqlx::query(
+        "UPDATE messages SET status = 'queued', run = run + 1, attempts = 0, send_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let (client, conn) = herald_core::queue::connect(&herald_tests::redis_url()).unwrap();
+    let queue = herald_core::queue::deliveries(&app.config, client, conn);
+    let job = herald_core::services::DeliveryJob::new(id, &tenant.id, "sms", "+15556660009");
+    assert!(
+        queue
+            .push(id, &job, herald_core::queue::now_ms())
+            .await
+            .unwrap()
+    );
+    // The worker takes it and its claim waits for the replay's row lock.
+    herald_tests::eventually(
+        Duration::from_secs(10),
+        "the worker's claim waits for the replay to commit",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+    tx.commit().await.unwrap();
+
+    // The worker judged the message as the replay left it, not as it was before.
+    let sent = app
+        .wait_for_status(&tenant, id, "sent", Duration::from_secs(15))
+        .await;
+    assert_eq!(sent["attempts"], 1, "{sent}");
+    assert_eq!(twilio.received().len(), 2, "one failed call, then one send");
+}

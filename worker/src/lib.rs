@@ -92,7 +92,7 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
 
     // Kept outside apalis so leases can be handed back even after a forced shutdown.
     let handles: Arc<Mutex<Vec<WorkerHandle>>> = Arc::default();
-    let job_timeout = config.provider_timeout + Duration::from_secs(30);
+    let job_timeout = config.delivery_job_timeout();
     // Two model calls per endpoint, each bounded, plus the database.
     let reply_timeout = config.llm_timeout * 5 + Duration::from_secs(30);
     let options = WorkerOptions::new(config.worker_concurrency, config.lease);

@@ -67,6 +67,9 @@ pub(crate) struct Keys {
     pub lease: String,
     pub dead: String,
     pub notify: String,
+    /// The Redis server run (`INFO server` run_id) whose data the queue was last reconciled
+    /// with Postgres against.
+    reconciled: String,
     done: String,
     failed: String,
 }
@@ -84,6 +87,7 @@ impl Keys {
             lease: format!("{tag}:lease"),
             dead: format!("{tag}:dead"),
             notify: format!("{tag}:notify"),
+            reconciled: format!("{tag}:reconciled"),
             done: format!("{tag}:done"),
             failed: format!("{tag}:failed"),
         }
@@ -481,6 +485,31 @@ impl Queue {
     /// Whether Redis answers, for `/readyz`.
     pub async fn ping(&self) -> Result<(), QueueError> {
         let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    /// Whether this queue's jobs must be checked against Postgres: `Some(run)` when Redis has
+    /// restarted, failed over or lost its data since the last check ([`Queue::mark_reconciled`]
+    /// with that `run`), or when no check was ever made. A restart is seen through the
+    /// server's `run_id`, which changes with every start; lost data through the marker
+    /// itself, which goes with it.
+    pub async fn needs_reconcile(&self) -> Result<Option<String>, QueueError> {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut self.conn())
+            .await?;
+        let run = info
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|r| r.trim().to_owned())
+            .unwrap_or_default();
+        let seen: Option<String> = self.conn().get(&self.inner.keys.reconciled).await?;
+        Ok((seen.as_deref() != Some(run.as_str())).then_some(run))
+    }
+
+    /// Records that every job Postgres expects is in this queue, as of Redis run `run`.
+    pub async fn mark_reconciled(&self, run: &str) -> Result<(), QueueError> {
+        let () = self.conn().set(&self.inner.keys.reconciled, run).await?;
         Ok(())
     }
 

@@ -48,6 +48,8 @@ pub struct Deliverer {
     /// Per tenant and channel, shared by every worker through Redis.
     pub limiter: Option<RateLimiter>,
     pub send_rate: u32,
+    /// A `sending` claim older than this is taken over ([`Config::stale_claim_after`]).
+    pub stale_claim: Duration,
     /// Claims and outcomes of concurrent jobs share statements (see [`crate::batch`]).
     claims: Batcher<(String, i32), Option<Claimed>>,
     outcomes: Batcher<Outcome, bool>,
@@ -132,6 +134,7 @@ impl Deliverer {
             breakers: Breakers::new(config.circuit_failures, config.circuit_cooldown),
             limiter,
             send_rate: config.tenant_send_rate,
+            stale_claim: config.stale_claim_after(),
             claims,
             outcomes,
         }
@@ -375,6 +378,29 @@ async fn not_claimed(d: &Deliverer, id: &str) -> Result<(), JobError> {
             reason: "the message is due later".to_owned(),
             at_ms: m.send_at.timestamp_millis(),
         });
+    }
+    if m.status == "sending" {
+        // Normally another copy of this job is sending it. A claim older than any attempt can
+        // run belongs to a job Redis lost (it restarted without its last writes, or failed
+        // over): the reconcile pushed this job to pick the message up again.
+        let age = (Utc::now() - m.updated_at).to_std().unwrap_or_default();
+        if age > d.stale_claim {
+            let why = format!(
+                "attempt {} started {} s ago and never reported back (its queue job was lost); trying again",
+                m.attempts,
+                age.as_secs()
+            );
+            if messages::release_stale_claim(&d.db, id, m.updated_at, &why)
+                .await
+                .map_err(db_error)?
+            {
+                warn!(message_id = %id, tenant_id = %m.tenant_id, attempts = m.attempts, "took over a stale claim");
+                return Err(JobError::RetryAt {
+                    message: why,
+                    at_ms: Utc::now().timestamp_millis(),
+                });
+            }
+        }
     }
     debug!(message_id = %id, status = %m.status, "message is not waiting to be sent; job done");
     Ok(())

@@ -349,6 +349,63 @@ pub async fn waiting_between(
     .await
 }
 
+/// A message Postgres still expects a delivery job for, as the reconcile sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UnfinishedRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub channel: String,
+    pub to_addr: String,
+    pub status: String,
+    pub send_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Messages after `after` (by id) that are waiting to go out or hold a `sending` claim,
+/// oldest first: what the queue must hold a job for.
+pub async fn unfinished_after(
+    db: impl PgExecutor<'_>,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<UnfinishedRow>, sqlx::Error> {
+    sqlx::query_as::<_, UnfinishedRow>(
+        "SELECT id, tenant_id, channel, to_addr, status, send_at, updated_at FROM messages
+         WHERE id > $1 AND status IN ('scheduled', 'queued', 'retrying', 'sending')
+         ORDER BY id
+         LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Gives up a `sending` claim that can no longer report back (see
+/// [`crate::Config::stale_claim_after`]): the message goes back to `retrying`, with an event
+/// saying why, so the job that found it can try again. `claimed_at` is the claim's
+/// `updated_at` as the caller saw it, so a claim renewed meanwhile is left alone.
+pub async fn release_stale_claim(
+    db: impl PgExecutor<'_>,
+    id: &str,
+    claimed_at: DateTime<Utc>,
+    detail: &str,
+) -> Result<bool, sqlx::Error> {
+    let moved = sqlx::query(
+        "WITH m AS (
+            UPDATE messages SET status = 'retrying', updated_at = now()
+            WHERE id = $1 AND status = 'sending' AND updated_at = $2
+            RETURNING id
+         )
+         INSERT INTO message_events (message_id, status, detail) SELECT id, 'retrying', $3 FROM m",
+    )
+    .bind(id)
+    .bind(claimed_at)
+    .bind(detail)
+    .execute(db)
+    .await?;
+    Ok(moved.rows_affected() == 1)
+}
+
 /// The last message id the outbox sweep has pushed everything up to.
 pub async fn watermark(db: impl PgExecutor<'_>, name: &str) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT last_id FROM outbox_watermarks WHERE name = $1")
@@ -399,6 +456,11 @@ pub struct Claimed {
 /// a message that moves to `sending` counts an attempt. An SMS due inside its recipient's
 /// quiet hours is returned unclaimed, marked `quiet`, for the caller to put off. Returns the
 /// rows; the status says which way each went.
+///
+/// Every row is locked first and only then judged: a row a concurrent transaction is
+/// changing (a replay putting a dead message back to `queued`, whose job may be taken before
+/// the replay commits) is waited for and judged as it is after that commit, not as it was
+/// when the statement began.
 pub async fn claim_many(
     db: impl PgExecutor<'_>,
     ids: &[String],
@@ -407,6 +469,9 @@ pub async fn claim_many(
     sqlx::query_as::<_, Claimed>(
         "WITH target AS (
             SELECT m.id, j.attempt, z.zone,
+                   (m.status IN ('scheduled', 'queued', 'retrying')
+                    OR (m.status = 'sending' AND m.claim_attempt < j.attempt))
+                   AND m.send_at <= now() + interval '1 second' AS eligible,
                    CASE WHEN m.expires_at <= now() THEN 'expired'
                         WHEN m.channel = 'sms' AND EXISTS (
                             SELECT 1 FROM contacts o
@@ -425,9 +490,6 @@ pub async fn claim_many(
             JOIN tenants tn ON tn.id = m.tenant_id
             LEFT JOIN contacts c ON c.id = m.contact_id
             CROSS JOIN LATERAL (SELECT COALESCE(c.timezone, tn.timezone) AS zone) z
-            WHERE (m.status IN ('scheduled', 'queued', 'retrying')
-                   OR (m.status = 'sending' AND m.claim_attempt < j.attempt))
-              AND m.send_at <= now() + interval '1 second'
             ORDER BY m.id
             FOR UPDATE OF m
          ), claimed AS (
@@ -437,7 +499,7 @@ pub async fn claim_many(
                 claim_attempt = t.attempt,
                 updated_at = now()
             FROM target t
-            WHERE m.id = t.id AND t.next <> 'quiet'
+            WHERE m.id = t.id AND t.eligible AND t.next <> 'quiet'
             RETURNING m.*
          ), events AS (
             INSERT INTO message_events (message_id, status, detail)
@@ -453,7 +515,7 @@ pub async fn claim_many(
          UNION ALL
          SELECT m.*, tn.webhook_secret, true, t.zone, tn.quiet_start, tn.quiet_end
          FROM target t JOIN messages m ON m.id = t.id JOIN tenants tn ON tn.id = m.tenant_id
-         WHERE t.next = 'quiet'",
+         WHERE t.eligible AND t.next = 'quiet'",
     )
     .bind(ids)
     .bind(job_attempts)

@@ -92,6 +92,37 @@ pub async fn run(figures: &mut Figures, subscriptions: usize) -> anyhow::Result<
     }
     let daily_took = took;
 
+    // Redis loses those 100,000 jobs (a failover to an empty replica): the scheduler's
+    // reconcile reads the unfinished messages back from Postgres and queues them again.
+    let mut conn = redis::Client::open(redis.url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await?;
+    let started = Instant::now();
+    let restored =
+        herald_scheduler::reconcile::deliveries(&pool, &deliveries, config.stale_claim_after())
+            .await?;
+    let reconcile_took = started.elapsed();
+    let stats = deliveries.stats().await?;
+    if restored != Some(subscriptions)
+        || (stats.pending + stats.scheduled) as usize != subscriptions
+    {
+        bail!(
+            "reconcile queued {restored:?} jobs ({} in the queue) for {subscriptions} messages",
+            stats.pending + stats.scheduled
+        );
+    }
+    figures.add(
+        &format!("reconcile after Redis lost {subscriptions} queued jobs: all queued again"),
+        format!(
+            "{:.1} s ({:.0} jobs/s)",
+            reconcile_took.as_secs_f64(),
+            subscriptions as f64 / reconcile_took.as_secs_f64().max(0.001)
+        ),
+        "-",
+        "-",
+    );
+
     // A group send to every one of those contacts, through the service the API calls.
     sqlx::query("INSERT INTO groups (id, tenant_id, name) VALUES ('grp_fan', $1, 'Everyone')")
         .bind(&tenant.id)

@@ -1,0 +1,116 @@
+//! The reconcile: Redis holds the jobs, but Postgres says which must exist. When Redis
+//! restarts (losing up to a second of writes with `appendfsync everysec`), fails over to a
+//! replica that lagged, or comes back empty, jobs can be gone while their messages still wait.
+//! The outbox sweep only looks at recent messages, so after any such event this pushes a job
+//! for every message that should have one:
+//!
+//! - a waiting message (`scheduled`, `queued`, `retrying`) gets a job due at its `send_at`;
+//! - a `sending` message gets a job due when its claim goes stale; if the attempt that holds
+//!   the claim never reports back, that job takes the claim over and tries again.
+//!
+//! Pushes are idempotent by message id (a job still alive is left alone), so the reconcile
+//! costs one pass over the unfinished messages and changes nothing when nothing was lost.
+//! AI replies still wanted get their jobs again the same way.
+//!
+//! An event is noticed through the server's `run_id` and a marker key that goes with the data
+//! (see [`Queue::needs_reconcile`]); a first start reconciles once too.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use herald_core::{
+    domain::id_floor,
+    queue::{NewJob, Queue, now_ms},
+    services::{DeliveryJob, conversations::AiJob},
+    store::messages,
+};
+use sqlx::PgPool;
+use tracing::{info, warn};
+
+const BATCH: i64 = 1_000;
+
+/// Reconciles the `deliveries` queue with Postgres if Redis lost or may have lost data since
+/// the last time. Returns how many jobs it had to add back (`None`: nothing to check).
+pub async fn deliveries(
+    db: &PgPool,
+    queue: &Queue,
+    stale_claim: Duration,
+) -> anyhow::Result<Option<usize>> {
+    let Some(run) = queue.needs_reconcile().await? else {
+        return Ok(None);
+    };
+    let started = std::time::Instant::now();
+    let stale = chrono::Duration::from_std(stale_claim)?;
+    let (mut after, mut checked, mut added) = (String::new(), 0, 0);
+    loop {
+        let rows = messages::unfinished_after(db, &after, BATCH).await?;
+        let jobs = rows
+            .iter()
+            .map(|m| {
+                let due = if m.status == "sending" {
+                    (m.updated_at + stale).max(Utc::now())
+                } else {
+                    m.send_at
+                };
+                let job = DeliveryJob::new(&m.id, &m.tenant_id, &m.channel, &m.to_addr);
+                NewJob::new(m.id.clone(), &job, due.timestamp_millis())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        added += queue.push_many(&jobs).await?;
+        checked += rows.len();
+        match rows.last() {
+            Some(last) if rows.len() as i64 == BATCH => after = last.id.clone(),
+            _ => break,
+        }
+    }
+    queue.mark_reconciled(&run).await?;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    if added > 0 {
+        warn!(
+            checked,
+            added,
+            elapsed_ms,
+            "Redis had lost delivery jobs (a restart or failover); they are queued again"
+        );
+    } else {
+        info!(
+            checked,
+            elapsed_ms, "delivery queue reconciled with Postgres: nothing was missing"
+        );
+    }
+    Ok(Some(added))
+}
+
+/// The same for the `ai-replies` queue: every inbound text still wanting a reply has a job.
+pub async fn replies(db: &PgPool, queue: &Queue) -> anyhow::Result<Option<usize>> {
+    let Some(run) = queue.needs_reconcile().await? else {
+        return Ok(None);
+    };
+    let before = id_floor("msg", now_ms() + 1);
+    let (mut after, mut added) = (String::new(), 0);
+    loop {
+        let ids = messages::awaiting_reply_between(db, &after, &before, BATCH).await?;
+        let jobs = ids
+            .iter()
+            .map(|id| {
+                let job = AiJob::Reply {
+                    inbound_id: id.clone(),
+                };
+                NewJob::new(id.clone(), &job, now_ms())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        added += queue.push_many(&jobs).await?;
+        match ids.last() {
+            Some(last) if ids.len() as i64 == BATCH => after = last.clone(),
+            _ => break,
+        }
+    }
+    queue.mark_reconciled(&run).await?;
+    if added > 0 {
+        warn!(
+            added,
+            "Redis had lost AI reply jobs (a restart or failover); they are queued again"
+        );
+    }
+    Ok(Some(added))
+}
