@@ -800,6 +800,113 @@ async fn a_redis_restart_that_lost_recent_writes_loses_no_message() {
 }
 
 #[tokio::test]
+async fn an_outcome_that_cannot_be_recorded_while_postgres_is_down_is_recorded_later_without_a_second_send()
+ {
+    let twilio = TwilioMock::start().await;
+    let mut config = test_config().await;
+    let database_url = config.database_url.expose().clone();
+    let pg_proxy = Proxy::start(&Proxy::target_of(&database_url)).await;
+    config.database_url = Secret::new(pg_proxy.url_for(&database_url));
+    let app = app_with_twilio(config, &twilio).await;
+    let tenant = app.tenant().await;
+    // The provider takes its time, and Postgres goes away while it does.
+    twilio.script([Reply::Hang(Duration::from_millis(500))]);
+    let to = "+15551051000";
+    let m = app.send_sms(&tenant, to, "recorded once").await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    eventually(
+        Duration::from_secs(10),
+        "the provider is called",
+        || async { (twilio.calls_to(to) == 1).then_some(()) },
+    )
+    .await;
+    pg_proxy.cut();
+    // The worker fails to record what the provider said (its connections are refused)...
+    eventually(
+        Duration::from_secs(10),
+        "the worker tries to record the outcome",
+        || async { (pg_proxy.refused() > 0).then_some(()) },
+    )
+    .await;
+    // ... for longer than a job is put off for an outage (5 s), then Postgres is back.
+    let until = Instant::now() + Duration::from_secs(6);
+    eventually(Duration::from_secs(10), "six seconds of outage", || async {
+        (Instant::now() >= until).then_some(())
+    })
+    .await;
+    pg_proxy.restore();
+
+    let sent = app
+        .wait_for_status(&tenant, &id, "sent", Duration::from_secs(20))
+        .await;
+    assert_eq!(sent["attempts"], 1, "{sent}");
+    app.wait_for_drained_queue(1, Duration::from_secs(20)).await;
+    assert_eq!(twilio.calls_to(to), 1, "the message was sent once");
+}
+
+#[tokio::test]
+async fn an_outcome_lost_to_a_long_postgres_outage_leaves_no_message_stuck_in_sending() {
+    let twilio = TwilioMock::start().await;
+    let mut config = test_config().await;
+    let database_url = config.database_url.expose().clone();
+    let pg_proxy = Proxy::start(&Proxy::target_of(&database_url)).await;
+    config.database_url = Secret::new(pg_proxy.url_for(&database_url));
+    let stale_after = config.stale_claim_after();
+    let app = app_with_twilio(config, &twilio).await;
+    let tenant = app.tenant().await;
+    twilio.script([Reply::Hang(Duration::from_millis(500))]);
+    let to = "+15551052000";
+    let m = app.send_sms(&tenant, to, "not stuck").await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    eventually(
+        Duration::from_secs(10),
+        "the provider is called",
+        || async { (twilio.calls_to(to) == 1).then_some(()) },
+    )
+    .await;
+    let cut_at = Instant::now();
+    pg_proxy.cut();
+    // Longer than the worker waits to record an outcome (20 s).
+    let until = cut_at + Duration::from_secs(23);
+    eventually(Duration::from_secs(30), "23 seconds of outage", || async {
+        (Instant::now() >= until).then_some(())
+    })
+    .await;
+    assert!(
+        pg_proxy.refused() > 0,
+        "the worker tried to record the outcome"
+    );
+    pg_proxy.restore();
+    // Nobody knows whether that attempt's text went out. The message stays `sending`
+    // until its claim is stale, then it is tried again and ends `sent`: not stuck, and not
+    // sent again before then.
+    let m = app.message(&tenant, &id).await;
+    assert_eq!(m["status"], "sending", "{m}");
+    assert_eq!(twilio.calls_to(to), 1);
+    let sent = app
+        .wait_for_status(&tenant, &id, "sent", stale_after + Duration::from_secs(30))
+        .await;
+    assert_eq!(sent["attempts"], 2, "{sent}");
+    assert!(
+        sent["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["status"] == "retrying"
+                && e["detail"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("never reported back")),
+        "{sent}"
+    );
+    assert_eq!(
+        twilio.calls_to(to),
+        2,
+        "the unrecorded attempt, then the retry"
+    );
+}
+
+#[tokio::test]
 async fn with_postgres_down_a_post_answers_503_with_retry_after_within_seconds() {
     let mut config = test_config().await;
     let database_url = config.database_url.expose().clone();

@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -18,6 +18,8 @@ use tokio::{
 pub struct Proxy {
     pub addr: SocketAddr,
     up: Arc<AtomicBool>,
+    /// Connections refused while cut.
+    refused: Arc<AtomicU64>,
     /// Bumped on every cut: connections opened before it end.
     generation: watch::Sender<u64>,
 }
@@ -33,14 +35,16 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
+        let refused = Arc::new(AtomicU64::new(0));
         let (generation, _) = watch::channel(0u64);
-        let (flag, gen_tx) = (up.clone(), generation.clone());
+        let (flag, gen_tx, count) = (up.clone(), generation.clone(), refused.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
                     return;
                 };
                 if !flag.load(Ordering::SeqCst) {
+                    count.fetch_add(1, Ordering::SeqCst);
                     drop(client);
                     continue;
                 }
@@ -59,6 +63,7 @@ impl Proxy {
         Self {
             addr,
             up,
+            refused,
             generation,
         }
     }
@@ -67,6 +72,11 @@ impl Proxy {
     pub fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// How many connections were refused while cut.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
     }
 
     pub fn restore(&self) {

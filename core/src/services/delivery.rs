@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use sqlx::PgPool;
 use tracing::{debug, info, warn};
@@ -33,6 +34,9 @@ use crate::{
 
 /// How long to put a job off while Postgres is unreachable; it does not count as an attempt.
 const DB_DOWN_DEFER: Duration = Duration::from_secs(5);
+/// How long a worker keeps trying to record an outcome while Postgres is unreachable. With
+/// the provider call it stays within the job's timeout (`Config::delivery_job_timeout`).
+const RECORD_PATIENCE: Duration = Duration::from_secs(20);
 /// The most claims (or outcomes) one statement carries.
 const BATCH: usize = 256;
 
@@ -466,7 +470,37 @@ async fn finish(
         detail: Some(detail.to_owned()),
         next_attempt_at,
     };
-    let changed = d.outcomes.call(outcome).await.map_err(db_error)?;
+    // Once the provider has been called, the outcome must be recorded: given up, the job
+    // would run again and send a second time. A Postgres outage is waited out, with backoff,
+    // for as long as the job may still run.
+    let changed = (|| d.outcomes.call(outcome.clone()))
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(2))
+                .with_jitter()
+                .without_max_times()
+                .with_total_delay(Some(RECORD_PATIENCE)),
+        )
+        .when(|e: &Arc<sqlx::Error>| store::is_unavailable(e))
+        .notify(|e, wait| {
+            warn!(message_id = %m.id, status, error = %e, retry_in_ms = wait.as_millis() as u64, "could not record the outcome; trying again");
+        })
+        .await
+        .map_err(|e| {
+            if store::is_unavailable(&e) {
+                // Still down. Whether the provider took the message is now unknown; this job
+                // comes back when its claim is stale and takes it over (see `not_claimed`).
+                let stale_at = m.updated_at
+                    + chrono::Duration::from_std(d.stale_claim).unwrap_or_default();
+                JobError::Defer {
+                    reason: format!("could not record the outcome ({status}): {e}"),
+                    at_ms: stale_at.timestamp_millis() + 1,
+                }
+            } else {
+                db_error(e)
+            }
+        })?;
     if !changed {
         debug!(message_id = %m.id, status, "message left `sending` meanwhile; outcome not recorded");
     }
