@@ -22,7 +22,23 @@ pub struct Browser {
 }
 
 impl Drop for Browser {
+    /// Ends the WebDriver session, so chromedriver closes Chromium (killing chromedriver
+    /// alone leaves the browser running), then removes its profile. Blocking, as a drop must
+    /// be; chromedriver answers once the browser is gone.
     fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let addr = self.driver_url.trim_start_matches("http://");
+        if let Ok(mut stream) = std::net::TcpStream::connect(addr) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let request = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.session
+            );
+            if stream.write_all(request.as_bytes()).is_ok() {
+                let mut answer = Vec::new();
+                let _ = stream.read_to_end(&mut answer);
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
