@@ -10,7 +10,7 @@
 //!
 //! Pushes are idempotent by message id (a job still alive is left alone), so the reconcile
 //! costs one pass over the unfinished messages and changes nothing when nothing was lost.
-//! AI replies still wanted get their jobs again the same way.
+//! AI replies still wanted for texts of the last hour get their jobs again the same way.
 //!
 //! An event is noticed through the server's `run_id` and a marker key that goes with the data
 //! (see [`Queue::needs_reconcile`]); a first start reconciles once too.
@@ -81,13 +81,18 @@ pub async fn deliveries(
     Ok(Some(added))
 }
 
-/// The same for the `ai-replies` queue: every inbound text still wanting a reply has a job.
+/// How far back the reconcile answers inbound texts: an automatic reply hours after the text
+/// confuses more than it helps, and the text stays in its conversation for a person to answer.
+const REPLY_HORIZON_MS: i64 = 60 * 60 * 1000;
+
+/// The same for the `ai-replies` queue: every inbound text of the last hour still wanting a
+/// reply has a job.
 pub async fn replies(db: &PgPool, queue: &Queue) -> anyhow::Result<Option<usize>> {
     let Some(run) = queue.needs_reconcile().await? else {
         return Ok(None);
     };
     let before = id_floor("msg", now_ms() + 1);
-    let (mut after, mut added) = (String::new(), 0);
+    let (mut after, mut added) = (id_floor("msg", now_ms() - REPLY_HORIZON_MS), 0);
     loop {
         let ids = messages::awaiting_reply_between(db, &after, &before, BATCH).await?;
         let jobs = ids

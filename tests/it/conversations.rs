@@ -1150,3 +1150,80 @@ async fn conversation_contacts_api_creates_reads_and_patches_contacts() {
         "a rejected patch changes nothing"
     );
 }
+
+#[tokio::test]
+async fn an_ai_reply_job_lost_with_redis_data_is_queued_again() {
+    let twilio = TwilioMock::start().await;
+    let model = ModelMock::start(PRIMARY, ModelReply::Text(ANSWER.to_owned())).await;
+    let fallback = ModelMock::start(FALLBACK, ModelReply::Text(FALLBACK_ANSWER.to_owned())).await;
+    let mut config = test_config().await;
+    twilio.configure(&mut config);
+    config.llm = Some(model.endpoint());
+    config.llm_fallback = Some(fallback.endpoint());
+    // No worker yet: the reply job waits in Redis.
+    let mut app = TestApp::start_with(config).await;
+    app.start_scheduler();
+    let s = Setup {
+        app,
+        twilio,
+        model,
+        fallback,
+    };
+    let tenant = tenant_with(&s.app, json!({})).await;
+    let marker = format!("{{{}:ai-replies}}:reconciled", s.app.config.queue_prefix);
+    let mut conn = s.app.redis.clone();
+    eventually(WAIT, "the scheduler reconciles the queues", || {
+        let (mut conn, marker) = (conn.clone(), marker.clone());
+        async move {
+            redis::cmd("GET")
+                .arg(&marker)
+                .query_async::<Option<String>>(&mut conn)
+                .await
+                .ok()
+                .flatten()
+        }
+    })
+    .await;
+
+    let from = "+15557000001";
+    s.text(&tenant, from, QUESTION).await;
+    let inbound: String =
+        sqlx::query_scalar("SELECT id FROM messages WHERE direction = 'inbound' AND needs_reply")
+            .fetch_one(&s.app.db)
+            .await
+            .unwrap();
+    // The reply outbox has moved past it, so only the reconcile can bring its job back.
+    eventually(WAIT, "the reply outbox passes the text", || async {
+        let last: Option<String> =
+            sqlx::query_scalar("SELECT last_id FROM outbox_watermarks WHERE name = 'ai-replies'")
+                .fetch_optional(&s.app.db)
+                .await
+                .unwrap();
+        last.filter(|l| *l > inbound)
+    })
+    .await;
+    // Redis loses the queue's data.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{}:ai-replies}}*", s.app.config.queue_prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(keys.iter().any(|k| k.ends_with(":data")), "{keys:?}");
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let mut app = s.app;
+    app.start_worker();
+    let s = Setup { app, ..s };
+    s.wait_for_sms(from, ANSWER).await;
+    assert_eq!(s.sms_to(from).len(), 1, "one reply");
+    let still_waiting: bool = sqlx::query_scalar("SELECT needs_reply FROM messages WHERE id = $1")
+        .bind(&inbound)
+        .fetch_one(&s.app.db)
+        .await
+        .unwrap();
+    assert!(!still_waiting, "the text is marked answered");
+}
