@@ -390,7 +390,7 @@ async fn not_claimed(d: &Deliverer, id: &str) -> Result<(), JobError> {
         let age = (Utc::now() - m.updated_at).to_std().unwrap_or_default();
         if age > d.stale_claim {
             let why = format!(
-                "attempt {} started {} s ago and never reported back (its queue job was lost); trying again",
+                "attempt {} started {} s ago and never reported back (its worker, its queue job or its record of the outcome was lost); trying again",
                 m.attempts,
                 age.as_secs()
             );
