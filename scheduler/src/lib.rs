@@ -52,8 +52,10 @@ async fn outbox_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
 }
 
 async fn reconcile_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
-    reconcile::replies(&ctx.db, &ctx.replies).await?;
-    reconcile::deliveries(&ctx.db, &ctx.deliveries, ctx.stale_claim).await?;
+    // Both queues live on the same Redis server.
+    let run = ctx.deliveries.server_run().await?;
+    reconcile::replies(&ctx.db, &ctx.replies, &run).await?;
+    reconcile::deliveries(&ctx.db, &ctx.deliveries, &run, ctx.stale_claim).await?;
     Ok(())
 }
 

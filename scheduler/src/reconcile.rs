@@ -30,15 +30,16 @@ use tracing::{info, warn};
 const BATCH: i64 = 1_000;
 
 /// Reconciles the `deliveries` queue with Postgres if Redis lost or may have lost data since
-/// the last time. Returns how many jobs it had to add back (`None`: nothing to check).
+/// the last time; `run` is the Redis server's current run ([`Queue::server_run`]). Returns how many jobs it had to add back (`None`: nothing to check).
 pub async fn deliveries(
     db: &PgPool,
     queue: &Queue,
+    run: &str,
     stale_claim: Duration,
 ) -> anyhow::Result<Option<usize>> {
-    let Some(run) = queue.needs_reconcile().await? else {
+    if !queue.needs_reconcile(run).await? {
         return Ok(None);
-    };
+    }
     let started = std::time::Instant::now();
     let stale = chrono::Duration::from_std(stale_claim)?;
     let (mut after, mut checked, mut added) = (String::new(), 0, 0);
@@ -63,7 +64,7 @@ pub async fn deliveries(
             _ => break,
         }
     }
-    queue.mark_reconciled(&run).await?;
+    queue.mark_reconciled(run).await?;
     let elapsed_ms = started.elapsed().as_millis() as u64;
     if added > 0 {
         warn!(
@@ -87,10 +88,10 @@ const REPLY_HORIZON_MS: i64 = 60 * 60 * 1000;
 
 /// The same for the `ai-replies` queue: every inbound text of the last hour still wanting a
 /// reply has a job.
-pub async fn replies(db: &PgPool, queue: &Queue) -> anyhow::Result<Option<usize>> {
-    let Some(run) = queue.needs_reconcile().await? else {
+pub async fn replies(db: &PgPool, queue: &Queue, run: &str) -> anyhow::Result<Option<usize>> {
+    if !queue.needs_reconcile(run).await? {
         return Ok(None);
-    };
+    }
     let before = id_floor("msg", now_ms() + 1);
     let (mut after, mut added) = (id_floor("msg", now_ms() - REPLY_HORIZON_MS), 0);
     loop {
@@ -110,7 +111,7 @@ pub async fn replies(db: &PgPool, queue: &Queue) -> anyhow::Result<Option<usize>
             _ => break,
         }
     }
-    queue.mark_reconciled(&run).await?;
+    queue.mark_reconciled(run).await?;
     if added > 0 {
         warn!(
             added,

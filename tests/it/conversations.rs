@@ -9,7 +9,7 @@ use herald_tests::{
     Tenant, TestApp,
     app::test_config,
     eventually,
-    providers::{ModelMock, ModelReply, Received, TwilioMock},
+    providers::{ModelMock, ModelReply, TwilioMock},
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -71,47 +71,6 @@ async fn tenant_with(app: &TestApp, extra: Value) -> Tenant {
         body[k] = v.clone();
     }
     app.create_tenant(body).await
-}
-
-impl Setup {
-    /// A signed inbound text from `from` to the tenant's number (asserting 200).
-    async fn text(&self, tenant: &Tenant, from: &str, body: &str) {
-        let status = self
-            .app
-            .text_in(&self.twilio.auth_token, tenant, from, body)
-            .await;
-        assert_eq!(status, StatusCode::OK, "inbound text {body:?} from {from}");
-    }
-
-    /// Twilio's requests that sent to `to`, oldest first.
-    fn sms_to(&self, to: &str) -> Vec<Received> {
-        self.twilio
-            .received()
-            .into_iter()
-            .filter(|r| r.form.get("To").map(String::as_str) == Some(to))
-            .collect()
-    }
-
-    fn bodies_to(&self, to: &str) -> Vec<String> {
-        self.sms_to(to)
-            .iter()
-            .map(|r| r.form.get("Body").cloned().unwrap_or_default())
-            .collect()
-    }
-
-    /// Waits until Twilio was asked to send `body` to `to`; returns that request.
-    async fn wait_for_sms(&self, to: &str, body: &str) -> Received {
-        eventually(
-            WAIT,
-            &format!("Twilio is asked to send {body:?} to {to}"),
-            || async {
-                self.sms_to(to)
-                    .into_iter()
-                    .find(|r| r.form.get("Body").map(String::as_str) == Some(body))
-            },
-        )
-        .await
-    }
 }
 
 /// The tenant's messages (`GET /v1/messages`), newest first.
@@ -282,7 +241,7 @@ async fn conversation_stop_words_in_any_case_suppress_sms_and_start_words_let_it
     let tenant = app.tenant().await;
     let phone = "+15557770001";
 
-    s.text(&tenant, phone, "stop").await;
+    s.app.text(&s.twilio, &tenant, phone, "stop").await;
     let cid = contact_id_texting(app, &tenant, "stop").await;
 
     let mut sent_bodies = Vec::new();
@@ -295,7 +254,7 @@ async fn conversation_stop_words_in_any_case_suppress_sms_and_start_words_let_it
     .enumerate()
     {
         if i > 0 {
-            s.text(&tenant, phone, stop).await;
+            s.app.text(&s.twilio, &tenant, phone, stop).await;
         }
         assert_eq!(
             contact(app, &tenant, &cid).await["opted_out"],
@@ -312,7 +271,7 @@ async fn conversation_stop_words_in_any_case_suppress_sms_and_start_words_let_it
             "a suppressed SMS never starts sending: {blocked}"
         );
 
-        s.text(&tenant, phone, start).await;
+        s.app.text(&s.twilio, &tenant, phone, start).await;
         assert_eq!(
             contact(app, &tenant, &cid).await["opted_out"],
             false,
@@ -325,14 +284,14 @@ async fn conversation_stop_words_in_any_case_suppress_sms_and_start_words_let_it
         sent_bodies.push(allowed_body);
         // The later SMS went out, so the suppressed one had its chance and did not.
         assert_eq!(
-            s.bodies_to(phone),
+            s.twilio.bodies_to(phone),
             sent_bodies,
             "only the SMS sent while opted in reach Twilio"
         );
     }
 
     // Keyword texts get no AI reply: a question afterwards gets the first and only one.
-    s.text(&tenant, phone, QUESTION).await;
+    s.app.text(&s.twilio, &tenant, phone, QUESTION).await;
     let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
     assert_eq!(reply["body"], ANSWER);
     wait_for_idle_reply_queue(app).await;
@@ -385,7 +344,7 @@ async fn conversation_stop_suppresses_an_sms_scheduled_before_it_when_its_time_c
     let id = m["id"].as_str().unwrap();
     let send_at: DateTime<Utc> = m["send_at"].as_str().unwrap().parse().unwrap();
 
-    s.text(&tenant, phone, "STOP").await;
+    s.app.text(&s.twilio, &tenant, phone, "STOP").await;
     let cid = contact_id_texting(app, &tenant, "STOP").await;
     assert_eq!(contact(app, &tenant, &cid).await["opted_out"], true);
 
@@ -422,8 +381,8 @@ async fn conversation_help_and_info_get_the_tenants_help_text_and_no_ai_reply() 
     let tenant = tenant_with(app, json!({"help_text": help})).await;
     let phone = "+15557770003";
 
-    s.text(&tenant, phone, "HELP").await;
-    let sms = s.wait_for_sms(phone, help).await;
+    s.app.text(&s.twilio, &tenant, phone, "HELP").await;
+    let sms = s.twilio.wait_for_sms(phone, help, WAIT).await;
     assert_eq!(
         sms.form["From"],
         tenant.sms_from.clone().unwrap(),
@@ -435,11 +394,11 @@ async fn conversation_help_and_info_get_the_tenants_help_text_and_no_ai_reply() 
     assert_eq!(system["to"], phone);
     assert_eq!(system["contact_id"], cid.as_str());
 
-    s.text(&tenant, phone, " info ").await;
+    s.app.text(&s.twilio, &tenant, phone, " info ").await;
     wait_for_reply(app, &tenant, &cid, "system", 2).await;
 
     // A question afterwards gets its AI reply: by then any reply to HELP would have come.
-    s.text(&tenant, phone, QUESTION).await;
+    s.app.text(&s.twilio, &tenant, phone, QUESTION).await;
     wait_for_reply(app, &tenant, &cid, "ai", 1).await;
     wait_for_idle_reply_queue(app).await;
     let requests = s.model.received();
@@ -449,7 +408,7 @@ async fn conversation_help_and_info_get_the_tenants_help_text_and_no_ai_reply() 
         "HELP and INFO never reach the model: {requests:?}"
     );
     assert_eq!(chat(&requests[0]).last().unwrap(), &turn("user", QUESTION));
-    assert_eq!(s.bodies_to(phone), [help, help, ANSWER]);
+    assert_eq!(s.twilio.bodies_to(phone), [help, help, ANSWER]);
     assert_eq!(outbound_by(app, &tenant, &cid, "ai").await.len(), 1);
 }
 
@@ -465,8 +424,8 @@ async fn conversation_a_question_is_answered_by_the_primary_model_as_a_user_turn
     let tenant = tenant_with(app, json!({"system_prompt": prompt})).await;
     let phone = "+15557770004";
 
-    s.text(&tenant, phone, QUESTION).await;
-    let sms = s.wait_for_sms(phone, ANSWER).await;
+    s.app.text(&s.twilio, &tenant, phone, QUESTION).await;
+    let sms = s.twilio.wait_for_sms(phone, ANSWER, WAIT).await;
     assert_eq!(sms.form["From"], tenant.sms_from.clone().unwrap());
 
     let requests = s.model.received();
@@ -514,8 +473,8 @@ async fn conversation_a_question_is_answered_by_the_primary_model_as_a_user_turn
     let follow_up = "And on Saturday?";
     let saturday = "Saturdays 10 AM to 2 PM.";
     s.model.script([ModelReply::Text(saturday.to_owned())]);
-    s.text(&tenant, phone, follow_up).await;
-    s.wait_for_sms(phone, saturday).await;
+    s.app.text(&s.twilio, &tenant, phone, follow_up).await;
+    s.twilio.wait_for_sms(phone, saturday, WAIT).await;
     let requests = s.model.received();
     assert_eq!(requests.len(), 2, "{requests:?}");
     assert_eq!(
@@ -551,8 +510,8 @@ async fn conversation_a_primary_that_answers_on_its_retry_is_used() {
     let phone = "+15557770005";
     s.model.script([ModelReply::Status(429)]);
 
-    s.text(&tenant, phone, QUESTION).await;
-    s.wait_for_sms(phone, ANSWER).await;
+    s.app.text(&s.twilio, &tenant, phone, QUESTION).await;
+    s.twilio.wait_for_sms(phone, ANSWER, WAIT).await;
     let cid = contact_id_texting(app, &tenant, QUESTION).await;
     let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
     assert_eq!(reply["model"], PRIMARY);
@@ -572,8 +531,8 @@ async fn conversation_the_fallback_answers_when_the_primary_fails_twice() {
     let tenant = app.tenant().await;
     let phone = "+15557770006";
 
-    s.text(&tenant, phone, QUESTION).await;
-    s.wait_for_sms(phone, FALLBACK_ANSWER).await;
+    s.app.text(&s.twilio, &tenant, phone, QUESTION).await;
+    s.twilio.wait_for_sms(phone, FALLBACK_ANSWER, WAIT).await;
     let cid = contact_id_texting(app, &tenant, QUESTION).await;
     let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
     assert_eq!(reply["body"], FALLBACK_ANSWER);
@@ -588,7 +547,7 @@ async fn conversation_the_fallback_answers_when_the_primary_fails_twice() {
     assert_eq!(fallback.len(), 1, "{fallback:?}");
     assert_eq!(fallback[0]["model"], FALLBACK);
     assert_eq!(chat(&fallback[0]).last().unwrap(), &turn("user", QUESTION));
-    assert_eq!(s.bodies_to(phone), [FALLBACK_ANSWER]);
+    assert_eq!(s.twilio.bodies_to(phone), [FALLBACK_ANSWER]);
 }
 
 #[tokio::test]
@@ -604,8 +563,8 @@ async fn conversation_the_canned_reply_answers_when_both_models_fail() {
     let tenant = tenant_with(app, json!({"canned_reply": canned})).await;
     let phone = "+15557770007";
 
-    s.text(&tenant, phone, QUESTION).await;
-    s.wait_for_sms(phone, canned).await;
+    s.app.text(&s.twilio, &tenant, phone, QUESTION).await;
+    s.twilio.wait_for_sms(phone, canned, WAIT).await;
     let cid = contact_id_texting(app, &tenant, QUESTION).await;
     let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
     assert_eq!(reply["body"], canned);
@@ -617,13 +576,13 @@ async fn conversation_the_canned_reply_answers_when_both_models_fail() {
     // A tenant without a canned reply of its own still gets an answer.
     let plain = app.tenant().await;
     let other = "+15557770008";
-    s.text(&plain, other, QUESTION).await;
+    s.app.text(&s.twilio, &plain, other, QUESTION).await;
     let cid = contact_id_texting(app, &plain, QUESTION).await;
     let reply = wait_for_reply(app, &plain, &cid, "ai", 1).await;
     assert_eq!(reply["model"], Value::Null, "{reply}");
     let body = reply["body"].as_str().unwrap();
     assert!(!body.trim().is_empty(), "{reply}");
-    assert_eq!(s.bodies_to(other), [body]);
+    assert_eq!(s.twilio.bodies_to(other), [body]);
 }
 
 #[tokio::test]
@@ -638,9 +597,9 @@ async fn conversation_a_primary_that_hangs_past_the_timeout_is_left_for_the_fall
     let tenant = app.tenant().await;
     let phone = "+15557770009";
 
-    s.text(&tenant, phone, QUESTION).await;
+    s.app.text(&s.twilio, &tenant, phone, QUESTION).await;
     // Had Herald waited for the primary, it would answer "late answer" after 30 s.
-    s.wait_for_sms(phone, FALLBACK_ANSWER).await;
+    s.twilio.wait_for_sms(phone, FALLBACK_ANSWER, WAIT).await;
     let cid = contact_id_texting(app, &tenant, QUESTION).await;
     let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
     assert_eq!(reply["model"], FALLBACK);
@@ -667,7 +626,7 @@ async fn conversation_a_long_model_answer_is_cut_to_320_characters() {
     let tenant = app.tenant().await;
     let phone = "+15557770010";
 
-    s.text(&tenant, phone, QUESTION).await;
+    s.app.text(&s.twilio, &tenant, phone, QUESTION).await;
     let cid = contact_id_texting(app, &tenant, QUESTION).await;
     let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
     let body = reply["body"].as_str().unwrap();
@@ -681,7 +640,7 @@ async fn conversation_a_long_model_answer_is_cut_to_320_characters() {
         "{body:?}"
     );
     assert_eq!(reply["model"], PRIMARY);
-    let sent = s.bodies_to(phone);
+    let sent = s.twilio.bodies_to(phone);
     assert_eq!(sent, [body], "Twilio gets the cut reply");
     assert!(sent[0].chars().count() <= 320);
 }
@@ -695,8 +654,8 @@ async fn conversation_a_long_text_reaches_the_model_cut_to_1000_characters() {
     let long = format!("Question: {}", "please tell me more ".repeat(75));
     assert!(long.chars().count() > 1400 && long.chars().count() <= 1600);
 
-    s.text(&tenant, phone, &long).await;
-    s.wait_for_sms(phone, ANSWER).await;
+    s.app.text(&s.twilio, &tenant, phone, &long).await;
+    s.twilio.wait_for_sms(phone, ANSWER, WAIT).await;
     let requests = s.model.received();
     assert_eq!(requests.len(), 1, "{requests:?}");
     let turns = chat(&requests[0]);
@@ -740,7 +699,7 @@ async fn conversation_taken_over_gets_no_ai_reply_and_is_answered_again_once_rel
     assert_eq!(contact(app, &tenant, &cid).await["mode"], "human");
 
     let asked = "Can I move my appointment?";
-    s.text(&tenant, phone, asked).await;
+    s.app.text(&s.twilio, &tenant, phone, asked).await;
     let person = "Hi, this is Dana. Sure, what day works for you?";
     let (status, m) = app
         .post(
@@ -755,7 +714,7 @@ async fn conversation_taken_over_gets_no_ai_reply_and_is_answered_again_once_rel
     assert_eq!(m["to"], phone);
     assert_eq!(m["contact_id"], cid.as_str());
     assert!(m["id"].as_str().unwrap().starts_with("msg_"), "{m}");
-    let sms = s.wait_for_sms(phone, person).await;
+    let sms = s.twilio.wait_for_sms(phone, person, WAIT).await;
     assert_eq!(sms.form["From"], tenant.sms_from.clone().unwrap());
     app.wait_for_status(&tenant, m["id"].as_str().unwrap(), "sent", WAIT)
         .await;
@@ -768,7 +727,7 @@ async fn conversation_taken_over_gets_no_ai_reply_and_is_answered_again_once_rel
         s.model.received()
     );
     assert!(outbound_by(app, &tenant, &cid, "ai").await.is_empty());
-    assert_eq!(s.bodies_to(phone), [person]);
+    assert_eq!(s.twilio.bodies_to(phone), [person]);
 
     let (status, mode) = app
         .post(
@@ -781,7 +740,7 @@ async fn conversation_taken_over_gets_no_ai_reply_and_is_answered_again_once_rel
     assert_eq!(mode, json!({"contact_id": cid, "mode": "ai"}));
 
     let next = "Thursday afternoon, please.";
-    s.text(&tenant, phone, next).await;
+    s.app.text(&s.twilio, &tenant, phone, next).await;
     let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
     assert_eq!(reply["body"], ANSWER);
     let requests = s.model.received();
@@ -823,7 +782,7 @@ async fn conversation_a_text_from_an_unknown_number_creates_a_contact_in_the_ten
     let phone = "+15557770013";
     assert_eq!(contact_rows(app).await, 0);
 
-    s.text(&tenant, phone, QUESTION).await;
+    s.app.text(&s.twilio, &tenant, phone, QUESTION).await;
     let inbound = inbound_with_body(app, &tenant, QUESTION).await;
     assert_eq!(inbound.len(), 1, "{inbound:?}");
     assert_eq!(inbound[0]["channel"], "sms");
@@ -843,7 +802,9 @@ async fn conversation_a_text_from_an_unknown_number_creates_a_contact_in_the_ten
     assert_eq!(stored.as_deref(), Some("America/Chicago"));
 
     // The same number again is the same contact.
-    s.text(&tenant, phone, "Are you open on Sunday?").await;
+    s.app
+        .text(&s.twilio, &tenant, phone, "Are you open on Sunday?")
+        .await;
     assert_eq!(
         contact_id_texting(app, &tenant, "Are you open on Sunday?").await,
         cid
@@ -882,7 +843,7 @@ async fn conversation_a_retried_inbound_webhook_is_stored_and_answered_once() {
     let later = "Do you take walk-ins?";
     s.model
         .script([ModelReply::Text("Yes, walk-ins are welcome.".to_owned())]);
-    s.text(&tenant, phone, later).await;
+    s.app.text(&s.twilio, &tenant, phone, later).await;
     wait_for_reply(app, &tenant, &cid, "ai", 2).await;
     wait_for_idle_reply_queue(app).await;
     assert_eq!(s.model.received().len(), 2, "{:?}", s.model.received());
@@ -979,7 +940,7 @@ async fn conversation_of_another_tenant_is_not_found() {
     let b = app.tenant().await;
     let phone = "+15557770016";
 
-    s.text(&a, phone, QUESTION).await;
+    s.app.text(&s.twilio, &a, phone, QUESTION).await;
     let cid = contact_id_texting(app, &a, QUESTION).await;
     wait_for_reply(app, &a, &cid, "ai", 1).await;
 
@@ -1034,7 +995,7 @@ async fn conversation_of_another_tenant_is_not_found() {
     assert_eq!(contact(app, &a, &cid).await["name"], Value::Null);
 
     // The same number texting B is B's own contact, and its STOP at B leaves A alone.
-    s.text(&b, phone, "STOP").await;
+    s.app.text(&s.twilio, &b, phone, "STOP").await;
     let b_cid = contact_id_texting(app, &b, "STOP").await;
     assert_ne!(b_cid, cid);
     assert_eq!(contact(app, &b, &b_cid).await["opted_out"], true);
@@ -1186,7 +1147,7 @@ async fn an_ai_reply_job_lost_with_redis_data_is_queued_again() {
     .await;
 
     let from = "+15557000001";
-    s.text(&tenant, from, QUESTION).await;
+    s.app.text(&s.twilio, &tenant, from, QUESTION).await;
     let inbound: String =
         sqlx::query_scalar("SELECT id FROM messages WHERE direction = 'inbound' AND needs_reply")
             .fetch_one(&s.app.db)
@@ -1218,8 +1179,8 @@ async fn an_ai_reply_job_lost_with_redis_data_is_queued_again() {
     let mut app = s.app;
     app.start_worker();
     let s = Setup { app, ..s };
-    s.wait_for_sms(from, ANSWER).await;
-    assert_eq!(s.sms_to(from).len(), 1, "one reply");
+    s.twilio.wait_for_sms(from, ANSWER, WAIT).await;
+    assert_eq!(s.twilio.sent_to(from).len(), 1, "one reply");
     let still_waiting: bool = sqlx::query_scalar("SELECT needs_reply FROM messages WHERE id = $1")
         .bind(&inbound)
         .fetch_one(&s.app.db)

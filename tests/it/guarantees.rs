@@ -555,6 +555,15 @@ async fn messages_posted_while_redis_is_down_are_accepted_and_sent_once_it_is_ba
     assert_eq!(twilio.received().len(), 1 + posted.len());
 }
 
+/// A test configuration whose Postgres is reached through a proxy the test can cut.
+async fn config_behind_pg_proxy() -> (herald_core::Config, Proxy) {
+    let mut config = test_config().await;
+    let database_url = config.database_url.expose().clone();
+    let pg_proxy = Proxy::start(&Proxy::target_of(&database_url)).await;
+    config.database_url = Secret::new(pg_proxy.url_for(&database_url));
+    (config, pg_proxy)
+}
+
 /// Posts `n` SMS due at `send_at`; returns (to, id) pairs.
 async fn post_due_at(
     app: &TestApp,
@@ -803,10 +812,7 @@ async fn a_redis_restart_that_lost_recent_writes_loses_no_message() {
 async fn an_outcome_that_cannot_be_recorded_while_postgres_is_down_is_recorded_later_without_a_second_send()
  {
     let twilio = TwilioMock::start().await;
-    let mut config = test_config().await;
-    let database_url = config.database_url.expose().clone();
-    let pg_proxy = Proxy::start(&Proxy::target_of(&database_url)).await;
-    config.database_url = Secret::new(pg_proxy.url_for(&database_url));
+    let (config, pg_proxy) = config_behind_pg_proxy().await;
     let app = app_with_twilio(config, &twilio).await;
     let tenant = app.tenant().await;
     // The provider takes its time, and Postgres goes away while it does.
@@ -847,10 +853,7 @@ async fn an_outcome_that_cannot_be_recorded_while_postgres_is_down_is_recorded_l
 #[tokio::test]
 async fn an_outcome_lost_to_a_long_postgres_outage_leaves_no_message_stuck_in_sending() {
     let twilio = TwilioMock::start().await;
-    let mut config = test_config().await;
-    let database_url = config.database_url.expose().clone();
-    let pg_proxy = Proxy::start(&Proxy::target_of(&database_url)).await;
-    config.database_url = Secret::new(pg_proxy.url_for(&database_url));
+    let (config, pg_proxy) = config_behind_pg_proxy().await;
     let stale_after = config.stale_claim_after();
     let app = app_with_twilio(config, &twilio).await;
     let tenant = app.tenant().await;
@@ -908,10 +911,7 @@ async fn an_outcome_lost_to_a_long_postgres_outage_leaves_no_message_stuck_in_se
 
 #[tokio::test]
 async fn with_postgres_down_a_post_answers_503_with_retry_after_within_seconds() {
-    let mut config = test_config().await;
-    let database_url = config.database_url.expose().clone();
-    let pg_proxy = Proxy::start(&Proxy::target_of(&database_url)).await;
-    config.database_url = Secret::new(pg_proxy.url_for(&database_url));
+    let (config, pg_proxy) = config_behind_pg_proxy().await;
     let app = TestApp::start_with(config).await;
     let tenant = app.tenant().await;
     app.send_sms(&tenant, "+15551050000", "before").await;

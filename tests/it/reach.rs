@@ -9,7 +9,7 @@ use herald_tests::{
     Tenant, TestApp,
     app::test_config,
     eventually,
-    providers::{ModelMock, ModelReply, Received, TwilioMock},
+    providers::{ModelMock, ModelReply, TwilioMock},
     unique,
 };
 use reqwest::StatusCode;
@@ -100,44 +100,6 @@ impl Setup {
         assert!(body.contains("<Response"), "{body}");
     }
 
-    /// A signed inbound text (asserting 200).
-    async fn text(&self, tenant: &Tenant, from: &str, body: &str) {
-        let status = self
-            .app
-            .text_in(&self.twilio.auth_token, tenant, from, body)
-            .await;
-        assert_eq!(status, StatusCode::OK, "inbound text {body:?} from {from}");
-    }
-
-    fn sms_to(&self, to: &str) -> Vec<Received> {
-        self.twilio
-            .received()
-            .into_iter()
-            .filter(|r| r.form.get("To").map(String::as_str) == Some(to))
-            .collect()
-    }
-
-    fn bodies_to(&self, to: &str) -> Vec<String> {
-        self.sms_to(to)
-            .iter()
-            .map(|r| r.form.get("Body").cloned().unwrap_or_default())
-            .collect()
-    }
-
-    /// Waits until Twilio was asked to send `body` to `to`; returns that request.
-    async fn wait_for_sms(&self, to: &str, body: &str) -> Received {
-        eventually(
-            WAIT,
-            &format!("Twilio is asked to send {body:?} to {to}"),
-            || async {
-                self.sms_to(to)
-                    .into_iter()
-                    .find(|r| r.form.get("Body").map(String::as_str) == Some(body))
-            },
-        )
-        .await
-    }
-
     /// An ordinary SMS to `to` that reaches Twilio: whatever was queued before it had its
     /// chance by then.
     async fn witness(&self, tenant: &Tenant, to: &str) {
@@ -146,7 +108,7 @@ impl Setup {
         self.app
             .wait_for_status(tenant, m["id"].as_str().unwrap(), "sent", WAIT)
             .await;
-        self.wait_for_sms(to, &body).await;
+        self.twilio.wait_for_sms(to, &body, WAIT).await;
     }
 }
 
@@ -303,7 +265,7 @@ async fn reach_a_missed_call_texts_the_caller_once_and_shows_on_the_conversation
     assert_eq!(contact_rows(app).await, 0);
 
     s.call(&tenant, caller, &call_sid(), "no-answer").await;
-    let sms = s.wait_for_sms(caller, TEXT_BACK).await;
+    let sms = s.twilio.wait_for_sms(caller, TEXT_BACK, WAIT).await;
     assert_eq!(sms.form["To"], caller);
     assert_eq!(
         sms.form["From"], from,
@@ -344,7 +306,7 @@ async fn reach_a_missed_call_texts_the_caller_once_and_shows_on_the_conversation
     // `busy` and `failed` are missed calls too.
     for (caller, status) in [("+15558880002", "busy"), ("+15558880003", "failed")] {
         s.call(&tenant, caller, &call_sid(), status).await;
-        s.wait_for_sms(caller, TEXT_BACK).await;
+        s.twilio.wait_for_sms(caller, TEXT_BACK, WAIT).await;
         let sent = wait_for_text_backs(app, &tenant, caller, 1).await;
         let cid = sent[0]["contact_id"].as_str().unwrap();
         assert_eq!(
@@ -374,7 +336,7 @@ async fn reach_a_missed_call_texts_the_caller_once_and_shows_on_the_conversation
     assert_eq!(s.twilio.calls_to(answered), 1, "only the witness");
     for caller in ["+15558880001", "+15558880002", "+15558880003"] {
         assert_eq!(
-            s.bodies_to(caller),
+            s.twilio.bodies_to(caller),
             [TEXT_BACK],
             "one text-back to {caller}"
         );
@@ -390,9 +352,9 @@ async fn reach_a_missed_call_texts_the_caller_once_and_shows_on_the_conversation
         body.starts_with("Sorry we missed your call! This is Bright Smiles."),
         "the default text-back: {body:?}"
     );
-    assert_eq!(s.bodies_to(caller), [body]);
+    assert_eq!(s.twilio.bodies_to(caller), [body]);
     assert_eq!(
-        s.sms_to(caller)[0].form["From"],
+        s.twilio.sent_to(caller)[0].form["From"],
         plain.sms_from.clone().unwrap()
     );
 }
@@ -441,7 +403,7 @@ async fn reach_one_text_back_per_caller_within_the_cooldown_and_a_retried_callba
     assert_eq!(entries(&conversation(app, &tenant, &cid).await), expected);
 
     s.witness(&tenant, caller).await;
-    let bodies = s.bodies_to(caller);
+    let bodies = s.twilio.bodies_to(caller);
     assert_eq!(bodies.len(), 2, "the text-back and the witness: {bodies:?}");
     assert_eq!(bodies[0], TEXT_BACK);
     assert_eq!(text_backs(app, &tenant, caller).await.len(), 1);
@@ -477,7 +439,7 @@ async fn reach_one_text_back_per_caller_within_the_cooldown_and_a_retried_callba
             entry("outbound", "system", TEXT_BACK),
         ]
     );
-    s.wait_for_sms(caller, TEXT_BACK).await;
+    s.twilio.wait_for_sms(caller, TEXT_BACK, WAIT).await;
     eventually(WAIT, "both text-backs reach Twilio", || async {
         (s.twilio.calls_to(caller) >= 2).then_some(())
     })
@@ -488,7 +450,7 @@ async fn reach_one_text_back_per_caller_within_the_cooldown_and_a_retried_callba
         3,
         "two text-backs and the witness"
     );
-    assert_eq!(s.bodies_to(caller)[..2], [TEXT_BACK, TEXT_BACK]);
+    assert_eq!(s.twilio.bodies_to(caller)[..2], [TEXT_BACK, TEXT_BACK]);
 }
 
 #[tokio::test]
@@ -498,7 +460,7 @@ async fn reach_an_opted_out_caller_gets_no_text_back_but_the_missed_call_is_reco
     let tenant = tenant_with(app, json!({"missed_call_text": TEXT_BACK})).await;
     let caller = "+15558880021";
 
-    s.text(&tenant, caller, "STOP").await;
+    s.app.text(&s.twilio, &tenant, caller, "STOP").await;
     let cid = contact_of(app, &tenant, caller).await;
     assert_eq!(contact(app, &tenant, &cid).await["opted_out"], true);
 
@@ -539,11 +501,11 @@ async fn reach_an_opted_out_caller_gets_no_text_back_but_the_missed_call_is_reco
     );
 
     // Opted back in, the next missed call texts back: the skipped one used no cooldown.
-    s.text(&tenant, caller, "START").await;
+    s.app.text(&s.twilio, &tenant, caller, "START").await;
     assert_eq!(contact(app, &tenant, &cid).await["opted_out"], false);
     s.call(&tenant, caller, &call_sid(), "busy").await;
-    s.wait_for_sms(caller, TEXT_BACK).await;
-    assert_eq!(s.bodies_to(caller), [TEXT_BACK]);
+    s.twilio.wait_for_sms(caller, TEXT_BACK, WAIT).await;
+    assert_eq!(s.twilio.bodies_to(caller), [TEXT_BACK]);
 }
 
 #[tokio::test]
@@ -559,10 +521,10 @@ async fn reach_the_callers_reply_to_the_text_back_gets_an_ai_answer_that_saw_the
     assert!(s.model.received().is_empty(), "a missed call asks no model");
 
     let reply = "Hi, can I book a cleaning for Friday?";
-    s.text(&tenant, caller, reply).await;
-    let sms = s.wait_for_sms(caller, ANSWER).await;
+    s.app.text(&s.twilio, &tenant, caller, reply).await;
+    let sms = s.twilio.wait_for_sms(caller, ANSWER, WAIT).await;
     assert_eq!(sms.form["From"], tenant.sms_from.clone().unwrap());
-    assert_eq!(s.bodies_to(caller), [TEXT_BACK, ANSWER]);
+    assert_eq!(s.twilio.bodies_to(caller), [TEXT_BACK, ANSWER]);
 
     let requests = s.model.received();
     assert_eq!(requests.len(), 1, "{requests:?}");
@@ -657,7 +619,7 @@ async fn reach_a_call_status_callback_with_a_bad_signature_is_refused_and_stores
 
     // The forged callbacks took neither the call sid nor the cooldown: the real one texts back.
     s.call(&tenant, caller, &sid, "no-answer").await;
-    s.wait_for_sms(caller, TEXT_BACK).await;
+    s.twilio.wait_for_sms(caller, TEXT_BACK, WAIT).await;
     let cid = contact_of(app, &tenant, caller).await;
     assert_eq!(
         entries(&conversation(app, &tenant, &cid).await),
@@ -946,7 +908,7 @@ async fn reach_a_group_sms_reaches_each_member_once_suppresses_the_opted_out_and
         json!({"email": "dee@example.com", "name": "Dee"}),
     )
     .await;
-    s.text(&tenant, cy, "STOP").await;
+    s.app.text(&s.twilio, &tenant, cy, "STOP").await;
     assert_eq!(contact(app, &tenant, &cy_id).await["opted_out"], true);
 
     let g = new_group(app, &tenant, "Newsletter").await;
@@ -1000,8 +962,8 @@ async fn reach_a_group_sms_reaches_each_member_once_suppresses_the_opted_out_and
         messages_of(app, &tenant, &dee_id).await.is_empty(),
         "no SMS without a phone"
     );
-    assert_eq!(s.bodies_to(ana), [body]);
-    assert_eq!(s.bodies_to(ben), [body]);
+    assert_eq!(s.twilio.bodies_to(ana), [body]);
+    assert_eq!(s.twilio.bodies_to(ben), [body]);
     assert_eq!(
         s.twilio.calls_to(cy),
         0,
@@ -1009,9 +971,10 @@ async fn reach_a_group_sms_reaches_each_member_once_suppresses_the_opted_out_and
     );
     let from = tenant.sms_from.clone().unwrap();
     assert!(
-        s.sms_to(ana)
+        s.twilio
+            .sent_to(ana)
             .iter()
-            .chain(&s.sms_to(ben))
+            .chain(&s.twilio.sent_to(ben))
             .all(|r| r.form["From"] == from)
     );
 
@@ -1032,14 +995,15 @@ async fn reach_a_group_sms_reaches_each_member_once_suppresses_the_opted_out_and
     assert_eq!(outbound_rows(app).await, rows, "neither created a message");
     s.witness(&tenant, ana).await;
     assert_eq!(
-        s.bodies_to(ana).len(),
+        s.twilio.bodies_to(ana).len(),
         2,
         "the send and the witness: {:?}",
-        s.bodies_to(ana)
+        s.twilio.bodies_to(ana)
     );
-    assert_eq!(s.bodies_to(ben), [body], "Ben got the send once");
+    assert_eq!(s.twilio.bodies_to(ben), [body], "Ben got the send once");
     assert!(
-        !s.bodies_to(ana)
+        !s.twilio
+            .bodies_to(ana)
             .iter()
             .any(|b| b == "Something else entirely.")
     );
@@ -1071,7 +1035,7 @@ async fn reach_a_group_sms_reaches_each_member_once_suppresses_the_opted_out_and
         json!({"sent": 1, "suppressed": 1}),
     )
     .await;
-    s.wait_for_sms(ana, next).await;
+    s.twilio.wait_for_sms(ana, next, WAIT).await;
 
     // By email: the members with an address (Ana and Dee).
     let (status, accepted) = group_send(
@@ -1102,10 +1066,10 @@ async fn reach_a_group_sms_reaches_each_member_once_suppresses_the_opted_out_and
 
     s.witness(&tenant, ben).await;
     assert_eq!(
-        s.bodies_to(ben).len(),
+        s.twilio.bodies_to(ben).len(),
         2,
         "Ben got nothing after leaving: {:?}",
-        s.bodies_to(ben)
+        s.twilio.bodies_to(ben)
     );
     assert_eq!(s.twilio.calls_to(cy), 0);
 }
@@ -1151,7 +1115,7 @@ async fn reach_a_group_sms_respects_quiet_hours_in_each_members_zone() {
     assert_eq!(accepted["recipients"], 2);
     let gms = accepted["id"].as_str().unwrap();
 
-    s.wait_for_sms(awake, body).await;
+    s.twilio.wait_for_sms(awake, body, WAIT).await;
     let deferred = messages_of(app, &tenant, &sleeper_id).await;
     assert_eq!(deferred.len(), 1, "{deferred:?}");
     let id = deferred[0]["id"].as_str().unwrap();

@@ -387,6 +387,18 @@ impl TestApp {
     }
 
     /// An inbound text from `from` to the tenant's number, as Twilio's webhook delivers it.
+    /// A text from `from` to the tenant's number, signed with the mock's token (asserting 200).
+    pub async fn text(
+        &self,
+        twilio: &crate::providers::TwilioMock,
+        tenant: &Tenant,
+        from: &str,
+        body: &str,
+    ) {
+        let status = self.text_in(&twilio.auth_token, tenant, from, body).await;
+        assert_eq!(status, StatusCode::OK, "inbound text {body:?} from {from}");
+    }
+
     pub async fn text_in(
         &self,
         auth_token: &str,

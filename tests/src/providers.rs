@@ -100,6 +100,36 @@ impl TwilioMock {
         self.state.lock().unwrap().received.clone()
     }
 
+    /// The requests that asked to send to `to`, oldest first.
+    pub fn sent_to(&self, to: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.form.get("To").map(String::as_str) == Some(to))
+            .collect()
+    }
+
+    /// The bodies of the texts sent to `to`, oldest first.
+    pub fn bodies_to(&self, to: &str) -> Vec<String> {
+        self.sent_to(to)
+            .iter()
+            .map(|r| r.form.get("Body").cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// Waits until a request asked to send `body` to `to`; returns it.
+    pub async fn wait_for_sms(&self, to: &str, body: &str, within: Duration) -> Received {
+        crate::eventually(
+            within,
+            &format!("Twilio is asked to send {body:?} to {to}"),
+            || async {
+                self.sent_to(to)
+                    .into_iter()
+                    .find(|r| r.form.get("Body").map(String::as_str) == Some(body))
+            },
+        )
+        .await
+    }
+
     /// How many requests asked to send to `to`.
     pub fn calls_to(&self, to: &str) -> usize {
         self.state

@@ -22,13 +22,29 @@ use crate::{
 
 const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
 
+/// The form parameters of a request Twilio signed.
+struct TwilioForm(Vec<(String, String)>);
+
+impl TwilioForm {
+    /// The first value of `name`, else of `alias` (Twilio's older parameter names).
+    fn get(&self, name: &str, alias: Option<&str>) -> Option<String> {
+        let find = |n: &str| self.0.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        find(name).or_else(|| alias.and_then(find))
+    }
+}
+
+/// 422 for a signed form without the fields the route needs.
+fn missing(message: &str, field: &str) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "missing_field", message).field(field)
+}
+
 /// The form parameters of a request Twilio signed, or 403.
 fn verified_twilio_form(
     state: &AppState,
     uri: &axum::http::Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> ApiResult<Vec<(String, String)>> {
+) -> ApiResult<TwilioForm> {
     let Some(token) = state.config.twilio.auth_token.as_ref() else {
         return Err(ApiError::forbidden(
             "invalid_signature",
@@ -51,7 +67,7 @@ fn verified_twilio_form(
             "X-Twilio-Signature does not match this request",
         ));
     }
-    Ok(params)
+    Ok(TwilioForm(params))
 }
 
 fn twiml() -> Response {
@@ -72,25 +88,18 @@ pub async fn twilio_status(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let params = verified_twilio_form(&state, &uri, &headers, &body)?;
-    let get = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let form = verified_twilio_form(&state, &uri, &headers, &body)?;
     let (Some(sid), Some(status)) = (
-        get("MessageSid").or(get("SmsSid")),
-        get("MessageStatus").or(get("SmsStatus")),
+        form.get("MessageSid", Some("SmsSid")),
+        form.get("MessageStatus", Some("SmsStatus")),
     ) else {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "missing_field",
+        return Err(missing(
             "MessageSid and MessageStatus are required",
-        )
-        .field("MessageStatus"));
+            "MessageStatus",
+        ));
     };
-    reports::twilio_status(&state.db, sid, status, get("ErrorCode")).await?;
+    let error_code = form.get("ErrorCode", None);
+    reports::twilio_status(&state.db, &sid, &status, error_code.as_deref()).await?;
     Ok(twiml())
 }
 
@@ -108,29 +117,18 @@ pub async fn twilio_sms(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let params = verified_twilio_form(&state, &uri, &headers, &body)?;
-    let get = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
+    let form = verified_twilio_form(&state, &uri, &headers, &body)?;
     let (Some(from), Some(to), Some(sid)) = (
-        get("From"),
-        get("To"),
-        get("MessageSid").or_else(|| get("SmsSid")),
+        form.get("From", None),
+        form.get("To", None),
+        form.get("MessageSid", Some("SmsSid")),
     ) else {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "missing_field",
-            "From, To and MessageSid are required",
-        )
-        .field("From"));
+        return Err(missing("From, To and MessageSid are required", "From"));
     };
     let inbound = Inbound {
         from,
         to,
-        body: get("Body").unwrap_or_default(),
+        body: form.get("Body", None).unwrap_or_default(),
         sid,
     };
     match conversations::receive(&state.db, &state.intake, &state.replies, &inbound).await? {
@@ -157,22 +155,17 @@ pub async fn twilio_voice_status(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let params = verified_twilio_form(&state, &uri, &headers, &body)?;
-    let get = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
-    let (Some(call_sid), Some(status), Some(from), Some(to)) =
-        (get("CallSid"), get("CallStatus"), get("From"), get("To"))
-    else {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "missing_field",
+    let form = verified_twilio_form(&state, &uri, &headers, &body)?;
+    let (Some(call_sid), Some(status), Some(from), Some(to)) = (
+        form.get("CallSid", None),
+        form.get("CallStatus", None),
+        form.get("From", None),
+        form.get("To", None),
+    ) else {
+        return Err(missing(
             "CallSid, CallStatus, From and To are required",
-        )
-        .field("CallStatus"));
+            "CallStatus",
+        ));
     };
     let call = CallStatus {
         call_sid,

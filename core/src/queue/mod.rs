@@ -488,23 +488,26 @@ impl Queue {
         Ok(())
     }
 
-    /// Whether this queue's jobs must be checked against Postgres: `Some(run)` when Redis has
-    /// restarted, failed over or lost its data since the last check ([`Queue::mark_reconciled`]
-    /// with that `run`), or when no check was ever made. A restart is seen through the
-    /// server's `run_id`, which changes with every start; lost data through the marker
-    /// itself, which goes with it.
-    pub async fn needs_reconcile(&self) -> Result<Option<String>, QueueError> {
+    /// The Redis server's current run: `INFO server`'s `run_id`, which changes with every start
+    /// (a restart, or a failover to another server).
+    pub async fn server_run(&self) -> Result<String, QueueError> {
         let info: String = redis::cmd("INFO")
             .arg("server")
             .query_async(&mut self.conn())
             .await?;
-        let run = info
+        Ok(info
             .lines()
             .find_map(|l| l.strip_prefix("run_id:"))
             .map(|r| r.trim().to_owned())
-            .unwrap_or_default();
+            .unwrap_or_default())
+    }
+
+    /// Whether this queue's jobs must be checked against Postgres: Redis has restarted, failed
+    /// over or lost its data since the last check ([`Queue::mark_reconciled`] with `run`, a
+    /// [`Queue::server_run`]), or no check was ever made. Lost data takes the marker with it.
+    pub async fn needs_reconcile(&self, run: &str) -> Result<bool, QueueError> {
         let seen: Option<String> = self.conn().get(&self.inner.keys.reconciled).await?;
-        Ok((seen.as_deref() != Some(run.as_str())).then_some(run))
+        Ok(seen.as_deref() != Some(run))
     }
 
     /// Records that every job Postgres expects is in this queue, as of Redis run `run`.

@@ -22,20 +22,25 @@ use herald_core::{
     },
 };
 use sqlx::PgPool;
+use tokio::sync::watch;
 
 use crate::{
-    Figures,
+    Figures, poll_until,
     servers::{PostgresServer, RedisServer, herald, wait_http},
 };
 
-/// A Twilio Messages API that accepts everything at once.
-async fn start_provider() -> anyhow::Result<(String, Arc<AtomicU64>)> {
-    let calls = Arc::new(AtomicU64::new(0));
-    let counter = calls.clone();
+/// A Twilio Messages API that accepts everything at once. The watch counts its calls.
+async fn start_provider() -> anyhow::Result<(String, watch::Receiver<u64>)> {
+    let (calls, counter) = watch::channel(0u64);
+    let calls = Arc::new(calls);
     let app = Router::new().route(
         "/2010-04-01/Accounts/{sid}/Messages.json",
         post(move || {
-            let n = counter.fetch_add(1, Ordering::Relaxed);
+            let mut n = 0;
+            calls.send_modify(|c| {
+                n = *c;
+                *c += 1;
+            });
             async move {
                 let body = format!(r#"{{"sid":"SM{n:032x}","status":"queued"}}"#);
                 (
@@ -50,7 +55,27 @@ async fn start_provider() -> anyhow::Result<(String, Arc<AtomicU64>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok((url, calls))
+    Ok((url, counter))
+}
+
+/// Waits until the provider has been called at least `at_least` times.
+async fn calls_reach(
+    calls: &mut watch::Receiver<u64>,
+    at_least: u64,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let reached = tokio::time::timeout(within, async {
+        calls.wait_for(|n| *n >= at_least).await.map(|_| ())
+    })
+    .await;
+    match reached {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => bail!("the provider stopped"),
+        Err(_) => bail!(
+            "only {} of {at_least} provider calls within {within:?}",
+            *calls.borrow()
+        ),
+    }
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -142,7 +167,7 @@ pub async fn run(figures: &mut Figures, messages: usize, requests: usize) -> any
     )
     .await?;
     let tenant = created.tenant.id.clone();
-    let (provider, calls) = start_provider().await?;
+    let (provider, mut calls) = start_provider().await?;
 
     for concurrency in [50usize, 200] {
         let prefix = format!("deliver{concurrency}");
@@ -152,7 +177,7 @@ pub async fn run(figures: &mut Figures, messages: usize, requests: usize) -> any
         config.queue_prefix = prefix.clone();
         let q = queue::deliveries(&config, client, conn);
         accept(&pool, &q, &tenant, &tag, messages).await?;
-        let before = calls.load(Ordering::Relaxed);
+        let before = *calls.borrow();
         let mut env = base_env(&pg.url, &redis.url, &prefix);
         env.extend([
             ("HERALD_SMS_PROVIDER", "twilio".to_owned()),
@@ -164,43 +189,26 @@ pub async fn run(figures: &mut Figures, messages: usize, requests: usize) -> any
         let worker = herald("herald-worker", &env)?;
         let pid = worker.id().unwrap_or(0);
         let like = format!("msg_{tag}_%");
-        let deadline = Instant::now() + Duration::from_secs(600);
-        let mut first: Option<Instant> = None;
-        // Watch the provider's counter (free) until every message was handed over, then
-        // Postgres until every `sent` is recorded.
-        loop {
-            let handed = calls.load(Ordering::Relaxed) - before;
-            if first.is_none() && handed > 0 {
-                first = Some(Instant::now());
-            }
-            if handed as usize >= messages {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("only {handed} of {messages} messages reached the provider after 10 minutes");
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let last = loop {
+        // The provider's counter says when the first and the last message were handed over
+        // (nothing polls); then Postgres, until every `sent` is recorded.
+        let within = Duration::from_secs(600);
+        calls_reach(&mut calls, before + 1, within).await?;
+        let first = Instant::now();
+        calls_reach(&mut calls, before + messages as u64, within).await?;
+        let last = poll_until(within, "every `sent` recorded", || async {
             let sent: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM messages WHERE id LIKE $1 AND status = 'sent'",
             )
             .bind(&like)
             .fetch_one(&pool)
             .await?;
-            if sent as usize >= messages {
-                break Instant::now();
-            }
-            if Instant::now() > deadline {
-                bail!("only {sent} of {messages} messages recorded sent after 10 minutes");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+            Ok((sent as usize >= messages).then(Instant::now))
+        })
+        .await?;
         let rss = peak_rss_kib(pid);
         drop(worker);
-        let first = first.unwrap_or(last);
         let rate = messages as f64 / (last - first).as_secs_f64().max(0.001);
-        let provider_calls = calls.load(Ordering::Relaxed) - before;
+        let provider_calls = *calls.borrow() - before;
         figures.add(
             &format!("delivery end to end ({messages} messages, one worker process, concurrency {concurrency})"),
             format!("{rate:.0} messages/s ({provider_calls} provider calls, worker peak RSS {:.1} MiB)", rss as f64 / 1024.0),

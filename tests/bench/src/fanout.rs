@@ -99,9 +99,14 @@ pub async fn run(figures: &mut Figures, subscriptions: usize) -> anyhow::Result<
         .await?;
     let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await?;
     let started = Instant::now();
-    let restored =
-        herald_scheduler::reconcile::deliveries(&pool, &deliveries, config.stale_claim_after())
-            .await?;
+    let run = deliveries.server_run().await?;
+    let restored = herald_scheduler::reconcile::deliveries(
+        &pool,
+        &deliveries,
+        &run,
+        config.stale_claim_after(),
+    )
+    .await?;
     let reconcile_took = started.elapsed();
     let stats = deliveries.stats().await?;
     if restored != Some(subscriptions)

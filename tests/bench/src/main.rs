@@ -184,6 +184,28 @@ async fn fill(queue: &Queue, n: usize, due_ms: impl Fn(usize) -> i64) -> anyhow:
     Ok(())
 }
 
+/// How often [`poll_until`] looks again.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Waits until `check` yields a value, looking again every [`POLL`]; fails after `within`.
+/// For conditions nothing announces (queue counts, rows in Postgres).
+pub async fn poll_until<T, F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(found) = check().await? {
+            return Ok(found);
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not within {within:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// Waits until nothing is pending, scheduled or running; returns when the first job was taken
 /// and when the last finished.
 async fn wait_drained(
@@ -191,22 +213,20 @@ async fn wait_drained(
     total: u64,
     within: Duration,
 ) -> anyhow::Result<(Instant, Instant)> {
-    let deadline = Instant::now() + within;
-    let mut first: Option<Instant> = None;
-    loop {
-        let s = queue.stats().await?;
-        let left = s.pending + s.scheduled + s.running;
-        if first.is_none() && left < total {
-            first = Some(Instant::now());
+    let first = std::cell::Cell::new(None);
+    let last = poll_until(within, "the queue drains", || {
+        let first = &first;
+        async move {
+            let s = queue.stats().await?;
+            let left = s.pending + s.scheduled + s.running;
+            if first.get().is_none() && left < total {
+                first.set(Some(Instant::now()));
+            }
+            Ok((left == 0).then(Instant::now))
         }
-        if left == 0 {
-            return Ok((first.unwrap_or_else(Instant::now), Instant::now()));
-        }
-        if Instant::now() > deadline {
-            bail!("{left} jobs still not done after {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await?;
+    Ok((first.get().unwrap_or(last), last))
 }
 
 async fn bench(flags: HashMap<String, String>) -> anyhow::Result<()> {
@@ -317,7 +337,14 @@ async fn engine(figures: &mut Figures, jobs: usize) -> anyhow::Result<()> {
         let prefix = "late";
         let q = queue_for(&client, &conn, prefix);
         let worker = WorkerProc::start(&server.url, prefix, 200, 10_000)?;
-        tokio::time::sleep(Duration::from_millis(500)).await; // let the worker start and go idle
+        // The worker is up once it has run a job; then it waits idle for the next.
+        let ready = BenchJob {
+            probe: true,
+            ..Default::default()
+        };
+        q.push("ready", &ready, now_ms()).await?;
+        let mut c = conn.clone();
+        wait_probe(&mut c, &worker::probe_key(prefix), |e| e.kind == "done").await?;
         let start = now_ms() + 1_000;
         fill(&q, 10_000, |i| start + i as i64).await?;
         wait_drained(&q, 10_000, Duration::from_secs(60)).await?;
@@ -382,35 +409,33 @@ struct ProbeEvent {
     pid: u32,
 }
 
+/// Waits for a probe event `want` accepts, taking events off the probe list as they come
+/// (a blocking pop: nothing polls).
 async fn wait_probe(
     conn: &mut redis::aio::ConnectionManager,
     key: &str,
     want: impl Fn(&ProbeEvent) -> bool,
 ) -> anyhow::Result<ProbeEvent> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let entries: Vec<String> = redis::cmd("LRANGE")
+    while Instant::now() < deadline {
+        // One second at most per pop, well inside the connection's response timeout.
+        let popped: Option<(String, String)> = redis::cmd("BLPOP")
             .arg(key)
-            .arg(0)
-            .arg(-1)
+            .arg(1)
             .query_async(conn)
             .await?;
-        for e in entries {
-            let parts: Vec<&str> = e.split(' ').collect();
-            if let [kind, _id, attempt, pid, _at] = parts.as_slice() {
-                let ev = ProbeEvent {
-                    kind: (*kind).to_owned(),
-                    attempt: attempt.parse().unwrap_or(0),
-                    pid: pid.parse().unwrap_or(0),
-                };
-                if want(&ev) {
-                    return Ok(ev);
-                }
+        let Some((_, entry)) = popped else { continue };
+        let parts: Vec<&str> = entry.split(' ').collect();
+        if let [kind, _id, attempt, pid, _at] = parts.as_slice() {
+            let ev = ProbeEvent {
+                kind: (*kind).to_owned(),
+                attempt: attempt.parse().unwrap_or(0),
+                pid: pid.parse().unwrap_or(0),
+            };
+            if want(&ev) {
+                return Ok(ev);
             }
         }
-        if Instant::now() > deadline {
-            bail!("no matching probe event in {key} within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    bail!("no matching probe event in {key} within 60 s")
 }
