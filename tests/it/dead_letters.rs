@@ -477,6 +477,8 @@ async fn a_job_taken_while_its_replay_is_still_committing_waits_for_it_and_sends
     let id = m["id"].as_str().unwrap();
     app.wait_for_status(&tenant, id, "dead", Duration::from_secs(20))
         .await;
+    // Its job is acknowledged a moment after the message is recorded dead.
+    app.wait_for_drained_queue(1, Duration::from_secs(10)).await;
 
     // A replay whose transaction is slow to commit: the message is back to `queued` inside
     // it, and its job is already in Redis, where a worker takes it at once.
