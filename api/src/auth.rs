@@ -1,10 +1,133 @@
 //! Who is calling: a tenant API key (tenant routes) or the ops token (admin routes). Each
 //! kind is refused on the other's routes with 403; a missing or unknown key is 401.
+//!
+//! Every authenticated request counts against its key's rate (`HERALD_API_RATE`; the ops
+//! token has a bucket of its own). Failed authentication counts against the client address
+//! (`HERALD_AUTH_FAILURE_RATE`): past it, requests from that address are answered 429 before
+//! any key is looked up, so guessing keys costs Postgres nothing.
 
-use axum::{extract::FromRequestParts, http::request::Parts};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{ConnectInfo, FromRequestParts},
+    http::{StatusCode, request::Parts},
+};
 use herald_core::store::tenants::TenantRow;
 
 use crate::{error::ApiError, state::AppState};
+
+/// The most addresses remembered as over their failure budget.
+const MAX_BLOCKED: usize = 10_000;
+
+/// Client addresses over their failed-authentication budget, until when. Kept in each API
+/// process so a blocked address costs neither Redis nor Postgres; the budget itself is shared
+/// through Redis.
+#[derive(Debug, Default)]
+pub struct FailedAuth {
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+impl FailedAuth {
+    fn blocked_for(&self, ip: IpAddr) -> Option<Duration> {
+        let blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
+        let until = *blocked.get(&ip)?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    fn block(&self, ip: IpAddr, wait: Duration) {
+        let mut blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
+        if blocked.len() >= MAX_BLOCKED {
+            let now = Instant::now();
+            blocked.retain(|_, until| *until > now);
+            if blocked.len() >= MAX_BLOCKED {
+                blocked.clear();
+            }
+        }
+        blocked.insert(ip, Instant::now() + wait);
+    }
+}
+
+/// The address a request came from: the peer's, or behind a proxy
+/// (`HERALD_TRUST_FORWARDED_FOR`) the last address in `X-Forwarded-For`, the one the proxy
+/// itself added.
+pub fn client_ip(parts: &Parts, state: &AppState) -> Option<IpAddr> {
+    if state.config.trust_forwarded_for
+        && let Some(ip) = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .next_back()
+            .and_then(|a| a.trim().parse::<IpAddr>().ok())
+    {
+        return Some(ip);
+    }
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// The client's address as an extractor (see [`client_ip`]).
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(client_ip(parts, state)))
+    }
+}
+
+fn too_many_failures(wait: Duration) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_failed_authentications",
+        "too many requests with a missing or unknown key came from this address; wait and retry with a valid key",
+    );
+    e.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+    e
+}
+
+/// Before any lookup: 429 while the caller's address is over its failure budget.
+fn check_not_blocked(parts: &Parts, state: &AppState) -> Result<(), ApiError> {
+    match client_ip(parts, state).and_then(|ip| state.failed_auth.blocked_for(ip)) {
+        Some(wait) => Err(too_many_failures(wait)),
+        None => Ok(()),
+    }
+}
+
+/// Counts a failed authentication against the caller's address; answers `error`, or 429 once
+/// the address is over its budget.
+async fn failed(parts: &Parts, state: &AppState, error: ApiError) -> ApiError {
+    let Some(ip) = client_ip(parts, state) else {
+        return error;
+    };
+    let took = tokio::time::timeout(
+        Duration::from_millis(100),
+        state
+            .limiter
+            .take(&format!("authfail:{ip}"), state.config.auth_failure_rate),
+    )
+    .await;
+    match took {
+        Ok(Ok(Some(wait))) => {
+            tracing::warn!(client_ip = %ip, "too many failed authentications from one address; refusing it for a while");
+            state.failed_auth.block(ip, wait);
+            too_many_failures(wait)
+        }
+        _ => error,
+    }
+}
 
 /// A caller authenticated with a live tenant API key.
 pub struct Tenant {
@@ -50,7 +173,11 @@ impl FromRequestParts<AppState> for Tenant {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts)?;
+        check_not_blocked(parts, state)?;
+        let token = match bearer(parts) {
+            Ok(token) => token,
+            Err(e) => return Err(failed(parts, state, e).await),
+        };
         if is_ops_token(state, token) {
             return Err(ApiError::forbidden(
                 "forbidden",
@@ -58,21 +185,22 @@ impl FromRequestParts<AppState> for Tenant {
             ));
         }
         let Some((tenant, key_prefix)) = state.keys.authenticate(token).await? else {
-            return Err(ApiError::unauthorized("unknown or revoked API key"));
+            let e = ApiError::unauthorized("unknown or revoked API key");
+            return Err(failed(parts, state, e).await);
         };
-        rate_limit(state, &key_prefix).await?;
+        rate_limit(state, &format!("api:{key_prefix}")).await?;
         tracing::Span::current().record("tenant_id", tenant.id.as_str());
         Ok(Tenant { tenant, key_prefix })
     }
 }
 
-/// `HERALD_API_RATE` per key: 429 with `Retry-After` past it. The limit must never take the
-/// API down with it, so an unreachable Redis lets the request through.
-async fn rate_limit(state: &AppState, key_prefix: &str) -> Result<(), ApiError> {
+/// `HERALD_API_RATE` per key (`bucket`): 429 with `Retry-After` past it. The limit must
+/// never take the API down with it, so an unreachable Redis lets the request through.
+async fn rate_limit(state: &AppState, bucket: &str) -> Result<(), ApiError> {
     let rate = state.config.api_rate;
     let took = tokio::time::timeout(
         std::time::Duration::from_millis(100),
-        state.limiter.take(&format!("api:{key_prefix}"), rate),
+        state.limiter.take(bucket, rate),
     )
     .await;
     match took {
@@ -103,7 +231,11 @@ impl FromRequestParts<AppState> for Ops {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts)?;
+        check_not_blocked(parts, state)?;
+        let token = match bearer(parts) {
+            Ok(token) => token,
+            Err(e) => return Err(failed(parts, state, e).await),
+        };
         if state.config.ops_token.is_none() {
             return Err(ApiError::forbidden(
                 "admin_disabled",
@@ -111,6 +243,7 @@ impl FromRequestParts<AppState> for Ops {
             ));
         }
         if is_ops_token(state, token) {
+            rate_limit(state, "ops").await?;
             return Ok(Ops);
         }
         if state.keys.authenticate(token).await?.is_some() {
@@ -119,7 +252,8 @@ impl FromRequestParts<AppState> for Ops {
                 "tenant API keys cannot use admin routes",
             ));
         }
-        Err(ApiError::unauthorized("unknown ops token"))
+        let e = ApiError::unauthorized("unknown ops token");
+        Err(failed(parts, state, e).await)
     }
 }
 
@@ -147,13 +281,25 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts)?;
+        check_not_blocked(parts, state)?;
+        let token = match bearer(parts) {
+            Ok(token) => token,
+            Err(e) => return Err(failed(parts, state, e).await),
+        };
         if is_ops_token(state, token) {
+            rate_limit(state, "ops").await?;
             return Ok(Caller::Ops);
         }
         match state.keys.authenticate(token).await? {
-            Some((tenant, _)) => Ok(Caller::Tenant(Box::new(tenant))),
-            None => Err(ApiError::unauthorized("unknown or revoked API key")),
+            Some((tenant, key_prefix)) => {
+                rate_limit(state, &format!("api:{key_prefix}")).await?;
+                tracing::Span::current().record("tenant_id", tenant.id.as_str());
+                Ok(Caller::Tenant(Box::new(tenant)))
+            }
+            None => {
+                let e = ApiError::unauthorized("unknown or revoked API key");
+                Err(failed(parts, state, e).await)
+            }
         }
     }
 }

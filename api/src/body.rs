@@ -52,13 +52,61 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 "the body is empty; send a JSON object",
             ));
         }
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_json",
                 format!("the body is not valid JSON: {e}"),
             )
-        })
+        })?;
+        refuse_nul(&value)?;
+        Ok(JsonBody(value))
+    }
+}
+
+/// 422 naming the field when U+0000 is anywhere in a JSON document, in a value or a key:
+/// Postgres cannot store it, and a request it would fail must change nothing.
+pub fn refuse_nul(value: &Value) -> Result<(), ApiError> {
+    match nul_at(value, "") {
+        None => Ok(()),
+        Some(field) => {
+            let shown = if field.is_empty() { "the body" } else { &field };
+            Err(ApiError::invalid(
+                "invalid_text",
+                if field.is_empty() {
+                    "body".to_owned()
+                } else {
+                    field.clone()
+                },
+                format!(
+                    "`{shown}` contains the character U+0000, which cannot be stored; remove it"
+                ),
+            ))
+        }
+    }
+}
+
+/// The path of the first field holding U+0000 (`metadata.note`, `reminders[1].before`; a
+/// key holding it is named by its parent's path and the key as sent, NUL removed).
+fn nul_at(value: &Value, path: &str) -> Option<String> {
+    match value {
+        Value::String(s) => herald_core::domain::has_nul(s).then(|| path.to_owned()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_at(v, &format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let child = if path.is_empty() {
+                k.replace('\0', "")
+            } else {
+                format!("{path}.{}", k.replace('\0', ""))
+            };
+            if herald_core::domain::has_nul(k) {
+                return Some(child);
+            }
+            nul_at(v, &child)
+        }),
+        _ => None,
     }
 }
 
@@ -251,5 +299,33 @@ pub fn known_params(q: &HashMap<String, String>, known: &[&str]) -> Result<(), A
                 known.join(", ")
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn nul_is_found_wherever_it_hides_and_named_by_its_field() {
+        assert_eq!(nul_at(&json!({"body": "hi"}), ""), None);
+        assert_eq!(
+            nul_at(&json!({"body": "h\0i"}), "").as_deref(),
+            Some("body")
+        );
+        assert_eq!(
+            nul_at(&json!({"metadata": {"a": ["x", "y\0"]}}), "").as_deref(),
+            Some("metadata.a[1]")
+        );
+        assert_eq!(
+            nul_at(&json!({"metadata": {"k\0ey": 1}}), "").as_deref(),
+            Some("metadata.key")
+        );
+        assert_eq!(nul_at(&json!("\0"), "").as_deref(), Some(""));
+        let e = refuse_nul(&json!({"name": "\0"})).unwrap_err();
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(e.field.as_deref(), Some("name"));
     }
 }

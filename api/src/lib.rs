@@ -56,13 +56,17 @@ pub async fn serve(
         intake: intake.clone(),
         keys,
         limiter,
+        failed_auth: Arc::default(),
     };
     let app = routes::router(state);
     info!(addr = %listener.local_addr()?, public_url = %config.public_url, "herald-api listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .context("serving HTTP")?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
+    .context("serving HTTP")?;
     if let Ok(intake) = Arc::try_unwrap(intake) {
         intake.shutdown().await;
     }

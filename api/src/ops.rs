@@ -27,7 +27,7 @@ use herald_core::{
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::{state::AppState, views::time};
+use crate::{auth::ClientIp, state::AppState, views::time};
 
 const COOKIE: &str = "herald_ops";
 /// How long a session lasts.
@@ -263,10 +263,34 @@ fn login_form(error: Option<&str>) -> Html<String> {
     )
 }
 
+/// A login locked after repeated failures from one address: 429 with `Retry-After`.
+fn login_locked(wait: std::time::Duration) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let mut response = (
+        StatusCode::TOO_MANY_REQUESTS,
+        login_form(Some(&format!(
+            "Too many failed logins from this address. Try again in {secs} s."
+        ))),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
+}
+
+/// Checks the ops token. After five failures from one address the login backs off: locked
+/// for 1 s, then twice as long per further failure, up to 15 minutes (shared by every API
+/// process through Redis; an unreachable Redis does not stop a login).
 async fn login(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
+    let who = ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    if let Ok(Some(wait)) = state.limiter.login_locked(&who).await {
+        return login_locked(wait);
+    }
     let Some(ops) = state.config.ops_token.as_ref() else {
         return (
             StatusCode::FORBIDDEN,
@@ -278,11 +302,18 @@ async fn login(
     };
     let given = form.get("token").map(|t| t.trim()).unwrap_or_default();
     if !constant_time_eq(ops.expose().as_bytes(), given.as_bytes()) {
+        tracing::warn!(client_ip = %who, "failed dashboard login");
+        if let Ok(Some(wait)) = state.limiter.login_failed(&who).await {
+            return login_locked(wait);
+        }
         return (
             StatusCode::UNAUTHORIZED,
             login_form(Some("That is not the ops token.")),
         )
             .into_response();
+    }
+    if let Err(e) = state.limiter.login_succeeded(&who).await {
+        tracing::debug!(error = %e, "could not clear failed logins");
     }
     let Some(value) = new_session(&state) else {
         return (

@@ -22,4 +22,6 @@ pub struct AppState {
     pub keys: KeyLookup,
     /// Per API key (`HERALD_API_RATE`), shared by every API process through Redis.
     pub limiter: RateLimiter,
+    /// Client addresses over their failed-authentication budget.
+    pub failed_auth: Arc<crate::auth::FailedAuth>,
 }

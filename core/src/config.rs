@@ -102,10 +102,16 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Postgres connections per process.
     pub database_pool_size: u32,
-    /// Transient failures in a row that open a provider's circuit.
-    pub circuit_failures: u32,
-    /// How long an open circuit stops calls before one probe is let through.
-    pub circuit_cooldown: Duration,
+    /// When a provider's (or a tenant's webhook origin's) circuit opens, and for how long.
+    pub circuit: crate::services::breaker::BreakerSettings,
+    /// Failed authentications per second per client address (burst twice that); past it,
+    /// 429 without a database lookup.
+    pub auth_failure_rate: u32,
+    /// Take the client address from the last `X-Forwarded-For` entry (behind a proxy).
+    pub trust_forwarded_for: bool,
+    /// Model calls per contact per hour for AI replies; past it, texts are stored but not
+    /// answered by a model (one short notice per hour).
+    pub ai_replies_per_hour: u32,
     /// Where herald-worker and herald-scheduler serve `/metrics` (`None`: off).
     pub worker_metrics_listen: Option<SocketAddr>,
     pub scheduler_metrics_listen: Option<SocketAddr>,
@@ -281,8 +287,30 @@ impl Config {
         }
         let shutdown_timeout = r.millis("HERALD_SHUTDOWN_TIMEOUT_MS", 30_000, 0, 3_600_000);
         let database_pool_size = r.number("HERALD_DATABASE_POOL_SIZE", 20, 1, 1_000);
-        let circuit_failures = r.number("HERALD_CIRCUIT_FAILURES", 5, 1, 1_000);
-        let circuit_cooldown = r.millis("HERALD_CIRCUIT_COOLDOWN_MS", 30_000, 100, 3_600_000);
+        let circuit = crate::services::breaker::BreakerSettings {
+            window: r.millis("HERALD_CIRCUIT_WINDOW_MS", 30_000, 100, 3_600_000),
+            min_calls: r.number("HERALD_CIRCUIT_MIN_CALLS", 10, 1, 100_000),
+            failure_rate: f64::from(r.number("HERALD_CIRCUIT_FAILURE_PERCENT", 50, 1, 100)) / 100.0,
+            min_recipients: r.number("HERALD_CIRCUIT_RECIPIENTS", 3, 1, 1_000),
+            cooldown: r.millis("HERALD_CIRCUIT_COOLDOWN_MS", 5_000, 100, 3_600_000),
+            max_cooldown: r.millis("HERALD_CIRCUIT_COOLDOWN_MAX_MS", 300_000, 100, 86_400_000),
+            max_circuits: 10_000,
+        };
+        if circuit.cooldown > circuit.max_cooldown {
+            r.problem(
+                "HERALD_CIRCUIT_COOLDOWN_MS",
+                "must not be greater than HERALD_CIRCUIT_COOLDOWN_MAX_MS",
+            );
+        }
+        if circuit.min_recipients > circuit.min_calls {
+            r.problem(
+                "HERALD_CIRCUIT_RECIPIENTS",
+                "must not be greater than HERALD_CIRCUIT_MIN_CALLS",
+            );
+        }
+        let auth_failure_rate = r.number("HERALD_AUTH_FAILURE_RATE", 10, 1, 1_000_000);
+        let trust_forwarded_for = r.boolean("HERALD_TRUST_FORWARDED_FOR", false);
+        let ai_replies_per_hour = r.number("HERALD_AI_REPLIES_PER_HOUR", 10, 0, 10_000);
         let worker_metrics_listen =
             r.listen_or_off("HERALD_WORKER_METRICS_LISTEN", "127.0.0.1:9101");
         let scheduler_metrics_listen =
@@ -341,8 +369,10 @@ impl Config {
             queue_prefix,
             shutdown_timeout,
             database_pool_size,
-            circuit_failures,
-            circuit_cooldown,
+            circuit,
+            auth_failure_rate,
+            trust_forwarded_for,
+            ai_replies_per_hour,
             worker_metrics_listen,
             scheduler_metrics_listen,
         })

@@ -417,6 +417,53 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The most bytes of provider or receiver error text Herald stores or shows.
+pub const MAX_ERROR_TEXT: usize = 1024;
+
+/// Text from outside (a provider's error, a receiver's body, a model's answer) made safe to
+/// store and show: control characters (U+0000 among them, which Postgres cannot store) are
+/// removed, line breaks and tabs become spaces, runs of spaces collapse, and the result is cut
+/// to at most `max_bytes` bytes at a character boundary, ending in `…` when cut.
+pub fn clean_text(s: &str, max_bytes: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max_bytes));
+    let mut space = false;
+    for c in s.chars() {
+        let c = if c.is_whitespace() { ' ' } else { c };
+        if c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{FEFF}')
+        {
+            continue;
+        }
+        if c == ' ' {
+            if space || out.is_empty() {
+                continue;
+            }
+            space = true;
+        } else {
+            space = false;
+        }
+        if out.len() + c.len_utf8() > max_bytes {
+            // Room for the ellipsis (3 bytes) at a character boundary.
+            while out.len() + '…'.len_utf8() > max_bytes {
+                out.pop();
+            }
+            let trimmed = out.trim_end().len();
+            out.truncate(trimmed);
+            out.push('…');
+            return out;
+        }
+        out.push(c);
+    }
+    let trimmed = out.trim_end().len();
+    out.truncate(trimmed);
+    out
+}
+
+/// Whether a string holds U+0000, which Postgres cannot store in `text` or `jsonb`.
+pub fn has_nul(s: &str) -> bool {
+    s.contains('\0')
+}
+
 /// At most `max` characters of `s`, for error messages that echo input.
 pub fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
@@ -431,6 +478,22 @@ pub fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outside_text_is_cleaned_and_capped() {
+        assert_eq!(
+            clean_text("  bad\0 gate\r\n\tway \u{7}  ", 100),
+            "bad gate way"
+        );
+        assert_eq!(clean_text("a\u{202E}b\u{FEFF}c", 100), "abc");
+        let long = "é".repeat(2000);
+        let cut = clean_text(&long, MAX_ERROR_TEXT);
+        assert!(cut.len() <= MAX_ERROR_TEXT, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert_eq!(clean_text("short", 3), "…");
+        assert!(clean_text(&"x".repeat(10), 4).len() <= 4);
+        assert!(!clean_text("\0\0\0", 10).contains('\0'));
+    }
 
     #[test]
     fn ids_have_their_prefix_and_sort_by_time() {

@@ -5,8 +5,14 @@
 //! - `herald_jobs_total{queue,outcome}`, `herald_job_duration_seconds{queue}`
 //! - `herald_queue_depth{queue,state}`
 //! - `herald_provider_calls_total{provider,outcome}`, `herald_provider_call_duration_seconds`
-//! - `herald_dead_letters_total{reason}`, `herald_circuit_state{circuit}` (0 closed, 1 half
-//!   open, 2 open), `herald_messages_accepted_total{channel}`
+//! - `herald_dead_letters_total{reason}`, `herald_messages_accepted_total{channel}`
+//! - `herald_circuits_open{provider}` (circuits open or half open: the SMS or email provider's,
+//!   and the tenants' webhook origins'), `herald_circuit_transitions_total{provider,to}`
+//! - `herald_batch_splits_total`: batched statements that failed and were split so that only
+//!   the item at fault failed
+//!
+//! Every label's values are bounded: routes by their pattern, providers by name, never a
+//! host, a tenant or anything else a client chooses.
 
 use std::{net::SocketAddr, sync::OnceLock, time::Duration};
 

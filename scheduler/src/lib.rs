@@ -7,7 +7,7 @@
 //!   subscription's message for its contact's local date, exactly once;
 //! - every two seconds, the reconcile checks whether Redis restarted, failed over or lost its
 //!   data, and if so queues again every job Postgres says should exist;
-//! - every hour, retention removes expired idempotency keys, old daily-run records and old
+//! - every hour, retention removes expired idempotency keys, old AI-budget records, old daily-run records and old
 //!   log-provider records.
 
 mod outbox;
@@ -80,10 +80,17 @@ async fn retention_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error
         .execute(&ctx.db)
         .await?
         .rows_affected();
-    if runs + logged > 0 {
+    // The AI reply budget looks back one hour.
+    let spends = sqlx::query("DELETE FROM ai_reply_spends WHERE at < now() - interval '1 day'")
+        .execute(&ctx.db)
+        .await?
+        .rows_affected();
+    if runs + logged + spends > 0 {
         info!(
             runs,
-            logged, "retention removed old daily runs and log-provider records"
+            logged,
+            spends,
+            "retention removed old daily runs, log-provider records and AI budget records"
         );
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! Herald's end-to-end suite: one test binary, one module per area.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod blast_radius;
 mod conversations;
 mod dashboard;
 mod dead_letters;

@@ -17,6 +17,7 @@ use axum::{
 };
 use base64::{Engine, engine::general_purpose::STANDARD};
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -56,6 +57,10 @@ pub enum Reply {
 struct MockState {
     received: Vec<Received>,
     script: VecDeque<Reply>,
+    /// Every request to one of these recipients gets its reply, whatever the script says.
+    by_recipient: HashMap<String, Reply>,
+    /// The answer when the script is empty (`None`: accept).
+    default: Option<Reply>,
 }
 
 /// A Twilio Messages API on loopback: checks HTTP Basic auth like Twilio (20003 on a wrong
@@ -98,6 +103,22 @@ impl TwilioMock {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.lock().unwrap().received.clone()
+    }
+
+    /// Answers every request to `to` with `reply`, for good (a number whose carrier keeps
+    /// failing).
+    pub fn always_for(&self, to: &str, reply: Reply) {
+        self.state
+            .lock()
+            .unwrap()
+            .by_recipient
+            .insert(to.to_owned(), reply);
+    }
+
+    /// Answers every request with `reply` while the script is empty (Twilio down), or
+    /// accepts again with `None`.
+    pub fn otherwise(&self, reply: Option<Reply>) {
+        self.state.lock().unwrap().default = reply;
     }
 
     /// The requests that asked to send to `to`, oldest first.
@@ -173,7 +194,15 @@ async fn twilio_create(
     let reply = {
         let mut state = mock.state.lock().unwrap();
         state.received.push(received);
-        state.script.pop_front().unwrap_or(Reply::Accept)
+        let to = form.get("To").cloned().unwrap_or_default();
+        match state.by_recipient.get(&to) {
+            Some(reply) => reply.clone(),
+            None => state
+                .script
+                .pop_front()
+                .or_else(|| state.default.clone())
+                .unwrap_or(Reply::Accept),
+        }
     };
     if !authorized {
         return twilio_error(401, 20003, "Authenticate");
@@ -352,4 +381,142 @@ async fn model_complete(State(mock): State<ModelMock>, body: Bytes) -> Response 
         "usage": {"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49},
     });
     (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// A webhook receiver on loopback: records every request by path and answers by path, with
+/// any status and body (bytes, so a test can answer what Postgres cannot store).
+#[derive(Clone, Default)]
+pub struct WebhookReceiver {
+    pub base_url: String,
+    state: Arc<Mutex<ReceiverState>>,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    got: Vec<(String, HeaderMap, Bytes)>,
+    answers: HashMap<String, (u16, Bytes)>,
+}
+
+impl WebhookReceiver {
+    /// A receiver that answers 200 to every path until told otherwise.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let receiver = Self {
+            base_url: format!("http://{}", listener.local_addr().unwrap()),
+            state: Arc::default(),
+        };
+        let state = receiver.state.clone();
+        let app = Router::new().fallback(
+            move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+                let state = state.clone();
+                async move {
+                    let path = uri.path().to_owned();
+                    let mut s = state.lock().unwrap();
+                    s.got.push((path.clone(), headers, body));
+                    let (status, body) = s
+                        .answers
+                        .get(&path)
+                        .cloned()
+                        .unwrap_or((200, Bytes::from_static(b"ok")));
+                    (StatusCode::from_u16(status).unwrap(), body).into_response()
+                }
+            },
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        receiver
+    }
+
+    /// The URL of `path` on this receiver.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// Answers every request to `path` with this status and body.
+    pub fn answer(&self, path: &str, status: u16, body: impl Into<Bytes>) {
+        self.state
+            .lock()
+            .unwrap()
+            .answers
+            .insert(path.to_owned(), (status, body.into()));
+    }
+
+    /// The bodies received at `path`, oldest first.
+    pub fn bodies(&self, path: &str) -> Vec<Bytes> {
+        self.state
+            .lock()
+            .unwrap()
+            .got
+            .iter()
+            .filter(|(p, _, _)| p == path)
+            .map(|(_, _, b)| b.clone())
+            .collect()
+    }
+
+    /// The `webhook-id` headers of the requests received at `path`, oldest first.
+    pub fn webhook_ids(&self, path: &str) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .got
+            .iter()
+            .filter(|(p, _, _)| p == path)
+            .filter_map(|(_, h, _)| h.get("webhook-id")?.to_str().ok().map(str::to_owned))
+            .collect()
+    }
+}
+
+/// A server on loopback that answers every request with `status` and an endless stream of
+/// filler, counting how many bytes the client made it produce: a receiver (or a provider)
+/// answering with a body far larger than anyone should read.
+#[derive(Clone)]
+pub struct FloodServer {
+    pub base_url: String,
+    produced: Arc<std::sync::atomic::AtomicU64>,
+    requests: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FloodServer {
+    /// Each answer is `status` with a body of `bytes` filler bytes, produced only as fast as
+    /// the client reads them.
+    pub async fn start(status: u16, bytes: u64) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = Self {
+            base_url: format!("http://{}", listener.local_addr().unwrap()),
+            produced: Arc::default(),
+            requests: Arc::default(),
+        };
+        let (produced, requests) = (server.produced.clone(), server.requests.clone());
+        let app = Router::new().fallback(move || {
+            let produced = produced.clone();
+            requests.fetch_add(1, Ordering::SeqCst);
+            async move {
+                const CHUNK: usize = 64 * 1024;
+                let chunk = Bytes::from(vec![b'x'; CHUNK]);
+                let chunks = bytes.div_ceil(CHUNK as u64);
+                let stream = futures_util::stream::iter(0..chunks).map(move |_| {
+                    produced.fetch_add(CHUNK as u64, Ordering::SeqCst);
+                    Ok::<_, std::convert::Infallible>(chunk.clone())
+                });
+                let mut r = axum::body::Body::from_stream(stream).into_response();
+                *r.status_mut() = StatusCode::from_u16(status).unwrap();
+                r.headers_mut().insert(
+                    axum::http::header::CONTENT_LENGTH,
+                    (chunks * CHUNK as u64).to_string().parse().unwrap(),
+                );
+                r
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        server
+    }
+
+    /// Filler bytes produced so far (what the clients read, plus what socket buffers hold).
+    pub fn produced(&self) -> u64 {
+        self.produced.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }

@@ -8,7 +8,10 @@ use std::{
 };
 
 use anyhow::Context;
-use apalis::prelude::{Data, Monitor, WorkerBuilder, WorkerBuilderExt};
+use apalis::{
+    layers::tracing::{DefaultOnFailure, TraceLayer},
+    prelude::{Data, Monitor, WorkerBuilder, WorkerBuilderExt},
+};
 use herald_core::{
     Config, db,
     providers::llm::Assistant,
@@ -47,6 +50,13 @@ async fn answer_text(job: AiJob, replier: Data<Arc<Replier>>) -> Result<(), JobE
     conversations::run(&replier, &job).await
 }
 
+/// apalis's tracing layer, quiet about jobs that return an error: the queue engine logs each
+/// settled job once at the level its fate deserves (a job put off by an open circuit is no
+/// ERROR, and thousands of them would bury the one line saying the circuit opened).
+fn job_tracing() -> TraceLayer {
+    TraceLayer::new().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG))
+}
+
 /// Runs the workers until `shutdown` is cancelled. In-flight jobs get
 /// `HERALD_SHUTDOWN_TIMEOUT_MS` to finish; the leases of any still running are then handed
 /// back so another worker takes them at once.
@@ -67,6 +77,7 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
         db: pool.clone(),
         assistant: Assistant::from_config(&config),
         intake: Intake::start(pool, deliveries.clone()),
+        replies_per_hour: config.ai_replies_per_hour,
     });
     info!(
         sms = deliverer.sms.name(),
@@ -112,7 +123,7 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
                     .data(deliverer.clone())
                     .timeout(job_timeout)
                     .catch_panic()
-                    .enable_tracing()
+                    .layer(job_tracing())
                     .build(send_message)
             })
             .register(move |_restarts| {
@@ -125,7 +136,7 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
                     .data(replier.clone())
                     .timeout(reply_timeout)
                     .catch_panic()
-                    .enable_tracing()
+                    .layer(job_tracing())
                     .build(answer_text)
             })
     };

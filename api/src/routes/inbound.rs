@@ -67,6 +67,11 @@ fn verified_twilio_form(
             "X-Twilio-Signature does not match this request",
         ));
     }
+    // Signed as sent; stored without what Postgres cannot hold.
+    let params = params
+        .into_iter()
+        .map(|(k, v)| (k, v.replace('\0', "")))
+        .collect();
     Ok(TwilioForm(params))
 }
 

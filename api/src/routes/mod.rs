@@ -85,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(refuse_nul))
         .route_layer(middleware::from_fn(track))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
@@ -137,6 +138,67 @@ async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "this route does not take that method",
     )
+}
+
+/// U+0000 in the path, a query parameter or a form field is refused before any handler runs:
+/// 422 naming where it is, and nothing changes. Postgres can neither store it nor compare
+/// with it, so it would otherwise surface as a 500. (JSON bodies are checked as they are
+/// read, by [`crate::body::JsonBody`]; Twilio's signed forms are cleaned, not refused, since
+/// Twilio cannot act on a 422.)
+async fn refuse_nul(req: Request, next: Next) -> Response {
+    if let Some(field) = nul_in_uri(req.uri()) {
+        return nul_error(&field).into_response();
+    }
+    let is_form = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !is_form || req.uri().path().starts_with("/v1/inbound/") {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the body is larger than 64 KiB",
+        )
+        .into_response();
+    };
+    if let Some(field) = nul_in_form(&bytes) {
+        return nul_error(&field).into_response();
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
+}
+
+fn nul_error(field: &str) -> ApiError {
+    ApiError::invalid(
+        "invalid_text",
+        field,
+        format!("`{field}` contains the character U+0000, which cannot be stored; remove it"),
+    )
+}
+
+/// `path`, or the name of the query parameter, that holds U+0000 (`%00`).
+fn nul_in_uri(uri: &axum::http::Uri) -> Option<String> {
+    if uri.path().contains("%00") {
+        return Some("path".to_owned());
+    }
+    uri.query().and_then(|q| nul_in_form(q.as_bytes()))
+}
+
+/// The name of the first form field whose name or value holds U+0000.
+fn nul_in_form(form: &[u8]) -> Option<String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(form).ok()?;
+    pairs
+        .into_iter()
+        .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+        .map(|(k, _)| {
+            let k = k.replace('\0', "");
+            if k.is_empty() { "query".to_owned() } else { k }
+        })
 }
 
 /// The id of the request being served, for the jobs it causes.

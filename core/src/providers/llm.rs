@@ -36,6 +36,8 @@ pub enum LlmError {
     Transport(String),
     #[error("the model endpoint's answer had no text")]
     Empty,
+    #[error("the model endpoint's answer was larger than 256 KiB")]
+    TooLarge,
 }
 
 impl LlmError {
@@ -44,7 +46,7 @@ impl LlmError {
         match self {
             LlmError::Status { status, .. } => *status == 429 || *status >= 500,
             LlmError::Transport(_) => true,
-            LlmError::Empty => false,
+            LlmError::Empty | LlmError::TooLarge => false,
         }
     }
 }
@@ -111,17 +113,20 @@ impl ChatModel {
             LlmError::Transport(what)
         })?;
         let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| LlmError::Transport(e.to_string()))?;
         if !status.is_success() {
+            let text = super::capped_text(response, super::MAX_ERROR_BODY).await;
             return Err(LlmError::Status {
                 status: status.as_u16(),
-                body: crate::domain::truncate(text.trim(), 200),
+                body: crate::domain::clean_text(&text, 200),
             });
         }
-        let parsed: ChatResponse = serde_json::from_str(&text).map_err(|_| LlmError::Empty)?;
+        let (body, cut) = super::read_capped(response, super::MAX_MODEL_BODY)
+            .await
+            .map_err(|e| LlmError::Transport(e.to_string()))?;
+        if cut {
+            return Err(LlmError::TooLarge);
+        }
+        let parsed: ChatResponse = serde_json::from_slice(&body).map_err(|_| LlmError::Empty)?;
         let content = parsed
             .choices
             .into_iter()
@@ -192,11 +197,14 @@ impl Assistant {
 
 /// The longest reply Herald texts (two SMS segments).
 pub const MAX_REPLY_CHARS: usize = 320;
+/// More than enough of a model's text to cut a reply from.
+const MAX_MODEL_REPLY_BYTES: usize = 16 * 1024;
 
-/// Makes a model's answer fit one SMS-sized reply: whitespace collapsed, at most 320
-/// characters, cut at a sentence or word boundary when it must be cut.
+/// Makes a model's answer fit one SMS-sized reply: control characters removed (see
+/// [`crate::domain::clean_text`]), whitespace collapsed, at most 320 characters, cut at a
+/// sentence or word boundary when it must be cut.
 pub fn fit_reply(text: &str) -> String {
-    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let collapsed = crate::domain::clean_text(text, MAX_MODEL_REPLY_BYTES);
     if collapsed.chars().count() <= MAX_REPLY_CHARS {
         return collapsed;
     }
@@ -217,6 +225,11 @@ pub fn fit_reply(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_never_reach_a_reply() {
+        assert_eq!(fit_reply("Hi\0 there\u{7}!\r\nBye"), "Hi there! Bye");
+    }
 
     #[test]
     fn short_replies_are_kept_and_tidied() {

@@ -68,6 +68,7 @@ impl Provider for LogProvider {
                 Err(e) => SendOutcome::Transient {
                     error: format!("log provider could not record the send: {e}"),
                     retry_after: None,
+                    throttled: false,
                 },
             }
         }

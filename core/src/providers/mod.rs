@@ -23,9 +23,12 @@ pub enum SendOutcome {
     /// unsubscribed at the carrier (Twilio 21610).
     Rejected { error: String, opt_out: bool },
     /// Worth another try after the retry policy's delay, or `retry_after` if longer.
+    /// `throttled` when the provider answered 429: it is up, only asking to slow down, which
+    /// is no evidence of an outage for its circuit.
     Transient {
         error: String,
         retry_after: Option<Duration>,
+        throttled: bool,
     },
 }
 
@@ -61,6 +64,7 @@ pub fn classify_status(status: StatusCode, headers: &HeaderMap, error: String) -
         SendOutcome::Transient {
             error,
             retry_after: retry_after(headers),
+            throttled: status == StatusCode::TOO_MANY_REQUESTS,
         }
     } else {
         SendOutcome::Rejected {
@@ -89,11 +93,54 @@ pub fn classify_transport(provider: &str, error: &reqwest::Error) -> SendOutcome
     let error = if detail.is_empty() {
         format!("{provider}: {what}")
     } else {
-        format!("{provider}: {what}: {detail}")
+        crate::domain::clean_text(
+            &format!("{provider}: {what}: {detail}"),
+            crate::domain::MAX_ERROR_TEXT,
+        )
     };
     SendOutcome::Transient {
         error,
         retry_after: None,
+        throttled: false,
+    }
+}
+
+/// The most bytes of a provider's or receiver's answer Herald reads when it is an error (or
+/// a success whose body only carries an id).
+pub const MAX_ERROR_BODY: usize = 16 * 1024;
+/// The most bytes of a model's answer Herald reads.
+pub const MAX_MODEL_BODY: usize = 256 * 1024;
+
+/// Reads at most `cap` bytes of a response's body. What lies past the cap is never read: the
+/// response is dropped with its body unfinished, which closes the connection, so a receiver
+/// answering with gigabytes costs `cap` bytes of memory and no more. Returns the bytes read
+/// and whether the body went on past the cap.
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::with_capacity(
+        response
+            .content_length()
+            .map_or(1024, |n| usize::try_from(n).unwrap_or(cap).min(cap)),
+    );
+    while let Some(chunk) = response.chunk().await? {
+        let room = cap - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
+/// A response's body as text, read up to `cap` bytes (see [`read_capped`]); empty when it
+/// could not be read. Invalid UTF-8 (or a character cut by the cap) becomes U+FFFD.
+pub async fn capped_text(response: reqwest::Response, cap: usize) -> String {
+    match read_capped(response, cap).await {
+        Ok((bytes, _)) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => String::new(),
     }
 }
 

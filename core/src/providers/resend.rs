@@ -4,7 +4,10 @@
 use futures_util::{FutureExt, future::BoxFuture};
 use serde::Deserialize;
 
-use super::{Outbound, Provider, SendOutcome, classify_status, classify_transport};
+use super::{
+    MAX_ERROR_BODY, Outbound, Provider, SendOutcome, capped_text, classify_status,
+    classify_transport,
+};
 use crate::config::Secret;
 
 pub struct Resend {
@@ -67,7 +70,7 @@ impl Provider for Resend {
             };
             let status = response.status();
             let headers = response.headers().clone();
-            let text = response.text().await.unwrap_or_default();
+            let text = capped_text(response, MAX_ERROR_BODY).await;
             if status.is_success() {
                 let id = serde_json::from_str::<Created>(&text)
                     .ok()
@@ -84,12 +87,9 @@ impl Provider for Resend {
                     name.unwrap_or_default(),
                     message.unwrap_or_default()
                 ),
-                None => format!(
-                    "resend HTTP {}: {}",
-                    status.as_u16(),
-                    crate::domain::truncate(text.trim(), 300)
-                ),
+                None => format!("resend HTTP {}: {text}", status.as_u16()),
             };
+            let error = crate::domain::clean_text(&error, crate::domain::MAX_ERROR_TEXT);
             classify_status(status, &headers, error)
         }
         .boxed()

@@ -3,7 +3,10 @@
 use futures_util::{FutureExt, future::BoxFuture};
 use serde::Deserialize;
 
-use super::{Outbound, Provider, SendOutcome, classify_status, classify_transport};
+use super::{
+    MAX_ERROR_BODY, Outbound, Provider, SendOutcome, capped_text, classify_status,
+    classify_transport,
+};
 use crate::config::Secret;
 
 /// Twilio error codes that no retry can fix: the number is invalid, unreachable, or has
@@ -81,7 +84,7 @@ impl Provider for Twilio {
             };
             let status = response.status();
             let headers = response.headers().clone();
-            let body = response.text().await.unwrap_or_default();
+            let body = capped_text(response, MAX_ERROR_BODY).await;
             if status.is_success() {
                 let sid = serde_json::from_str::<Created>(&body)
                     .ok()
@@ -92,13 +95,14 @@ impl Provider for Twilio {
             }
             let parsed = serde_json::from_str::<TwilioError>(&body).ok();
             let code = parsed.as_ref().and_then(|e| e.code);
-            let message = parsed
-                .and_then(|e| e.message)
-                .unwrap_or_else(|| crate::domain::truncate(body.trim(), 300));
-            let error = match code {
-                Some(code) => format!("twilio {code} (HTTP {}): {message}", status.as_u16()),
-                None => format!("twilio HTTP {}: {message}", status.as_u16()),
-            };
+            let message = parsed.and_then(|e| e.message).unwrap_or(body);
+            let error = crate::domain::clean_text(
+                &match code {
+                    Some(code) => format!("twilio {code} (HTTP {}): {message}", status.as_u16()),
+                    None => format!("twilio HTTP {}: {message}", status.as_u16()),
+                },
+                crate::domain::MAX_ERROR_TEXT,
+            );
             match code {
                 Some(code) if PERMANENT_CODES.contains(&code) && status.is_client_error() => {
                     SendOutcome::Rejected {

@@ -11,7 +11,10 @@ use hmac::{Hmac, KeyInit, Mac};
 use reqwest::{StatusCode, header::CONTENT_TYPE};
 use sha2::Sha256;
 
-use super::{Outbound, Provider, SendOutcome, classify_status, classify_transport};
+use super::{
+    MAX_ERROR_BODY, Outbound, Provider, SendOutcome, capped_text, classify_status,
+    classify_transport,
+};
 use crate::domain::is_private_ip;
 
 pub struct WebhookSender {
@@ -108,17 +111,18 @@ impl Provider for WebhookSender {
                 }
             };
             let status = response.status();
+            let headers = response.headers().clone();
+            // Read (a bounded part of) the body even on success, so a short answer leaves the
+            // connection reusable; a long one is cut off with its connection.
+            let text = capped_text(response, MAX_ERROR_BODY).await;
             if status.is_success() {
                 return SendOutcome::Accepted {
                     provider_message_id: None,
                 };
             }
-            let headers = response.headers().clone();
-            let text = response.text().await.unwrap_or_default();
-            let error = format!(
-                "webhook receiver answered HTTP {}: {}",
-                status.as_u16(),
-                crate::domain::truncate(text.trim(), 300)
+            let error = crate::domain::clean_text(
+                &format!("webhook receiver answered HTTP {}: {text}", status.as_u16()),
+                crate::domain::MAX_ERROR_TEXT,
             );
             if status == StatusCode::GONE {
                 return SendOutcome::Rejected {

@@ -1,191 +1,534 @@
-//! Circuit breakers, one per provider (and one per webhook host, so one broken receiver
-//! does not stop every tenant's webhooks). After `threshold` transient failures in a row a
-//! circuit opens: calls stop for the cool-down and jobs are put off without spending an
-//! attempt. Then one probe is let through; its success closes the circuit, its failure opens
-//! it again.
+//! Circuit breakers that open on an outage, not on one recipient or one tenant.
+//!
+//! A circuit covers what fails together: the SMS provider, the email provider, or one
+//! tenant's webhooks to one origin (scheme, host and port), so a tenant whose receiver is down
+//! stops only its own calls there. It opens on evidence that what it covers is down: within a
+//! sliding window, at least [`BreakerSettings::min_calls`] calls, a share of failures of at
+//! least [`BreakerSettings::failure_rate`], and failures from at least
+//! [`BreakerSettings::min_recipients`] different recipients. One number (or one URL) that fails
+//! forever is never evidence of an outage: its message retries on its own schedule and ends
+//! `dead`, while everyone else's calls go on.
+//!
+//! An open circuit puts off the jobs that would call it, without spending their attempts, for
+//! its cool-down; then it is half open and lets a few calls through. One success closes it; as
+//! many failed calls from different recipients as it takes to open it open it again, with a
+//! cool-down twice as long (up to [`BreakerSettings::max_cooldown`]), so a long outage is
+//! probed less and less often.
+//!
+//! The number of circuits is bounded ([`BreakerSettings::max_circuits`]): circuits with nothing
+//! to remember are dropped first, then the least recently used. Metrics carry the provider
+//! (`twilio`, `resend`, `webhook`, `log`), never a host a tenant chose.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet, VecDeque, hash_map::DefaultHasher},
+    hash::{Hash, Hasher},
     sync::{Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
 use rand::RngExt;
+use tracing::{info, warn};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How circuits judge an outage. [`crate::Config`] fills it from `HERALD_CIRCUIT_*`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerSettings {
+    /// How far back calls count.
+    pub window: Duration,
+    /// Fewer calls than this in the window never open a circuit.
+    pub min_calls: u32,
+    /// The share of the window's calls that must have failed (0..=1).
+    pub failure_rate: f64,
+    /// Failures must come from at least this many different recipients.
+    pub min_recipients: u32,
+    /// The first cool-down of an open circuit.
+    pub cooldown: Duration,
+    /// The longest cool-down, reached by doubling while the outage lasts.
+    pub max_cooldown: Duration,
+    /// The most circuits remembered at once.
+    pub max_circuits: usize,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(30),
+            min_calls: 10,
+            failure_rate: 0.5,
+            min_recipients: 3,
+            cooldown: Duration::from_secs(5),
+            max_cooldown: Duration::from_secs(300),
+            max_circuits: 10_000,
+        }
+    }
+}
+
+/// The most calls a window keeps; at high rates the window is the latest calls.
+const WINDOW_CALLS: usize = 1_000;
+
+/// The key of one circuit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CircuitKey {
+    /// A provider shared by every tenant (`twilio`, `resend`, `log`).
+    Provider(&'static str),
+    /// One tenant's webhooks to one origin (`https://host:port`).
+    Webhook { tenant_id: String, origin: String },
+}
+
+impl CircuitKey {
+    /// The provider label for metrics: bounded, whatever the tenants do.
+    pub fn provider(&self) -> &'static str {
+        match self {
+            CircuitKey::Provider(name) => name,
+            CircuitKey::Webhook { .. } => "webhook",
+        }
+    }
+}
+
+impl std::fmt::Display for CircuitKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CircuitKey::Provider(name) => f.write_str(name),
+            CircuitKey::Webhook { tenant_id, origin } => {
+                write!(f, "webhook {origin} (tenant {tenant_id})")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    at: Instant,
+    failed: bool,
+    recipient: u64,
+}
+
+#[derive(Debug)]
 enum State {
-    Closed {
-        failures: u32,
-    },
+    Closed,
     Open {
         until: Instant,
     },
-    /// Cooled down: one probe call decides.
+    /// Cooled down: up to `min_recipients` calls at once find out whether it is back.
     HalfOpen {
-        probing: bool,
+        in_flight: u32,
+        failed: HashSet<u64>,
     },
+}
+
+#[derive(Debug)]
+struct Circuit {
+    state: State,
+    calls: VecDeque<Call>,
+    /// The cool-down the circuit opens with next; doubles while the outage lasts.
+    cooldown: Duration,
+    used: Instant,
+}
+
+impl Circuit {
+    fn new(cooldown: Duration) -> Self {
+        Self {
+            state: State::Closed,
+            calls: VecDeque::new(),
+            cooldown,
+            used: Instant::now(),
+        }
+    }
+
+    fn forget_before(&mut self, since: Instant) {
+        while self.calls.front().is_some_and(|c| c.at < since) {
+            self.calls.pop_front();
+        }
+    }
+
+    /// Whether nothing would be lost by dropping it.
+    fn idle(&self, window: Duration) -> bool {
+        matches!(self.state, State::Closed)
+            && self.calls.back().is_none_or(|c| c.at.elapsed() > window)
+    }
 }
 
 /// Whether a call may go ahead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
     Yes,
-    /// This call is the probe of a half-open circuit.
+    /// One of the calls of a half-open circuit; report it with `success`/`failure`, or
+    /// `release_probe` when no call was made.
     Probe,
     /// Not now: put the job off for this long.
     No(Duration),
 }
 
-/// `herald_circuit_state{circuit}`: 0 closed, 1 half open, 2 open.
-fn gauge(circuit: &str, value: f64) {
-    ::metrics::gauge!("herald_circuit_state", "circuit" => circuit.to_owned()).set(value);
+/// What one call came to, as far as circuits care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallResult {
+    /// The provider answered (accepted, rejected, or asked to slow down): it is up.
+    Up,
+    /// No answer, a timeout or a 5xx: perhaps down.
+    Failed,
 }
 
 #[derive(Debug)]
 pub struct Breakers {
-    threshold: u32,
-    cooldown: Duration,
-    circuits: Mutex<HashMap<String, State>>,
+    settings: BreakerSettings,
+    circuits: Mutex<HashMap<CircuitKey, Circuit>>,
+}
+
+fn recipient_hash(recipient: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    recipient.hash(&mut h);
+    h.finish()
+}
+
+/// Spread put-off jobs over a second so a closing circuit is not hit by all at once.
+fn jitter() -> Duration {
+    Duration::from_millis(rand::rng().random_range(0..1000))
 }
 
 impl Breakers {
-    pub fn new(threshold: u32, cooldown: Duration) -> Self {
+    pub fn new(settings: BreakerSettings) -> Self {
         Self {
-            threshold: threshold.max(1),
-            cooldown,
+            settings: BreakerSettings {
+                min_calls: settings.min_calls.max(1),
+                min_recipients: settings.min_recipients.max(1),
+                max_circuits: settings.max_circuits.max(1),
+                ..settings
+            },
             circuits: Mutex::new(HashMap::new()),
         }
     }
 
-    fn circuits(&self) -> std::sync::MutexGuard<'_, HashMap<String, State>> {
+    pub fn settings(&self) -> &BreakerSettings {
+        &self.settings
+    }
+
+    fn circuits(&self) -> std::sync::MutexGuard<'_, HashMap<CircuitKey, Circuit>> {
         self.circuits.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Spread put-off jobs over a second so a closing circuit is not hit by all at once.
-    fn jitter() -> Duration {
-        Duration::from_millis(rand::rng().random_range(0..1000))
-    }
-
-    pub fn admit(&self, key: &str) -> Admit {
+    /// Whether a call on `key` may go ahead now. Never creates a circuit: one is made by the
+    /// first call's result, so a key nobody calls costs nothing.
+    pub fn admit(&self, key: &CircuitKey) -> Admit {
         let mut circuits = self.circuits();
-        let state = circuits
-            .entry(key.to_owned())
-            .or_insert(State::Closed { failures: 0 });
-        match *state {
-            State::Closed { .. } => Admit::Yes,
+        let Some(circuit) = circuits.get_mut(key) else {
+            return Admit::Yes;
+        };
+        let limit = self.settings.min_recipients;
+        match &mut circuit.state {
+            State::Closed => Admit::Yes,
             State::Open { until } => {
                 let now = Instant::now();
-                if now >= until {
-                    *state = State::HalfOpen { probing: true };
-                    gauge(key, 1.0);
-                    Admit::Probe
-                } else {
-                    Admit::No(until - now + Self::jitter())
+                if now < *until {
+                    return Admit::No(*until - now + jitter());
                 }
-            }
-            State::HalfOpen { probing: false } => {
-                *state = State::HalfOpen { probing: true };
-                gauge(key, 1.0);
+                circuit.state = State::HalfOpen {
+                    in_flight: 1,
+                    failed: HashSet::new(),
+                };
                 Admit::Probe
             }
-            State::HalfOpen { probing: true } => Admit::No(Duration::from_secs(1) + Self::jitter()),
+            State::HalfOpen { in_flight, .. } if *in_flight < limit => {
+                *in_flight += 1;
+                Admit::Probe
+            }
+            State::HalfOpen { .. } => Admit::No(Duration::from_millis(500) + jitter()),
         }
     }
 
-    /// The provider answered (accepted or rejected): it is up.
-    pub fn success(&self, key: &str) {
-        self.circuits()
-            .insert(key.to_owned(), State::Closed { failures: 0 });
-    }
-
-    /// A transient failure (timeout, 5xx, 429, connection error).
-    pub fn failure(&self, key: &str) {
+    /// Records the result of a call to `recipient` on `key`; `probe` when [`Self::admit`]
+    /// answered [`Admit::Probe`] for it.
+    pub fn record(&self, key: &CircuitKey, recipient: &str, result: CallResult, probe: bool) {
+        let now = Instant::now();
+        let s = self.settings;
         let mut circuits = self.circuits();
-        let state = circuits
-            .entry(key.to_owned())
-            .or_insert(State::Closed { failures: 0 });
-        *state = match *state {
-            State::Closed { failures } if failures + 1 < self.threshold => State::Closed {
-                failures: failures + 1,
-            },
-            _ => {
-                tracing::warn!(
-                    circuit = key,
-                    cooldown_ms = self.cooldown.as_millis() as u64,
-                    "circuit opened after repeated failures"
-                );
-                gauge(key, 2.0);
-                State::Open {
-                    until: Instant::now() + self.cooldown,
+        if !circuits.contains_key(key) {
+            if result == CallResult::Up {
+                // A healthy call on a circuit nobody remembers: nothing to remember.
+                return;
+            }
+            if circuits.len() >= s.max_circuits {
+                evict(&mut circuits, s.window);
+            }
+            circuits.insert(key.clone(), Circuit::new(s.cooldown));
+        }
+        let Some(circuit) = circuits.get_mut(key) else {
+            return;
+        };
+        circuit.used = now;
+        let recipient = recipient_hash(recipient);
+        let failed = result == CallResult::Failed;
+        if circuit.calls.len() == WINDOW_CALLS {
+            circuit.calls.pop_front();
+        }
+        circuit.calls.push_back(Call {
+            at: now,
+            failed,
+            recipient,
+        });
+        if let Some(since) = now.checked_sub(s.window) {
+            circuit.forget_before(since);
+        }
+        match &mut circuit.state {
+            State::HalfOpen {
+                in_flight,
+                failed: failures,
+            } => {
+                if probe {
+                    *in_flight = in_flight.saturating_sub(1);
+                }
+                if !failed {
+                    info!(circuit = %key, provider = key.provider(), "circuit closed: calls succeed again");
+                    circuit.state = State::Closed;
+                    circuit.cooldown = s.cooldown;
+                    circuit.calls.clear();
+                    gauge(key.provider(), -1.0);
+                    transition(key.provider(), "closed");
+                    return;
+                }
+                failures.insert(recipient);
+                if failures.len() as u32 >= s.min_recipients {
+                    let cooldown = circuit.cooldown;
+                    circuit.cooldown = (cooldown * 2).min(s.max_cooldown);
+                    circuit.state = State::Open {
+                        until: now + cooldown,
+                    };
+                    warn!(circuit = %key, provider = key.provider(), cooldown_ms = cooldown.as_millis() as u64,
+                        "circuit still failing after its cool-down; open again for longer");
+                    transition(key.provider(), "reopened");
                 }
             }
-        };
+            State::Open { .. } => {}
+            State::Closed => {
+                if failed && outage(&circuit.calls, &s) {
+                    let cooldown = circuit.cooldown;
+                    circuit.cooldown = (cooldown * 2).min(s.max_cooldown);
+                    circuit.state = State::Open {
+                        until: now + cooldown,
+                    };
+                    let failures = circuit.calls.iter().filter(|c| c.failed).count();
+                    warn!(circuit = %key, provider = key.provider(), failures, calls = circuit.calls.len(),
+                        cooldown_ms = cooldown.as_millis() as u64,
+                        "circuit opened: calls from several recipients are failing; putting its jobs off");
+                    gauge(key.provider(), 1.0);
+                    transition(key.provider(), "opened");
+                }
+            }
+        }
     }
 
     /// An admitted probe made no call after all (the message was no longer waiting).
-    pub fn release_probe(&self, key: &str) {
+    pub fn release_probe(&self, key: &CircuitKey) {
         let mut circuits = self.circuits();
-        if let Some(state @ State::HalfOpen { probing: true }) = circuits.get_mut(key) {
-            *state = State::HalfOpen { probing: false };
+        if let Some(Circuit {
+            state: State::HalfOpen { in_flight, .. },
+            ..
+        }) = circuits.get_mut(key)
+        {
+            *in_flight = in_flight.saturating_sub(1);
         }
     }
 
-    /// `closed`, `open` or `half_open`, for metrics and ops.
-    pub fn state(&self, key: &str) -> &'static str {
-        match self.circuits().get(key) {
-            None | Some(State::Closed { .. }) => "closed",
+    /// `closed`, `open` or `half_open`, for ops and tests.
+    pub fn state(&self, key: &CircuitKey) -> &'static str {
+        match self.circuits().get(key).map(|c| &c.state) {
+            None | Some(State::Closed) => "closed",
             Some(State::Open { until }) if Instant::now() < *until => "open",
             Some(_) => "half_open",
         }
     }
+
+    /// How many circuits are remembered (bounded by `max_circuits`).
+    pub fn len(&self) -> usize {
+        self.circuits().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Whether the window's calls show an outage rather than a few bad recipients.
+fn outage(calls: &VecDeque<Call>, s: &BreakerSettings) -> bool {
+    let total = calls.len() as u32;
+    if total < s.min_calls {
+        return false;
+    }
+    let failures = calls.iter().filter(|c| c.failed).count() as f64;
+    if failures < s.failure_rate * f64::from(total) {
+        return false;
+    }
+    let recipients: HashSet<u64> = calls
+        .iter()
+        .filter(|c| c.failed)
+        .map(|c| c.recipient)
+        .collect();
+    recipients.len() as u32 >= s.min_recipients
+}
+
+/// Makes room for one more circuit: drops every idle one, else the least recently used.
+fn evict(circuits: &mut HashMap<CircuitKey, Circuit>, window: Duration) {
+    let before = circuits.len();
+    circuits.retain(|_, c| !c.idle(window));
+    if circuits.len() < before {
+        return;
+    }
+    if let Some(oldest) = circuits
+        .iter()
+        .min_by_key(|(_, c)| c.used)
+        .map(|(k, _)| k.clone())
+        && let Some(c) = circuits.remove(&oldest)
+        && !matches!(c.state, State::Closed)
+    {
+        gauge(oldest.provider(), -1.0);
+    }
+}
+
+/// `herald_circuits_open{provider}`: circuits open or half open, per provider.
+fn gauge(provider: &'static str, delta: f64) {
+    ::metrics::gauge!("herald_circuits_open", "provider" => provider).increment(delta);
+}
+
+/// `herald_circuit_transitions_total{provider, to}`.
+fn transition(provider: &'static str, to: &'static str) {
+    ::metrics::counter!("herald_circuit_transitions_total", "provider" => provider, "to" => to)
+        .increment(1);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_run_of_failures_opens_the_circuit_and_one_probe_closes_it() {
-        let b = Breakers::new(3, Duration::from_millis(30));
-        assert_eq!(b.admit("twilio"), Admit::Yes);
-        b.failure("twilio");
-        b.failure("twilio");
-        assert_eq!(b.state("twilio"), "closed");
-        b.failure("twilio");
-        assert_eq!(b.state("twilio"), "open");
-        assert!(matches!(b.admit("twilio"), Admit::No(_)));
-        assert_eq!(b.admit("resend"), Admit::Yes, "circuits are per provider");
+    fn settings() -> BreakerSettings {
+        BreakerSettings {
+            window: Duration::from_secs(30),
+            min_calls: 4,
+            failure_rate: 0.5,
+            min_recipients: 3,
+            cooldown: Duration::from_millis(30),
+            max_cooldown: Duration::from_millis(100),
+            max_circuits: 4,
+        }
+    }
 
-        std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(b.admit("twilio"), Admit::Probe);
-        assert!(
-            matches!(b.admit("twilio"), Admit::No(_)),
-            "one probe at a time"
-        );
-        b.success("twilio");
-        assert_eq!(b.state("twilio"), "closed");
-        assert_eq!(b.admit("twilio"), Admit::Yes);
+    const TWILIO: CircuitKey = CircuitKey::Provider("twilio");
+
+    fn fail(b: &Breakers, key: &CircuitKey, to: &str) {
+        b.record(key, to, CallResult::Failed, false);
     }
 
     #[test]
-    fn a_failed_probe_opens_it_again_and_a_success_resets_the_count() {
-        let b = Breakers::new(2, Duration::from_millis(20));
-        b.failure("x");
-        b.success("x");
-        b.failure("x");
-        assert_eq!(b.state("x"), "closed", "failures must be in a row");
-        b.failure("x");
-        std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(b.admit("x"), Admit::Probe);
-        b.failure("x");
-        assert_eq!(b.state("x"), "open");
-        std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(b.admit("x"), Admit::Probe);
-        b.release_probe("x");
+    fn one_recipient_failing_forever_never_opens_the_circuit() {
+        let b = Breakers::new(settings());
+        for _ in 0..100 {
+            fail(&b, &TWILIO, "+15550000001");
+        }
+        assert_eq!(b.state(&TWILIO), "closed");
+        // Two bad numbers are not an outage either.
+        for _ in 0..100 {
+            fail(&b, &TWILIO, "+15550000002");
+        }
+        assert_eq!(b.state(&TWILIO), "closed");
+        assert_eq!(b.admit(&TWILIO), Admit::Yes);
+    }
+
+    #[test]
+    fn failures_from_several_recipients_open_it_and_a_success_closes_it() {
+        let b = Breakers::new(settings());
+        fail(&b, &TWILIO, "+1");
+        fail(&b, &TWILIO, "+2");
+        fail(&b, &TWILIO, "+3");
+        assert_eq!(b.state(&TWILIO), "closed", "fewer calls than the minimum");
+        fail(&b, &TWILIO, "+4");
+        assert_eq!(b.state(&TWILIO), "open");
+        assert!(matches!(b.admit(&TWILIO), Admit::No(_)));
+        let resend = CircuitKey::Provider("resend");
+        assert_eq!(b.admit(&resend), Admit::Yes, "circuits are per provider");
+
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(b.admit(&TWILIO), Admit::Probe);
+        assert_eq!(b.admit(&TWILIO), Admit::Probe, "a few probes at once");
+        assert_eq!(b.admit(&TWILIO), Admit::Probe);
+        assert!(matches!(b.admit(&TWILIO), Admit::No(_)), "but no more");
+        b.record(&TWILIO, "+9", CallResult::Up, true);
+        assert_eq!(b.state(&TWILIO), "closed");
+        assert_eq!(b.admit(&TWILIO), Admit::Yes);
+    }
+
+    #[test]
+    fn a_healthy_majority_keeps_it_closed() {
+        let b = Breakers::new(settings());
+        for i in 0..10 {
+            fail(&b, &TWILIO, &format!("+{i}"));
+            b.record(&TWILIO, "+100", CallResult::Up, false);
+            b.record(&TWILIO, "+101", CallResult::Up, false);
+        }
         assert_eq!(
-            b.admit("x"),
-            Admit::Probe,
-            "a released probe lets the next call probe"
+            b.state(&TWILIO),
+            "closed",
+            "a third failing is not an outage"
         );
+    }
+
+    #[test]
+    fn the_cooldown_grows_while_the_outage_lasts() {
+        let b = Breakers::new(BreakerSettings {
+            cooldown: Duration::from_millis(200),
+            max_cooldown: Duration::from_secs(1),
+            ..settings()
+        });
+        for i in 0..4 {
+            fail(&b, &TWILIO, &format!("+{i}"));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        for i in 0..3 {
+            assert_eq!(b.admit(&TWILIO), Admit::Probe);
+            b.record(&TWILIO, &format!("+{i}"), CallResult::Failed, true);
+        }
+        assert_eq!(b.state(&TWILIO), "open");
+        // Open again, for 400 ms this time.
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(b.state(&TWILIO), "open", "the second cool-down is longer");
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(b.admit(&TWILIO), Admit::Probe);
+        b.release_probe(&TWILIO);
+        assert_eq!(
+            b.admit(&TWILIO),
+            Admit::Probe,
+            "a released probe frees its slot"
+        );
+    }
+
+    #[test]
+    fn webhook_circuits_are_per_tenant_and_origin_and_bounded_in_number() {
+        let b = Breakers::new(settings());
+        let a = CircuitKey::Webhook {
+            tenant_id: "ten_a".into(),
+            origin: "https://hooks.example.com:443".into(),
+        };
+        let other = CircuitKey::Webhook {
+            tenant_id: "ten_b".into(),
+            origin: "https://hooks.example.com:443".into(),
+        };
+        for i in 0..4 {
+            fail(&b, &a, &format!("https://hooks.example.com/{i}"));
+        }
+        assert_eq!(b.state(&a), "open");
+        assert_eq!(
+            b.admit(&other),
+            Admit::Yes,
+            "another tenant on the same host"
+        );
+
+        for i in 0..50 {
+            let key = CircuitKey::Webhook {
+                tenant_id: format!("ten_{i}"),
+                origin: "https://x.example".into(),
+            };
+            fail(&b, &key, "https://x.example/a");
+        }
+        assert!(b.len() <= 4, "{} circuits", b.len());
+        // Healthy calls remember nothing.
+        let b = Breakers::new(settings());
+        b.record(&TWILIO, "+1", CallResult::Up, false);
+        assert!(b.is_empty());
     }
 }

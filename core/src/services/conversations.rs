@@ -12,7 +12,7 @@ use crate::{
     queue::{JobError, Queue, now_ms},
     store::{
         self, contacts,
-        contacts::ContactRow,
+        contacts::{AiSpend, ContactRow},
         messages::{self, MessageRow, NewMessageRow},
         tenants::{self, TenantRow},
     },
@@ -230,6 +230,8 @@ pub struct Replier {
     pub db: PgPool,
     pub assistant: Assistant,
     pub intake: Intake,
+    /// Model calls per contact per hour (`HERALD_AI_REPLIES_PER_HOUR`).
+    pub replies_per_hour: u32,
 }
 
 impl std::fmt::Debug for Replier {
@@ -405,17 +407,40 @@ async fn answer(r: &Replier, inbound_id: &str) -> Result<(), JobError> {
             .map_err(db_error)?;
         return Ok(());
     }
-    let history = messages::turns_before(&r.db, contact_id, &inbound.id, HISTORY_TURNS)
+    // Inbound texts are free to send, model calls are not: each contact has a budget.
+    let spend = contacts::decide_ai_spend(&r.db, contact_id, &inbound.id, r.replies_per_hour)
         .await
         .map_err(db_error)?;
-    let system = tenant
-        .system_prompt
-        .clone()
-        .unwrap_or_else(|| default_system_prompt(&tenant));
-    let turns = chat(system, &history, &inbound.body);
-    let (text, model, usage) = match r.assistant.answer(&turns).await {
-        Answer::Model(c) => (fit_reply(&c.text), Some(c.model), c.usage),
-        Answer::Canned => (canned_reply(&tenant), None, None),
+    let budget = format!(
+        "this contact's AI replies ({} per hour) are used up",
+        r.replies_per_hour
+    );
+    let (text, model, usage) = match spend {
+        AiSpend::Nothing => {
+            info!(message_id = %inbound.id, contact_id = %contact.id, "AI reply budget spent; text stored, not answered");
+            messages::note(&r.db, &inbound.id, &format!("not answered: {budget}"))
+                .await
+                .map_err(db_error)?;
+            messages::reply_handled(&r.db, &inbound.id)
+                .await
+                .map_err(db_error)?;
+            return Ok(());
+        }
+        AiSpend::Notice => (canned_reply(&tenant), None, None),
+        AiSpend::Model => {
+            let history = messages::turns_before(&r.db, contact_id, &inbound.id, HISTORY_TURNS)
+                .await
+                .map_err(db_error)?;
+            let system = tenant
+                .system_prompt
+                .clone()
+                .unwrap_or_else(|| default_system_prompt(&tenant));
+            let turns = chat(system, &history, &inbound.body);
+            match r.assistant.answer(&turns).await {
+                Answer::Model(c) => (fit_reply(&c.text), Some(c.model), c.usage),
+                Answer::Canned => (canned_reply(&tenant), None, None),
+            }
+        }
     };
     let phone = contact.phone.as_deref().unwrap_or_default();
     let mut row = NewMessageRow::outbound(
@@ -428,9 +453,10 @@ async fn answer(r: &Replier, inbound_id: &str) -> Result<(), JobError> {
     );
     row.contact_id = Some(contact.id.clone());
     row.in_reply_to = Some(inbound.id.clone());
-    row.event_detail = match &model {
-        Some(m) => format!("AI reply by {m}"),
-        None => "canned reply: no model answered".to_owned(),
+    row.event_detail = match (&model, spend) {
+        (Some(m), _) => format!("AI reply by {m}"),
+        (None, AiSpend::Notice) => format!("canned reply: {budget}"),
+        (None, _) => "canned reply: no model answered".to_owned(),
     };
     row.model = model;
     row.usage = usage;

@@ -10,16 +10,17 @@ use std::{
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use sqlx::PgPool;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{
     DeliveryJob,
-    breaker::{Admit, Breakers},
+    breaker::{Admit, Breakers, CallResult, CircuitKey},
+    webhook_origin,
 };
 use crate::{
     batch::Batcher,
     config::{Config, EmailProviderKind, SmsProviderKind},
-    domain::{Channel, new_id},
+    domain::{Channel, MAX_ERROR_TEXT, clean_text, new_id},
     providers::{
         Outbound, Provider, SendOutcome, http_client, log::LogProvider, resend::Resend,
         twilio::Twilio, webhook::WebhookSender,
@@ -28,7 +29,7 @@ use crate::{
     ratelimit::RateLimiter,
     store::{
         self, contacts,
-        messages::{self, Claimed, MessageRow, Outcome},
+        messages::{self, Claimed, MessageRow, Outcome, PutOff},
     },
 };
 
@@ -39,6 +40,11 @@ const DB_DOWN_DEFER: Duration = Duration::from_secs(5);
 const RECORD_PATIENCE: Duration = Duration::from_secs(20);
 /// The most claims (or outcomes) one statement carries.
 const BATCH: usize = 256;
+/// A job put off for at least this long gets an event saying why and until when; shorter
+/// waits (a send rate's next token) would only add noise to the history.
+const PUT_OFF_EVENT_AFTER: Duration = Duration::from_secs(1);
+/// The most bytes of an event's detail built around outside text.
+const MAX_DETAIL: usize = 2 * crate::domain::MAX_ERROR_TEXT;
 
 /// Everything a delivery needs, built once per worker process.
 pub struct Deliverer {
@@ -57,6 +63,7 @@ pub struct Deliverer {
     /// Claims and outcomes of concurrent jobs share statements (see [`crate::batch`]).
     claims: Batcher<(String, i32), Option<Claimed>>,
     outcomes: Batcher<Outcome, bool>,
+    put_offs: Batcher<PutOff, ()>,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -99,7 +106,7 @@ impl Deliverer {
         ));
         let claims = {
             let db = db.clone();
-            Batcher::spawn(BATCH, 2, move |items: Vec<(String, i32)>| {
+            Batcher::spawn(BATCH, 2, move |items: Arc<[(String, i32)]>| {
                 let db = db.clone();
                 async move {
                     let ids: Vec<String> = items.iter().map(|(id, _)| id.clone()).collect();
@@ -117,7 +124,7 @@ impl Deliverer {
         };
         let outcomes = {
             let db = db.clone();
-            Batcher::spawn(BATCH, 2, move |items: Vec<Outcome>| {
+            Batcher::spawn(BATCH, 2, move |items: Arc<[Outcome]>| {
                 let db = db.clone();
                 async move {
                     let moved: HashSet<String> = messages::finish_many(&db, &items)
@@ -128,6 +135,16 @@ impl Deliverer {
                 }
             })
         };
+        let put_offs = {
+            let db = db.clone();
+            Batcher::spawn(BATCH, 1, move |items: Arc<[PutOff]>| {
+                let db = db.clone();
+                async move {
+                    messages::note_put_offs(&db, &items).await?;
+                    Ok(vec![(); items.len()])
+                }
+            })
+        };
         Self {
             db,
             sms,
@@ -135,22 +152,26 @@ impl Deliverer {
             webhook,
             max_attempts: config.max_attempts,
             policy: RetryPolicy::new(config.retry_base, config.retry_max),
-            breakers: Breakers::new(config.circuit_failures, config.circuit_cooldown),
+            breakers: Breakers::new(config.circuit),
             limiter,
             send_rate: config.tenant_send_rate,
             stale_claim: config.stale_claim_after(),
             claims,
             outcomes,
+            put_offs,
         }
     }
 
     /// The circuit a message's provider call belongs to: the SMS or email provider, or the
-    /// webhook's host.
-    pub fn circuit(&self, channel: Channel, host: Option<&str>) -> String {
+    /// tenant's webhooks to the target's origin.
+    pub fn circuit(&self, channel: Channel, tenant_id: &str, origin: Option<&str>) -> CircuitKey {
         match channel {
-            Channel::Sms => self.sms.name().to_owned(),
-            Channel::Email => self.email.name().to_owned(),
-            Channel::Webhook => format!("webhook:{}", host.unwrap_or_default()),
+            Channel::Sms => CircuitKey::Provider(self.sms.name()),
+            Channel::Email => CircuitKey::Provider(self.email.name()),
+            Channel::Webhook => CircuitKey::Webhook {
+                tenant_id: tenant_id.to_owned(),
+                origin: origin.unwrap_or_default().to_owned(),
+            },
         }
     }
 
@@ -180,7 +201,7 @@ fn db_error(e: impl std::borrow::Borrow<sqlx::Error>) -> JobError {
 /// Releases a half-open circuit's probe slot unless the probe made its call.
 struct ProbeGuard<'a> {
     breakers: &'a Breakers,
-    circuit: Option<String>,
+    circuit: Option<CircuitKey>,
 }
 
 impl ProbeGuard<'_> {
@@ -204,39 +225,16 @@ fn defer(reason: String, wait: Duration) -> JobError {
     }
 }
 
-/// Sends one message. `Ok` means its fate is recorded in Postgres (sent, failed, dead,
-/// expired, suppressed, or nothing to do); an error asks the queue to run the job again.
+/// Sends one message: admit it (its circuit, its tenant's send rate), claim it, call its
+/// provider, record what came of it. `Ok` means its fate is recorded in Postgres (sent,
+/// failed, dead, expired, suppressed, or nothing to do); an error asks the queue to run the
+/// job again.
 pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result<(), JobError> {
-    // Before claiming, so a job put off spends no attempt: the provider's circuit, then the
-    // tenant's send rate.
     let mut probe = ProbeGuard {
         breakers: &d.breakers,
         circuit: None,
     };
-    if let Some(channel) = job.channel {
-        let circuit = d.circuit(channel, job.host.as_deref());
-        match d.breakers.admit(&circuit) {
-            Admit::No(wait) => return Err(defer(format!("the {circuit} circuit is open"), wait)),
-            Admit::Probe => probe.circuit = Some(circuit),
-            Admit::Yes => {}
-        }
-        if let (Some(limiter), Some(tenant)) = (&d.limiter, &job.tenant_id) {
-            match limiter
-                .take(&format!("send:{tenant}:{channel}"), d.send_rate)
-                .await
-            {
-                Ok(None) => {}
-                Ok(Some(wait)) => {
-                    return Err(defer(
-                        format!("tenant send rate of {}/s reached", d.send_rate),
-                        wait,
-                    ));
-                }
-                // The limit protects providers; an unreachable Redis must not stop sending.
-                Err(e) => debug!(error = %e, "send rate unavailable; sending anyway"),
-            }
-        }
-    }
+    admit(d, job, &mut probe).await?;
 
     let attempt = i32::try_from(meta.attempt).unwrap_or(i32::MAX);
     let claimed = d
@@ -271,7 +269,95 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
         dead_letter(d, &m, "exhausted").await;
         return Ok(());
     }
+    let (outcome, elapsed_ms) = call(d, &m, &webhook_secret, &mut probe).await;
+    record(d, &m, outcome, elapsed_ms).await
+}
 
+/// Before claiming, so a job put off spends no attempt: the circuit its call would go
+/// through, then the tenant's send rate.
+async fn admit<'a>(
+    d: &'a Deliverer,
+    job: &DeliveryJob,
+    probe: &mut ProbeGuard<'a>,
+) -> Result<(), JobError> {
+    let Some(channel) = job.channel else {
+        return Ok(());
+    };
+    let tenant = job.tenant_id.as_deref().unwrap_or_default();
+    let circuit = d.circuit(channel, tenant, job.host.as_deref());
+    match d.breakers.admit(&circuit) {
+        Admit::No(wait) => {
+            let why = match &circuit {
+                CircuitKey::Provider(name) => format!(
+                    "the {name} circuit is open: calls to {name} for several recipients are failing"
+                ),
+                CircuitKey::Webhook { origin, .. } => format!(
+                    "the circuit for this tenant's webhooks to {origin} is open: its calls there are failing"
+                ),
+            };
+            return Err(put_off(d, &job.message_id, "circuit", why, wait).await);
+        }
+        Admit::Probe => probe.circuit = Some(circuit),
+        Admit::Yes => {}
+    }
+    let (Some(limiter), Some(tenant)) = (&d.limiter, &job.tenant_id) else {
+        return Ok(());
+    };
+    match limiter
+        .take(&format!("send:{tenant}:{channel}"), d.send_rate)
+        .await
+    {
+        Ok(None) => Ok(()),
+        Ok(Some(wait)) => {
+            let why = format!("the tenant's send rate of {}/s is reached", d.send_rate);
+            Err(put_off(d, &job.message_id, "send_rate", why, wait).await)
+        }
+        // The limit protects providers; an unreachable Redis must not stop sending.
+        Err(e) => {
+            debug!(error = %e, "send rate unavailable; sending anyway");
+            Ok(())
+        }
+    }
+}
+
+/// Puts a job off for `wait` without spending an attempt; a long wait leaves one event on the
+/// message saying why and until when (kept current while it lasts), so it never looks stuck.
+async fn put_off(
+    d: &Deliverer,
+    message_id: &str,
+    kind: &'static str,
+    why: String,
+    wait: Duration,
+) -> JobError {
+    let until = Utc::now() + chrono::Duration::milliseconds(wait.as_millis() as i64);
+    if wait >= PUT_OFF_EVENT_AFTER {
+        let detail = format!(
+            "put off until {}: {why}",
+            until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        );
+        let note = PutOff {
+            id: message_id.to_owned(),
+            kind,
+            detail,
+        };
+        // The history is a courtesy: the job is put off whether or not it is written.
+        if let Err(e) = d.put_offs.call(note).await {
+            debug!(message_id, error = %e, "could not record why a message was put off");
+        }
+    }
+    JobError::Defer {
+        reason: why,
+        at_ms: until.timestamp_millis(),
+    }
+}
+
+/// Hands the claimed message to its provider; the circuit hears how it went.
+async fn call(
+    d: &Deliverer,
+    m: &MessageRow,
+    webhook_secret: &str,
+    probe: &mut ProbeGuard<'_>,
+) -> (SendOutcome, u64) {
     let channel = Channel::parse(&m.channel).unwrap_or(Channel::Sms);
     let outbound = Outbound {
         message_id: &m.id,
@@ -281,39 +367,49 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
         subject: m.subject.as_deref(),
         body: &m.body,
         run: m.run,
-        webhook_secret: &webhook_secret,
+        webhook_secret,
     };
     let provider = d.provider(channel);
-    let host = match channel {
-        Channel::Webhook => reqwest::Url::parse(&m.to_addr)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_owned)),
+    let origin = match channel {
+        Channel::Webhook => webhook_origin(&m.to_addr),
         _ => None,
     };
-    let circuit = d.circuit(channel, host.as_deref());
+    let circuit = d.circuit(channel, &m.tenant_id, origin.as_deref());
     let started = std::time::Instant::now();
     let outcome = provider.send(&outbound).await;
     let elapsed_ms = started.elapsed().as_millis() as u64;
-    let recorded = match &outcome {
-        SendOutcome::Transient { .. } => {
-            d.breakers.failure(&circuit);
-            "transient"
-        }
-        SendOutcome::Accepted { .. } => {
-            d.breakers.success(&circuit);
-            "accepted"
-        }
-        SendOutcome::Rejected { .. } => {
-            d.breakers.success(&circuit);
-            "rejected"
-        }
+    let (result, label) = match &outcome {
+        SendOutcome::Transient {
+            throttled: false, ..
+        } => (CallResult::Failed, "transient"),
+        SendOutcome::Transient {
+            throttled: true, ..
+        } => (CallResult::Up, "throttled"),
+        SendOutcome::Accepted { .. } => (CallResult::Up, "accepted"),
+        SendOutcome::Rejected { .. } => (CallResult::Up, "rejected"),
     };
-    ::metrics::counter!("herald_provider_calls_total", "provider" => provider.name(), "outcome" => recorded)
+    let probed = probe.circuit.as_ref() == Some(&circuit);
+    d.breakers.record(&circuit, &m.to_addr, result, probed);
+    if probed {
+        probe.done();
+    }
+    ::metrics::counter!("herald_provider_calls_total", "provider" => provider.name(), "outcome" => label)
         .increment(1);
     ::metrics::histogram!("herald_provider_call_duration_seconds", "provider" => provider.name())
         .record(elapsed_ms as f64 / 1000.0);
-    probe.done();
+    (outcome, elapsed_ms)
+}
 
+/// Records what the provider call came to: `sent`/`delivered`, `failed`, `retrying`, `dead`
+/// or `expired`.
+async fn record(
+    d: &Deliverer,
+    m: &MessageRow,
+    outcome: SendOutcome,
+    elapsed_ms: u64,
+) -> Result<(), JobError> {
+    let channel = Channel::parse(&m.channel).unwrap_or(Channel::Sms);
+    let provider = d.provider(channel).name();
     match outcome {
         SendOutcome::Accepted {
             provider_message_id,
@@ -324,9 +420,9 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
             } else {
                 "sent"
             };
-            let detail = format!("{} accepted it in {elapsed_ms} ms", provider.name());
-            finish(d, &m, status, provider_message_id, None, &detail, None).await?;
-            debug!(message_id = %m.id, tenant_id = %m.tenant_id, provider = provider.name(), attempt = m.attempts, elapsed_ms, status, "message sent");
+            let detail = format!("{provider} accepted it in {elapsed_ms} ms");
+            finish(d, m, status, provider_message_id, None, &detail, None).await?;
+            debug!(message_id = %m.id, tenant_id = %m.tenant_id, provider, attempt = m.attempts, elapsed_ms, status, "message sent");
             Ok(())
         }
         SendOutcome::Rejected { error, opt_out } => {
@@ -335,16 +431,18 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
                     .await
                     .map_err(db_error)?;
             }
-            finish(d, &m, "failed", None, Some(&error), &error, None).await?;
-            dead_letter(d, &m, "rejected").await;
-            warn!(message_id = %m.id, tenant_id = %m.tenant_id, provider = provider.name(), error = %error, "provider rejected the message");
+            finish(d, m, "failed", None, Some(&error), &error, None).await?;
+            dead_letter(d, m, "rejected").await;
+            warn!(message_id = %m.id, tenant_id = %m.tenant_id, provider, error = %error, "provider rejected the message");
             Ok(())
         }
-        SendOutcome::Transient { error, retry_after } => {
+        SendOutcome::Transient {
+            error, retry_after, ..
+        } => {
             if m.attempts >= d.max_attempts as i32 {
                 let detail = format!("attempt {} of {}: {error}", m.attempts, d.max_attempts);
-                finish(d, &m, "dead", None, Some(&error), &detail, None).await?;
-                dead_letter(d, &m, "exhausted").await;
+                finish(d, m, "dead", None, Some(&error), &detail, None).await?;
+                dead_letter(d, m, "exhausted").await;
                 warn!(message_id = %m.id, tenant_id = %m.tenant_id, attempts = m.attempts, error = %error, "message is dead: every attempt failed");
                 return Ok(());
             }
@@ -352,15 +450,15 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
             let next = Utc::now() + chrono::Duration::milliseconds(delay.as_millis() as i64);
             if next > m.expires_at {
                 let detail = format!("{error}; the next attempt would come after expires_at");
-                finish(d, &m, "expired", None, Some(&error), &detail, None).await?;
+                finish(d, m, "expired", None, Some(&error), &detail, None).await?;
                 return Ok(());
             }
             let detail = format!(
-                "attempt {} failed: {error}; next attempt in {} ms",
+                "attempt {} failed: {error}; next attempt at {}",
                 m.attempts,
-                delay.as_millis()
+                next.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
             );
-            finish(d, &m, "retrying", None, Some(&error), &detail, Some(next)).await?;
+            finish(d, m, "retrying", None, Some(&error), &detail, Some(next)).await?;
             Err(JobError::RetryAt {
                 message: error,
                 at_ms: next.timestamp_millis(),
@@ -452,7 +550,8 @@ async fn quiet_hours(d: &Deliverer, c: &Claimed) -> Result<(), JobError> {
     })
 }
 
-/// Records the outcome of the claimed attempt (batched with other workers' outcomes).
+/// Records the outcome of the claimed attempt (batched with other workers' outcomes). Text
+/// from outside (a provider's error) is cleaned and capped first, so Postgres can store it.
 async fn finish(
     d: &Deliverer,
     m: &MessageRow,
@@ -465,15 +564,15 @@ async fn finish(
     let outcome = Outcome {
         id: m.id.clone(),
         status: status.to_owned(),
-        last_error: last_error.map(str::to_owned),
-        provider_message_id,
-        detail: Some(detail.to_owned()),
+        last_error: last_error.map(|e| clean_text(e, MAX_ERROR_TEXT)),
+        provider_message_id: provider_message_id.map(|id| clean_text(&id, 256)),
+        detail: Some(clean_text(detail, MAX_DETAIL)),
         next_attempt_at,
     };
     // Once the provider has been called, the outcome must be recorded: given up, the job
     // would run again and send a second time. A Postgres outage is waited out, with backoff,
     // for as long as the job may still run.
-    let changed = (|| d.outcomes.call(outcome.clone()))
+    let recorded = (|| d.outcomes.call(outcome.clone()))
         .retry(
             ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(100))
@@ -486,21 +585,34 @@ async fn finish(
         .notify(|e, wait| {
             warn!(message_id = %m.id, status, error = %e, retry_in_ms = wait.as_millis() as u64, "could not record the outcome; trying again");
         })
-        .await
-        .map_err(|e| {
-            if store::is_unavailable(&e) {
-                // Still down. Whether the provider took the message is now unknown; this job
-                // comes back when its claim is stale and takes it over (see `not_claimed`).
-                let stale_at = m.updated_at
-                    + chrono::Duration::from_std(d.stale_claim).unwrap_or_default();
-                JobError::Defer {
-                    reason: format!("could not record the outcome ({status}): {e}"),
-                    at_ms: stale_at.timestamp_millis() + 1,
-                }
-            } else {
-                db_error(e)
-            }
-        })?;
+        .await;
+    let changed = match recorded {
+        Ok(changed) => changed,
+        Err(e) if store::is_unavailable(&e) => {
+            // Still down. Whether the provider took the message is now unknown; this job
+            // comes back when its claim is stale and takes it over (see `not_claimed`).
+            let stale_at =
+                m.updated_at + chrono::Duration::from_std(d.stale_claim).unwrap_or_default();
+            return Err(JobError::Defer {
+                reason: format!("could not record the outcome ({status}): {e}"),
+                at_ms: stale_at.timestamp_millis() + 1,
+            });
+        }
+        // Postgres refused this outcome itself (its batch was split, so no other message
+        // paid for it). Retrying the job would find the message `sending` and, once the claim
+        // went stale, call the provider again: record the status without the details instead.
+        Err(e) => {
+            error!(message_id = %m.id, status, error = %e, "Postgres refused an outcome; recording its status alone");
+            let bare = Outcome {
+                last_error: last_error
+                    .map(|_| "(the provider's error text could not be stored)".to_owned()),
+                provider_message_id: None,
+                detail: Some(format!("{status} (the details could not be stored)")),
+                ..outcome
+            };
+            d.outcomes.call(bare).await.map_err(db_error)?
+        }
+    };
     if !changed {
         debug!(message_id = %m.id, status, "message left `sending` meanwhile; outcome not recorded");
     }

@@ -105,7 +105,7 @@ impl Intake {
     pub fn start(db: PgPool, queue: Queue) -> Self {
         let inserts = {
             let db = db.clone();
-            Batcher::spawn(256, 2, move |rows: Vec<NewMessageRow>| {
+            Batcher::spawn(256, 2, move |rows: Arc<[NewMessageRow]>| {
                 let db = db.clone();
                 async move { messages::insert_many(&db, &rows).await }
             })

@@ -22,9 +22,9 @@ use crate::domain::Channel;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeliveryJob {
     pub message_id: String,
-    /// The tenant and channel, for the send rate, and the webhook target's host, for its
-    /// circuit: both are checked before the message is claimed, so a job put off spends
-    /// nothing.
+    /// The tenant and channel, for the send rate, and the webhook target's origin
+    /// (`scheme://host:port`), for the tenant's circuit there: both are checked before the
+    /// message is claimed, so a job put off spends nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -40,9 +40,7 @@ impl DeliveryJob {
     pub fn new(message_id: &str, tenant_id: &str, channel: &str, to: &str) -> Self {
         let channel = Channel::parse(channel);
         let host = match channel {
-            Some(Channel::Webhook) => reqwest::Url::parse(to)
-                .ok()
-                .and_then(|u| u.host_str().map(str::to_owned)),
+            Some(Channel::Webhook) => webhook_origin(to),
             _ => None,
         };
         Self {
@@ -53,4 +51,13 @@ impl DeliveryJob {
             request_id: None,
         }
     }
+}
+
+/// A webhook URL's origin, `scheme://host:port` (the port spelled out even when it is the
+/// default), which names the tenant's circuit for it.
+pub fn webhook_origin(url: &str) -> Option<String> {
+    let url = reqwest::Url::parse(url).ok()?;
+    let host = url.host_str()?;
+    let port = url.port_or_known_default()?;
+    Some(format!("{}://{host}:{port}", url.scheme()))
 }

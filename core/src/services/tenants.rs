@@ -131,7 +131,7 @@ pub struct KeyLookup {
 
 impl KeyLookup {
     pub fn start(db: PgPool) -> Self {
-        let batcher = Batcher::spawn(256, 2, move |hashes: Vec<Vec<u8>>| {
+        let batcher = Batcher::spawn(256, 2, move |hashes: Arc<[Vec<u8>]>| {
             let db = db.clone();
             async move {
                 let found: HashMap<Vec<u8>, (TenantRow, String)> =

@@ -210,3 +210,80 @@ pub async fn claim_text_back(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// What the AI path does with one inbound text under its contact's reply budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AiSpend {
+    /// Ask a model.
+    Model,
+    /// The budget is spent: send the short notice (once per hour).
+    Notice,
+    /// The budget is spent and the notice went out: store the text, answer nothing.
+    Nothing,
+}
+
+impl AiSpend {
+    fn as_str(self) -> &'static str {
+        match self {
+            AiSpend::Model => "model",
+            AiSpend::Notice => "notice",
+            AiSpend::Nothing => "none",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "model" => AiSpend::Model,
+            "notice" => AiSpend::Notice,
+            _ => AiSpend::Nothing,
+        }
+    }
+}
+
+/// Decides, once per inbound text, whether its contact's budget of `per_hour` model calls
+/// in the last hour allows one more; if not, whether the hour's one notice is still due.
+/// Runs under a lock on the contact, so concurrent reply jobs for one texter cannot both
+/// take the last call; a job that runs again gets the decision made the first time.
+pub async fn decide_ai_spend(
+    db: &sqlx::PgPool,
+    contact_id: &str,
+    inbound_id: &str,
+    per_hour: u32,
+) -> Result<AiSpend, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SELECT 1 FROM contacts WHERE id = $1 FOR UPDATE")
+        .bind(contact_id)
+        .execute(&mut *tx)
+        .await?;
+    let decided: Option<String> =
+        sqlx::query_scalar("SELECT kind FROM ai_reply_spends WHERE inbound_id = $1")
+            .bind(inbound_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if let Some(kind) = decided {
+        tx.commit().await?;
+        return Ok(AiSpend::parse(&kind));
+    }
+    let (models, notices): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE kind = 'model'), count(*) FILTER (WHERE kind = 'notice')
+         FROM ai_reply_spends WHERE contact_id = $1 AND at > now() - interval '1 hour'",
+    )
+    .bind(contact_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let spend = if models < i64::from(per_hour) {
+        AiSpend::Model
+    } else if notices == 0 {
+        AiSpend::Notice
+    } else {
+        AiSpend::Nothing
+    };
+    sqlx::query("INSERT INTO ai_reply_spends (inbound_id, contact_id, kind) VALUES ($1, $2, $3)")
+        .bind(inbound_id)
+        .bind(contact_id)
+        .bind(spend.as_str())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(spend)
+}

@@ -886,3 +886,61 @@ pub async fn awaiting_reply_between(
     .fetch_all(db)
     .await
 }
+
+/// Why a waiting message was put off, for its history.
+#[derive(Debug, Clone)]
+pub struct PutOff {
+    pub id: String,
+    /// `circuit` or `send_rate`: one event per episode of each.
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+/// Records why waiting messages were put off: an event, unless the message's latest event
+/// already says it was put off for the same reason, whose detail (until when) is then brought
+/// up to date instead. A message that is no longer waiting is left alone.
+pub async fn note_put_offs(db: impl PgExecutor<'_>, items: &[PutOff]) -> Result<(), sqlx::Error> {
+    let ids: Vec<&str> = items.iter().map(|p| p.id.as_str()).collect();
+    let kinds: Vec<&str> = items.iter().map(|p| p.kind).collect();
+    let details: Vec<&str> = items.iter().map(|p| p.detail.as_str()).collect();
+    sqlx::query(
+        "WITH v AS (
+            SELECT DISTINCT ON (id) * FROM unnest($1::text[], $2::text[], $3::text[]) AS v(id, kind, detail)
+         ), last AS (
+            SELECT v.id, e.event_id, e.put_off FROM v
+            CROSS JOIN LATERAL (
+                SELECT id AS event_id, put_off FROM message_events
+                WHERE message_id = v.id ORDER BY id DESC LIMIT 1
+            ) e
+         ), updated AS (
+            UPDATE message_events e SET detail = v.detail
+            FROM v JOIN last ON last.id = v.id
+            WHERE e.id = last.event_id AND last.put_off = v.kind
+            RETURNING e.message_id
+         )
+         INSERT INTO message_events (message_id, status, detail, put_off)
+         SELECT m.id, m.status, v.detail, v.kind
+         FROM v JOIN messages m ON m.id = v.id
+         WHERE m.status IN ('scheduled', 'queued', 'retrying')
+           AND NOT EXISTS (SELECT 1 FROM last WHERE last.id = v.id AND last.put_off = v.kind)",
+    )
+    .bind(&ids)
+    .bind(&kinds)
+    .bind(&details)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Adds an event to a message's history without changing its status.
+pub async fn note(db: impl PgExecutor<'_>, id: &str, detail: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO message_events (message_id, status, detail)
+         SELECT id, status, $2 FROM messages WHERE id = $1",
+    )
+    .bind(id)
+    .bind(detail)
+    .execute(db)
+    .await?;
+    Ok(())
+}
