@@ -429,7 +429,55 @@ async fn numbers_failing_forever_go_dead_on_their_own_schedule_while_other_tenan
 }
 
 #[tokio::test]
-async fn when_twilio_is_down_the_circuit_opens_spends_no_attempts_and_all_go_out_once_it_is_back() {
+async fn a_tenant_whose_every_recipient_fails_holds_back_nobody_else() {
+    let twilio = TwilioMock::start().await;
+    let mut config = test_config().await;
+    config.max_attempts = 8;
+    config.circuit = quick_circuits(Duration::from_secs(60));
+    let app = app_with_twilio(config, &twilio).await;
+    let a = app.tenant().await;
+    let b = app.tenant().await;
+    let mut a_ids = vec![];
+    for i in 0..10 {
+        let to = format!("+155544000{i:02}");
+        twilio.always_for(&to, unavailable());
+        let m = app.send_sms(&a, &to, "to a carrier that is down").await;
+        a_ids.push(m["id"].as_str().unwrap().to_owned());
+    }
+    // A's own circuit opens...
+    let put_off = eventually(Duration::from_secs(20), "A is put off", || async {
+        for id in &a_ids {
+            if let Some(e) = put_off_events(&app.message(&a, id).await).pop() {
+                return Some(e);
+            }
+        }
+        None
+    })
+    .await;
+    assert!(
+        put_off.contains("this tenant's twilio circuit"),
+        "{put_off}"
+    );
+    // ...and B's texts go straight out.
+    for i in 0..10 {
+        let m = app
+            .send_sms(&b, &format!("+155545000{i:02}"), "your table is ready")
+            .await;
+        let m = app
+            .wait_for_status(
+                &b,
+                m["id"].as_str().unwrap(),
+                "sent",
+                Duration::from_secs(10),
+            )
+            .await;
+        assert_eq!(m["attempts"], 1, "{m}");
+        assert!(put_off_events(&m).is_empty(), "B was put off: {m}");
+    }
+}
+
+#[tokio::test]
+async fn when_twilio_is_down_the_circuits_open_spend_no_attempts_and_all_go_out_once_it_is_back() {
     let twilio = TwilioMock::start().await;
     let mut config = test_config().await;
     config.max_attempts = 8;
@@ -437,24 +485,24 @@ async fn when_twilio_is_down_the_circuit_opens_spends_no_attempts_and_all_go_out
     config.retry_max = Duration::from_millis(400);
     config.circuit = quick_circuits(Duration::from_millis(1500));
     let app = app_with_twilio(config, &twilio).await;
-    let tenant = app.tenant().await;
+    let busy = [app.tenant().await, app.tenant().await];
+    let quiet = app.tenant().await;
     twilio.otherwise(Some(unavailable()));
 
     let mut ids = vec![];
     for i in 0..12 {
-        let m = app
-            .send_sms(&tenant, &format!("+155542000{i:02}"), "reminder")
-            .await;
-        ids.push(m["id"].as_str().unwrap().to_owned());
+        let tenant = &busy[i % 2];
+        let to = format!("+155542000{i:02}");
+        let m = app.send_sms(tenant, &to, "reminder").await;
+        ids.push((tenant, to, m["id"].as_str().unwrap().to_owned()));
     }
-    // The circuit opens: messages are put off with an event saying why and until when.
+    // The circuits open: messages are put off with an event saying why and until when.
     let put_off = eventually(
         Duration::from_secs(20),
-        "a message is put off by the open circuit",
+        "a message is put off by an open circuit",
         || async {
-            for id in &ids {
-                let m = app.message(&tenant, id).await;
-                if let Some(e) = put_off_events(&m).pop() {
+            for (tenant, _, id) in &ids {
+                if let Some(e) = put_off_events(&app.message(tenant, id).await).pop() {
                     return Some(e);
                 }
             }
@@ -463,26 +511,48 @@ async fn when_twilio_is_down_the_circuit_opens_spends_no_attempts_and_all_go_out
     )
     .await;
     assert!(put_off.contains("twilio circuit is open"), "{put_off}");
+    // Two tenants see Twilio fail and none sees it work: the shared circuit holds back a
+    // quiet tenant's text too, before it spends an attempt.
+    let q = app.send_sms(&quiet, "+15554209999", "hello").await;
+    let q = q["id"].as_str().unwrap().to_owned();
+    let held = eventually(
+        Duration::from_secs(10),
+        "the quiet tenant's text is put off",
+        || async {
+            let m = app.message(&quiet, &q).await;
+            (!put_off_events(&m).is_empty()).then_some(m)
+        },
+    )
+    .await;
+    assert!(
+        put_off_events(&held)[0].contains("failing for several tenants"),
+        "{held}"
+    );
     // While it stays down, calls are few: probes, not every message's every attempt. (This
     // watches for what must not happen over an interval, so it waits that interval out.)
     let calls_while_down = twilio.received().len();
     tokio::time::sleep(Duration::from_secs(4)).await;
     let more = twilio.received().len() - calls_while_down;
-    assert!(more <= 12, "{more} calls in 4 s while the circuit was open");
-    for id in &ids {
-        let m = app.message(&tenant, id).await;
+    assert!(
+        more <= 13,
+        "{more} calls in 4 s while the circuits were open"
+    );
+    for (tenant, _, id) in &ids {
+        let m = app.message(tenant, id).await;
         assert_ne!(m["status"], "dead", "the outage spent its attempts: {m}");
     }
 
     twilio.otherwise(None);
     let back = chrono::Utc::now();
-    for (i, id) in ids.iter().enumerate() {
+    for (tenant, to, id) in ids
+        .iter()
+        .chain([(&quiet, "+15554209999".to_owned(), q)].iter())
+    {
         let m = app
-            .wait_for_status(&tenant, id, "sent", Duration::from_secs(30))
+            .wait_for_status(tenant, id, "sent", Duration::from_secs(30))
             .await;
         assert!(m["attempts"].as_i64().unwrap() < 8, "{m}");
-        let to = format!("+155542000{i:02}");
-        let since_back = twilio.sent_to(&to).iter().filter(|r| r.at >= back).count();
+        let since_back = twilio.sent_to(to).iter().filter(|r| r.at >= back).count();
         assert_eq!(
             since_back, 1,
             "{to} was sent {since_back} times once Twilio was back"

@@ -1,13 +1,19 @@
 //! Circuit breakers that open on an outage, not on one recipient or one tenant.
 //!
-//! A circuit covers what fails together: the SMS provider, the email provider, or one
-//! tenant's webhooks to one origin (scheme, host and port), so a tenant whose receiver is down
-//! stops only its own calls there. It opens on evidence that what it covers is down: within a
-//! sliding window, at least [`BreakerSettings::min_calls`] calls, a share of failures of at
-//! least [`BreakerSettings::failure_rate`], and failures from at least
-//! [`BreakerSettings::min_recipients`] different recipients. One number (or one URL) that fails
-//! forever is never evidence of an outage: its message retries on its own schedule and ends
-//! `dead`, while everyone else's calls go on.
+//! A call to the SMS or email provider goes through two circuits: the provider's, shared by
+//! every tenant, and the tenant's own for that provider. A webhook goes through one: the
+//! tenant's for the target's origin (scheme, host and port). A circuit opens on evidence that
+//! what it covers is down: within a sliding window, at least [`BreakerSettings::min_calls`]
+//! calls, a share of failures of at least [`BreakerSettings::failure_rate`], and failures from
+//! at least [`BreakerSettings::min_recipients`] different recipients. The shared provider
+//! circuit asks for more: failures from at least two tenants, and no tenant whose calls
+//! mostly succeed (a healthy tenant proves the provider is up). So:
+//! - one number (or one URL) that fails forever is never evidence of an outage: its message
+//!   retries on its own schedule and ends `dead`;
+//! - one tenant whose recipients all fail opens only its own circuit, and everyone else's
+//!   calls go on;
+//! - a provider outage opens each busy tenant's circuit, and the shared one as soon as two
+//!   tenants see it, which also holds back the quiet tenants' messages.
 //!
 //! An open circuit puts off the jobs that would call it, without spending their attempts, for
 //! its cool-down; then it is half open and lets a few calls through. One success closes it; as
@@ -70,6 +76,11 @@ const WINDOW_CALLS: usize = 1_000;
 pub enum CircuitKey {
     /// A provider shared by every tenant (`twilio`, `resend`, `log`).
     Provider(&'static str),
+    /// One tenant's calls to a shared provider.
+    Tenant {
+        provider: &'static str,
+        tenant_id: String,
+    },
     /// One tenant's webhooks to one origin (`https://host:port`).
     Webhook { tenant_id: String, origin: String },
 }
@@ -78,16 +89,25 @@ impl CircuitKey {
     /// The provider label for metrics: bounded, whatever the tenants do.
     pub fn provider(&self) -> &'static str {
         match self {
-            CircuitKey::Provider(name) => name,
+            CircuitKey::Provider(name) | CircuitKey::Tenant { provider: name, .. } => name,
             CircuitKey::Webhook { .. } => "webhook",
         }
+    }
+
+    /// Whether calls of several tenants share it.
+    fn shared(&self) -> bool {
+        matches!(self, CircuitKey::Provider(_))
     }
 }
 
 impl std::fmt::Display for CircuitKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CircuitKey::Provider(name) => f.write_str(name),
+            CircuitKey::Provider(name) => write!(f, "{name} (every tenant)"),
+            CircuitKey::Tenant {
+                provider,
+                tenant_id,
+            } => write!(f, "{provider} (tenant {tenant_id})"),
             CircuitKey::Webhook { tenant_id, origin } => {
                 write!(f, "webhook {origin} (tenant {tenant_id})")
             }
@@ -100,6 +120,7 @@ struct Call {
     at: Instant,
     failed: bool,
     recipient: u64,
+    tenant: u64,
 }
 
 #[derive(Debug)]
@@ -121,17 +142,32 @@ struct Circuit {
     calls: VecDeque<Call>,
     /// The cool-down the circuit opens with next; doubles while the outage lasts.
     cooldown: Duration,
+    /// When it last opened (or opened again): names the episode a job was put off in.
+    opened: Instant,
     used: Instant,
 }
 
 impl Circuit {
     fn new(cooldown: Duration) -> Self {
+        let now = Instant::now();
         Self {
             state: State::Closed,
             calls: VecDeque::new(),
             cooldown,
-            used: Instant::now(),
+            opened: now,
+            used: now,
         }
+    }
+
+    /// Opens (or opens again) for the current cool-down, which then doubles.
+    fn open(&mut self, now: Instant, max: Duration) -> Duration {
+        let cooldown = self.cooldown;
+        self.cooldown = (cooldown * 2).min(max);
+        self.state = State::Open {
+            until: now + cooldown,
+        };
+        self.opened = now;
+        cooldown
     }
 
     fn forget_before(&mut self, since: Instant) {
@@ -151,11 +187,16 @@ impl Circuit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
     Yes,
-    /// One of the calls of a half-open circuit; report it with `success`/`failure`, or
+    /// One of the calls of a half-open circuit; report it with `record(.., probe: true)`, or
     /// `release_probe` when no call was made.
     Probe,
-    /// Not now: put the job off for this long.
-    No(Duration),
+    /// Not now: put the job off for `wait`. `episode` names this opening of the circuit
+    /// (it changes each time the circuit opens again), so a job put off many times in one
+    /// episode need be told about only once.
+    No {
+        wait: Duration,
+        episode: Instant,
+    },
 }
 
 /// What one call came to, as far as circuits care.
@@ -213,12 +254,16 @@ impl Breakers {
             return Admit::Yes;
         };
         let limit = self.settings.min_recipients;
+        let episode = circuit.opened;
         match &mut circuit.state {
             State::Closed => Admit::Yes,
             State::Open { until } => {
                 let now = Instant::now();
                 if now < *until {
-                    return Admit::No(*until - now + jitter());
+                    return Admit::No {
+                        wait: *until - now + jitter(),
+                        episode,
+                    };
                 }
                 circuit.state = State::HalfOpen {
                     in_flight: 1,
@@ -230,13 +275,25 @@ impl Breakers {
                 *in_flight += 1;
                 Admit::Probe
             }
-            State::HalfOpen { .. } => Admit::No(Duration::from_millis(500) + jitter()),
+            // The probes decide within a call's time; meanwhile the others wait a little
+            // longer than a fetch would, so a big backlog does not spin.
+            State::HalfOpen { .. } => Admit::No {
+                wait: Duration::from_secs(2) + jitter(),
+                episode,
+            },
         }
     }
 
-    /// Records the result of a call to `recipient` on `key`; `probe` when [`Self::admit`]
-    /// answered [`Admit::Probe`] for it.
-    pub fn record(&self, key: &CircuitKey, recipient: &str, result: CallResult, probe: bool) {
+    /// Records the result of a call by `tenant` to `recipient` on `key`; `probe` when
+    /// [`Self::admit`] answered [`Admit::Probe`] for it.
+    pub fn record(
+        &self,
+        key: &CircuitKey,
+        tenant: &str,
+        recipient: &str,
+        result: CallResult,
+        probe: bool,
+    ) {
         let now = Instant::now();
         let s = self.settings;
         let mut circuits = self.circuits();
@@ -263,6 +320,7 @@ impl Breakers {
             at: now,
             failed,
             recipient,
+            tenant: recipient_hash(tenant),
         });
         if let Some(since) = now.checked_sub(s.window) {
             circuit.forget_before(since);
@@ -286,11 +344,7 @@ impl Breakers {
                 }
                 failures.insert(recipient);
                 if failures.len() as u32 >= s.min_recipients {
-                    let cooldown = circuit.cooldown;
-                    circuit.cooldown = (cooldown * 2).min(s.max_cooldown);
-                    circuit.state = State::Open {
-                        until: now + cooldown,
-                    };
+                    let cooldown = circuit.open(now, s.max_cooldown);
                     warn!(circuit = %key, provider = key.provider(), cooldown_ms = cooldown.as_millis() as u64,
                         "circuit still failing after its cool-down; open again for longer");
                     transition(key.provider(), "reopened");
@@ -298,12 +352,8 @@ impl Breakers {
             }
             State::Open { .. } => {}
             State::Closed => {
-                if failed && outage(&circuit.calls, &s) {
-                    let cooldown = circuit.cooldown;
-                    circuit.cooldown = (cooldown * 2).min(s.max_cooldown);
-                    circuit.state = State::Open {
-                        until: now + cooldown,
-                    };
+                if failed && outage(&circuit.calls, &s, key.shared()) {
+                    let cooldown = circuit.open(now, s.max_cooldown);
                     let failures = circuit.calls.iter().filter(|c| c.failed).count();
                     warn!(circuit = %key, provider = key.provider(), failures, calls = circuit.calls.len(),
                         cooldown_ms = cooldown.as_millis() as u64,
@@ -346,8 +396,9 @@ impl Breakers {
     }
 }
 
-/// Whether the window's calls show an outage rather than a few bad recipients.
-fn outage(calls: &VecDeque<Call>, s: &BreakerSettings) -> bool {
+/// Whether the window's calls show an outage rather than a few bad recipients (and, for a
+/// `shared` circuit, rather than one tenant's bad luck).
+fn outage(calls: &VecDeque<Call>, s: &BreakerSettings, shared: bool) -> bool {
     let total = calls.len() as u32;
     if total < s.min_calls {
         return false;
@@ -361,8 +412,32 @@ fn outage(calls: &VecDeque<Call>, s: &BreakerSettings) -> bool {
         .filter(|c| c.failed)
         .map(|c| c.recipient)
         .collect();
-    recipients.len() as u32 >= s.min_recipients
+    if (recipients.len() as u32) < s.min_recipients {
+        return false;
+    }
+    if !shared {
+        return true;
+    }
+    // Per tenant: (calls, failures).
+    let mut tenants: HashMap<u64, (u32, u32)> = HashMap::new();
+    for c in calls {
+        let t = tenants.entry(c.tenant).or_default();
+        t.0 += 1;
+        t.1 += u32::from(c.failed);
+    }
+    let failing =
+        |(calls, failures): &(u32, u32)| f64::from(*failures) >= s.failure_rate * f64::from(*calls);
+    let failing_tenants = tenants.values().filter(|t| failing(t)).count();
+    let healthy_tenants = tenants
+        .values()
+        .filter(|t| t.0 >= HEALTHY_CALLS && !failing(t))
+        .count();
+    failing_tenants >= 2 && healthy_tenants == 0
 }
+
+/// A tenant with at least this many calls in the window, most of them answered, shows that a
+/// shared provider is up.
+const HEALTHY_CALLS: u32 = 3;
 
 /// Makes room for one more circuit: drops every idle one, else the least recently used.
 fn evict(circuits: &mut HashMap<CircuitKey, Circuit>, window: Duration) {
@@ -411,61 +486,122 @@ mod tests {
 
     const TWILIO: CircuitKey = CircuitKey::Provider("twilio");
 
+    fn tenant(id: &str) -> CircuitKey {
+        CircuitKey::Tenant {
+            provider: "twilio",
+            tenant_id: id.to_owned(),
+        }
+    }
+
     fn fail(b: &Breakers, key: &CircuitKey, to: &str) {
-        b.record(key, to, CallResult::Failed, false);
+        b.record(key, "ten_a", to, CallResult::Failed, false);
+    }
+
+    fn is_no(a: Admit) -> bool {
+        matches!(a, Admit::No { .. })
     }
 
     #[test]
     fn one_recipient_failing_forever_never_opens_the_circuit() {
         let b = Breakers::new(settings());
+        let a = tenant("ten_a");
         for _ in 0..100 {
-            fail(&b, &TWILIO, "+15550000001");
+            fail(&b, &a, "+15550000001");
         }
-        assert_eq!(b.state(&TWILIO), "closed");
+        assert_eq!(b.state(&a), "closed");
         // Two bad numbers are not an outage either.
         for _ in 0..100 {
-            fail(&b, &TWILIO, "+15550000002");
+            fail(&b, &a, "+15550000002");
         }
-        assert_eq!(b.state(&TWILIO), "closed");
-        assert_eq!(b.admit(&TWILIO), Admit::Yes);
+        assert_eq!(b.state(&a), "closed");
+        assert_eq!(b.admit(&a), Admit::Yes);
     }
 
     #[test]
     fn failures_from_several_recipients_open_it_and_a_success_closes_it() {
         let b = Breakers::new(settings());
-        fail(&b, &TWILIO, "+1");
-        fail(&b, &TWILIO, "+2");
-        fail(&b, &TWILIO, "+3");
-        assert_eq!(b.state(&TWILIO), "closed", "fewer calls than the minimum");
-        fail(&b, &TWILIO, "+4");
-        assert_eq!(b.state(&TWILIO), "open");
-        assert!(matches!(b.admit(&TWILIO), Admit::No(_)));
-        let resend = CircuitKey::Provider("resend");
-        assert_eq!(b.admit(&resend), Admit::Yes, "circuits are per provider");
+        let a = tenant("ten_a");
+        fail(&b, &a, "+1");
+        fail(&b, &a, "+2");
+        fail(&b, &a, "+3");
+        assert_eq!(b.state(&a), "closed", "fewer calls than the minimum");
+        fail(&b, &a, "+4");
+        assert_eq!(b.state(&a), "open");
+        assert!(is_no(b.admit(&a)));
+        assert_eq!(
+            b.admit(&tenant("ten_b")),
+            Admit::Yes,
+            "circuits are per tenant"
+        );
 
         std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(b.admit(&TWILIO), Admit::Probe);
-        assert_eq!(b.admit(&TWILIO), Admit::Probe, "a few probes at once");
-        assert_eq!(b.admit(&TWILIO), Admit::Probe);
-        assert!(matches!(b.admit(&TWILIO), Admit::No(_)), "but no more");
-        b.record(&TWILIO, "+9", CallResult::Up, true);
-        assert_eq!(b.state(&TWILIO), "closed");
-        assert_eq!(b.admit(&TWILIO), Admit::Yes);
+        assert_eq!(b.admit(&a), Admit::Probe);
+        assert_eq!(b.admit(&a), Admit::Probe, "a few probes at once");
+        assert_eq!(b.admit(&a), Admit::Probe);
+        assert!(is_no(b.admit(&a)), "but no more");
+        b.record(&a, "ten_a", "+9", CallResult::Up, true);
+        assert_eq!(b.state(&a), "closed");
+        assert_eq!(b.admit(&a), Admit::Yes);
     }
 
     #[test]
     fn a_healthy_majority_keeps_it_closed() {
         let b = Breakers::new(settings());
+        let a = tenant("ten_a");
         for i in 0..10 {
-            fail(&b, &TWILIO, &format!("+{i}"));
-            b.record(&TWILIO, "+100", CallResult::Up, false);
-            b.record(&TWILIO, "+101", CallResult::Up, false);
+            fail(&b, &a, &format!("+{i}"));
+            b.record(&a, "ten_a", "+100", CallResult::Up, false);
+            b.record(&a, "ten_a", "+101", CallResult::Up, false);
+        }
+        assert_eq!(b.state(&a), "closed", "a third failing is not an outage");
+    }
+
+    #[test]
+    fn the_shared_circuit_opens_only_when_several_tenants_fail_and_none_succeeds() {
+        let b = Breakers::new(settings());
+        // One tenant whose every recipient fails: its own business.
+        for i in 0..20 {
+            b.record(
+                &TWILIO,
+                "ten_a",
+                &format!("+1{i}"),
+                CallResult::Failed,
+                false,
+            );
+        }
+        assert_eq!(b.state(&TWILIO), "closed");
+        // A second failing tenant, while a third succeeds: the provider is up.
+        for i in 0..5 {
+            b.record(&TWILIO, "ten_c", &format!("+3{i}"), CallResult::Up, false);
+        }
+        for i in 0..20 {
+            b.record(
+                &TWILIO,
+                "ten_b",
+                &format!("+2{i}"),
+                CallResult::Failed,
+                false,
+            );
         }
         assert_eq!(
             b.state(&TWILIO),
             "closed",
-            "a third failing is not an outage"
+            "a healthy tenant proves it is up"
         );
+
+        let b = Breakers::new(settings());
+        for i in 0..3 {
+            b.record(
+                &TWILIO,
+                "ten_a",
+                &format!("+1{i}"),
+                CallResult::Failed,
+                false,
+            );
+        }
+        assert_eq!(b.state(&TWILIO), "closed");
+        b.record(&TWILIO, "ten_b", "+20", CallResult::Failed, false);
+        assert_eq!(b.state(&TWILIO), "open", "two tenants see it fail");
     }
 
     #[test]
@@ -475,26 +611,33 @@ mod tests {
             max_cooldown: Duration::from_secs(1),
             ..settings()
         });
+        let a = tenant("ten_a");
         for i in 0..4 {
-            fail(&b, &TWILIO, &format!("+{i}"));
+            fail(&b, &a, &format!("+{i}"));
         }
+        let Admit::No { episode: first, .. } = b.admit(&a) else {
+            panic!("open")
+        };
         std::thread::sleep(Duration::from_millis(250));
         for i in 0..3 {
-            assert_eq!(b.admit(&TWILIO), Admit::Probe);
-            b.record(&TWILIO, &format!("+{i}"), CallResult::Failed, true);
+            assert_eq!(b.admit(&a), Admit::Probe);
+            b.record(&a, "ten_a", &format!("+{i}"), CallResult::Failed, true);
         }
-        assert_eq!(b.state(&TWILIO), "open");
+        assert_eq!(b.state(&a), "open");
+        let Admit::No {
+            episode: second, ..
+        } = b.admit(&a)
+        else {
+            panic!("open again")
+        };
+        assert_ne!(first, second, "opening again is a new episode");
         // Open again, for 400 ms this time.
         std::thread::sleep(Duration::from_millis(250));
-        assert_eq!(b.state(&TWILIO), "open", "the second cool-down is longer");
+        assert_eq!(b.state(&a), "open", "the second cool-down is longer");
         std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(b.admit(&TWILIO), Admit::Probe);
-        b.release_probe(&TWILIO);
-        assert_eq!(
-            b.admit(&TWILIO),
-            Admit::Probe,
-            "a released probe frees its slot"
-        );
+        assert_eq!(b.admit(&a), Admit::Probe);
+        b.release_probe(&a);
+        assert_eq!(b.admit(&a), Admit::Probe, "a released probe frees its slot");
     }
 
     #[test]
@@ -528,7 +671,7 @@ mod tests {
         assert!(b.len() <= 4, "{} circuits", b.len());
         // Healthy calls remember nothing.
         let b = Breakers::new(settings());
-        b.record(&TWILIO, "+1", CallResult::Up, false);
+        b.record(&TWILIO, "ten_a", "+1", CallResult::Up, false);
         assert!(b.is_empty());
     }
 }

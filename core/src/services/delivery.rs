@@ -3,8 +3,8 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
-    time::Duration,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
 };
 
 use backon::{ExponentialBuilder, Retryable};
@@ -45,6 +45,8 @@ const BATCH: usize = 256;
 const PUT_OFF_EVENT_AFTER: Duration = Duration::from_secs(1);
 /// The most bytes of an event's detail built around outside text.
 const MAX_DETAIL: usize = 2 * crate::domain::MAX_ERROR_TEXT;
+/// The most put-off messages remembered (see `Deliverer::told`).
+const MAX_TOLD: usize = 100_000;
 
 /// Everything a delivery needs, built once per worker process.
 pub struct Deliverer {
@@ -64,6 +66,9 @@ pub struct Deliverer {
     claims: Batcher<(String, i32), Option<Claimed>>,
     outcomes: Batcher<Outcome, bool>,
     put_offs: Batcher<PutOff, ()>,
+    /// The circuit episode each put-off message was last told about, so a backlog put off
+    /// again and again by one outage writes its events once per opening, not per deferral.
+    told: Mutex<HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -159,20 +164,49 @@ impl Deliverer {
             claims,
             outcomes,
             put_offs,
+            told: Mutex::default(),
         }
     }
 
-    /// The circuit a message's provider call belongs to: the SMS or email provider, or the
-    /// tenant's webhooks to the target's origin.
-    pub fn circuit(&self, channel: Channel, tenant_id: &str, origin: Option<&str>) -> CircuitKey {
+    /// The circuits a message's provider call goes through: the SMS or email provider's
+    /// (shared) and the tenant's own for it, or the tenant's for the webhook's origin.
+    pub fn circuits(
+        &self,
+        channel: Channel,
+        tenant_id: &str,
+        origin: Option<&str>,
+    ) -> Vec<CircuitKey> {
+        let provider = |name: &'static str| {
+            vec![
+                CircuitKey::Provider(name),
+                CircuitKey::Tenant {
+                    provider: name,
+                    tenant_id: tenant_id.to_owned(),
+                },
+            ]
+        };
         match channel {
-            Channel::Sms => CircuitKey::Provider(self.sms.name()),
-            Channel::Email => CircuitKey::Provider(self.email.name()),
-            Channel::Webhook => CircuitKey::Webhook {
+            Channel::Sms => provider(self.sms.name()),
+            Channel::Email => provider(self.email.name()),
+            Channel::Webhook => vec![CircuitKey::Webhook {
                 tenant_id: tenant_id.to_owned(),
                 origin: origin.unwrap_or_default().to_owned(),
-            },
+            }],
         }
+    }
+
+    /// Whether `message_id` was already told it is put off in this episode of a circuit, and
+    /// remembers that it now has been.
+    fn told(&self, message_id: &str, episode: Instant) -> bool {
+        let mut told = self.told.lock().unwrap_or_else(PoisonError::into_inner);
+        if told.get(message_id) == Some(&episode) {
+            return true;
+        }
+        if told.len() >= MAX_TOLD {
+            told.clear();
+        }
+        told.insert(message_id.to_owned(), episode);
+        false
     }
 
     fn provider(&self, channel: Channel) -> &dyn Provider {
@@ -198,21 +232,15 @@ fn db_error(e: impl std::borrow::Borrow<sqlx::Error>) -> JobError {
     }
 }
 
-/// Releases a half-open circuit's probe slot unless the probe made its call.
+/// Releases half-open circuits' probe slots unless the probe made its call.
 struct ProbeGuard<'a> {
     breakers: &'a Breakers,
-    circuit: Option<CircuitKey>,
-}
-
-impl ProbeGuard<'_> {
-    fn done(&mut self) {
-        self.circuit = None;
-    }
+    circuits: Vec<CircuitKey>,
 }
 
 impl Drop for ProbeGuard<'_> {
     fn drop(&mut self) {
-        if let Some(c) = &self.circuit {
+        for c in &self.circuits {
             self.breakers.release_probe(c);
         }
     }
@@ -232,7 +260,7 @@ fn defer(reason: String, wait: Duration) -> JobError {
 pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result<(), JobError> {
     let mut probe = ProbeGuard {
         breakers: &d.breakers,
-        circuit: None,
+        circuits: Vec::new(),
     };
     admit(d, job, &mut probe).await?;
 
@@ -284,21 +312,26 @@ async fn admit<'a>(
         return Ok(());
     };
     let tenant = job.tenant_id.as_deref().unwrap_or_default();
-    let circuit = d.circuit(channel, tenant, job.host.as_deref());
-    match d.breakers.admit(&circuit) {
-        Admit::No(wait) => {
-            let why = match &circuit {
-                CircuitKey::Provider(name) => format!(
-                    "the {name} circuit is open: calls to {name} for several recipients are failing"
-                ),
-                CircuitKey::Webhook { origin, .. } => format!(
-                    "the circuit for this tenant's webhooks to {origin} is open: its calls there are failing"
-                ),
-            };
-            return Err(put_off(d, &job.message_id, "circuit", why, wait).await);
+    for circuit in d.circuits(channel, tenant, job.host.as_deref()) {
+        match d.breakers.admit(&circuit) {
+            Admit::No { wait, episode } => {
+                let why = match &circuit {
+                    CircuitKey::Provider(name) => format!(
+                        "the {name} circuit is open: calls to {name} are failing for several tenants"
+                    ),
+                    CircuitKey::Tenant { provider, .. } => format!(
+                        "this tenant's {provider} circuit is open: its calls to several recipients are failing"
+                    ),
+                    CircuitKey::Webhook { origin, .. } => format!(
+                        "the circuit for this tenant's webhooks to {origin} is open: its calls there are failing"
+                    ),
+                };
+                let note = !d.told(&job.message_id, episode);
+                return Err(put_off(d, &job.message_id, "circuit", why, wait, note).await);
+            }
+            Admit::Probe => probe.circuits.push(circuit),
+            Admit::Yes => {}
         }
-        Admit::Probe => probe.circuit = Some(circuit),
-        Admit::Yes => {}
     }
     let (Some(limiter), Some(tenant)) = (&d.limiter, &job.tenant_id) else {
         return Ok(());
@@ -310,7 +343,8 @@ async fn admit<'a>(
         Ok(None) => Ok(()),
         Ok(Some(wait)) => {
             let why = format!("the tenant's send rate of {}/s is reached", d.send_rate);
-            Err(put_off(d, &job.message_id, "send_rate", why, wait).await)
+            let note = wait >= PUT_OFF_EVENT_AFTER;
+            Err(put_off(d, &job.message_id, "send_rate", why, wait, note).await)
         }
         // The limit protects providers; an unreachable Redis must not stop sending.
         Err(e) => {
@@ -320,17 +354,18 @@ async fn admit<'a>(
     }
 }
 
-/// Puts a job off for `wait` without spending an attempt; a long wait leaves one event on the
-/// message saying why and until when (kept current while it lasts), so it never looks stuck.
+/// Puts a job off for `wait` without spending an attempt; with `note`, the message gets one
+/// event saying why and until when (kept current while it lasts), so it never looks stuck.
 async fn put_off(
     d: &Deliverer,
     message_id: &str,
     kind: &'static str,
     why: String,
     wait: Duration,
+    note: bool,
 ) -> JobError {
     let until = Utc::now() + chrono::Duration::milliseconds(wait.as_millis() as i64);
-    if wait >= PUT_OFF_EVENT_AFTER {
+    if note {
         let detail = format!(
             "put off until {}: {why}",
             until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -374,7 +409,7 @@ async fn call(
         Channel::Webhook => webhook_origin(&m.to_addr),
         _ => None,
     };
-    let circuit = d.circuit(channel, &m.tenant_id, origin.as_deref());
+    let circuits = d.circuits(channel, &m.tenant_id, origin.as_deref());
     let started = std::time::Instant::now();
     let outcome = provider.send(&outbound).await;
     let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -388,11 +423,14 @@ async fn call(
         SendOutcome::Accepted { .. } => (CallResult::Up, "accepted"),
         SendOutcome::Rejected { .. } => (CallResult::Up, "rejected"),
     };
-    let probed = probe.circuit.as_ref() == Some(&circuit);
-    d.breakers.record(&circuit, &m.to_addr, result, probed);
-    if probed {
-        probe.done();
+    for circuit in &circuits {
+        let probed = probe.circuits.contains(circuit);
+        d.breakers
+            .record(circuit, &m.tenant_id, &m.to_addr, result, probed);
     }
+    // Probes of circuits this call did not go through (its job named another origin) are
+    // released by the guard.
+    probe.circuits.retain(|c| !circuits.contains(c));
     ::metrics::counter!("herald_provider_calls_total", "provider" => provider.name(), "outcome" => label)
         .increment(1);
     ::metrics::histogram!("herald_provider_call_duration_seconds", "provider" => provider.name())
