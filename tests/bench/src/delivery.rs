@@ -90,7 +90,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn base_env(pg: &str, redis: &str, prefix: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn base_env(pg: &str, redis: &str, prefix: &str) -> Vec<(&'static str, String)> {
     vec![
         ("HERALD_DATABASE_URL", pg.to_owned()),
         ("HERALD_REDIS_URL", redis.to_owned()),

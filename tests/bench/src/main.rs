@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run --release -p herald-bench            # everything, about two minutes
 //! cargo run --release -p herald-bench -- --jobs 20000   # a smaller backlog
+//! cargo run --release -p herald-bench -- --only neighbour  # tenant B beside a failing tenant A
 //! ```
 //!
 //! It starts its own `redis-server` on a free loopback port (AOF on, fsync every second, as in
@@ -13,6 +14,7 @@
 
 mod delivery;
 mod fanout;
+mod neighbour;
 mod servers;
 mod worker;
 
@@ -244,6 +246,11 @@ async fn bench(flags: HashMap<String, String>) -> anyhow::Result<()> {
         let messages: usize = flag(&flags, "messages", 50_000);
         let requests: usize = flag(&flags, "requests", 50_000);
         delivery::run(&mut figures, messages, requests).await?;
+    }
+    if only == "all" || only == "neighbour" {
+        let messages: usize = flag(&flags, "messages", 20_000);
+        let paced: usize = flag(&flags, "paced", 5_000);
+        neighbour::run(&mut figures, messages, paced).await?;
     }
     println!();
     println!("| figure | measured | target | floor |");
