@@ -140,10 +140,22 @@ pub struct Tenant {
 pub struct Ops;
 
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let header = parts
+    let mut headers = parts
         .headers
-        .get(axum::http::header::AUTHORIZATION)
+        .get_all(axum::http::header::AUTHORIZATION)
+        .iter();
+    let header = headers
+        .next()
         .ok_or_else(|| ApiError::unauthorized("missing `Authorization: Bearer <key>` header"))?;
+    if headers.next().is_some() {
+        // Which one would count is anyone's guess (a proxy may pick another): refuse both.
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_header",
+            "send one Authorization header, not several",
+        )
+        .field("Authorization"));
+    }
     let value = header
         .to_str()
         .map_err(|_| ApiError::unauthorized("the Authorization header is not readable"))?;
@@ -156,14 +168,12 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     Ok(token)
 }
 
-use herald_core::domain::constant_time_eq;
-
 fn is_ops_token(state: &AppState, token: &str) -> bool {
     state
         .config
         .ops_token
         .as_ref()
-        .is_some_and(|ops| constant_time_eq(ops.expose().as_bytes(), token.as_bytes()))
+        .is_some_and(|ops| herald_core::domain::secrets_match(ops.expose(), token))
 }
 
 impl FromRequestParts<AppState> for Tenant {

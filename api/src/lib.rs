@@ -39,6 +39,9 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     herald_core::install_crypto();
+    // Before anything is counted: a recorder installed at the first scrape would lose
+    // everything counted until then.
+    herald_core::metrics::install();
     let db = db::pool(config.database_url.expose(), config.database_pool_size)
         .context("HERALD_DATABASE_URL")?;
     migrate_with_retry(&db, Duration::from_secs(60)).await?;

@@ -1,9 +1,12 @@
 //! `/ops`: the dashboard for ops people. Server-rendered HTML, no JavaScript, no build step.
 //!
-//! Logging in with the ops token sets an HttpOnly, SameSite=Strict session cookie: a signed
-//! expiry (HMAC-SHA256 keyed by the ops token), so every API process accepts it and changing
-//! the ops token logs everyone out. Every action is a POST carrying a CSRF token derived from
-//! the session; a bulk replay shows what it will do and asks for confirmation first.
+//! Logging in with the ops token starts a session kept in Postgres: the HttpOnly,
+//! SameSite=Strict cookie carries a random id of which only the hash is stored, so every API
+//! process knows it, logging out ends it everywhere at once (a copied cookie stops working),
+//! and changing the ops token ends every session. Every action is a POST carrying the
+//! session's CSRF token; a bulk replay shows what it will do and asks for confirmation first.
+//! Every answer under `/ops` forbids scripts, framing, sniffing and caching; notices are the
+//! dashboard's own, by code; a database that does not answer is a 503 page, never its error.
 
 use std::collections::HashMap;
 
@@ -24,8 +27,7 @@ use herald_core::{
         messages,
     },
 };
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use crate::{auth::ClientIp, state::AppState, views::time};
 
@@ -34,6 +36,12 @@ const COOKIE: &str = "herald_ops";
 const SESSION_HOURS: i64 = 12;
 
 pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/assets/ops.css", get(stylesheet))
+        .merge(pages())
+}
+
+fn pages() -> Router<AppState> {
     Router::new()
         .route("/ops", get(queues_page))
         .route("/ops/login", get(login_page).post(login))
@@ -44,34 +52,52 @@ pub fn router() -> Router<AppState> {
         .route("/ops/dead-letters/{id}/replay", post(replay_one))
         .route("/ops/dead-letters/{id}/delete", post(delete_one))
         .route("/ops/messages", get(message_page))
+        .layer(axum::middleware::from_fn(security_headers))
 }
 
 // ----- sessions and CSRF --------------------------------------------------------------------
 
-fn mac(state: &AppState, purpose: &str, data: &str) -> Option<String> {
-    let key = state.config.ops_token.as_ref()?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()).ok()?;
-    mac.update(purpose.as_bytes());
-    mac.update(b"|");
-    mac.update(data.as_bytes());
-    Some(URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+/// A logged-in caller.
+struct Session {
+    /// The hash of the cookie's id, as stored.
+    id_hash: Vec<u8>,
+    csrf: String,
 }
 
-fn new_session(state: &AppState) -> Option<String> {
-    let expires = (Utc::now() + chrono::Duration::hours(SESSION_HOURS)).timestamp();
-    let nonce: [u8; 16] = rand_bytes();
-    let body = format!("{expires}.{}", URL_SAFE_NO_PAD.encode(nonce));
-    Some(format!("{body}.{}", mac(state, "session", &body)?))
+fn random_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn rand_bytes() -> [u8; 16] {
-    // Uniqueness, not secrecy: the HMAC is what makes a session unforgeable.
-    let id = herald_core::domain::new_id("s");
-    let mut out = [0u8; 16];
-    for (i, b) in id.bytes().rev().take(16).enumerate() {
-        out[i] = b;
-    }
-    out
+fn sha256(data: &str) -> Vec<u8> {
+    Sha256::digest(data.as_bytes()).to_vec()
+}
+
+/// The fingerprint of the ops token a session was started with: a new token ends it.
+fn token_hash(state: &AppState) -> Option<Vec<u8>> {
+    state.config.ops_token.as_ref().map(|t| sha256(t.expose()))
+}
+
+/// Starts a session; returns the cookie's value.
+async fn new_session(state: &AppState) -> Result<Option<String>, sqlx::Error> {
+    let Some(token_hash) = token_hash(state) else {
+        return Ok(None);
+    };
+    let id = random_token();
+    sqlx::query("DELETE FROM ops_sessions WHERE expires_at < now()")
+        .execute(&state.db)
+        .await?;
+    sqlx::query(
+        "INSERT INTO ops_sessions (id_hash, csrf, token_hash, expires_at)
+         VALUES ($1, $2, $3, now() + make_interval(hours => $4))",
+    )
+    .bind(sha256(&id))
+    .bind(random_token())
+    .bind(token_hash)
+    .bind(SESSION_HOURS as i32)
+    .execute(&state.db)
+    .await?;
+    Ok(Some(id))
 }
 
 fn cookie_value(headers: &HeaderMap) -> Option<String> {
@@ -85,27 +111,30 @@ fn cookie_value(headers: &HeaderMap) -> Option<String> {
         .map(|(_, value)| value.to_owned())
 }
 
-/// The caller's valid session, if any.
-fn session(state: &AppState, headers: &HeaderMap) -> Option<String> {
-    let value = cookie_value(headers)?;
-    let (body, sig) = value.rsplit_once('.')?;
-    let expected = mac(state, "session", body)?;
-    if !constant_time_eq(expected.as_bytes(), sig.as_bytes()) {
-        return None;
+/// The caller's live session, if any; a database that does not answer is a 503 page.
+#[allow(clippy::result_large_err)] // the page is the rare path, and answered at once
+async fn session(state: &AppState, headers: &HeaderMap) -> Result<Option<Session>, Response> {
+    let (Some(value), Some(token_hash)) = (cookie_value(headers), token_hash(state)) else {
+        return Ok(None);
+    };
+    if value.len() > 128 {
+        return Ok(None);
     }
-    let expires: i64 = body.split('.').next()?.parse().ok()?;
-    (expires > Utc::now().timestamp()).then_some(value)
+    let id_hash = sha256(&value);
+    let csrf: Option<String> = sqlx::query_scalar(
+        "SELECT csrf FROM ops_sessions WHERE id_hash = $1 AND token_hash = $2 AND expires_at > now()",
+    )
+    .bind(&id_hash)
+    .bind(token_hash)
+    .fetch_optional(&state.db)
+    .await
+    .map_err(unavailable)?;
+    Ok(csrf.map(|csrf| Session { id_hash, csrf }))
 }
 
-fn csrf(state: &AppState, session: &str) -> String {
-    mac(state, "csrf", session).unwrap_or_default()
-}
-
-fn csrf_ok(state: &AppState, session: &str, form: &HashMap<String, String>) -> bool {
-    let expected = csrf(state, session);
-    form.get("csrf").is_some_and(|given| {
-        !expected.is_empty() && constant_time_eq(expected.as_bytes(), given.as_bytes())
-    })
+fn csrf_ok(session: &Session, form: &HashMap<String, String>) -> bool {
+    form.get("csrf")
+        .is_some_and(|given| constant_time_eq(session.csrf.as_bytes(), given.as_bytes()))
 }
 
 fn to_login() -> Response {
@@ -124,22 +153,81 @@ fn refused(why: &str) -> Response {
         .into_response()
 }
 
+/// The page for a database (or Redis) that did not answer: what happened in plain words,
+/// never the driver's text, which is logged.
+fn unavailable(e: impl std::fmt::Display) -> Response {
+    tracing::warn!(error = %e, "the dashboard could not reach the database");
+    let mut response = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        page(
+            "Unavailable",
+            None,
+            "<h1>The database is not answering</h1><p>Herald's dashboard cannot reach Postgres right now. Messages already accepted are safe; try again in a few seconds.</p>",
+        ),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    response
+}
+
 /// Runs an action only for a logged-in caller with a valid CSRF token.
 #[allow(clippy::result_large_err)] // a refusal is the rare path, and answered at once
-fn guard(
+async fn guard(
     state: &AppState,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
-) -> Result<String, Response> {
-    let Some(s) = session(state, headers) else {
+) -> Result<Session, Response> {
+    let Some(s) = session(state, headers).await? else {
         return Err(refused("You are not logged in."));
     };
-    if !csrf_ok(state, &s, form) {
+    if !csrf_ok(&s, form) {
         return Err(refused(
             "This form is stale or did not come from this dashboard (invalid CSRF token). Go back, reload and try again.",
         ));
     }
     Ok(s)
+}
+
+/// Every answer under `/ops`: no script may run (not even inline), no page may frame it, no
+/// type is guessed, nothing is cached.
+pub async fn security_headers(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = next.run(req).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+/// The dashboard's stylesheet, outside `/ops` so browsers may cache it.
+async fn stylesheet() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        STYLE,
+    )
+        .into_response()
 }
 
 // ----- HTML -----------------------------------------------------------------------------------
@@ -207,18 +295,18 @@ button.danger { background:var(--bad); border-color:var(--bad); }
 .actions { display:flex; gap:10px; margin:14px 0; }
 ";
 
-fn page(title: &str, session: Option<(&AppState, &str)>, body: &str) -> Html<String> {
+fn page(title: &str, session: Option<&Session>, body: &str) -> Html<String> {
     let nav = match session {
-        Some((state, s)) => format!(
+        Some(s) => format!(
             "<nav><a href=\"/ops\">Queues</a><a href=\"/ops/dead-letters\">Dead letters</a><a href=\"/ops/messages\">Messages</a></nav>\
              <form method=\"post\" action=\"/ops/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button class=\"secondary\" type=\"submit\">Log out</button></form>",
-            esc(&csrf(state, s))
+            esc(&s.csrf)
         ),
         None => String::new(),
     };
     Html(format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{} · Herald ops</title><style>{STYLE}</style></head>\
+         <title>{} · Herald ops</title><link rel=\"stylesheet\" href=\"/assets/ops.css\"></head>\
          <body><header><span class=\"brand\">Herald ops</span>{nav}</header><main>{body}</main></body></html>",
         esc(title)
     ))
@@ -240,7 +328,7 @@ fn status_badge(status: &str) -> String {
 // ----- login ------------------------------------------------------------------------------------
 
 async fn login_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if session(&state, &headers).is_some() {
+    if let Ok(Some(_)) = session(&state, &headers).await {
         return Redirect::to("/ops").into_response();
     }
     login_form(None).into_response()
@@ -301,7 +389,7 @@ async fn login(
             .into_response();
     };
     let given = form.get("token").map(|t| t.trim()).unwrap_or_default();
-    if !constant_time_eq(ops.expose().as_bytes(), given.as_bytes()) {
+    if !herald_core::domain::secrets_match(ops.expose(), given) {
         tracing::warn!(client_ip = %who, "failed dashboard login");
         if let Ok(Some(wait)) = state.limiter.login_failed(&who).await {
             return login_locked(wait);
@@ -315,12 +403,16 @@ async fn login(
     if let Err(e) = state.limiter.login_succeeded(&who).await {
         tracing::debug!(error = %e, "could not clear failed logins");
     }
-    let Some(value) = new_session(&state) else {
-        return (
-            StatusCode::FORBIDDEN,
-            login_form(Some("The dashboard is disabled.")),
-        )
-            .into_response();
+    let value = match new_session(&state).await {
+        Ok(Some(value)) => value,
+        Ok(None) => {
+            return (
+                StatusCode::FORBIDDEN,
+                login_form(Some("The dashboard is disabled.")),
+            )
+                .into_response();
+        }
+        Err(e) => return unavailable(e),
     };
     let secure = if state.config.public_url.starts_with("https://") {
         "; Secure"
@@ -343,8 +435,17 @@ async fn logout(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = guard(&state, &headers, &form) {
-        return r;
+    let s = match guard(&state, &headers, &form).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    // The session ends here for every copy of its cookie.
+    if let Err(e) = sqlx::query("DELETE FROM ops_sessions WHERE id_hash = $1")
+        .bind(&s.id_hash)
+        .execute(&state.db)
+        .await
+    {
+        return unavailable(e);
     }
     let mut response = Redirect::to("/ops/login").into_response();
     response.headers_mut().insert(
@@ -357,8 +458,10 @@ async fn logout(
 // ----- pages ------------------------------------------------------------------------------------
 
 async fn queues_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let Some(s) = session(&state, &headers) else {
-        return to_login();
+    let s = match session(&state, &headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return to_login(),
+        Err(page) => return page,
     };
     let mut rows = String::new();
     for q in [&state.queue, &state.replies] {
@@ -367,11 +470,13 @@ async fn queues_page(State(state): State<AppState>, headers: HeaderMap) -> Respo
                 "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
                 esc(&st.name), st.pending, st.scheduled, st.running, st.dead, st.completed_last_minute, st.failed_last_minute
             )),
-            Err(e) => rows.push_str(&format!(
-                "<tr><td><code>{}</code></td><td colspan=\"6\" class=\"error\">Redis did not answer: {}</td></tr>",
-                esc(q.name()),
-                esc(&e.to_string())
-            )),
+            Err(e) => {
+                tracing::warn!(queue = q.name(), error = %e, "the dashboard could not read queue counts");
+                rows.push_str(&format!(
+                    "<tr><td><code>{}</code></td><td colspan=\"6\" class=\"error\">Redis is not answering; the counts are unknown right now.</td></tr>",
+                    esc(q.name())
+                ))
+            }
         }
     }
     let unreplayed = dead_letters::list(
@@ -395,7 +500,7 @@ async fn queues_page(State(state): State<AppState>, headers: HeaderMap) -> Respo
         "<h1>Queues</h1><table id=\"queues\"><thead><tr><th>Queue</th><th>Pending</th><th>Scheduled</th><th>Running</th><th>Dead</th><th>Completed / min</th><th>Failed / min</th></tr></thead><tbody>{rows}</tbody></table>\
          <h2>Dead letters</h2><p><a href=\"/ops/dead-letters\">{more} waiting for a decision</a> (replay or delete).</p>"
     );
-    page("Queues", Some((&state, &s)), &body).into_response()
+    page("Queues", Some(&s), &body).into_response()
 }
 
 fn filter_from(q: &HashMap<String, String>) -> (DeadLetterFilter, String) {
@@ -454,15 +559,17 @@ async fn dead_letters_page(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(s) = session(&state, &headers) else {
-        return to_login();
+    let s = match session(&state, &headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return to_login(),
+        Err(page) => return page,
     };
     let (filter, description) = filter_from(&q);
     let rows = match dead_letters::list(&state.db, &filter, q.get("cursor").map(String::as_str), 50)
         .await
     {
         Ok(rows) => rows,
-        Err(e) => return refused(&format!("The database did not answer: {e}")),
+        Err(e) => return unavailable(e),
     };
     let more = rows.len() > 50;
     let mut table = String::new();
@@ -516,10 +623,7 @@ async fn dead_letters_page(
     } else {
         format!("those matching {description}")
     };
-    let notice = q
-        .get("notice")
-        .map(|n| format!("<div class=\"notice\" id=\"notice\">{}</div>", esc(n)))
-        .unwrap_or_default();
+    let notice = notice_html(&q);
     let body = format!(
         "<h1>Dead letters</h1>{notice}\
          <form class=\"filters\" method=\"get\" action=\"/ops/dead-letters\">\
@@ -543,11 +647,11 @@ async fn dead_letters_page(
             ""
         },
         hidden = hidden_filter(&q),
-        csrf = esc(&csrf(&state, &s)),
+        csrf = esc(&s.csrf),
         scope = esc(&scope),
         notice = notice,
     );
-    page("Dead letters", Some((&state, &s)), &body).into_response()
+    page("Dead letters", Some(&s), &body).into_response()
 }
 
 async fn dead_letter_page(
@@ -556,28 +660,23 @@ async fn dead_letter_page(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(s) = session(&state, &headers) else {
-        return to_login();
+    let s = match session(&state, &headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return to_login(),
+        Err(page) => return page,
     };
     let d = match dead_letters::get(&state.db, &id, None).await {
         Ok(Some(d)) => d,
         Ok(None) => {
             return (
                 StatusCode::NOT_FOUND,
-                page(
-                    "Not found",
-                    Some((&state, &s)),
-                    "<p>No such dead letter.</p>",
-                ),
+                page("Not found", Some(&s), "<p>No such dead letter.</p>"),
             )
                 .into_response();
         }
-        Err(e) => return refused(&format!("The database did not answer: {e}")),
+        Err(e) => return unavailable(e),
     };
-    let notice = q
-        .get("notice")
-        .map(|n| format!("<div class=\"notice\">{}</div>", esc(n)))
-        .unwrap_or_default();
+    let notice = notice_html(&q);
     let errors: String = d
         .errors
         .as_array()
@@ -604,7 +703,7 @@ async fn dead_letter_page(
             )
         })
         .unwrap_or_else(|| "—".to_owned());
-    let token = esc(&csrf(&state, &s));
+    let token = esc(&s.csrf);
     let body = format!(
         "<h1>Dead letter <code>{id}</code></h1>{notice}\
          <table><tbody><tr><th>Queue</th><td>{queue}</td></tr><tr><th>Tenant</th><td><code>{tenant}</code></td></tr>\
@@ -624,11 +723,48 @@ async fn dead_letter_page(
         replayed = fmt_time(d.replayed_at),
         payload = esc(&serde_json::to_string_pretty(&d.payload).unwrap_or_default()),
     );
-    page("Dead letter", Some((&state, &s)), &body).into_response()
+    page("Dead letter", Some(&s), &body).into_response()
 }
 
-fn back_to_list(notice: &str) -> Response {
-    Redirect::to(&format!("/ops/dead-letters?notice={}", url_escape(notice))).into_response()
+/// What the dashboard says after an action, by code. Only the dashboard's own sentences are
+/// shown, with nothing from the query string but an id of the right shape, a count or a known
+/// status, so a link cannot make the dashboard say anything else.
+fn notice_html(q: &HashMap<String, String>) -> String {
+    let id = q
+        .get("id")
+        .filter(|i| herald_core::domain::is_id("dl", i))
+        .map(|i| esc(i));
+    let n = q.get("n").and_then(|n| n.parse::<u64>().ok());
+    let status = q
+        .get("status")
+        .and_then(|s| herald_core::domain::MessageStatus::parse(s))
+        .map(|s| s.as_str());
+    let text = match (q.get("notice").map(String::as_str), id, n, status) {
+        (Some("replayed"), Some(id), _, _) => {
+            format!("Replayed {id}: its message is queued again.")
+        }
+        (Some("expired"), _, _, _) => "Not replayed: the message has expired.".to_owned(),
+        (Some("not_replayable"), _, _, Some(status)) => {
+            format!("Not replayed: the message is {status} now.")
+        }
+        (Some("not_found"), _, _, _) => "No such dead letter.".to_owned(),
+        (Some("deleted"), Some(id), _, _) => format!("Deleted {id}."),
+        (Some("bulk_replayed"), _, Some(n), _) => format!("Replayed {n} dead letters."),
+        (Some("failed"), _, _, _) => {
+            "That could not be done: the database did not answer. Try again in a moment.".to_owned()
+        }
+        _ => return String::new(),
+    };
+    format!("<div class=\"notice\" id=\"notice\">{text}</div>")
+}
+
+/// Back to the list with a notice (see [`notice_html`]).
+fn back_to_list(code: &str, params: &[(&str, String)]) -> Response {
+    let mut url = format!("/ops/dead-letters?notice={code}");
+    for (k, v) in params {
+        url.push_str(&format!("&{k}={}", url_escape(v)));
+    }
+    Redirect::to(&url).into_response()
 }
 
 async fn replay_one(
@@ -637,22 +773,21 @@ async fn replay_one(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = guard(&state, &headers, &form) {
+    if let Err(r) = guard(&state, &headers, &form).await {
         return r;
     }
-    let notice = match replays::replay(&state.db, &state.queue, &id, None).await {
-        Ok(Replay::Replayed(m)) => format!("Replayed {id}: message {} is queued again.", m.id),
-        Ok(Replay::NotReplayable {
-            status,
-            expired: true,
-        }) => format!("Not replayed: the message is {status} and has expired."),
+    match replays::replay(&state.db, &state.queue, &id, None).await {
+        Ok(Replay::Replayed(_)) => back_to_list("replayed", &[("id", id)]),
+        Ok(Replay::NotReplayable { expired: true, .. }) => back_to_list("expired", &[]),
         Ok(Replay::NotReplayable { status, .. }) => {
-            format!("Not replayed: the message is {status} now.")
+            back_to_list("not_replayable", &[("status", status.to_string())])
         }
-        Ok(Replay::NotFound) => "No such dead letter.".to_owned(),
-        Err(e) => format!("Not replayed: {e}"),
-    };
-    back_to_list(&notice)
+        Ok(Replay::NotFound) => back_to_list("not_found", &[]),
+        Err(e) => {
+            tracing::warn!(error = %e, dead_letter = %id, "dashboard replay failed");
+            back_to_list("failed", &[])
+        }
+    }
 }
 
 async fn delete_one(
@@ -661,15 +796,17 @@ async fn delete_one(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = guard(&state, &headers, &form) {
+    if let Err(r) = guard(&state, &headers, &form).await {
         return r;
     }
-    let notice = match dead_letters::delete(&state.db, &id, None).await {
-        Ok(true) => format!("Deleted {id}."),
-        Ok(false) => "No such dead letter.".to_owned(),
-        Err(e) => format!("Not deleted: {e}"),
-    };
-    back_to_list(&notice)
+    match dead_letters::delete(&state.db, &id, None).await {
+        Ok(true) => back_to_list("deleted", &[("id", id)]),
+        Ok(false) => back_to_list("not_found", &[]),
+        Err(e) => {
+            tracing::warn!(error = %e, dead_letter = %id, "dashboard delete failed");
+            back_to_list("failed", &[])
+        }
+    }
 }
 
 /// A bulk replay: first a confirmation page saying how many it will replay, then the replay.
@@ -678,17 +815,19 @@ async fn bulk_replay(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let s = match guard(&state, &headers, &form) {
+    let s = match guard(&state, &headers, &form).await {
         Ok(s) => s,
         Err(r) => return r,
     };
     let (filter, description) = filter_from(&form);
     if form.get("confirm").map(String::as_str) == Some("yes") {
-        let notice = match replays::replay_matching(&state.db, &state.queue, &filter).await {
-            Ok(n) => format!("Replayed {n} dead letters."),
-            Err(e) => format!("Replay stopped: {e}"),
+        return match replays::replay_matching(&state.db, &state.queue, &filter).await {
+            Ok(n) => back_to_list("bulk_replayed", &[("n", n.to_string())]),
+            Err(e) => {
+                tracing::warn!(error = %e, "dashboard bulk replay failed");
+                back_to_list("failed", &[])
+            }
         };
-        return back_to_list(&notice);
     }
     let count = dead_letters::list(&state.db, &filter, None, 999)
         .await
@@ -710,9 +849,9 @@ async fn bulk_replay(
          <button type=\"submit\" id=\"confirm\">Yes, replay them</button></form><a href=\"/ops/dead-letters\">Cancel</a></div>",
         scope = esc(&scope),
         hidden = hidden_filter(&form),
-        csrf = esc(&csrf(&state, &s)),
+        csrf = esc(&s.csrf),
     );
-    page("Confirm replay", Some((&state, &s)), &body).into_response()
+    page("Confirm replay", Some(&s), &body).into_response()
 }
 
 async fn message_page(
@@ -720,8 +859,10 @@ async fn message_page(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(s) = session(&state, &headers) else {
-        return to_login();
+    let s = match session(&state, &headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return to_login(),
+        Err(page) => return page,
     };
     let id = q.get("id").map(|i| i.trim().to_owned()).unwrap_or_default();
     let mut body = format!(
@@ -760,11 +901,8 @@ async fn message_page(
                 ));
             }
             Ok(None) => body.push_str("<p class=\"muted\">No message with that id.</p>"),
-            Err(e) => body.push_str(&format!(
-                "<p class=\"error\">The database did not answer: {}</p>",
-                esc(&e.to_string())
-            )),
+            Err(e) => return unavailable(e),
         }
     }
-    page("Messages", Some((&state, &s)), &body).into_response()
+    page("Messages", Some(&s), &body).into_response()
 }

@@ -239,37 +239,66 @@ impl WebhookUrl {
 }
 
 /// Private, loopback, link-local, unspecified, multicast and similar addresses that a tenant
-/// must not aim Herald at.
+/// must not aim Herald at, including IPv6 addresses that embed or translate to such an IPv4
+/// address: on an IPv6-only host with NAT64, `[64:ff9b::7f00:1]` reaches 127.0.0.1.
 pub fn is_private_ip(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xC0) == 64) // 100.64.0.0/10, carrier-grade NAT
-                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24
-                || (o[0] == 198 && (o[1] & 0xFE) == 18) // 198.18.0.0/15
-                || o[0] >= 240
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private_ip(IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00 // unique local
-                || (s[0] & 0xffc0) == 0xfe80 // link local
-                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-        }
+        IpAddr::V4(v4) => is_private_v4(v4),
+        IpAddr::V6(v6) => is_private_v6(v6),
     }
+}
+
+fn is_private_v4(v4: std::net::Ipv4Addr) -> bool {
+    let o = v4.octets();
+    v4.is_private()
+        || v4.is_loopback()
+        || v4.is_link_local()
+        || v4.is_unspecified()
+        || v4.is_broadcast()
+        || v4.is_multicast()
+        || v4.is_documentation()
+        || o[0] == 0
+        || (o[0] == 100 && (o[1] & 0xC0) == 64) // 100.64.0.0/10, carrier-grade NAT
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24
+        || (o[0] == 198 && (o[1] & 0xFE) == 18) // 198.18.0.0/15
+        || o[0] >= 240
+}
+
+fn is_private_v6(v6: std::net::Ipv6Addr) -> bool {
+    let s = v6.segments();
+    let embedded = |hi: u16, lo: u16| {
+        is_private_v4(std::net::Ipv4Addr::new(
+            (hi >> 8) as u8,
+            hi as u8,
+            (lo >> 8) as u8,
+            lo as u8,
+        ))
+    };
+    // IPv4-mapped (::ffff:a.b.c.d) and IPv4-compatible (::a.b.c.d, deprecated).
+    if s[..5] == [0; 5] && (s[5] == 0xffff || s[5] == 0) {
+        return embedded(s[6], s[7]) || (s[5] == 0 && s[6] == 0);
+    }
+    // NAT64: the well-known prefix 64:ff9b::/96 embeds the IPv4 address; the rest of
+    // 64:ff9b::/32, the local-use 64:ff9b:1::/48 among it, translates to whatever its operator
+    // chose, so all of it is refused.
+    if s[0] == 0x64 && s[1] == 0xff9b {
+        return s[2..6] != [0; 4] || embedded(s[6], s[7]);
+    }
+    // 6to4 (2002::/16) embeds an IPv4 address in its next 32 bits.
+    if s[0] == 0x2002 {
+        return embedded(s[1], s[2]);
+    }
+    v6.is_loopback()
+        || v6.is_unspecified()
+        || v6.is_multicast()
+        || (s[0] == 0x2001 && s[1] == 0) // Teredo 2001::/32: a tunnel to an IPv4 address
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] == 0x2001 && s[1] == 0x0002 && s[2] == 0) // benchmarking 2001:2::/48
+        || (s[0] == 0x2001 && (s[1] & 0xfff0) == 0x0010) // ORCHID 2001:10::/28
+        || (s[0] == 0x0100 && s[1..4] == [0; 3]) // discard-only 100::/64
+        || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
+        || (s[0] & 0xffc0) == 0xfe80 // link local fe80::/10
+        || (s[0] & 0xffc0) == 0xfec0 // site local fec0::/10 (deprecated)
 }
 
 /// An IANA time zone name such as `America/New_York`.
@@ -410,6 +439,17 @@ pub fn parse_local_time(raw: &str) -> Result<chrono::NaiveTime, Invalid> {
 }
 
 /// Compares secrets in time independent of where they differ.
+/// Whether a secret someone presented is the configured one, in the same time whatever
+/// either's length or content: both are hashed to 32 bytes first, so not even the length of
+/// the secret leaks.
+pub fn secrets_match(expected: &str, given: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    constant_time_eq(
+        &Sha256::digest(expected.as_bytes()),
+        &Sha256::digest(given.as_bytes()),
+    )
+}
+
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -580,6 +620,41 @@ mod tests {
         assert!(WebhookUrl::parse("ftp://example.com/x", false).is_err());
         assert!(WebhookUrl::parse("http://127.0.0.1:9000/x", true).is_ok());
         assert!(WebhookUrl::parse("https://user:pw@example.com/", false).is_err());
+    }
+
+    #[test]
+    fn ipv6_forms_of_private_ipv4_addresses_are_private() {
+        for private in [
+            "::127.0.0.1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::808:808",
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "fec0::1",
+            "fd00::1",
+            "fe80::1",
+            "ff02::1",
+            "::",
+            "::1",
+            "100::1",
+        ] {
+            let ip: IpAddr = private.parse().unwrap();
+            assert!(is_private_ip(ip), "{private} must be refused");
+        }
+        for public in [
+            "2606:4700:4700::1111",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+            "::ffff:8.8.8.8",
+            "2a00:1450:4001:82a::200e",
+        ] {
+            let ip: IpAddr = public.parse().unwrap();
+            assert!(!is_private_ip(ip), "{public} is public");
+        }
     }
 
     #[test]

@@ -83,12 +83,19 @@ pub fn parse_offset(raw: &str) -> Result<Duration, Invalid> {
     let raw = raw.trim();
     let (digits, unit) = raw.split_at(raw.len().saturating_sub(1));
     let n: u64 = digits.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let unit_secs: u64 = match unit {
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => return Err(bad()),
     };
+    // Checked: a huge count must be refused, not wrap around to a small offset.
+    let secs = n.checked_mul(unit_secs).ok_or_else(|| {
+        Invalid(format!(
+            "`{}` is more than 366 days",
+            crate::domain::truncate(raw, 30)
+        ))
+    })?;
     if n == 0 || secs > 366 * 86_400 {
         return Err(bad());
     }
@@ -240,7 +247,19 @@ mod tests {
         assert_eq!(parse_offset("30m").unwrap(), Duration::from_secs(1800));
         assert_eq!(parse_offset("2h").unwrap(), Duration::from_secs(7200));
         assert_eq!(parse_offset("1d").unwrap(), Duration::from_secs(86_400));
-        for bad in ["", "h", "2", "2w", "-1h", "0h", "1.5h", "400d"] {
+        for bad in [
+            "",
+            "h",
+            "2",
+            "2w",
+            "-1h",
+            "0h",
+            "1.5h",
+            "400d",
+            "144115188075855873d",
+            "18446744073709551615m",
+            "99999999999999999999h",
+        ] {
             assert!(parse_offset(bad).is_err(), "{bad}");
         }
     }

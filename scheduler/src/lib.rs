@@ -103,6 +103,8 @@ fn schedule(expr: &str) -> anyhow::Result<cron::Schedule> {
 /// Runs the ticks until `shutdown` is cancelled.
 pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Result<()> {
     herald_core::install_crypto();
+    // Before anything is counted (see herald_core::metrics::install).
+    herald_core::metrics::install();
     let pool = db::pool(config.database_url.expose(), 5).context("HERALD_DATABASE_URL")?;
     tokio::select! {
         ready = db::wait_for_schema(&pool, Duration::from_secs(120)) => ready?,

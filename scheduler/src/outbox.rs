@@ -2,33 +2,35 @@
 //! whose job never reached Redis (Redis down when it was accepted, or a crash between the
 //! commit and the push) is pushed here within seconds.
 //!
-//! Message ids sort by creation time, so the sweep keeps a watermark: every waiting message
-//! with an id below it has been pushed at least once. Each tick pushes the waiting messages
-//! created since, up to a few seconds ago (the API pushes its own at once; the grace keeps
-//! the sweep from racing it, and from missing a transaction still committing), then moves
-//! the watermark. Pushes are idempotent by message id, so racing the API or another
-//! scheduler does no harm.
+//! The sweep goes by the transaction that inserted each message, not by the message's id. An
+//! id is minted before its transaction commits, long before for a whole group send, or by a
+//! host whose clock is behind; a watermark on ids could pass a message that was not committed
+//! yet and never come back for it. Transactions below Postgres's snapshot horizon have all
+//! finished, whatever ids they minted, so each step of the sweep remembers the horizon and,
+//! once that is a few seconds old (the API pushes its own messages at once; the grace keeps the
+//! sweep from racing it), pushes the waiting messages those transactions inserted and moves on.
+//! Pushes are idempotent by message id, so racing the API or another scheduler does no harm.
 
 use herald_core::{
-    domain::id_floor,
     queue::{NewJob, Queue, now_ms},
     services::{DeliveryJob, conversations::AiJob},
     store::messages,
 };
 use sqlx::PgPool;
 
-/// How far behind now the sweep stays.
-const GRACE_MS: i64 = 5_000;
+/// How long a remembered horizon waits before it is swept.
+const GRACE_MS: i64 = 3_000;
 const BATCH: i64 = 1_000;
 
-/// Pushes every waiting message created since the watermark; returns how many it pushed.
+/// Pushes every waiting message inserted by transactions that finished since the last step;
+/// returns how many it pushed.
 pub async fn sweep(db: &PgPool, queue: &Queue) -> anyhow::Result<usize> {
-    let name = queue.name();
-    let before = id_floor("msg", now_ms() - GRACE_MS);
-    let mut after = messages::watermark(db, name).await?.unwrap_or_default();
-    let mut total = 0;
+    let Some(range) = messages::outbox_range(db, queue.name(), GRACE_MS).await? else {
+        return Ok(0);
+    };
+    let (mut after, mut total) = ((i64::MIN, String::new()), 0);
     loop {
-        let due = messages::waiting_between(db, &after, &before, BATCH).await?;
+        let due = messages::waiting_in(db, range, (after.0, &after.1), BATCH).await?;
         let jobs = due
             .iter()
             .map(|m| {
@@ -36,33 +38,29 @@ pub async fn sweep(db: &PgPool, queue: &Queue) -> anyhow::Result<usize> {
                 NewJob::new(m.id.clone(), &job, m.send_at.timestamp_millis())
             })
             .collect::<Result<Vec<_>, _>>()?;
-        // Redis down: the watermark stays, and the next tick tries again.
+        // Redis down: the step is not recorded, and the next tick sweeps it again.
         total += queue.push_many(&jobs).await?;
         match due.last() {
-            Some(last) if due.len() as i64 == BATCH => {
-                after = last.id.clone();
-                messages::advance_watermark(db, name, &after).await?;
-            }
-            _ => {
-                messages::advance_watermark(db, name, &before).await?;
-                return Ok(total);
-            }
+            Some(last) if due.len() as i64 == BATCH => after = (last.created_xid, last.id.clone()),
+            _ => break,
         }
     }
+    messages::outbox_swept(db, queue.name(), range).await?;
+    Ok(total)
 }
 
-/// The reply outbox: inbound texts created since the watermark that still want an AI reply
-/// job (Redis was down when they came in) get one. Returns how many it queued.
+/// The reply outbox: inbound texts that still want an AI reply job (Redis was down when they
+/// came in) get one, by the same steps. Returns how many it queued.
 pub async fn sweep_replies(db: &PgPool, queue: &Queue) -> anyhow::Result<usize> {
-    let name = queue.name();
-    let before = id_floor("msg", now_ms() - GRACE_MS);
-    let mut after = messages::watermark(db, name).await?.unwrap_or_default();
-    let mut total = 0;
+    let Some(range) = messages::outbox_range(db, queue.name(), GRACE_MS).await? else {
+        return Ok(0);
+    };
+    let (mut after, mut total) = ((i64::MIN, String::new()), 0);
     loop {
-        let ids = messages::awaiting_reply_between(db, &after, &before, BATCH).await?;
-        let jobs = ids
+        let rows = messages::awaiting_reply_in(db, range, (after.0, &after.1), BATCH).await?;
+        let jobs = rows
             .iter()
-            .map(|id| {
+            .map(|(_, id)| {
                 NewJob::new(
                     id.clone(),
                     &AiJob::Reply {
@@ -73,15 +71,11 @@ pub async fn sweep_replies(db: &PgPool, queue: &Queue) -> anyhow::Result<usize> 
             })
             .collect::<Result<Vec<_>, _>>()?;
         total += queue.push_many(&jobs).await?;
-        match ids.last() {
-            Some(last) if ids.len() as i64 == BATCH => {
-                after = last.clone();
-                messages::advance_watermark(db, name, &after).await?;
-            }
-            _ => {
-                messages::advance_watermark(db, name, &before).await?;
-                return Ok(total);
-            }
+        match rows.last() {
+            Some(last) if rows.len() as i64 == BATCH => after = last.clone(),
+            _ => break,
         }
     }
+    messages::outbox_swept(db, queue.name(), range).await?;
+    Ok(total)
 }

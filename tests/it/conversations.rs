@@ -1154,15 +1154,9 @@ async fn an_ai_reply_job_lost_with_redis_data_is_queued_again() {
             .await
             .unwrap();
     // The reply outbox has moved past it, so only the reconcile can bring its job back.
-    eventually(WAIT, "the reply outbox passes the text", || async {
-        let last: Option<String> =
-            sqlx::query_scalar("SELECT last_id FROM outbox_watermarks WHERE name = 'ai-replies'")
-                .fetch_optional(&s.app.db)
-                .await
-                .unwrap();
-        last.filter(|l| *l > inbound)
-    })
-    .await;
+    s.app
+        .wait_for_outbox_past("ai-replies", &inbound, WAIT)
+        .await;
     // Redis loses the queue's data.
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{{{}:ai-replies}}*", s.app.config.queue_prefix))

@@ -599,25 +599,6 @@ async fn wait_for_reconcile(app: &TestApp) {
     .await;
 }
 
-/// Waits until the outbox sweep's watermark has passed `id`: from then on only the reconcile
-/// can bring back a job lost for it.
-async fn wait_for_watermark_past(app: &TestApp, id: &str) {
-    eventually(
-        Duration::from_secs(20),
-        "the outbox watermark passes the messages",
-        || async {
-            let last: Option<String> = sqlx::query_scalar(
-                "SELECT last_id FROM outbox_watermarks WHERE name = 'deliveries'",
-            )
-            .fetch_optional(&app.db)
-            .await
-            .unwrap();
-            last.filter(|l| l.as_str() > id)
-        },
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn jobs_lost_with_redis_data_are_queued_again_and_sent_once() {
     let twilio = TwilioMock::start().await;
@@ -628,7 +609,10 @@ async fn jobs_lost_with_redis_data_are_queued_again_and_sent_once() {
 
     let send_at = Utc::now() + chrono::Duration::seconds(14);
     let posted = post_due_at(&app, &tenant, 1060000, 4, send_at).await;
-    wait_for_watermark_past(&app, &posted.last().unwrap().1).await;
+    for (_, id) in &posted {
+        app.wait_for_outbox_past("deliveries", id, Duration::from_secs(20))
+            .await;
+    }
     // One of them was claimed an hour ago by a worker that then died, its job lost too.
     let (stuck_to, stuck) = posted[0].clone();
     sqlx::query(
@@ -771,7 +755,10 @@ async fn a_redis_restart_that_lost_recent_writes_loses_no_message() {
 
     let send_at = Utc::now() + chrono::Duration::seconds(14);
     let posted = post_due_at(&app, &tenant, 1070000, 3, send_at).await;
-    wait_for_watermark_past(&app, &posted.last().unwrap().1).await;
+    for (_, id) in &posted {
+        app.wait_for_outbox_past("deliveries", id, Duration::from_secs(20))
+            .await;
+    }
     // The writes of the last second before a crash are gone from the AOF: here, the jobs.
     // The reconcile marker was written long before and survives; only the server's run id
     // tells that Redis restarted.

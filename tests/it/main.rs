@@ -7,6 +7,7 @@ mod dashboard;
 mod dead_letters;
 mod delivery;
 mod guarantees;
+mod hardening;
 mod heraldctl;
 mod ops;
 mod processes;

@@ -329,6 +329,26 @@ impl TestApp {
         .await
     }
 
+    /// Waits until the outbox sweep of `queue` (`deliveries`, `ai-replies`) has gone past the
+    /// transaction that inserted `message_id`: from then on only the reconcile would queue it
+    /// again.
+    pub async fn wait_for_outbox_past(&self, queue: &str, message_id: &str, within: Duration) {
+        eventually(within, "the outbox sweep passes the message", || async {
+            let past: Option<bool> = sqlx::query_scalar(
+                "SELECT w.last_xid > m.created_xid FROM outbox_watermarks w, messages m
+                 WHERE w.name = $1 AND m.id = $2",
+            )
+            .bind(queue)
+            .bind(message_id)
+            .fetch_optional(&self.db)
+            .await
+            .unwrap()
+            .flatten();
+            past.filter(|p| *p)
+        })
+        .await;
+    }
+
     /// Rows in `messages`, to prove a rejected request created nothing.
     pub async fn message_rows(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM messages")

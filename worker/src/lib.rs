@@ -62,6 +62,9 @@ fn job_tracing() -> TraceLayer {
 /// back so another worker takes them at once.
 pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Result<()> {
     herald_core::install_crypto();
+    // Before anything is counted: a recorder installed at the first scrape would lose
+    // everything counted until then.
+    herald_core::metrics::install();
     let pool = db::pool(config.database_url.expose(), config.database_pool_size)
         .context("HERALD_DATABASE_URL")?;
     tokio::select! {

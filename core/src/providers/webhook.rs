@@ -19,6 +19,7 @@ use crate::domain::is_private_ip;
 
 pub struct WebhookSender {
     client: reqwest::Client,
+    allow_private: bool,
 }
 
 impl WebhookSender {
@@ -29,12 +30,37 @@ impl WebhookSender {
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("Herald-Webhooks/", env!("CARGO_PKG_VERSION")))
-            .pool_max_idle_per_host(64);
+            .pool_max_idle_per_host(64)
+            // A proxy from the environment would resolve the target itself, past the check.
+            .no_proxy();
         if !allow_private {
             builder = builder.dns_resolver(PublicOnly);
         }
         Self {
-            client: builder.build().unwrap_or_else(|_| reqwest::Client::new()),
+            client: builder.build().unwrap_or_else(|_| {
+                reqwest::Client::builder()
+                    .no_proxy()
+                    .build()
+                    .unwrap_or_default()
+            }),
+            allow_private,
+        }
+    }
+
+    /// A target given as an IP address is never resolved, so the resolver cannot check it:
+    /// it is checked here (a message accepted before a range was known to be private, say).
+    fn private_literal(&self, url: &str) -> bool {
+        if self.allow_private {
+            return false;
+        }
+        match reqwest::Url::parse(url)
+            .ok()
+            .as_ref()
+            .and_then(|u| u.host())
+        {
+            Some(url::Host::Ipv4(ip)) => is_private_ip(std::net::IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => is_private_ip(std::net::IpAddr::V6(ip)),
+            _ => false,
         }
     }
 }
@@ -78,6 +104,12 @@ impl Provider for WebhookSender {
 
     fn send<'a>(&'a self, m: &'a Outbound<'a>) -> BoxFuture<'a, SendOutcome> {
         async move {
+            if self.private_literal(m.to) {
+                return SendOutcome::Rejected {
+                    error: "webhook target is a private address".to_owned(),
+                    opt_out: false,
+                };
+            }
             let timestamp = chrono::Utc::now().timestamp();
             let Some(signature) = sign(m.webhook_secret, m.message_id, timestamp, m.body) else {
                 return SendOutcome::Rejected {

@@ -428,9 +428,15 @@ async fn answer(r: &Replier, inbound_id: &str) -> Result<(), JobError> {
         }
         AiSpend::Notice => (canned_reply(&tenant), None, None),
         AiSpend::Model => {
-            let history = messages::turns_before(&r.db, contact_id, &inbound.id, HISTORY_TURNS)
-                .await
-                .map_err(db_error)?;
+            let history = messages::turns_before(
+                &r.db,
+                &inbound.tenant_id,
+                contact_id,
+                &inbound.id,
+                HISTORY_TURNS,
+            )
+            .await
+            .map_err(db_error)?;
             let system = tenant
                 .system_prompt
                 .clone()

@@ -326,24 +326,105 @@ pub struct OutboxRow {
     pub channel: String,
     pub to_addr: String,
     pub send_at: DateTime<Utc>,
+    /// The transaction that inserted it.
+    pub created_xid: i64,
 }
 
-/// Messages still waiting to go out whose ids lie after `after` and before `before` (ids
-/// sort by creation time), oldest first.
-pub async fn waiting_between(
+/// The inserting transactions an outbox sweep may go through now: `[from_xid, to_xid)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxRange {
+    pub from_xid: i64,
+    pub to_xid: i64,
+}
+
+/// Where the outbox `name` stands. Each step remembers the snapshot horizon (every
+/// transaction below it has finished) and sweeps up to it once it is `grace_ms` old, so the
+/// API's own pushes of what those transactions committed have had time to land. `None` while
+/// the remembered horizon is younger than that.
+pub async fn outbox_range(
     db: impl PgExecutor<'_>,
-    after: &str,
-    before: &str,
+    name: &str,
+    grace_ms: i64,
+) -> Result<Option<OutboxRange>, sqlx::Error> {
+    let (from_xid, to_xid, ready): (i64, i64, bool) = sqlx::query_as(
+        "INSERT INTO outbox_watermarks (name, last_id, last_xid, next_xid, next_at)
+         VALUES ($1, '', 0, pg_snapshot_xmin(pg_current_snapshot())::text::bigint, now())
+         ON CONFLICT (name) DO UPDATE SET
+            last_xid = COALESCE(outbox_watermarks.last_xid, 0),
+            next_xid = COALESCE(outbox_watermarks.next_xid, EXCLUDED.next_xid),
+            next_at = COALESCE(outbox_watermarks.next_at, EXCLUDED.next_at)
+         RETURNING last_xid, next_xid, next_at <= now() - make_interval(secs => $2::float8 / 1000)",
+    )
+    .bind(name)
+    .bind(grace_ms as f64)
+    .fetch_one(db)
+    .await?;
+    Ok(ready.then_some(OutboxRange { from_xid, to_xid }))
+}
+
+/// Records that `range` was swept, and remembers the horizon now for the next step. Another
+/// scheduler that swept it first wins; this one changes nothing.
+pub async fn outbox_swept(
+    db: impl PgExecutor<'_>,
+    name: &str,
+    range: OutboxRange,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE outbox_watermarks SET last_xid = $2,
+                next_xid = pg_snapshot_xmin(pg_current_snapshot())::text::bigint, next_at = now()
+         WHERE name = $1 AND last_xid = $3",
+    )
+    .bind(name)
+    .bind(range.to_xid)
+    .bind(range.from_xid)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Messages still waiting to go out that transactions in `range` inserted, after the
+/// position `after` (xid, id), in that order.
+pub async fn waiting_in(
+    db: impl PgExecutor<'_>,
+    range: OutboxRange,
+    after: (i64, &str),
     limit: i64,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
     sqlx::query_as::<_, OutboxRow>(
-        "SELECT id, tenant_id, channel, to_addr, send_at FROM messages
-         WHERE id > $1 AND id < $2 AND status IN ('scheduled', 'queued', 'retrying')
-         ORDER BY id
-         LIMIT $3",
+        "SELECT id, tenant_id, channel, to_addr, send_at, created_xid FROM messages
+         WHERE created_xid >= $1 AND created_xid < $2 AND (created_xid, id) > ($3, $4)
+           AND status IN ('scheduled', 'queued', 'retrying')
+         ORDER BY created_xid, id
+         LIMIT $5",
     )
-    .bind(after)
-    .bind(before)
+    .bind(range.from_xid)
+    .bind(range.to_xid)
+    .bind(after.0)
+    .bind(after.1)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Inbound texts that transactions in `range` inserted and that still want a reply job,
+/// after the position `after` (xid, id), in that order.
+pub async fn awaiting_reply_in(
+    db: impl PgExecutor<'_>,
+    range: OutboxRange,
+    after: (i64, &str),
+    limit: i64,
+) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT created_xid, id FROM messages
+         WHERE created_xid >= $1 AND created_xid < $2 AND (created_xid, id) > ($3, $4)
+           AND needs_reply
+         ORDER BY created_xid, id
+         LIMIT $5",
+    )
+    .bind(range.from_xid)
+    .bind(range.to_xid)
+    .bind(after.0)
+    .bind(after.1)
     .bind(limit)
     .fetch_all(db)
     .await
@@ -404,31 +485,6 @@ pub async fn release_stale_claim(
     .execute(db)
     .await?;
     Ok(moved.rows_affected() == 1)
-}
-
-/// The last message id the outbox sweep has pushed everything up to.
-pub async fn watermark(db: impl PgExecutor<'_>, name: &str) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT last_id FROM outbox_watermarks WHERE name = $1")
-        .bind(name)
-        .fetch_optional(db)
-        .await
-}
-
-/// Moves the watermark forward (never back, whichever scheduler writes first).
-pub async fn advance_watermark(
-    db: impl PgExecutor<'_>,
-    name: &str,
-    last_id: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO outbox_watermarks (name, last_id) VALUES ($1, $2)
-         ON CONFLICT (name) DO UPDATE SET last_id = GREATEST(outbox_watermarks.last_id, EXCLUDED.last_id)",
-    )
-    .bind(name)
-    .bind(last_id)
-    .execute(db)
-    .await?;
-    Ok(())
 }
 
 /// A claimed message, with what sending it needs.
@@ -840,20 +896,25 @@ pub async fn conversation(
     .await
 }
 
-/// The latest turns of a contact's conversation before a message, newest first.
+/// The latest turns of a contact's conversation before a message, newest first: what the
+/// contact has really seen, which is their own texts and the tenant's messages that went out
+/// (`sent` or `delivered`), never one scheduled, queued, canceled or failed.
 pub async fn turns_before(
     db: impl PgExecutor<'_>,
+    tenant_id: &str,
     contact_id: &str,
     before_id: &str,
     limit: i64,
 ) -> Result<Vec<MessageRow>, sqlx::Error> {
     sqlx::query_as::<_, MessageRow>(
         "SELECT * FROM messages
-         WHERE contact_id = $1 AND channel = 'sms' AND id < $2
-           AND status NOT IN ('canceled', 'suppressed', 'failed', 'dead', 'expired')
+         WHERE tenant_id = $1 AND contact_id = $2 AND channel = 'sms' AND id < $3
+           AND ((direction = 'inbound' AND author = 'contact')
+             OR (direction = 'outbound' AND status IN ('sent', 'delivered')))
          ORDER BY id DESC
-         LIMIT $3",
+         LIMIT $4",
     )
+    .bind(tenant_id)
     .bind(contact_id)
     .bind(before_id)
     .bind(limit)
@@ -868,23 +929,6 @@ pub async fn reply_handled(db: impl PgExecutor<'_>, id: &str) -> Result<(), sqlx
         .execute(db)
         .await?;
     Ok(())
-}
-
-/// Inbound texts created between two ids that still want a reply job (the reply outbox).
-pub async fn awaiting_reply_between(
-    db: impl PgExecutor<'_>,
-    after: &str,
-    before: &str,
-    limit: i64,
-) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT id FROM messages WHERE id > $1 AND id < $2 AND needs_reply ORDER BY id LIMIT $3",
-    )
-    .bind(after)
-    .bind(before)
-    .bind(limit)
-    .fetch_all(db)
-    .await
 }
 
 /// Why a waiting message was put off, for its history.
@@ -943,4 +987,21 @@ pub async fn note(db: impl PgExecutor<'_>, id: &str, detail: &str) -> Result<(),
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// Inbound texts whose ids lie between two ids that still want a reply job (the reconcile).
+pub async fn awaiting_reply_between(
+    db: impl PgExecutor<'_>,
+    after: &str,
+    before: &str,
+    limit: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM messages WHERE id > $1 AND id < $2 AND needs_reply ORDER BY id LIMIT $3",
+    )
+    .bind(after)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await
 }
