@@ -71,6 +71,13 @@ impl Default for BreakerSettings {
 /// The most calls a window keeps; at high rates the window is the latest calls.
 const WINDOW_CALLS: usize = 1_000;
 
+/// How fast the jobs an open circuit put off come back, per circuit. A tenant with a backlog
+/// of 100,000 messages behind its open circuit costs the workers at most this many fetches a
+/// second, instead of 100,000 at the end of every cool-down that would crowd out every other
+/// tenant's due work; when the circuit closes, the backlog drains at this pace or faster (a job
+/// that finds it closed is sent at once).
+pub const RELEASE_PER_SECOND: f64 = 1_000.0;
+
 /// The key of one circuit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CircuitKey {
@@ -144,6 +151,9 @@ struct Circuit {
     cooldown: Duration,
     /// When it last opened (or opened again): names the episode a job was put off in.
     opened: Instant,
+    /// Jobs put off in this episode, each given its own slot after the cool-down (see
+    /// [`RELEASE_PER_SECOND`]).
+    parked: u64,
     used: Instant,
 }
 
@@ -155,8 +165,17 @@ impl Circuit {
             calls: VecDeque::new(),
             cooldown,
             opened: now,
+            parked: 0,
             used: now,
         }
+    }
+
+    /// How long the next job put off in this episode waits past `base`: jobs come back one
+    /// slot after another, not all at once.
+    fn slot(&mut self, base: Duration) -> Duration {
+        let slot = Duration::from_secs_f64(self.parked as f64 / RELEASE_PER_SECOND);
+        self.parked += 1;
+        base + slot + jitter()
     }
 
     /// Opens (or opens again) for the current cool-down, which then doubles.
@@ -167,6 +186,7 @@ impl Circuit {
             until: now + cooldown,
         };
         self.opened = now;
+        self.parked = 0;
         cooldown
     }
 
@@ -220,7 +240,7 @@ fn recipient_hash(recipient: &str) -> u64 {
     h.finish()
 }
 
-/// Spread put-off jobs over a second so a closing circuit is not hit by all at once.
+/// Spread put-off jobs within their slot.
 fn jitter() -> Duration {
     Duration::from_millis(rand::rng().random_range(0..1000))
 }
@@ -260,8 +280,9 @@ impl Breakers {
             State::Open { until } => {
                 let now = Instant::now();
                 if now < *until {
+                    let until = *until;
                     return Admit::No {
-                        wait: *until - now + jitter(),
+                        wait: circuit.slot(until - now),
                         episode,
                     };
                 }
@@ -278,7 +299,7 @@ impl Breakers {
             // The probes decide within a call's time; meanwhile the others wait a little
             // longer than a fetch would, so a big backlog does not spin.
             State::HalfOpen { .. } => Admit::No {
-                wait: Duration::from_secs(2) + jitter(),
+                wait: circuit.slot(Duration::from_secs(2)),
                 episode,
             },
         }

@@ -250,7 +250,11 @@ async fn bench(flags: HashMap<String, String>) -> anyhow::Result<()> {
     if only == "all" || only == "neighbour" {
         let messages: usize = flag(&flags, "messages", 20_000);
         let paced: usize = flag(&flags, "paced", 5_000);
-        neighbour::run(&mut figures, messages, paced).await?;
+        let noise = neighbour::Noise {
+            backlog: flag(&flags, "a-backlog", messages),
+            requests_per_second: flag(&flags, "a-requests", 300),
+        };
+        neighbour::run(&mut figures, messages, paced, noise).await?;
     }
     println!();
     println!("| figure | measured | target | floor |");
