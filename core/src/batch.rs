@@ -114,6 +114,13 @@ impl<I: Clone + Send + Sync + 'static, O: Send + 'static> Batcher<I, O> {
         Self { tx }
     }
 
+    /// Hands in an item without waiting for its answer (work whose outcome nobody acts on,
+    /// so the caller's slot is not held while the batch runs).
+    pub fn submit(&self, item: I) {
+        let (reply, _) = oneshot::channel();
+        let _ = self.tx.send((item, reply));
+    }
+
     pub async fn call(&self, item: I) -> Answer<O> {
         let (reply, answer) = oneshot::channel();
         self.tx.send((item, reply)).map_err(|_| gone())?;

@@ -327,7 +327,7 @@ async fn admit<'a>(
                     ),
                 };
                 let note = !d.told(&job.message_id, episode);
-                return Err(put_off(d, &job.message_id, "circuit", why, wait, note).await);
+                return Err(put_off(d, &job.message_id, "circuit", why, wait, note));
             }
             Admit::Probe => probe.circuits.push(circuit),
             Admit::Yes => {}
@@ -344,7 +344,7 @@ async fn admit<'a>(
         Ok(Some(wait)) => {
             let why = format!("the tenant's send rate of {}/s is reached", d.send_rate);
             let note = wait >= PUT_OFF_EVENT_AFTER;
-            Err(put_off(d, &job.message_id, "send_rate", why, wait, note).await)
+            Err(put_off(d, &job.message_id, "send_rate", why, wait, note))
         }
         // The limit protects providers; an unreachable Redis must not stop sending.
         Err(e) => {
@@ -356,7 +356,7 @@ async fn admit<'a>(
 
 /// Puts a job off for `wait` without spending an attempt; with `note`, the message gets one
 /// event saying why and until when (kept current while it lasts), so it never looks stuck.
-async fn put_off(
+fn put_off(
     d: &Deliverer,
     message_id: &str,
     kind: &'static str,
@@ -375,10 +375,9 @@ async fn put_off(
             kind,
             detail,
         };
-        // The history is a courtesy: the job is put off whether or not it is written.
-        if let Err(e) = d.put_offs.call(note).await {
-            debug!(message_id, error = %e, "could not record why a message was put off");
-        }
+        // The history is a courtesy: the job is put off whether or not it is written, and
+        // does not hold its worker slot while it is.
+        d.put_offs.submit(note);
     }
     JobError::Defer {
         reason: why,
