@@ -61,9 +61,15 @@ async fn an_sms_reaches_twilio_with_the_right_fields_and_reads_back_sent() {
     assert_eq!(call.form["To"], "+15551234567");
     assert_eq!(call.form["From"], tenant.sms_from.clone().unwrap());
     assert_eq!(call.form["Body"], "Your appointment is tomorrow at 3:30 PM");
+    // The callback names the message and its run, so a report for an attempt whose answer
+    // was lost still finds it.
     assert_eq!(
         call.form["StatusCallback"],
-        format!("{}/v1/inbound/twilio/status", app.base)
+        format!(
+            "{}/v1/inbound/twilio/status?message_id={}&run=0",
+            app.base,
+            m["id"].as_str().unwrap()
+        )
     );
     assert!(
         call.headers["content-type"]

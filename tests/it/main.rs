@@ -13,6 +13,7 @@ mod ops;
 mod processes;
 mod queue;
 mod reach;
+mod reconcile;
 mod status_callbacks;
 mod tenancy;
 mod time;

@@ -82,3 +82,58 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The environment that makes a Herald binary run with `config` (the parts tests change):
+/// its database, Redis prefix, timings, providers, and no metrics listener.
+pub fn herald_env(config: &herald_core::Config) -> Vec<(String, String)> {
+    let ms = |d: std::time::Duration| d.as_millis().to_string();
+    let mut env = vec![
+        ("HERALD_DATABASE_URL", config.database_url.expose().clone()),
+        ("HERALD_REDIS_URL", config.redis_url.expose().clone()),
+        ("HERALD_QUEUE_PREFIX", config.queue_prefix.clone()),
+        ("HERALD_PUBLIC_URL", config.public_url.clone()),
+        ("HERALD_MAX_ATTEMPTS", config.max_attempts.to_string()),
+        ("HERALD_RETRY_BASE_MS", ms(config.retry_base)),
+        ("HERALD_RETRY_MAX_MS", ms(config.retry_max)),
+        ("HERALD_LEASE_MS", ms(config.lease)),
+        ("HERALD_PROVIDER_TIMEOUT_MS", ms(config.provider_timeout)),
+        ("HERALD_SHUTDOWN_TIMEOUT_MS", ms(config.shutdown_timeout)),
+        (
+            "HERALD_WORKER_CONCURRENCY",
+            config.worker_concurrency.to_string(),
+        ),
+        (
+            "HERALD_DATABASE_POOL_SIZE",
+            config.database_pool_size.to_string(),
+        ),
+        (
+            "HERALD_WEBHOOK_ALLOW_PRIVATE",
+            config.webhook_allow_private.to_string(),
+        ),
+        ("HERALD_WORKER_METRICS_LISTEN", "off".to_owned()),
+        ("HERALD_SCHEDULER_METRICS_LISTEN", "off".to_owned()),
+        ("HERALD_LOG_FORMAT", "json".to_owned()),
+        ("RUST_LOG", "info".to_owned()),
+    ];
+    if config.sms_provider == herald_core::config::SmsProviderKind::Twilio {
+        env.push(("HERALD_SMS_PROVIDER", "twilio".to_owned()));
+        env.push((
+            "HERALD_TWILIO_ACCOUNT_SID",
+            config.twilio.account_sid.clone().unwrap_or_default(),
+        ));
+        env.push((
+            "HERALD_TWILIO_AUTH_TOKEN",
+            config
+                .twilio
+                .auth_token
+                .as_ref()
+                .map(|t| t.expose().clone())
+                .unwrap_or_default(),
+        ));
+        env.push(("HERALD_TWILIO_BASE_URL", config.twilio.base_url.clone()));
+    }
+    if let Some(ops) = &config.ops_token {
+        env.push(("HERALD_OPS_TOKEN", ops.expose().clone()));
+    }
+    env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}

@@ -50,7 +50,22 @@ pub enum Reply {
         headers: Vec<(String, String)>,
     },
     /// Wait this long before answering with success (past a client's timeout, it hangs).
+    /// The message is created when the request arrives, as Twilio creates it whether or not
+    /// its answer reaches the caller.
     Hang(Duration),
+    /// The request never gets through: nothing is created; after this long, a 503.
+    Lost(Duration),
+}
+
+/// A message Twilio holds (what its Message list resource shows).
+#[derive(Debug, Clone)]
+pub struct TwilioMessage {
+    pub sid: String,
+    pub to: String,
+    pub from: String,
+    pub body: String,
+    pub status: String,
+    pub created: DateTime<Utc>,
 }
 
 #[derive(Default)]
@@ -61,6 +76,12 @@ struct MockState {
     by_recipient: HashMap<String, Reply>,
     /// The answer when the script is empty (`None`: accept).
     default: Option<Reply>,
+    /// Messages created, oldest first.
+    created: Vec<TwilioMessage>,
+    /// The list resource answers this status instead of the list (`None`: it works).
+    list_fails: Option<u16>,
+    /// List requests received.
+    list_calls: usize,
 }
 
 /// A Twilio Messages API on loopback: checks HTTP Basic auth like Twilio (20003 on a wrong
@@ -89,7 +110,7 @@ impl TwilioMock {
         let app = Router::new()
             .route(
                 "/2010-04-01/Accounts/{sid}/Messages.json",
-                post(twilio_create),
+                post(twilio_create).get(twilio_list),
             )
             .with_state(mock.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -103,6 +124,28 @@ impl TwilioMock {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.lock().unwrap().received.clone()
+    }
+
+    /// The messages Twilio holds for `to`: what was really sent, however many requests asked.
+    pub fn created_to(&self, to: &str) -> Vec<TwilioMessage> {
+        self.state
+            .lock()
+            .unwrap()
+            .created
+            .iter()
+            .filter(|m| m.to == to)
+            .cloned()
+            .collect()
+    }
+
+    /// Makes the Message list resource answer `status` (`None`: answer again).
+    pub fn list_fails(&self, status: Option<u16>) {
+        self.state.lock().unwrap().list_fails = status;
+    }
+
+    /// How many list requests arrived.
+    pub fn list_calls(&self) -> usize {
+        self.state.lock().unwrap().list_calls
     }
 
     /// Answers every request to `to` with `reply`, for good (a number whose carrier keeps
@@ -208,10 +251,15 @@ async fn twilio_create(
         return twilio_error(401, 20003, "Authenticate");
     }
     match reply {
-        Reply::Accept => twilio_created(&mock.account_sid, &form),
+        Reply::Accept => twilio_created(&mock, &form),
         Reply::Hang(d) => {
+            let created = twilio_created(&mock, &form);
             tokio::time::sleep(d).await;
-            twilio_created(&mock.account_sid, &form)
+            created
+        }
+        Reply::Lost(d) => {
+            tokio::time::sleep(d).await;
+            twilio_error(503, 20503, "Service Unavailable")
         }
         Reply::TwilioError {
             status,
@@ -235,6 +283,100 @@ async fn twilio_create(
     }
 }
 
+/// Twilio's Message list resource: messages filtered by `To` and `From`, newest first, in
+/// pages of `PageSize` (default 50) with Twilio's paging fields.
+async fn twilio_list(
+    State(mock): State<TwilioMock>,
+    Path(sid): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let expected = format!(
+        "Basic {}",
+        STANDARD.encode(format!("{}:{}", mock.account_sid, mock.auth_token))
+    );
+    if sid != mock.account_sid
+        || headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str())
+    {
+        return twilio_error(401, 20003, "Authenticate");
+    }
+    let (failing, mut matching) = {
+        let mut state = mock.state.lock().unwrap();
+        state.list_calls += 1;
+        let matching: Vec<TwilioMessage> = state
+            .created
+            .iter()
+            .filter(|m| q.get("To").is_none_or(|to| *to == m.to))
+            .filter(|m| q.get("From").is_none_or(|from| *from == m.from))
+            .cloned()
+            .collect();
+        (state.list_fails, matching)
+    };
+    if let Some(status) = failing {
+        return twilio_error(status, 20500, "Internal Server Error");
+    }
+    matching.reverse();
+    let size: usize = q
+        .get("PageSize")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(50)
+        .clamp(1, 1000);
+    let page: usize = q.get("Page").and_then(|p| p.parse().ok()).unwrap_or(0);
+    let base = format!("/2010-04-01/Accounts/{sid}/Messages.json");
+    let filter: String = ["To", "From"]
+        .iter()
+        .filter_map(|k| q.get(*k).map(|v| format!("{k}={}", v.replace('+', "%2B"))))
+        .collect::<Vec<_>>()
+        .join("&");
+    let page_uri = |p: usize| {
+        format!(
+            "{base}?{filter}&PageSize={size}&Page={p}&PageToken=PA{}",
+            p * size
+        )
+    };
+    let slice: Vec<serde_json::Value> = matching
+        .iter()
+        .skip(page * size)
+        .take(size)
+        .map(|m| {
+            json!({
+                "account_sid": mock.account_sid,
+                "api_version": "2010-04-01",
+                "body": m.body,
+                "date_created": m.created.to_rfc2822(),
+                "date_sent": m.created.to_rfc2822(),
+                "date_updated": m.created.to_rfc2822(),
+                "direction": "outbound-api",
+                "error_code": null,
+                "error_message": null,
+                "from": m.from,
+                "messaging_service_sid": null,
+                "num_media": "0",
+                "num_segments": "1",
+                "price": null,
+                "price_unit": "USD",
+                "sid": m.sid,
+                "status": m.status,
+                "to": m.to,
+                "uri": format!("{base}/{}.json", m.sid).replace("Messages.json/", "Messages/"),
+            })
+        })
+        .collect();
+    let more = matching.len() > (page + 1) * size;
+    let body = json!({
+        "end": page * size + slice.len().saturating_sub(1),
+        "first_page_uri": page_uri(0),
+        "messages": slice,
+        "next_page_uri": if more { Some(page_uri(page + 1)) } else { None },
+        "page": page,
+        "page_size": size,
+        "previous_page_uri": if page > 0 { Some(page_uri(page - 1)) } else { None },
+        "start": page * size,
+        "uri": page_uri(page),
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
 /// Decodes an `application/x-www-form-urlencoded` body.
 pub fn url_decode_form(body: &[u8]) -> HashMap<String, String> {
     serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
@@ -243,9 +385,19 @@ pub fn url_decode_form(body: &[u8]) -> HashMap<String, String> {
         .collect()
 }
 
-fn twilio_created(account_sid: &str, form: &HashMap<String, String>) -> Response {
+/// Creates the message Twilio would hold for this request and answers 201 with it.
+fn twilio_created(mock: &TwilioMock, form: &HashMap<String, String>) -> Response {
+    let account_sid = mock.account_sid.as_str();
     let sid = format!("SM{}", crate::unique("").repeat(2));
     let now = Utc::now().to_rfc2822();
+    mock.state.lock().unwrap().created.push(TwilioMessage {
+        sid: sid.clone(),
+        to: form.get("To").cloned().unwrap_or_default(),
+        from: form.get("From").cloned().unwrap_or_default(),
+        body: form.get("Body").cloned().unwrap_or_default(),
+        status: "queued".to_owned(),
+        created: Utc::now(),
+    });
     let body = json!({
         "account_sid": account_sid,
         "api_version": "2010-04-01",

@@ -104,7 +104,37 @@ pub async fn twilio_status(
         ));
     };
     let error_code = form.get("ErrorCode", None);
-    reports::twilio_status(&state.db, &sid, &status, error_code.as_deref()).await?;
+    // The callback URL names the message and run it was sent for (covered by the signature).
+    let query: Vec<(String, String)> = uri
+        .query()
+        .and_then(|q| serde_urlencoded::from_str(q).ok())
+        .unwrap_or_default();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let callback_for = match (
+        param("message_id"),
+        param("run").and_then(|r| r.parse().ok()),
+    ) {
+        (Some(id), Some(run)) if herald_core::domain::is_id("msg", id) => {
+            Some(reports::CallbackFor {
+                message_id: id.to_owned(),
+                run,
+            })
+        }
+        _ => None,
+    };
+    reports::twilio_status(
+        &state.db,
+        &sid,
+        &status,
+        error_code.as_deref(),
+        callback_for.as_ref(),
+    )
+    .await?;
     Ok(twiml())
 }
 

@@ -47,11 +47,40 @@ pub struct Outbound<'a> {
     pub webhook_secret: &'a str,
 }
 
+/// What a provider says about an earlier attempt whose outcome Herald never recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The provider cannot be asked, and need not be: a repeat is harmless to it (Resend
+    /// drops a repeated `Idempotency-Key`, a webhook receiver a repeated `webhook-id`).
+    Unsupported,
+    /// What the provider holds that could be that attempt (same recipient, sender and body,
+    /// created since it began), oldest first; empty when it has nothing.
+    Candidates(Vec<Candidate>),
+    /// The provider could not be asked now (down, 5xx, timeout).
+    Unavailable(String),
+}
+
+/// A message the provider has that may be the attempt being resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub provider_message_id: String,
+    /// The provider's own status word for it (`queued`, `sent`, `delivered`, ...).
+    pub status: String,
+}
+
 /// Something that sends messages of one channel.
 pub trait Provider: Send + Sync {
     /// A name for logs and metrics: `twilio`, `resend`, `webhook`, `log`.
     fn name(&self) -> &'static str;
     fn send<'a>(&'a self, message: &'a Outbound<'a>) -> BoxFuture<'a, SendOutcome>;
+    /// Asks whether an attempt to send `message` that began at `since` arrived.
+    fn lookup<'a>(
+        &'a self,
+        _message: &'a Outbound<'a>,
+        _since: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'a, Lookup> {
+        Box::pin(async { Lookup::Unsupported })
+    }
 }
 
 /// Classifies an HTTP answer that was not a success: 408, 429 and 5xx are transient (with

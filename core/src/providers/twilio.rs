@@ -1,11 +1,12 @@
-//! Twilio's Messages API: a form POST with HTTP Basic auth, answered by JSON.
+//! Twilio's Messages API: a form POST with HTTP Basic auth, answered by JSON; and its Message
+//! list resource, to find out whether an attempt whose answer never came did arrive.
 
 use futures_util::{FutureExt, future::BoxFuture};
 use serde::Deserialize;
 
 use super::{
-    MAX_ERROR_BODY, Outbound, Provider, SendOutcome, capped_text, classify_status,
-    classify_transport,
+    Candidate, Lookup, MAX_ERROR_BODY, Outbound, Provider, SendOutcome, capped_text,
+    classify_status, classify_transport, read_capped,
 };
 use crate::config::Secret;
 
@@ -15,8 +16,20 @@ const PERMANENT_CODES: [u32; 8] = [21211, 21214, 21408, 21606, 21610, 21612, 216
 /// The recipient replied STOP at the carrier.
 pub const UNSUBSCRIBED: u32 = 21610;
 
+/// Messages per page of the list resource.
+const PAGE_SIZE: u32 = 50;
+/// The most pages one lookup reads (a recipient sent more than this many texts by one sender
+/// within the window is not looked through: the attempt stays unresolved).
+const MAX_PAGES: usize = 20;
+/// The most bytes of one page Herald reads.
+const MAX_PAGE_BODY: usize = 1024 * 1024;
+/// How far before the attempt's start a message may be dated: Twilio's clock and ours differ
+/// a little, and `date_created` has whole seconds.
+const CLOCK_SLACK: chrono::Duration = chrono::Duration::seconds(60);
+
 pub struct Twilio {
     client: reqwest::Client,
+    base_url: String,
     messages_url: String,
     account_sid: String,
     auth_token: Secret<String>,
@@ -33,6 +46,7 @@ impl Twilio {
     ) -> Self {
         Self {
             client,
+            base_url: base_url.trim_end_matches('/').to_owned(),
             messages_url: format!("{base_url}/2010-04-01/Accounts/{account_sid}/Messages.json"),
             account_sid: account_sid.to_owned(),
             auth_token,
@@ -52,6 +66,114 @@ struct TwilioError {
     message: Option<String>,
 }
 
+/// A page of the Message list resource.
+#[derive(Deserialize)]
+struct Page {
+    messages: Vec<Listed>,
+    next_page_uri: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Listed {
+    sid: String,
+    body: Option<String>,
+    status: Option<String>,
+    direction: Option<String>,
+    date_created: Option<String>,
+}
+
+impl Twilio {
+    /// Where Twilio reports this message's status: the callback names the message and its run,
+    /// so a report for an attempt whose answer never came still finds its message.
+    fn status_callback(&self, m: &Outbound<'_>) -> String {
+        format!(
+            "{}?message_id={}&run={}",
+            self.status_callback, m.message_id, m.run
+        )
+    }
+
+    /// Reads the list of messages to `m.to` from its sender, newest first, until they are
+    /// older than `since`; returns those with the same body, oldest first.
+    async fn list_since(
+        &self,
+        m: &Outbound<'_>,
+        from: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Candidate>, String> {
+        let oldest = since - CLOCK_SLACK;
+        let mut url = reqwest::Url::parse(&self.messages_url).map_err(|e| e.to_string())?;
+        url.query_pairs_mut()
+            .append_pair("To", m.to)
+            .append_pair("From", from)
+            .append_pair("PageSize", &PAGE_SIZE.to_string());
+        let mut found = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let response = self
+                .client
+                .get(url.clone())
+                .basic_auth(&self.account_sid, Some(self.auth_token.expose()))
+                .send()
+                .await
+                .map_err(|e| match classify_transport("twilio", &e) {
+                    SendOutcome::Transient { error, .. } => error,
+                    _ => "twilio: request failed".to_owned(),
+                })?;
+            let status = response.status();
+            if !status.is_success() {
+                let text = capped_text(response, MAX_ERROR_BODY).await;
+                return Err(crate::domain::clean_text(
+                    &format!("twilio HTTP {} listing messages: {text}", status.as_u16()),
+                    crate::domain::MAX_ERROR_TEXT,
+                ));
+            }
+            let (body, cut) = read_capped(response, MAX_PAGE_BODY)
+                .await
+                .map_err(|e| format!("twilio: reading the message list: {e}"))?;
+            if cut {
+                return Err("twilio: a page of the message list was larger than 1 MiB".to_owned());
+            }
+            let page: Page = serde_json::from_slice(&body)
+                .map_err(|e| format!("twilio: the message list could not be read: {e}"))?;
+            let mut older = false;
+            for listed in page.messages {
+                let created = listed
+                    .date_created
+                    .as_deref()
+                    .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
+                    .map(|d| d.with_timezone(&chrono::Utc));
+                if created.is_some_and(|c| c < oldest) {
+                    older = true;
+                    continue;
+                }
+                let outbound = listed
+                    .direction
+                    .as_deref()
+                    .is_none_or(|d| d.starts_with("outbound"));
+                if outbound && listed.body.as_deref() == Some(m.body) {
+                    found.push(Candidate {
+                        provider_message_id: listed.sid,
+                        status: listed.status.unwrap_or_else(|| "queued".to_owned()),
+                    });
+                }
+            }
+            match page.next_page_uri {
+                Some(next) if !older && !next.is_empty() => {
+                    url = reqwest::Url::parse(&format!("{}{next}", self.base_url))
+                        .map_err(|e| format!("twilio: bad next_page_uri: {e}"))?;
+                }
+                _ => {
+                    found.reverse();
+                    return Ok(found);
+                }
+            }
+        }
+        Err(format!(
+            "twilio: more than {} messages to this recipient since the attempt; not looked through",
+            PAGE_SIZE as usize * MAX_PAGES
+        ))
+    }
+}
+
 impl Provider for Twilio {
     fn name(&self) -> &'static str {
         "twilio"
@@ -65,11 +187,12 @@ impl Provider for Twilio {
                     opt_out: false,
                 };
             };
+            let callback = self.status_callback(m);
             let form = [
                 ("To", m.to),
                 ("From", from),
                 ("Body", m.body),
-                ("StatusCallback", self.status_callback.as_str()),
+                ("StatusCallback", callback.as_str()),
             ];
             let response = self
                 .client
@@ -111,6 +234,24 @@ impl Provider for Twilio {
                     }
                 }
                 _ => classify_status(status, &headers, error),
+            }
+        }
+        .boxed()
+    }
+
+    fn lookup<'a>(
+        &'a self,
+        m: &'a Outbound<'a>,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'a, Lookup> {
+        async move {
+            let Some(from) = m.from else {
+                // Never sent: there is no sender it could have gone from.
+                return Lookup::Candidates(vec![]);
+            };
+            match self.list_since(m, from, since).await {
+                Ok(found) => Lookup::Candidates(found),
+                Err(e) => Lookup::Unavailable(e),
             }
         }
         .boxed()

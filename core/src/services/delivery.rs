@@ -22,7 +22,7 @@ use crate::{
     config::{Config, EmailProviderKind, SmsProviderKind},
     domain::{Channel, MAX_ERROR_TEXT, clean_text, new_id},
     providers::{
-        Outbound, Provider, SendOutcome, http_client, log::LogProvider, resend::Resend,
+        Lookup, Outbound, Provider, SendOutcome, http_client, log::LogProvider, resend::Resend,
         twilio::Twilio, webhook::WebhookSender,
     },
     queue::{DELIVERIES, JobError, JobMeta, RetryPolicy},
@@ -297,8 +297,151 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
         dead_letter(d, &m, "exhausted").await;
         return Ok(());
     }
+    if let Some(since) = m.unsettled_since
+        && resolve(d, &m, &webhook_secret, since).await?
+    {
+        return Ok(());
+    }
     let (outcome, elapsed_ms) = call(d, &m, &webhook_secret, &mut probe).await;
     record(d, &m, outcome, elapsed_ms).await
+}
+
+/// An earlier attempt of this message began at `since` and its outcome was never recorded (its
+/// worker died mid-call, or the outcome could not be written). Before sending again, ask the
+/// provider whether that attempt arrived. Returns `true` when it did, and the message's fate is
+/// recorded from the provider's word; `false` when the provider has no such message (or a
+/// repeat is harmless to it) and the message may be sent. While the provider cannot be asked,
+/// the message waits like after a transient failure, and is not sent.
+async fn resolve(
+    d: &Deliverer,
+    m: &MessageRow,
+    webhook_secret: &str,
+    since: chrono::DateTime<Utc>,
+) -> Result<bool, JobError> {
+    let channel = Channel::parse(&m.channel).unwrap_or(Channel::Sms);
+    let provider = d.provider(channel);
+    let outbound = outbound(m, webhook_secret);
+    let candidates = match provider.lookup(&outbound, since).await {
+        Lookup::Unsupported => return Ok(false),
+        Lookup::Candidates(c) => c,
+        Lookup::Unavailable(error) => {
+            unresolved(d, m, provider.name(), &error).await?;
+            return Ok(true);
+        }
+    };
+    for c in candidates {
+        // Two messages with the same text to the same number: each record is one's only.
+        if !messages::take_provider_ref(&d.db, &c.provider_message_id, &m.id)
+            .await
+            .map_err(db_error)?
+        {
+            continue;
+        }
+        let status = reconciled_status(&c.status);
+        let detail = format!(
+            "reconciled: {} already had the attempt begun at {} ({}, {}); not sent again",
+            provider.name(),
+            since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            c.provider_message_id,
+            c.status
+        );
+        let error = (status == "failed" || status == "undelivered")
+            .then(|| format!("{} reported it {}", provider.name(), c.status));
+        finish(
+            d,
+            m,
+            status,
+            Some(c.provider_message_id.clone()),
+            error.as_deref(),
+            &detail,
+            None,
+        )
+        .await?;
+        if status == "failed" {
+            dead_letter(d, m, "rejected").await;
+        }
+        ::metrics::counter!("herald_attempts_reconciled_total", "provider" => provider.name(), "found" => "yes")
+            .increment(1);
+        info!(message_id = %m.id, tenant_id = %m.tenant_id, provider = provider.name(), provider_message_id = %c.provider_message_id, "an attempt whose answer was lost had arrived; recorded, not sent again");
+        return Ok(true);
+    }
+    ::metrics::counter!("herald_attempts_reconciled_total", "provider" => provider.name(), "found" => "no")
+        .increment(1);
+    let detail = format!(
+        "reconciled: {} has no message from the attempt begun at {}; sending it now",
+        provider.name(),
+        since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    );
+    if let Err(e) = messages::note(&d.db, &m.id, &detail).await {
+        debug!(message_id = %m.id, error = %e, "could not note the reconciliation");
+    }
+    info!(message_id = %m.id, tenant_id = %m.tenant_id, provider = provider.name(), "an attempt whose answer was lost never arrived; sending");
+    Ok(false)
+}
+
+/// The provider could not say whether an earlier attempt arrived: wait and ask again, like
+/// after a transient failure, without sending; or give up when the attempts are spent.
+async fn unresolved(
+    d: &Deliverer,
+    m: &MessageRow,
+    provider: &str,
+    error: &str,
+) -> Result<(), JobError> {
+    let error = format!(
+        "could not ask {provider} whether an earlier attempt arrived, so it is not sent again yet: {error}"
+    );
+    if m.attempts >= d.max_attempts as i32 {
+        let detail = format!("attempt {} of {}: {error}", m.attempts, d.max_attempts);
+        finish(d, m, "dead", None, Some(&error), &detail, None).await?;
+        dead_letter(d, m, "exhausted").await;
+        return Ok(());
+    }
+    let delay = d.policy.delay(m.attempts as u32, None);
+    let next = Utc::now() + chrono::Duration::milliseconds(delay.as_millis() as i64);
+    let detail = format!(
+        "attempt {}: {error}; asking again at {}",
+        m.attempts,
+        next.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    );
+    let outcome = Outcome {
+        id: m.id.clone(),
+        status: "retrying".to_owned(),
+        last_error: Some(clean_text(&error, MAX_ERROR_TEXT)),
+        provider_message_id: None,
+        detail: Some(clean_text(&detail, MAX_DETAIL)),
+        next_attempt_at: Some(next),
+        still_unsettled: true,
+    };
+    record_outcome(d, m, outcome).await?;
+    Err(JobError::RetryAt {
+        message: error,
+        at_ms: next.timestamp_millis(),
+    })
+}
+
+/// What a provider's own status word for a found attempt means for Herald, as its status
+/// callback would say it; a message it accepted and still holds is `sent`.
+fn reconciled_status(provider_status: &str) -> &'static str {
+    match provider_status {
+        "delivered" | "read" => "delivered",
+        "undelivered" => "undelivered",
+        "failed" | "canceled" => "failed",
+        _ => "sent",
+    }
+}
+
+/// The message as its provider needs it.
+fn outbound<'a>(m: &'a MessageRow, webhook_secret: &'a str) -> Outbound<'a> {
+    Outbound {
+        message_id: &m.id,
+        tenant_id: &m.tenant_id,
+        to: &m.to_addr,
+        from: m.from_addr.as_deref(),
+        subject: m.subject.as_deref(),
+        body: &m.body,
+        run: m.run,
+        webhook_secret,
+    }
 }
 
 /// Before claiming, so a job put off spends no attempt: the circuit its call would go
@@ -393,16 +536,7 @@ async fn call(
     probe: &mut ProbeGuard<'_>,
 ) -> (SendOutcome, u64) {
     let channel = Channel::parse(&m.channel).unwrap_or(Channel::Sms);
-    let outbound = Outbound {
-        message_id: &m.id,
-        tenant_id: &m.tenant_id,
-        to: &m.to_addr,
-        from: m.from_addr.as_deref(),
-        subject: m.subject.as_deref(),
-        body: &m.body,
-        run: m.run,
-        webhook_secret,
-    };
+    let outbound = outbound(m, webhook_secret);
     let provider = d.provider(channel);
     let origin = match channel {
         Channel::Webhook => webhook_origin(&m.to_addr),
@@ -605,7 +739,15 @@ async fn finish(
         provider_message_id: provider_message_id.map(|id| clean_text(&id, 256)),
         detail: Some(clean_text(detail, MAX_DETAIL)),
         next_attempt_at,
+        still_unsettled: false,
     };
+    record_outcome(d, m, outcome).await
+}
+
+/// Records an outcome (see [`finish`]).
+async fn record_outcome(d: &Deliverer, m: &MessageRow, outcome: Outcome) -> Result<(), JobError> {
+    let status = outcome.status.clone();
+    let status = status.as_str();
     // Once the provider has been called, the outcome must be recorded: given up, the job
     // would run again and send a second time. A Postgres outage is waited out, with backoff,
     // for as long as the job may still run.
@@ -641,7 +783,9 @@ async fn finish(
         Err(e) => {
             error!(message_id = %m.id, status, error = %e, "Postgres refused an outcome; recording its status alone");
             let bare = Outcome {
-                last_error: last_error
+                last_error: outcome
+                    .last_error
+                    .as_ref()
                     .map(|_| "(the provider's error text could not be stored)".to_owned()),
                 provider_message_id: None,
                 detail: Some(format!("{status} (the details could not be stored)")),

@@ -23,12 +23,22 @@ fn herald_status(twilio: &str) -> Option<&'static str> {
     }
 }
 
-/// Applies one Twilio status callback. Returns whether the message moved.
+/// The message and run a status callback's URL names (Herald puts them there when it sends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackFor {
+    pub message_id: String,
+    pub run: i32,
+}
+
+/// Applies one Twilio status callback. Returns whether the message moved. A report for a sid
+/// Herald never heard of (the attempt's answer was lost with its worker) is matched by the
+/// message and run its URL names, if that message is still waiting to learn how it went.
 pub async fn twilio_status(
     db: &PgPool,
     sid: &str,
     twilio_status: &str,
     error_code: Option<&str>,
+    callback_for: Option<&CallbackFor>,
 ) -> Result<bool, sqlx::Error> {
     let Some(status) = herald_status(twilio_status) else {
         debug!(sid, twilio_status, "status callback with nothing to record");
@@ -41,9 +51,17 @@ pub async fn twilio_status(
         Some(e) => format!("status callback: {twilio_status}; {e}"),
         None => format!("status callback: {twilio_status}"),
     };
-    let Some(m) =
-        messages::apply_delivery_report(db, sid, status, error.as_deref(), &detail).await?
-    else {
+    let mut moved =
+        messages::apply_delivery_report(db, sid, status, error.as_deref(), &detail).await?;
+    if moved.is_none()
+        && let Some(hint) = callback_for
+        && messages::adopt_provider_ref(db, sid, &hint.message_id, hint.run).await?
+    {
+        let detail =
+            format!("{detail} (the attempt's own answer was lost; this report settles it)");
+        moved = messages::apply_delivery_report(db, sid, status, error.as_deref(), &detail).await?;
+    }
+    let Some(m) = moved else {
         debug!(
             sid,
             twilio_status,

@@ -47,6 +47,9 @@ pub struct MessageRow {
     pub local_date: Option<chrono::NaiveDate>,
     /// A message to a group member: the group send it belongs to.
     pub group_message_id: Option<String>,
+    /// When an attempt whose outcome was never recorded began; until the provider has said
+    /// whether it arrived, the message is not sent again.
+    pub unsettled_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -473,7 +476,8 @@ pub async fn release_stale_claim(
 ) -> Result<bool, sqlx::Error> {
     let moved = sqlx::query(
         "WITH m AS (
-            UPDATE messages SET status = 'retrying', updated_at = now()
+            UPDATE messages SET status = 'retrying', updated_at = now(),
+                   unsettled_since = COALESCE(unsettled_since, updated_at)
             WHERE id = $1 AND status = 'sending' AND updated_at = $2
             RETURNING id
          )
@@ -553,6 +557,10 @@ pub async fn claim_many(
                 status = t.next,
                 attempts = m.attempts + CASE WHEN t.next = 'sending' THEN 1 ELSE 0 END,
                 claim_attempt = t.attempt,
+                -- Taking over a claim whose worker died: that attempt's outcome is unknown.
+                unsettled_since = CASE WHEN m.status = 'sending'
+                                       THEN COALESCE(m.unsettled_since, m.updated_at)
+                                       ELSE m.unsettled_since END,
                 updated_at = now()
             FROM target t
             WHERE m.id = t.id AND t.eligible AND t.next <> 'quiet'
@@ -633,6 +641,9 @@ pub struct Outcome {
     pub detail: Option<String>,
     /// For `retrying`: when the next attempt is due.
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The earlier attempt whose outcome is unknown is still unknown (the provider could not
+    /// be asked): keep `unsettled_since`. Otherwise recording an outcome settles it.
+    pub still_unsettled: bool,
 }
 
 /// Records the outcomes of many attempts in one statement, each with its event. Returns the
@@ -650,10 +661,11 @@ pub async fn finish_many(
         .collect();
     let details: Vec<Option<&str>> = outcomes.iter().map(|o| o.detail.as_deref()).collect();
     let next: Vec<Option<DateTime<Utc>>> = outcomes.iter().map(|o| o.next_attempt_at).collect();
+    let unsettled: Vec<bool> = outcomes.iter().map(|o| o.still_unsettled).collect();
     sqlx::query_scalar::<_, String>(
         "WITH v AS (
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
-                AS v(id, status, last_error, provider_message_id, detail, next_at)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::bool[])
+                AS v(id, status, last_error, provider_message_id, detail, next_at, still_unsettled)
          ), moved AS (
             UPDATE messages m SET
                 status = v.status,
@@ -662,6 +674,7 @@ pub async fn finish_many(
                 sent_at = CASE WHEN v.status IN ('sent', 'delivered') THEN now() ELSE m.sent_at END,
                 delivered_at = CASE WHEN v.status = 'delivered' THEN now() ELSE m.delivered_at END,
                 send_at = COALESCE(v.next_at, m.send_at),
+                unsettled_since = CASE WHEN v.still_unsettled THEN m.unsettled_since END,
                 updated_at = now()
             FROM v
             WHERE m.id = v.id AND m.status = 'sending'
@@ -682,6 +695,7 @@ pub async fn finish_many(
     .bind(&provider_ids)
     .bind(&details)
     .bind(&next)
+    .bind(&unsettled)
     .fetch_all(db)
     .await
 }
@@ -839,10 +853,15 @@ pub async fn apply_delivery_report(
                 last_error = COALESCE($3, last_error),
                 sent_at = CASE WHEN sent_at IS NULL THEN now() ELSE sent_at END,
                 delivered_at = CASE WHEN $2 = 'delivered' THEN now() ELSE delivered_at END,
+                provider_message_id = COALESCE(provider_message_id, $1),
+                unsettled_since = NULL,
                 updated_at = now()
             WHERE id = (SELECT message_id FROM provider_refs WHERE provider_message_id = $1)
-              AND ((status = 'sending' AND $2 = 'sent')
-                OR (status IN ('sending', 'sent') AND $2 IN ('delivered', 'undelivered', 'failed')))
+              -- A message waiting to learn whether an attempt arrived counts as sending: the
+              -- report says it did.
+              AND ((status = 'sending' OR (status = 'retrying' AND unsettled_since IS NOT NULL))
+                   AND $2 IN ('sent', 'delivered', 'undelivered', 'failed')
+                OR (status = 'sent' AND $2 IN ('delivered', 'undelivered', 'failed')))
             RETURNING *
          ), e AS (
             INSERT INTO message_events (message_id, status, detail) SELECT id, $2, $4 FROM m
@@ -1004,4 +1023,53 @@ pub async fn awaiting_reply_between(
     .bind(limit)
     .fetch_all(db)
     .await
+}
+
+/// Takes a provider's id for `message_id`, when nobody holds it yet or this message does
+/// already: a provider's record that could be an unresolved attempt of two messages with the
+/// same text is given to one of them only. Returns whether it is this message's now.
+pub async fn take_provider_ref(
+    db: impl PgExecutor<'_>,
+    provider_message_id: &str,
+    message_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let owner: Option<String> = sqlx::query_scalar(
+        "WITH ins AS (
+            INSERT INTO provider_refs (provider_message_id, message_id) VALUES ($1, $2)
+            ON CONFLICT DO NOTHING RETURNING message_id
+         )
+         SELECT message_id FROM ins
+         UNION ALL
+         SELECT message_id FROM provider_refs WHERE provider_message_id = $1
+         LIMIT 1",
+    )
+    .bind(provider_message_id)
+    .bind(message_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(owner.as_deref() == Some(message_id))
+}
+
+/// A status report names a message and run that Herald does not know the provider id of (the
+/// attempt's answer never came back): the id becomes that message's if the message is still
+/// waiting to learn how that attempt went. Returns whether it did.
+pub async fn adopt_provider_ref(
+    db: impl PgExecutor<'_>,
+    provider_message_id: &str,
+    message_id: &str,
+    run: i32,
+) -> Result<bool, sqlx::Error> {
+    let adopted = sqlx::query(
+        "INSERT INTO provider_refs (provider_message_id, message_id)
+         SELECT $1, id FROM messages
+         WHERE id = $2 AND run = $3
+           AND (status = 'sending' OR (status = 'retrying' AND unsettled_since IS NOT NULL))
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(provider_message_id)
+    .bind(message_id)
+    .bind(run)
+    .execute(db)
+    .await?;
+    Ok(adopted.rows_affected() == 1)
 }
