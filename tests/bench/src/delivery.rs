@@ -105,7 +105,7 @@ pub(crate) fn base_env(pg: &str, redis: &str, prefix: &str) -> Vec<(&'static str
 }
 
 /// `n` accepted messages, committed and queued the way the API leaves them.
-async fn accept(
+pub(crate) async fn accept(
     pool: &PgPool,
     queue: &queue::Queue,
     tenant: &str,

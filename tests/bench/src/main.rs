@@ -5,6 +5,7 @@
 //! cargo run --release -p herald-bench            # everything, about two minutes
 //! cargo run --release -p herald-bench -- --jobs 20000   # a smaller backlog
 //! cargo run --release -p herald-bench -- --only neighbour  # tenant B beside a failing tenant A
+//! cargo run --release -p herald-bench -- --only crash      # kill -9 with sends in flight
 //! ```
 //!
 //! It starts its own `redis-server` on a free loopback port (AOF on, fsync every second, as in
@@ -12,6 +13,7 @@
 //! binary) so the worker's memory is measured alone.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod crash;
 mod delivery;
 mod fanout;
 mod neighbour;
@@ -246,6 +248,10 @@ async fn bench(flags: HashMap<String, String>) -> anyhow::Result<()> {
         let messages: usize = flag(&flags, "messages", 50_000);
         let requests: usize = flag(&flags, "requests", 50_000);
         delivery::run(&mut figures, messages, requests).await?;
+    }
+    if only == "all" || only == "crash" {
+        let in_flight: usize = flag(&flags, "in-flight", 50);
+        crash::run(&mut figures, in_flight).await?;
     }
     if only == "all" || only == "neighbour" {
         let messages: usize = flag(&flags, "messages", 20_000);
