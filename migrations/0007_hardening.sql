@@ -4,10 +4,13 @@
 -- minted before its transaction commits (long before, for a whole group send, or on a host
 -- whose clock is behind), so an id watermark could pass a message that was not committed yet.
 -- Transactions below the snapshot horizon have all finished, whatever ids they minted.
--- Existing rows keep NULL (they were swept by id); the column is never updated, so updates of
--- a message stay HOT.
+-- Finished rows keep NULL; the column is never updated afterwards, so updates of a message
+-- stay HOT.
 ALTER TABLE messages ADD COLUMN created_xid bigint;
 ALTER TABLE messages ALTER COLUMN created_xid SET DEFAULT (pg_current_xact_id()::text::bigint);
+-- Messages still waiting now were swept by id; the first sweep by transaction (from xid 0)
+-- takes them once more (pushes are idempotent), so none whose push failed is left behind.
+UPDATE messages SET created_xid = 0 WHERE status IN ('scheduled', 'queued', 'retrying');
 CREATE INDEX messages_created_xid ON messages (created_xid);
 
 -- The sweep's state: everything inserted by transactions below `last_xid` has been swept;

@@ -520,6 +520,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn secrets_are_compared_by_their_hashes_whatever_their_lengths() {
+        assert!(secrets_match("ops-token-0123456789", "ops-token-0123456789"));
+        assert!(!secrets_match("ops-token-0123456789", "ops-token-012345678"));
+        assert!(!secrets_match("ops-token-0123456789", ""));
+        assert!(!secrets_match("short", &"x".repeat(10_000)));
+    }
+
+    #[test]
     fn outside_text_is_cleaned_and_capped() {
         assert_eq!(
             clean_text("  bad\0 gate\r\n\tway \u{7}  ", 100),
