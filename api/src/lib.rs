@@ -44,7 +44,16 @@ pub async fn serve(
     herald_core::metrics::install();
     let db = db::pool(config.database_url.expose(), config.database_pool_size)
         .context("HERALD_DATABASE_URL")?;
-    migrate_with_retry(&db, Duration::from_secs(60)).await?;
+    migrate_with_retry(
+        &db,
+        config.database_url.expose(),
+        Duration::from_secs(60),
+        &shutdown,
+    )
+    .await?;
+    if shutdown.is_cancelled() {
+        return Ok(());
+    }
     let (client, conn) = queue::connect(config.redis_url.expose()).context("HERALD_REDIS_URL")?;
     let limiter = herald_core::ratelimit::RateLimiter::new(conn.clone(), &config.queue_prefix);
     let replies = queue::ai_replies(&config, client.clone(), conn.clone());
@@ -77,18 +86,41 @@ pub async fn serve(
     Ok(())
 }
 
-/// Runs migrations, retrying while Postgres is not up yet.
-pub async fn migrate_with_retry(db: &sqlx::PgPool, within: Duration) -> anyhow::Result<()> {
+/// Runs migrations, retrying while Postgres is not up yet; gives up after `within`, saying
+/// where it looked, or at once (successfully) when `shutdown` is cancelled meanwhile.
+pub async fn migrate_with_retry(
+    db: &sqlx::PgPool,
+    url: &str,
+    within: Duration,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + within;
+    let mut told = false;
     loop {
-        match db::migrate(db).await {
+        let attempt = tokio::select! {
+            result = db::migrate(db) => result,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        match attempt {
             Ok(()) => return Ok(()),
             Err(sqlx::migrate::MigrateError::Execute(e))
-                if herald_core::store::is_unavailable(&e)
-                    && tokio::time::Instant::now() < deadline =>
+                if herald_core::store::is_unavailable(&e) =>
             {
-                warn!(error = %e, "Postgres is not reachable yet; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                if tokio::time::Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "Postgres at {} did not answer within {} s ({e}); is it running, and is HERALD_DATABASE_URL right?",
+                        db::describe(url),
+                        within.as_secs()
+                    );
+                }
+                if !told {
+                    warn!(postgres = %db::describe(url), error = %e, "Postgres is not reachable yet; retrying");
+                    told = true;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
             }
             Err(e) => return Err(e).context("running database migrations"),
         }

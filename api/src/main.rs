@@ -1,39 +1,50 @@
 //! herald-api: serve the HTTP API, or `herald-api migrate` to migrate the schema and exit.
 
-use std::{process::ExitCode, sync::Arc, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
-use herald_core::{Config, db, shutdown, telemetry};
+use herald_core::{Config, binary, db, shutdown};
+
+const USAGE: &str = "usage: herald-api [serve | migrate]
+
+  serve     serve the HTTP API on HERALD_LISTEN (the default); runs pending migrations first
+  migrate   apply the database migrations and exit
+";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match Config::from_env() {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            eprintln!("herald-api: {e}");
-            return ExitCode::from(2);
-        }
+    if binary::help_requested(&format!("{USAGE}\n{}", binary::CONFIGURED_BY)) {
+        return ExitCode::SUCCESS;
+    }
+    let command = std::env::args().nth(1);
+    if let Some(other) = command
+        .as_deref()
+        .filter(|c| !matches!(*c, "serve" | "migrate"))
+    {
+        eprintln!("herald-api: unknown command `{other}`\n\n{USAGE}");
+        return ExitCode::from(2);
+    }
+    let config = match binary::start("herald-api") {
+        Ok(config) => config,
+        Err(code) => return code,
     };
-    telemetry::init(config.log_format, &config.log_filter);
-    let result = match std::env::args().nth(1).as_deref() {
-        None | Some("serve") => herald_api::run(config, shutdown::on_signal()).await,
+    let result = match command.as_deref() {
         Some("migrate") => migrate(&config).await,
-        Some(other) => {
-            eprintln!("herald-api: unknown command `{other}` (commands: serve, migrate)");
-            return ExitCode::from(2);
-        }
+        _ => herald_api::run(config.clone(), shutdown::on_signal()).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "herald-api failed");
-            eprintln!("herald-api: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => binary::failed("herald-api", &config, &e),
     }
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
     herald_core::install_crypto();
     let pool = db::pool(config.database_url.expose(), 2)?;
-    herald_api::migrate_with_retry(&pool, Duration::from_secs(60)).await
+    herald_api::migrate_with_retry(
+        &pool,
+        config.database_url.expose(),
+        Duration::from_secs(60),
+        &shutdown::on_signal(),
+    )
+    .await
 }

@@ -272,7 +272,8 @@ main { max-width:1120px; margin:28px auto; padding:0 28px; }
 h1 { font-size:22px; margin:0 0 18px; }
 h2 { font-size:17px; margin:28px 0 10px; }
 table { width:100%; border-collapse:collapse; background:#fff; border:1px solid var(--line); border-radius:8px; overflow:hidden; }
-th, td { text-align:left; padding:9px 12px; border-bottom:1px solid var(--line); vertical-align:top; }
+th, td { text-align:left; padding:9px 12px; border-bottom:1px solid var(--line); vertical-align:top; overflow-wrap:anywhere; }
+td code { word-break:break-all; }
 th { background:#f2f4f7; font-size:12px; text-transform:uppercase; letter-spacing:.4px; color:var(--muted); }
 td.num { text-align:right; font-variant-numeric: tabular-nums; }
 tr:last-child td { border-bottom:0; }

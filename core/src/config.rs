@@ -112,6 +112,9 @@ pub struct Config {
     /// Model calls per contact per hour for AI replies; past it, texts are stored but not
     /// answered by a model (one short notice per hour).
     pub ai_replies_per_hour: u32,
+    /// How often the scheduler's daily tick looks for subscriptions due (every minute in
+    /// production; tests race schedulers more often).
+    pub daily_tick_seconds: u32,
     /// Where herald-worker and herald-scheduler serve `/metrics` (`None`: off).
     pub worker_metrics_listen: Option<SocketAddr>,
     pub scheduler_metrics_listen: Option<SocketAddr>,
@@ -311,6 +314,7 @@ impl Config {
         let auth_failure_rate = r.number("HERALD_AUTH_FAILURE_RATE", 10, 1, 1_000_000);
         let trust_forwarded_for = r.boolean("HERALD_TRUST_FORWARDED_FOR", false);
         let ai_replies_per_hour = r.number("HERALD_AI_REPLIES_PER_HOUR", 10, 0, 10_000);
+        let daily_tick_seconds = r.number("HERALD_DAILY_TICK_SECONDS", 60, 1, 60);
         let worker_metrics_listen =
             r.listen_or_off("HERALD_WORKER_METRICS_LISTEN", "127.0.0.1:9101");
         let scheduler_metrics_listen =
@@ -373,6 +377,7 @@ impl Config {
             auth_failure_rate,
             trust_forwarded_for,
             ai_replies_per_hour,
+            daily_tick_seconds,
             worker_metrics_listen,
             scheduler_metrics_listen,
         })

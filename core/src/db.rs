@@ -20,6 +20,19 @@ pub fn pool(url: &str, size: u32) -> Result<PgPool, sqlx::Error> {
         .connect_lazy(url)
 }
 
+/// `host:port/database` of a Postgres URL, for messages (never its user or password).
+pub fn describe(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}:{}{}",
+            u.host_str().unwrap_or("localhost"),
+            u.port().unwrap_or(5432),
+            u.path()
+        ),
+        Err(_) => "(an unreadable HERALD_DATABASE_URL)".to_owned(),
+    }
+}
+
 /// Runs pending migrations (herald-api does this at start).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await?;

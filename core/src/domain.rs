@@ -197,7 +197,11 @@ impl WebhookUrl {
         match url.scheme() {
             "https" => {}
             "http" if allow_private => {}
-            "http" => return Err(Invalid("webhook targets must use https".to_owned())),
+            "http" => {
+                return Err(Invalid(
+                    "webhook targets must use https (for local development, set HERALD_WEBHOOK_ALLOW_PRIVATE=true on the server)".to_owned(),
+                ));
+            }
             other => {
                 return Err(Invalid(format!(
                     "webhook targets must use https, not {other}"
@@ -226,7 +230,7 @@ impl WebhookUrl {
             };
             if private {
                 return Err(Invalid(
-                    "webhook targets must be public addresses (private, loopback and link-local hosts are refused)".to_owned(),
+                    "webhook targets must be public addresses (private, loopback and link-local hosts are refused; for local development, set HERALD_WEBHOOK_ALLOW_PRIVATE=true on the server)".to_owned(),
                 ));
             }
         }
@@ -521,8 +525,14 @@ mod tests {
 
     #[test]
     fn secrets_are_compared_by_their_hashes_whatever_their_lengths() {
-        assert!(secrets_match("ops-token-0123456789", "ops-token-0123456789"));
-        assert!(!secrets_match("ops-token-0123456789", "ops-token-012345678"));
+        assert!(secrets_match(
+            "ops-token-0123456789",
+            "ops-token-0123456789"
+        ));
+        assert!(!secrets_match(
+            "ops-token-0123456789",
+            "ops-token-012345678"
+        ));
         assert!(!secrets_match("ops-token-0123456789", ""));
         assert!(!secrets_match("short", &"x".repeat(10_000)));
     }

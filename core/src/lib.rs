@@ -5,6 +5,7 @@
 //! Redis queue engine; [`providers`] are who messages are handed to.
 
 pub mod batch;
+pub mod binary;
 pub mod config;
 pub mod db;
 pub mod domain;

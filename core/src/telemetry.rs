@@ -19,6 +19,13 @@ pub fn init(format: LogFormat, filter: &str) {
                     .with_target(true),
             )
             .try_init(),
-        LogFormat::Pretty => registry.with(fmt::layer().with_target(false)).try_init(),
+        // Colours only for a terminal: a file or a pipe gets plain text.
+        LogFormat::Pretty => registry
+            .with(
+                fmt::layer()
+                    .with_target(false)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+            )
+            .try_init(),
     };
 }

@@ -126,7 +126,11 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
         ));
     }
     let every_second = schedule("* * * * * *")?;
-    let every_minute = schedule("0 * * * * *")?;
+    let daily = if config.daily_tick_seconds >= 60 {
+        schedule("0 * * * * *")?
+    } else {
+        schedule(&format!("*/{} * * * * *", config.daily_tick_seconds))?
+    };
     let every_two_seconds = schedule("*/2 * * * * *")?;
     let hourly = schedule("0 17 * * * *")?;
     info!("herald-scheduler starting");
@@ -164,7 +168,7 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
             })
             .register(move |_| {
                 WorkerBuilder::new("herald-daily")
-                    .backend(CronScheduler::new(every_minute.clone()))
+                    .backend(CronScheduler::new(daily.clone()))
                     .data(c2.clone())
                     .enable_tracing()
                     .catch_panic()

@@ -1,25 +1,26 @@
 //! herald-scheduler: run the cron ticks until SIGTERM or SIGINT.
 
-use std::{process::ExitCode, sync::Arc};
+use std::process::ExitCode;
 
-use herald_core::{Config, shutdown, telemetry};
+use herald_core::{binary, shutdown};
+
+const USAGE: &str = "usage: herald-scheduler
+
+Runs the cron ticks: the outbox sweep, the Redis reconcile, the daily tick and retention.
+Safe to run more than once.
+";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match Config::from_env() {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            eprintln!("herald-scheduler: {e}");
-            return ExitCode::from(2);
-        }
+    if binary::help_requested(&format!("{USAGE}\n{}", binary::CONFIGURED_BY)) {
+        return ExitCode::SUCCESS;
+    }
+    let config = match binary::start("herald-scheduler") {
+        Ok(config) => config,
+        Err(code) => return code,
     };
-    telemetry::init(config.log_format, &config.log_filter);
-    match herald_scheduler::run(config, shutdown::on_signal()).await {
+    match herald_scheduler::run(config.clone(), shutdown::on_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "herald-scheduler failed");
-            eprintln!("herald-scheduler: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => binary::failed("herald-scheduler", &config, &e),
     }
 }

@@ -117,6 +117,10 @@ async fn ops_log_in_see_a_dead_letter_replay_it_and_its_message_is_sent() {
         browser.text("#dead-letters").await.contains(&dead_letter),
         "the dead letter is listed"
     );
+    assert!(
+        !browser.scrolls_sideways().await,
+        "the dead-letter table fits a 1280 px window"
+    );
     browser
         .click(&format!("a[href=\"/ops/dead-letters/{dead_letter}\"]"))
         .await;
@@ -125,6 +129,10 @@ async fn ops_log_in_see_a_dead_letter_replay_it_and_its_message_is_sent() {
         .await;
     let detail = browser.wait_for_source("21211").await; // its error history
     assert!(detail.contains(&message_id));
+    assert!(
+        !browser.scrolls_sideways().await,
+        "the dead letter's page fits a 1280 px window"
+    );
     std::fs::create_dir_all(herald_tests::process::bin_dir().join("screenshots")).unwrap();
     let shot = browser.screenshot().await;
     assert!(shot.starts_with(b"\x89PNG"), "a PNG screenshot");

@@ -225,6 +225,26 @@ impl Browser {
         STANDARD.decode(v.as_str().unwrap_or_default()).unwrap()
     }
 
+    /// Runs `script` (a function body) in the page and returns what it returns.
+    pub async fn eval(&self, script: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    /// Whether the page is wider than the window (it scrolls sideways).
+    pub async fn scrolls_sideways(&self) -> bool {
+        self.eval(
+            "return document.documentElement.scrollWidth > document.documentElement.clientWidth;",
+        )
+        .await
+        .as_bool()
+        .unwrap_or(true)
+    }
+
     /// Cookies the browser holds for the current page.
     pub async fn cookies(&self) -> Vec<Value> {
         self.call(reqwest::Method::GET, "/cookie", None)

@@ -1,25 +1,26 @@
 //! herald-worker: deliver messages until SIGTERM or SIGINT.
 
-use std::{process::ExitCode, sync::Arc};
+use std::process::ExitCode;
 
-use herald_core::{Config, shutdown, telemetry};
+use herald_core::{binary, shutdown};
+
+const USAGE: &str = "usage: herald-worker
+
+Delivers messages and answers inbound texts: the apalis workers of the `deliveries` and
+`ai-replies` queues.
+";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match Config::from_env() {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            eprintln!("herald-worker: {e}");
-            return ExitCode::from(2);
-        }
+    if binary::help_requested(&format!("{USAGE}\n{}", binary::CONFIGURED_BY)) {
+        return ExitCode::SUCCESS;
+    }
+    let config = match binary::start("herald-worker") {
+        Ok(config) => config,
+        Err(code) => return code,
     };
-    telemetry::init(config.log_format, &config.log_filter);
-    match herald_worker::run(config, shutdown::on_signal()).await {
+    match herald_worker::run(config.clone(), shutdown::on_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "herald-worker failed");
-            eprintln!("herald-worker: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => binary::failed("herald-worker", &config, &e),
     }
 }

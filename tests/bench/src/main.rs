@@ -36,9 +36,31 @@ pub use worker::BenchJob;
 
 const QUEUE: &str = "bench";
 
+const USAGE: &str = "usage: herald-bench [--only FIGURES] [flags]
+
+Measures Herald on this machine and prints the figures beside DESIGN.md's targets. Starts its
+own Redis and Postgres on free loopback ports; build the release binaries first
+(cargo build --release --workspace --bins).
+
+  --only engine      the queue engine: drain, enqueue, lateness, recovery (--jobs 100000)
+  --only fanout      daily fan-out, group send, reconcile (--subscriptions 100000)
+  --only delivery    end-to-end delivery and POST /v1/messages (--messages 50000, --requests 50000)
+  --only crash       kill -9 with SMS in flight: recovery and duplicates (--in-flight 50)
+  --only neighbour   tenant B beside a failing tenant A (--messages 20000, --paced 5000,
+                     --a-backlog 20000, --a-requests 300)
+  (no --only)        all of them, in that order
+";
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args
+        .iter()
+        .any(|a| matches!(a.as_str(), "-h" | "--help" | "help"))
+    {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let result = if args.first().map(String::as_str) == Some("worker") {
         worker::main(parse_flags(&args[1..])).await
     } else {
