@@ -14,8 +14,10 @@ pub fn init(format: LogFormat, filter: &str) {
             .with(
                 fmt::layer()
                     .json()
-                    .with_current_span(true)
-                    .with_span_list(false)
+                    // Every enclosing span's fields (the job's queue and attempt, the
+                    // delivery's message, tenant and request), not just the innermost's.
+                    .with_current_span(false)
+                    .with_span_list(true)
                     .with_target(true),
             )
             .try_init(),

@@ -122,3 +122,58 @@ async fn a_binary_with_bad_configuration_names_the_variable() {
     assert!(stderr.contains("HERALD_DATABASE_URL"), "{stderr}");
     assert!(stderr.contains("HERALD_MAX_ATTEMPTS"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_delivery_log_line_carries_its_queue_attempt_message_tenant_and_request() {
+    let twilio = herald_tests::providers::TwilioMock::start().await;
+    let mut config = test_config().await;
+    twilio.configure(&mut config);
+    let app = herald_tests::TestApp::start_with(config).await;
+    let tenant = app.tenant().await;
+    twilio.script([herald_tests::providers::Reply::TwilioError {
+        status: 400,
+        code: 21211,
+        message: "The 'To' number is not a valid phone number.".into(),
+    }]);
+    let (_worker, lines) = Proc::start_logged(
+        "herald-worker",
+        &herald_tests::process::herald_env(&app.config),
+    );
+    let r = app
+        .http
+        .post(app.url("/v1/messages"))
+        .bearer_auth(&tenant.api_key)
+        .header("x-request-id", "req-from-the-client-42")
+        .json(&json!({"channel": "sms", "to": "+15557650000", "body": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let line: Value = eventually(
+        Duration::from_secs(30),
+        "the worker logs the rejection",
+        || async {
+            let lines = lines.lock().unwrap().clone();
+            lines
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|l| l["fields"]["message"] == "provider rejected the message")
+        },
+    )
+    .await;
+    let spans = line["spans"].as_array().expect("the line lists its spans");
+    let field = |name: &str| spans.iter().find_map(|s| s.get(name).cloned());
+    assert_eq!(field("queue"), Some(json!("deliveries")), "{line}");
+    assert_eq!(field("attempt"), Some(json!(1)), "{line}");
+    assert_eq!(field("message_id"), Some(json!(id)), "{line}");
+    assert_eq!(field("tenant_id"), Some(json!(tenant.id)), "{line}");
+    assert_eq!(
+        field("request_id"),
+        Some(json!("req-from-the-client-42")),
+        "{line}"
+    );
+}

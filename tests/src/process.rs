@@ -53,6 +53,38 @@ impl Proc {
         }
     }
 
+    /// Starts `name` with its standard output collected line by line (its JSON logs).
+    pub fn start_logged(
+        name: &str,
+        env: &[(String, String)],
+    ) -> (Self, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = Command::new(bin(name));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        (
+            Self {
+                name: name.to_owned(),
+                child,
+            },
+            lines,
+        )
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id().expect("the process is running")
     }
