@@ -14,7 +14,7 @@
 use herald_core::{
     queue::{NewJob, Queue, now_ms},
     services::{DeliveryJob, conversations::AiJob},
-    store::messages,
+    store::outbox as pending,
 };
 use sqlx::PgPool;
 
@@ -25,12 +25,12 @@ const BATCH: i64 = 1_000;
 /// Pushes every waiting message inserted by transactions that finished since the last step;
 /// returns how many it pushed.
 pub async fn sweep(db: &PgPool, queue: &Queue) -> anyhow::Result<usize> {
-    let Some(range) = messages::outbox_range(db, queue.name(), GRACE_MS).await? else {
+    let Some(range) = pending::outbox_range(db, queue.name(), GRACE_MS).await? else {
         return Ok(0);
     };
     let (mut after, mut total) = ((i64::MIN, String::new()), 0);
     loop {
-        let due = messages::waiting_in(db, range, (after.0, &after.1), BATCH).await?;
+        let due = pending::waiting_in(db, range, (after.0, &after.1), BATCH).await?;
         let jobs = due
             .iter()
             .map(|m| {
@@ -45,19 +45,19 @@ pub async fn sweep(db: &PgPool, queue: &Queue) -> anyhow::Result<usize> {
             _ => break,
         }
     }
-    messages::outbox_swept(db, queue.name(), range).await?;
+    pending::outbox_swept(db, queue.name(), range).await?;
     Ok(total)
 }
 
 /// The reply outbox: inbound texts that still want an AI reply job (Redis was down when they
 /// came in) get one, by the same steps. Returns how many it queued.
 pub async fn sweep_replies(db: &PgPool, queue: &Queue) -> anyhow::Result<usize> {
-    let Some(range) = messages::outbox_range(db, queue.name(), GRACE_MS).await? else {
+    let Some(range) = pending::outbox_range(db, queue.name(), GRACE_MS).await? else {
         return Ok(0);
     };
     let (mut after, mut total) = ((i64::MIN, String::new()), 0);
     loop {
-        let rows = messages::awaiting_reply_in(db, range, (after.0, &after.1), BATCH).await?;
+        let rows = pending::awaiting_reply_in(db, range, (after.0, &after.1), BATCH).await?;
         let jobs = rows
             .iter()
             .map(|(_, id)| {
@@ -76,6 +76,6 @@ pub async fn sweep_replies(db: &PgPool, queue: &Queue) -> anyhow::Result<usize> 
             _ => break,
         }
     }
-    messages::outbox_swept(db, queue.name(), range).await?;
+    pending::outbox_swept(db, queue.name(), range).await?;
     Ok(total)
 }

@@ -22,7 +22,7 @@ use herald_core::{
     domain::id_floor,
     queue::{NewJob, Queue, now_ms},
     services::{DeliveryJob, conversations::AiJob},
-    store::messages,
+    store::outbox as pending,
 };
 use sqlx::PgPool;
 use tracing::{info, warn};
@@ -44,7 +44,7 @@ pub async fn deliveries(
     let stale = chrono::Duration::from_std(stale_claim)?;
     let (mut after, mut checked, mut added) = (String::new(), 0, 0);
     loop {
-        let rows = messages::unfinished_after(db, &after, BATCH).await?;
+        let rows = pending::unfinished_after(db, &after, BATCH).await?;
         let jobs = rows
             .iter()
             .map(|m| {
@@ -95,7 +95,7 @@ pub async fn replies(db: &PgPool, queue: &Queue, run: &str) -> anyhow::Result<Op
     let before = id_floor("msg", now_ms() + 1);
     let (mut after, mut added) = (id_floor("msg", now_ms() - REPLY_HORIZON_MS), 0);
     loop {
-        let ids = messages::awaiting_reply_between(db, &after, &before, BATCH).await?;
+        let ids = pending::awaiting_reply_between(db, &after, &before, BATCH).await?;
         let jobs = ids
             .iter()
             .map(|id| {

@@ -10,7 +10,7 @@ use axum::{
 use herald_core::{
     domain::is_id,
     services::conversations,
-    store::{contacts, messages},
+    store::{contacts, conversations as entries},
 };
 
 use crate::{
@@ -50,7 +50,7 @@ pub async fn get(
     known_params(&q, &["limit", "cursor"])?;
     let page = Page::from_query(&q, |c| is_id("msg", c))?;
     let c = contact(&state, &auth.tenant.id, &contact_id).await?;
-    let mut rows = messages::conversation(
+    let mut rows = entries::conversation(
         &state.db,
         &auth.tenant.id,
         &c.id,

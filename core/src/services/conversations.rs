@@ -130,7 +130,7 @@ pub async fn receive(
     )
     .await?;
     let id = new_id("msg");
-    if !messages::insert_provider_ref(&mut *tx, &inbound.sid, &id).await? {
+    if !store::lifecycle::insert_provider_ref(&mut *tx, &inbound.sid, &id).await? {
         tx.rollback().await?;
         return Ok(Received::Duplicate);
     }
@@ -293,7 +293,7 @@ async fn daily(
     subscription_id: &str,
     local_date: chrono::NaiveDate,
 ) -> Result<(), JobError> {
-    use crate::store::subscriptions;
+    use store::subscriptions;
     if !subscriptions::run_pending(&r.db, subscription_id, local_date)
         .await
         .map_err(db_error)?
@@ -402,7 +402,7 @@ async fn answer(r: &Replier, inbound_id: &str) -> Result<(), JobError> {
     };
     if contact.mode != "ai" {
         debug!(message_id = %inbound.id, "a person has this conversation; no AI reply");
-        messages::reply_handled(&r.db, &inbound.id)
+        store::conversations::reply_handled(&r.db, &inbound.id)
             .await
             .map_err(db_error)?;
         return Ok(());
@@ -421,14 +421,14 @@ async fn answer(r: &Replier, inbound_id: &str) -> Result<(), JobError> {
             messages::note(&r.db, &inbound.id, &format!("not answered: {budget}"))
                 .await
                 .map_err(db_error)?;
-            messages::reply_handled(&r.db, &inbound.id)
+            store::conversations::reply_handled(&r.db, &inbound.id)
                 .await
                 .map_err(db_error)?;
             return Ok(());
         }
         AiSpend::Notice => (canned_reply(&tenant), None, None),
         AiSpend::Model => {
-            let history = messages::turns_before(
+            let history = store::conversations::turns_before(
                 &r.db,
                 &inbound.tenant_id,
                 contact_id,
@@ -473,7 +473,7 @@ async fn answer(r: &Replier, inbound_id: &str) -> Result<(), JobError> {
         Ok(None) => debug!(in_reply_to = %inbound.id, "this text was answered already"),
         Err(e) => return Err(db_error(unwrap_arc(e))),
     }
-    messages::reply_handled(&r.db, &inbound.id)
+    store::conversations::reply_handled(&r.db, &inbound.id)
         .await
         .map_err(db_error)?;
     Ok(())
@@ -585,7 +585,7 @@ pub async fn missed_call(
     )
     .await?;
     let entry_id = new_id("msg");
-    if !messages::insert_provider_ref(&mut *tx, &call.call_sid, &entry_id).await? {
+    if !store::lifecycle::insert_provider_ref(&mut *tx, &call.call_sid, &entry_id).await? {
         tx.rollback().await?;
         return Ok(MissedCall::Duplicate);
     }

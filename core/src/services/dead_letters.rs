@@ -51,7 +51,7 @@ pub async fn replay(
         return Ok(Replay::NotFound);
     };
     let detail = format!("replayed from dead letter {id}");
-    match messages::restart(&mut *tx, message_id, &detail).await? {
+    match crate::store::lifecycle::restart(&mut *tx, message_id, &detail).await? {
         Some(message) => {
             dead_letters::mark_replayed(&mut *tx, id).await?;
             let job = DeliveryJob::new(

@@ -29,7 +29,8 @@ use crate::{
     ratelimit::RateLimiter,
     store::{
         self, contacts,
-        messages::{self, Claimed, MessageRow, Outcome, PutOff},
+        lifecycle::{Claimed, Outcome, PutOff},
+        messages::{self, MessageRow},
     },
 };
 
@@ -117,7 +118,7 @@ impl Deliverer {
                     let ids: Vec<String> = items.iter().map(|(id, _)| id.clone()).collect();
                     let attempts: Vec<i32> = items.iter().map(|(_, a)| *a).collect();
                     let mut claimed: HashMap<String, Claimed> =
-                        messages::claim_many(&db, &ids, &attempts)
+                        store::lifecycle::claim_many(&db, &ids, &attempts)
                             .await?
                             .into_iter()
                             .map(|c| (c.message.id.clone(), c))
@@ -132,7 +133,7 @@ impl Deliverer {
             Batcher::spawn(BATCH, 2, move |items: Arc<[Outcome]>| {
                 let db = db.clone();
                 async move {
-                    let moved: HashSet<String> = messages::finish_many(&db, &items)
+                    let moved: HashSet<String> = store::lifecycle::finish_many(&db, &items)
                         .await?
                         .into_iter()
                         .collect();
@@ -145,7 +146,7 @@ impl Deliverer {
             Batcher::spawn(BATCH, 1, move |items: Arc<[PutOff]>| {
                 let db = db.clone();
                 async move {
-                    messages::note_put_offs(&db, &items).await?;
+                    store::lifecycle::note_put_offs(&db, &items).await?;
                     Ok(vec![(); items.len()])
                 }
             })
@@ -331,7 +332,7 @@ async fn resolve(
     };
     for c in candidates {
         // Two messages with the same text to the same number: each record is one's only.
-        if !messages::take_provider_ref(&d.db, &c.provider_message_id, &m.id)
+        if !store::lifecycle::take_provider_ref(&d.db, &c.provider_message_id, &m.id)
             .await
             .map_err(db_error)?
         {
@@ -663,7 +664,7 @@ async fn not_claimed(d: &Deliverer, id: &str) -> Result<(), JobError> {
                 m.attempts,
                 age.as_secs()
             );
-            if messages::release_stale_claim(&d.db, id, m.updated_at, &why)
+            if store::lifecycle::release_stale_claim(&d.db, id, m.updated_at, &why)
                 .await
                 .map_err(db_error)?
             {
@@ -704,14 +705,14 @@ async fn quiet_hours(d: &Deliverer, c: &Claimed) -> Result<(), JobError> {
             "quiet hours in {} last until {local}, after expires_at",
             zone.name()
         );
-        messages::expire_waiting(&d.db, &m.id, &why)
+        store::lifecycle::expire_waiting(&d.db, &m.id, &why)
             .await
             .map_err(db_error)?;
         info!(message_id = %m.id, tenant_id = %m.tenant_id, "message expired: quiet hours outlast it");
         return Ok(());
     }
     let why = format!("deferred by quiet hours in {} until {local}", zone.name());
-    messages::defer_waiting(&d.db, &m.id, until, &why)
+    store::lifecycle::defer_waiting(&d.db, &m.id, until, &why)
         .await
         .map_err(db_error)?;
     info!(message_id = %m.id, tenant_id = %m.tenant_id, until = %until, "message deferred by quiet hours");
@@ -803,14 +804,21 @@ async fn record_outcome(d: &Deliverer, m: &MessageRow, outcome: Outcome) -> Resu
 /// Keeps a dead letter for a `failed` or `dead` message. A failure here is logged, not
 /// retried: the message's status and events already say what happened.
 async fn dead_letter(d: &Deliverer, m: &MessageRow, reason: &str) {
-    let errors = messages::attempt_errors(&d.db, &m.id)
+    let errors = store::dead_letters::attempt_errors(&d.db, &m.id)
         .await
         .unwrap_or(serde_json::Value::Array(vec![]));
     let refreshed = messages::get_any(&d.db, &m.id).await.ok().flatten();
     let row = refreshed.as_ref().unwrap_or(m);
     ::metrics::counter!("herald_dead_letters_total", "reason" => reason.to_owned()).increment(1);
-    if let Err(e) =
-        messages::insert_dead_letter(&d.db, &new_id("dl"), DELIVERIES, row, reason, &errors).await
+    if let Err(e) = store::dead_letters::insert_dead_letter(
+        &d.db,
+        &new_id("dl"),
+        DELIVERIES,
+        row,
+        reason,
+        &errors,
+    )
+    .await
     {
         warn!(message_id = %m.id, error = %e, "could not write the dead letter");
     }

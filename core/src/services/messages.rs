@@ -246,7 +246,7 @@ async fn create(
                 let message = messages::insert(&mut *tx, &row)
                     .await?
                     .ok_or(sqlx::Error::RowNotFound)?;
-                if !messages::insert_idempotency_key(
+                if !crate::store::idempotency::insert_idempotency_key(
                     &mut *tx,
                     &tenant.id,
                     &idem.key,
@@ -277,7 +277,7 @@ async fn existing_for_key(
     idem: &Idempotency,
 ) -> Result<Option<MessageRow>, CreateError> {
     let Some((hash, message_id)) =
-        messages::find_idempotency_key(db, &tenant.id, &idem.key).await?
+        crate::store::idempotency::find_idempotency_key(db, &tenant.id, &idem.key).await?
     else {
         return Ok(None);
     };

@@ -4,12 +4,7 @@
 use sqlx::PgPool;
 use tracing::{debug, info};
 
-use crate::{
-    domain::new_id,
-    providers::twilio::UNSUBSCRIBED,
-    queue::DELIVERIES,
-    store::{contacts, messages},
-};
+use crate::{domain::new_id, providers::twilio::UNSUBSCRIBED, queue::DELIVERIES, store::contacts};
 
 /// What a Twilio `MessageStatus` means for Herald, if anything.
 fn herald_status(twilio: &str) -> Option<&'static str> {
@@ -52,14 +47,22 @@ pub async fn twilio_status(
         None => format!("status callback: {twilio_status}"),
     };
     let mut moved =
-        messages::apply_delivery_report(db, sid, status, error.as_deref(), &detail).await?;
+        crate::store::lifecycle::apply_delivery_report(db, sid, status, error.as_deref(), &detail)
+            .await?;
     if moved.is_none()
         && let Some(hint) = callback_for
-        && messages::adopt_provider_ref(db, sid, &hint.message_id, hint.run).await?
+        && crate::store::lifecycle::adopt_provider_ref(db, sid, &hint.message_id, hint.run).await?
     {
         let detail =
             format!("{detail} (the attempt's own answer was lost; this report settles it)");
-        moved = messages::apply_delivery_report(db, sid, status, error.as_deref(), &detail).await?;
+        moved = crate::store::lifecycle::apply_delivery_report(
+            db,
+            sid,
+            status,
+            error.as_deref(),
+            &detail,
+        )
+        .await?;
     }
     let Some(m) = moved else {
         debug!(
@@ -74,9 +77,16 @@ pub async fn twilio_status(
         contacts::opt_out_phone(db, &new_id("ct"), &m.tenant_id, &m.to_addr).await?;
     }
     if status == "failed" {
-        let errors = messages::attempt_errors(db, &m.id).await?;
-        messages::insert_dead_letter(db, &new_id("dl"), DELIVERIES, &m, "rejected", &errors)
-            .await?;
+        let errors = crate::store::dead_letters::attempt_errors(db, &m.id).await?;
+        crate::store::dead_letters::insert_dead_letter(
+            db,
+            &new_id("dl"),
+            DELIVERIES,
+            &m,
+            "rejected",
+            &errors,
+        )
+        .await?;
     }
     Ok(true)
 }

@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 
+use super::messages::MessageRow;
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeadLetterRow {
     pub id: String,
@@ -126,4 +128,51 @@ pub async fn delete(
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Writes a dead letter for a message that ended `failed` (`rejected`) or `dead` (`exhausted`).
+pub async fn insert_dead_letter(
+    db: impl PgExecutor<'_>,
+    id: &str,
+    queue: &str,
+    m: &MessageRow,
+    reason: &str,
+    errors: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO dead_letters (id, queue, tenant_id, message_id, reason, payload, attempts, errors)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(id)
+    .bind(queue)
+    .bind(&m.tenant_id)
+    .bind(&m.id)
+    .bind(reason)
+    .bind(serde_json::json!({ "message_id": m.id }))
+    .bind(m.attempts)
+    .bind(errors)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The errors of a message's attempts in its current run, from its events.
+pub async fn attempt_errors(
+    db: impl PgExecutor<'_>,
+    id: &str,
+) -> Result<serde_json::Value, sqlx::Error> {
+    let rows = sqlx::query_as::<_, (DateTime<Utc>, Option<String>)>(
+        "SELECT at, detail FROM message_events
+         WHERE message_id = $1 AND status IN ('retrying', 'failed', 'dead') ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await?;
+    Ok(serde_json::Value::Array(
+        rows.into_iter()
+            .map(
+                |(at, detail)| serde_json::json!({ "at": at, "error": detail.unwrap_or_default() }),
+            )
+            .collect(),
+    ))
 }

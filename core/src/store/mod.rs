@@ -3,9 +3,13 @@
 
 pub mod appointments;
 pub mod contacts;
+pub mod conversations;
 pub mod dead_letters;
 pub mod groups;
+pub mod idempotency;
+pub mod lifecycle;
 pub mod messages;
+pub mod outbox;
 pub mod subscriptions;
 pub mod tenants;
 
