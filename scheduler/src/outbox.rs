@@ -12,8 +12,8 @@
 //! Pushes are idempotent by message id, so racing the API or another scheduler does no harm.
 
 use herald_core::{
+    domain::jobs::{AiJob, DeliveryJob},
     queue::{NewJob, Queue, now_ms},
-    services::{DeliveryJob, conversations::AiJob},
     store::outbox as pending,
 };
 use sqlx::PgPool;

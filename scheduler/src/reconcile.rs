@@ -20,8 +20,8 @@ use std::time::Duration;
 use chrono::Utc;
 use herald_core::{
     domain::id_floor,
+    domain::jobs::{AiJob, DeliveryJob},
     queue::{NewJob, Queue, now_ms},
-    services::{DeliveryJob, conversations::AiJob},
     store::outbox as pending,
 };
 use sqlx::PgPool;

@@ -235,7 +235,7 @@ async fn the_log_provider_finds_its_own_record_of_an_attempt_whose_outcome_was_l
         redis::Client::open(app.config.redis_url.expose().as_str()).unwrap(),
         app.redis.clone(),
     );
-    let job = herald_core::services::DeliveryJob::new(
+    let job = herald_core::domain::jobs::DeliveryJob::new(
         &row.id,
         &row.tenant_id,
         &row.channel,

@@ -14,14 +14,14 @@ use apalis::{
 };
 use herald_core::{
     Config, db,
+    domain::jobs::{AiJob, DeliveryJob},
     providers::llm::Assistant,
     queue::{self, JobError, JobMeta, QueueBackend, WorkerHandle, WorkerOptions},
     ratelimit::RateLimiter,
     services::{
-        DeliveryJob,
-        conversations::{self, AiJob, Replier},
         delivery::{self, Deliverer},
         messages::Intake,
+        replies::{self, Replier},
     },
 };
 use tokio_util::sync::CancellationToken;
@@ -47,7 +47,7 @@ async fn send_message(
 
 /// Answers an inbound text or writes a daily AI message: the `ai-replies` queue's handler.
 async fn answer_text(job: AiJob, replier: Data<Arc<Replier>>) -> Result<(), JobError> {
-    conversations::run(&replier, &job).await
+    replies::run(&replier, &job).await
 }
 
 /// apalis's tracing layer, quiet about jobs that return an error: the queue engine logs each

@@ -9,7 +9,7 @@ use axum::{
 };
 use herald_core::{
     domain::is_id,
-    services::conversations,
+    services::replies,
     store::{contacts, conversations as entries},
 };
 
@@ -156,6 +156,6 @@ pub async fn reply(
             "this tenant has no sms_from number; set one before sending SMS",
         ));
     }
-    let m = conversations::human_reply(&state.intake, &auth.tenant, &c, &text).await?;
+    let m = replies::human_reply(&state.intake, &auth.tenant, &c, &text).await?;
     Ok((StatusCode::ACCEPTED, Json(m.into())))
 }

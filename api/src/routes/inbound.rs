@@ -10,7 +10,7 @@ use axum::{
 use herald_core::{
     providers::twilio_signature,
     services::{
-        conversations::{self, CallStatus, Inbound, Received},
+        inbound::{self, CallStatus, Inbound, Received},
         reports,
     },
 };
@@ -166,7 +166,7 @@ pub async fn twilio_sms(
         body: form.get("Body", None).unwrap_or_default(),
         sid,
     };
-    match conversations::receive(&state.db, &state.intake, &state.replies, &inbound).await? {
+    match inbound::receive(&state.db, &state.intake, &state.replies, &inbound).await? {
         Received::UnknownNumber => {
             tracing::warn!(to = %inbound.to, "inbound text to a number no tenant sends from")
         }
@@ -208,7 +208,7 @@ pub async fn twilio_voice_status(
         from,
         to,
     };
-    let outcome = conversations::missed_call(&state.db, &state.intake, &call).await?;
+    let outcome = inbound::missed_call(&state.db, &state.intake, &call).await?;
     tracing::debug!(call_sid = %call.call_sid, ?outcome, "call status callback");
     Ok(twiml())
 }

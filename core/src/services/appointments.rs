@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use sqlx::PgPool;
 
-use super::DeliveryJob;
+use crate::domain::jobs::DeliveryJob;
 use crate::{
     domain::{Channel, new_id},
     queue::{Queue, QueueError},

@@ -9,7 +9,7 @@ use chrono_tz::Tz;
 use sqlx::PgPool;
 use tracing::{info, warn};
 
-use super::{DeliveryJob, conversations::AiJob};
+use crate::domain::jobs::{AiJob, DeliveryJob};
 use crate::{
     queue::{NewJob, Queue, now_ms},
     schedule::{end_of_local_day, render},

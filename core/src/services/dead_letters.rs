@@ -3,7 +3,7 @@
 
 use sqlx::PgPool;
 
-use super::DeliveryJob;
+use crate::domain::jobs::DeliveryJob;
 use crate::{
     queue::{Queue, QueueError},
     store::{

@@ -12,15 +12,15 @@ use chrono::Utc;
 use sqlx::PgPool;
 use tracing::{debug, error, info, warn};
 
-use super::{
-    DeliveryJob,
-    breaker::{Admit, Breakers, CallResult, CircuitKey},
-    webhook_origin,
-};
+use super::breaker::{Admit, Breakers, CallResult, CircuitKey};
 use crate::{
     batch::Batcher,
     config::{Config, EmailProviderKind, SmsProviderKind},
-    domain::{Channel, MAX_ERROR_TEXT, clean_text, new_id},
+    domain::{
+        Channel, MAX_ERROR_TEXT, clean_text,
+        jobs::{DeliveryJob, webhook_origin},
+        new_id,
+    },
     providers::{
         Lookup, Outbound, Provider, SendOutcome, http_client, log::LogProvider, resend::Resend,
         twilio::Twilio, webhook::WebhookSender,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{debug, warn};
 
-use super::DeliveryJob;
+use crate::domain::jobs::DeliveryJob;
 use crate::{
     queue::{NewJob, Queue},
     store::messages::MessageRow,

@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tracing::{info, warn};
 
-use super::{DeliveryJob, messages::Idempotency};
+use super::messages::Idempotency;
+use crate::domain::jobs::DeliveryJob;
 use crate::{
     domain::{Channel, id_floor, new_id},
     queue::{NewJob, Queue},

@@ -14,12 +14,9 @@ use anyhow::bail;
 use axum::{Router, http::StatusCode, response::IntoResponse, routing::post};
 use herald_core::{
     db,
-    domain::{PhoneNumber, TimeZone},
+    domain::{PhoneNumber, TimeZone, jobs::DeliveryJob},
     queue::{self, NewJob},
-    services::{
-        DeliveryJob,
-        tenants::{self, NewTenant},
-    },
+    services::tenants::{self, NewTenant},
 };
 use sqlx::PgPool;
 use tokio::sync::watch;

@@ -25,12 +25,9 @@ use anyhow::bail;
 use axum::{Router, body::Bytes, http::StatusCode, response::IntoResponse, routing::post};
 use herald_core::{
     db,
-    domain::{PhoneNumber, TimeZone},
+    domain::{PhoneNumber, TimeZone, jobs::DeliveryJob},
     queue::{self, NewJob},
-    services::{
-        DeliveryJob,
-        tenants::{self, CreatedTenant, NewTenant},
-    },
+    services::tenants::{self, CreatedTenant, NewTenant},
 };
 use sqlx::PgPool;
 use tokio::sync::watch;

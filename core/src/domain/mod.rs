@@ -1,6 +1,8 @@
 //! Domain types: prefixed ids, and values parsed once at the edge ("parse, don't validate")
 //! so the rest of Herald never sees an unchecked phone number, address or time zone.
 
+pub mod jobs;
+
 use std::{fmt, net::IpAddr, str::FromStr};
 
 use rand::RngExt;

@@ -1,56 +1,23 @@
-//! Conversations: inbound texts, the keywords that must always work (STOP, START, HELP),
-//! and AI replies with a person able to take over.
+//! Replies on a conversation: AI replies to inbound texts (the primary model, the fallback,
+//! the tenant's canned text, within each contact's budget), AI-written daily messages, and a
+//! person's reply when they have taken the conversation over.
 
-use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::messages::Intake;
 use crate::{
-    domain::{new_id, truncate},
+    domain::{jobs::AiJob, truncate},
     providers::llm::{Answer, Assistant, Turn, fit_reply},
-    queue::{JobError, Queue, now_ms},
+    queue::{JobError, now_ms},
     store::{
         self, contacts,
         contacts::{AiSpend, ContactRow},
+        conversations,
         messages::{self, MessageRow, NewMessageRow},
         tenants::{self, TenantRow},
     },
 };
-
-/// A job on the `ai-replies` queue.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(untagged)]
-pub enum AiJob {
-    /// Answer this inbound text. Its job id is the inbound message's id, so a text gets one
-    /// job.
-    Reply { inbound_id: String },
-    /// Write and send an AI subscription's message for this local date.
-    Daily {
-        subscription_id: String,
-        local_date: chrono::NaiveDate,
-    },
-}
-
-/// The words that must always work, as the whole message in any case.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keyword {
-    /// STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT: opt the number out.
-    Stop,
-    /// START, YES, UNSTOP: opt it back in.
-    Start,
-    /// HELP, INFO: the tenant's help text.
-    Help,
-}
-
-pub fn keyword(body: &str) -> Option<Keyword> {
-    match body.trim().to_ascii_uppercase().as_str() {
-        "STOP" | "STOPALL" | "UNSUBSCRIBE" | "CANCEL" | "END" | "QUIT" => Some(Keyword::Stop),
-        "START" | "YES" | "UNSTOP" => Some(Keyword::Start),
-        "HELP" | "INFO" => Some(Keyword::Help),
-        _ => None,
-    }
-}
 
 /// The longest inbound text handed to a model.
 pub const MAX_PROMPT_CHARS: usize = 1000;
@@ -77,126 +44,7 @@ pub fn canned_reply(tenant: &TenantRow) -> String {
     })
 }
 
-pub fn help_text(tenant: &TenantRow) -> String {
-    tenant.help_text.clone().unwrap_or_else(|| {
-        format!(
-            "{}: reply to this message and we will help. Msg&data rates may apply. Reply STOP to unsubscribe.",
-            tenant.name
-        )
-    })
-}
-
-/// An inbound text as Twilio delivered it.
-#[derive(Debug, Clone)]
-pub struct Inbound {
-    pub from: String,
-    pub to: String,
-    pub body: String,
-    /// Twilio's `MessageSid`: a retried webhook carries the same one.
-    pub sid: String,
-}
-
-#[derive(Debug)]
-pub enum Received {
-    Stored {
-        message: Box<MessageRow>,
-        keyword: Option<Keyword>,
-    },
-    /// Twilio sent this one before.
-    Duplicate,
-    /// No tenant sends from the `To` number.
-    UnknownNumber,
-}
-
-/// Stores an inbound text on its conversation and acts on it: keywords at once (an opt-out
-/// holds from this moment), a HELP reply and an AI reply through jobs.
-pub async fn receive(
-    db: &PgPool,
-    intake: &Intake,
-    replies: &Queue,
-    inbound: &Inbound,
-) -> Result<Received, sqlx::Error> {
-    let Some(tenant) = tenants::by_sms_from(db, &inbound.to).await? else {
-        return Ok(Received::UnknownNumber);
-    };
-    let kw = keyword(&inbound.body);
-    let mut tx = db.begin().await?;
-    let contact = contacts::find_or_create_by_phone(
-        &mut *tx,
-        &new_id("ct"),
-        &tenant.id,
-        &inbound.from,
-        &tenant.timezone,
-    )
-    .await?;
-    let id = new_id("msg");
-    if !store::lifecycle::insert_provider_ref(&mut *tx, &inbound.sid, &id).await? {
-        tx.rollback().await?;
-        return Ok(Received::Duplicate);
-    }
-    let mut row = NewMessageRow::outbound(
-        &tenant.id,
-        "sms",
-        &inbound.to,
-        Some(&inbound.from),
-        &inbound.body,
-        "contact",
-    );
-    row.id = id;
-    row.direction = "inbound".to_owned();
-    row.status = "received".to_owned();
-    row.contact_id = Some(contact.id.clone());
-    row.event_detail = match kw {
-        Some(Keyword::Stop) => "received; STOP keyword: the number is opted out",
-        Some(Keyword::Start) => "received; START keyword: the number is opted back in",
-        Some(Keyword::Help) => "received; HELP keyword: help text sent",
-        None => "received",
-    }
-    .to_owned();
-    row.needs_reply = kw.is_none() && contact.mode == "ai";
-    let message = messages::insert(&mut *tx, &row)
-        .await?
-        .ok_or(sqlx::Error::RowNotFound)?;
-    match kw {
-        Some(Keyword::Stop) => contacts::set_opted_out(&mut *tx, &contact.id, true).await?,
-        Some(Keyword::Start) => contacts::set_opted_out(&mut *tx, &contact.id, false).await?,
-        _ => {}
-    }
-    tx.commit().await?;
-    info!(message_id = %message.id, tenant_id = %tenant.id, contact_id = %contact.id, keyword = ?kw, "inbound text stored");
-
-    if kw == Some(Keyword::Help) {
-        let mut help = NewMessageRow::outbound(
-            &tenant.id,
-            "sms",
-            &inbound.from,
-            tenant.sms_from.as_deref(),
-            &help_text(&tenant),
-            "system",
-        );
-        help.contact_id = Some(contact.id.clone());
-        help.in_reply_to = Some(message.id.clone());
-        // HELP answers at once, whatever the hour.
-        help.respect_quiet_hours = false;
-        help.event_detail = "help text for a HELP keyword".to_owned();
-        intake.send(help).await.map_err(unwrap_arc)?;
-    }
-    if message.needs_reply {
-        let job = AiJob::Reply {
-            inbound_id: message.id.clone(),
-        };
-        if let Err(e) = replies.push(&message.id, &job, now_ms()).await {
-            // The reply outbox sweep queues it when Redis is back.
-            warn!(message_id = %message.id, error = %e, "could not queue the AI reply job");
-        }
-    }
-    Ok(Received::Stored {
-        message: Box::new(message),
-        keyword: kw,
-    })
-}
-
-fn unwrap_arc(e: std::sync::Arc<sqlx::Error>) -> sqlx::Error {
+pub(super) fn unwrap_arc(e: std::sync::Arc<sqlx::Error>) -> sqlx::Error {
     std::sync::Arc::try_unwrap(e).unwrap_or_else(|e| sqlx::Error::Protocol(e.to_string()))
 }
 
@@ -402,7 +250,7 @@ async fn answer(r: &Replier, inbound_id: &str) -> Result<(), JobError> {
     };
     if contact.mode != "ai" {
         debug!(message_id = %inbound.id, "a person has this conversation; no AI reply");
-        store::conversations::reply_handled(&r.db, &inbound.id)
+        conversations::reply_handled(&r.db, &inbound.id)
             .await
             .map_err(db_error)?;
         return Ok(());
@@ -421,14 +269,14 @@ async fn answer(r: &Replier, inbound_id: &str) -> Result<(), JobError> {
             messages::note(&r.db, &inbound.id, &format!("not answered: {budget}"))
                 .await
                 .map_err(db_error)?;
-            store::conversations::reply_handled(&r.db, &inbound.id)
+            conversations::reply_handled(&r.db, &inbound.id)
                 .await
                 .map_err(db_error)?;
             return Ok(());
         }
         AiSpend::Notice => (canned_reply(&tenant), None, None),
         AiSpend::Model => {
-            let history = store::conversations::turns_before(
+            let history = conversations::turns_before(
                 &r.db,
                 &inbound.tenant_id,
                 contact_id,
@@ -473,7 +321,7 @@ async fn answer(r: &Replier, inbound_id: &str) -> Result<(), JobError> {
         Ok(None) => debug!(in_reply_to = %inbound.id, "this text was answered already"),
         Err(e) => return Err(db_error(unwrap_arc(e))),
     }
-    store::conversations::reply_handled(&r.db, &inbound.id)
+    conversations::reply_handled(&r.db, &inbound.id)
         .await
         .map_err(db_error)?;
     Ok(())
@@ -482,30 +330,6 @@ async fn answer(r: &Replier, inbound_id: &str) -> Result<(), JobError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keywords_are_the_whole_message_in_any_case() {
-        for stop in [
-            "STOP",
-            "stop",
-            " Stop ",
-            "STOPALL",
-            "unsubscribe",
-            "Cancel",
-            "end",
-            "QUIT",
-        ] {
-            assert_eq!(keyword(stop), Some(Keyword::Stop), "{stop}");
-        }
-        for start in ["START", "yes", "Unstop"] {
-            assert_eq!(keyword(start), Some(Keyword::Start), "{start}");
-        }
-        assert_eq!(keyword("help"), Some(Keyword::Help));
-        assert_eq!(keyword("INFO"), Some(Keyword::Help));
-        for not in ["please stop", "STOP!", "yes please", "I need help", ""] {
-            assert_eq!(keyword(not), None, "{not}");
-        }
-    }
 
     #[test]
     fn the_inbound_text_is_a_user_turn_never_the_system_prompt() {
@@ -523,113 +347,4 @@ mod tests {
         let turns = chat(String::new(), &[], &long);
         assert!(turns[1].content.chars().count() <= MAX_PROMPT_CHARS);
     }
-}
-
-/// A call status callback from Twilio.
-#[derive(Debug, Clone)]
-pub struct CallStatus {
-    pub call_sid: String,
-    pub status: String,
-    pub from: String,
-    pub to: String,
-}
-
-#[derive(Debug)]
-pub enum MissedCall {
-    /// The caller was texted (the message is queued).
-    TextedBack(Box<MessageRow>),
-    /// Texted already within the tenant's cooldown.
-    CoolingDown,
-    /// The caller opted out of texts: nothing is sent.
-    OptedOut,
-    /// Twilio sent this call's callback before.
-    Duplicate,
-    /// The call was answered (or is still going).
-    NotMissed,
-    /// No tenant sends from the called number.
-    UnknownNumber,
-}
-
-pub fn missed_call_text(tenant: &TenantRow) -> String {
-    tenant.missed_call_text.clone().unwrap_or_else(|| {
-        format!(
-            "Sorry we missed your call! This is {}. How can we help? Reply here and we'll get right back to you.",
-            tenant.name
-        )
-    })
-}
-
-/// A missed call (`no-answer`, `busy` or `failed`) to a tenant's number: the missed call goes
-/// on the caller's conversation as a `system` entry, and the caller is texted the tenant's
-/// missed-call message through the ordinary delivery path, once per cooldown however many
-/// times they call or Twilio retries. Their answer is an ordinary inbound text, answered by
-/// the AI unless a person has the conversation.
-pub async fn missed_call(
-    db: &PgPool,
-    intake: &Intake,
-    call: &CallStatus,
-) -> Result<MissedCall, sqlx::Error> {
-    if !matches!(call.status.as_str(), "no-answer" | "busy" | "failed") {
-        return Ok(MissedCall::NotMissed);
-    }
-    let Some(tenant) = tenants::by_sms_from(db, &call.to).await? else {
-        return Ok(MissedCall::UnknownNumber);
-    };
-    let mut tx = db.begin().await?;
-    let contact = contacts::find_or_create_by_phone(
-        &mut *tx,
-        &new_id("ct"),
-        &tenant.id,
-        &call.from,
-        &tenant.timezone,
-    )
-    .await?;
-    let entry_id = new_id("msg");
-    if !store::lifecycle::insert_provider_ref(&mut *tx, &call.call_sid, &entry_id).await? {
-        tx.rollback().await?;
-        return Ok(MissedCall::Duplicate);
-    }
-    let mut entry = NewMessageRow::outbound(
-        &tenant.id,
-        "sms",
-        &call.to,
-        Some(&call.from),
-        &format!("Missed call ({})", call.status),
-        "system",
-    );
-    entry.id = entry_id;
-    entry.direction = "inbound".to_owned();
-    entry.status = "received".to_owned();
-    entry.contact_id = Some(contact.id.clone());
-    entry.event_detail = format!("missed call {} ({})", call.call_sid, call.status);
-    messages::insert(&mut *tx, &entry).await?;
-    if contact.opted_out {
-        tx.commit().await?;
-        info!(tenant_id = %tenant.id, contact_id = %contact.id, "missed call from an opted-out number: no text-back");
-        return Ok(MissedCall::OptedOut);
-    }
-    if !contacts::claim_text_back(&mut *tx, &contact.id, tenant.missed_call_cooldown_minutes)
-        .await?
-    {
-        tx.commit().await?;
-        debug!(tenant_id = %tenant.id, contact_id = %contact.id, "missed call inside the cooldown: no second text-back");
-        return Ok(MissedCall::CoolingDown);
-    }
-    let mut text = NewMessageRow::outbound(
-        &tenant.id,
-        "sms",
-        &call.from,
-        tenant.sms_from.as_deref(),
-        &missed_call_text(&tenant),
-        "system",
-    );
-    text.contact_id = Some(contact.id.clone());
-    text.event_detail = format!("text-back for missed call {}", call.call_sid);
-    let message = messages::insert(&mut *tx, &text)
-        .await?
-        .ok_or(sqlx::Error::RowNotFound)?;
-    tx.commit().await?;
-    intake.submit(&message);
-    info!(message_id = %message.id, tenant_id = %tenant.id, contact_id = %contact.id, "missed call texted back");
-    Ok(MissedCall::TextedBack(Box::new(message)))
 }
