@@ -4,7 +4,7 @@
 mod auth;
 mod body;
 mod error;
-pub mod openapi;
+mod openapi;
 mod ops;
 mod routes;
 mod state;

@@ -49,12 +49,8 @@ impl Modify for Security {
     }
 }
 
-/// Everything but the paths, which the router adds as it registers each route.
+/// Everything but the paths, which the router adds as it registers each route (the whole
+/// document is `routes::document`).
 pub fn base() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
-}
-
-/// The whole document (what `/openapi.json` serves).
-pub fn document() -> utoipa::openapi::OpenApi {
-    crate::routes::document()
 }

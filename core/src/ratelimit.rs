@@ -126,14 +126,6 @@ impl RateLimiter {
         local
     }
 
-    /// How many buckets this process holds tokens for (bounded).
-    pub fn local_buckets(&self) -> usize {
-        self.held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
     /// Takes a token from `bucket` (refilled at `rate` per second, burst twice that); `None`
     /// when granted, else how long until a token is free.
     pub async fn take(

@@ -65,33 +65,9 @@ async fn daily_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
 }
 
 async fn retention_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
-    let removed = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at < now()")
-        .execute(&ctx.db)
-        .await?
-        .rows_affected();
-    if removed > 0 {
-        info!(removed, "retention removed expired idempotency keys");
-    }
-    let runs = sqlx::query("DELETE FROM daily_runs WHERE created_at < now() - interval '35 days'")
-        .execute(&ctx.db)
-        .await?
-        .rows_affected();
-    let logged = sqlx::query("DELETE FROM log_deliveries WHERE at < now() - interval '30 days'")
-        .execute(&ctx.db)
-        .await?
-        .rows_affected();
-    // The AI reply budget looks back one hour.
-    let spends = sqlx::query("DELETE FROM ai_reply_spends WHERE at < now() - interval '1 day'")
-        .execute(&ctx.db)
-        .await?
-        .rows_affected();
-    if runs + logged + spends > 0 {
-        info!(
-            runs,
-            logged,
-            spends,
-            "retention removed old daily runs, log-provider records and AI budget records"
-        );
+    let removed = herald_core::store::retention::remove_expired(&ctx.db).await?;
+    if removed.total() > 0 {
+        info!(?removed, "retention removed what is of no more use");
     }
     Ok(())
 }

@@ -414,14 +414,6 @@ impl MessageStatus {
     pub fn parse(raw: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.as_str() == raw)
     }
-
-    /// Statuses from which a message may still be canceled.
-    pub fn is_cancelable(self) -> bool {
-        matches!(
-            self,
-            MessageStatus::Scheduled | MessageStatus::Queued | MessageStatus::Retrying
-        )
-    }
 }
 
 impl fmt::Display for MessageStatus {

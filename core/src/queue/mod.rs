@@ -6,6 +6,7 @@
 //! in [`backend`]. Both speak to Redis only through the scripts in [`scripts`].
 
 pub mod backend;
+pub mod job;
 pub mod policy;
 mod scripts;
 
@@ -14,7 +15,8 @@ use std::{fmt, sync::Arc, time::Duration};
 use redis::{AsyncCommands, Script, aio::ConnectionManager};
 use serde::{Serialize, de::DeserializeOwned};
 
-pub use backend::{JobError, JobMeta, QueueBackend, WorkerHandle, WorkerOptions};
+pub use backend::{QueueBackend, WorkerHandle, WorkerOptions};
+pub use job::{JobError, JobMeta};
 pub use policy::RetryPolicy;
 
 /// The queue that carries one job per outbound message.

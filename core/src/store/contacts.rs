@@ -31,21 +31,6 @@ pub async fn get(
         .await
 }
 
-/// Whether this phone number has opted out of the tenant's texts.
-pub async fn phone_opted_out(
-    db: impl PgExecutor<'_>,
-    tenant_id: &str,
-    phone: &str,
-) -> Result<bool, sqlx::Error> {
-    let row: Option<bool> =
-        sqlx::query_scalar("SELECT opted_out FROM contacts WHERE tenant_id = $1 AND phone = $2")
-            .bind(tenant_id)
-            .bind(phone)
-            .fetch_optional(db)
-            .await?;
-    Ok(row.unwrap_or(false))
-}
-
 /// Opts a phone number out (creating its contact if needed), as Twilio error 21610 or a STOP
 /// text asks.
 pub async fn opt_out_phone(

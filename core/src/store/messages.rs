@@ -323,27 +323,6 @@ pub async fn cancel(
     })
 }
 
-/// Records what the `log` provider "sent".
-pub async fn insert_log_delivery(
-    db: impl PgExecutor<'_>,
-    m: &MessageRow,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO log_deliveries (message_id, tenant_id, channel, to_addr, from_addr, subject, body)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(&m.id)
-    .bind(&m.tenant_id)
-    .bind(&m.channel)
-    .bind(&m.to_addr)
-    .bind(&m.from_addr)
-    .bind(&m.subject)
-    .bind(&m.body)
-    .execute(db)
-    .await?;
-    Ok(())
-}
-
 /// Adds an event to a message's history without changing its status.
 pub async fn note(db: impl PgExecutor<'_>, id: &str, detail: &str) -> Result<(), sqlx::Error> {
     sqlx::query(

@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod lifecycle;
 pub mod messages;
 pub mod outbox;
+pub mod retention;
 pub mod subscriptions;
 pub mod tenants;
 

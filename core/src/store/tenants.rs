@@ -88,27 +88,6 @@ pub async fn insert_key(
     Ok(())
 }
 
-/// The tenant owning a live (not revoked) key with this hash.
-pub async fn find_by_key_hash(
-    db: impl PgExecutor<'_>,
-    key_hash: &[u8],
-) -> Result<Option<(TenantRow, String)>, sqlx::Error> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        #[sqlx(flatten)]
-        tenant: TenantRow,
-        key_prefix: String,
-    }
-    let row = sqlx::query_as::<_, Row>(
-        "SELECT t.*, k.key_prefix FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
-         WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
-    )
-    .bind(key_hash)
-    .fetch_optional(db)
-    .await?;
-    Ok(row.map(|r| (r.tenant, r.key_prefix)))
-}
-
 /// The tenants owning live keys with these hashes: `(tenant, key_prefix, key_hash)`.
 pub async fn find_by_key_hashes(
     db: impl PgExecutor<'_>,
