@@ -18,11 +18,19 @@ use serde_json::Value;
 /// the dead letter's and the message's ids.
 async fn app_with_a_dead_letter() -> (TestApp, TwilioMock, Tenant, String, String) {
     let twilio = TwilioMock::start().await;
-    twilio.script([Reply::TwilioError {
-        status: 400,
-        code: 21211,
-        message: "The 'To' number +15550001111 is not a valid phone number.".into(),
-    }]);
+    // A 503 first (a failed job, retried), then Twilio refuses the number for good.
+    twilio.script([
+        Reply::TwilioError {
+            status: 503,
+            code: 20503,
+            message: "Service Unavailable".into(),
+        },
+        Reply::TwilioError {
+            status: 400,
+            code: 21211,
+            message: "The 'To' number +15550001111 is not a valid phone number.".into(),
+        },
+    ]);
     let mut config = test_config().await;
     twilio.configure(&mut config);
     let mut app = TestApp::start_with(config).await;
@@ -103,6 +111,32 @@ async fn ops_log_in_see_a_dead_letter_replay_it_and_its_message_is_sent() {
         queues.contains("deliveries") && queues.contains("ai-replies"),
         "{queues}"
     );
+    // The last hour per queue: the attempt that failed and the job that completed are in
+    // the deliveries chart.
+    let chart = browser.text(".chart[data-queue=deliveries] .legend").await;
+    assert!(
+        chart.contains("1 completed") && chart.contains("1 failed"),
+        "{chart}"
+    );
+    browser
+        .find(".chart[data-queue=deliveries] rect.failed")
+        .await;
+    browser
+        .find(".chart[data-queue=deliveries] rect.done")
+        .await;
+    browser.find(".chart[data-queue=ai-replies]").await;
+    assert!(
+        !browser.scrolls_sideways().await,
+        "the queues page fits 1280 px"
+    );
+    std::fs::create_dir_all(herald_tests::process::bin_dir().join("screenshots")).unwrap();
+    let shot = browser.screenshot().await;
+    assert!(shot.starts_with(b"\x89PNG"), "a PNG screenshot");
+    std::fs::write(
+        herald_tests::process::bin_dir().join("screenshots/dashboard-queues.png"),
+        &shot,
+    )
+    .unwrap();
     let cookie = browser
         .cookies()
         .await
@@ -171,7 +205,11 @@ async fn ops_log_in_see_a_dead_letter_replay_it_and_its_message_is_sent() {
             .await
             .contains("replayed from dead letter")
     );
-    assert_eq!(twilio.received().len(), 2, "rejected once, then sent once");
+    assert_eq!(
+        twilio.received().len(),
+        3,
+        "unavailable once, rejected once, then sent once"
+    );
     std::fs::write(
         herald_tests::process::bin_dir().join("screenshots/dashboard-message.png"),
         browser.screenshot().await,

@@ -25,9 +25,19 @@ pub const DELIVERIES: &str = "deliveries";
 /// Promotion, reclaim and listing work in chunks of this many jobs, so no single script
 /// call grows with the size of a burst or a backlog.
 const CHUNK: usize = 1000;
-/// Completed and failed counters live in 5-second buckets for two minutes.
+/// Jobs completed and failed in one minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinuteCounts {
+    /// The minute's start, in milliseconds since the epoch.
+    pub start_ms: i64,
+    pub completed: u64,
+    pub failed: u64,
+}
+
+/// Completed and failed counters live in 5-second buckets for an hour (and a little): the
+/// last minute's counts for `stats`, a minute-by-minute hour for `history`.
 const BUCKET_SECS: i64 = 5;
-const BUCKET_TTL_SECS: i64 = 120;
+const BUCKET_TTL_SECS: i64 = 3_720;
 
 /// Errors talking to Redis or decoding what it holds.
 #[derive(Debug, thiserror::Error)]
@@ -332,6 +342,46 @@ impl Queue {
             .invoke_async(&mut self.conn())
             .await?;
         Ok(removed == 1)
+    }
+
+    /// Jobs completed and failed in each of the last `minutes` whole minutes, oldest first (the
+    /// dashboard's chart).
+    pub async fn history(&self, minutes: usize) -> Result<Vec<MinuteCounts>, QueueError> {
+        let k = &self.inner.keys;
+        let per_minute = (60 / BUCKET_SECS) as usize;
+        let minutes = minutes.min((BUCKET_TTL_SECS / 60) as usize - 1);
+        // The first bucket of the minute `minutes - 1` before the current one.
+        let now_bucket = now_ms() / 1000 / BUCKET_SECS;
+        let first_minute =
+            (now_bucket / per_minute as i64 - minutes as i64 + 1) * per_minute as i64;
+        let buckets: Vec<i64> = (0..(minutes * per_minute) as i64)
+            .map(|i| (first_minute + i) * BUCKET_SECS * 1000)
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.mget(
+            buckets
+                .iter()
+                .map(|t| k.done_bucket(*t))
+                .collect::<Vec<_>>(),
+        )
+        .mget(
+            buckets
+                .iter()
+                .map(|t| k.failed_bucket(*t))
+                .collect::<Vec<_>>(),
+        );
+        let (done, failed): (Vec<Option<u64>>, Vec<Option<u64>>) =
+            pipe.query_async(&mut self.conn()).await?;
+        Ok((0..minutes)
+            .map(|m| {
+                let range = m * per_minute..(m + 1) * per_minute;
+                MinuteCounts {
+                    start_ms: buckets[range.start],
+                    completed: done[range.clone()].iter().flatten().sum(),
+                    failed: failed[range].iter().flatten().sum(),
+                }
+            })
+            .collect())
     }
 
     /// The counts ops look at.

@@ -14,7 +14,7 @@
 //! - `inflight`  ZSET  id by lease expiry
 //! - `lease`     HASH  id -> token of the worker process holding the lease
 //! - `dead`      ZSET  id by time of death
-//! - `done:<t>` / `failed:<t>`  counters per 5-second bucket, expiring after two minutes
+//! - `done:<t>` / `failed:<t>`  counters per 5-second bucket, expiring after an hour
 //! - `notify`    pub/sub channel: "something is due, or due earlier than you thought"
 
 /// Shared Lua helpers, prepended to the scripts that need them.

@@ -1,13 +1,14 @@
-//! Replaying dead letters: the message starts a fresh run (attempts from zero) and goes back
-//! on the queue. A message that was meanwhile sent, canceled or replayed is not sent again.
+//! Dead letters: listing, reading, counting and deleting them, and replaying them: the
+//! message starts a fresh run (attempts from zero) and goes back on the queue. A message that
+//! was meanwhile sent, canceled or replayed is not sent again.
 
 use sqlx::PgPool;
 
-use crate::domain::jobs::DeliveryJob;
 use crate::{
+    domain::jobs::DeliveryJob,
     queue::{Queue, QueueError},
     store::{
-        dead_letters::{self, DeadLetterFilter},
+        dead_letters::{self, DeadLetterFilter, DeadLetterRow},
         messages::{self, MessageRow},
     },
 };
@@ -106,4 +107,37 @@ pub async fn replay_matching(
         }
         before = page.get(499).map(|l| l.id.clone());
     }
+}
+
+/// A page of dead letters, newest first, and the cursor of the next page.
+pub async fn list(
+    db: &PgPool,
+    filter: &DeadLetterFilter,
+    cursor: Option<&str>,
+    limit: i64,
+) -> Result<(Vec<DeadLetterRow>, Option<String>), sqlx::Error> {
+    let mut rows = dead_letters::list(db, filter, cursor, limit).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let next = more.then(|| rows.last().map(|r| r.id.clone())).flatten();
+    Ok((rows, next))
+}
+
+/// How many dead letters the filter selects.
+pub async fn count(db: &PgPool, filter: &DeadLetterFilter) -> Result<i64, sqlx::Error> {
+    dead_letters::count(db, filter).await
+}
+
+/// One dead letter, if `scope` (a tenant, when given) owns it.
+pub async fn get(
+    db: &PgPool,
+    id: &str,
+    scope: Option<&str>,
+) -> Result<Option<DeadLetterRow>, sqlx::Error> {
+    dead_letters::get(db, id, scope).await
+}
+
+/// Deletes a dead letter `scope` (a tenant, when given) owns; whether there was one.
+pub async fn delete(db: &PgPool, id: &str, scope: Option<&str>) -> Result<bool, sqlx::Error> {
+    dead_letters::delete(db, id, scope).await
 }

@@ -349,6 +349,23 @@ pub async fn get(
     Ok(Some((message, events)))
 }
 
+/// Any tenant's message and its events, oldest first (ops).
+pub async fn get_any(
+    db: &PgPool,
+    id: &str,
+) -> Result<Option<(MessageRow, Vec<EventRow>)>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let Some(message) = messages::get_any(&mut *tx, id).await? else {
+        return Ok(None);
+    };
+    let events = messages::events(&mut *tx, id).await?;
+    tx.commit().await?;
+    Ok(Some((message, events)))
+}
+
 /// A page of a tenant's messages, newest first, and the cursor of the next page.
 pub async fn list(
     db: &PgPool,

@@ -10,6 +10,7 @@ pub mod enqueue;
 pub mod groups;
 pub mod inbound;
 pub mod messages;
+pub mod ops_sessions;
 pub mod replies;
 pub mod reports;
 pub mod tenants;

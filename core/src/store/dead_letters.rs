@@ -77,6 +77,29 @@ pub async fn list(
     .await
 }
 
+/// How many dead letters the filter selects.
+pub async fn count(db: impl PgExecutor<'_>, f: &DeadLetterFilter) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM dead_letters
+         WHERE ($1::text IS NULL OR tenant_id = $1)
+           AND ($2::text[] IS NULL OR id = ANY($2))
+           AND ($3::text IS NULL OR queue = $3)
+           AND ($4::text IS NULL OR reason = $4)
+           AND ($5::timestamptz IS NULL OR dead_at >= $5)
+           AND ($6::timestamptz IS NULL OR dead_at < $6)
+           AND (NOT $7 OR replayed_at IS NULL)",
+    )
+    .bind(&f.tenant_id)
+    .bind(&f.ids)
+    .bind(&f.queue)
+    .bind(&f.reason)
+    .bind(f.since)
+    .bind(f.until)
+    .bind(f.unreplayed)
+    .fetch_one(db)
+    .await
+}
+
 /// One dead letter, if `tenant_id` (when given) owns it.
 pub async fn get(
     db: impl PgExecutor<'_>,

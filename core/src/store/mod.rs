@@ -9,6 +9,7 @@ pub mod groups;
 pub mod idempotency;
 pub mod lifecycle;
 pub mod messages;
+pub mod ops_sessions;
 pub mod outbox;
 pub mod retention;
 pub mod subscriptions;
