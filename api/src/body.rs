@@ -110,6 +110,43 @@ fn nul_at(value: &Value, path: &str) -> Option<String> {
     }
 }
 
+/// The `Idempotency-Key` header, when there is one: 1 to 255 visible characters (422
+/// naming the header otherwise).
+pub struct IdempotencyKey(pub Option<String>);
+
+impl IdempotencyKey {
+    /// The key with the hash of the request it came with.
+    pub fn with_body(self, body: &Value) -> Option<herald_core::services::messages::Idempotency> {
+        self.0
+            .map(|key| herald_core::services::messages::Idempotency::new(key, body))
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(raw) = parts.headers.get("idempotency-key") else {
+            return Ok(Self(None));
+        };
+        raw.to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|k| !k.is_empty() && k.len() <= 255)
+            .map(|k| Self(Some(k.to_owned())))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "invalid_value",
+                    "Idempotency-Key",
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                )
+            })
+    }
+}
+
 /// A JSON object whose fields are taken one by one; any field left over is unknown (422).
 pub struct Fields {
     map: Map<String, Value>,

@@ -7,7 +7,7 @@ use axum::{
 };
 use herald_core::{
     domain::{PhoneNumber, TimeZone, parse_email_sender, parse_local_time},
-    services::tenants::{self, NewTenant, TenantError},
+    services::tenants::{self, NewTenant},
 };
 use serde_json::Value;
 
@@ -39,22 +39,15 @@ pub async fn create_tenant(
     JsonBody(body): JsonBody,
 ) -> ApiResult<(StatusCode, Json<views::CreatedTenant>)> {
     let new = parse_new_tenant(body)?;
-    match tenants::create(&state.db, &new).await {
-        Ok(created) => Ok((
-            StatusCode::CREATED,
-            Json(views::CreatedTenant::new(
-                created.tenant,
-                created.api_key,
-                created.key_prefix,
-            )),
+    let created = tenants::create(&state.db, &new).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(views::CreatedTenant::new(
+            created.tenant,
+            created.api_key,
+            created.key_prefix,
         )),
-        Err(TenantError::SmsFromTaken) => Err(ApiError::conflict(
-            "sms_from_taken",
-            "another tenant already sends from this number; inbound texts must name one tenant",
-        )
-        .field("sms_from")),
-        Err(TenantError::Db(e)) => Err(e.into()),
-    }
+    ))
 }
 
 fn parse_new_tenant(body: Value) -> ApiResult<NewTenant> {

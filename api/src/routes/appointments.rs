@@ -11,7 +11,7 @@ use chrono::{Duration, Utc};
 use herald_core::{
     domain::{Channel, is_id},
     schedule::parse_offset,
-    services::appointments::{self as service, AppointmentError, NewAppointment},
+    services::appointments::{self as service, NewAppointment},
 };
 use serde_json::Value;
 
@@ -22,24 +22,6 @@ use crate::{
     state::AppState,
     views,
 };
-
-fn error(e: AppointmentError) -> ApiError {
-    match e {
-        AppointmentError::Invalid {
-            field,
-            code,
-            message,
-        } => ApiError::invalid(code, field, message),
-        AppointmentError::Deleted => {
-            ApiError::conflict("appointment_deleted", "this appointment was deleted")
-        }
-        AppointmentError::Db(e) => e.into(),
-        AppointmentError::Queue(e) => {
-            tracing::warn!(error = %e, "could not queue reminders");
-            ApiError::unavailable("the queue")
-        }
-    }
-}
 
 fn starts_at(f: &mut Fields) -> ApiResult<chrono::DateTime<Utc>> {
     let t = f
@@ -140,7 +122,7 @@ pub async fn create(
     };
     let (a, reminders) = service::create(&state.db, &state.queue, &auth.tenant, &new)
         .await
-        .map_err(error)?;
+        .map_err(ApiError::from)?;
     Ok((
         StatusCode::CREATED,
         Json(views::Appointment::new(a, reminders)),
@@ -184,7 +166,7 @@ pub async fn patch(
     f.finish()?;
     let (a, reminders) = service::reschedule(&state.db, &state.queue, &auth.tenant, &id, starts_at)
         .await
-        .map_err(error)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found("appointment"))?;
     Ok(Json(views::Appointment::new(a, reminders)))
 }
@@ -203,7 +185,7 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     if service::cancel(&state.db, &state.queue, &auth.tenant, &id)
         .await
-        .map_err(error)?
+        .map_err(ApiError::from)?
     {
         Ok(StatusCode::NO_CONTENT)
     } else {

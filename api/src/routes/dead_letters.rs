@@ -11,7 +11,7 @@ use axum::{
 use chrono::{DateTime, Utc};
 use herald_core::{
     domain::is_id,
-    services::dead_letters::{self as service, Replay, ReplayError},
+    services::dead_letters::{self as service, Replay},
     store::dead_letters::{self, DeadLetterFilter},
 };
 use serde_json::Value;
@@ -54,16 +54,6 @@ fn scoped_tenant(caller: &Caller, asked: Option<String>) -> Option<Option<String
         (None, asked) => Some(asked),
         (Some(own), Some(asked)) if asked != own => None,
         (Some(own), _) => Some(Some(own.to_owned())),
-    }
-}
-
-fn replay_error(e: ReplayError) -> ApiError {
-    match e {
-        ReplayError::Db(e) => e.into(),
-        ReplayError::Queue(e) => {
-            tracing::warn!(error = %e, "could not push a replayed message");
-            ApiError::unavailable("the queue")
-        }
     }
 }
 
@@ -167,7 +157,7 @@ pub async fn replay(
 ) -> ApiResult<(StatusCode, Json<views::Replayed>)> {
     match service::replay(&state.db, &state.queue, &id, caller.scope())
         .await
-        .map_err(replay_error)?
+        .map_err(ApiError::from)?
     {
         Replay::Replayed(m) => Ok((
             StatusCode::ACCEPTED,
@@ -260,7 +250,7 @@ pub async fn replay_many(
     }
     let replayed = service::replay_matching(&state.db, &state.queue, &filter)
         .await
-        .map_err(replay_error)?;
+        .map_err(ApiError::from)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(views::ReplayedCount { replayed }),

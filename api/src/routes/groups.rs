@@ -5,23 +5,20 @@ use std::collections::HashMap;
 use axum::{
     Json,
     extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use chrono::{Duration, Utc};
 use herald_core::{
     domain::{Channel, is_id, new_id},
-    services::{
-        groups::{self as service, GroupError, GroupSend, Sent},
-        messages::Idempotency,
-    },
+    services::groups::{self as service, GroupSend, Sent},
     store::{contacts, groups},
 };
 use serde_json::Value;
 
 use crate::{
     auth::Tenant,
-    body::{Fields, JsonBody, Page, known_params},
+    body::{Fields, IdempotencyKey, JsonBody, Page, known_params},
     error::{ApiError, ApiResult, ErrorBody},
     state::AppState,
     views,
@@ -279,27 +276,10 @@ pub async fn send(
     auth: Tenant,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    idempotency_key: IdempotencyKey,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Response> {
-    let idempotency = match headers.get("idempotency-key") {
-        None => None,
-        Some(raw) => {
-            let key = raw
-                .to_str()
-                .ok()
-                .map(str::trim)
-                .filter(|k| !k.is_empty() && k.len() <= 255)
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "invalid_value",
-                        "Idempotency-Key",
-                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
-                    )
-                })?;
-            Some(Idempotency::new(key.to_owned(), &body))
-        }
-    };
+    let idempotency = idempotency_key.with_body(&body);
     let new = parse_send(body)?;
     if !is_id("grp", &id) {
         return Err(ApiError::not_found("group"));
@@ -323,22 +303,10 @@ pub async fn send(
         &new,
         idempotency.as_ref(),
     )
-    .await
+    .await?
     {
-        Ok(Sent::New(g)) => Ok(answer(StatusCode::ACCEPTED, g)),
-        Ok(Sent::Existing(g)) => Ok(answer(StatusCode::OK, g)),
-        Err(GroupError::NotFound) => Err(ApiError::not_found("group")),
-        Err(GroupError::IdempotencyConflict) => Err(ApiError::conflict(
-            "idempotency_key_reused",
-            "this Idempotency-Key was already used with a different request body",
-        )
-        .field("Idempotency-Key")),
-        Err(GroupError::Invalid {
-            field,
-            code,
-            message,
-        }) => Err(ApiError::invalid(code, field, message)),
-        Err(GroupError::Db(e)) => Err(e.into()),
+        Sent::New(g) => Ok(answer(StatusCode::ACCEPTED, g)),
+        Sent::Existing(g) => Ok(answer(StatusCode::OK, g)),
     }
 }
 

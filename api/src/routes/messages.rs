@@ -5,20 +5,20 @@ use std::collections::HashMap;
 use axum::{
     Json,
     extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use chrono::{Duration, Utc};
 use herald_core::{
     domain::{Channel, EmailAddress, MessageStatus, PhoneNumber, WebhookUrl, is_id},
-    services::messages::{self as service, CreateError, Created, Idempotency, NewMessage},
+    services::messages::{self as service, Created, NewMessage},
     store::messages::{CancelOutcome, ListFilter},
 };
 use serde_json::Value;
 
 use crate::{
     auth::Tenant,
-    body::{Fields, JsonBody, Page, known_params},
+    body::{Fields, IdempotencyKey, JsonBody, Page, known_params},
     error::{ApiError, ApiResult, ErrorBody},
     state::AppState,
     views,
@@ -46,27 +46,10 @@ pub async fn create_message(
     auth: Tenant,
     State(state): State<AppState>,
     request_id: Option<axum::Extension<super::RequestId>>,
-    headers: HeaderMap,
+    idempotency_key: IdempotencyKey,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Response> {
-    let idempotency = match headers.get("idempotency-key") {
-        None => None,
-        Some(raw) => {
-            let key = raw
-                .to_str()
-                .ok()
-                .map(str::trim)
-                .filter(|k| !k.is_empty() && k.len() <= 255)
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "invalid_value",
-                        "Idempotency-Key",
-                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
-                    )
-                })?;
-            Some(Idempotency::new(key.to_owned(), &body))
-        }
-    };
+    let idempotency = idempotency_key.with_body(&body);
     let new = parse_new_message(body, state.config.webhook_allow_private)?;
     let request_id = request_id.map(|axum::Extension(super::RequestId(id))| id);
     let created = state
@@ -81,25 +64,10 @@ pub async fn create_message(
     if let Ok(Created::New(m) | Created::Existing(m)) = &created {
         tracing::Span::current().record("message_id", m.id.as_str());
     }
-    match created {
-        Ok(Created::New(m)) => {
-            Ok((StatusCode::ACCEPTED, Json(views::Message::from(m))).into_response())
-        }
-        Ok(Created::Existing(m)) => {
-            Ok((StatusCode::OK, Json(views::Message::from(m))).into_response())
-        }
-        Err(CreateError::IdempotencyConflict) => Err(ApiError::conflict(
-            "idempotency_key_reused",
-            "this Idempotency-Key was already used with a different request body",
-        )
-        .field("Idempotency-Key")),
-        Err(CreateError::Invalid {
-            field,
-            code,
-            message,
-        }) => Err(ApiError::invalid(code, field, message)),
-        Err(CreateError::Db(e)) => Err(e.into()),
-    }
+    Ok(match created? {
+        Created::New(m) => (StatusCode::ACCEPTED, Json(views::Message::from(m))).into_response(),
+        Created::Existing(m) => (StatusCode::OK, Json(views::Message::from(m))).into_response(),
+    })
 }
 
 /// Checks every field of a message request, in the contract's terms.

@@ -72,6 +72,28 @@ pub fn is_id(prefix: &str, id: &str) -> bool {
         })
 }
 
+/// A request field that breaks a rule only a service can check (an unknown contact, a tenant
+/// without a sender): the API answers 422 naming it. The one field-error type of every service.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FieldError {
+    pub field: &'static str,
+    /// A stable snake_case code, e.g. `unknown_contact`.
+    pub code: &'static str,
+    /// A sentence a person can act on.
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &'static str, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
 /// Why a value was refused; the API turns it into a 422 naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

@@ -9,10 +9,11 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use sqlx::PgPool;
 
-use crate::domain::jobs::DeliveryJob;
+use anyhow::Context;
+
 use crate::{
-    domain::{Channel, new_id},
-    queue::{Queue, QueueError},
+    domain::{Channel, FieldError, jobs::DeliveryJob, new_id},
+    queue::Queue,
     schedule::render,
     store::{
         appointments::{self, AppointmentRow},
@@ -34,19 +35,13 @@ pub struct NewAppointment {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppointmentError {
-    #[error("{message}")]
-    Invalid {
-        field: &'static str,
-        code: &'static str,
-        message: String,
-    },
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
     #[error("the appointment was deleted")]
     Deleted,
+    /// Postgres or Redis failed (nothing changed), or a bug.
     #[error(transparent)]
-    Db(#[from] sqlx::Error),
-    /// Redis is unreachable: nothing changed.
-    #[error(transparent)]
-    Queue(#[from] QueueError),
+    Unexpected(#[from] anyhow::Error),
 }
 
 fn zone(contact: &ContactRow, tenant: &TenantRow) -> Tz {
@@ -64,11 +59,7 @@ fn addresses(
     contact: &ContactRow,
     tenant: &TenantRow,
 ) -> Result<(String, Option<String>), AppointmentError> {
-    let invalid = |field, code, message: &str| AppointmentError::Invalid {
-        field,
-        code,
-        message: message.to_owned(),
-    };
+    let invalid = |field, code, message: &str| FieldError::new(field, code, message);
     match channel {
         Channel::Sms => Ok((
             contact.phone.clone().ok_or_else(|| {
@@ -102,11 +93,11 @@ fn addresses(
                 )
             })?),
         )),
-        Channel::Webhook => Err(invalid(
+        Channel::Webhook => Err(AppointmentError::Invalid(invalid(
             "channel",
             "invalid_value",
             "reminders go by sms or email",
-        )),
+        ))),
     }
 }
 
@@ -149,13 +140,16 @@ async fn contact_of(
     tenant: &TenantRow,
     id: &str,
 ) -> Result<ContactRow, AppointmentError> {
-    contacts::get(db, &tenant.id, id)
-        .await?
-        .ok_or_else(|| AppointmentError::Invalid {
-            field: "contact_id",
-            code: "unknown_contact",
-            message: format!("there is no contact {id}"),
-        })
+    Ok(contacts::get(db, &tenant.id, id)
+        .await
+        .context("reading the appointment's contact")?
+        .ok_or_else(|| {
+            FieldError::new(
+                "contact_id",
+                "unknown_contact",
+                format!("there is no contact {id}"),
+            )
+        })?)
 }
 
 fn job(m: &MessageRow) -> DeliveryJob {
@@ -189,10 +183,16 @@ pub async fn create(
             reminder(&a, &contact, tenant, before, *offset, &to, from.as_deref())
         })
         .collect();
-    let mut tx = db.begin().await?;
-    let a = appointments::insert(&mut *tx, &a).await?;
+    let mut tx = db
+        .begin()
+        .await
+        .context("starting the appointment's transaction")?;
+    let a = appointments::insert(&mut *tx, &a)
+        .await
+        .context("inserting the appointment")?;
     let created: Vec<MessageRow> = messages::insert_many(&mut *tx, &rows)
-        .await?
+        .await
+        .context("inserting its reminders")?
         .into_iter()
         .flatten()
         .collect();
@@ -200,9 +200,13 @@ pub async fn create(
     let jobs = created
         .iter()
         .map(|m| crate::queue::NewJob::new(m.id.clone(), &job(m), m.send_at.timestamp_millis()))
-        .collect::<Result<Vec<_>, _>>()?;
-    queue.push_many(&jobs).await?;
-    tx.commit().await?;
+        .collect::<Result<Vec<_>, _>>()
+        .context("encoding the reminders' jobs")?;
+    queue
+        .push_many(&jobs)
+        .await
+        .context("queueing the reminders")?;
+    tx.commit().await.context("committing the appointment")?;
     Ok((a, created))
 }
 
@@ -228,22 +232,33 @@ pub async fn reschedule(
     id: &str,
     starts_at: DateTime<Utc>,
 ) -> Result<Option<(AppointmentRow, Vec<MessageRow>)>, AppointmentError> {
-    let mut tx = db.begin().await?;
-    let Some(mut a) = appointments::get_for_update(&mut tx, &tenant.id, id).await? else {
+    let mut tx = db
+        .begin()
+        .await
+        .context("starting the move's transaction")?;
+    let Some(mut a) = appointments::get_for_update(&mut tx, &tenant.id, id)
+        .await
+        .context("locking the appointment")?
+    else {
         return Ok(None);
     };
     if a.canceled_at.is_some() {
         return Err(AppointmentError::Deleted);
     }
     let contact = contacts::get(&mut *tx, &tenant.id, &a.contact_id)
-        .await?
+        .await
+        .context("reading the appointment's contact")?
         .ok_or(AppointmentError::Deleted)?;
     let channel = Channel::parse(&a.channel).unwrap_or(Channel::Sms);
     let (to, from) = addresses(channel, &contact, tenant)?;
-    appointments::set_starts_at(&mut *tx, id, starts_at).await?;
+    appointments::set_starts_at(&mut *tx, id, starts_at)
+        .await
+        .context("moving the appointment")?;
     let moved_from = a.starts_at;
     a.starts_at = starts_at;
-    let existing = appointments::reminders(&mut *tx, id).await?;
+    let existing = appointments::reminders(&mut *tx, id)
+        .await
+        .context("reading its reminders")?;
     let detail = format!(
         "the appointment moved from {} to {}",
         moved_from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -270,7 +285,8 @@ pub async fn reschedule(
                     &row.body,
                     &detail,
                 )
-                .await?
+                .await
+                .context("moving a reminder")?
                 {
                     to_remove.push(moved.id.clone());
                     to_push.push(moved);
@@ -278,7 +294,10 @@ pub async fn reschedule(
             }
             (Some(m), None) => {
                 let why = format!("{detail}; this reminder's time has passed");
-                if appointments::cancel_reminder(&mut *tx, &m.id, &why).await? {
+                if appointments::cancel_reminder(&mut *tx, &m.id, &why)
+                    .await
+                    .context("canceling a reminder whose time has passed")?
+                {
                     to_remove.push(m.id.clone());
                 }
             }
@@ -288,22 +307,32 @@ pub async fn reschedule(
     }
     to_push.extend(
         messages::insert_many(&mut *tx, &new_rows)
-            .await?
+            .await
+            .context("inserting reminders whose time is ahead again")?
             .into_iter()
             .flatten(),
     );
     // The old jobs go and the new ones come inside the transaction: a moved reminder is never
     // left without a job, and a job firing at the old time finds it due later and waits.
     for id in &to_remove {
-        queue.remove_waiting(id).await?;
+        queue
+            .remove_waiting(id)
+            .await
+            .context("removing a moved reminder's old job")?;
     }
     let jobs = to_push
         .iter()
         .map(|m| crate::queue::NewJob::new(m.id.clone(), &job(m), m.send_at.timestamp_millis()))
-        .collect::<Result<Vec<_>, _>>()?;
-    queue.push_many(&jobs).await?;
-    tx.commit().await?;
-    let reminders = appointments::reminders(db, id).await?;
+        .collect::<Result<Vec<_>, _>>()
+        .context("encoding the reminders' jobs")?;
+    queue
+        .push_many(&jobs)
+        .await
+        .context("queueing the moved reminders")?;
+    tx.commit().await.context("committing the move")?;
+    let reminders = appointments::reminders(db, id)
+        .await
+        .context("reading the moved reminders")?;
     Ok(Some((a, reminders)))
 }
 
@@ -315,18 +344,32 @@ pub async fn cancel(
     tenant: &TenantRow,
     id: &str,
 ) -> Result<bool, AppointmentError> {
-    let mut tx = db.begin().await?;
-    let Some(a) = appointments::get_for_update(&mut tx, &tenant.id, id).await? else {
+    let mut tx = db
+        .begin()
+        .await
+        .context("starting the delete's transaction")?;
+    let Some(a) = appointments::get_for_update(&mut tx, &tenant.id, id)
+        .await
+        .context("locking the appointment")?
+    else {
         return Ok(false);
     };
-    appointments::mark_canceled(&mut *tx, id).await?;
+    appointments::mark_canceled(&mut *tx, id)
+        .await
+        .context("marking the appointment deleted")?;
     let mut canceled = Vec::new();
-    for m in appointments::reminders(&mut *tx, &a.id).await? {
-        if appointments::cancel_reminder(&mut *tx, &m.id, "the appointment was deleted").await? {
+    let reminders = appointments::reminders(&mut *tx, &a.id)
+        .await
+        .context("reading its reminders")?;
+    for m in reminders {
+        if appointments::cancel_reminder(&mut *tx, &m.id, "the appointment was deleted")
+            .await
+            .context("canceling a reminder")?
+        {
             canceled.push(m.id);
         }
     }
-    tx.commit().await?;
+    tx.commit().await.context("committing the delete")?;
     for id in canceled {
         // Best effort: a job left behind finds its reminder canceled and does nothing.
         let _ = queue.remove_waiting(&id).await;

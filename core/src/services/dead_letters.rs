@@ -2,13 +2,15 @@
 //! message starts a fresh run (attempts from zero) and goes back on the queue. A message that
 //! was meanwhile sent, canceled or replayed is not sent again.
 
+use anyhow::Context;
 use sqlx::PgPool;
 
 use crate::{
     domain::jobs::DeliveryJob,
-    queue::{Queue, QueueError},
+    queue::Queue,
     store::{
         dead_letters::{self, DeadLetterFilter, DeadLetterRow},
+        lifecycle,
         messages::{self, MessageRow},
     },
 };
@@ -26,13 +28,11 @@ pub enum Replay {
     NotFound,
 }
 
+/// A replay could not be done: Postgres or Redis failed (nothing was replayed), or a bug.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error(transparent)]
-    Db(#[from] sqlx::Error),
-    /// Redis is unreachable: nothing was replayed.
-    #[error(transparent)]
-    Queue(#[from] QueueError),
+    Unexpected(#[from] anyhow::Error),
 }
 
 /// Replays one dead letter, as `tenant_id` when a tenant asks. The job is pushed before the
@@ -44,17 +44,28 @@ pub async fn replay(
     id: &str,
     tenant_id: Option<&str>,
 ) -> Result<Replay, ReplayError> {
-    let mut tx = db.begin().await?;
-    let Some(letter) = dead_letters::get_for_update(&mut tx, id, tenant_id).await? else {
+    let mut tx = db
+        .begin()
+        .await
+        .context("starting the replay's transaction")?;
+    let Some(letter) = dead_letters::get_for_update(&mut tx, id, tenant_id)
+        .await
+        .context("locking the dead letter")?
+    else {
         return Ok(Replay::NotFound);
     };
     let Some(message_id) = &letter.message_id else {
         return Ok(Replay::NotFound);
     };
     let detail = format!("replayed from dead letter {id}");
-    match crate::store::lifecycle::restart(&mut *tx, message_id, &detail).await? {
+    match lifecycle::restart(&mut *tx, message_id, &detail)
+        .await
+        .context("restarting the message")?
+    {
         Some(message) => {
-            dead_letters::mark_replayed(&mut *tx, id).await?;
+            dead_letters::mark_replayed(&mut *tx, id)
+                .await
+                .context("marking the dead letter replayed")?;
             let job = DeliveryJob::new(
                 &message.id,
                 &message.tenant_id,
@@ -63,12 +74,15 @@ pub async fn replay(
             );
             queue
                 .push(&message.id, &job, message.send_at.timestamp_millis())
-                .await?;
-            tx.commit().await?;
+                .await
+                .context("queueing the replayed message")?;
+            tx.commit().await.context("committing the replay")?;
             Ok(Replay::Replayed(Box::new(message)))
         }
         None => {
-            let current = messages::get_any(&mut *tx, message_id).await?;
+            let current = messages::get_any(&mut *tx, message_id)
+                .await
+                .context("reading the message that was not replayed")?;
             Ok(match current {
                 None => Replay::NotFound,
                 Some(m) => Replay::NotReplayable {
@@ -92,7 +106,9 @@ pub async fn replay_matching(
     let mut replayed = 0;
     let mut before: Option<String> = None;
     loop {
-        let page = dead_letters::list(db, &filter, before.as_deref(), 500).await?;
+        let page = dead_letters::list(db, &filter, before.as_deref(), 500)
+            .await
+            .context("listing the dead letters to replay")?;
         if page.is_empty() {
             return Ok(replayed);
         }

@@ -3,14 +3,14 @@
 //! transaction so a group of 100,000 is accepted in seconds, and honouring an idempotency key
 //! for the whole send.
 
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tracing::{info, warn};
 
 use super::messages::Idempotency;
-use crate::domain::jobs::DeliveryJob;
 use crate::{
-    domain::{Channel, id_floor, new_id},
+    domain::{Channel, FieldError, id_floor, jobs::DeliveryJob, new_id},
     queue::{NewJob, Queue},
     store::{
         groups::{self, GroupMessageRow, SendTemplate},
@@ -43,14 +43,10 @@ pub enum GroupError {
     NotFound,
     #[error("this Idempotency-Key was used with a different request body")]
     IdempotencyConflict,
-    #[error("{message}")]
-    Invalid {
-        field: &'static str,
-        code: &'static str,
-        message: String,
-    },
     #[error(transparent)]
-    Db(#[from] sqlx::Error),
+    Invalid(#[from] FieldError),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
 }
 
 async fn existing(
@@ -58,7 +54,10 @@ async fn existing(
     tenant: &TenantRow,
     idem: &Idempotency,
 ) -> Result<Option<GroupMessageRow>, GroupError> {
-    match groups::send_by_key(db, &tenant.id, &idem.key).await? {
+    match groups::send_by_key(db, &tenant.id, &idem.key)
+        .await
+        .context("looking up the send's Idempotency-Key")?
+    {
         Some(g) if g.request_hash.as_deref() == Some(idem.request_hash.as_slice()) => Ok(Some(g)),
         Some(_) => Err(GroupError::IdempotencyConflict),
         None => Ok(None),
@@ -78,7 +77,11 @@ pub async fn send(
     {
         return Ok(Sent::Existing(g));
     }
-    if groups::get(db, &tenant.id, group_id).await?.is_none() {
+    if groups::get(db, &tenant.id, group_id)
+        .await
+        .context("reading the group")?
+        .is_none()
+    {
         return Err(GroupError::NotFound);
     }
     let from = match new.channel {
@@ -87,15 +90,15 @@ pub async fn send(
         Channel::Webhook => None,
     };
     if from.is_none() {
-        return Err(GroupError::Invalid {
-            field: "channel",
-            code: if new.channel == Channel::Email {
+        return Err(GroupError::Invalid(FieldError::new(
+            "channel",
+            if new.channel == Channel::Email {
                 "email_from_not_configured"
             } else {
                 "sms_from_not_configured"
             },
-            message: format!("this tenant has nothing to send {} from", new.channel),
-        });
+            format!("this tenant has nothing to send {} from", new.channel),
+        )));
     }
     let now = Utc::now();
     let due_now = new.send_at <= now;
@@ -123,10 +126,18 @@ pub async fn send(
         metadata: new.metadata.clone(),
     };
 
-    let mut tx = db.begin().await?;
-    let Some(mut send) = groups::insert_send(&mut tx, &send).await? else {
+    let mut tx = db
+        .begin()
+        .await
+        .context("starting the send's transaction")?;
+    let Some(mut send) = groups::insert_send(&mut tx, &send)
+        .await
+        .context("inserting the group send")?
+    else {
         // A concurrent send with the same key won: answer with it.
-        tx.rollback().await?;
+        tx.rollback()
+            .await
+            .context("rolling back a lost key race")?;
         let idem = idempotency.ok_or(GroupError::IdempotencyConflict)?;
         return existing(db, tenant, idem)
             .await?
@@ -136,10 +147,14 @@ pub async fn send(
     // The time part of a Herald id made now; the statement adds the random part.
     let prefix = id_floor("msg", now.timestamp_millis());
     let prefix = &prefix[..prefix.len() - 16];
-    let created = groups::insert_send_messages(&mut tx, &template, group_id, prefix).await?;
+    let created = groups::insert_send_messages(&mut tx, &template, group_id, prefix)
+        .await
+        .context("inserting a message for every member")?;
     send.recipients = i32::try_from(created.len()).unwrap_or(i32::MAX);
-    groups::set_recipients(&mut tx, &send.id, send.recipients).await?;
-    tx.commit().await?;
+    groups::set_recipients(&mut tx, &send.id, send.recipients)
+        .await
+        .context("counting the recipients")?;
+    tx.commit().await.context("committing the group send")?;
 
     let due_ms = template.send_at.timestamp_millis();
     let jobs = created
@@ -152,7 +167,7 @@ pub async fn send(
             )
         })
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| GroupError::Db(sqlx::Error::Protocol(e.to_string())))?;
+        .context("encoding the members' jobs")?;
     if let Err(e) = queue.push_many(&jobs).await {
         // New messages: the outbox sweep pushes them.
         warn!(group_message_id = %send.id, error = %e, "could not queue the group send; the outbox sweep will");

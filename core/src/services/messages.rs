@@ -6,13 +6,15 @@ use sqlx::PgPool;
 
 use std::sync::Arc;
 
+use anyhow::Context;
+
 use super::enqueue::Enqueuer;
 use crate::{
     batch::Batcher,
-    domain::{Channel, MessageStatus, new_id},
+    domain::{Channel, FieldError, MessageStatus, new_id},
     queue::Queue,
     store::{
-        contacts,
+        contacts, idempotency,
         messages::{self, CancelOutcome, EventRow, ListFilter, MessageRow, NewMessageRow},
         tenants::TenantRow,
     },
@@ -65,26 +67,10 @@ pub enum Created {
 pub enum CreateError {
     #[error("this Idempotency-Key was used with a different request body")]
     IdempotencyConflict,
-    #[error("{message}")]
-    Invalid {
-        field: &'static str,
-        code: &'static str,
-        message: String,
-    },
     #[error(transparent)]
-    Db(Arc<sqlx::Error>),
-}
-
-impl From<sqlx::Error> for CreateError {
-    fn from(e: sqlx::Error) -> Self {
-        Self::Db(Arc::new(e))
-    }
-}
-
-impl From<Arc<sqlx::Error>> for CreateError {
-    fn from(e: Arc<sqlx::Error>) -> Self {
-        Self::Db(e)
-    }
+    Invalid(#[from] FieldError),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
 }
 
 /// Accepts messages: validates what needs the database, inserts (concurrent requests share
@@ -170,27 +156,23 @@ async fn create(
             return Ok(Created::Existing(found));
         }
         let to = recipient(db, tenant, new).await?;
-        let from =
-            match new.channel {
-                Channel::Sms => Some(tenant.sms_from.clone().ok_or_else(|| {
-                    CreateError::Invalid {
-                        field: "channel",
-                        code: "sms_from_not_configured",
-                        message: "this tenant has no sms_from number; set one before sending SMS"
-                            .to_owned(),
-                    }
-                })?),
-                Channel::Email => Some(tenant.email_from.clone().ok_or_else(|| {
-                    CreateError::Invalid {
-                        field: "channel",
-                        code: "email_from_not_configured",
-                        message:
-                            "this tenant has no email_from address; set one before sending email"
-                                .to_owned(),
-                    }
-                })?),
-                Channel::Webhook => None,
-            };
+        let from = match new.channel {
+            Channel::Sms => Some(tenant.sms_from.clone().ok_or_else(|| {
+                FieldError::new(
+                    "channel",
+                    "sms_from_not_configured",
+                    "this tenant has no sms_from number; set one before sending SMS",
+                )
+            })?),
+            Channel::Email => Some(tenant.email_from.clone().ok_or_else(|| {
+                FieldError::new(
+                    "channel",
+                    "email_from_not_configured",
+                    "this tenant has no email_from address; set one before sending email",
+                )
+            })?),
+            Channel::Webhook => None,
+        };
         let now = Utc::now();
         let due_now = new.send_at <= now;
         let status = if due_now {
@@ -239,27 +221,35 @@ async fn create(
             None => intake
                 .inserts
                 .call(row)
-                .await?
-                .ok_or(sqlx::Error::RowNotFound)?,
+                .await
+                .context("inserting the message")?
+                .context("the new message was already there")?,
             Some(idem) => {
-                let mut tx = db.begin().await?;
+                let mut tx = db
+                    .begin()
+                    .await
+                    .context("starting the message's transaction")?;
                 let message = messages::insert(&mut *tx, &row)
-                    .await?
-                    .ok_or(sqlx::Error::RowNotFound)?;
-                if !crate::store::idempotency::insert_idempotency_key(
+                    .await
+                    .context("inserting the message")?
+                    .context("the new message was already there")?;
+                if !idempotency::insert_idempotency_key(
                     &mut *tx,
                     &tenant.id,
                     &idem.key,
                     &idem.request_hash,
                     &id,
                 )
-                .await?
+                .await
+                .context("storing the Idempotency-Key")?
                 {
                     // Someone else holds this key now: drop ours and answer with theirs.
-                    tx.rollback().await?;
+                    tx.rollback()
+                        .await
+                        .context("rolling back a lost key race")?;
                     continue;
                 }
-                tx.commit().await?;
+                tx.commit().await.context("committing the message")?;
                 message
             }
         };
@@ -276,15 +266,18 @@ async fn existing_for_key(
     tenant: &TenantRow,
     idem: &Idempotency,
 ) -> Result<Option<MessageRow>, CreateError> {
-    let Some((hash, message_id)) =
-        crate::store::idempotency::find_idempotency_key(db, &tenant.id, &idem.key).await?
+    let Some((hash, message_id)) = idempotency::find_idempotency_key(db, &tenant.id, &idem.key)
+        .await
+        .context("looking up the Idempotency-Key")?
     else {
         return Ok(None);
     };
     if hash != idem.request_hash {
         return Err(CreateError::IdempotencyConflict);
     }
-    Ok(messages::get(db, &tenant.id, &message_id).await?)
+    Ok(messages::get(db, &tenant.id, &message_id)
+        .await
+        .context("reading the message the Idempotency-Key made")?)
 }
 
 /// The recipient: `to` when given, else the contact's phone (sms) or email (email).
@@ -293,17 +286,21 @@ async fn recipient(
     tenant: &TenantRow,
     new: &NewMessage,
 ) -> Result<String, CreateError> {
-    let contact =
-        match &new.contact_id {
-            Some(id) => Some(contacts::get(db, &tenant.id, id).await?.ok_or_else(|| {
-                CreateError::Invalid {
-                    field: "contact_id",
-                    code: "unknown_contact",
-                    message: format!("there is no contact {id}"),
-                }
-            })?),
-            None => None,
-        };
+    let contact = match &new.contact_id {
+        Some(id) => Some(
+            contacts::get(db, &tenant.id, id)
+                .await
+                .context("reading the message's contact")?
+                .ok_or_else(|| {
+                    FieldError::new(
+                        "contact_id",
+                        "unknown_contact",
+                        format!("there is no contact {id}"),
+                    )
+                })?,
+        ),
+        None => None,
+    };
     if let Some(to) = &new.to {
         return Ok(to.clone());
     }
@@ -312,21 +309,23 @@ async fn recipient(
         Channel::Email => c.email.clone(),
         Channel::Webhook => None,
     });
-    from_contact.ok_or_else(|| CreateError::Invalid {
-        field: "to",
-        code: "missing_field",
-        message: match (new.channel, contact.is_some()) {
-            (Channel::Webhook, _) => "`to` is required for webhooks".to_owned(),
-            (_, true) => format!(
-                "the contact has no {} to send to; give `to`",
-                if new.channel == Channel::Sms {
-                    "phone"
-                } else {
-                    "email"
-                }
-            ),
-            (_, false) => "`to` is required unless `contact_id` gives the recipient".to_owned(),
-        },
+    from_contact.ok_or_else(|| {
+        CreateError::Invalid(FieldError::new(
+            "to",
+            "missing_field",
+            match (new.channel, contact.is_some()) {
+                (Channel::Webhook, _) => "`to` is required for webhooks".to_owned(),
+                (_, true) => format!(
+                    "the contact has no {} to send to; give `to`",
+                    if new.channel == Channel::Sms {
+                        "phone"
+                    } else {
+                        "email"
+                    }
+                ),
+                (_, false) => "`to` is required unless `contact_id` gives the recipient".to_owned(),
+            },
+        ))
     })
 }
 

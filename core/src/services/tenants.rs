@@ -2,6 +2,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use anyhow::Context;
 use base64::{Engine, engine::general_purpose::STANDARD};
 use chrono::NaiveTime;
 use rand::RngExt;
@@ -46,7 +47,7 @@ pub enum TenantError {
     #[error("another tenant already sends from this number")]
     SmsFromTaken,
     #[error(transparent)]
-    Db(#[from] sqlx::Error),
+    Unexpected(#[from] anyhow::Error),
 }
 
 /// Length of the public prefix of a key, safe to show and log.
@@ -77,7 +78,10 @@ pub async fn create(db: &PgPool, new: &NewTenant) -> Result<CreatedTenant, Tenan
     let secret = generate_webhook_secret();
     let api_key = generate_key();
     let key_prefix = api_key[..KEY_PREFIX_LEN].to_owned();
-    let mut tx = db.begin().await?;
+    let mut tx = db
+        .begin()
+        .await
+        .context("starting the tenant's transaction")?;
     let row = NewTenantRow {
         id: &id,
         name: &new.name,
@@ -92,11 +96,16 @@ pub async fn create(db: &PgPool, new: &NewTenant) -> Result<CreatedTenant, Tenan
         missed_call_text: new.missed_call_text.as_deref(),
         missed_call_cooldown_minutes: new.missed_call_cooldown_minutes,
     };
-    let Some(tenant) = tenants::insert(&mut tx, &row).await? else {
+    let Some(tenant) = tenants::insert(&mut tx, &row)
+        .await
+        .context("inserting the tenant")?
+    else {
         return Err(TenantError::SmsFromTaken);
     };
-    tenants::insert_key(&mut *tx, &id, &key_prefix, &hash_key(&api_key)).await?;
-    tx.commit().await?;
+    tenants::insert_key(&mut *tx, &id, &key_prefix, &hash_key(&api_key))
+        .await
+        .context("storing its first key")?;
+    tx.commit().await.context("committing the tenant")?;
     Ok(CreatedTenant {
         tenant,
         api_key,
