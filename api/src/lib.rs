@@ -6,6 +6,7 @@ mod body;
 mod error;
 mod openapi;
 mod ops;
+mod requests;
 mod routes;
 mod state;
 mod views;

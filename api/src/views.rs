@@ -1,6 +1,7 @@
 //! What the API answers with: the contract's JSON shapes, built from store rows.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use herald_core::domain::Channel;
 use herald_core::store::{
     messages::{EventRow, MessageRow},
     tenants::TenantRow,
@@ -56,18 +57,18 @@ pub struct Message {
 
 impl From<MessageRow> for Message {
     fn from(m: MessageRow) -> Self {
-        let body = if m.channel == "webhook" {
+        let body = if m.channel == Channel::Webhook {
             serde_json::from_str(&m.body).unwrap_or(serde_json::Value::String(m.body))
         } else {
             serde_json::Value::String(m.body)
         };
         Self {
             id: m.id,
-            channel: m.channel,
+            channel: m.channel.as_str().to_owned(),
             to: m.to_addr,
             subject: m.subject,
             body,
-            status: m.status,
+            status: m.status.as_str().to_owned(),
             send_at: time(m.send_at),
             expires_at: time(m.expires_at),
             attempts: m.attempts,
@@ -346,7 +347,7 @@ impl From<MessageRow> for ConversationEntry {
             author: m.author,
             body: m.body,
             at: time(m.created_at),
-            status: m.status,
+            status: m.status.as_str().to_owned(),
         }
     }
 }

@@ -20,7 +20,10 @@ use std::time::Duration;
 use chrono::Utc;
 use herald_core::{
     domain::id_floor,
-    domain::jobs::{AiJob, DeliveryJob},
+    domain::{
+        MessageStatus,
+        jobs::{AiJob, DeliveryJob},
+    },
     queue::{NewJob, Queue, now_ms},
     store::outbox as pending,
 };
@@ -48,12 +51,12 @@ pub async fn deliveries(
         let jobs = rows
             .iter()
             .map(|m| {
-                let due = if m.status == "sending" {
+                let due = if m.status == MessageStatus::Sending {
                     (m.updated_at + stale).max(Utc::now())
                 } else {
                     m.send_at
                 };
-                let job = DeliveryJob::new(&m.id, &m.tenant_id, &m.channel, &m.to_addr);
+                let job = DeliveryJob::new(&m.id, &m.tenant_id, m.channel, &m.to_addr);
                 NewJob::new(m.id.clone(), &job, due.timestamp_millis())
             })
             .collect::<Result<Vec<_>, _>>()?;

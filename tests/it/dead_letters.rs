@@ -493,7 +493,12 @@ async fn a_job_taken_while_its_replay_is_still_committing_waits_for_it_and_sends
     .unwrap();
     let (client, conn) = herald_core::queue::connect(&herald_tests::redis_url()).unwrap();
     let queue = herald_core::queue::deliveries(&app.config, client, conn);
-    let job = herald_core::domain::jobs::DeliveryJob::new(id, &tenant.id, "sms", "+15556660009");
+    let job = herald_core::domain::jobs::DeliveryJob::new(
+        id,
+        &tenant.id,
+        herald_core::domain::Channel::Sms,
+        "+15556660009",
+    );
     assert!(
         queue
             .push(id, &job, herald_core::queue::now_ms())

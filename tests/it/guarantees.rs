@@ -393,7 +393,12 @@ async fn a_duplicated_delivery_job_sends_once() {
 
     let (client, conn) = herald_core::queue::connect(app.config.redis_url.expose()).unwrap();
     let queue = herald_core::queue::deliveries(&app.config, client, conn);
-    let job = herald_core::domain::jobs::DeliveryJob::new(id, &tenant.id, "sms", to);
+    let job = herald_core::domain::jobs::DeliveryJob::new(
+        id,
+        &tenant.id,
+        herald_core::domain::Channel::Sms,
+        to,
+    );
     for copy in ["dup-a", "dup-b"] {
         let added = queue
             .push(&format!("{copy}-{id}"), &job, due.timestamp_millis())

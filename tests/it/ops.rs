@@ -220,6 +220,48 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_answers()
 }
 
 #[tokio::test]
+async fn every_request_body_is_documented_by_a_type() {
+    let app = TestApp::start().await;
+    let (status, doc) = app.get("/openapi.json", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let mut bodies = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let Some(content) = op["requestBody"]["content"].as_object() else {
+                continue;
+            };
+            bodies += 1;
+            for (kind, media) in content {
+                let schema = &media["schema"];
+                let reference = schema["$ref"].as_str().unwrap_or_else(|| {
+                    panic!("{method} {path} ({kind}) has an untyped body: {schema}")
+                });
+                let name = reference.trim_start_matches("#/components/schemas/");
+                let fields = &doc["components"]["schemas"][name]["properties"];
+                assert!(
+                    fields.as_object().is_some_and(|f| !f.is_empty()),
+                    "{method} {path}: {name} spells out no field"
+                );
+            }
+        }
+    }
+    assert_eq!(bodies, 14, "every route that takes a body");
+    let message = &doc["components"]["schemas"]["MessageIn"]["properties"];
+    for field in [
+        "channel",
+        "to",
+        "body",
+        "subject",
+        "send_at",
+        "expires_at",
+        "contact_id",
+        "metadata",
+    ] {
+        assert!(message.get(field).is_some(), "MessageIn has no {field}");
+    }
+}
+
+#[tokio::test]
 async fn every_answer_carries_a_request_id() {
     let app = TestApp::start().await;
     let t = app.tenant().await;

@@ -238,7 +238,7 @@ async fn the_log_provider_finds_its_own_record_of_an_attempt_whose_outcome_was_l
     let job = herald_core::domain::jobs::DeliveryJob::new(
         &row.id,
         &row.tenant_id,
-        &row.channel,
+        row.channel,
         &row.to_addr,
     );
     queue

@@ -323,7 +323,7 @@ pub async fn replay_one(
         Ok(Replay::Replayed(_)) => back_to_list("replayed", &[("id", id)]),
         Ok(Replay::NotReplayable { expired: true, .. }) => back_to_list("expired", &[]),
         Ok(Replay::NotReplayable { status, .. }) => {
-            back_to_list("not_replayable", &[("status", status)])
+            back_to_list("not_replayable", &[("status", status.to_string())])
         }
         Ok(Replay::NotFound) => back_to_list("not_found", &[]),
         Err(e) => {

@@ -47,7 +47,7 @@ pub async fn lookup(
         @match found {
             Some(Some((m, events))) => {
                 table #message { tbody {
-                    tr { th { "Status" } td #status { (status_badge(&m.status)) } }
+                    tr { th { "Status" } td #status { (status_badge(m.status.as_str())) } }
                     tr { th { "Tenant" } td { code { (m.tenant_id) } } }
                     tr { th { "Channel" } td { (m.channel) } }
                     tr { th { "To" } td { (m.to_addr) } }

@@ -25,7 +25,7 @@ const DEFAULT_QUIET: (&str, &str) = ("21:00", "08:00");
 /// Create a tenant and its first API key.
 #[utoipa::path(
     post, path = "/v1/admin/tenants", tag = "admin",
-    request_body(content = Object, description = "`{\"name\", \"timezone\"?, \"sms_from\"?, \"email_from\"?, \"quiet_hours\"?: {\"start\", \"end\"} | null, \"help_text\"?, \"system_prompt\"?, \"canned_reply\"?}`"),
+    request_body(content = crate::requests::TenantIn, description = "`{\"name\", \"timezone\"?, \"sms_from\"?, \"email_from\"?, \"quiet_hours\"?: {\"start\", \"end\"} | null, \"help_text\"?, \"system_prompt\"?, \"canned_reply\"?}`"),
     responses(
         (status = 201, body = views::CreatedTenant),
         (status = 409, description = "sms_from belongs to another tenant", body = ErrorBody),

@@ -9,7 +9,7 @@ use axum::{
 };
 use chrono::{Duration, Utc};
 use herald_core::{
-    domain::{Channel, is_id},
+    domain::{Channel, SmsText, is_id},
     schedule::parse_offset,
     services::appointments::{self as service, NewAppointment},
 };
@@ -39,7 +39,7 @@ fn starts_at(f: &mut Fields) -> ApiResult<chrono::DateTime<Utc>> {
 /// Create an appointment with its reminders.
 #[utoipa::path(
     post, path = "/v1/appointments", tag = "appointments",
-    request_body(content = Object, description = "`{\"contact_id\", \"starts_at\", \"reminders\": [{\"before\": \"24h\"}, {\"before\": \"2h\"}], \"channel\"?: \"sms\", \"body_template\": \"Hi {{name}}, see you at {{time}} on {{date}}.\"}`"),
+    request_body(content = crate::requests::AppointmentIn, description = "`{\"contact_id\", \"starts_at\", \"reminders\": [{\"before\": \"24h\"}, {\"before\": \"2h\"}], \"channel\"?: \"sms\", \"body_template\": \"Hi {{name}}, see you at {{time}} on {{date}}.\"}`"),
     responses((status = 201, body = views::Appointment), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("api_key" = []))
 )]
@@ -98,13 +98,17 @@ pub async fn create(
             ));
         }
     };
-    let body_template = f.req_str("body_template")?;
-    if body_template.trim().is_empty() || body_template.chars().count() > 1600 {
-        return Err(f.invalid_value(
-            "body_template",
-            "`body_template` must be 1 to 1600 characters",
-        ));
-    }
+    let body_template = SmsText::parse(f.req_str("body_template")?)
+        .map_err(|_| {
+            f.invalid_value(
+                "body_template",
+                format!(
+                    "`body_template` must be 1 to {} characters",
+                    SmsText::MAX_CHARS
+                ),
+            )
+        })?
+        .into_string();
     f.finish()?;
     if !is_id("ct", &contact_id) {
         return Err(ApiError::invalid(
@@ -151,7 +155,7 @@ pub async fn get(
 #[utoipa::path(
     patch, path = "/v1/appointments/{id}", tag = "appointments",
     params(("id" = String, Path, description = "`apt_...`")),
-    request_body(content = Object, description = "`{\"starts_at\"}`"),
+    request_body(content = crate::requests::AppointmentMove, description = "`{\"starts_at\"}`"),
     responses((status = 200, body = views::Appointment), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("api_key" = []))
 )]

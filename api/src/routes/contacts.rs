@@ -64,7 +64,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 /// Create a contact (its time zone defaults to the tenant's).
 #[utoipa::path(
     post, path = "/v1/contacts", tag = "contacts",
-    request_body(content = Object, description = "`{\"phone\"?: E.164, \"email\"?, \"name\"?, \"timezone\"?: IANA}`"),
+    request_body(content = crate::requests::ContactIn, description = "`{\"phone\"?: E.164, \"email\"?, \"name\"?, \"timezone\"?: IANA}`"),
     responses((status = 201, body = views::Contact), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("api_key" = []))
 )]
@@ -124,7 +124,7 @@ pub async fn get(
 #[utoipa::path(
     patch, path = "/v1/contacts/{id}", tag = "contacts",
     params(("id" = String, Path, description = "`ct_...`")),
-    request_body(content = Object, description = "`{\"phone\"?, \"email\"?, \"name\"?, \"timezone\"?}`"),
+    request_body(content = crate::requests::ContactIn, description = "`{\"phone\"?, \"email\"?, \"name\"?, \"timezone\"?}`"),
     responses((status = 200, body = views::Contact), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("api_key" = []))
 )]

@@ -8,7 +8,7 @@ use axum::{
     http::StatusCode,
 };
 use herald_core::{
-    domain::is_id,
+    domain::{SmsText, is_id},
     services::replies,
     store::{contacts, conversations as entries},
 };
@@ -125,7 +125,7 @@ pub async fn release(
 #[utoipa::path(
     post, path = "/v1/conversations/{contact_id}/reply", tag = "conversations",
     params(("contact_id" = String, Path)),
-    request_body(content = Object, description = "`{\"body\"}`"),
+    request_body(content = crate::requests::ReplyIn, description = "`{\"body\"}`"),
     responses((status = 202, body = views::Message), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("api_key" = []))
 )]
@@ -136,10 +136,14 @@ pub async fn reply(
     JsonBody(body): JsonBody,
 ) -> ApiResult<(StatusCode, Json<views::Message>)> {
     let mut f = Fields::new(body)?;
-    let text = f.req_str("body")?;
-    if text.trim().is_empty() || text.chars().count() > 1600 {
-        return Err(f.invalid_value("body", "`body` must be 1 to 1600 characters"));
-    }
+    let text = SmsText::parse(f.req_str("body")?)
+        .map_err(|_| {
+            f.invalid_value(
+                "body",
+                format!("`body` must be 1 to {} characters", SmsText::MAX_CHARS),
+            )
+        })?
+        .into_string();
     f.finish()?;
     let c = contact(&state, &auth.tenant.id, &contact_id).await?;
     if c.phone.is_none() {

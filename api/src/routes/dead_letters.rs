@@ -163,7 +163,7 @@ pub async fn replay(
             StatusCode::ACCEPTED,
             Json(views::Replayed {
                 message_id: m.id,
-                status: m.status,
+                status: m.status.as_str().to_owned(),
             }),
         )),
         Replay::NotReplayable {
@@ -185,7 +185,7 @@ pub async fn replay(
 /// nothing: say `{"all": true}` to replay them all.
 #[utoipa::path(
     post, path = "/v1/dead-letters/replay", tag = "dead letters",
-    request_body(content = Object, description = "`{\"ids\"?: [...], \"queue\"?, \"tenant_id\"?, \"reason\"?, \"since\"?, \"until\"?, \"all\"?: true}`"),
+    request_body(content = crate::requests::ReplayFilterIn, description = "`{\"ids\"?: [...], \"queue\"?, \"tenant_id\"?, \"reason\"?, \"since\"?, \"until\"?, \"all\"?: true}`"),
     responses((status = 202, body = views::ReplayedCount), (status = 422, body = ErrorBody)),
     security(("api_key" = []), ("ops_token" = []))
 )]

@@ -10,7 +10,7 @@ use axum::{
 };
 use chrono::{Duration, Utc};
 use herald_core::{
-    domain::{Channel, is_id, new_id},
+    domain::{Channel, EmailSubject, SmsText, is_id, new_id},
     services::groups::{self as service, GroupSend, Sent},
     store::{contacts, groups},
 };
@@ -46,7 +46,7 @@ async fn view(state: &AppState, g: groups::GroupRow) -> ApiResult<views::Group> 
 /// Create a group.
 #[utoipa::path(
     post, path = "/v1/groups", tag = "groups",
-    request_body(content = Object, description = "`{\"name\"}`"),
+    request_body(content = crate::requests::GroupIn, description = "`{\"name\"}`"),
     responses((status = 201, body = views::Group), (status = 422, body = ErrorBody)),
     security(("api_key" = []))
 )]
@@ -190,18 +190,29 @@ fn parse_send(body: Value) -> ApiResult<GroupSend> {
         }
     };
     let body = f.req_str("body")?;
-    let chars = body.chars().count();
-    if body.trim().is_empty() || (channel == Channel::Sms && chars > 1600) {
-        return Err(f.invalid_value(
-            "body",
-            "`body` must be 1 to 1600 characters for sms, and not empty",
-        ));
+    match (channel, SmsText::parse(body.clone())) {
+        (_, Err(None)) | (Channel::Sms, Err(Some(_))) => {
+            return Err(f.invalid_value(
+                "body",
+                format!(
+                    "`body` must be 1 to {} characters for sms, and not empty",
+                    SmsText::MAX_CHARS
+                ),
+            ));
+        }
+        _ => {}
     }
     let subject = f.opt_str("subject")?;
     let subject = match (channel, subject) {
         (Channel::Email, None) => return Err(f.missing("subject")),
-        (Channel::Email, Some(s)) if s.trim().is_empty() || s.chars().count() > 998 => {
-            return Err(f.invalid_value("subject", "`subject` must be 1 to 998 characters"));
+        (Channel::Email, Some(s)) if EmailSubject::parse(s.clone()).is_none() => {
+            return Err(f.invalid_value(
+                "subject",
+                format!(
+                    "`subject` must be 1 to {} characters",
+                    EmailSubject::MAX_CHARS
+                ),
+            ));
         }
         (Channel::Email, s) => s,
         (_, Some(_)) => return Err(f.invalid_value("subject", "`subject` is only for email")),
@@ -264,7 +275,7 @@ fn parse_send(body: Value) -> ApiResult<GroupSend> {
 #[utoipa::path(
     post, path = "/v1/groups/{id}/messages", tag = "groups",
     params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
-    request_body(content = Object, description = "`{\"channel\": \"sms\" | \"email\", \"body\", \"subject\"?, \"send_at\"?, \"expires_at\"?, \"respect_quiet_hours\"?, \"metadata\"?}`"),
+    request_body(content = crate::requests::GroupSendIn, description = "`{\"channel\": \"sms\" | \"email\", \"body\", \"subject\"?, \"send_at\"?, \"expires_at\"?, \"respect_quiet_hours\"?, \"metadata\"?}`"),
     responses(
         (status = 202, body = views::GroupSendAccepted),
         (status = 200, description = "the send this Idempotency-Key made before", body = views::GroupSendAccepted),

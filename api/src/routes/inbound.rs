@@ -83,7 +83,7 @@ fn twiml() -> Response {
 /// `failed`, never backwards.
 #[utoipa::path(
     post, path = "/v1/inbound/twilio/status", tag = "inbound",
-    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "Twilio's status callback: MessageSid, MessageStatus, ErrorCode, ..."),
+    request_body(content = crate::requests::TwilioStatusIn, content_type = "application/x-www-form-urlencoded", description = "Twilio's status callback: MessageSid, MessageStatus, ErrorCode, ..."),
     params(("X-Twilio-Signature" = String, Header)),
     responses((status = 200, description = "`<Response/>`"), (status = 403, description = "bad or missing signature", body = ErrorBody)),
 )]
@@ -142,7 +142,7 @@ pub async fn twilio_status(
 /// act at once, and replies are jobs. Answers `<Response/>` straight away.
 #[utoipa::path(
     post, path = "/v1/inbound/twilio/sms", tag = "inbound",
-    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "Twilio's inbound message: From, To, Body, MessageSid, ..."),
+    request_body(content = crate::requests::TwilioInboundSms, content_type = "application/x-www-form-urlencoded", description = "Twilio's inbound message: From, To, Body, MessageSid, ..."),
     params(("X-Twilio-Signature" = String, Header)),
     responses((status = 200, description = "`<Response/>`"), (status = 403, description = "bad or missing signature", body = ErrorBody)),
 )]
@@ -180,7 +180,7 @@ pub async fn twilio_sms(
 /// number texts the caller back, once per cooldown, and shows on their conversation.
 #[utoipa::path(
     post, path = "/v1/inbound/twilio/voice-status", tag = "inbound",
-    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "Twilio's call status callback: CallSid, CallStatus, From, To, ..."),
+    request_body(content = crate::requests::TwilioCallStatusIn, content_type = "application/x-www-form-urlencoded", description = "Twilio's call status callback: CallSid, CallStatus, From, To, ..."),
     params(("X-Twilio-Signature" = String, Header)),
     responses((status = 200, description = "`<Response/>`"), (status = 403, description = "bad or missing signature", body = ErrorBody)),
 )]

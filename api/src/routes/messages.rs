@@ -10,7 +10,9 @@ use axum::{
 };
 use chrono::{Duration, Utc};
 use herald_core::{
-    domain::{Channel, EmailAddress, MessageStatus, PhoneNumber, WebhookUrl, is_id},
+    domain::{
+        Channel, EmailAddress, EmailSubject, MessageStatus, PhoneNumber, SmsText, WebhookUrl, is_id,
+    },
     services::messages::{self as service, Created, NewMessage},
     store::messages::{CancelOutcome, ListFilter},
 };
@@ -24,15 +26,13 @@ use crate::{
     views,
 };
 
-const MAX_SMS_CHARS: usize = 1600;
-const MAX_SUBJECT_CHARS: usize = 998;
 const MAX_METADATA_BYTES: usize = 4096;
 const MAX_AHEAD_DAYS: i64 = 366;
 
 /// Accept a message: sent now, or at `send_at` to the millisecond and never early.
 #[utoipa::path(
     post, path = "/v1/messages", tag = "messages",
-    request_body(content = Object, description = "`{\"channel\": \"sms\" | \"email\" | \"webhook\", \"to\", \"body\", \"subject\"?, \"send_at\"?, \"expires_at\"?, \"respect_quiet_hours\"?, \"contact_id\"?, \"metadata\"?}`"),
+    request_body(content = crate::requests::MessageIn, description = "`{\"channel\": \"sms\" | \"email\" | \"webhook\", \"to\", \"body\", \"subject\"?, \"send_at\"?, \"expires_at\"?, \"respect_quiet_hours\"?, \"contact_id\"?, \"metadata\"?}`"),
     params(("Idempotency-Key" = Option<String>, Header, description = "the same key with an equal body within 24 h answers the same message")),
     responses(
         (status = 202, description = "accepted", body = views::Message),
@@ -98,19 +98,21 @@ pub fn parse_new_message(body: Value, allow_private_webhooks: bool) -> ApiResult
     let body = match channel {
         Channel::Sms | Channel::Email => {
             let text = f.req_str("body")?;
-            let chars = text.chars().count();
-            if text.trim().is_empty() {
-                return Err(f.invalid_value("body", "`body` must not be empty"));
+            match (channel, SmsText::parse(text.clone())) {
+                (_, Err(None)) => {
+                    return Err(f.invalid_value("body", "`body` must not be empty"));
+                }
+                (Channel::Sms, Err(Some(chars))) => {
+                    return Err(f.invalid_value(
+                        "body",
+                        format!(
+                            "an SMS `body` is at most {} characters; this one has {chars}",
+                            SmsText::MAX_CHARS
+                        ),
+                    ));
+                }
+                _ => text,
             }
-            if channel == Channel::Sms && chars > MAX_SMS_CHARS {
-                return Err(f.invalid_value(
-                    "body",
-                    format!(
-                        "an SMS `body` is at most {MAX_SMS_CHARS} characters; this one has {chars}"
-                    ),
-                ));
-            }
-            text
         }
         Channel::Webhook => {
             let doc = f.take("body").ok_or_else(|| f.missing("body"))?;
@@ -122,13 +124,16 @@ pub fn parse_new_message(body: Value, allow_private_webhooks: bool) -> ApiResult
     let subject = match (channel, subject) {
         (Channel::Email, None) => return Err(f.missing("subject")),
         (Channel::Email, Some(s)) => {
-            if s.trim().is_empty() || s.chars().count() > MAX_SUBJECT_CHARS {
+            let Some(subject) = EmailSubject::parse(s) else {
                 return Err(f.invalid_value(
                     "subject",
-                    format!("`subject` must be 1 to {MAX_SUBJECT_CHARS} characters"),
+                    format!(
+                        "`subject` must be 1 to {} characters",
+                        EmailSubject::MAX_CHARS
+                    ),
                 ));
-            }
-            Some(s)
+            };
+            Some(subject.into_string())
         }
         (_, Some(_)) => return Err(f.invalid_value("subject", "`subject` is only for email")),
         (_, None) => None,

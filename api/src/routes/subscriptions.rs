@@ -7,7 +7,7 @@ use axum::{
 };
 use chrono::Utc;
 use herald_core::{
-    domain::{is_id, new_id, parse_local_time},
+    domain::{SmsText, is_id, new_id, parse_local_time},
     schedule::first_daily_date,
     store::{
         contacts,
@@ -26,7 +26,7 @@ use crate::{
 /// Subscribe a contact to a daily message.
 #[utoipa::path(
     post, path = "/v1/subscriptions", tag = "subscriptions",
-    request_body(content = Object, description = "`{\"contact_id\", \"send_at_local\": \"07:30\", \"channel\"?: \"sms\", \"content\": {\"kind\": \"static\", \"body\"} | {\"kind\": \"ai\", \"prompt\"}}`"),
+    request_body(content = crate::requests::SubscriptionIn, description = "`{\"contact_id\", \"send_at_local\": \"07:30\", \"channel\"?: \"sms\", \"content\": {\"kind\": \"static\", \"body\"} | {\"kind\": \"ai\", \"prompt\"}}`"),
     responses((status = 201, body = views::Subscription), (status = 422, body = ErrorBody)),
     security(("api_key" = []))
 )]
@@ -63,13 +63,19 @@ pub async fn create(
             ));
         }
     };
-    if text.trim().is_empty() || text.chars().count() > 1600 {
-        let field = if kind == "ai" { "prompt" } else { "body" };
-        return Err(content.invalid_value(
-            field,
-            format!("`content.{field}` must be 1 to 1600 characters"),
-        ));
-    }
+    let text = match SmsText::parse(text) {
+        Ok(text) => text.into_string(),
+        Err(_) => {
+            let field = if kind == "ai" { "prompt" } else { "body" };
+            return Err(content.invalid_value(
+                field,
+                format!(
+                    "`content.{field}` must be 1 to {} characters",
+                    SmsText::MAX_CHARS
+                ),
+            ));
+        }
+    };
     content.finish()?;
     f.finish()?;
     if !is_id("ct", &contact_id) {

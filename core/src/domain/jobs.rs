@@ -25,16 +25,15 @@ pub struct DeliveryJob {
 }
 
 impl DeliveryJob {
-    pub fn new(message_id: &str, tenant_id: &str, channel: &str, to: &str) -> Self {
-        let channel = Channel::parse(channel);
+    pub fn new(message_id: &str, tenant_id: &str, channel: Channel, to: &str) -> Self {
         let host = match channel {
-            Some(Channel::Webhook) => webhook_origin(to),
+            Channel::Webhook => webhook_origin(to),
             _ => None,
         };
         Self {
             message_id: message_id.to_owned(),
             tenant_id: Some(tenant_id.to_owned()),
-            channel,
+            channel: Some(channel),
             host,
             request_id: None,
         }

@@ -99,6 +99,49 @@ impl FieldError {
 #[error("{0}")]
 pub struct Invalid(pub String);
 
+/// The text of an SMS, or what becomes one (a template, a prompt's answer): not blank, at
+/// most [`SmsText::MAX_CHARS`] characters (ten segments, as Twilio takes them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmsText(String);
+
+impl SmsText {
+    pub const MAX_CHARS: usize = 1600;
+
+    /// The text, or why not: `Err(Some(n))` when it has `n` characters, too many;
+    /// `Err(None)` when it is blank.
+    pub fn parse(raw: String) -> Result<Self, Option<usize>> {
+        if raw.trim().is_empty() {
+            return Err(None);
+        }
+        let chars = raw.chars().count();
+        if chars > Self::MAX_CHARS {
+            return Err(Some(chars));
+        }
+        Ok(Self(raw))
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// An email's subject: not blank, at most [`EmailSubject::MAX_CHARS`] characters (RFC 5322's
+/// line limit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailSubject(String);
+
+impl EmailSubject {
+    pub const MAX_CHARS: usize = 998;
+
+    pub fn parse(raw: String) -> Option<Self> {
+        (!raw.trim().is_empty() && raw.chars().count() <= Self::MAX_CHARS).then_some(Self(raw))
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
 /// An E.164 phone number: `+`, a non-zero digit, then 1 to 14 digits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -551,6 +594,20 @@ mod tests {
         ));
         assert!(!secrets_match("ops-token-0123456789", ""));
         assert!(!secrets_match("short", &"x".repeat(10_000)));
+    }
+
+    #[test]
+    fn sms_texts_and_subjects_own_their_limits() {
+        assert!(SmsText::parse("hi".into()).is_ok());
+        assert_eq!(SmsText::parse("   ".into()), Err(None));
+        assert!(
+            SmsText::parse("é".repeat(1600)).is_ok(),
+            "characters, not bytes"
+        );
+        assert_eq!(SmsText::parse("x".repeat(1601)), Err(Some(1601)));
+        assert!(EmailSubject::parse("Your visit".into()).is_some());
+        assert!(EmailSubject::parse(" ".into()).is_none());
+        assert!(EmailSubject::parse("s".repeat(999)).is_none());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 
 use crate::{
-    domain::jobs::DeliveryJob,
+    domain::{MessageStatus, jobs::DeliveryJob},
     queue::Queue,
     store::{
         dead_letters::{self, DeadLetterFilter, DeadLetterRow},
@@ -22,7 +22,7 @@ pub enum Replay {
     /// Its message is no longer `failed` or `dead` (sent, canceled, already replayed), or
     /// its `expires_at` has passed.
     NotReplayable {
-        status: String,
+        status: MessageStatus,
         expired: bool,
     },
     NotFound,
@@ -69,7 +69,7 @@ pub async fn replay(
             let job = DeliveryJob::new(
                 &message.id,
                 &message.tenant_id,
-                &message.channel,
+                message.channel,
                 &message.to_addr,
             );
             queue

@@ -17,7 +17,7 @@ use crate::{
     batch::Batcher,
     config::{Config, EmailProviderKind, SmsProviderKind},
     domain::{
-        Channel, MAX_ERROR_TEXT, clean_text,
+        Channel, MAX_ERROR_TEXT, MessageStatus, clean_text,
         jobs::{DeliveryJob, webhook_origin},
         new_id,
     },
@@ -282,7 +282,7 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
         webhook_secret,
         ..
     } = claimed;
-    if m.status != "sending" {
+    if m.status != MessageStatus::Sending {
         // Expired or suppressed by the claim itself; recorded with its event.
         info!(message_id = %m.id, tenant_id = %m.tenant_id, status = %m.status, "message not sent");
         return Ok(());
@@ -294,7 +294,7 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
             "{} attempts started without a result; giving up",
             m.attempts - 1
         );
-        finish(d, &m, "dead", None, Some(&why), &why, None).await?;
+        finish(d, &m, MessageStatus::Dead, None, Some(&why), &why, None).await?;
         dead_letter(d, &m, "exhausted").await;
         return Ok(());
     }
@@ -319,7 +319,7 @@ async fn resolve(
     webhook_secret: &str,
     since: chrono::DateTime<Utc>,
 ) -> Result<bool, JobError> {
-    let channel = Channel::parse(&m.channel).unwrap_or(Channel::Sms);
+    let channel = m.channel;
     let provider = d.provider(channel);
     let outbound = outbound(m, webhook_secret);
     let candidates = match provider.lookup(&outbound, since).await {
@@ -346,7 +346,7 @@ async fn resolve(
             c.provider_message_id,
             c.status
         );
-        let error = (status == "failed" || status == "undelivered")
+        let error = matches!(status, MessageStatus::Failed | MessageStatus::Undelivered)
             .then(|| format!("{} reported it {}", provider.name(), c.status));
         finish(
             d,
@@ -358,7 +358,7 @@ async fn resolve(
             None,
         )
         .await?;
-        if status == "failed" {
+        if status == MessageStatus::Failed {
             dead_letter(d, m, "rejected").await;
         }
         ::metrics::counter!("herald_attempts_reconciled_total", "provider" => provider.name(), "found" => "yes")
@@ -393,7 +393,7 @@ async fn unresolved(
     );
     if m.attempts >= d.max_attempts as i32 {
         let detail = format!("attempt {} of {}: {error}", m.attempts, d.max_attempts);
-        finish(d, m, "dead", None, Some(&error), &detail, None).await?;
+        finish(d, m, MessageStatus::Dead, None, Some(&error), &detail, None).await?;
         dead_letter(d, m, "exhausted").await;
         return Ok(());
     }
@@ -406,7 +406,7 @@ async fn unresolved(
     );
     let outcome = Outcome {
         id: m.id.clone(),
-        status: "retrying".to_owned(),
+        status: MessageStatus::Retrying,
         last_error: Some(clean_text(&error, MAX_ERROR_TEXT)),
         provider_message_id: None,
         detail: Some(clean_text(&detail, MAX_DETAIL)),
@@ -422,12 +422,12 @@ async fn unresolved(
 
 /// What a provider's own status word for a found attempt means for Herald, as its status
 /// callback would say it; a message it accepted and still holds is `sent`.
-fn reconciled_status(provider_status: &str) -> &'static str {
+fn reconciled_status(provider_status: &str) -> MessageStatus {
     match provider_status {
-        "delivered" | "read" => "delivered",
-        "undelivered" => "undelivered",
-        "failed" | "canceled" => "failed",
-        _ => "sent",
+        "delivered" | "read" => MessageStatus::Delivered,
+        "undelivered" => MessageStatus::Undelivered,
+        "failed" | "canceled" => MessageStatus::Failed,
+        _ => MessageStatus::Sent,
     }
 }
 
@@ -536,7 +536,7 @@ async fn call(
     webhook_secret: &str,
     probe: &mut ProbeGuard<'_>,
 ) -> (SendOutcome, u64) {
-    let channel = Channel::parse(&m.channel).unwrap_or(Channel::Sms);
+    let channel = m.channel;
     let outbound = outbound(m, webhook_secret);
     let provider = d.provider(channel);
     let origin = match channel {
@@ -580,7 +580,7 @@ async fn record(
     outcome: SendOutcome,
     elapsed_ms: u64,
 ) -> Result<(), JobError> {
-    let channel = Channel::parse(&m.channel).unwrap_or(Channel::Sms);
+    let channel = m.channel;
     let provider = d.provider(channel).name();
     match outcome {
         SendOutcome::Accepted {
@@ -588,13 +588,13 @@ async fn record(
         } => {
             // A webhook answered 2xx has arrived; SMS and email wait for the provider's callback.
             let status = if channel == Channel::Webhook {
-                "delivered"
+                MessageStatus::Delivered
             } else {
-                "sent"
+                MessageStatus::Sent
             };
             let detail = format!("{provider} accepted it in {elapsed_ms} ms");
             finish(d, m, status, provider_message_id, None, &detail, None).await?;
-            debug!(message_id = %m.id, tenant_id = %m.tenant_id, provider, attempt = m.attempts, elapsed_ms, status, "message sent");
+            debug!(message_id = %m.id, tenant_id = %m.tenant_id, provider, attempt = m.attempts, elapsed_ms, status = status.as_str(), "message sent");
             Ok(())
         }
         SendOutcome::Rejected { error, opt_out } => {
@@ -603,7 +603,16 @@ async fn record(
                     .await
                     .map_err(db_error)?;
             }
-            finish(d, m, "failed", None, Some(&error), &error, None).await?;
+            finish(
+                d,
+                m,
+                MessageStatus::Failed,
+                None,
+                Some(&error),
+                &error,
+                None,
+            )
+            .await?;
             dead_letter(d, m, "rejected").await;
             warn!(message_id = %m.id, tenant_id = %m.tenant_id, provider, error = %error, "provider rejected the message");
             Ok(())
@@ -613,7 +622,7 @@ async fn record(
         } => {
             if m.attempts >= d.max_attempts as i32 {
                 let detail = format!("attempt {} of {}: {error}", m.attempts, d.max_attempts);
-                finish(d, m, "dead", None, Some(&error), &detail, None).await?;
+                finish(d, m, MessageStatus::Dead, None, Some(&error), &detail, None).await?;
                 dead_letter(d, m, "exhausted").await;
                 warn!(message_id = %m.id, tenant_id = %m.tenant_id, attempts = m.attempts, error = %error, "message is dead: every attempt failed");
                 return Ok(());
@@ -622,7 +631,16 @@ async fn record(
             let next = Utc::now() + chrono::Duration::milliseconds(delay.as_millis() as i64);
             if next > m.expires_at {
                 let detail = format!("{error}; the next attempt would come after expires_at");
-                finish(d, m, "expired", None, Some(&error), &detail, None).await?;
+                finish(
+                    d,
+                    m,
+                    MessageStatus::Expired,
+                    None,
+                    Some(&error),
+                    &detail,
+                    None,
+                )
+                .await?;
                 return Ok(());
             }
             let detail = format!(
@@ -630,7 +648,16 @@ async fn record(
                 m.attempts,
                 next.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
             );
-            finish(d, m, "retrying", None, Some(&error), &detail, Some(next)).await?;
+            finish(
+                d,
+                m,
+                MessageStatus::Retrying,
+                None,
+                Some(&error),
+                &detail,
+                Some(next),
+            )
+            .await?;
             Err(JobError::RetryAt {
                 message: error,
                 at_ms: next.timestamp_millis(),
@@ -646,14 +673,17 @@ async fn not_claimed(d: &Deliverer, id: &str) -> Result<(), JobError> {
     let Some(m) = messages::get_any(&d.db, id).await.map_err(db_error)? else {
         return Ok(());
     };
-    let waiting = matches!(m.status.as_str(), "scheduled" | "queued" | "retrying");
+    let waiting = matches!(
+        m.status,
+        MessageStatus::Scheduled | MessageStatus::Queued | MessageStatus::Retrying
+    );
     if waiting && m.send_at > Utc::now() {
         return Err(JobError::Defer {
             reason: "the message is due later".to_owned(),
             at_ms: m.send_at.timestamp_millis(),
         });
     }
-    if m.status == "sending" {
+    if m.status == MessageStatus::Sending {
         // Normally another copy of this job is sending it. A claim older than any attempt can
         // run belongs to a job Redis lost (it restarted without its last writes, or failed
         // over): the reconcile pushed this job to pick the message up again.
@@ -727,7 +757,7 @@ async fn quiet_hours(d: &Deliverer, c: &Claimed) -> Result<(), JobError> {
 async fn finish(
     d: &Deliverer,
     m: &MessageRow,
-    status: &str,
+    status: MessageStatus,
     provider_message_id: Option<String>,
     last_error: Option<&str>,
     detail: &str,
@@ -735,7 +765,7 @@ async fn finish(
 ) -> Result<(), JobError> {
     let outcome = Outcome {
         id: m.id.clone(),
-        status: status.to_owned(),
+        status,
         last_error: last_error.map(|e| clean_text(e, MAX_ERROR_TEXT)),
         provider_message_id: provider_message_id.map(|id| clean_text(&id, 256)),
         detail: Some(clean_text(detail, MAX_DETAIL)),
@@ -747,8 +777,7 @@ async fn finish(
 
 /// Records an outcome (see [`finish`]).
 async fn record_outcome(d: &Deliverer, m: &MessageRow, outcome: Outcome) -> Result<(), JobError> {
-    let status = outcome.status.clone();
-    let status = status.as_str();
+    let status = outcome.status.as_str();
     // Once the provider has been called, the outcome must be recorded: given up, the job
     // would run again and send a second time. A Postgres outage is waited out, with backoff,
     // for as long as the job may still run.

@@ -51,7 +51,7 @@ impl Enqueuer {
         let mut job = DeliveryJob::new(
             message_id,
             &message.tenant_id,
-            &message.channel,
+            message.channel,
             &message.to_addr,
         );
         job.request_id = request_id.map(str::to_owned);

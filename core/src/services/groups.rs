@@ -162,7 +162,7 @@ pub async fn send(
         .map(|(id, to)| {
             NewJob::new(
                 id.clone(),
-                &DeliveryJob::new(id, &tenant.id, &template.channel, to),
+                &DeliveryJob::new(id, &tenant.id, new.channel, to),
                 due_ms,
             )
         })

@@ -254,7 +254,7 @@ async fn create(
             }
         };
         intake.enqueuer.submit_for(&message, request_id);
-        ::metrics::counter!("herald_messages_accepted_total", "channel" => message.channel.clone())
+        ::metrics::counter!("herald_messages_accepted_total", "channel" => message.channel.as_str())
             .increment(1);
         return Ok(Created::New(message));
     }

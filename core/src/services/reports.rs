@@ -4,15 +4,20 @@
 use sqlx::PgPool;
 use tracing::{debug, info};
 
-use crate::{domain::new_id, providers::twilio::UNSUBSCRIBED, queue::DELIVERIES, store::contacts};
+use crate::{
+    domain::{MessageStatus, new_id},
+    providers::twilio::UNSUBSCRIBED,
+    queue::DELIVERIES,
+    store::contacts,
+};
 
 /// What a Twilio `MessageStatus` means for Herald, if anything.
-fn herald_status(twilio: &str) -> Option<&'static str> {
+fn herald_status(twilio: &str) -> Option<MessageStatus> {
     match twilio {
-        "sent" => Some("sent"),
-        "delivered" | "read" => Some("delivered"),
-        "undelivered" => Some("undelivered"),
-        "failed" => Some("failed"),
+        "sent" => Some(MessageStatus::Sent),
+        "delivered" | "read" => Some(MessageStatus::Delivered),
+        "undelivered" => Some(MessageStatus::Undelivered),
+        "failed" => Some(MessageStatus::Failed),
         // queued, sending, accepted, scheduled, canceled, receiving, received: nothing to record.
         _ => None,
     }
@@ -72,11 +77,11 @@ pub async fn twilio_status(
         );
         return Ok(false);
     };
-    info!(message_id = %m.id, tenant_id = %m.tenant_id, status, "delivery report applied");
+    info!(message_id = %m.id, tenant_id = %m.tenant_id, status = status.as_str(), "delivery report applied");
     if error_code.and_then(|c| c.parse::<u32>().ok()) == Some(UNSUBSCRIBED) {
         contacts::opt_out_phone(db, &new_id("ct"), &m.tenant_id, &m.to_addr).await?;
     }
-    if status == "failed" {
+    if status == MessageStatus::Failed {
         let errors = crate::store::dead_letters::attempt_errors(db, &m.id).await?;
         crate::store::dead_letters::insert_dead_letter(
             db,

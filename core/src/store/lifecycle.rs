@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
 use super::messages::MessageRow;
+use crate::domain::MessageStatus;
 
 /// Gives up a `sending` claim that can no longer report back (see
 /// [`crate::Config::stale_claim_after`]): the message goes back to `retrying`, with an event
@@ -178,10 +179,10 @@ pub async fn expire_waiting(
 }
 
 /// The outcome of a `sending` message's attempt.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     pub id: String,
-    pub status: String,
+    pub status: MessageStatus,
     pub last_error: Option<String>,
     pub provider_message_id: Option<String>,
     pub detail: Option<String>,
@@ -277,7 +278,7 @@ pub async fn restart(
 pub async fn apply_delivery_report(
     db: impl PgExecutor<'_>,
     provider_message_id: &str,
-    status: &str,
+    status: MessageStatus,
     error: Option<&str>,
     detail: &str,
 ) -> Result<Option<MessageRow>, sqlx::Error> {
@@ -304,7 +305,7 @@ pub async fn apply_delivery_report(
          SELECT * FROM m",
     )
     .bind(provider_message_id)
-    .bind(status)
+    .bind(status.as_str())
     .bind(error)
     .bind(detail)
     .fetch_optional(db)

@@ -8,18 +8,20 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 
+use crate::domain::{Channel, MessageStatus};
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MessageRow {
     pub id: String,
     pub tenant_id: String,
-    pub channel: String,
+    pub channel: Channel,
     pub direction: String,
     pub author: String,
     pub to_addr: String,
     pub from_addr: Option<String>,
     pub subject: Option<String>,
     pub body: String,
-    pub status: String,
+    pub status: MessageStatus,
     pub send_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub respect_quiet_hours: bool,
@@ -318,7 +320,7 @@ pub async fn cancel(
     }
     Ok(match get(&mut *conn, tenant_id, id).await? {
         None => CancelOutcome::NotFound,
-        Some(row) if row.status == "canceled" => CancelOutcome::AlreadyCanceled(row),
+        Some(row) if row.status == MessageStatus::Canceled => CancelOutcome::AlreadyCanceled(row),
         Some(row) => CancelOutcome::TooLate(row),
     })
 }

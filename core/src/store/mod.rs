@@ -14,6 +14,7 @@ pub mod outbox;
 pub mod retention;
 pub mod subscriptions;
 pub mod tenants;
+pub mod types;
 
 /// Whether an error means Postgres is unreachable or overloaded (answer 503 and retry later),
 /// rather than a bug.

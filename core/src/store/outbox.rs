@@ -5,12 +5,14 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
+use crate::domain::{Channel, MessageStatus};
+
 /// A message the outbox sweep may have to push.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OutboxRow {
     pub id: String,
     pub tenant_id: String,
-    pub channel: String,
+    pub channel: Channel,
     pub to_addr: String,
     pub send_at: DateTime<Utc>,
     /// The transaction that inserted it.
@@ -122,9 +124,9 @@ pub async fn awaiting_reply_in(
 pub struct UnfinishedRow {
     pub id: String,
     pub tenant_id: String,
-    pub channel: String,
+    pub channel: Channel,
     pub to_addr: String,
-    pub status: String,
+    pub status: MessageStatus,
     pub send_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

@@ -125,7 +125,11 @@ pub(crate) async fn accept(
         .map(|g| {
             let id = format!("msg_{tag}_{g}");
             let to = format!("+1555{g:07}");
-            NewJob::new(id.clone(), &DeliveryJob::new(&id, tenant, "sms", &to), now)
+            NewJob::new(
+                id.clone(),
+                &DeliveryJob::new(&id, tenant, herald_core::domain::Channel::Sms, &to),
+                now,
+            )
         })
         .collect::<Result<_, _>>()?;
     for chunk in jobs.chunks(1000) {

@@ -161,7 +161,11 @@ async fn accept(
         .zip(&tos)
         .zip(due)
         .map(|((id, to), ms)| {
-            NewJob::new(id.clone(), &DeliveryJob::new(id, tenant, "sms", to), *ms)
+            NewJob::new(
+                id.clone(),
+                &DeliveryJob::new(id, tenant, herald_core::domain::Channel::Sms, to),
+                *ms,
+            )
         })
         .collect::<Result<_, _>>()?;
     for chunk in jobs.chunks(1000) {

@@ -1,0 +1,235 @@
+//! The request bodies of the API as types, so `/openapi.json` spells every field out. The
+//! handlers read bodies with [`crate::body::Fields`], field by field, because the contract's
+//! errors name the field at fault with a stable code (`missing_field`, `invalid_type`,
+//! `unknown_field`, ...), which a generic deserializer cannot give; these types are what the
+//! handlers accept, field for field (`every_request_body_is_documented_by_a_type` checks that
+//! each route names one).
+#![allow(dead_code)] // read by utoipa's derive, not by the handlers
+
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// `POST /v1/messages`.
+#[derive(ToSchema)]
+pub struct MessageIn {
+    #[schema(example = "sms")]
+    channel: ChannelIn,
+    /// The recipient for its channel (E.164 phone, email address, https URL); optional when
+    /// `contact_id` gives it.
+    #[schema(example = "+15551234567")]
+    to: Option<String>,
+    /// sms: 1..1600 characters; email: the text part; webhook: any JSON value, sent as that JSON.
+    #[schema(value_type = Object)]
+    body: Value,
+    /// email only, required there (1..998 characters).
+    subject: Option<String>,
+    /// RFC 3339; honoured to the millisecond and never early; default now; at most 366 days
+    /// ahead; a past time means now.
+    send_at: Option<String>,
+    /// RFC 3339; default `send_at` + 24 h; never sent after this.
+    expires_at: Option<String>,
+    /// SMS only: wait for the end of the recipient's quiet hours (default true).
+    respect_quiet_hours: Option<bool>,
+    /// `ct_...`
+    contact_id: Option<String>,
+    /// Any JSON object up to 4 KiB, kept with the message.
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Value>,
+}
+
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum ChannelIn {
+    Sms,
+    Email,
+    Webhook,
+}
+
+/// `POST /v1/admin/tenants`.
+#[derive(ToSchema)]
+pub struct TenantIn {
+    name: String,
+    /// IANA time zone (default UTC).
+    #[schema(example = "America/New_York")]
+    timezone: Option<String>,
+    /// E.164; also routes inbound SMS to this tenant.
+    sms_from: Option<String>,
+    /// `Name <address>` or a bare address.
+    email_from: Option<String>,
+    /// Default 21:00-08:00; `null` turns quiet hours off.
+    quiet_hours: Option<QuietHoursIn>,
+    /// The answer to HELP or INFO.
+    help_text: Option<String>,
+    /// The AI's instructions.
+    system_prompt: Option<String>,
+    /// Sent when no model answers.
+    canned_reply: Option<String>,
+    /// Texted to a caller whose call was missed.
+    missed_call_text: Option<String>,
+    /// One text-back per caller within this many minutes (0..1440, default 10).
+    missed_call_cooldown_minutes: Option<i32>,
+}
+
+#[derive(ToSchema)]
+pub struct QuietHoursIn {
+    #[schema(example = "21:00")]
+    start: String,
+    #[schema(example = "08:00")]
+    end: String,
+}
+
+/// `POST /v1/contacts`, and `PATCH /v1/contacts/{id}` (any of them; `null` clears `email` or
+/// `name`).
+#[derive(ToSchema)]
+pub struct ContactIn {
+    /// E.164.
+    phone: Option<String>,
+    email: Option<String>,
+    name: Option<String>,
+    /// IANA time zone (default: the tenant's).
+    timezone: Option<String>,
+}
+
+/// `POST /v1/appointments`.
+#[derive(ToSchema)]
+pub struct AppointmentIn {
+    contact_id: String,
+    /// RFC 3339.
+    starts_at: String,
+    /// 1 to 10 offsets before `starts_at`.
+    reminders: Vec<ReminderIn>,
+    /// `sms` (default) or `email`.
+    channel: Option<ChannelIn>,
+    /// `{{name}}`, `{{time}}` (like 3:30 PM) and `{{date}}` (like Tuesday, March 3) render in
+    /// the contact's time zone; 1..1600 characters.
+    #[schema(example = "Hi {{name}}, see you at {{time}} on {{date}}.")]
+    body_template: String,
+}
+
+#[derive(ToSchema)]
+pub struct ReminderIn {
+    /// `<n>m`, `<n>h` or `<n>d`, at most 366 days.
+    #[schema(example = "24h")]
+    before: String,
+}
+
+/// `PATCH /v1/appointments/{id}`.
+#[derive(ToSchema)]
+pub struct AppointmentMove {
+    /// RFC 3339: the new start; unsent reminders move with it.
+    starts_at: String,
+}
+
+/// `POST /v1/subscriptions`.
+#[derive(ToSchema)]
+pub struct SubscriptionIn {
+    contact_id: String,
+    /// `HH:MM` in the contact's time zone.
+    #[schema(example = "07:30")]
+    send_at_local: String,
+    /// `sms` (default) or `email`.
+    channel: Option<ChannelIn>,
+    content: SubscriptionContentIn,
+}
+
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum SubscriptionKind {
+    Static,
+    Ai,
+}
+
+/// A static text (`body`), or what the AI is asked to write each day (`prompt`).
+#[derive(ToSchema)]
+pub struct SubscriptionContentIn {
+    kind: SubscriptionKind,
+    /// For `static`: 1..1600 characters.
+    body: Option<String>,
+    /// For `ai`: 1..1600 characters.
+    prompt: Option<String>,
+}
+
+/// `POST /v1/groups`.
+#[derive(ToSchema)]
+pub struct GroupIn {
+    name: String,
+}
+
+/// `POST /v1/groups/{id}/messages`: one message to every member.
+#[derive(ToSchema)]
+pub struct GroupSendIn {
+    /// `sms` or `email`.
+    channel: ChannelIn,
+    /// sms: 1..1600 characters.
+    body: String,
+    /// email only, required there.
+    subject: Option<String>,
+    send_at: Option<String>,
+    expires_at: Option<String>,
+    respect_quiet_hours: Option<bool>,
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Value>,
+}
+
+/// `POST /v1/conversations/{contact_id}/reply`: a person's reply.
+#[derive(ToSchema)]
+pub struct ReplyIn {
+    /// 1..1600 characters.
+    body: String,
+}
+
+/// `POST /v1/dead-letters/replay`: which dead letters; an empty filter replays nothing unless
+/// `all` is true.
+#[derive(ToSchema)]
+pub struct ReplayFilterIn {
+    /// Up to 1,000 `dl_...` ids.
+    ids: Option<Vec<String>>,
+    queue: Option<String>,
+    /// Ops only; a tenant key replays its own.
+    tenant_id: Option<String>,
+    /// `exhausted` or `rejected`.
+    reason: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    all: Option<bool>,
+}
+
+/// Twilio's inbound SMS webhook, form-encoded as Twilio sends it (signed).
+#[derive(ToSchema)]
+pub struct TwilioInboundSms {
+    #[schema(rename = "MessageSid")]
+    message_sid: String,
+    #[schema(rename = "From")]
+    from: String,
+    #[schema(rename = "To")]
+    to: String,
+    #[schema(rename = "Body")]
+    body: String,
+}
+
+/// Twilio's status callback, form-encoded (signed). Herald's callback URL carries
+/// `?message_id=&run=`, which the signature covers.
+#[derive(ToSchema)]
+pub struct TwilioStatusIn {
+    #[schema(rename = "MessageSid")]
+    message_sid: String,
+    /// `queued`, `sent`, `delivered`, `undelivered`, `failed`, ...
+    #[schema(rename = "MessageStatus")]
+    message_status: String,
+    #[schema(rename = "ErrorCode")]
+    error_code: Option<String>,
+}
+
+/// Twilio's call status callback, form-encoded (signed).
+#[derive(ToSchema)]
+pub struct TwilioCallStatusIn {
+    #[schema(rename = "CallSid")]
+    call_sid: String,
+    /// `no-answer`, `busy` and `failed` are missed calls.
+    #[schema(rename = "CallStatus")]
+    call_status: String,
+    #[schema(rename = "From")]
+    from: String,
+    #[schema(rename = "To")]
+    to: String,
+}
