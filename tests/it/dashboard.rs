@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use herald_tests::{
     Tenant, TestApp,
-    app::test_config,
+    app::{no_redirects, test_config},
     browser::Browser,
     eventually,
     providers::{Reply, TwilioMock},
@@ -53,31 +53,6 @@ async fn app_with_a_dead_letter() -> (TestApp, TwilioMock, Tenant, String, Strin
     )
     .await;
     (app, twilio, tenant, dead_letter, message_id)
-}
-
-/// A client that keeps redirects for the test to see.
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// Logs in over plain HTTP; returns the session cookie (`name=value`).
-async fn log_in(app: &TestApp, http: &reqwest::Client) -> String {
-    let r = http
-        .post(app.url("/ops/login"))
-        .form(&[("token", app.ops_token.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    let cookie = r.headers()[header::SET_COOKIE].to_str().unwrap().to_owned();
-    assert!(
-        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
-        "{cookie}"
-    );
-    cookie.split(';').next().unwrap().to_owned()
 }
 
 /// The CSRF token in a page's forms.
@@ -256,7 +231,7 @@ async fn dashboard_pages_refuse_a_visitor_without_a_session() {
 async fn a_dashboard_action_without_the_csrf_token_is_refused() {
     let (app, _twilio, _tenant, dead_letter, _) = app_with_a_dead_letter().await;
     let http = no_redirects();
-    let cookie = log_in(&app, &http).await;
+    let cookie = app.ops_login(&http).await;
     let action = app.url(&format!("/ops/dead-letters/{dead_letter}/replay"));
     for form in [vec![], vec![("csrf", "forged-token")]] {
         let r = http
@@ -306,7 +281,7 @@ async fn a_dashboard_action_without_the_csrf_token_is_refused() {
 async fn a_bulk_replay_asks_for_confirmation_before_it_replays() {
     let (app, _twilio, _tenant, dead_letter, _) = app_with_a_dead_letter().await;
     let http = no_redirects();
-    let cookie = log_in(&app, &http).await;
+    let cookie = app.ops_login(&http).await;
     let list = http
         .get(app.url("/ops/dead-letters?reason=rejected"))
         .header(header::COOKIE, &cookie)

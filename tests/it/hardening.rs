@@ -13,7 +13,7 @@ use herald_core::{
 };
 use herald_tests::{
     TestApp,
-    app::test_config,
+    app::{no_redirects, test_config},
     eventually,
     providers::{ModelMock, ModelReply, TwilioMock},
     proxy::Proxy,
@@ -267,31 +267,6 @@ async fn a_message_committed_long_after_its_id_was_minted_is_still_queued_by_the
 // The dashboard
 // ---------------------------------------------------------------------------------------
 
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// Logs in; returns the session cookie (`herald_ops=...`).
-async fn log_in(app: &TestApp, http: &reqwest::Client) -> String {
-    let r = http
-        .post(app.url("/ops/login"))
-        .form(&[("token", app.ops_token.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
 async fn ops_page(
     app: &TestApp,
     http: &reqwest::Client,
@@ -312,7 +287,7 @@ async fn ops_page(
 async fn logging_out_ends_the_session_for_every_copy_of_its_cookie() {
     let app = TestApp::start().await;
     let http = no_redirects();
-    let cookie = log_in(&app, &http).await;
+    let cookie = app.ops_login(&http).await;
     let (status, _, page) = ops_page(&app, &http, "/ops", &cookie).await;
     assert_eq!(status, StatusCode::OK);
     let csrf = page
@@ -343,7 +318,7 @@ async fn logging_out_ends_the_session_for_every_copy_of_its_cookie() {
 async fn every_dashboard_answer_forbids_scripts_framing_sniffing_and_caching() {
     let app = TestApp::start().await;
     let http = no_redirects();
-    let cookie = log_in(&app, &http).await;
+    let cookie = app.ops_login(&http).await;
     for (path, cookie) in [
         ("/ops/login", ""),
         ("/ops", ""),
@@ -380,7 +355,7 @@ async fn every_dashboard_answer_forbids_scripts_framing_sniffing_and_caching() {
 async fn notices_are_the_dashboards_own_never_text_from_the_link() {
     let app = TestApp::start().await;
     let http = no_redirects();
-    let cookie = log_in(&app, &http).await;
+    let cookie = app.ops_login(&http).await;
     let (_, _, page) = ops_page(
         &app,
         &http,
@@ -420,7 +395,7 @@ async fn a_postgres_outage_shows_a_503_page_without_the_drivers_words() {
     config.database_pool_size = 2;
     let app = TestApp::start_with(config).await;
     let http = no_redirects();
-    let cookie = log_in(&app, &http).await;
+    let cookie = app.ops_login(&http).await;
     pg.cut();
     let (status, headers, page) = ops_page(&app, &http, "/ops/dead-letters", &cookie).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{page}");

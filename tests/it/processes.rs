@@ -13,27 +13,15 @@ use serde_json::{Value, json};
 
 #[tokio::test]
 async fn an_sms_goes_the_whole_way_through_real_processes() {
-    let config = test_config().await;
+    let mut config = test_config().await;
     let twilio = TwilioMock::start().await;
+    twilio.configure(&mut config);
     let port = free_port();
     let api = format!("http://127.0.0.1:{port}");
     let ops = config.ops_token.as_ref().unwrap().expose().clone();
-    let env: Vec<(String, String)> = [
-        ("HERALD_DATABASE_URL", config.database_url.expose().as_str()),
-        ("HERALD_REDIS_URL", config.redis_url.expose().as_str()),
-        ("HERALD_QUEUE_PREFIX", config.queue_prefix.as_str()),
-        ("HERALD_LISTEN", &format!("127.0.0.1:{port}")),
-        ("HERALD_OPS_TOKEN", &ops),
-        ("HERALD_SMS_PROVIDER", "twilio"),
-        ("HERALD_TWILIO_ACCOUNT_SID", &twilio.account_sid),
-        ("HERALD_TWILIO_AUTH_TOKEN", &twilio.auth_token),
-        ("HERALD_TWILIO_BASE_URL", &twilio.base_url),
-        ("HERALD_LOG_FORMAT", "json"),
-        ("RUST_LOG", "info"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    let mut env = herald_tests::process::herald_env(&config);
+    env.push(("HERALD_LISTEN".to_owned(), format!("127.0.0.1:{port}")));
+    env.push(("HERALD_PUBLIC_URL".to_owned(), api.clone()));
     let mut api_proc = Proc::start("herald-api", &env);
     let mut worker = Proc::start("herald-worker", &env);
 

@@ -662,24 +662,6 @@ async fn quiet_hours_defer_or_expire_an_sms_in_the_recipients_zone() {
 // Daily delivery.
 // ---------------------------------------------------------------------------------------
 
-/// The environment a Herald binary runs with for this app.
-fn process_env(app: &TestApp) -> Vec<(String, String)> {
-    [
-        (
-            "HERALD_DATABASE_URL",
-            app.config.database_url.expose().as_str(),
-        ),
-        ("HERALD_REDIS_URL", app.config.redis_url.expose().as_str()),
-        ("HERALD_QUEUE_PREFIX", app.config.queue_prefix.as_str()),
-        ("HERALD_OPS_TOKEN", app.ops_token.as_str()),
-        ("HERALD_LOG_FORMAT", "json"),
-        ("RUST_LOG", "info"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
-}
-
 #[tokio::test]
 async fn two_scheduler_processes_create_exactly_one_daily_message_per_subscription() {
     let twilio = TwilioMock::start().await;
@@ -746,7 +728,7 @@ async fn two_scheduler_processes_create_exactly_one_daily_message_per_subscripti
 
     // The daily tick every 5 s instead of every minute: the two schedulers race a dozen
     // times a minute, not once.
-    let mut env = process_env(&app);
+    let mut env = herald_tests::process::herald_env(&app.config);
     env.push(("HERALD_DAILY_TICK_SECONDS".to_owned(), "5".to_owned()));
     let mut schedulers = [
         Proc::start("herald-scheduler", &env),

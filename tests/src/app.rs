@@ -43,6 +43,14 @@ impl Drop for TestApp {
     }
 }
 
+/// A client that keeps redirects for the test to see.
+pub fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
 static LOGS: std::sync::Once = std::sync::Once::new();
 
 /// Logs (captured by the test runner) and the TLS provider, once per test process.
@@ -347,6 +355,27 @@ impl TestApp {
             past.filter(|p| *p)
         })
         .await;
+    }
+
+    /// Logs in to the dashboard with the ops token through `http` (a client that keeps
+    /// redirects, [`no_redirects`]); returns the session cookie (`name=value`).
+    pub async fn ops_login(&self, http: &reqwest::Client) -> String {
+        let r = http
+            .post(self.url("/ops/login"))
+            .form(&[("token", self.ops_token.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "the ops login");
+        let cookie = r.headers()[reqwest::header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        cookie.split(';').next().unwrap().to_owned()
     }
 
     /// Rows in `messages`, to prove a rejected request created nothing.

@@ -335,17 +335,7 @@ pub async fn get(
     tenant_id: &str,
     id: &str,
 ) -> Result<Option<(MessageRow, Vec<EventRow>)>, sqlx::Error> {
-    // One snapshot for both reads, so the events never run ahead of the status.
-    let mut tx = db.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *tx)
-        .await?;
-    let Some(message) = messages::get(&mut *tx, tenant_id, id).await? else {
-        return Ok(None);
-    };
-    let events = messages::events(&mut *tx, id).await?;
-    tx.commit().await?;
-    Ok(Some((message, events)))
+    with_events(db, Some(tenant_id), id).await
 }
 
 /// Any tenant's message and its events, oldest first (ops).
@@ -353,11 +343,25 @@ pub async fn get_any(
     db: &PgPool,
     id: &str,
 ) -> Result<Option<(MessageRow, Vec<EventRow>)>, sqlx::Error> {
+    with_events(db, None, id).await
+}
+
+/// A message (of `tenant_id`, when given) with its events, read in one snapshot so the events
+/// never run ahead of the status.
+async fn with_events(
+    db: &PgPool,
+    tenant_id: Option<&str>,
+    id: &str,
+) -> Result<Option<(MessageRow, Vec<EventRow>)>, sqlx::Error> {
     let mut tx = db.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *tx)
         .await?;
-    let Some(message) = messages::get_any(&mut *tx, id).await? else {
+    let message = match tenant_id {
+        Some(tenant_id) => messages::get(&mut *tx, tenant_id, id).await?,
+        None => messages::get_any(&mut *tx, id).await?,
+    };
+    let Some(message) = message else {
         return Ok(None);
     };
     let events = messages::events(&mut *tx, id).await?;

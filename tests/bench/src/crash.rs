@@ -16,17 +16,12 @@ use anyhow::bail;
 use axum::{
     Router, body::Bytes, extract::Query, http::StatusCode, response::IntoResponse, routing::post,
 };
-use herald_core::{
-    db,
-    domain::{PhoneNumber, TimeZone},
-    queue,
-    services::tenants::{self, NewTenant},
-};
+use herald_core::queue;
 use tokio::sync::watch;
 
 use crate::{
     Figures, poll_until,
-    servers::{PostgresServer, RedisServer, herald},
+    servers::{Stack, herald},
 };
 
 /// One message the provider holds.
@@ -105,38 +100,16 @@ async fn start_provider(hang: Duration) -> anyhow::Result<(String, Arc<Provider>
 }
 
 pub async fn run(figures: &mut Figures, in_flight: usize) -> anyhow::Result<()> {
-    herald_core::install_crypto();
-    let pg = PostgresServer::start().await?;
-    let redis = RedisServer::start().await?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(5)
-        .connect(&pg.url)
-        .await?;
-    db::migrate(&pool).await?;
-    let tenant = tenants::create(
-        &pool,
-        &NewTenant {
-            name: "Crash Clinic".to_owned(),
-            timezone: TimeZone::parse("UTC")?,
-            sms_from: Some(PhoneNumber::parse("+15005550006")?),
-            email_from: None,
-            quiet_hours: None,
-            help_text: None,
-            system_prompt: None,
-            canned_reply: None,
-            missed_call_text: None,
-            missed_call_cooldown_minutes: 10,
-        },
-    )
-    .await?
-    .tenant;
+    let stack = Stack::start().await?;
+    let (pg, redis, pool) = (&stack.pg, &stack.redis, &stack.pool);
+    let tenant = stack.tenant("Crash Clinic", "+15005550006").await?.tenant;
     let (provider_url, provider) = start_provider(Duration::from_secs(2)).await?;
     let prefix = "crash";
     let (client, conn) = queue::connect(&redis.url)?;
     let mut config = herald_core::Config::for_urls(&pg.url, &redis.url);
     config.queue_prefix = prefix.to_owned();
     let q = queue::deliveries(&config, client, conn);
-    crate::delivery::accept(&pool, &q, &tenant.id, "crash", in_flight).await?;
+    crate::delivery::accept(pool, &q, &tenant.id, "crash", in_flight).await?;
 
     let mut env = crate::delivery::base_env(&pg.url, &redis.url, prefix);
     env.extend([
@@ -167,7 +140,7 @@ pub async fn run(figures: &mut Figures, in_flight: usize) -> anyhow::Result<()> 
             let sent: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM messages WHERE id LIKE 'msg_crash_%' AND status = 'sent'",
             )
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await?;
             Ok((sent as usize >= in_flight).then(Instant::now))
         },
@@ -178,7 +151,7 @@ pub async fn run(figures: &mut Figures, in_flight: usize) -> anyhow::Result<()> 
     let reconciled: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM message_events WHERE message_id LIKE 'msg_crash_%' AND detail LIKE 'reconciled: twilio already had%'",
     )
-    .fetch_one(&pool)
+    .fetch_one(pool)
     .await?;
     figures.add(
         &format!("a worker killed with {in_flight} SMS in flight (lease 10 s), a new one started at once"),

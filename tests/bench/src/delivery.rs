@@ -13,17 +13,15 @@ use std::{
 use anyhow::bail;
 use axum::{Router, http::StatusCode, response::IntoResponse, routing::post};
 use herald_core::{
-    db,
-    domain::{PhoneNumber, TimeZone, jobs::DeliveryJob},
+    domain::jobs::DeliveryJob,
     queue::{self, NewJob},
-    services::tenants::{self, NewTenant},
 };
 use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::{
     Figures, poll_until,
-    servers::{PostgresServer, RedisServer, herald, wait_http},
+    servers::{Stack, herald, wait_http},
 };
 
 /// A Twilio Messages API that accepts everything at once. The watch counts its calls.
@@ -139,34 +137,13 @@ pub(crate) async fn accept(
 }
 
 pub async fn run(figures: &mut Figures, messages: usize, requests: usize) -> anyhow::Result<()> {
-    herald_core::install_crypto();
-    let pg = PostgresServer::start().await?;
-    let redis = RedisServer::start().await?;
+    let stack = Stack::start().await?;
+    let (pg, redis, pool) = (&stack.pg, &stack.redis, &stack.pool);
     println!(
         "herald-bench: Postgres at {} (fsync and synchronous_commit on), Redis at {}",
         pg.url, redis.url
     );
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(5)
-        .connect(&pg.url)
-        .await?;
-    db::migrate(&pool).await?;
-    let created = tenants::create(
-        &pool,
-        &NewTenant {
-            name: "Bench Clinic".to_owned(),
-            timezone: TimeZone::parse("UTC")?,
-            sms_from: Some(PhoneNumber::parse("+15005550006")?),
-            email_from: None,
-            quiet_hours: None,
-            help_text: None,
-            system_prompt: None,
-            canned_reply: None,
-            missed_call_text: None,
-            missed_call_cooldown_minutes: 10,
-        },
-    )
-    .await?;
+    let created = stack.tenant("Bench Clinic", "+15005550006").await?;
     let tenant = created.tenant.id.clone();
     let (provider, mut calls) = start_provider().await?;
 
@@ -177,7 +154,7 @@ pub async fn run(figures: &mut Figures, messages: usize, requests: usize) -> any
         let mut config = herald_core::Config::for_urls(&pg.url, &redis.url);
         config.queue_prefix = prefix.clone();
         let q = queue::deliveries(&config, client, conn);
-        accept(&pool, &q, &tenant, &tag, messages).await?;
+        accept(pool, &q, &tenant, &tag, messages).await?;
         let before = *calls.borrow();
         let mut env = base_env(&pg.url, &redis.url, &prefix);
         env.extend([
@@ -201,7 +178,7 @@ pub async fn run(figures: &mut Figures, messages: usize, requests: usize) -> any
                 "SELECT count(*) FROM messages WHERE id LIKE $1 AND status = 'sent'",
             )
             .bind(&like)
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await?;
             Ok((sent as usize >= messages).then(Instant::now))
         })

@@ -4,47 +4,14 @@
 use std::time::Instant;
 
 use anyhow::bail;
-use herald_core::{
-    db,
-    domain::{PhoneNumber, TimeZone},
-    queue,
-    services::{
-        daily,
-        tenants::{self, NewTenant},
-    },
-};
+use herald_core::{queue, services::daily};
 
-use crate::{
-    Figures,
-    servers::{PostgresServer, RedisServer},
-};
+use crate::{Figures, servers::Stack};
 
 pub async fn run(figures: &mut Figures, subscriptions: usize) -> anyhow::Result<()> {
-    herald_core::install_crypto();
-    let pg = PostgresServer::start().await?;
-    let redis = RedisServer::start().await?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(5)
-        .connect(&pg.url)
-        .await?;
-    db::migrate(&pool).await?;
-    let tenant = tenants::create(
-        &pool,
-        &NewTenant {
-            name: "Fan-out Gym".to_owned(),
-            timezone: TimeZone::parse("UTC")?,
-            sms_from: Some(PhoneNumber::parse("+15005550006")?),
-            email_from: None,
-            quiet_hours: None,
-            help_text: None,
-            system_prompt: None,
-            canned_reply: None,
-            missed_call_text: None,
-            missed_call_cooldown_minutes: 10,
-        },
-    )
-    .await?
-    .tenant;
+    let stack = Stack::start().await?;
+    let (pg, redis, pool) = (&stack.pg, &stack.redis, &stack.pool);
+    let tenant = stack.tenant("Fan-out Gym", "+15005550006").await?.tenant;
     // Contacts in four zones, each with a subscription due at local midnight: all due now.
     sqlx::query(
         "INSERT INTO contacts (id, tenant_id, phone, name, timezone)
@@ -54,7 +21,7 @@ pub async fn run(figures: &mut Figures, subscriptions: usize) -> anyhow::Result<
     )
     .bind(&tenant.id)
     .bind(subscriptions as i64)
-    .execute(&pool)
+    .execute(pool)
     .await?;
     sqlx::query(
         "INSERT INTO subscriptions (id, tenant_id, contact_id, send_at_local, channel, content_kind, content, first_date)
@@ -64,9 +31,9 @@ pub async fn run(figures: &mut Figures, subscriptions: usize) -> anyhow::Result<
     )
     .bind(&tenant.id)
     .bind(subscriptions as i64)
-    .execute(&pool)
+    .execute(pool)
     .await?;
-    sqlx::query("ANALYZE").execute(&pool).await?;
+    sqlx::query("ANALYZE").execute(pool).await?;
 
     let mut config = herald_core::Config::for_urls(&pg.url, &redis.url);
     config.queue_prefix = "fanout".to_owned();
@@ -75,7 +42,7 @@ pub async fn run(figures: &mut Figures, subscriptions: usize) -> anyhow::Result<
     let ai = queue::ai_replies(&config, client, conn);
 
     let started = Instant::now();
-    let report = daily::tick(&pool, &deliveries, &ai).await?;
+    let report = daily::tick(pool, &deliveries, &ai).await?;
     let took = started.elapsed();
     let stats = deliveries.stats().await?;
     let queued = stats.pending + stats.scheduled;
@@ -86,7 +53,7 @@ pub async fn run(figures: &mut Figures, subscriptions: usize) -> anyhow::Result<
         );
     }
     // A second tick in the same minute creates nothing.
-    let again = daily::tick(&pool, &deliveries, &ai).await?;
+    let again = daily::tick(pool, &deliveries, &ai).await?;
     if again.created != 0 {
         bail!("a second tick created {} more messages", again.created);
     }
@@ -101,7 +68,7 @@ pub async fn run(figures: &mut Figures, subscriptions: usize) -> anyhow::Result<
     let started = Instant::now();
     let run = deliveries.server_run().await?;
     let restored = herald_scheduler::reconcile::deliveries(
-        &pool,
+        pool,
         &deliveries,
         &run,
         config.stale_claim_after(),
@@ -131,11 +98,11 @@ pub async fn run(figures: &mut Figures, subscriptions: usize) -> anyhow::Result<
     // A group send to every one of those contacts, through the service the API calls.
     sqlx::query("INSERT INTO groups (id, tenant_id, name) VALUES ('grp_fan', $1, 'Everyone')")
         .bind(&tenant.id)
-        .execute(&pool)
+        .execute(pool)
         .await?;
     sqlx::query("INSERT INTO group_members (group_id, contact_id) SELECT 'grp_fan', 'ct_fan' || g FROM generate_series(1, $1) AS g")
         .bind(subscriptions as i64)
-        .execute(&pool)
+        .execute(pool)
         .await?;
     let group_queue = {
         let mut c = config.clone();
@@ -154,7 +121,7 @@ pub async fn run(figures: &mut Figures, subscriptions: usize) -> anyhow::Result<
     };
     let started = Instant::now();
     let sent =
-        herald_core::services::groups::send(&pool, &group_queue, &tenant, "grp_fan", &send, None)
+        herald_core::services::groups::send(pool, &group_queue, &tenant, "grp_fan", &send, None)
             .await?;
     let group_took = started.elapsed();
     let herald_core::services::groups::Sent::New(sent) = sent else {

@@ -24,17 +24,16 @@ use std::{
 use anyhow::bail;
 use axum::{Router, body::Bytes, http::StatusCode, response::IntoResponse, routing::post};
 use herald_core::{
-    db,
-    domain::{PhoneNumber, TimeZone, jobs::DeliveryJob},
+    domain::jobs::DeliveryJob,
     queue::{self, NewJob},
-    services::tenants::{self, CreatedTenant, NewTenant},
+    services::tenants::CreatedTenant,
 };
 use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::{
     Figures, poll_until,
-    servers::{PostgresServer, RedisServer, herald, wait_http},
+    servers::{Stack, herald, wait_http},
 };
 
 /// A's recipients start with this; the provider fails every one of them.
@@ -105,25 +104,6 @@ async fn start_provider() -> anyhow::Result<(String, Arc<Calls>, watch::Receiver
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok((url, calls, counter))
-}
-
-async fn tenant(pool: &PgPool, name: &str, from: &str) -> anyhow::Result<CreatedTenant> {
-    Ok(tenants::create(
-        pool,
-        &NewTenant {
-            name: name.to_owned(),
-            timezone: TimeZone::parse("UTC")?,
-            sms_from: Some(PhoneNumber::parse(from)?),
-            email_from: None,
-            quiet_hours: None,
-            help_text: None,
-            system_prompt: None,
-            canned_reply: None,
-            missed_call_text: None,
-            missed_call_cooldown_minutes: 10,
-        },
-    )
-    .await?)
 }
 
 /// Commits `due.len()` SMS of `tenant` to `{prefix}{index}` and queues their jobs, each due at
@@ -389,20 +369,14 @@ pub async fn run(
     paced: usize,
     noise: Noise,
 ) -> anyhow::Result<()> {
-    herald_core::install_crypto();
-    let pg = PostgresServer::start().await?;
-    let redis = RedisServer::start().await?;
+    let stack = Stack::start().await?;
+    let (pg, redis, pool) = (&stack.pg, &stack.redis, &stack.pool);
     println!(
         "herald-bench: noisy neighbour, Postgres at {}, Redis at {}",
         pg.url, redis.url
     );
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(5)
-        .connect(&pg.url)
-        .await?;
-    db::migrate(&pool).await?;
-    let a = tenant(&pool, "Noisy Shop", "+15005550001").await?;
-    let b = tenant(&pool, "Quiet Clinic", "+15005550002").await?;
+    let a = stack.tenant("Noisy Shop", "+15005550001").await?;
+    let b = stack.tenant("Quiet Clinic", "+15005550002").await?;
     let (provider, calls, counter) = start_provider().await?;
 
     // Idle, noisy, idle: the machine's speed drifts, so the noisy phase is compared with the
@@ -410,8 +384,8 @@ pub async fn run(
     let mut results = Vec::new();
     for (run, noisy) in [false, true, false].into_iter().enumerate() {
         let p = phase(
-            noisy, &pool, &pg.url, &redis.url, &provider, &calls, &counter, &a, &b, messages,
-            paced, run, noise,
+            noisy, pool, &pg.url, &redis.url, &provider, &calls, &counter, &a, &b, messages, paced,
+            run, noise,
         )
         .await?;
         results.push(p);

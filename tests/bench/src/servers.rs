@@ -231,3 +231,52 @@ pub fn herald(name: &str, env: &[(&str, String)]) -> anyhow::Result<Child> {
         .kill_on_drop(true);
     Ok(cmd.spawn()?)
 }
+
+/// A private Postgres (migrated) and Redis for one benchmark, with a pool on the database.
+pub struct Stack {
+    pub pg: PostgresServer,
+    pub redis: RedisServer,
+    pub pool: sqlx::PgPool,
+}
+
+impl Stack {
+    pub async fn start() -> anyhow::Result<Self> {
+        herald_core::install_crypto();
+        let pg = PostgresServer::start().await?;
+        let redis = RedisServer::start().await?;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(5)
+            .connect(&pg.url)
+            .await?;
+        herald_core::db::migrate(&pool).await?;
+        Ok(Self { pg, redis, pool })
+    }
+
+    /// A tenant sending SMS from `from`, with no quiet hours.
+    pub async fn tenant(
+        &self,
+        name: &str,
+        from: &str,
+    ) -> anyhow::Result<herald_core::services::tenants::CreatedTenant> {
+        use herald_core::{
+            domain::{PhoneNumber, TimeZone},
+            services::tenants::{self, NewTenant},
+        };
+        Ok(tenants::create(
+            &self.pool,
+            &NewTenant {
+                name: name.to_owned(),
+                timezone: TimeZone::parse("UTC")?,
+                sms_from: Some(PhoneNumber::parse(from)?),
+                email_from: None,
+                quiet_hours: None,
+                help_text: None,
+                system_prompt: None,
+                canned_reply: None,
+                missed_call_text: None,
+                missed_call_cooldown_minutes: 10,
+            },
+        )
+        .await?)
+    }
+}
