@@ -148,12 +148,92 @@ impl Config {
     }
 
     /// Reads configuration from any lookup (tests pass a map; production the environment).
+    /// Every problem is collected, so one run names every bad variable.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut r = Reader {
             lookup: &lookup,
             problems: Vec::new(),
         };
+        // A value that is missing or malformed has pushed a problem; the fallbacks below
+        // only fill the struct that is then thrown away.
+        let (database_url, redis_url) = r.urls();
+        let (listen, public_url, ops_token) = r.http();
+        let (sms_provider, twilio) = r.sms();
+        let (email_provider, resend) = r.email();
+        let (max_attempts, retry_base, retry_max) = r.retries();
+        let (log_format, log_filter, queue_prefix) = r.logging();
+        let config = Config {
+            database_url: Secret::new(database_url.unwrap_or_default()),
+            redis_url: Secret::new(redis_url.unwrap_or_default()),
+            listen,
+            public_url,
+            ops_token,
+            sms_provider: sms_provider.unwrap_or(SmsProviderKind::Log),
+            twilio,
+            email_provider: email_provider.unwrap_or(EmailProviderKind::Log),
+            resend,
+            llm: r.llm("HERALD_LLM"),
+            llm_fallback: r.llm("HERALD_LLM_FALLBACK"),
+            max_attempts,
+            retry_base,
+            retry_max,
+            provider_timeout: r.millis("HERALD_PROVIDER_TIMEOUT_MS", 10_000, 1, 600_000),
+            llm_timeout: r.millis("HERALD_LLM_TIMEOUT_MS", 10_000, 1, 600_000),
+            worker_concurrency: r.number("HERALD_WORKER_CONCURRENCY", 100, 1, 10_000) as usize,
+            lease: r.millis("HERALD_LEASE_MS", 10_000, 100, 3_600_000),
+            tenant_send_rate: r.number("HERALD_TENANT_SEND_RATE", 100, 1, 1_000_000),
+            api_rate: r.number("HERALD_API_RATE", 200, 1, 1_000_000),
+            webhook_allow_private: r.boolean("HERALD_WEBHOOK_ALLOW_PRIVATE", false),
+            log_format: log_format.unwrap_or(LogFormat::Json),
+            log_filter,
+            queue_prefix,
+            shutdown_timeout: r.millis("HERALD_SHUTDOWN_TIMEOUT_MS", 30_000, 0, 3_600_000),
+            database_pool_size: r.number("HERALD_DATABASE_POOL_SIZE", 20, 1, 1_000),
+            circuit: r.circuit(),
+            auth_failure_rate: r.number("HERALD_AUTH_FAILURE_RATE", 10, 1, 1_000_000),
+            trust_forwarded_for: r.boolean("HERALD_TRUST_FORWARDED_FOR", false),
+            ai_replies_per_hour: r.number("HERALD_AI_REPLIES_PER_HOUR", 10, 0, 10_000),
+            daily_tick_seconds: r.number("HERALD_DAILY_TICK_SECONDS", 60, 1, 60),
+            worker_metrics_listen: r
+                .listen_or_off("HERALD_WORKER_METRICS_LISTEN", "127.0.0.1:9101"),
+            scheduler_metrics_listen: r
+                .listen_or_off("HERALD_SCHEDULER_METRICS_LISTEN", "127.0.0.1:9102"),
+        };
+        if r.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                problems: r.problems,
+            })
+        }
+    }
 
+    /// A configuration for tests and tools: defaults everywhere but the two URLs.
+    pub fn for_urls(database_url: &str, redis_url: &str) -> Self {
+        let db = database_url.to_owned();
+        let redis = redis_url.to_owned();
+        Self::from_lookup(move |name| match name {
+            "HERALD_DATABASE_URL" => Some(db.clone()),
+            "HERALD_REDIS_URL" => Some(redis.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|e| panic!("default configuration is invalid: {e}"))
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+struct Reader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    problems: Vec<String>,
+}
+
+impl Reader<'_> {
+    /// `HERALD_DATABASE_URL` and `HERALD_REDIS_URL`, both required.
+    fn urls(&mut self) -> (Option<String>, Option<String>) {
+        let r = self;
         let database_url = r.required(
             "HERALD_DATABASE_URL",
             "the Postgres URL, e.g. postgres://user:pass@127.0.0.1:5432/herald",
@@ -181,11 +261,18 @@ impl Config {
                 "must start with redis://, rediss:// or unix://",
             );
         }
+        (database_url, redis_url)
+    }
 
-        let listen = r.parsed("HERALD_LISTEN", "127.0.0.1:8080".parse().ok(), |s| {
-            s.parse::<SocketAddr>()
-                .map_err(|_| "must be an address like 127.0.0.1:8080".to_owned())
-        });
+    /// Where the API listens, the URL providers reach it at, and the ops token.
+    fn http(&mut self) -> (SocketAddr, String, Option<Secret<String>>) {
+        let r = self;
+        let listen = r
+            .parsed("HERALD_LISTEN", "127.0.0.1:8080".parse().ok(), |s| {
+                s.parse::<SocketAddr>()
+                    .map_err(|_| "must be an address like 127.0.0.1:8080".to_owned())
+            })
+            .unwrap_or_else(default_listen);
         let public_url = match r.get("HERALD_PUBLIC_URL") {
             Some(url) => {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -193,7 +280,7 @@ impl Config {
                 }
                 url.trim_end_matches('/').to_owned()
             }
-            None => format!("http://{}", listen.unwrap_or_else(default_listen)),
+            None => format!("http://{listen}"),
         };
         let ops_token = r.get("HERALD_OPS_TOKEN").map(Secret::new);
         if let Some(token) = &ops_token
@@ -201,7 +288,50 @@ impl Config {
         {
             r.problem("HERALD_OPS_TOKEN", "must be at least 16 characters");
         }
+        (listen, public_url, ops_token)
+    }
 
+    /// Attempts per message and the back-off between them.
+    fn retries(&mut self) -> (u32, Duration, Duration) {
+        let r = self;
+        let max_attempts = r.number("HERALD_MAX_ATTEMPTS", 8, 1, 100);
+        let retry_base = r.millis("HERALD_RETRY_BASE_MS", 2_000, 1, 86_400_000);
+        let retry_max = r.millis("HERALD_RETRY_MAX_MS", 3_600_000, 1, 7 * 86_400_000);
+        if retry_base > retry_max {
+            r.problem(
+                "HERALD_RETRY_BASE_MS",
+                "must not be greater than HERALD_RETRY_MAX_MS",
+            );
+        }
+        (max_attempts, retry_base, retry_max)
+    }
+
+    /// Log format and filter, and the Redis key prefix.
+    fn logging(&mut self) -> (Option<LogFormat>, String, String) {
+        let r = self;
+        let log_format = r.parsed("HERALD_LOG_FORMAT", Some(LogFormat::Json), |s| match s {
+            "json" => Ok(LogFormat::Json),
+            "pretty" => Ok(LogFormat::Pretty),
+            _ => Err("must be `json` or `pretty`".to_owned()),
+        });
+        let log_filter = r
+            .get("RUST_LOG")
+            .unwrap_or_else(|| "info,sqlx=warn".to_owned());
+        let queue_prefix = r
+            .get("HERALD_QUEUE_PREFIX")
+            .unwrap_or_else(|| "herald".to_owned());
+        if queue_prefix.is_empty() || queue_prefix.contains(['{', '}', ' ']) {
+            r.problem(
+                "HERALD_QUEUE_PREFIX",
+                "must be non-empty, without spaces or braces",
+            );
+        }
+        (log_format, log_filter, queue_prefix)
+    }
+
+    /// The SMS provider and Twilio's settings (required when it is Twilio).
+    fn sms(&mut self) -> (Option<SmsProviderKind>, TwilioConfig) {
+        let r = self;
         let sms_provider = r.parsed(
             "HERALD_SMS_PROVIDER",
             Some(SmsProviderKind::Log),
@@ -230,7 +360,12 @@ impl Config {
                 );
             }
         }
+        (sms_provider, twilio)
+    }
 
+    /// The email provider and Resend's settings (required when it is Resend).
+    fn email(&mut self) -> (Option<EmailProviderKind>, ResendConfig) {
+        let r = self;
         let email_provider =
             r.parsed(
                 "HERALD_EMAIL_PROVIDER",
@@ -251,45 +386,12 @@ impl Config {
                 "is required when HERALD_EMAIL_PROVIDER=resend",
             );
         }
+        (email_provider, resend)
+    }
 
-        let llm = r.llm("HERALD_LLM");
-        let llm_fallback = r.llm("HERALD_LLM_FALLBACK");
-
-        let max_attempts = r.number("HERALD_MAX_ATTEMPTS", 8, 1, 100);
-        let retry_base = r.millis("HERALD_RETRY_BASE_MS", 2_000, 1, 86_400_000);
-        let retry_max = r.millis("HERALD_RETRY_MAX_MS", 3_600_000, 1, 7 * 86_400_000);
-        if retry_base > retry_max {
-            r.problem(
-                "HERALD_RETRY_BASE_MS",
-                "must not be greater than HERALD_RETRY_MAX_MS",
-            );
-        }
-        let provider_timeout = r.millis("HERALD_PROVIDER_TIMEOUT_MS", 10_000, 1, 600_000);
-        let llm_timeout = r.millis("HERALD_LLM_TIMEOUT_MS", 10_000, 1, 600_000);
-        let worker_concurrency = r.number("HERALD_WORKER_CONCURRENCY", 100, 1, 10_000) as usize;
-        let lease = r.millis("HERALD_LEASE_MS", 10_000, 100, 3_600_000);
-        let tenant_send_rate = r.number("HERALD_TENANT_SEND_RATE", 100, 1, 1_000_000);
-        let api_rate = r.number("HERALD_API_RATE", 200, 1, 1_000_000);
-        let webhook_allow_private = r.boolean("HERALD_WEBHOOK_ALLOW_PRIVATE", false);
-        let log_format = r.parsed("HERALD_LOG_FORMAT", Some(LogFormat::Json), |s| match s {
-            "json" => Ok(LogFormat::Json),
-            "pretty" => Ok(LogFormat::Pretty),
-            _ => Err("must be `json` or `pretty`".to_owned()),
-        });
-        let log_filter = r
-            .get("RUST_LOG")
-            .unwrap_or_else(|| "info,sqlx=warn".to_owned());
-        let queue_prefix = r
-            .get("HERALD_QUEUE_PREFIX")
-            .unwrap_or_else(|| "herald".to_owned());
-        if queue_prefix.is_empty() || queue_prefix.contains(['{', '}', ' ']) {
-            r.problem(
-                "HERALD_QUEUE_PREFIX",
-                "must be non-empty, without spaces or braces",
-            );
-        }
-        let shutdown_timeout = r.millis("HERALD_SHUTDOWN_TIMEOUT_MS", 30_000, 0, 3_600_000);
-        let database_pool_size = r.number("HERALD_DATABASE_POOL_SIZE", 20, 1, 1_000);
+    /// When a circuit opens and for how long (`HERALD_CIRCUIT_*`).
+    fn circuit(&mut self) -> crate::services::breaker::BreakerSettings {
+        let r = self;
         let circuit = crate::services::breaker::BreakerSettings {
             window: r.millis("HERALD_CIRCUIT_WINDOW_MS", 30_000, 100, 3_600_000),
             min_calls: r.number("HERALD_CIRCUIT_MIN_CALLS", 10, 1, 100_000),
@@ -311,101 +413,9 @@ impl Config {
                 "must not be greater than HERALD_CIRCUIT_MIN_CALLS",
             );
         }
-        let auth_failure_rate = r.number("HERALD_AUTH_FAILURE_RATE", 10, 1, 1_000_000);
-        let trust_forwarded_for = r.boolean("HERALD_TRUST_FORWARDED_FOR", false);
-        let ai_replies_per_hour = r.number("HERALD_AI_REPLIES_PER_HOUR", 10, 0, 10_000);
-        let daily_tick_seconds = r.number("HERALD_DAILY_TICK_SECONDS", 60, 1, 60);
-        let worker_metrics_listen =
-            r.listen_or_off("HERALD_WORKER_METRICS_LISTEN", "127.0.0.1:9101");
-        let scheduler_metrics_listen =
-            r.listen_or_off("HERALD_SCHEDULER_METRICS_LISTEN", "127.0.0.1:9102");
-
-        if !r.problems.is_empty() {
-            return Err(ConfigError {
-                problems: r.problems,
-            });
-        }
-        // Every `None` above pushed a problem, so these are all present here.
-        let (
-            Some(database_url),
-            Some(redis_url),
-            Some(listen),
-            Some(sms_provider),
-            Some(email_provider),
-            Some(log_format),
-        ) = (
-            database_url,
-            redis_url,
-            listen,
-            sms_provider,
-            email_provider,
-            log_format,
-        )
-        else {
-            return Err(ConfigError {
-                problems: vec!["internal: a required value is missing".to_owned()],
-            });
-        };
-        Ok(Config {
-            database_url: Secret::new(database_url),
-            redis_url: Secret::new(redis_url),
-            listen,
-            public_url,
-            ops_token,
-            sms_provider,
-            twilio,
-            email_provider,
-            resend,
-            llm,
-            llm_fallback,
-            max_attempts,
-            retry_base,
-            retry_max,
-            provider_timeout,
-            llm_timeout,
-            worker_concurrency,
-            lease,
-            tenant_send_rate,
-            api_rate,
-            webhook_allow_private,
-            log_format,
-            log_filter,
-            queue_prefix,
-            shutdown_timeout,
-            database_pool_size,
-            circuit,
-            auth_failure_rate,
-            trust_forwarded_for,
-            ai_replies_per_hour,
-            daily_tick_seconds,
-            worker_metrics_listen,
-            scheduler_metrics_listen,
-        })
+        circuit
     }
 
-    /// A configuration for tests and tools: defaults everywhere but the two URLs.
-    pub fn for_urls(database_url: &str, redis_url: &str) -> Self {
-        let db = database_url.to_owned();
-        let redis = redis_url.to_owned();
-        Self::from_lookup(move |name| match name {
-            "HERALD_DATABASE_URL" => Some(db.clone()),
-            "HERALD_REDIS_URL" => Some(redis.clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|e| panic!("default configuration is invalid: {e}"))
-    }
-}
-
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8080))
-}
-
-struct Reader<'a> {
-    lookup: &'a dyn Fn(&str) -> Option<String>,
-    problems: Vec<String>,
-}
-
-impl Reader<'_> {
     /// The trimmed value; an empty variable counts as unset.
     fn get(&self, name: &str) -> Option<String> {
         (self.lookup)(name)
