@@ -84,24 +84,7 @@ pub async fn send(
     {
         return Err(GroupError::NotFound);
     }
-    let from = match new.channel {
-        Channel::Sms => tenant.sms_from.clone(),
-        Channel::Email => tenant.email_from.clone(),
-        Channel::Webhook => None,
-    };
-    if from.is_none() {
-        return Err(GroupError::Invalid(FieldError::new(
-            "channel",
-            if new.channel == Channel::Email {
-                "email_from_not_configured"
-            } else {
-                "sms_from_not_configured"
-            },
-            format!("this tenant has nothing to send {} from", new.channel),
-        )));
-    }
     let now = Utc::now();
-    let due_now = new.send_at <= now;
     let send = GroupMessageRow {
         id: new_id("gms"),
         tenant_id: tenant.id.clone(),
@@ -112,19 +95,7 @@ pub async fn send(
         request_hash: idempotency.map(|i| i.request_hash.clone()),
         created_at: now,
     };
-    let template = SendTemplate {
-        tenant_id: tenant.id.clone(),
-        group_message_id: send.id.clone(),
-        channel: new.channel.as_str().to_owned(),
-        from_addr: from,
-        subject: new.subject.clone(),
-        body: new.body.clone(),
-        status: if due_now { "queued" } else { "scheduled" }.to_owned(),
-        send_at: if due_now { now } else { new.send_at },
-        expires_at: new.expires_at,
-        respect_quiet_hours: new.respect_quiet_hours,
-        metadata: new.metadata.clone(),
-    };
+    let template = template(tenant, new, &send.id, now)?;
 
     let mut tx = db
         .begin()
@@ -156,22 +127,83 @@ pub async fn send(
         .context("counting the recipients")?;
     tx.commit().await.context("committing the group send")?;
 
-    let due_ms = template.send_at.timestamp_millis();
+    queue_members(
+        queue,
+        tenant,
+        new.channel,
+        &send.id,
+        &created,
+        &template.send_at,
+    )
+    .await?;
+    info!(group_message_id = %send.id, tenant_id = %tenant.id, recipients = send.recipients, "group send accepted");
+    Ok(Sent::New(send))
+}
+
+/// What every member's message shares: queued when due, else scheduled, from the tenant's
+/// number or address (refused when it has none).
+fn template(
+    tenant: &TenantRow,
+    new: &GroupSend,
+    send_id: &str,
+    now: DateTime<Utc>,
+) -> Result<SendTemplate, GroupError> {
+    let from = match new.channel {
+        Channel::Sms => tenant.sms_from.clone(),
+        Channel::Email => tenant.email_from.clone(),
+        Channel::Webhook => None,
+    };
+    if from.is_none() {
+        return Err(GroupError::Invalid(FieldError::new(
+            "channel",
+            if new.channel == Channel::Email {
+                "email_from_not_configured"
+            } else {
+                "sms_from_not_configured"
+            },
+            format!("this tenant has nothing to send {} from", new.channel),
+        )));
+    }
+    let due_now = new.send_at <= now;
+    Ok(SendTemplate {
+        tenant_id: tenant.id.clone(),
+        group_message_id: send_id.to_owned(),
+        channel: new.channel.as_str().to_owned(),
+        from_addr: from,
+        subject: new.subject.clone(),
+        body: new.body.clone(),
+        status: if due_now { "queued" } else { "scheduled" }.to_owned(),
+        send_at: if due_now { now } else { new.send_at },
+        expires_at: new.expires_at,
+        respect_quiet_hours: new.respect_quiet_hours,
+        metadata: new.metadata.clone(),
+    })
+}
+
+/// Pushes one delivery job per member, due at the send's time. The messages are committed:
+/// when Redis refuses, the outbox sweep pushes them.
+async fn queue_members(
+    queue: &Queue,
+    tenant: &TenantRow,
+    channel: Channel,
+    send_id: &str,
+    created: &[(String, String)],
+    due: &DateTime<Utc>,
+) -> Result<(), GroupError> {
+    let due_ms = due.timestamp_millis();
     let jobs = created
         .iter()
         .map(|(id, to)| {
             NewJob::new(
                 id.clone(),
-                &DeliveryJob::new(id, &tenant.id, new.channel, to),
+                &DeliveryJob::new(id, &tenant.id, channel, to),
                 due_ms,
             )
         })
         .collect::<Result<Vec<_>, _>>()
         .context("encoding the members' jobs")?;
     if let Err(e) = queue.push_many(&jobs).await {
-        // New messages: the outbox sweep pushes them.
-        warn!(group_message_id = %send.id, error = %e, "could not queue the group send; the outbox sweep will");
+        warn!(group_message_id = %send_id, error = %e, "could not queue the group send; the outbox sweep will");
     }
-    info!(group_message_id = %send.id, tenant_id = %tenant.id, recipients = send.recipients, "group send accepted");
-    Ok(Sent::New(send))
+    Ok(())
 }

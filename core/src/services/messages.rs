@@ -6,6 +6,8 @@ use sqlx::PgPool;
 
 use std::sync::Arc;
 
+use tokio_util::task::TaskTracker;
+
 use anyhow::Context;
 
 use super::enqueue::Enqueuer;
@@ -88,17 +90,19 @@ impl std::fmt::Debug for Intake {
 }
 
 impl Intake {
-    pub fn start(db: PgPool, queue: Queue) -> Self {
+    /// Its batcher and pusher run on `tasks`: after the last handle is dropped, waiting on
+    /// `tasks` waits until every accepted message is inserted and its job pushed.
+    pub fn start(db: PgPool, queue: Queue, tasks: &TaskTracker) -> Self {
         let inserts = {
             let db = db.clone();
-            Batcher::spawn(256, 2, move |rows: Arc<[NewMessageRow]>| {
+            Batcher::spawn(tasks, 256, 2, move |rows: Arc<[NewMessageRow]>| {
                 let db = db.clone();
                 async move { messages::insert_many(&db, &rows).await }
             })
         };
         Self {
             db,
-            enqueuer: Enqueuer::start(queue),
+            enqueuer: Enqueuer::start(queue, tasks),
             inserts,
         }
     }
@@ -132,11 +136,6 @@ impl Intake {
     pub fn db(&self) -> &PgPool {
         &self.db
     }
-
-    /// Pushes what is buffered, then stops.
-    pub async fn shutdown(self) {
-        self.enqueuer.shutdown().await;
-    }
 }
 
 async fn create(
@@ -156,67 +155,7 @@ async fn create(
             return Ok(Created::Existing(found));
         }
         let to = recipient(db, tenant, new).await?;
-        let from = match new.channel {
-            Channel::Sms => Some(tenant.sms_from.clone().ok_or_else(|| {
-                FieldError::new(
-                    "channel",
-                    "sms_from_not_configured",
-                    "this tenant has no sms_from number; set one before sending SMS",
-                )
-            })?),
-            Channel::Email => Some(tenant.email_from.clone().ok_or_else(|| {
-                FieldError::new(
-                    "channel",
-                    "email_from_not_configured",
-                    "this tenant has no email_from address; set one before sending email",
-                )
-            })?),
-            Channel::Webhook => None,
-        };
-        let now = Utc::now();
-        let due_now = new.send_at <= now;
-        let status = if due_now {
-            MessageStatus::Queued
-        } else {
-            MessageStatus::Scheduled
-        };
-        let detail = if due_now {
-            "accepted".to_owned()
-        } else {
-            format!(
-                "accepted; due at {}",
-                new.send_at
-                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-            )
-        };
-        let id = new_id("msg");
-        let row = NewMessageRow {
-            id: id.clone(),
-            tenant_id: tenant.id.clone(),
-            channel: new.channel.as_str().to_owned(),
-            to_addr: to,
-            from_addr: from,
-            subject: new.subject.clone(),
-            body: new.body.clone(),
-            status: status.as_str().to_owned(),
-            send_at: if due_now { now } else { new.send_at },
-            expires_at: new.expires_at,
-            respect_quiet_hours: new.respect_quiet_hours,
-            contact_id: new.contact_id.clone(),
-            metadata: new.metadata.clone(),
-            event_detail: detail,
-            direction: "outbound".to_owned(),
-            author: "api".to_owned(),
-            in_reply_to: None,
-            model: None,
-            usage: None,
-            needs_reply: false,
-            appointment_id: None,
-            reminder_before: None,
-            subscription_id: None,
-            local_date: None,
-            group_message_id: None,
-        };
+        let row = api_row(tenant, new, to, sender(tenant, new.channel)?);
         let message = match idempotency {
             None => intake
                 .inserts
@@ -224,34 +163,10 @@ async fn create(
                 .await
                 .context("inserting the message")?
                 .context("the new message was already there")?,
-            Some(idem) => {
-                let mut tx = db
-                    .begin()
-                    .await
-                    .context("starting the message's transaction")?;
-                let message = messages::insert(&mut *tx, &row)
-                    .await
-                    .context("inserting the message")?
-                    .context("the new message was already there")?;
-                if !idempotency::insert_idempotency_key(
-                    &mut *tx,
-                    &tenant.id,
-                    &idem.key,
-                    &idem.request_hash,
-                    &id,
-                )
-                .await
-                .context("storing the Idempotency-Key")?
-                {
-                    // Someone else holds this key now: drop ours and answer with theirs.
-                    tx.rollback()
-                        .await
-                        .context("rolling back a lost key race")?;
-                    continue;
-                }
-                tx.commit().await.context("committing the message")?;
-                message
-            }
+            Some(idem) => match insert_with_key(db, tenant, &row, idem).await? {
+                Some(message) => message,
+                None => continue,
+            },
         };
         intake.enqueuer.submit_for(&message, request_id);
         ::metrics::counter!("herald_messages_accepted_total", "channel" => message.channel.as_str())
@@ -259,6 +174,113 @@ async fn create(
         return Ok(Created::New(message));
     }
     Err(CreateError::IdempotencyConflict)
+}
+
+/// The tenant's sending number or address for the channel; refused when it has none.
+fn sender(tenant: &TenantRow, channel: Channel) -> Result<Option<String>, CreateError> {
+    let missing = |code: &'static str, what: &str| {
+        FieldError::new(
+            "channel",
+            code,
+            format!("this tenant has no {what}; set one before sending {channel}"),
+        )
+    };
+    Ok(match channel {
+        Channel::Sms => Some(
+            tenant
+                .sms_from
+                .clone()
+                .ok_or_else(|| missing("sms_from_not_configured", "sms_from number"))?,
+        ),
+        Channel::Email => Some(
+            tenant
+                .email_from
+                .clone()
+                .ok_or_else(|| missing("email_from_not_configured", "email_from address"))?,
+        ),
+        Channel::Webhook => None,
+    })
+}
+
+/// The row of a message an API client asked for: queued when due, else scheduled.
+fn api_row(
+    tenant: &TenantRow,
+    new: &NewMessage,
+    to: String,
+    from: Option<String>,
+) -> NewMessageRow {
+    let now = Utc::now();
+    let due_now = new.send_at <= now;
+    let (status, detail) = if due_now {
+        (MessageStatus::Queued, "accepted".to_owned())
+    } else {
+        let due = new
+            .send_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        (MessageStatus::Scheduled, format!("accepted; due at {due}"))
+    };
+    NewMessageRow {
+        id: new_id("msg"),
+        tenant_id: tenant.id.clone(),
+        channel: new.channel.as_str().to_owned(),
+        to_addr: to,
+        from_addr: from,
+        subject: new.subject.clone(),
+        body: new.body.clone(),
+        status: status.as_str().to_owned(),
+        send_at: if due_now { now } else { new.send_at },
+        expires_at: new.expires_at,
+        respect_quiet_hours: new.respect_quiet_hours,
+        contact_id: new.contact_id.clone(),
+        metadata: new.metadata.clone(),
+        event_detail: detail,
+        direction: "outbound".to_owned(),
+        author: "api".to_owned(),
+        in_reply_to: None,
+        model: None,
+        usage: None,
+        needs_reply: false,
+        appointment_id: None,
+        reminder_before: None,
+        subscription_id: None,
+        local_date: None,
+        group_message_id: None,
+    }
+}
+
+/// Inserts the message and its Idempotency-Key in one transaction; `None` when a
+/// concurrent request took the key first (nothing is kept).
+async fn insert_with_key(
+    db: &PgPool,
+    tenant: &TenantRow,
+    row: &NewMessageRow,
+    idem: &Idempotency,
+) -> Result<Option<MessageRow>, CreateError> {
+    let mut tx = db
+        .begin()
+        .await
+        .context("starting the message's transaction")?;
+    let message = messages::insert(&mut *tx, row)
+        .await
+        .context("inserting the message")?
+        .context("the new message was already there")?;
+    let stored = idempotency::insert_idempotency_key(
+        &mut *tx,
+        &tenant.id,
+        &idem.key,
+        &idem.request_hash,
+        &row.id,
+    )
+    .await
+    .context("storing the Idempotency-Key")?;
+    if !stored {
+        tx.rollback()
+            .await
+            .context("rolling back a lost key race")?;
+        return Ok(None);
+    }
+    tx.commit().await.context("committing the message")?;
+    Ok(Some(message))
 }
 
 async fn existing_for_key(
