@@ -19,7 +19,7 @@ use herald_core::{
     services::{messages::Intake, tenants::KeyLookup},
 };
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 pub use state::AppState;
@@ -59,14 +59,15 @@ pub async fn serve(
     let limiter = herald_core::ratelimit::RateLimiter::new(conn.clone(), &config.queue_prefix);
     let replies = queue::ai_replies(&config, client.clone(), conn.clone());
     let queue = queue::deliveries(&config, client, conn);
-    let intake = Arc::new(Intake::start(db.clone(), queue.clone()));
-    let keys = KeyLookup::start(db.clone());
+    let tasks = TaskTracker::new();
+    let intake = Arc::new(Intake::start(db.clone(), queue.clone(), &tasks));
+    let keys = KeyLookup::start(db.clone(), &tasks);
     let state = AppState {
         config: config.clone(),
         db,
         queue,
         replies,
-        intake: intake.clone(),
+        intake,
         keys,
         limiter,
         failed_auth: Arc::default(),
@@ -80,9 +81,9 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown.cancelled_owned())
     .await
     .context("serving HTTP")?;
-    if let Ok(intake) = Arc::try_unwrap(intake) {
-        intake.shutdown().await;
-    }
+    // Every request is answered and the router (with the batchers' handles) dropped: what
+    // they accepted is inserted and pushed before the process exits.
+    herald_core::shutdown::drain(&tasks, config.shutdown_timeout).await;
     info!("herald-api stopped");
     Ok(())
 }

@@ -14,6 +14,7 @@ use std::{future::Future, sync::Arc};
 
 use futures_util::future::BoxFuture;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 type Answer<O> = Result<O, Arc<sqlx::Error>>;
@@ -78,8 +79,9 @@ where
 
 impl<I: Clone + Send + Sync + 'static, O: Send + 'static> Batcher<I, O> {
     /// `run` gets up to `max` items and returns one output per item, in order. Up to
-    /// `parallel` batches run at once.
-    pub fn spawn<F, Fut>(max: usize, parallel: usize, run: F) -> Self
+    /// `parallel` batches run at once. The batcher's tasks are `tasks`'s: once every handle
+    /// is dropped, what was handed in still runs, and `tasks.wait()` returns after it has.
+    pub fn spawn<F, Fut>(tasks: &TaskTracker, max: usize, parallel: usize, run: F) -> Self
     where
         F: Fn(Arc<[I]>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<O>, sqlx::Error>> + Send + 'static,
@@ -87,7 +89,8 @@ impl<I: Clone + Send + Sync + 'static, O: Send + 'static> Batcher<I, O> {
         let (tx, mut rx) = mpsc::unbounded_channel::<(I, Reply<O>)>();
         let run = Arc::new(run);
         let slots = Arc::new(Semaphore::new(parallel.max(1)));
-        tokio::spawn(async move {
+        let batches = tasks.clone();
+        tasks.spawn(async move {
             while let Some(first) = rx.recv().await {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
@@ -102,7 +105,7 @@ impl<I: Clone + Send + Sync + 'static, O: Send + 'static> Batcher<I, O> {
                 }
                 let (inputs, replies): (Vec<I>, Vec<Reply<O>>) = items.into_iter().unzip();
                 let run = run.clone();
-                tokio::spawn(async move {
+                batches.spawn(async move {
                     let _slot = slot;
                     let answers = answer_each(run, inputs.into()).await;
                     for (reply, answer) in replies.into_iter().zip(answers) {
@@ -192,7 +195,12 @@ mod tests {
     #[tokio::test]
     async fn concurrent_callers_get_their_own_answers_through_the_batcher() {
         let statements = Arc::new(AtomicUsize::new(0));
-        let b = Batcher::spawn(256, 1, statement(statements.clone(), false));
+        let b = Batcher::spawn(
+            &TaskTracker::new(),
+            256,
+            1,
+            statement(statements.clone(), false),
+        );
         let answers = futures_util::future::join_all((0..100u32).map(|i| b.call(i))).await;
         for (i, answer) in answers.into_iter().enumerate() {
             if i == 13 {
@@ -204,6 +212,35 @@ mod tests {
         assert!(
             statements.load(Ordering::SeqCst) < 100,
             "items were batched"
+        );
+    }
+
+    #[tokio::test]
+    async fn work_handed_in_is_done_before_the_tracker_is_idle() {
+        let tasks = TaskTracker::new();
+        let done = Arc::new(AtomicUsize::new(0));
+        let counted = done.clone();
+        let b = Batcher::spawn(&tasks, 8, 1, move |items: Arc<[u32]>| {
+            let counted = counted.clone();
+            async move {
+                // Slow enough that the items are still queued when the handle is dropped.
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                counted.fetch_add(items.len(), Ordering::SeqCst);
+                Ok(vec![(); items.len()])
+            }
+        });
+        for i in 0..100 {
+            b.submit(i);
+        }
+        drop(b);
+        tasks.close();
+        tokio::time::timeout(std::time::Duration::from_secs(10), tasks.wait())
+            .await
+            .expect("the batcher drains and stops");
+        assert_eq!(
+            done.load(Ordering::SeqCst),
+            100,
+            "nothing submitted is lost"
         );
     }
 }

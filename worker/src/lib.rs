@@ -24,7 +24,7 @@ use herald_core::{
         replies::{self, Replier},
     },
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, info, warn};
 
 /// Sends one message: the `deliveries` queue's handler.
@@ -59,7 +59,8 @@ fn job_tracing() -> TraceLayer {
 
 /// Runs the workers until `shutdown` is cancelled. In-flight jobs get
 /// `HERALD_SHUTDOWN_TIMEOUT_MS` to finish; the leases of any still running are then handed
-/// back so another worker takes them at once.
+/// back so another worker takes them at once, and the outcomes and pushes still batched
+/// are written before the process exits.
 pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Result<()> {
     herald_core::install_crypto();
     // Before anything is counted: a recorder installed at the first scrape would lose
@@ -73,30 +74,23 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
     }
     let (client, conn) = queue::connect(config.redis_url.expose()).context("HERALD_REDIS_URL")?;
     let limiter = RateLimiter::new(conn.clone(), &config.queue_prefix);
-    let replies = queue::ai_replies(&config, client.clone(), conn.clone());
-    let deliveries = queue::deliveries(&config, client, conn);
-    let deliverer = Arc::new(Deliverer::from_config(&config, pool.clone(), Some(limiter)));
-    let replier = Arc::new(Replier {
+    let tasks = TaskTracker::new();
+    let deliveries = queue::deliveries(&config, client.clone(), conn.clone());
+    let replier = Replier {
         db: pool.clone(),
         assistant: Assistant::from_config(&config),
-        intake: Intake::start(pool, deliveries.clone()),
+        intake: Intake::start(pool.clone(), deliveries.clone(), &tasks),
         replies_per_hour: config.ai_replies_per_hour,
-    });
-    info!(
-        sms = deliverer.sms.name(),
-        email = deliverer.email.name(),
-        llm = config.llm.as_ref().map_or("none", |l| l.model.as_str()),
-        llm_fallback = config
-            .llm_fallback
-            .as_ref()
-            .map_or("none", |l| l.model.as_str()),
-        concurrency = config.worker_concurrency,
-        lease_ms = config.lease.as_millis() as u64,
-        "herald-worker starting"
-    );
-
+    };
+    let workers = Workers {
+        replies: queue::ai_replies(&config, client, conn),
+        deliverer: Arc::new(Deliverer::from_config(&config, pool, Some(limiter), &tasks)),
+        replier: Arc::new(replier),
+        deliveries,
+    };
+    workers.announce(&config);
     if let Some(addr) = config.worker_metrics_listen {
-        let queues = vec![deliveries.clone(), replies.clone()];
+        let queues = vec![workers.deliveries.clone(), workers.replies.clone()];
         tokio::spawn(herald_core::metrics::serve(
             addr,
             queues,
@@ -106,21 +100,75 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
 
     // Kept outside apalis so leases can be handed back even after a forced shutdown.
     let handles: Arc<Mutex<Vec<WorkerHandle>>> = Arc::default();
-    let job_timeout = config.delivery_job_timeout();
-    // Two model calls per endpoint, each bounded, plus the database.
-    let reply_timeout = config.llm_timeout * 5 + Duration::from_secs(30);
-    let options = WorkerOptions::new(config.worker_concurrency, config.lease);
-    let reply_options =
-        WorkerOptions::new(config.worker_concurrency.div_ceil(4).max(1), config.lease);
-    let monitor = {
-        let (h1, h2) = (handles.clone(), handles.clone());
+    let signal = shutdown.clone();
+    let result = workers
+        .monitor(&config, handles.clone())
+        .run_with_signal(async move {
+            signal.cancelled().await;
+            Ok(())
+        })
+        .await;
+    if let Err(e) = &result {
+        warn!(error = %e, "a worker stopped with an error");
+    }
+    let handles = std::mem::take(&mut *handles.lock().unwrap_or_else(PoisonError::into_inner));
+    release_leases(handles).await;
+    // The monitor (and with it every handle on the batchers) is gone.
+    herald_core::shutdown::drain(&tasks, Duration::from_secs(10)).await;
+    info!("herald-worker stopped");
+    result.context("running workers")
+}
+
+/// What the two workers share across restarts of their apalis workers.
+struct Workers {
+    deliveries: queue::Queue,
+    replies: queue::Queue,
+    deliverer: Arc<Deliverer>,
+    replier: Arc<Replier>,
+}
+
+impl Workers {
+    fn announce(&self, config: &Config) {
+        info!(
+            sms = self.deliverer.sms.name(),
+            email = self.deliverer.email.name(),
+            llm = config.llm.as_ref().map_or("none", |l| l.model.as_str()),
+            llm_fallback = config
+                .llm_fallback
+                .as_ref()
+                .map_or("none", |l| l.model.as_str()),
+            concurrency = config.worker_concurrency,
+            lease_ms = config.lease.as_millis() as u64,
+            "herald-worker starting"
+        );
+    }
+
+    /// One monitor over both workers; each registers its backend's handle in `handles`.
+    fn monitor(self, config: &Config, handles: Arc<Mutex<Vec<WorkerHandle>>>) -> Monitor {
+        let Workers {
+            deliveries,
+            replies,
+            deliverer,
+            replier,
+        } = self;
+        let job_timeout = config.delivery_job_timeout();
+        // Two model calls per endpoint, each bounded, plus the database.
+        let reply_timeout = config.llm_timeout * 5 + Duration::from_secs(30);
+        let options = WorkerOptions::new(config.worker_concurrency, config.lease);
+        let reply_options =
+            WorkerOptions::new(config.worker_concurrency.div_ceil(4).max(1), config.lease);
+        let keep = move |handle: WorkerHandle| {
+            handles
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(handle);
+        };
+        let keep_reply = keep.clone();
         Monitor::new()
             .shutdown_timeout(config.shutdown_timeout)
             .register(move |_restarts| {
                 let backend = QueueBackend::<DeliveryJob>::new(deliveries.clone(), options.clone());
-                h1.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(backend.handle());
+                keep(backend.handle());
                 WorkerBuilder::new("herald-deliveries")
                     .backend(backend)
                     .data(deliverer.clone())
@@ -131,9 +179,7 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
             })
             .register(move |_restarts| {
                 let backend = QueueBackend::<AiJob>::new(replies.clone(), reply_options.clone());
-                h2.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(backend.handle());
+                keep_reply(backend.handle());
                 WorkerBuilder::new("herald-ai-replies")
                     .backend(backend)
                     .data(replier.clone())
@@ -142,19 +188,12 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
                     .layer(job_tracing())
                     .build(answer_text)
             })
-    };
-    let signal = shutdown.clone();
-    let result = monitor
-        .run_with_signal(async move {
-            signal.cancelled().await;
-            Ok(())
-        })
-        .await;
-    if let Err(e) = &result {
-        warn!(error = %e, "a worker stopped with an error");
     }
-    let handles: Vec<WorkerHandle> =
-        std::mem::take(&mut *handles.lock().unwrap_or_else(PoisonError::into_inner));
+}
+
+/// Hands the leases of jobs that did not finish back to the queue, so another worker takes
+/// them now instead of when the leases expire.
+async fn release_leases(handles: Vec<WorkerHandle>) {
     for handle in handles {
         match handle.release_all().await {
             Ok(0) => {}
@@ -167,6 +206,4 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
             }
         }
     }
-    info!("herald-worker stopped");
-    result.context("running workers")
 }

@@ -8,7 +8,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use herald_core::{
     domain::{
         Channel, EmailAddress, EmailSubject, MessageStatus, PhoneNumber, SmsText, WebhookUrl, is_id,
@@ -45,13 +45,13 @@ const MAX_AHEAD_DAYS: i64 = 366;
 pub async fn create_message(
     auth: Tenant,
     State(state): State<AppState>,
-    request_id: Option<axum::Extension<super::RequestId>>,
+    request_id: Option<axum::Extension<tower_http::request_id::RequestId>>,
     idempotency_key: IdempotencyKey,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Response> {
     let idempotency = idempotency_key.with_body(&body);
     let new = parse_new_message(body, state.config.webhook_allow_private)?;
-    let request_id = request_id.map(|axum::Extension(super::RequestId(id))| id);
+    let request_id = super::request_id(request_id.as_ref().map(|e| &e.0));
     let created = state
         .intake
         .create(
@@ -80,65 +80,109 @@ pub fn parse_new_message(body: Value, allow_private_webhooks: bool) -> ApiResult
             format!("`channel` must be sms, email or webhook, not `{channel_raw}`"),
         )
     })?;
+    let to = recipient(&mut f, channel, allow_private_webhooks)?;
+    let body = message_body(&mut f, channel)?;
+    let subject = email_subject(&mut f, channel)?;
+    let (send_at, expires_at) = schedule(&mut f)?;
+    let respect_quiet_hours = f.opt_bool("respect_quiet_hours")?.unwrap_or(true);
+    let contact_id = f.opt_str("contact_id")?;
+    if let Some(id) = &contact_id
+        && !is_id("ct", id)
+    {
+        return Err(ApiError::invalid(
+            "unknown_contact",
+            "contact_id",
+            format!("there is no contact {id}"),
+        ));
+    }
+    let metadata = metadata(&mut f)?;
+    f.finish()?;
 
-    let to = match f.opt_str("to")? {
-        None => None,
-        Some(raw) => Some(
+    if to.is_none() && contact_id.is_none() {
+        return Err(ApiError::invalid(
+            "missing_field",
+            "to",
             match channel {
-                Channel::Sms => PhoneNumber::parse(&raw).map(|p| p.as_str().to_owned()),
-                Channel::Email => EmailAddress::parse(&raw).map(|e| e.as_str().to_owned()),
-                Channel::Webhook => {
-                    WebhookUrl::parse(&raw, allow_private_webhooks).map(|u| u.as_str().to_owned())
-                }
-            }
-            .map_err(|e| f.invalid_value("to", e.0))?,
-        ),
-    };
+                Channel::Webhook => "`to` is required for webhooks",
+                _ => "`to` is required unless `contact_id` gives the recipient",
+            },
+        ));
+    }
+    Ok(NewMessage {
+        channel,
+        to,
+        subject,
+        body,
+        send_at,
+        expires_at,
+        respect_quiet_hours,
+        contact_id,
+        metadata,
+    })
+}
 
-    let body = match channel {
-        Channel::Sms | Channel::Email => {
-            let text = f.req_str("body")?;
-            match (channel, SmsText::parse(text.clone())) {
-                (_, Err(None)) => {
-                    return Err(f.invalid_value("body", "`body` must not be empty"));
-                }
-                (Channel::Sms, Err(Some(chars))) => {
-                    return Err(f.invalid_value(
-                        "body",
-                        format!(
-                            "an SMS `body` is at most {} characters; this one has {chars}",
-                            SmsText::MAX_CHARS
-                        ),
-                    ));
-                }
-                _ => text,
-            }
-        }
+/// `to`, checked as the channel's kind of address.
+fn recipient(
+    f: &mut Fields,
+    channel: Channel,
+    allow_private_webhooks: bool,
+) -> ApiResult<Option<String>> {
+    let Some(raw) = f.opt_str("to")? else {
+        return Ok(None);
+    };
+    let to = match channel {
+        Channel::Sms => PhoneNumber::parse(&raw).map(|p| p.as_str().to_owned()),
+        Channel::Email => EmailAddress::parse(&raw).map(|e| e.as_str().to_owned()),
         Channel::Webhook => {
-            let doc = f.take("body").ok_or_else(|| f.missing("body"))?;
-            serde_json::to_string(&doc).map_err(|e| ApiError::internal(&e))?
+            WebhookUrl::parse(&raw, allow_private_webhooks).map(|u| u.as_str().to_owned())
         }
     };
+    to.map(Some).map_err(|e| f.invalid_value("to", e.0))
+}
 
-    let subject = f.opt_str("subject")?;
-    let subject = match (channel, subject) {
-        (Channel::Email, None) => return Err(f.missing("subject")),
-        (Channel::Email, Some(s)) => {
-            let Some(subject) = EmailSubject::parse(s) else {
-                return Err(f.invalid_value(
-                    "subject",
-                    format!(
-                        "`subject` must be 1 to {} characters",
-                        EmailSubject::MAX_CHARS
-                    ),
-                ));
-            };
-            Some(subject.into_string())
-        }
-        (_, Some(_)) => return Err(f.invalid_value("subject", "`subject` is only for email")),
-        (_, None) => None,
-    };
+/// `body`: text for SMS and email (an SMS at most 1600 characters), any JSON for a
+/// webhook (stored as its serialization).
+fn message_body(f: &mut Fields, channel: Channel) -> ApiResult<String> {
+    if channel == Channel::Webhook {
+        let doc = f.take("body").ok_or_else(|| f.missing("body"))?;
+        return serde_json::to_string(&doc).map_err(|e| ApiError::internal(&e));
+    }
+    let text = f.req_str("body")?;
+    match (channel, SmsText::parse(text.clone())) {
+        (_, Err(None)) => Err(f.invalid_value("body", "`body` must not be empty")),
+        (Channel::Sms, Err(Some(chars))) => Err(f.invalid_value(
+            "body",
+            format!(
+                "an SMS `body` is at most {} characters; this one has {chars}",
+                SmsText::MAX_CHARS
+            ),
+        )),
+        _ => Ok(text),
+    }
+}
 
+/// `subject`: required for email, refused elsewhere.
+fn email_subject(f: &mut Fields, channel: Channel) -> ApiResult<Option<String>> {
+    match (channel, f.opt_str("subject")?) {
+        (Channel::Email, None) => Err(f.missing("subject")),
+        (Channel::Email, Some(s)) => match EmailSubject::parse(s) {
+            Some(subject) => Ok(Some(subject.into_string())),
+            None => Err(f.invalid_value(
+                "subject",
+                format!(
+                    "`subject` must be 1 to {} characters",
+                    EmailSubject::MAX_CHARS
+                ),
+            )),
+        },
+        (_, Some(_)) => Err(f.invalid_value("subject", "`subject` is only for email")),
+        (_, None) => Ok(None),
+    }
+}
+
+/// `send_at` (a past time means now; at most 366 days ahead) and `expires_at` (later than
+/// `send_at`; a day after it by default).
+fn schedule(f: &mut Fields) -> ApiResult<(DateTime<Utc>, DateTime<Utc>)> {
     let now = Utc::now();
     let send_at = match f.opt_time("send_at")? {
         Some(t) if t > now + Duration::days(MAX_AHEAD_DAYS) => {
@@ -147,7 +191,6 @@ pub fn parse_new_message(body: Value, allow_private_webhooks: bool) -> ApiResult
                 format!("`send_at` is at most {MAX_AHEAD_DAYS} days ahead"),
             ));
         }
-        // A past time means now.
         Some(t) => t.max(now),
         None => now,
     };
@@ -161,21 +204,13 @@ pub fn parse_new_message(body: Value, allow_private_webhooks: bool) -> ApiResult
         Some(t) => t,
         None => send_at + Duration::hours(24),
     };
-    let respect_quiet_hours = f.opt_bool("respect_quiet_hours")?.unwrap_or(true);
+    Ok((send_at, expires_at))
+}
 
-    let contact_id = f.opt_str("contact_id")?;
-    if let Some(id) = &contact_id
-        && !is_id("ct", id)
-    {
-        return Err(ApiError::invalid(
-            "unknown_contact",
-            "contact_id",
-            format!("there is no contact {id}"),
-        ));
-    }
-
-    let metadata = match f.take("metadata") {
-        None => Value::Object(Default::default()),
+/// `metadata`: an object of at most 4 KiB of JSON, `{}` by default.
+fn metadata(f: &mut Fields) -> ApiResult<Value> {
+    match f.take("metadata") {
+        None => Ok(Value::Object(Default::default())),
         Some(v @ Value::Object(_)) => {
             let size = serde_json::to_string(&v)
                 .map(|s| s.len())
@@ -186,40 +221,14 @@ pub fn parse_new_message(body: Value, allow_private_webhooks: bool) -> ApiResult
                     format!("`metadata` is at most 4 KiB of JSON; this is {size} bytes"),
                 ));
             }
-            v
+            Ok(v)
         }
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "invalid_type",
-                "metadata",
-                "`metadata` must be an object",
-            ));
-        }
-    };
-    f.finish()?;
-
-    if to.is_none() && contact_id.is_none() {
-        return Err(ApiError::invalid(
-            "missing_field",
-            "to",
-            match channel {
-                Channel::Webhook => "`to` is required for webhooks",
-                _ => "`to` is required unless `contact_id` gives the recipient",
-            },
-        ));
+        Some(_) => Err(ApiError::invalid(
+            "invalid_type",
+            "metadata",
+            "`metadata` must be an object",
+        )),
     }
-
-    Ok(NewMessage {
-        channel,
-        to,
-        subject,
-        body,
-        send_at,
-        expires_at,
-        respect_quiet_hours,
-        contact_id,
-        metadata,
-    })
 }
 
 /// A message and its events.

@@ -11,15 +11,25 @@ pub mod inbound;
 pub mod messages;
 pub mod subscriptions;
 
+use std::time::Duration;
+
 use axum::{
     Json, Router,
     extract::{DefaultBodyLimit, Request},
-    http::{HeaderValue, StatusCode},
+    http::{
+        HeaderValue, StatusCode,
+        header::{CONTENT_TYPE, HeaderName},
+    },
     middleware::{self, Next},
     response::{IntoResponse, Response},
 };
 use herald_core::domain::new_id;
-use tracing::{Instrument, info, info_span};
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    timeout::TimeoutLayer,
+};
+use tracing::{Instrument, info, info_span, warn};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{body::MAX_BODY, error::ApiError, openapi, state::AppState};
@@ -81,14 +91,29 @@ pub fn document() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let (api, doc) = api();
     let _ = DOCUMENT.set(doc);
-    api.merge(crate::ops::router())
+    let routes = api
+        .merge(crate::ops::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(refuse_nul))
-        .route_layer(middleware::from_fn(track))
-        .layer(middleware::from_fn(request_id))
-        .with_state(state)
+        .route_layer(middleware::from_fn(track));
+    edges(routes, REQUEST_TIMEOUT).with_state(state)
+}
+
+/// What every request passes through, outermost last: it gets its id, then its span and
+/// log line, then at most `timeout`; a panicking handler becomes a 500 inside all of them.
+fn edges<S: Clone + Send + Sync + 'static>(routes: Router<S>, timeout: Duration) -> Router<S> {
+    routes
+        .layer(CatchPanicLayer::custom(panicked))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(middleware::from_fn(trace_request))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MintRequestId))
+        .layer(middleware::map_request(drop_unusable_request_id))
 }
 
 /// Prometheus metrics of this API process (and the queue depths, read fresh for each scrape).
@@ -201,20 +226,48 @@ fn nul_in_form(form: &[u8]) -> Option<String> {
         })
 }
 
-/// The id of the request being served, for the jobs it causes.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+/// How long any request may take before it is answered 503; the database and Redis calls
+/// under it have their own, shorter bounds, so this catches only what nothing else did.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Gives every request an id (the caller's `X-Request-Id` when it sends a sane one), a span
-/// that every log line of the request carries, and one log line when it is answered.
-async fn request_id(req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 100 && v.bytes().all(|b| b.is_ascii_graphic()))
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request ids Herald mints: `req_` and a sortable id.
+#[derive(Debug, Clone, Copy)]
+struct MintRequestId;
+
+impl MakeRequestId for MintRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&new_id("req"))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// A caller's `X-Request-Id` is kept when it is up to 100 printable ASCII characters;
+/// anything else is dropped, and Herald mints one instead.
+async fn drop_unusable_request_id(mut req: Request) -> Request {
+    let usable = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        !b.is_empty() && b.len() <= 100 && b.iter().all(u8::is_ascii_graphic)
+    };
+    if req.headers().get(X_REQUEST_ID).is_some_and(|v| !usable(v)) {
+        req.headers_mut().remove(X_REQUEST_ID);
+    }
+    req
+}
+
+/// The id of the request being served (for the jobs it causes).
+pub fn request_id(req_id: Option<&RequestId>) -> Option<String> {
+    req_id
+        .and_then(|id| id.header_value().to_str().ok())
         .map(str::to_owned)
-        .unwrap_or_else(|| new_id("req"));
+}
+
+/// A span that every log line of the request carries, one log line when it is answered,
+/// and the contract's error body on a bare 503 of the timeout layer.
+async fn trace_request(req: Request, next: Next) -> Response {
+    let id = request_id(req.extensions().get::<RequestId>()).unwrap_or_default();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let span = info_span!(
@@ -225,10 +278,19 @@ async fn request_id(req: Request, next: Next) -> Response {
         tenant_id = tracing::field::Empty,
         message_id = tracing::field::Empty,
     );
-    let mut req = req;
-    req.extensions_mut().insert(RequestId(id.clone()));
     let started = std::time::Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE
+        && !response.headers().contains_key(CONTENT_TYPE)
+    {
+        span.in_scope(|| {
+            warn!(
+                timeout_ms = REQUEST_TIMEOUT.as_millis() as u64,
+                "request timed out"
+            )
+        });
+        response = ApiError::unavailable("this request took too long; Herald").into_response();
+    }
     let status = response.status().as_u16();
     span.in_scope(|| {
         if path != "/healthz" && path != "/readyz" {
@@ -239,8 +301,91 @@ async fn request_id(req: Request, next: Next) -> Response {
             );
         }
     });
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", v);
-    }
     response
+}
+
+/// A handler that panicked: logged with what it said, answered like any internal error.
+fn panicked(cause: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let said = cause
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| cause.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    ApiError::internal(&format_args!("a handler panicked: {said}")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, routing::get};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn boom() -> &'static str {
+        panic!("the handler's own words")
+    }
+
+    fn app() -> Router {
+        let routes = Router::new()
+            .route("/boom", get(boom))
+            .route(
+                "/stuck",
+                get(|| async { std::future::pending::<&'static str>().await }),
+            )
+            .route("/fine", get(|| async { "fine" }));
+        edges(routes, Duration::from_millis(100))
+    }
+
+    async fn get_with(path: &str, request_id: Option<&str>) -> (StatusCode, Response) {
+        let mut req = axum::http::Request::get(path);
+        if let Some(id) = request_id {
+            req = req.header("x-request-id", id);
+        }
+        let response = app()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        (response.status(), response)
+    }
+
+    async fn error_code(response: Response) -> String {
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v["error"]["code"].as_str().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_the_contracts_500() {
+        let (status, response) = get_with("/boom", None).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.headers().contains_key("x-request-id"));
+        assert_eq!(error_code(response).await, "internal");
+        // The process goes on serving.
+        assert_eq!(get_with("/fine", None).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_request_past_the_timeout_answers_503_with_an_error_body() {
+        let (status, response) = get_with("/stuck", None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key("retry-after"));
+        assert_eq!(error_code(response).await, "unavailable");
+    }
+
+    #[tokio::test]
+    async fn a_usable_request_id_is_kept_and_a_bad_one_replaced() {
+        let (_, kept) = get_with("/fine", Some("client-id-42")).await;
+        assert_eq!(kept.headers()["x-request-id"], "client-id-42");
+
+        let long = "x".repeat(101);
+        let (_, replaced) = get_with("/fine", Some(&long)).await;
+        let id = replaced.headers()["x-request-id"].to_str().unwrap();
+        assert!(id.starts_with("req_"), "{id}");
+
+        let (_, minted) = get_with("/fine", None).await;
+        let id = minted.headers()["x-request-id"].to_str().unwrap();
+        assert!(id.starts_with("req_"), "{id}");
+    }
 }

@@ -10,6 +10,7 @@ use std::{
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use sqlx::PgPool;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use super::breaker::{Admit, Breakers, CallResult, CircuitKey};
@@ -83,8 +84,14 @@ impl std::fmt::Debug for Deliverer {
 }
 
 impl Deliverer {
-    /// The providers configuration names.
-    pub fn from_config(config: &Config, db: PgPool, limiter: Option<RateLimiter>) -> Self {
+    /// The providers configuration names. Its batchers (claims, outcomes, put-offs) run on
+    /// `tasks`, so a shutdown can wait until every outcome is recorded.
+    pub fn from_config(
+        config: &Config,
+        db: PgPool,
+        limiter: Option<RateLimiter>,
+        tasks: &TaskTracker,
+    ) -> Self {
         let client = http_client(config.provider_timeout);
         let sms: Arc<dyn Provider> = match (
             config.sms_provider,
@@ -112,7 +119,7 @@ impl Deliverer {
         ));
         let claims = {
             let db = db.clone();
-            Batcher::spawn(BATCH, 2, move |items: Arc<[(String, i32)]>| {
+            Batcher::spawn(tasks, BATCH, 2, move |items: Arc<[(String, i32)]>| {
                 let db = db.clone();
                 async move {
                     let ids: Vec<String> = items.iter().map(|(id, _)| id.clone()).collect();
@@ -130,7 +137,7 @@ impl Deliverer {
         };
         let outcomes = {
             let db = db.clone();
-            Batcher::spawn(BATCH, 2, move |items: Arc<[Outcome]>| {
+            Batcher::spawn(tasks, BATCH, 2, move |items: Arc<[Outcome]>| {
                 let db = db.clone();
                 async move {
                     let moved: HashSet<String> = store::lifecycle::finish_many(&db, &items)
@@ -143,7 +150,7 @@ impl Deliverer {
         };
         let put_offs = {
             let db = db.clone();
-            Batcher::spawn(BATCH, 1, move |items: Arc<[PutOff]>| {
+            Batcher::spawn(tasks, BATCH, 1, move |items: Arc<[PutOff]>| {
                 let db = db.clone();
                 async move {
                     store::lifecycle::note_put_offs(&db, &items).await?;

@@ -8,7 +8,8 @@
 
 use std::time::Duration;
 
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::domain::jobs::DeliveryJob;
@@ -21,9 +22,10 @@ use crate::{
 const BUFFER: usize = 50_000;
 const BATCH: usize = 500;
 
+/// The pusher's handle. Its task is the caller's tracker's: once every handle is dropped it
+/// pushes what is buffered and ends.
 pub struct Enqueuer {
     tx: mpsc::Sender<NewJob>,
-    task: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Enqueuer {
@@ -33,10 +35,10 @@ impl std::fmt::Debug for Enqueuer {
 }
 
 impl Enqueuer {
-    pub fn start(queue: Queue) -> Self {
+    pub fn start(queue: Queue, tasks: &TaskTracker) -> Self {
         let (tx, rx) = mpsc::channel(BUFFER);
-        let task = tokio::spawn(run(queue, rx));
-        Self { tx, task }
+        tasks.spawn(run(queue, rx));
+        Self { tx }
     }
 
     /// Hands a committed message's job to the pusher. Never waits: when the buffer is full
@@ -68,12 +70,6 @@ impl Enqueuer {
                 "enqueue buffer full; the outbox sweep will push this message"
             );
         }
-    }
-
-    /// Pushes what is buffered, then stops.
-    pub async fn shutdown(self) {
-        drop(self.tx);
-        let _ = self.task.await;
     }
 }
 

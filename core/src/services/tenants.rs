@@ -8,6 +8,7 @@ use chrono::NaiveTime;
 use rand::RngExt;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use tokio_util::task::TaskTracker;
 
 use crate::{
     batch::Batcher,
@@ -139,8 +140,8 @@ pub struct KeyLookup {
 }
 
 impl KeyLookup {
-    pub fn start(db: PgPool) -> Self {
-        let batcher = Batcher::spawn(256, 2, move |hashes: Arc<[Vec<u8>]>| {
+    pub fn start(db: PgPool, tasks: &TaskTracker) -> Self {
+        let batcher = Batcher::spawn(tasks, 256, 2, move |hashes: Arc<[Vec<u8>]>| {
             let db = db.clone();
             async move {
                 let found: HashMap<Vec<u8>, (TenantRow, String)> =
