@@ -313,7 +313,9 @@ async fn heraldctl_refuses_usage_errors_with_exit_2_before_calling_the_api() {
     let unknown = heraldctl_with(&env, &["frobnicate"]).await;
     assert_eq!(unknown.code, 2, "{unknown:?}");
     assert!(
-        unknown.stderr.contains("unknown command `frobnicate`"),
+        unknown
+            .stderr
+            .contains("unrecognized subcommand 'frobnicate'"),
         "{unknown:?}"
     );
 

@@ -1,22 +1,18 @@
-//! The command line, parsed by hand into an [`Invocation`]: a handful of commands and flags
-//! do not need a parser crate. Flags may come anywhere (`--json` before or after the
-//! command), as `--flag value` or `--flag=value`. Each command takes the flags it knows and
-//! refuses the rest, so a flag given to the wrong command is an error, never silently ignored.
-
-use std::collections::{BTreeMap, VecDeque};
+//! The command line, parsed with clap into an [`Invocation`]. Global flags may come anywhere
+//! (`--json` before or after the command), as `--flag value` or `--flag=value`; every command
+//! and subcommand has `--help`; a flag given to the wrong command is an error, never silently
+//! ignored. What clap cannot check (a `--since` relative to now, bulk replay said out loud) is
+//! checked here, before any call.
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum, error::ErrorKind};
 
 use crate::failure::Failure;
 
-pub const USAGE: &str = "\
-heraldctl: operate a Herald deployment through its HTTP API
-
-usage: heraldctl [--url URL] [--token TOKEN] [--json] COMMAND
-
-commands:
+/// Printed under `heraldctl --help`: every command line in one screen, the filter, the exit codes.
+const OVERVIEW: &str = "\
+commands in full:
   tenants create --name NAME [--timezone TZ] [--sms-from +1...] [--email-from ADDR] [--no-quiet-hours]
-                                create a tenant and its first API key (the key is shown once)
   keys create TENANT_ID         another API key for a tenant
   keys revoke KEY_PREFIX        revoke a key; it stops working at once
   queues                        each queue's pending, scheduled, running and dead jobs, and throughput
@@ -27,23 +23,15 @@ commands:
   dlq replay --all              replay every not yet replayed dead letter
   dlq delete ID                 delete a dead letter
   messages show ID              any tenant's message with its events
-  help                          this text
 
 FILTER: --queue QUEUE  --tenant TENANT_ID  --reason exhausted|rejected
         --since TIME (RFC 3339, or a duration ago: 30m, 1h, 2d)
 
-options:
-  --url URL      the API's address (env HERALD_URL; default http://127.0.0.1:8080)
-  --token TOKEN  the ops token (env HERALD_OPS_TOKEN; required)
-  --json         print the API's JSON answer, pretty, instead of tables
-                 (dlq list joins its pages into one {\"data\", \"next_cursor\"};
-                 commands the API answers with no body print nothing)
-
-exit codes: 0 done; 1 the API refused or failed; 2 usage error; 3 the API could not be reached
-";
+`heraldctl COMMAND --help` describes one command.
+exit codes: 0 done; 1 the API refused or failed; 2 usage error; 3 the API could not be reached";
 
 /// The most dead letters `dlq list` prints unless told otherwise.
-const DEFAULT_LIST_LIMIT: usize = 100;
+const DEFAULT_LIST_LIMIT: u32 = 100;
 
 /// What to do, and how to reach and talk to the API.
 #[derive(Debug)]
@@ -58,7 +46,8 @@ pub struct Invocation {
 
 #[derive(Debug, PartialEq)]
 pub enum Command {
-    Help,
+    /// Help text to print, and nothing to call.
+    Help(String),
     TenantsCreate(NewTenant),
     KeysCreate {
         tenant_id: String,
@@ -90,12 +79,22 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Debug, PartialEq, Args)]
 pub struct NewTenant {
+    /// The tenant's name
+    #[arg(long)]
     pub name: String,
+    /// IANA time zone for quiet hours and daily messages (default UTC)
+    #[arg(long, value_name = "TZ")]
     pub timezone: Option<String>,
+    /// The Twilio number SMS are sent from
+    #[arg(long, value_name = "+1...")]
     pub sms_from: Option<String>,
+    /// The address email is sent from
+    #[arg(long, value_name = "ADDR")]
     pub email_from: Option<String>,
+    /// Send SMS at any hour
+    #[arg(long)]
     pub no_quiet_hours: bool,
 }
 
@@ -114,134 +113,146 @@ impl DlqFilter {
     }
 }
 
-/// Every flag, and whether it takes a value. One table for all commands, so the command line
-/// can be split into words and flags before the command is known.
-const FLAGS: &[(&str, bool)] = &[
-    ("url", true),
-    ("token", true),
-    ("json", false),
-    ("help", false),
-    ("name", true),
-    ("timezone", true),
-    ("sms-from", true),
-    ("email-from", true),
-    ("no-quiet-hours", false),
-    ("queue", true),
-    ("tenant", true),
-    ("reason", true),
-    ("since", true),
-    ("limit", true),
-    ("filter", false),
-    ("all", false),
-];
-
-/// The command line split into positional words and flags; commands take from it what they
-/// accept, and [`Args::finish`] refuses whatever is left.
-#[derive(Debug)]
-struct Args {
-    words: VecDeque<String>,
-    /// Flag name → its value (`None` for a switch).
-    flags: BTreeMap<&'static str, Option<String>>,
+/// The command line as clap reads it.
+#[derive(Debug, Parser)]
+#[command(
+    name = "heraldctl",
+    about = "operate a Herald deployment through its HTTP API",
+    after_help = OVERVIEW
+)]
+struct Line {
+    /// The API's address (env HERALD_URL; default http://127.0.0.1:8080)
+    #[arg(long, global = true, value_name = "URL")]
+    url: Option<String>,
+    /// The ops token (env HERALD_OPS_TOKEN; required)
+    #[arg(long, global = true, value_name = "TOKEN")]
+    token: Option<String>,
+    /// Print the API's JSON answer instead of tables (`dlq list`: its pages joined)
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Option<Group>,
 }
 
-impl Args {
-    fn split(args: impl IntoIterator<Item = String>) -> Result<Self, Failure> {
-        let mut words = VecDeque::new();
-        let mut flags = BTreeMap::new();
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            if arg == "--" {
-                words.extend(args.by_ref());
-                break;
-            }
-            if arg == "-h" {
-                flags.insert("help", None);
-                continue;
-            }
-            let Some(flag) = arg.strip_prefix("--") else {
-                if arg.starts_with('-') && arg.len() > 1 {
-                    return Err(Failure::usage(format!("unknown flag `{arg}`")));
-                }
-                words.push_back(arg);
-                continue;
-            };
-            let (name, inline) = match flag.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_owned())),
-                None => (flag, None),
-            };
-            let Some(&(name, takes_value)) = FLAGS.iter().find(|(n, _)| *n == name) else {
-                return Err(Failure::usage(format!("unknown flag `--{name}`")));
-            };
-            let value = match (takes_value, inline) {
-                (true, Some(v)) => Some(v),
-                // A value that looks like a flag is almost always a forgotten value.
-                (true, None) => match args.next() {
-                    Some(v) if !v.starts_with("--") => Some(v),
-                    _ => return Err(Failure::usage(format!("`--{name}` needs a value"))),
-                },
-                (false, Some(_)) => {
-                    return Err(Failure::usage(format!("`--{name}` takes no value")));
-                }
-                (false, None) => None,
-            };
-            if flags.insert(name, value).is_some() {
-                return Err(Failure::usage(format!("`--{name}` is given twice")));
-            }
-        }
-        Ok(Self { words, flags })
-    }
+#[derive(Debug, Subcommand)]
+enum Group {
+    /// Tenants
+    #[command(subcommand)]
+    Tenants(Tenants),
+    /// API keys
+    #[command(subcommand)]
+    Keys(Keys),
+    /// Each queue's pending, scheduled, running and dead jobs, and throughput
+    Queues,
+    /// The dead-letter queue
+    #[command(subcommand)]
+    Dlq(Dlq),
+    /// Messages of any tenant
+    #[command(subcommand)]
+    Messages(Messages),
+}
 
-    fn value(&mut self, name: &str) -> Option<String> {
-        self.flags.remove(name).flatten()
-    }
+#[derive(Debug, Subcommand)]
+enum Tenants {
+    /// Create a tenant and its first API key (the key is shown once)
+    Create(NewTenant),
+}
 
-    fn switch(&mut self, name: &str) -> bool {
-        self.flags.remove(name).is_some()
-    }
+#[derive(Debug, Subcommand)]
+enum Keys {
+    /// Another API key for a tenant
+    Create {
+        #[arg(value_name = "TENANT_ID")]
+        tenant_id: String,
+    },
+    /// Revoke a key; it stops working at once
+    Revoke {
+        #[arg(value_name = "KEY_PREFIX")]
+        key_prefix: String,
+    },
+}
 
-    fn next_word(&mut self) -> Option<String> {
-        self.words.pop_front()
-    }
+#[derive(Debug, Subcommand)]
+enum Dlq {
+    /// Dead letters, newest first (every page, up to --limit)
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// The most dead letters to print
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_LIST_LIMIT,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+    },
+    /// One dead letter with its error history
+    Show {
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Send a dead letter's message again in a fresh run: one ID, or in bulk with --filter
+    /// FILTER or --all
+    Replay {
+        #[arg(value_name = "ID")]
+        id: Option<String>,
+        /// Replay every not yet replayed dead letter the filter selects
+        #[arg(long)]
+        filter: bool,
+        /// Replay every not yet replayed dead letter
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        matching: FilterArgs,
+    },
+    /// Delete a dead letter
+    Delete {
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+}
 
-    /// The next positional argument, which `command` requires.
-    fn word(&mut self, command: &str, what: &str) -> Result<String, Failure> {
-        self.next_word()
-            .ok_or_else(|| Failure::usage(format!("`{command}` needs {what}")))
-    }
+#[derive(Debug, Subcommand)]
+enum Messages {
+    /// Any tenant's message with its events
+    Show {
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+}
 
-    /// Refuses anything the command did not take.
-    fn finish(self, command: &str) -> Result<(), Failure> {
-        if let Some(word) = self.words.front() {
-            return Err(Failure::usage(format!(
-                "unexpected argument `{word}` after `{command}`"
-            )));
-        }
-        if let Some(flag) = self.flags.keys().next() {
-            return Err(Failure::usage(format!(
-                "`{command}` does not take `--{flag}`"
-            )));
-        }
-        Ok(())
-    }
+#[derive(Debug, Args)]
+struct FilterArgs {
+    /// Only this queue's dead letters
+    #[arg(long, value_name = "QUEUE")]
+    queue: Option<String>,
+    /// Only this tenant's dead letters
+    #[arg(long, value_name = "TENANT_ID")]
+    tenant: Option<String>,
+    /// Why they died: retries exhausted, or rejected by the provider
+    #[arg(long, value_enum)]
+    reason: Option<Reason>,
+    /// Died at or after TIME (RFC 3339, or a duration ago: 30m, 1h, 2d)
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+}
 
-    fn dlq_filter(&mut self, now: DateTime<Utc>) -> Result<DlqFilter, Failure> {
-        let reason = self.value("reason");
-        if let Some(r) = &reason
-            && r != "exhausted"
-            && r != "rejected"
-        {
-            return Err(Failure::usage(format!(
-                "`--reason` is `exhausted` or `rejected`, not `{r}`"
-            )));
-        }
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Reason {
+    Exhausted,
+    Rejected,
+}
+
+impl FilterArgs {
+    fn into_filter(self, now: DateTime<Utc>) -> Result<DlqFilter, Failure> {
         Ok(DlqFilter {
-            queue: self.value("queue"),
-            tenant_id: self.value("tenant"),
-            reason,
-            since: self
-                .value("since")
-                .map(|s| parse_since(&s, now))
-                .transpose()?,
+            queue: self.queue,
+            tenant_id: self.tenant,
+            reason: self.reason.map(|r| {
+                match r {
+                    Reason::Exhausted => "exhausted",
+                    Reason::Rejected => "rejected",
+                }
+                .to_owned()
+            }),
+            since: self.since.map(|s| parse_since(&s, now)).transpose()?,
         })
     }
 }
@@ -251,84 +262,67 @@ pub fn parse(
     args: impl IntoIterator<Item = String>,
     now: DateTime<Utc>,
 ) -> Result<Invocation, Failure> {
-    let mut args = Args::split(args)?;
-    let url = args.value("url");
-    let token = args.value("token");
-    let json = args.switch("json");
-    let command = if args.switch("help") {
-        Command::Help
-    } else {
-        command(args, now)?
+    let argv = std::iter::once("heraldctl".to_owned()).chain(args);
+    let line = match Line::try_parse_from(argv) {
+        Ok(line) => line,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            return Ok(help(e.render().to_string()));
+        }
+        Err(e) => return Err(Failure::Cli(e.render().to_string())),
+    };
+    let command = match line.command {
+        None => Command::Help(Line::command().render_help().to_string()),
+        Some(group) => command(group, now)?,
     };
     Ok(Invocation {
         command,
-        url,
-        token,
-        json,
+        url: line.url,
+        token: line.token,
+        json: line.json,
     })
 }
 
-fn command(mut args: Args, now: DateTime<Utc>) -> Result<Command, Failure> {
-    let Some(group) = args.next_word() else {
-        return Ok(Command::Help);
-    };
-    let (name, command) = match group.as_str() {
-        "help" => return Ok(Command::Help),
-        "queues" => ("queues".to_owned(), Command::Queues),
-        "tenants" | "keys" | "dlq" | "messages" => {
-            let sub = args.word(&group, "a subcommand")?;
-            let name = format!("{group} {sub}");
-            let command = match (group.as_str(), sub.as_str()) {
-                ("tenants", "create") => Command::TenantsCreate(NewTenant {
-                    name: args
-                        .value("name")
-                        .ok_or_else(|| Failure::usage("`tenants create` needs `--name NAME`"))?,
-                    timezone: args.value("timezone"),
-                    sms_from: args.value("sms-from"),
-                    email_from: args.value("email-from"),
-                    no_quiet_hours: args.switch("no-quiet-hours"),
-                }),
-                ("keys", "create") => Command::KeysCreate {
-                    tenant_id: args.word(&name, "a TENANT_ID")?,
-                },
-                ("keys", "revoke") => Command::KeysRevoke {
-                    key_prefix: args.word(&name, "a KEY_PREFIX")?,
-                },
-                ("dlq", "list") => Command::DlqList {
-                    filter: args.dlq_filter(now)?,
-                    limit: match args.value("limit") {
-                        None => DEFAULT_LIST_LIMIT,
-                        Some(raw) => parse_limit(&raw)?,
-                    },
-                },
-                ("dlq", "show") => Command::DlqShow {
-                    id: args.word(&name, "a dead letter ID")?,
-                },
-                ("dlq", "replay") => dlq_replay(&mut args, now)?,
-                ("dlq", "delete") => Command::DlqDelete {
-                    id: args.word(&name, "a dead letter ID")?,
-                },
-                ("messages", "show") => Command::MessagesShow {
-                    id: args.word(&name, "a message ID")?,
-                },
-                _ => return Err(Failure::usage(format!("unknown command `{name}`"))),
-            };
-            (name, command)
-        }
-        other => return Err(Failure::usage(format!("unknown command `{other}`"))),
-    };
-    args.finish(&name)?;
-    Ok(command)
+fn help(text: String) -> Invocation {
+    Invocation {
+        command: Command::Help(text),
+        url: None,
+        token: None,
+        json: false,
+    }
+}
+
+fn command(group: Group, now: DateTime<Utc>) -> Result<Command, Failure> {
+    Ok(match group {
+        Group::Tenants(Tenants::Create(new)) => Command::TenantsCreate(new),
+        Group::Keys(Keys::Create { tenant_id }) => Command::KeysCreate { tenant_id },
+        Group::Keys(Keys::Revoke { key_prefix }) => Command::KeysRevoke { key_prefix },
+        Group::Queues => Command::Queues,
+        Group::Dlq(Dlq::List { filter, limit }) => Command::DlqList {
+            filter: filter.into_filter(now)?,
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+        },
+        Group::Dlq(Dlq::Show { id }) => Command::DlqShow { id },
+        Group::Dlq(Dlq::Replay {
+            id,
+            filter,
+            all,
+            matching,
+        }) => dlq_replay(id, filter, all, matching.into_filter(now)?)?,
+        Group::Dlq(Dlq::Delete { id }) => Command::DlqDelete { id },
+        Group::Messages(Messages::Show { id }) => Command::MessagesShow { id },
+    })
 }
 
 /// `dlq replay ID`, or in bulk with `--filter ...` or `--all`. Bulk replay is refused here,
 /// before any call, unless it is explicit: a bare `--filter` would otherwise read as "replay
 /// everything" to a person and as nothing to the API.
-fn dlq_replay(args: &mut Args, now: DateTime<Utc>) -> Result<Command, Failure> {
-    let filter_flag = args.switch("filter");
-    let all = args.switch("all");
-    let filter = args.dlq_filter(now)?;
-    match args.next_word() {
+fn dlq_replay(
+    id: Option<String>,
+    filter_flag: bool,
+    all: bool,
+    filter: DlqFilter,
+) -> Result<Command, Failure> {
+    match id {
         Some(id) if !filter_flag && !all && filter.is_empty() => Ok(Command::DlqReplay { id }),
         Some(_) => Err(Failure::usage(
             "`dlq replay` takes either one ID or `--filter`/`--all`, not both",
@@ -346,15 +340,6 @@ fn dlq_replay(args: &mut Args, now: DateTime<Utc>) -> Result<Command, Failure> {
         None => Err(Failure::usage(
             "`dlq replay` needs a dead letter ID, `--filter` with a filter, or `--all`",
         )),
-    }
-}
-
-fn parse_limit(raw: &str) -> Result<usize, Failure> {
-    match raw.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(Failure::usage(format!(
-            "`--limit` is a whole number above 0, not `{raw}`"
-        ))),
     }
 }
 
@@ -402,18 +387,48 @@ mod tests {
         parse(line.split_whitespace().map(str::to_owned), now())
     }
 
+    /// What a mistaken line prints after `heraldctl: `, exit code 2 either way.
     fn usage_error(line: &str) -> String {
         match parse_line(line) {
-            Err(Failure::Usage(m)) => m,
+            Err(f @ (Failure::Usage(_) | Failure::Cli(_))) => {
+                assert_eq!(f.exit_code(), 2, "{line}");
+                f.to_string()
+            }
             other => panic!("`{line}` should be a usage error, got {other:?}"),
         }
     }
 
-    #[test]
-    fn no_arguments_and_help_flags_mean_help() {
-        for line in ["", "help", "--help", "-h", "dlq list --help"] {
-            assert_eq!(parse_line(line).unwrap().command, Command::Help, "{line}");
+    fn help_text(line: &str) -> String {
+        match parse_line(line) {
+            Ok(Invocation {
+                command: Command::Help(text),
+                ..
+            }) => text,
+            other => panic!("`{line}` should print help, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn no_arguments_help_and_help_flags_print_help() {
+        for line in ["", "help", "--help", "-h"] {
+            let text = help_text(line);
+            assert!(
+                text.contains("dlq replay --filter FILTER"),
+                "{line}: {text}"
+            );
+            assert!(text.contains("exit codes"), "{line}: {text}");
+        }
+    }
+
+    #[test]
+    fn every_command_has_its_own_help() {
+        let list = help_text("dlq list --help");
+        assert!(list.contains("--since <TIME>"), "{list}");
+        assert!(list.contains("--limit <N>"), "{list}");
+        let replay = help_text("help dlq replay");
+        assert!(replay.contains("--all"), "{replay}");
+        let create = help_text("tenants create -h");
+        assert!(create.contains("--no-quiet-hours"), "{create}");
     }
 
     #[test]
@@ -486,19 +501,30 @@ mod tests {
 
     #[test]
     fn mistakes_are_usage_errors_that_say_what_is_wrong() {
-        assert!(usage_error("frobnicate").contains("unknown command `frobnicate`"));
-        assert!(usage_error("dlq frobnicate").contains("unknown command `dlq frobnicate`"));
-        assert!(usage_error("queues --verbose").contains("unknown flag `--verbose`"));
-        assert!(usage_error("queues --queue x").contains("`queues` does not take `--queue`"));
-        assert!(usage_error("dlq show").contains("needs a dead letter ID"));
-        assert!(usage_error("dlq show a b").contains("unexpected argument `b`"));
+        assert!(usage_error("frobnicate").contains("unrecognized subcommand 'frobnicate'"));
+        assert!(usage_error("dlq frobnicate").contains("unrecognized subcommand 'frobnicate'"));
+        assert!(usage_error("queues --verbose").contains("unexpected argument '--verbose'"));
+        assert!(usage_error("queues --queue x").contains("unexpected argument '--queue'"));
+        assert!(usage_error("dlq show").contains("<ID>"));
+        assert!(usage_error("dlq show a b").contains("unexpected argument 'b'"));
         assert!(usage_error("dlq list --limit 0").contains("--limit"));
-        assert!(usage_error("dlq list --reason tired").contains("exhausted"));
-        assert!(usage_error("dlq list --queue").contains("needs a value"));
-        assert!(usage_error("dlq list --queue --json").contains("needs a value"));
-        assert!(usage_error("dlq list --json=yes").contains("takes no value"));
-        assert!(usage_error("dlq list --limit 1 --limit 2").contains("twice"));
-        assert!(usage_error("tenants create").contains("--name"));
-        assert!(usage_error("keys").contains("subcommand"));
+        let reason = usage_error("dlq list --reason tired");
+        assert!(
+            reason.contains("exhausted") && reason.contains("rejected"),
+            "{reason}"
+        );
+        assert!(usage_error("dlq list --queue").contains("a value is required"));
+        assert!(usage_error("dlq list --queue --json").contains("a value is required"));
+        assert!(usage_error("dlq list --json=yes").contains("--json"));
+        assert!(
+            usage_error("dlq list --limit 1 --limit 2").contains("cannot be used multiple times")
+        );
+        assert!(usage_error("tenants create").contains("--name <NAME>"));
+        assert!(usage_error("keys").contains("Usage: heraldctl keys"));
+        assert!(usage_error("dlq list --since yesterday").contains("`--since`"));
+        assert!(
+            usage_error("dlq lst").contains("similar"),
+            "a near miss is named"
+        );
     }
 }

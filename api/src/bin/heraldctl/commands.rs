@@ -21,7 +21,7 @@ const LAST_ERROR_WIDTH: usize = 60;
 pub async fn run(client: &Client, command: &Command, json: bool) -> Result<String, Failure> {
     let (answer, human) = match command {
         // Handled before a client exists; here for completeness.
-        Command::Help => return Ok(crate::cli::USAGE.to_owned()),
+        Command::Help(text) => return Ok(text.clone()),
         Command::TenantsCreate(new) => {
             let t = client
                 .post(&["v1", "admin", "tenants"], Some(&tenant_body(new)))

@@ -13,6 +13,8 @@ pub enum Failure {
     /// Exit 2: the command line is wrong (unknown command or flag, missing argument, a value
     /// that cannot be right). Nothing was sent.
     Usage(String),
+    /// Exit 2: what clap refused, in its words (with the usage line and a pointer to `--help`).
+    Cli(String),
     /// Exit 1: the API answered with an error status.
     Api { status: StatusCode, error: ApiError },
     /// Exit 1: the API answered 2xx with something that is not the JSON it promises, or the
@@ -41,7 +43,7 @@ impl Failure {
 
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Usage(_) => 2,
+            Self::Usage(_) | Self::Cli(_) => 2,
             Self::Api { .. } | Self::Unexpected(_) => 1,
             Self::Unreachable { .. } => 3,
         }
@@ -52,8 +54,9 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Usage(message) => {
-                write!(f, "{message}\nrun `heraldctl help` for usage")
+                write!(f, "{message}\nrun `heraldctl --help` for usage")
             }
+            Self::Cli(text) => f.write_str(text.trim_start_matches("error: ").trim_end()),
             Self::Api {
                 status,
                 error:

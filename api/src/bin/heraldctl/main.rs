@@ -36,8 +36,8 @@ async fn main() -> ExitCode {
 
 async fn run(args: impl Iterator<Item = String>) -> Result<String, Failure> {
     let invocation = cli::parse(args, chrono::Utc::now())?;
-    if invocation.command == Command::Help {
-        return Ok(cli::USAGE.to_owned());
+    if let Command::Help(text) = invocation.command {
+        return Ok(text);
     }
     let client = connect(&invocation)?;
     commands::run(&client, &invocation.command, invocation.json).await
