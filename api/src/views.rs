@@ -389,7 +389,7 @@ impl Appointment {
             id: a.id,
             contact_id: a.contact_id,
             starts_at: time(a.starts_at),
-            channel: a.channel,
+            channel: a.channel.as_str().to_owned(),
             body_template: a.body_template,
             reminders: reminders.into_iter().map(Into::into).collect(),
             canceled_at: opt_time(a.canceled_at),
@@ -432,7 +432,7 @@ impl From<herald_core::store::subscriptions::SubscriptionRow> for Subscription {
             id: s.id,
             contact_id: s.contact_id,
             send_at_local: s.send_at_local.format("%H:%M").to_string(),
-            channel: s.channel,
+            channel: s.channel.as_str().to_owned(),
             content: SubscriptionContent {
                 kind: s.content_kind,
                 body,

@@ -343,7 +343,7 @@ pub async fn send_status(
     Ok(Json(views::GroupSendStatus {
         id: g.id,
         group_id: g.group_id,
-        channel: g.channel,
+        channel: g.channel.as_str().to_owned(),
         recipients: g.recipients,
         counts,
         created_at: views::time(g.created_at),

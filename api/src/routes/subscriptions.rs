@@ -5,9 +5,9 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
 };
-use chrono::Utc;
+use chrono::{NaiveTime, Utc};
 use herald_core::{
-    domain::{SmsText, is_id, new_id, parse_local_time},
+    domain::{Channel, SmsText, is_id, new_id, parse_local_time},
     schedule::first_daily_date,
     store::{
         contacts,
@@ -35,78 +35,29 @@ pub async fn create(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
 ) -> ApiResult<(StatusCode, Json<views::Subscription>)> {
-    let mut f = Fields::new(body)?;
-    let contact_id = f.req_str("contact_id")?;
-    let at = f.req_str("send_at_local")?;
-    let send_at_local = parse_local_time(&at).map_err(|e| f.invalid_value("send_at_local", e.0))?;
-    let channel = match f.opt_str("channel")?.as_deref() {
-        None | Some("sms") => "sms",
-        Some("email") => "email",
-        Some(other) => {
-            return Err(f.invalid_value(
-                "channel",
-                format!("daily messages go by sms or email, not `{other}`"),
-            ));
-        }
-    };
-    let mut content = f
-        .opt_object("content")?
-        .ok_or_else(|| f.missing("content"))?;
-    let kind = content.req_str("kind")?;
-    let (kind, text) = match kind.as_str() {
-        "static" => ("static", content.req_str("body")?),
-        "ai" => ("ai", content.req_str("prompt")?),
-        other => {
-            return Err(content.invalid_value(
-                "kind",
-                format!("`content.kind` must be static or ai, not `{other}`"),
-            ));
-        }
-    };
-    let text = match SmsText::parse(text) {
-        Ok(text) => text.into_string(),
-        Err(_) => {
-            let field = if kind == "ai" { "prompt" } else { "body" };
-            return Err(content.invalid_value(
-                field,
-                format!(
-                    "`content.{field}` must be 1 to {} characters",
-                    SmsText::MAX_CHARS
-                ),
-            ));
-        }
-    };
-    content.finish()?;
-    f.finish()?;
-    if !is_id("ct", &contact_id) {
-        return Err(ApiError::invalid(
+    let new = parse_new(body)?;
+    let unknown = || {
+        ApiError::invalid(
             "unknown_contact",
             "contact_id",
-            format!("there is no contact {contact_id}"),
-        ));
-    }
-    let contact = contacts::get(&state.db, &auth.tenant.id, &contact_id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::invalid(
-                "unknown_contact",
-                "contact_id",
-                format!("there is no contact {contact_id}"),
-            )
-        })?;
-    let has_address = if channel == "sms" {
-        contact.phone.is_some()
-    } else {
-        contact.email.is_some()
+            format!("there is no contact {}", new.contact_id),
+        )
     };
-    if !has_address {
+    if !is_id("ct", &new.contact_id) {
+        return Err(unknown());
+    }
+    let contact = contacts::get(&state.db, &auth.tenant.id, &new.contact_id)
+        .await?
+        .ok_or_else(unknown)?;
+    let (address, what) = match new.channel {
+        Channel::Email => (&contact.email, "email"),
+        _ => (&contact.phone, "phone"),
+    };
+    if address.is_none() {
         return Err(ApiError::invalid(
             "invalid_value",
             "contact_id",
-            format!(
-                "the contact has no {} address for {channel}",
-                if channel == "sms" { "phone" } else { "email" }
-            ),
+            format!("the contact has no {what} address for {}", new.channel),
         ));
     }
     let zone: chrono_tz::Tz = contact
@@ -119,17 +70,77 @@ pub async fn create(
         id: new_id("sub"),
         tenant_id: auth.tenant.id.clone(),
         contact_id: contact.id,
-        send_at_local,
-        channel: channel.to_owned(),
-        content_kind: kind.to_owned(),
-        content: text,
-        first_date: first_daily_date(Utc::now(), zone, send_at_local),
+        send_at_local: new.send_at_local,
+        channel: new.channel,
+        content_kind: new.kind.to_owned(),
+        content: new.text,
+        first_date: first_daily_date(Utc::now(), zone, new.send_at_local),
         last_date: None,
         created_at: Utc::now(),
         deleted_at: None,
     };
     let created = subscriptions::insert(&state.db, &row).await?;
     Ok((StatusCode::CREATED, Json(created.into())))
+}
+
+/// A subscription request, checked field by field.
+struct NewSubscription {
+    contact_id: String,
+    send_at_local: NaiveTime,
+    channel: Channel,
+    /// `static` or `ai`.
+    kind: &'static str,
+    /// The body, or the prompt.
+    text: String,
+}
+
+fn parse_new(body: serde_json::Value) -> Result<NewSubscription, ApiError> {
+    let mut f = Fields::new(body)?;
+    let contact_id = f.req_str("contact_id")?;
+    let at = f.req_str("send_at_local")?;
+    let send_at_local = parse_local_time(&at).map_err(|e| f.invalid_value("send_at_local", e.0))?;
+    let channel = match f.opt_str("channel")?.as_deref() {
+        None | Some("sms") => Channel::Sms,
+        Some("email") => Channel::Email,
+        Some(other) => {
+            return Err(f.invalid_value(
+                "channel",
+                format!("daily messages go by sms or email, not `{other}`"),
+            ));
+        }
+    };
+    let mut content = f
+        .opt_object("content")?
+        .ok_or_else(|| f.missing("content"))?;
+    let kind = content.req_str("kind")?;
+    let (kind, field) = match kind.as_str() {
+        "static" => ("static", "body"),
+        "ai" => ("ai", "prompt"),
+        other => {
+            return Err(content.invalid_value(
+                "kind",
+                format!("`content.kind` must be static or ai, not `{other}`"),
+            ));
+        }
+    };
+    let text = SmsText::parse(content.req_str(field)?).map_err(|_| {
+        content.invalid_value(
+            field,
+            format!(
+                "`content.{field}` must be 1 to {} characters",
+                SmsText::MAX_CHARS
+            ),
+        )
+    })?;
+    content.finish()?;
+    f.finish()?;
+    Ok(NewSubscription {
+        contact_id,
+        send_at_local,
+        channel,
+        kind,
+        text: text.into_string(),
+    })
 }
 
 /// A subscription.

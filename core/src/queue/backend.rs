@@ -535,27 +535,8 @@ async fn fetch_loop<J: DeserializeOwned + Send + 'static>(
     let name = shared.queue.name().to_owned();
     let mut backoff = Duration::from_millis(50);
     loop {
-        // Wait for room: never lease more jobs than this process can run.
-        let first = tokio::select! {
-            _ = shared.cancel.cancelled() => return,
-            permit = shared.capacity.acquire() => permit,
-        };
-        let Ok(first) = first else { return };
-        first.forget();
-        let mut n = 1;
-        let extra = shared
-            .capacity
-            .available_permits()
-            .min(opts.batch.saturating_sub(1));
-        if extra > 0
-            && let Ok(more) = shared.capacity.try_acquire_many(extra as u32)
-        {
-            more.forget();
-            n += extra;
-        }
-
-        let fetched = shared.queue.fetch(n, opts.lease, &shared.token).await;
-        let batch = match fetched {
+        let Some(n) = room(&shared).await else { return };
+        let batch = match shared.queue.fetch(n, opts.lease, &shared.token).await {
             Ok(batch) => {
                 backoff = Duration::from_millis(50);
                 batch
@@ -575,44 +556,7 @@ async fn fetch_loop<J: DeserializeOwned + Send + 'static>(
         let got = batch.jobs.len();
         shared.capacity.add_permits(n - got);
         for job in batch.jobs {
-            let args = match serde_json::from_str::<J>(&job.payload) {
-                Ok(args) => args,
-                Err(e) => {
-                    let meta = JobMeta {
-                        id: job.id,
-                        attempt: job.attempt,
-                        queue: name.clone(),
-                    };
-                    shared.leased().insert(meta.id.clone());
-                    let settle = Settle::Dead {
-                        error: format!("the job's payload could not be decoded: {e}"),
-                    };
-                    shared
-                        .finish(&meta, &Err(String::new()), Some(settle))
-                        .await;
-                    continue;
-                }
-            };
-            shared.leased().insert(job.id.clone());
-            let meta = JobMeta {
-                id: job.id.clone(),
-                attempt: job.attempt,
-                queue: name.clone(),
-            };
-            let task = TaskBuilder::new(args)
-                .task_id(TaskId::String(job.id.clone()))
-                // apalis counts the attempt up by one when the task starts.
-                .attempt(job.attempt.saturating_sub(1) as usize)
-                .data(meta)
-                .build();
-            if tx.send(task).await.is_err() {
-                // The worker is gone: hand the job straight back.
-                shared.leased().remove(&job.id);
-                shared.capacity.add_permits(1);
-                let _ = shared
-                    .queue
-                    .release(std::slice::from_ref(&job.id), &shared.token)
-                    .await;
+            if !hand_over(&shared, &tx, &name, job).await {
                 return;
             }
         }
@@ -633,6 +577,73 @@ async fn fetch_loop<J: DeserializeOwned + Send + 'static>(
             }
         }
     }
+}
+
+/// Waits for room and takes it: never lease more jobs than this process can run. Returns how
+/// many jobs to lease (at least one, at most a batch), or `None` when the worker stops.
+async fn room(shared: &Shared) -> Option<usize> {
+    let first = tokio::select! {
+        _ = shared.cancel.cancelled() => return None,
+        permit = shared.capacity.acquire() => permit,
+    };
+    first.ok()?.forget();
+    let mut n = 1;
+    let extra = shared
+        .capacity
+        .available_permits()
+        .min(shared.opts.batch.saturating_sub(1));
+    if extra > 0
+        && let Ok(more) = shared.capacity.try_acquire_many(extra as u32)
+    {
+        more.forget();
+        n += extra;
+    }
+    Some(n)
+}
+
+/// Hands one leased job to the worker. A payload that cannot be decoded goes dead at once.
+/// Returns false when the worker is gone (the job is handed back to the queue).
+async fn hand_over<J: DeserializeOwned>(
+    shared: &Shared,
+    tx: &mpsc::Sender<Task<J>>,
+    name: &str,
+    job: Leased,
+) -> bool {
+    let meta = JobMeta {
+        id: job.id.clone(),
+        attempt: job.attempt,
+        queue: name.to_owned(),
+    };
+    shared.leased().insert(job.id.clone());
+    let args = match serde_json::from_str::<J>(&job.payload) {
+        Ok(args) => args,
+        Err(e) => {
+            let settle = Settle::Dead {
+                error: format!("the job's payload could not be decoded: {e}"),
+            };
+            shared
+                .finish(&meta, &Err(String::new()), Some(settle))
+                .await;
+            return true;
+        }
+    };
+    let task = TaskBuilder::new(args)
+        .task_id(TaskId::String(job.id.clone()))
+        // apalis counts the attempt up by one when the task starts.
+        .attempt(job.attempt.saturating_sub(1) as usize)
+        .data(meta)
+        .build();
+    if tx.send(task).await.is_err() {
+        // The worker is gone: hand the job straight back.
+        shared.leased().remove(&job.id);
+        shared.capacity.add_permits(1);
+        let _ = shared
+            .queue
+            .release(std::slice::from_ref(&job.id), &shared.token)
+            .await;
+        return false;
+    }
+    true
 }
 
 async fn heartbeat_loop(shared: Arc<Shared>) {

@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use anyhow::Context;
 
 use crate::{
-    domain::{Channel, FieldError, jobs::DeliveryJob, new_id},
+    domain::{Channel, FieldError, MessageStatus, jobs::DeliveryJob, new_id},
     queue::Queue,
     schedule::render,
     store::{
@@ -121,11 +121,11 @@ fn reminder(
         a.starts_at,
         zone(contact, tenant),
     );
-    let mut row = NewMessageRow::outbound(&tenant.id, &a.channel, to, from, &body, "api");
-    if a.channel == "email" {
+    let mut row = NewMessageRow::outbound(&tenant.id, a.channel, to, from, &body, "api");
+    if a.channel == Channel::Email {
         row.subject = Some(format!("Reminder: {}", crate::domain::truncate(&body, 60)));
     }
-    row.status = "scheduled".to_owned();
+    row.status = MessageStatus::Scheduled;
     row.send_at = send_at;
     row.expires_at = a.starts_at;
     row.contact_id = Some(contact.id.clone());
@@ -170,7 +170,7 @@ pub async fn create(
         tenant_id: tenant.id.clone(),
         contact_id: contact.id.clone(),
         starts_at: new.starts_at,
-        channel: new.channel.as_str().to_owned(),
+        channel: new.channel,
         body_template: new.body_template.clone(),
         reminders: new.reminders.iter().map(|(raw, _)| raw.clone()).collect(),
         created_at: Utc::now(),
@@ -249,32 +249,82 @@ pub async fn reschedule(
         .await
         .context("reading the appointment's contact")?
         .ok_or(AppointmentError::Deleted)?;
-    let channel = Channel::parse(&a.channel).unwrap_or(Channel::Sms);
-    let (to, from) = addresses(channel, &contact, tenant)?;
+    let (to, from) = addresses(a.channel, &contact, tenant)?;
     appointments::set_starts_at(&mut *tx, id, starts_at)
         .await
         .context("moving the appointment")?;
     let moved_from = a.starts_at;
     a.starts_at = starts_at;
-    let existing = appointments::reminders(&mut *tx, id)
-        .await
-        .context("reading its reminders")?;
     let detail = format!(
         "the appointment moved from {} to {}",
         moved_from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         starts_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     );
+    let Moved { to_push, to_remove } = move_reminders(
+        &mut tx,
+        &a,
+        &contact,
+        tenant,
+        (&to, from.as_deref()),
+        &detail,
+    )
+    .await?;
+    // The old jobs go and the new ones come inside the transaction: a moved reminder is never
+    // left without a job, and a job firing at the old time finds it due later and waits.
+    for id in &to_remove {
+        queue
+            .remove_waiting(id)
+            .await
+            .context("removing a moved reminder's old job")?;
+    }
+    let jobs = to_push
+        .iter()
+        .map(|m| crate::queue::NewJob::new(m.id.clone(), &job(m), m.send_at.timestamp_millis()))
+        .collect::<Result<Vec<_>, _>>()
+        .context("encoding the reminders' jobs")?;
+    queue
+        .push_many(&jobs)
+        .await
+        .context("queueing the moved reminders")?;
+    tx.commit().await.context("committing the move")?;
+    let reminders = appointments::reminders(db, id)
+        .await
+        .context("reading the moved reminders")?;
+    Ok(Some((a, reminders)))
+}
+
+/// What moving an appointment did to its reminders: the ones to queue at their new time, and
+/// the ones whose old job must go.
+struct Moved {
+    to_push: Vec<MessageRow>,
+    to_remove: Vec<String>,
+}
+
+/// Moves each reminder of the appointment `a` (already at its new time) inside `tx`: a reminder
+/// still ahead moves, one whose time has now passed is canceled, one whose time is ahead again
+/// is inserted afresh. `detail` is the event each moved or canceled reminder gets.
+async fn move_reminders(
+    tx: &mut sqlx::PgConnection,
+    a: &AppointmentRow,
+    contact: &ContactRow,
+    tenant: &TenantRow,
+    (to, from): (&str, Option<&str>),
+    detail: &str,
+) -> anyhow::Result<Moved> {
+    let existing = appointments::reminders(&mut *tx, &a.id)
+        .await
+        .context("reading its reminders")?;
     let mut to_push = Vec::new();
     let mut to_remove = Vec::new();
     let mut new_rows = Vec::new();
-    for before in a.reminders.clone() {
-        let Ok(offset) = crate::schedule::parse_offset(&before) else {
+    for before in &a.reminders {
+        let Ok(offset) = crate::schedule::parse_offset(before) else {
             continue;
         };
         let current = existing
             .iter()
             .find(|m| m.reminder_before.as_deref() == Some(before.as_str()));
-        let fresh = reminder(&a, &contact, tenant, &before, offset, &to, from.as_deref());
+        let fresh = reminder(a, contact, tenant, before, offset, to, from);
         match (current, fresh) {
             (Some(m), Some(row)) => {
                 if let Some(moved) = appointments::move_reminder(
@@ -283,7 +333,7 @@ pub async fn reschedule(
                     row.send_at,
                     row.expires_at,
                     &row.body,
-                    &detail,
+                    detail,
                 )
                 .await
                 .context("moving a reminder")?
@@ -312,28 +362,7 @@ pub async fn reschedule(
             .into_iter()
             .flatten(),
     );
-    // The old jobs go and the new ones come inside the transaction: a moved reminder is never
-    // left without a job, and a job firing at the old time finds it due later and waits.
-    for id in &to_remove {
-        queue
-            .remove_waiting(id)
-            .await
-            .context("removing a moved reminder's old job")?;
-    }
-    let jobs = to_push
-        .iter()
-        .map(|m| crate::queue::NewJob::new(m.id.clone(), &job(m), m.send_at.timestamp_millis()))
-        .collect::<Result<Vec<_>, _>>()
-        .context("encoding the reminders' jobs")?;
-    queue
-        .push_many(&jobs)
-        .await
-        .context("queueing the moved reminders")?;
-    tx.commit().await.context("committing the move")?;
-    let reminders = appointments::reminders(db, id)
-        .await
-        .context("reading the moved reminders")?;
-    Ok(Some((a, reminders)))
+    Ok(Moved { to_push, to_remove })
 }
 
 /// Deletes an appointment: its unsent reminders are canceled. Returns false when there is no

@@ -9,7 +9,10 @@ use chrono_tz::Tz;
 use sqlx::PgPool;
 use tracing::{info, warn};
 
-use crate::domain::jobs::{AiJob, DeliveryJob};
+use crate::domain::{
+    Channel,
+    jobs::{AiJob, DeliveryJob},
+};
 use crate::{
     queue::{NewJob, Queue, now_ms},
     schedule::{end_of_local_day, render},
@@ -40,20 +43,20 @@ pub fn daily_job_id(subscription_id: &str, date: NaiveDate) -> String {
 
 fn message_for(d: &Due, now: chrono::DateTime<Utc>) -> Option<NewMessageRow> {
     let zone: Tz = d.zone.parse().unwrap_or(chrono_tz::UTC);
-    let (to, from) = match d.channel.as_str() {
-        "email" => (d.email.clone()?, d.email_from.clone()),
+    let (to, from) = match d.channel {
+        Channel::Email => (d.email.clone()?, d.email_from.clone()),
         _ => (d.phone.clone()?, d.sms_from.clone()),
     };
     let body = render(&d.content, d.name.as_deref(), now, zone);
     let mut row = NewMessageRow::outbound(
         &d.tenant_id,
-        &d.channel,
+        d.channel,
         &to,
         from.as_deref(),
         &body,
         "system",
     );
-    if d.channel == "email" {
+    if d.channel == Channel::Email {
         row.subject = Some(crate::domain::truncate(&body, 60));
     }
     row.contact_id = Some(d.contact_id.clone());

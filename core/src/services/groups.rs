@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::messages::Idempotency;
 use crate::{
-    domain::{Channel, FieldError, id_floor, jobs::DeliveryJob, new_id},
+    domain::{Channel, FieldError, MessageStatus, id_floor, jobs::DeliveryJob, new_id},
     queue::{NewJob, Queue},
     store::{
         groups::{self, GroupMessageRow, SendTemplate},
@@ -89,7 +89,7 @@ pub async fn send(
         id: new_id("gms"),
         tenant_id: tenant.id.clone(),
         group_id: group_id.to_owned(),
-        channel: new.channel.as_str().to_owned(),
+        channel: new.channel,
         recipients: 0,
         idempotency_key: idempotency.map(|i| i.key.clone()),
         request_hash: idempotency.map(|i| i.request_hash.clone()),
@@ -168,11 +168,15 @@ fn template(
     Ok(SendTemplate {
         tenant_id: tenant.id.clone(),
         group_message_id: send_id.to_owned(),
-        channel: new.channel.as_str().to_owned(),
+        channel: new.channel,
         from_addr: from,
         subject: new.subject.clone(),
         body: new.body.clone(),
-        status: if due_now { "queued" } else { "scheduled" }.to_owned(),
+        status: if due_now {
+            MessageStatus::Queued
+        } else {
+            MessageStatus::Scheduled
+        },
         send_at: if due_now { now } else { new.send_at },
         expires_at: new.expires_at,
         respect_quiet_hours: new.respect_quiet_hours,

@@ -7,7 +7,7 @@ use tracing::{debug, info, warn};
 
 use super::{messages::Intake, replies::unwrap_arc};
 use crate::{
-    domain::{jobs::AiJob, new_id},
+    domain::{Channel, MessageStatus, jobs::AiJob, new_id},
     queue::{Queue, now_ms},
     store::{
         contacts::{self, ContactRow},
@@ -113,7 +113,7 @@ pub async fn receive(
     if kw == Some(Keyword::Help) {
         let mut help = NewMessageRow::outbound(
             &tenant.id,
-            "sms",
+            Channel::Sms,
             &inbound.from,
             tenant.sms_from.as_deref(),
             &help_text(&tenant),
@@ -178,7 +178,7 @@ async fn record_inbound(
     }
     let mut row = NewMessageRow::outbound(
         &tenant.id,
-        "sms",
+        Channel::Sms,
         entry.to,
         Some(entry.from),
         entry.body,
@@ -186,7 +186,7 @@ async fn record_inbound(
     );
     row.id = id;
     row.direction = "inbound".to_owned();
-    row.status = "received".to_owned();
+    row.status = MessageStatus::Received;
     row.contact_id = Some(contact.id.clone());
     row.event_detail = entry.detail.to_owned();
     row.needs_reply = needs_reply(&contact);
@@ -275,7 +275,7 @@ pub async fn missed_call(
     }
     let mut text = NewMessageRow::outbound(
         &tenant.id,
-        "sms",
+        Channel::Sms,
         &call.from,
         tenant.sms_from.as_deref(),
         &missed_call_text(&tenant),

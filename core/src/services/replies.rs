@@ -7,7 +7,7 @@ use tracing::{debug, info};
 
 use super::messages::Intake;
 use crate::{
-    domain::{jobs::AiJob, truncate},
+    domain::{Channel, jobs::AiJob, truncate},
     providers::llm::{Answer, Assistant, Turn, fit_reply},
     queue::{JobError, now_ms},
     store::{
@@ -58,7 +58,7 @@ pub async fn human_reply(
     let phone = contact.phone.as_deref().unwrap_or_default();
     let mut row = NewMessageRow::outbound(
         &tenant.id,
-        "sms",
+        Channel::Sms,
         phone,
         tenant.sms_from.as_deref(),
         body,
@@ -169,8 +169,8 @@ async fn daily(
         .unwrap_or(&tenant.timezone)
         .parse()
         .unwrap_or(chrono_tz::UTC);
-    let (to, from) = match sub.channel.as_str() {
-        "email" => (contact.email.clone(), tenant.email_from.clone()),
+    let (to, from) = match sub.channel {
+        Channel::Email => (contact.email.clone(), tenant.email_from.clone()),
         _ => (contact.phone.clone(), tenant.sms_from.clone()),
     };
     let Some(to) = to else { return Ok(()) };
@@ -198,8 +198,8 @@ async fn daily(
         Answer::Canned => (canned_reply(&tenant), None, None),
     };
     let mut row =
-        NewMessageRow::outbound(&tenant.id, &sub.channel, &to, from.as_deref(), &text, "ai");
-    if sub.channel == "email" {
+        NewMessageRow::outbound(&tenant.id, sub.channel, &to, from.as_deref(), &text, "ai");
+    if sub.channel == Channel::Email {
         row.subject = Some(truncate(&text, 60));
     }
     row.contact_id = Some(contact.id.clone());
@@ -299,7 +299,7 @@ async fn answer(r: &Replier, inbound_id: &str) -> Result<(), JobError> {
     let phone = contact.phone.as_deref().unwrap_or_default();
     let mut row = NewMessageRow::outbound(
         &tenant.id,
-        "sms",
+        Channel::Sms,
         phone,
         tenant.sms_from.as_deref(),
         &text,

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 
 use super::messages::MessageRow;
+use crate::domain::Channel;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AppointmentRow {
@@ -11,7 +12,7 @@ pub struct AppointmentRow {
     pub tenant_id: String,
     pub contact_id: String,
     pub starts_at: DateTime<Utc>,
-    pub channel: String,
+    pub channel: Channel,
     pub body_template: String,
     pub reminders: Vec<String>,
     pub created_at: DateTime<Utc>,
@@ -30,7 +31,7 @@ pub async fn insert(
     .bind(&a.tenant_id)
     .bind(&a.contact_id)
     .bind(a.starts_at)
-    .bind(&a.channel)
+    .bind(a.channel)
     .bind(&a.body_template)
     .bind(&a.reminders)
     .fetch_one(db)

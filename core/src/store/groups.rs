@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 
 use super::contacts::ContactRow;
+use crate::domain::{Channel, MessageStatus};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct GroupRow {
@@ -117,7 +118,7 @@ pub struct GroupMessageRow {
     pub id: String,
     pub tenant_id: String,
     pub group_id: String,
-    pub channel: String,
+    pub channel: Channel,
     pub recipients: i32,
     pub idempotency_key: Option<String>,
     pub request_hash: Option<Vec<u8>>,
@@ -138,7 +139,7 @@ pub async fn insert_send(
     .bind(&g.id)
     .bind(&g.tenant_id)
     .bind(&g.group_id)
-    .bind(&g.channel)
+    .bind(g.channel)
     .bind(g.recipients)
     .bind(&g.idempotency_key)
     .bind(&g.request_hash)
@@ -190,11 +191,11 @@ pub async fn send_counts(
 pub struct SendTemplate {
     pub tenant_id: String,
     pub group_message_id: String,
-    pub channel: String,
+    pub channel: Channel,
     pub from_addr: Option<String>,
     pub subject: Option<String>,
     pub body: String,
-    pub status: String,
+    pub status: MessageStatus,
     pub send_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub respect_quiet_hours: bool,
@@ -231,12 +232,12 @@ pub async fn insert_send_messages(
     )
     .bind(group_id)
     .bind(id_prefix)
-    .bind(&t.channel)
+    .bind(t.channel)
     .bind(&t.tenant_id)
     .bind(&t.from_addr)
     .bind(&t.subject)
     .bind(&t.body)
-    .bind(&t.status)
+    .bind(t.status)
     .bind(t.send_at)
     .bind(t.expires_at)
     .bind(t.respect_quiet_hours)

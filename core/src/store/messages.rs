@@ -68,12 +68,12 @@ pub struct EventRow {
 pub struct NewMessageRow {
     pub id: String,
     pub tenant_id: String,
-    pub channel: String,
+    pub channel: Channel,
     pub to_addr: String,
     pub from_addr: Option<String>,
     pub subject: Option<String>,
     pub body: String,
-    pub status: String,
+    pub status: MessageStatus,
     pub send_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub respect_quiet_hours: bool,
@@ -99,7 +99,7 @@ impl NewMessageRow {
     /// An outbound message with the common defaults, due now.
     pub fn outbound(
         tenant_id: &str,
-        channel: &str,
+        channel: Channel,
         to: &str,
         from: Option<&str>,
         body: &str,
@@ -109,12 +109,12 @@ impl NewMessageRow {
         Self {
             id: crate::domain::new_id("msg"),
             tenant_id: tenant_id.to_owned(),
-            channel: channel.to_owned(),
+            channel,
             to_addr: to.to_owned(),
             from_addr: from.map(str::to_owned),
             subject: None,
             body: body.to_owned(),
-            status: "queued".to_owned(),
+            status: MessageStatus::Queued,
             send_at: now,
             expires_at: now + chrono::Duration::hours(24),
             respect_quiet_hours: true,
@@ -183,12 +183,12 @@ pub async fn insert_many(
     )
     .bind(col(rows, |r| r.id.clone()))
     .bind(col(rows, |r| r.tenant_id.clone()))
-    .bind(col(rows, |r| r.channel.clone()))
+    .bind(col(rows, |r| r.channel.as_str()))
     .bind(col(rows, |r| r.to_addr.clone()))
     .bind(col(rows, |r| r.from_addr.clone()))
     .bind(col(rows, |r| r.subject.clone()))
     .bind(col(rows, |r| r.body.clone()))
-    .bind(col(rows, |r| r.status.clone()))
+    .bind(col(rows, |r| r.status.as_str()))
     .bind(col(rows, |r| r.send_at))
     .bind(col(rows, |r| r.expires_at))
     .bind(col(rows, |r| r.respect_quiet_hours))

@@ -4,13 +4,15 @@
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 
+use crate::domain::Channel;
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SubscriptionRow {
     pub id: String,
     pub tenant_id: String,
     pub contact_id: String,
     pub send_at_local: NaiveTime,
-    pub channel: String,
+    pub channel: Channel,
     pub content_kind: String,
     pub content: String,
     pub first_date: NaiveDate,
@@ -31,7 +33,7 @@ pub async fn insert(
     .bind(&s.tenant_id)
     .bind(&s.contact_id)
     .bind(s.send_at_local)
-    .bind(&s.channel)
+    .bind(s.channel)
     .bind(&s.content_kind)
     .bind(&s.content)
     .bind(s.first_date)
@@ -72,7 +74,7 @@ pub struct Due {
     pub id: String,
     pub tenant_id: String,
     pub contact_id: String,
-    pub channel: String,
+    pub channel: Channel,
     pub content_kind: String,
     pub content: String,
     pub zone: String,
