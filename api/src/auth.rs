@@ -176,6 +176,43 @@ fn is_ops_token(state: &AppState, token: &str) -> bool {
         .is_some_and(|ops| herald_core::domain::secrets_match(ops.expose(), token))
 }
 
+/// Whom a bearer token names, rate-limited already: the ops token ("ops") or a tenant key
+/// (its own bucket).
+enum Identified {
+    Ops,
+    Key {
+        tenant: Box<TenantRow>,
+        key_prefix: String,
+    },
+}
+
+/// The request's bearer token, unless its address is blocked for failing too often (429) or it
+/// has none that can be used (401, counted as a failure).
+async fn token<'p>(parts: &'p Parts, state: &AppState) -> Result<&'p str, ApiError> {
+    check_not_blocked(parts, state)?;
+    match bearer(parts) {
+        Ok(token) => Ok(token),
+        Err(e) => Err(failed(parts, state, e).await),
+    }
+}
+
+/// Whom `token` names, rate-limited in its bucket; `None` when it names nobody.
+async fn identify(state: &AppState, token: &str) -> Result<Option<Identified>, ApiError> {
+    if is_ops_token(state, token) {
+        rate_limit(state, "ops").await?;
+        return Ok(Some(Identified::Ops));
+    }
+    let Some((tenant, key_prefix)) = state.keys.authenticate(token).await? else {
+        return Ok(None);
+    };
+    rate_limit(state, &format!("api:{key_prefix}")).await?;
+    tracing::Span::current().record("tenant_id", tenant.id.as_str());
+    Ok(Some(Identified::Key {
+        tenant: Box::new(tenant),
+        key_prefix,
+    }))
+}
+
 impl FromRequestParts<AppState> for Tenant {
     type Rejection = ApiError;
 
@@ -183,24 +220,21 @@ impl FromRequestParts<AppState> for Tenant {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        check_not_blocked(parts, state)?;
-        let token = match bearer(parts) {
-            Ok(token) => token,
-            Err(e) => return Err(failed(parts, state, e).await),
-        };
-        if is_ops_token(state, token) {
-            return Err(ApiError::forbidden(
+        let token = token(parts, state).await?;
+        match identify(state, token).await? {
+            Some(Identified::Key { tenant, key_prefix }) => Ok(Tenant {
+                tenant: *tenant,
+                key_prefix,
+            }),
+            Some(Identified::Ops) => Err(ApiError::forbidden(
                 "forbidden",
                 "the ops token cannot be used on tenant routes; use a tenant API key",
-            ));
+            )),
+            None => {
+                let e = ApiError::unauthorized("unknown or revoked API key");
+                Err(failed(parts, state, e).await)
+            }
         }
-        let Some((tenant, key_prefix)) = state.keys.authenticate(token).await? else {
-            let e = ApiError::unauthorized("unknown or revoked API key");
-            return Err(failed(parts, state, e).await);
-        };
-        rate_limit(state, &format!("api:{key_prefix}")).await?;
-        tracing::Span::current().record("tenant_id", tenant.id.as_str());
-        Ok(Tenant { tenant, key_prefix })
     }
 }
 
@@ -241,29 +275,24 @@ impl FromRequestParts<AppState> for Ops {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        check_not_blocked(parts, state)?;
-        let token = match bearer(parts) {
-            Ok(token) => token,
-            Err(e) => return Err(failed(parts, state, e).await),
-        };
+        let token = token(parts, state).await?;
         if state.config.ops_token.is_none() {
             return Err(ApiError::forbidden(
                 "admin_disabled",
                 "admin routes are disabled: HERALD_OPS_TOKEN is not set on this server",
             ));
         }
-        if is_ops_token(state, token) {
-            rate_limit(state, "ops").await?;
-            return Ok(Ops);
-        }
-        if state.keys.authenticate(token).await?.is_some() {
-            return Err(ApiError::forbidden(
+        match identify(state, token).await? {
+            Some(Identified::Ops) => Ok(Ops),
+            Some(Identified::Key { .. }) => Err(ApiError::forbidden(
                 "forbidden",
                 "tenant API keys cannot use admin routes",
-            ));
+            )),
+            None => {
+                let e = ApiError::unauthorized("unknown ops token");
+                Err(failed(parts, state, e).await)
+            }
         }
-        let e = ApiError::unauthorized("unknown ops token");
-        Err(failed(parts, state, e).await)
     }
 }
 
@@ -291,21 +320,10 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        check_not_blocked(parts, state)?;
-        let token = match bearer(parts) {
-            Ok(token) => token,
-            Err(e) => return Err(failed(parts, state, e).await),
-        };
-        if is_ops_token(state, token) {
-            rate_limit(state, "ops").await?;
-            return Ok(Caller::Ops);
-        }
-        match state.keys.authenticate(token).await? {
-            Some((tenant, key_prefix)) => {
-                rate_limit(state, &format!("api:{key_prefix}")).await?;
-                tracing::Span::current().record("tenant_id", tenant.id.as_str());
-                Ok(Caller::Tenant(Box::new(tenant)))
-            }
+        let token = token(parts, state).await?;
+        match identify(state, token).await? {
+            Some(Identified::Ops) => Ok(Caller::Ops),
+            Some(Identified::Key { tenant, .. }) => Ok(Caller::Tenant(tenant)),
             None => {
                 let e = ApiError::unauthorized("unknown or revoked API key");
                 Err(failed(parts, state, e).await)

@@ -197,15 +197,7 @@ pub async fn create(
         .flatten()
         .collect();
     // Pushed inside the transaction: either the reminders exist with their jobs, or nothing.
-    let jobs = created
-        .iter()
-        .map(|m| crate::queue::NewJob::new(m.id.clone(), &job(m), m.send_at.timestamp_millis()))
-        .collect::<Result<Vec<_>, _>>()
-        .context("encoding the reminders' jobs")?;
-    queue
-        .push_many(&jobs)
-        .await
-        .context("queueing the reminders")?;
+    queue_reminders(queue, &created).await?;
     tx.commit().await.context("committing the appointment")?;
     Ok((a, created))
 }
@@ -277,7 +269,17 @@ pub async fn reschedule(
             .await
             .context("removing a moved reminder's old job")?;
     }
-    let jobs = to_push
+    queue_reminders(queue, &to_push).await?;
+    tx.commit().await.context("committing the move")?;
+    let reminders = appointments::reminders(db, id)
+        .await
+        .context("reading the moved reminders")?;
+    Ok(Some((a, reminders)))
+}
+
+/// Queues each reminder's job for its time.
+async fn queue_reminders(queue: &Queue, reminders: &[MessageRow]) -> anyhow::Result<()> {
+    let jobs = reminders
         .iter()
         .map(|m| crate::queue::NewJob::new(m.id.clone(), &job(m), m.send_at.timestamp_millis()))
         .collect::<Result<Vec<_>, _>>()
@@ -285,12 +287,8 @@ pub async fn reschedule(
     queue
         .push_many(&jobs)
         .await
-        .context("queueing the moved reminders")?;
-    tx.commit().await.context("committing the move")?;
-    let reminders = appointments::reminders(db, id)
-        .await
-        .context("reading the moved reminders")?;
-    Ok(Some((a, reminders)))
+        .context("queueing the reminders")?;
+    Ok(())
 }
 
 /// What moving an appointment did to its reminders: the ones to queue at their new time, and

@@ -13,7 +13,7 @@ use anyhow::Context;
 use super::enqueue::Enqueuer;
 use crate::{
     batch::Batcher,
-    domain::{Channel, FieldError, MessageStatus, new_id},
+    domain::{Channel, FieldError, MessageStatus},
     queue::Queue,
     store::{
         contacts, idempotency,
@@ -219,33 +219,23 @@ fn api_row(
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         (MessageStatus::Scheduled, format!("accepted; due at {due}"))
     };
-    NewMessageRow {
-        id: new_id("msg"),
-        tenant_id: tenant.id.clone(),
-        channel: new.channel,
-        to_addr: to,
-        from_addr: from,
-        subject: new.subject.clone(),
-        body: new.body.clone(),
-        status,
-        send_at: if due_now { now } else { new.send_at },
-        expires_at: new.expires_at,
-        respect_quiet_hours: new.respect_quiet_hours,
-        contact_id: new.contact_id.clone(),
-        metadata: new.metadata.clone(),
-        event_detail: detail,
-        direction: "outbound".to_owned(),
-        author: "api".to_owned(),
-        in_reply_to: None,
-        model: None,
-        usage: None,
-        needs_reply: false,
-        appointment_id: None,
-        reminder_before: None,
-        subscription_id: None,
-        local_date: None,
-        group_message_id: None,
-    }
+    let mut row = NewMessageRow::outbound(
+        &tenant.id,
+        new.channel,
+        &to,
+        from.as_deref(),
+        &new.body,
+        "api",
+    );
+    row.subject = new.subject.clone();
+    row.status = status;
+    row.send_at = if due_now { now } else { new.send_at };
+    row.expires_at = new.expires_at;
+    row.respect_quiet_hours = new.respect_quiet_hours;
+    row.contact_id = new.contact_id.clone();
+    row.metadata = new.metadata.clone();
+    row.event_detail = detail;
+    row
 }
 
 /// Inserts the message and its Idempotency-Key in one transaction; `None` when a

@@ -88,6 +88,19 @@ impl std::fmt::Debug for Replier {
     }
 }
 
+/// A contact and its tenant; `None` when either is gone (nothing to answer then).
+async fn contact_of(
+    db: &PgPool,
+    tenant_id: &str,
+    contact_id: &str,
+) -> Result<Option<(ContactRow, TenantRow)>, JobError> {
+    let contact = contacts::get(db, tenant_id, contact_id)
+        .await
+        .map_err(db_error)?;
+    let tenant = tenants::get(db, tenant_id).await.map_err(db_error)?;
+    Ok(contact.zip(tenant))
+}
+
 fn db_error(e: sqlx::Error) -> JobError {
     if store::is_unavailable(&e) {
         JobError::Defer {
@@ -154,13 +167,7 @@ async fn daily(
     else {
         return Ok(());
     };
-    let contact = contacts::get(&r.db, &sub.tenant_id, &sub.contact_id)
-        .await
-        .map_err(db_error)?;
-    let tenant = tenants::get(&r.db, &sub.tenant_id)
-        .await
-        .map_err(db_error)?;
-    let (Some(contact), Some(tenant)) = (contact, tenant) else {
+    let Some((contact, tenant)) = contact_of(&r.db, &sub.tenant_id, &sub.contact_id).await? else {
         return Ok(());
     };
     let zone: chrono_tz::Tz = contact
@@ -239,13 +246,7 @@ async fn answer(r: &Replier, inbound_id: &str) -> Result<(), JobError> {
     let (Some(contact_id), true) = (&inbound.contact_id, inbound.direction == "inbound") else {
         return Ok(());
     };
-    let contact = contacts::get(&r.db, &inbound.tenant_id, contact_id)
-        .await
-        .map_err(db_error)?;
-    let tenant = tenants::get(&r.db, &inbound.tenant_id)
-        .await
-        .map_err(db_error)?;
-    let (Some(contact), Some(tenant)) = (contact, tenant) else {
+    let Some((contact, tenant)) = contact_of(&r.db, &inbound.tenant_id, contact_id).await? else {
         return Ok(());
     };
     if contact.mode != "ai" {
