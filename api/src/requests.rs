@@ -19,7 +19,7 @@ pub struct MessageIn {
     #[schema(example = "+15551234567")]
     to: Option<String>,
     /// sms: 1..1600 characters; email: the text part; webhook: any JSON value, sent as that JSON.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     body: Value,
     /// email only, required there (1..998 characters).
     subject: Option<String>,
@@ -232,4 +232,182 @@ pub struct TwilioCallStatusIn {
     from: String,
     #[schema(rename = "To")]
     to: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use utoipa::PartialSchema;
+
+    use super::*;
+
+    fn schema<T: PartialSchema>() -> Value {
+        serde_json::to_value(T::schema()).unwrap()
+    }
+
+    fn required(schema: &Value) -> Vec<&str> {
+        schema["required"]
+            .as_array()
+            .map(|r| r.iter().map(|f| f.as_str().unwrap()).collect())
+            .unwrap_or_default()
+    }
+
+    fn fields(schema: &Value) -> Vec<&str> {
+        let mut names: Vec<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    #[test]
+    fn every_body_documents_the_fields_the_contract_names_and_requires_only_what_it_must() {
+        let cases = [
+            (
+                "MessageIn",
+                schema::<MessageIn>(),
+                &[
+                    "body",
+                    "channel",
+                    "contact_id",
+                    "expires_at",
+                    "metadata",
+                    "respect_quiet_hours",
+                    "send_at",
+                    "subject",
+                    "to",
+                ][..],
+                &["channel", "body"][..],
+            ),
+            (
+                "ContactIn",
+                schema::<ContactIn>(),
+                &["email", "name", "phone", "timezone"],
+                &[],
+            ),
+            (
+                "AppointmentIn",
+                schema::<AppointmentIn>(),
+                &[
+                    "body_template",
+                    "channel",
+                    "contact_id",
+                    "reminders",
+                    "starts_at",
+                ],
+                &["contact_id", "starts_at", "reminders", "body_template"],
+            ),
+            (
+                "SubscriptionIn",
+                schema::<SubscriptionIn>(),
+                &["channel", "contact_id", "content", "send_at_local"],
+                &["contact_id", "send_at_local", "content"],
+            ),
+            (
+                "SubscriptionContentIn",
+                schema::<SubscriptionContentIn>(),
+                &["body", "kind", "prompt"],
+                &["kind"],
+            ),
+            (
+                "ReplayFilterIn",
+                schema::<ReplayFilterIn>(),
+                &[
+                    "all",
+                    "ids",
+                    "queue",
+                    "reason",
+                    "since",
+                    "tenant_id",
+                    "until",
+                ],
+                &[],
+            ),
+            ("ReplyIn", schema::<ReplyIn>(), &["body"], &["body"]),
+            (
+                "GroupSendIn",
+                schema::<GroupSendIn>(),
+                &[
+                    "body",
+                    "channel",
+                    "expires_at",
+                    "metadata",
+                    "respect_quiet_hours",
+                    "send_at",
+                    "subject",
+                ],
+                &["channel", "body"],
+            ),
+        ];
+        for (name, schema, all, needed) in cases {
+            assert_eq!(fields(&schema), all, "{name}");
+            assert_eq!(required(&schema), needed, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_messages_body_is_documented_as_any_json_value() {
+        // Text for sms and email, any JSON for a webhook: a client generated from the
+        // document must not be told it has to be an object.
+        let message = schema::<MessageIn>();
+        let body = &message["properties"]["body"];
+        assert!(body.get("type").is_none(), "{body}");
+        assert_eq!(
+            message["properties"]["metadata"]["type"],
+            json!(["object", "null"])
+        );
+    }
+
+    #[test]
+    fn channels_and_content_kinds_are_spelt_as_the_contract_spells_them() {
+        assert_eq!(
+            schema::<ChannelIn>()["enum"],
+            json!(["sms", "email", "webhook"])
+        );
+        assert_eq!(
+            schema::<SubscriptionKind>()["enum"],
+            json!(["static", "ai"])
+        );
+        assert_eq!(
+            schema::<MessageIn>()["properties"]["channel"]["$ref"],
+            "#/components/schemas/ChannelIn"
+        );
+    }
+
+    #[test]
+    fn a_tenants_quiet_hours_may_be_null_to_turn_them_off() {
+        let tenant = schema::<TenantIn>();
+        assert_eq!(required(&tenant), ["name"]);
+        let quiet = &tenant["properties"]["quiet_hours"]["oneOf"];
+        assert!(
+            quiet
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["type"] == "null"),
+            "{quiet}"
+        );
+        assert_eq!(required(&schema::<QuietHoursIn>()), ["start", "end"]);
+    }
+
+    #[test]
+    fn twilios_forms_are_documented_with_twilios_own_field_names() {
+        assert_eq!(
+            required(&schema::<TwilioInboundSms>()),
+            ["MessageSid", "From", "To", "Body"]
+        );
+        let status = schema::<TwilioStatusIn>();
+        assert_eq!(
+            fields(&status),
+            ["ErrorCode", "MessageSid", "MessageStatus"]
+        );
+        assert_eq!(required(&status), ["MessageSid", "MessageStatus"]);
+        assert_eq!(
+            required(&schema::<TwilioCallStatusIn>()),
+            ["CallSid", "CallStatus", "From", "To"]
+        );
+    }
 }
