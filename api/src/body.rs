@@ -110,7 +110,7 @@ fn nul_at(value: &Value, path: &str) -> Option<String> {
     }
 }
 
-/// The `Idempotency-Key` header, when there is one: 1 to 255 visible characters (422
+/// The `Idempotency-Key` header, when there is one: 1 to 255 ASCII characters, trimmed (422
 /// naming the header otherwise).
 pub struct IdempotencyKey(pub Option<String>);
 
@@ -141,7 +141,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdempotencyKey {
                 ApiError::invalid(
                     "invalid_value",
                     "Idempotency-Key",
-                    "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                    "Idempotency-Key must be 1 to 255 ASCII characters (spaces inside are kept, around it trimmed)",
                 )
             })
     }

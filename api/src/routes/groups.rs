@@ -8,9 +8,8 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use chrono::{Duration, Utc};
 use herald_core::{
-    domain::{Channel, EmailSubject, SmsText, is_id, new_id},
+    domain::{Channel, is_id, new_id},
     services::groups::{self as service, GroupSend, Sent},
     store::{contacts, groups},
 };
@@ -23,6 +22,8 @@ use crate::{
     state::AppState,
     views,
 };
+
+use super::messages::{email_subject, message_body, metadata, schedule};
 
 async fn group(state: &AppState, tenant_id: &str, id: &str) -> ApiResult<groups::GroupRow> {
     if !is_id("grp", id) {
@@ -189,75 +190,11 @@ fn parse_send(body: Value) -> ApiResult<GroupSend> {
             ));
         }
     };
-    let body = f.req_str("body")?;
-    match (channel, SmsText::parse(body.clone())) {
-        (_, Err(None)) | (Channel::Sms, Err(Some(_))) => {
-            return Err(f.invalid_value(
-                "body",
-                format!(
-                    "`body` must be 1 to {} characters for sms, and not empty",
-                    SmsText::MAX_CHARS
-                ),
-            ));
-        }
-        _ => {}
-    }
-    let subject = f.opt_str("subject")?;
-    let subject = match (channel, subject) {
-        (Channel::Email, None) => return Err(f.missing("subject")),
-        (Channel::Email, Some(s)) if EmailSubject::parse(s.clone()).is_none() => {
-            return Err(f.invalid_value(
-                "subject",
-                format!(
-                    "`subject` must be 1 to {} characters",
-                    EmailSubject::MAX_CHARS
-                ),
-            ));
-        }
-        (Channel::Email, s) => s,
-        (_, Some(_)) => return Err(f.invalid_value("subject", "`subject` is only for email")),
-        (_, None) => None,
-    };
-    let now = Utc::now();
-    let send_at = match f.opt_time("send_at")? {
-        Some(t) if t > now + Duration::days(366) => {
-            return Err(f.invalid_value("send_at", "`send_at` is at most 366 days ahead"));
-        }
-        Some(t) => t.max(now),
-        None => now,
-    };
-    let expires_at = match f.opt_time("expires_at")? {
-        Some(t) if t <= send_at => {
-            return Err(f.invalid_value(
-                "expires_at",
-                "`expires_at` must be later than `send_at` (and than now)",
-            ));
-        }
-        Some(t) => t,
-        None => send_at + Duration::hours(24),
-    };
+    let body = message_body(&mut f, channel)?;
+    let subject = email_subject(&mut f, channel)?;
+    let (send_at, expires_at) = schedule(&mut f)?;
     let respect_quiet_hours = f.opt_bool("respect_quiet_hours")?.unwrap_or(true);
-    let metadata = match f.take("metadata") {
-        None => Value::Object(Default::default()),
-        Some(v @ Value::Object(_))
-            if serde_json::to_string(&v)
-                .map(|s| s.len())
-                .unwrap_or(usize::MAX)
-                <= 4096 =>
-        {
-            v
-        }
-        Some(Value::Object(_)) => {
-            return Err(f.invalid_value("metadata", "`metadata` is at most 4 KiB of JSON"));
-        }
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "invalid_type",
-                "metadata",
-                "`metadata` must be an object",
-            ));
-        }
-    };
+    let metadata = metadata(&mut f)?;
     f.finish()?;
     Ok(GroupSend {
         channel,

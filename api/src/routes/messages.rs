@@ -142,7 +142,7 @@ fn recipient(
 
 /// `body`: text for SMS and email (an SMS at most 1600 characters), any JSON for a
 /// webhook (stored as its serialization).
-fn message_body(f: &mut Fields, channel: Channel) -> ApiResult<String> {
+pub(super) fn message_body(f: &mut Fields, channel: Channel) -> ApiResult<String> {
     if channel == Channel::Webhook {
         let doc = f.take("body").ok_or_else(|| f.missing("body"))?;
         return serde_json::to_string(&doc).map_err(|e| ApiError::internal(&e));
@@ -162,7 +162,7 @@ fn message_body(f: &mut Fields, channel: Channel) -> ApiResult<String> {
 }
 
 /// `subject`: required for email, refused elsewhere.
-fn email_subject(f: &mut Fields, channel: Channel) -> ApiResult<Option<String>> {
+pub(super) fn email_subject(f: &mut Fields, channel: Channel) -> ApiResult<Option<String>> {
     match (channel, f.opt_str("subject")?) {
         (Channel::Email, None) => Err(f.missing("subject")),
         (Channel::Email, Some(s)) => match EmailSubject::parse(s) {
@@ -182,7 +182,7 @@ fn email_subject(f: &mut Fields, channel: Channel) -> ApiResult<Option<String>> 
 
 /// `send_at` (a past time means now; at most 366 days ahead) and `expires_at` (later than
 /// `send_at`; a day after it by default).
-fn schedule(f: &mut Fields) -> ApiResult<(DateTime<Utc>, DateTime<Utc>)> {
+pub(super) fn schedule(f: &mut Fields) -> ApiResult<(DateTime<Utc>, DateTime<Utc>)> {
     let now = Utc::now();
     let send_at = match f.opt_time("send_at")? {
         Some(t) if t > now + Duration::days(MAX_AHEAD_DAYS) => {
@@ -208,7 +208,7 @@ fn schedule(f: &mut Fields) -> ApiResult<(DateTime<Utc>, DateTime<Utc>)> {
 }
 
 /// `metadata`: an object of at most 4 KiB of JSON, `{}` by default.
-fn metadata(f: &mut Fields) -> ApiResult<Value> {
+pub(super) fn metadata(f: &mut Fields) -> ApiResult<Value> {
     match f.take("metadata") {
         None => Ok(Value::Object(Default::default())),
         Some(v @ Value::Object(_)) => {
