@@ -5,31 +5,17 @@
 
 use std::{sync::Arc, time::Duration};
 
-use herald_core::{Config, services::breaker::BreakerSettings};
+use herald_core::services::breaker::BreakerSettings;
 use herald_tests::{
-    Tenant, TestApp,
+    TestApp,
     app::test_config,
     eventually,
     providers::{FloodServer, ModelMock, ModelReply, Reply, TwilioMock, WebhookReceiver},
+    views::{ConversationView, MessageView, api_error},
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
-
-async fn app_with_twilio(mut config: Config, twilio: &TwilioMock) -> TestApp {
-    twilio.configure(&mut config);
-    let mut app = TestApp::start_with(config).await;
-    app.start_worker();
-    app
-}
-
-fn unavailable() -> Reply {
-    Reply::Raw {
-        status: 503,
-        body: "upstream unavailable".into(),
-        headers: vec![],
-    }
-}
 
 /// Circuits that judge quickly, for tests: 5 calls, half failing, from 3 recipients.
 fn quick_circuits(cooldown: Duration) -> BreakerSettings {
@@ -45,27 +31,11 @@ fn quick_circuits(cooldown: Duration) -> BreakerSettings {
 }
 
 /// The events of a message that say it was put off, and why.
-fn put_off_events(m: &Value) -> Vec<String> {
-    m["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["detail"].as_str())
+fn put_off_events(m: &MessageView) -> Vec<String> {
+    m.details()
+        .into_iter()
         .filter(|d| d.starts_with("put off until"))
-        .map(str::to_owned)
         .collect()
-}
-
-async fn post_webhook(app: &TestApp, tenant: &Tenant, url: &str, n: usize) -> String {
-    let (status, m) = app
-        .post(
-            "/v1/messages",
-            &tenant.api_key,
-            &json!({"channel": "webhook", "to": url, "body": {"n": n}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{m}");
-    m["id"].as_str().unwrap().to_owned()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -105,8 +75,8 @@ async fn a_tenants_nul_requests_get_422_while_anothers_valid_ones_all_succeed() 
             "B's valid request: {good}"
         );
         assert_eq!(bad_status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
-        assert_eq!(bad["error"]["code"], "invalid_text", "{bad}");
-        assert_eq!(bad["error"]["field"], "body", "{bad}");
+        assert_eq!(api_error(&bad).code, "invalid_text", "{bad}");
+        assert_eq!(api_error(&bad).field.as_deref(), Some("body"), "{bad}");
     }
     assert_eq!(app.message_rows().await, 100, "only B's messages exist");
 }
@@ -237,10 +207,15 @@ async fn nul_is_refused_with_422_naming_the_field_on_every_route_and_changes_not
             "{method} {path}: {answer}"
         );
         assert_eq!(
-            answer["error"]["code"], "invalid_text",
+            api_error(&answer).code,
+            "invalid_text",
             "{method} {path}: {answer}"
         );
-        assert_eq!(answer["error"]["field"], field, "{method} {path}: {answer}");
+        assert_eq!(
+            api_error(&answer).field.as_deref(),
+            Some(field),
+            "{method} {path}: {answer}"
+        );
     }
     for (path, auth, field) in [
         ("/v1/messages?status=%00", key, "status"),
@@ -255,7 +230,11 @@ async fn nul_is_refused_with_422_naming_the_field_on_every_route_and_changes_not
             StatusCode::UNPROCESSABLE_ENTITY,
             "GET {path}: {answer}"
         );
-        assert_eq!(answer["error"]["field"], field, "GET {path}: {answer}");
+        assert_eq!(
+            api_error(&answer).field.as_deref(),
+            Some(field),
+            "GET {path}: {answer}"
+        );
     }
     assert_eq!(app.message_rows().await, 0);
     let tenants_after: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants")
@@ -284,9 +263,17 @@ async fn a_receivers_unstorable_error_fails_nobody_elses_webhooks_and_none_is_se
     let mut b_ids = vec![];
     for i in 0..150 {
         if i % 3 == 0 {
-            a_ids.push(post_webhook(&app, &a, &receiver.url("/a"), i).await);
+            a_ids.push(
+                app.post_webhook(&a, &receiver.url("/a"), json!({"n": i}))
+                    .await
+                    .id,
+            );
         }
-        b_ids.push(post_webhook(&app, &b, &receiver.url("/b"), i).await);
+        b_ids.push(
+            app.post_webhook(&b, &receiver.url("/b"), json!({"n": i}))
+                .await
+                .id,
+        );
     }
     for id in &b_ids {
         app.wait_for_status(&b, id, "delivered", Duration::from_secs(60))
@@ -296,7 +283,7 @@ async fn a_receivers_unstorable_error_fails_nobody_elses_webhooks_and_none_is_se
         let m = app
             .wait_for_status(&a, id, "dead", Duration::from_secs(60))
             .await;
-        let error = m["last_error"].as_str().unwrap();
+        let error = m.last_error.as_deref().unwrap();
         assert!(
             !error.contains('\u{0}') && !error.contains('\u{1b}'),
             "{error:?}"
@@ -354,14 +341,21 @@ async fn a_64_mib_error_body_from_a_receiver_or_twilio_is_never_read_whole() {
     let tenant = app.tenant().await;
     let before = peak_rss_mib();
 
-    let hook = post_webhook(&app, &tenant, &format!("{}/hook", flood.base_url), 1).await;
-    let sms = app.send_sms(&tenant, "+15551239999", "hello").await;
-    let sms = sms["id"].as_str().unwrap();
+    let hook = app
+        .post_webhook(
+            &tenant,
+            &format!("{}/hook", flood.base_url),
+            json!({"n": 1}),
+        )
+        .await
+        .id;
+    let sms = app.post_sms(&tenant, "+15551239999", "hello").await;
+    let sms = sms.id.as_str();
     for id in [hook.as_str(), sms] {
         let m = app
             .wait_for_status(&tenant, id, "dead", Duration::from_secs(60))
             .await;
-        let error = m["last_error"].as_str().unwrap();
+        let error = m.last_error.as_deref().unwrap();
         assert!(error.len() <= 1024, "{} bytes of error kept", error.len());
         assert!(error.contains("503"), "{error}");
     }
@@ -391,38 +385,38 @@ async fn numbers_failing_forever_go_dead_on_their_own_schedule_while_other_tenan
     config.retry_max = Duration::from_millis(200);
     // A circuit opened by mistake would hold everything for a minute.
     config.circuit = quick_circuits(Duration::from_secs(60));
-    let app = app_with_twilio(config, &twilio).await;
+    let app = TestApp::start_with_twilio(config, &twilio).await;
     let a = app.tenant().await;
     let b = app.tenant().await;
-    twilio.always_for("+15554000001", unavailable());
-    twilio.always_for("+15554000002", unavailable());
+    twilio.always_for("+15554000001", Reply::unavailable());
+    twilio.always_for("+15554000002", Reply::unavailable());
 
     let bad: Vec<String> = [
-        app.send_sms(&a, "+15554000001", "to a dead phone").await,
-        app.send_sms(&a, "+15554000002", "to another").await,
+        app.post_sms(&a, "+15554000001", "to a dead phone").await,
+        app.post_sms(&a, "+15554000002", "to another").await,
     ]
     .iter()
-    .map(|m| m["id"].as_str().unwrap().to_owned())
+    .map(|m| m.id.clone())
     .collect();
     let mut good = vec![];
     for i in 0..20 {
         let m = app
-            .send_sms(&b, &format!("+155541000{i:02}"), "appointment tomorrow")
+            .post_sms(&b, &format!("+155541000{i:02}"), "appointment tomorrow")
             .await;
-        good.push(m["id"].as_str().unwrap().to_owned());
+        good.push(m.id.clone());
     }
     for id in &good {
         let m = app
             .wait_for_status(&b, id, "sent", Duration::from_secs(15))
             .await;
-        assert_eq!(m["attempts"], 1, "{m}");
+        assert_eq!(m.attempts, 1, "{m}");
         assert!(put_off_events(&m).is_empty(), "B was put off: {m}");
     }
     for (id, to) in bad.iter().zip(["+15554000001", "+15554000002"]) {
         let m = app
             .wait_for_status(&a, id, "dead", Duration::from_secs(20))
             .await;
-        assert_eq!(m["attempts"], 4, "{m}");
+        assert_eq!(m.attempts, 4, "{m}");
         assert_eq!(twilio.calls_to(to), 4, "exactly max attempts calls");
         assert!(put_off_events(&m).is_empty(), "{m}");
     }
@@ -434,15 +428,15 @@ async fn a_tenant_whose_every_recipient_fails_holds_back_nobody_else() {
     let mut config = test_config().await;
     config.max_attempts = 8;
     config.circuit = quick_circuits(Duration::from_secs(60));
-    let app = app_with_twilio(config, &twilio).await;
+    let app = TestApp::start_with_twilio(config, &twilio).await;
     let a = app.tenant().await;
     let b = app.tenant().await;
     let mut a_ids = vec![];
     for i in 0..10 {
         let to = format!("+155544000{i:02}");
-        twilio.always_for(&to, unavailable());
-        let m = app.send_sms(&a, &to, "to a carrier that is down").await;
-        a_ids.push(m["id"].as_str().unwrap().to_owned());
+        twilio.always_for(&to, Reply::unavailable());
+        let m = app.post_sms(&a, &to, "to a carrier that is down").await;
+        a_ids.push(m.id.clone());
     }
     // A's own circuit opens...
     let put_off = eventually(Duration::from_secs(20), "A is put off", || async {
@@ -461,17 +455,12 @@ async fn a_tenant_whose_every_recipient_fails_holds_back_nobody_else() {
     // ...and B's texts go straight out.
     for i in 0..10 {
         let m = app
-            .send_sms(&b, &format!("+155545000{i:02}"), "your table is ready")
+            .post_sms(&b, &format!("+155545000{i:02}"), "your table is ready")
             .await;
         let m = app
-            .wait_for_status(
-                &b,
-                m["id"].as_str().unwrap(),
-                "sent",
-                Duration::from_secs(10),
-            )
+            .wait_for_status(&b, &m.id, "sent", Duration::from_secs(10))
             .await;
-        assert_eq!(m["attempts"], 1, "{m}");
+        assert_eq!(m.attempts, 1, "{m}");
         assert!(put_off_events(&m).is_empty(), "B was put off: {m}");
     }
 }
@@ -484,17 +473,17 @@ async fn when_twilio_is_down_the_circuits_open_spend_no_attempts_and_all_go_out_
     config.retry_base = Duration::from_millis(100);
     config.retry_max = Duration::from_millis(400);
     config.circuit = quick_circuits(Duration::from_millis(1500));
-    let app = app_with_twilio(config, &twilio).await;
+    let app = TestApp::start_with_twilio(config, &twilio).await;
     let busy = [app.tenant().await, app.tenant().await];
     let quiet = app.tenant().await;
-    twilio.otherwise(Some(unavailable()));
+    twilio.otherwise(Some(Reply::unavailable()));
 
     let mut ids = vec![];
     for i in 0..12 {
         let tenant = &busy[i % 2];
         let to = format!("+155542000{i:02}");
-        let m = app.send_sms(tenant, &to, "reminder").await;
-        ids.push((tenant, to, m["id"].as_str().unwrap().to_owned()));
+        let m = app.post_sms(tenant, &to, "reminder").await;
+        ids.push((tenant, to, m.id.clone()));
     }
     // The circuits open: messages are put off with an event saying why and until when.
     let put_off = eventually(
@@ -513,8 +502,8 @@ async fn when_twilio_is_down_the_circuits_open_spend_no_attempts_and_all_go_out_
     assert!(put_off.contains("twilio circuit is open"), "{put_off}");
     // Two tenants see Twilio fail and none sees it work: the shared circuit holds back a
     // quiet tenant's text too, before it spends an attempt.
-    let q = app.send_sms(&quiet, "+15554209999", "hello").await;
-    let q = q["id"].as_str().unwrap().to_owned();
+    let q = app.post_sms(&quiet, "+15554209999", "hello").await;
+    let q = q.id.clone();
     let held = eventually(
         Duration::from_secs(10),
         "the quiet tenant's text is put off",
@@ -539,7 +528,7 @@ async fn when_twilio_is_down_the_circuits_open_spend_no_attempts_and_all_go_out_
     );
     for (tenant, _, id) in &ids {
         let m = app.message(tenant, id).await;
-        assert_ne!(m["status"], "dead", "the outage spent its attempts: {m}");
+        assert_ne!(m.status, "dead", "the outage spent its attempts: {m}");
     }
 
     twilio.otherwise(None);
@@ -551,7 +540,7 @@ async fn when_twilio_is_down_the_circuits_open_spend_no_attempts_and_all_go_out_
         let m = app
             .wait_for_status(tenant, id, "sent", Duration::from_secs(30))
             .await;
-        assert!(m["attempts"].as_i64().unwrap() < 8, "{m}");
+        assert!(m.attempts < 8, "{m}");
         let since_back = twilio.sent_to(to).iter().filter(|r| r.at >= back).count();
         assert_eq!(
             since_back, 1,
@@ -565,7 +554,7 @@ async fn twilio_answering_429_is_a_slow_down_not_an_outage() {
     let twilio = TwilioMock::start().await;
     let mut config = test_config().await;
     config.circuit = quick_circuits(Duration::from_secs(60));
-    let app = app_with_twilio(config, &twilio).await;
+    let app = TestApp::start_with_twilio(config, &twilio).await;
     let tenant = app.tenant().await;
     let throttled = Reply::TwilioError {
         status: 429,
@@ -576,9 +565,9 @@ async fn twilio_answering_429_is_a_slow_down_not_an_outage() {
     let mut ids = vec![];
     for i in 0..8 {
         let m = app
-            .send_sms(&tenant, &format!("+155543000{i:02}"), "hi")
+            .post_sms(&tenant, &format!("+155543000{i:02}"), "hi")
             .await;
-        ids.push(m["id"].as_str().unwrap().to_owned());
+        ids.push(m.id.clone());
     }
     for id in &ids {
         let m = app
@@ -602,7 +591,11 @@ async fn a_tenants_failing_endpoints_on_a_shared_host_do_not_hold_back_another_t
     for i in 0..6 {
         let path = format!("/a/{i}");
         host.answer(&path, 500, "down");
-        a_ids.push(post_webhook(&app, &a, &host.url(&path), i).await);
+        a_ids.push(
+            app.post_webhook(&a, &host.url(&path), json!({"n": i}))
+                .await
+                .id,
+        );
     }
     // A's circuit for that host opens (its endpoints there are all failing)...
     eventually(
@@ -622,7 +615,11 @@ async fn a_tenants_failing_endpoints_on_a_shared_host_do_not_hold_back_another_t
     // ...and B's webhooks to the same host go straight through.
     let mut b_ids = vec![];
     for i in 0..5 {
-        b_ids.push(post_webhook(&app, &b, &host.url("/b"), i).await);
+        b_ids.push(
+            app.post_webhook(&b, &host.url("/b"), json!({"n": i}))
+                .await
+                .id,
+        );
     }
     for id in &b_ids {
         let m = app
@@ -678,7 +675,7 @@ async fn dead_letter_routes_count_against_the_key() {
         match status {
             StatusCode::OK => {}
             StatusCode::TOO_MANY_REQUESTS => {
-                assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+                assert_eq!(api_error(&body).code, "rate_limited", "{body}");
                 limited += 1;
             }
             other => panic!("{other}: {body}"),
@@ -715,7 +712,7 @@ async fn failed_authentication_is_limited_per_client_address() {
             StatusCode::TOO_MANY_REQUESTS => {
                 let retry_after = r.headers().get("retry-after").cloned();
                 let body: Value = r.json().await.unwrap();
-                assert_eq!(body["error"]["code"], "too_many_failed_authentications");
+                assert_eq!(api_error(&body).code, "too_many_failed_authentications");
                 assert!(retry_after.is_some(), "429 without Retry-After");
                 limited = Some(i);
             }
@@ -727,7 +724,7 @@ async fn failed_authentication_is_limited_per_client_address() {
         "20 guesses from one address: none limited"
     );
     assert!(
-        unauthorized >= 4 && unauthorized < 20,
+        (4..20).contains(&unauthorized),
         "{unauthorized} answered 401"
     );
     // Another address is not held back, with a wrong key or a right one.
@@ -784,7 +781,7 @@ async fn a_texter_past_the_ai_budget_is_stored_not_answered_and_gets_one_notice(
     let mut config = test_config().await;
     config.llm = Some(model.endpoint());
     config.ai_replies_per_hour = 3;
-    let app = app_with_twilio(config, &twilio).await;
+    let app = TestApp::start_with_twilio(config, &twilio).await;
     let tenant = app.tenant().await;
     let texter = "+15556000001";
     for i in 0..10 {
@@ -827,17 +824,16 @@ async fn a_texter_past_the_ai_budget_is_stored_not_answered_and_gets_one_notice(
         3,
         "{bodies:?}"
     );
-    let (_, conversation) = app
-        .get(
+    let conversation: ConversationView = app
+        .get_as(
             &format!("/v1/conversations/{contact}?limit=100"),
             &tenant.api_key,
         )
         .await;
-    let inbound = conversation["data"]
-        .as_array()
-        .unwrap()
+    let inbound = conversation
+        .data
         .iter()
-        .filter(|e| e["direction"] == "inbound")
+        .filter(|e| e.direction == "inbound")
         .count();
     assert_eq!(inbound, 10, "every text is stored and shown");
 

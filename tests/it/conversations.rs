@@ -8,8 +8,9 @@ use herald_core::providers::twilio_signature;
 use herald_tests::{
     Tenant, TestApp,
     app::test_config,
-    eventually,
-    providers::{ModelMock, ModelReply, TwilioMock},
+    eventually, eventually_ok,
+    providers::{ModelMock, ModelReply, TwilioMock, chat, turn},
+    views::{ContactView, MessageView, api_error, entry, view},
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -59,35 +60,13 @@ async fn setup() -> Setup {
     .await
 }
 
-/// A tenant like [`TestApp::tenant`] (its own `sms_from`, no quiet hours) with `extra` fields.
-async fn tenant_with(app: &TestApp, extra: Value) -> Tenant {
-    let n: u64 = rand::random::<u64>() % 1_000_000_000;
-    let mut body = json!({
-        "name": "Acme Dental",
-        "sms_from": format!("+1500{n:09}"),
-        "quiet_hours": null,
-    });
-    for (k, v) in extra.as_object().unwrap() {
-        body[k] = v.clone();
-    }
-    app.create_tenant(body).await
-}
-
-/// The tenant's messages (`GET /v1/messages`), newest first.
-async fn messages(app: &TestApp, tenant: &Tenant, query: &str) -> Vec<Value> {
-    let (status, page) = app
-        .get(&format!("/v1/messages?limit=100{query}"), &tenant.api_key)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{page}");
-    page["data"].as_array().unwrap().clone()
-}
-
 /// The inbound messages with this body, newest first.
-async fn inbound_with_body(app: &TestApp, tenant: &Tenant, body: &str) -> Vec<Value> {
-    messages(app, tenant, "")
+async fn inbound_with_body(app: &TestApp, tenant: &Tenant, body: &str) -> Vec<MessageView> {
+    app.messages(tenant, "")
         .await
+        .data
         .into_iter()
-        .filter(|m| m["direction"] == "inbound" && m["body"] == body)
+        .filter(|m| m.direction == "inbound" && m.body == body)
         .collect()
 }
 
@@ -97,20 +76,26 @@ async fn contact_id_texting(app: &TestApp, tenant: &Tenant, body: &str) -> Strin
     let m = found
         .last()
         .unwrap_or_else(|| panic!("no inbound message {body:?} is listed"));
-    assert_eq!(m["author"], "contact", "{m}");
-    assert_eq!(m["status"], "received", "{m}");
-    m["contact_id"]
-        .as_str()
+    assert_eq!(m.author, "contact", "{m}");
+    assert_eq!(m.status, "received", "{m}");
+    m.contact_id
+        .as_deref()
         .unwrap_or_else(|| panic!("the inbound message has no contact_id: {m}"))
         .to_owned()
 }
 
 /// The outbound messages to this contact written by `author`, newest first.
-async fn outbound_by(app: &TestApp, tenant: &Tenant, contact_id: &str, author: &str) -> Vec<Value> {
-    messages(app, tenant, &format!("&contact_id={contact_id}"))
+async fn outbound_by(
+    app: &TestApp,
+    tenant: &Tenant,
+    contact_id: &str,
+    author: &str,
+) -> Vec<MessageView> {
+    app.messages(tenant, &format!("&contact_id={contact_id}"))
         .await
+        .data
         .into_iter()
-        .filter(|m| m["direction"] == "outbound" && m["author"] == author)
+        .filter(|m| m.direction == "outbound" && m.author == author)
         .collect()
 }
 
@@ -122,112 +107,53 @@ async fn wait_for_reply(
     contact_id: &str,
     author: &str,
     n: usize,
-) -> Value {
-    let newest = eventually(
+) -> MessageView {
+    let newest = eventually_ok(
         WAIT,
         &format!("{n} outbound message(s) by {author} to {contact_id}"),
         || async {
             let found = outbound_by(app, tenant, contact_id, author).await;
-            (found.len() >= n).then(|| found[0].clone())
+            if found.len() >= n {
+                Ok(found[0].clone())
+            } else {
+                Err(format!("{} of them: {found:?}", found.len()))
+            }
         },
     )
     .await;
-    app.wait_for_status(tenant, newest["id"].as_str().unwrap(), "sent", WAIT)
-        .await
+    app.wait_for_status(tenant, &newest.id, "sent", WAIT).await
 }
 
 /// `POST /v1/contacts` with a phone (asserting 201); returns the id.
 async fn create_contact(app: &TestApp, tenant: &Tenant, phone: &str) -> String {
-    let (status, c) = app
-        .post("/v1/contacts", &tenant.api_key, &json!({"phone": phone}))
+    let c: ContactView = app
+        .post_as(
+            "/v1/contacts",
+            &tenant.api_key,
+            &json!({"phone": phone}),
+            StatusCode::CREATED,
+        )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{c}");
-    c["id"].as_str().unwrap().to_owned()
-}
-
-async fn contact(app: &TestApp, tenant: &Tenant, id: &str) -> Value {
-    let (status, c) = app
-        .get(&format!("/v1/contacts/{id}"), &tenant.api_key)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{c}");
-    c
-}
-
-async fn conversation(app: &TestApp, tenant: &Tenant, contact_id: &str) -> Value {
-    let (status, c) = app
-        .get(&format!("/v1/conversations/{contact_id}"), &tenant.api_key)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{c}");
-    c
-}
-
-/// `(direction, author, body)` of each conversation entry, oldest first.
-fn entries(conversation: &Value) -> Vec<(String, String, String)> {
-    conversation["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["direction"].as_str().unwrap().to_owned(),
-                e["author"].as_str().unwrap().to_owned(),
-                e["body"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
-fn entry(direction: &str, author: &str, body: &str) -> (String, String, String) {
-    (direction.to_owned(), author.to_owned(), body.to_owned())
-}
-
-/// `(role, content)` of each chat message a model was sent.
-fn chat(request: &Value) -> Vec<(String, String)> {
-    request["messages"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no messages in the chat request: {request}"))
-        .iter()
-        .map(|m| {
-            (
-                m["role"].as_str().unwrap().to_owned(),
-                m["content"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
-fn turn(role: &str, content: &str) -> (String, String) {
-    (role.to_owned(), content.to_owned())
-}
-
-fn event_statuses(m: &Value) -> Vec<String> {
-    m["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["status"].as_str().unwrap().to_owned())
-        .collect()
+    c.id
 }
 
 /// Waits until the `ai-replies` queue has nothing pending, scheduled or running.
 async fn wait_for_idle_reply_queue(app: &TestApp) {
-    eventually(WAIT, "the ai-replies queue is idle", || async {
-        let (status, qs) = app.get("/v1/admin/queues", &app.ops_token).await;
-        assert_eq!(status, StatusCode::OK, "{qs}");
-        let q = qs
-            .as_array()
-            .and_then(|qs| qs.iter().find(|q| q["name"] == "ai-replies").cloned())
-            .unwrap_or_else(|| panic!("no ai-replies queue in {qs}"));
-        (q["pending"] == 0 && q["scheduled"] == 0 && q["running"] == 0).then_some(())
+    eventually_ok(WAIT, "the ai-replies queue is idle", || async {
+        let q = app.queue_stats("ai-replies").await;
+        if q.is_idle() {
+            Ok(())
+        } else {
+            Err(format!("stats {q}"))
+        }
     })
     .await;
 }
 
-async fn contact_rows(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM contacts")
-        .fetch_one(&app.db)
+/// A contact as raw JSON, for tests of its whole shape.
+async fn contact_json(app: &TestApp, tenant: &Tenant, id: &str) -> Value {
+    app.get_as(&format!("/v1/contacts/{id}"), &tenant.api_key)
         .await
-        .unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -235,7 +161,7 @@ async fn contact_rows(app: &TestApp) -> i64 {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn conversation_stop_words_in_any_case_suppress_sms_and_start_words_let_it_through_again() {
+async fn stop_words_in_any_case_suppress_sms_and_start_words_let_it_through_again() {
     let s = setup().await;
     let app = &s.app;
     let tenant = app.tenant().await;
@@ -256,30 +182,28 @@ async fn conversation_stop_words_in_any_case_suppress_sms_and_start_words_let_it
         if i > 0 {
             s.app.text(&s.twilio, &tenant, phone, stop).await;
         }
-        assert_eq!(
-            contact(app, &tenant, &cid).await["opted_out"],
-            true,
+        assert!(
+            app.contact(&tenant, &cid).await.opted_out,
             "{stop:?} opts the number out"
         );
         let blocked_body = format!("blocked after {stop:?}");
-        let blocked = app.send_sms(&tenant, phone, &blocked_body).await;
+        let blocked = app.post_sms(&tenant, phone, &blocked_body).await;
         let blocked = app
-            .wait_for_status(&tenant, blocked["id"].as_str().unwrap(), "suppressed", WAIT)
+            .wait_for_status(&tenant, &blocked.id, "suppressed", WAIT)
             .await;
         assert!(
-            !event_statuses(&blocked).contains(&"sending".to_owned()),
+            !blocked.event_statuses().contains(&"sending".to_owned()),
             "a suppressed SMS never starts sending: {blocked}"
         );
 
         s.app.text(&s.twilio, &tenant, phone, start).await;
-        assert_eq!(
-            contact(app, &tenant, &cid).await["opted_out"],
-            false,
+        assert!(
+            !app.contact(&tenant, &cid).await.opted_out,
             "{start:?} opts the number back in"
         );
         let allowed_body = format!("allowed after {start:?}");
-        let allowed = app.send_sms(&tenant, phone, &allowed_body).await;
-        app.wait_for_status(&tenant, allowed["id"].as_str().unwrap(), "sent", WAIT)
+        let allowed = app.post_sms(&tenant, phone, &allowed_body).await;
+        app.wait_for_status(&tenant, &allowed.id, "sent", WAIT)
             .await;
         sent_bodies.push(allowed_body);
         // The later SMS went out, so the suppressed one had its chance and did not.
@@ -293,7 +217,7 @@ async fn conversation_stop_words_in_any_case_suppress_sms_and_start_words_let_it
     // Keyword texts get no AI reply: a question afterwards gets the first and only one.
     s.app.text(&s.twilio, &tenant, phone, QUESTION).await;
     let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
-    assert_eq!(reply["body"], ANSWER);
+    assert_eq!(reply.body, ANSWER);
     wait_for_idle_reply_queue(app).await;
     let requests = s.model.received();
     assert_eq!(
@@ -305,7 +229,10 @@ async fn conversation_stop_words_in_any_case_suppress_sms_and_start_words_let_it
     assert_eq!(outbound_by(app, &tenant, &cid, "ai").await.len(), 1);
 
     // Keyword texts are stored on the conversation too.
-    let inbound: Vec<String> = entries(&conversation(app, &tenant, &cid).await)
+    let inbound: Vec<String> = app
+        .conversation(&tenant, &cid)
+        .await
+        .entries()
         .into_iter()
         .filter(|(d, _, _)| d == "inbound")
         .map(|(_, _, b)| b)
@@ -325,7 +252,7 @@ async fn conversation_stop_words_in_any_case_suppress_sms_and_start_words_let_it
 }
 
 #[tokio::test]
-async fn conversation_stop_suppresses_an_sms_scheduled_before_it_when_its_time_comes() {
+async fn stop_suppresses_an_sms_scheduled_before_it_when_its_time_comes() {
     let s = setup().await;
     let app = &s.app;
     let tenant = app.tenant().await;
@@ -340,31 +267,32 @@ async fn conversation_stop_suppresses_an_sms_scheduled_before_it_when_its_time_c
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{m}");
-    assert_eq!(m["status"], "scheduled");
-    let id = m["id"].as_str().unwrap();
-    let send_at: DateTime<Utc> = m["send_at"].as_str().unwrap().parse().unwrap();
+    let m: MessageView = view(&m);
+    assert_eq!(m.status, "scheduled");
+    let id = m.id.as_str();
+    let send_at: DateTime<Utc> = m.send_at.parse().unwrap();
 
     s.app.text(&s.twilio, &tenant, phone, "STOP").await;
     let cid = contact_id_texting(app, &tenant, "STOP").await;
-    assert_eq!(contact(app, &tenant, &cid).await["opted_out"], true);
+    assert!(app.contact(&tenant, &cid).await.opted_out);
 
     let suppressed = app.wait_for_status(&tenant, id, "suppressed", WAIT).await;
-    let events = suppressed["events"].as_array().unwrap();
+    let events = &suppressed.events;
     let last = events.last().unwrap();
-    assert_eq!(last["status"], "suppressed", "{suppressed}");
-    let at: DateTime<Utc> = last["at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(last.status, "suppressed", "{suppressed}");
+    let at: DateTime<Utc> = last.at.parse().unwrap();
     assert!(
         at >= send_at,
         "suppressed at its time, not before: {at} < {send_at}"
     );
     assert!(
-        !event_statuses(&suppressed).contains(&"sending".to_owned()),
+        !suppressed.event_statuses().contains(&"sending".to_owned()),
         "{suppressed}"
     );
 
     // A later SMS to another number goes out: the suppressed one had its chance.
-    let witness = app.send_sms(&tenant, "+15557779999", "witness").await;
-    app.wait_for_status(&tenant, witness["id"].as_str().unwrap(), "sent", WAIT)
+    let witness = app.post_sms(&tenant, "+15557779999", "witness").await;
+    app.wait_for_status(&tenant, &witness.id, "sent", WAIT)
         .await;
     assert_eq!(
         s.twilio.calls_to(phone),
@@ -374,11 +302,11 @@ async fn conversation_stop_suppresses_an_sms_scheduled_before_it_when_its_time_c
 }
 
 #[tokio::test]
-async fn conversation_help_and_info_get_the_tenants_help_text_and_no_ai_reply() {
+async fn help_and_info_get_the_tenants_help_text_and_no_ai_reply() {
     let s = setup().await;
     let app = &s.app;
     let help = "Acme Dental: call 555-0100 or reply here. Reply STOP to opt out.";
-    let tenant = tenant_with(app, json!({"help_text": help})).await;
+    let tenant = app.tenant_with(json!({"help_text": help})).await;
     let phone = "+15557770003";
 
     s.app.text(&s.twilio, &tenant, phone, "HELP").await;
@@ -390,9 +318,9 @@ async fn conversation_help_and_info_get_the_tenants_help_text_and_no_ai_reply() 
     );
     let cid = contact_id_texting(app, &tenant, "HELP").await;
     let system = wait_for_reply(app, &tenant, &cid, "system", 1).await;
-    assert_eq!(system["body"], help);
-    assert_eq!(system["to"], phone);
-    assert_eq!(system["contact_id"], cid.as_str());
+    assert_eq!(system.body, help);
+    assert_eq!(system.to, phone);
+    assert_eq!(system.contact_id.as_deref(), Some(cid.as_str()));
 
     s.app.text(&s.twilio, &tenant, phone, " info ").await;
     wait_for_reply(app, &tenant, &cid, "system", 2).await;
@@ -417,11 +345,11 @@ async fn conversation_help_and_info_get_the_tenants_help_text_and_no_ai_reply() 
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn conversation_a_question_is_answered_by_the_primary_model_as_a_user_turn() {
+async fn a_question_is_answered_by_the_primary_model_as_a_user_turn() {
     let s = setup().await;
     let app = &s.app;
     let prompt = "You are the assistant of Acme Dental. Keep answers short.";
-    let tenant = tenant_with(app, json!({"system_prompt": prompt})).await;
+    let tenant = app.tenant_with(json!({"system_prompt": prompt})).await;
     let phone = "+15557770004";
 
     s.app.text(&s.twilio, &tenant, phone, QUESTION).await;
@@ -444,30 +372,30 @@ async fn conversation_a_question_is_answered_by_the_primary_model_as_a_user_turn
 
     let cid = contact_id_texting(app, &tenant, QUESTION).await;
     let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
-    assert_eq!(reply["body"], ANSWER);
-    assert_eq!(reply["direction"], "outbound");
-    assert_eq!(reply["channel"], "sms");
-    assert_eq!(reply["to"], phone);
-    assert_eq!(reply["contact_id"], cid.as_str());
-    assert_eq!(reply["model"], PRIMARY);
+    assert_eq!(reply.body, ANSWER);
+    assert_eq!(reply.direction, "outbound");
+    assert_eq!(reply.channel, "sms");
+    assert_eq!(reply.to, phone);
+    assert_eq!(reply.contact_id.as_deref(), Some(cid.as_str()));
+    assert_eq!(reply.model.as_deref(), Some(PRIMARY));
     assert_eq!(
-        reply["usage"],
-        json!({"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49})
+        reply.usage,
+        Some(json!({"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49}))
     );
 
-    let c = conversation(app, &tenant, &cid).await;
-    assert_eq!(c["contact_id"], cid.as_str());
-    assert_eq!(c["mode"], "ai");
+    let c = app.conversation(&tenant, &cid).await;
+    assert_eq!(c.contact_id, cid.as_str());
+    assert_eq!(c.mode, "ai");
     assert_eq!(
-        entries(&c),
+        c.entries(),
         [
             entry("inbound", "contact", QUESTION),
             entry("outbound", "ai", ANSWER)
         ]
     );
-    assert_eq!(c["data"][0]["status"], "received");
-    assert_eq!(c["data"][1]["status"], "sent");
-    assert_eq!(c["data"][1]["id"], reply["id"]);
+    assert_eq!(c.data[0].status, "received");
+    assert_eq!(c.data[1].status, "sent");
+    assert_eq!(c.data[1].id, reply.id);
 
     // A follow-up: the model sees the conversation so far, then the new text last.
     let follow_up = "And on Saturday?";
@@ -488,7 +416,7 @@ async fn conversation_a_question_is_answered_by_the_primary_model_as_a_user_turn
     );
     wait_for_reply(app, &tenant, &cid, "ai", 2).await;
     assert_eq!(
-        entries(&conversation(app, &tenant, &cid).await),
+        app.conversation(&tenant, &cid).await.entries(),
         [
             entry("inbound", "contact", QUESTION),
             entry("outbound", "ai", ANSWER),
@@ -503,7 +431,7 @@ async fn conversation_a_question_is_answered_by_the_primary_model_as_a_user_turn
 }
 
 #[tokio::test]
-async fn conversation_a_primary_that_answers_on_its_retry_is_used() {
+async fn a_primary_that_answers_on_its_retry_is_used() {
     let s = setup().await;
     let app = &s.app;
     let tenant = app.tenant().await;
@@ -514,13 +442,13 @@ async fn conversation_a_primary_that_answers_on_its_retry_is_used() {
     s.twilio.wait_for_sms(phone, ANSWER, WAIT).await;
     let cid = contact_id_texting(app, &tenant, QUESTION).await;
     let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
-    assert_eq!(reply["model"], PRIMARY);
+    assert_eq!(reply.model.as_deref(), Some(PRIMARY));
     assert_eq!(s.model.received().len(), 2, "one call and one retry");
     assert!(s.fallback.received().is_empty());
 }
 
 #[tokio::test]
-async fn conversation_the_fallback_answers_when_the_primary_fails_twice() {
+async fn the_fallback_answers_when_the_primary_fails_twice() {
     let s = setup_with(
         ModelReply::Status(500),
         ModelReply::Text(FALLBACK_ANSWER.to_owned()),
@@ -535,9 +463,12 @@ async fn conversation_the_fallback_answers_when_the_primary_fails_twice() {
     s.twilio.wait_for_sms(phone, FALLBACK_ANSWER, WAIT).await;
     let cid = contact_id_texting(app, &tenant, QUESTION).await;
     let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
-    assert_eq!(reply["body"], FALLBACK_ANSWER);
-    assert_eq!(reply["model"], FALLBACK);
-    assert!(reply["usage"].is_object(), "{reply}");
+    assert_eq!(reply.body, FALLBACK_ANSWER);
+    assert_eq!(reply.model.as_deref(), Some(FALLBACK));
+    assert!(
+        reply.usage.as_ref().is_some_and(Value::is_object),
+        "{reply}"
+    );
     assert_eq!(
         s.model.received().len(),
         2,
@@ -551,7 +482,7 @@ async fn conversation_the_fallback_answers_when_the_primary_fails_twice() {
 }
 
 #[tokio::test]
-async fn conversation_the_canned_reply_answers_when_both_models_fail() {
+async fn the_canned_reply_answers_when_both_models_fail() {
     let s = setup_with(
         ModelReply::Status(500),
         ModelReply::Status(503),
@@ -560,16 +491,16 @@ async fn conversation_the_canned_reply_answers_when_both_models_fail() {
     .await;
     let app = &s.app;
     let canned = "Thanks! Someone from Acme Dental will text you back shortly.";
-    let tenant = tenant_with(app, json!({"canned_reply": canned})).await;
+    let tenant = app.tenant_with(json!({"canned_reply": canned})).await;
     let phone = "+15557770007";
 
     s.app.text(&s.twilio, &tenant, phone, QUESTION).await;
     s.twilio.wait_for_sms(phone, canned, WAIT).await;
     let cid = contact_id_texting(app, &tenant, QUESTION).await;
     let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
-    assert_eq!(reply["body"], canned);
-    assert_eq!(reply["model"], Value::Null, "{reply}");
-    assert_eq!(reply["usage"], Value::Null, "{reply}");
+    assert_eq!(reply.body, canned);
+    assert_eq!(reply.model, None, "{reply}");
+    assert_eq!(reply.usage, None, "{reply}");
     assert_eq!(s.model.received().len(), 2, "the primary and its retry");
     assert_eq!(s.fallback.received().len(), 2, "the fallback and its retry");
 
@@ -579,14 +510,14 @@ async fn conversation_the_canned_reply_answers_when_both_models_fail() {
     s.app.text(&s.twilio, &plain, other, QUESTION).await;
     let cid = contact_id_texting(app, &plain, QUESTION).await;
     let reply = wait_for_reply(app, &plain, &cid, "ai", 1).await;
-    assert_eq!(reply["model"], Value::Null, "{reply}");
-    let body = reply["body"].as_str().unwrap();
+    assert_eq!(reply.model, None, "{reply}");
+    let body = reply.body.as_str().unwrap();
     assert!(!body.trim().is_empty(), "{reply}");
     assert_eq!(s.twilio.bodies_to(other), [body]);
 }
 
 #[tokio::test]
-async fn conversation_a_primary_that_hangs_past_the_timeout_is_left_for_the_fallback() {
+async fn a_primary_that_hangs_past_the_timeout_is_left_for_the_fallback() {
     let s = setup_with(
         ModelReply::Hang(Duration::from_secs(30)),
         ModelReply::Text(FALLBACK_ANSWER.to_owned()),
@@ -602,7 +533,7 @@ async fn conversation_a_primary_that_hangs_past_the_timeout_is_left_for_the_fall
     s.twilio.wait_for_sms(phone, FALLBACK_ANSWER, WAIT).await;
     let cid = contact_id_texting(app, &tenant, QUESTION).await;
     let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
-    assert_eq!(reply["model"], FALLBACK);
+    assert_eq!(reply.model.as_deref(), Some(FALLBACK));
     assert!(
         !s.model.received().is_empty(),
         "the primary was asked first"
@@ -611,7 +542,7 @@ async fn conversation_a_primary_that_hangs_past_the_timeout_is_left_for_the_fall
 }
 
 #[tokio::test]
-async fn conversation_a_long_model_answer_is_cut_to_320_characters() {
+async fn a_long_model_answer_is_cut_to_320_characters() {
     let long = "Thanks for asking! We are open from nine in the morning until five in the \
                 evening on weekdays, and on Saturdays until noon. "
         .repeat(8);
@@ -629,7 +560,7 @@ async fn conversation_a_long_model_answer_is_cut_to_320_characters() {
     s.app.text(&s.twilio, &tenant, phone, QUESTION).await;
     let cid = contact_id_texting(app, &tenant, QUESTION).await;
     let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
-    let body = reply["body"].as_str().unwrap();
+    let body = reply.body.as_str().unwrap();
     let chars = body.chars().count();
     assert!(
         (1..=320).contains(&chars),
@@ -639,14 +570,14 @@ async fn conversation_a_long_model_answer_is_cut_to_320_characters() {
         body.starts_with("Thanks for asking! We are open"),
         "{body:?}"
     );
-    assert_eq!(reply["model"], PRIMARY);
+    assert_eq!(reply.model.as_deref(), Some(PRIMARY));
     let sent = s.twilio.bodies_to(phone);
     assert_eq!(sent, [body], "Twilio gets the cut reply");
     assert!(sent[0].chars().count() <= 320);
 }
 
 #[tokio::test]
-async fn conversation_a_long_text_reaches_the_model_cut_to_1000_characters() {
+async fn a_long_text_reaches_the_model_cut_to_1000_characters() {
     let s = setup().await;
     let app = &s.app;
     let tenant = app.tenant().await;
@@ -678,13 +609,13 @@ async fn conversation_a_long_text_reaches_the_model_cut_to_1000_characters() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn conversation_taken_over_gets_no_ai_reply_and_is_answered_again_once_released() {
+async fn one_taken_over_gets_no_ai_reply_and_is_answered_again_once_released() {
     let s = setup().await;
     let app = &s.app;
     let tenant = app.tenant().await;
     let phone = "+15557770012";
     let cid = create_contact(app, &tenant, phone).await;
-    assert_eq!(conversation(app, &tenant, &cid).await["mode"], "ai");
+    assert_eq!(app.conversation(&tenant, &cid).await.mode, "ai");
 
     let (status, mode) = app
         .post(
@@ -695,8 +626,8 @@ async fn conversation_taken_over_gets_no_ai_reply_and_is_answered_again_once_rel
         .await;
     assert_eq!(status, StatusCode::OK, "{mode}");
     assert_eq!(mode, json!({"contact_id": cid, "mode": "human"}));
-    assert_eq!(conversation(app, &tenant, &cid).await["mode"], "human");
-    assert_eq!(contact(app, &tenant, &cid).await["mode"], "human");
+    assert_eq!(app.conversation(&tenant, &cid).await.mode, "human");
+    assert_eq!(app.contact(&tenant, &cid).await.mode, "human");
 
     let asked = "Can I move my appointment?";
     s.app.text(&s.twilio, &tenant, phone, asked).await;
@@ -709,15 +640,15 @@ async fn conversation_taken_over_gets_no_ai_reply_and_is_answered_again_once_rel
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{m}");
-    assert_eq!(m["author"], "human");
-    assert_eq!(m["direction"], "outbound");
-    assert_eq!(m["to"], phone);
-    assert_eq!(m["contact_id"], cid.as_str());
-    assert!(m["id"].as_str().unwrap().starts_with("msg_"), "{m}");
+    let m: MessageView = view(&m);
+    assert_eq!(m.author, "human");
+    assert_eq!(m.direction, "outbound");
+    assert_eq!(m.to, phone);
+    assert_eq!(m.contact_id.as_deref(), Some(cid.as_str()));
+    assert!(m.id.starts_with("msg_"), "{m}");
     let sms = s.twilio.wait_for_sms(phone, person, WAIT).await;
     assert_eq!(sms.form["From"], tenant.sms_from.clone().unwrap());
-    app.wait_for_status(&tenant, m["id"].as_str().unwrap(), "sent", WAIT)
-        .await;
+    app.wait_for_status(&tenant, &m.id, "sent", WAIT).await;
 
     // The person's reply went out after the text was stored, and no reply job is left.
     wait_for_idle_reply_queue(app).await;
@@ -742,7 +673,7 @@ async fn conversation_taken_over_gets_no_ai_reply_and_is_answered_again_once_rel
     let next = "Thursday afternoon, please.";
     s.app.text(&s.twilio, &tenant, phone, next).await;
     let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
-    assert_eq!(reply["body"], ANSWER);
+    assert_eq!(reply.body, ANSWER);
     let requests = s.model.received();
     assert_eq!(requests.len(), 1, "{requests:?}");
     let turns = chat(&requests[0]);
@@ -757,10 +688,10 @@ async fn conversation_taken_over_gets_no_ai_reply_and_is_answered_again_once_rel
         "the model sees the conversation, the person's reply included"
     );
 
-    let c = conversation(app, &tenant, &cid).await;
-    assert_eq!(c["mode"], "ai");
+    let c = app.conversation(&tenant, &cid).await;
+    assert_eq!(c.mode, "ai");
     assert_eq!(
-        entries(&c),
+        c.entries(),
         [
             entry("inbound", "contact", asked),
             entry("outbound", "human", person),
@@ -775,25 +706,27 @@ async fn conversation_taken_over_gets_no_ai_reply_and_is_answered_again_once_rel
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn conversation_a_text_from_an_unknown_number_creates_a_contact_in_the_tenants_time_zone() {
+async fn a_text_from_an_unknown_number_creates_a_contact_in_the_tenants_time_zone() {
     let s = setup().await;
     let app = &s.app;
-    let tenant = tenant_with(app, json!({"timezone": "America/Chicago"})).await;
+    let tenant = app
+        .tenant_with(json!({"timezone": "America/Chicago"}))
+        .await;
     let phone = "+15557770013";
-    assert_eq!(contact_rows(app).await, 0);
+    assert_eq!(app.contact_rows().await, 0);
 
     s.app.text(&s.twilio, &tenant, phone, QUESTION).await;
     let inbound = inbound_with_body(app, &tenant, QUESTION).await;
     assert_eq!(inbound.len(), 1, "{inbound:?}");
-    assert_eq!(inbound[0]["channel"], "sms");
+    assert_eq!(inbound[0].channel, "sms");
     let cid = contact_id_texting(app, &tenant, QUESTION).await;
     assert!(cid.starts_with("ct_"), "{cid}");
-    let c = contact(app, &tenant, &cid).await;
-    assert_eq!(c["phone"], phone);
-    assert_eq!(c["timezone"], "America/Chicago", "{c}");
-    assert_eq!(c["opted_out"], false);
-    assert_eq!(c["mode"], "ai");
-    assert_eq!(contact_rows(app).await, 1);
+    let c = app.contact(&tenant, &cid).await;
+    assert_eq!(c.phone.as_deref(), Some(phone));
+    assert_eq!(c.timezone, "America/Chicago", "{c}");
+    assert!(!c.opted_out);
+    assert_eq!(c.mode, "ai");
+    assert_eq!(app.contact_rows().await, 1);
     let stored: Option<String> = sqlx::query_scalar("SELECT timezone FROM contacts WHERE id = $1")
         .bind(&cid)
         .fetch_one(&app.db)
@@ -809,11 +742,11 @@ async fn conversation_a_text_from_an_unknown_number_creates_a_contact_in_the_ten
         contact_id_texting(app, &tenant, "Are you open on Sunday?").await,
         cid
     );
-    assert_eq!(contact_rows(app).await, 1);
+    assert_eq!(app.contact_rows().await, 1);
 }
 
 #[tokio::test]
-async fn conversation_a_retried_inbound_webhook_is_stored_and_answered_once() {
+async fn a_retried_inbound_webhook_is_stored_and_answered_once() {
     let s = setup().await;
     let app = &s.app;
     let tenant = app.tenant().await;
@@ -849,7 +782,10 @@ async fn conversation_a_retried_inbound_webhook_is_stored_and_answered_once() {
     assert_eq!(s.model.received().len(), 2, "{:?}", s.model.received());
     assert_eq!(outbound_by(app, &tenant, &cid, "ai").await.len(), 2);
     assert_eq!(s.twilio.calls_to(phone), 2);
-    let inbound: Vec<String> = entries(&conversation(app, &tenant, &cid).await)
+    let inbound: Vec<String> = app
+        .conversation(&tenant, &cid)
+        .await
+        .entries()
         .into_iter()
         .filter(|(d, _, _)| d == "inbound")
         .map(|(_, _, b)| b)
@@ -858,7 +794,7 @@ async fn conversation_a_retried_inbound_webhook_is_stored_and_answered_once() {
 }
 
 #[tokio::test]
-async fn conversation_an_inbound_text_with_a_bad_signature_is_refused_and_changes_nothing() {
+async fn an_inbound_text_with_a_bad_signature_is_refused_and_changes_nothing() {
     let s = setup().await;
     let app = &s.app;
     let tenant = app.tenant().await;
@@ -887,7 +823,7 @@ async fn conversation_an_inbound_text_with_a_bad_signature_is_refused_and_change
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "wrong token: {body}");
     let error: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{body}"));
-    assert_eq!(error["error"]["code"], "invalid_signature", "{body}");
+    assert_eq!(api_error(&error).code, "invalid_signature", "{body}");
 
     // No signature at all.
     let r = app.http.post(&url).form(&stop).send().await.unwrap();
@@ -922,18 +858,17 @@ async fn conversation_an_inbound_text_with_a_bad_signature_is_refused_and_change
     assert_eq!(r.status(), StatusCode::FORBIDDEN, "signed for another URL");
 
     assert_eq!(app.message_rows().await, 0, "no message stored");
-    assert_eq!(contact_rows(app).await, 0, "no contact created");
+    assert_eq!(app.contact_rows().await, 0, "no contact created");
 
     // The forged STOPs opted nobody out.
-    let m = app.send_sms(&tenant, phone, "still reachable").await;
-    app.wait_for_status(&tenant, m["id"].as_str().unwrap(), "sent", WAIT)
-        .await;
+    let m = app.post_sms(&tenant, phone, "still reachable").await;
+    app.wait_for_status(&tenant, &m.id, "sent", WAIT).await;
     assert_eq!(s.twilio.calls_to(phone), 1);
     assert!(s.model.received().is_empty());
 }
 
 #[tokio::test]
-async fn conversation_of_another_tenant_is_not_found() {
+async fn one_of_another_tenant_is_not_found() {
     let s = setup().await;
     let app = &s.app;
     let a = app.tenant().await;
@@ -983,28 +918,27 @@ async fn conversation_of_another_tenant_is_not_found() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 
     // A's conversation is as it was.
-    let c = conversation(app, &a, &cid).await;
-    assert_eq!(c["mode"], "ai");
+    let c = app.conversation(&a, &cid).await;
+    assert_eq!(c.mode, "ai");
     assert_eq!(
-        entries(&c),
+        c.entries(),
         [
             entry("inbound", "contact", QUESTION),
             entry("outbound", "ai", ANSWER)
         ]
     );
-    assert_eq!(contact(app, &a, &cid).await["name"], Value::Null);
+    assert_eq!(app.contact(&a, &cid).await.name, None);
 
     // The same number texting B is B's own contact, and its STOP at B leaves A alone.
     s.app.text(&s.twilio, &b, phone, "STOP").await;
     let b_cid = contact_id_texting(app, &b, "STOP").await;
     assert_ne!(b_cid, cid);
-    assert_eq!(contact(app, &b, &b_cid).await["opted_out"], true);
-    assert_eq!(contact(app, &a, &cid).await["opted_out"], false);
-    let c = conversation(app, &b, &b_cid).await;
-    assert_eq!(entries(&c), [entry("inbound", "contact", "STOP")]);
-    let m = app.send_sms(&a, phone, "from A").await;
-    app.wait_for_status(&a, m["id"].as_str().unwrap(), "sent", WAIT)
-        .await;
+    assert!(app.contact(&b, &b_cid).await.opted_out);
+    assert!(!app.contact(&a, &cid).await.opted_out);
+    let c = app.conversation(&b, &b_cid).await;
+    assert_eq!(c.entries(), [entry("inbound", "contact", "STOP")]);
+    let m = app.post_sms(&a, phone, "from A").await;
+    app.wait_for_status(&a, &m.id, "sent", WAIT).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1012,9 +946,11 @@ async fn conversation_of_another_tenant_is_not_found() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn conversation_contacts_api_creates_reads_and_patches_contacts() {
+async fn the_contacts_api_creates_reads_and_patches_contacts() {
     let app = TestApp::start().await;
-    let tenant = tenant_with(&app, json!({"timezone": "America/Chicago"})).await;
+    let tenant = app
+        .tenant_with(json!({"timezone": "America/Chicago"}))
+        .await;
 
     let (status, ana) = app
         .post(
@@ -1024,16 +960,18 @@ async fn conversation_contacts_api_creates_reads_and_patches_contacts() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{ana}");
-    let id = ana["id"].as_str().unwrap().to_owned();
+    let created: ContactView = view(&ana);
+    let id = created.id.clone();
     assert!(id.starts_with("ct_"), "{id}");
-    assert_eq!(ana["phone"], "+15551112222");
-    assert_eq!(ana["name"], "Ana");
+    assert_eq!(created.phone.as_deref(), Some("+15551112222"));
+    assert_eq!(created.name.as_deref(), Some("Ana"));
     assert_eq!(
-        ana["timezone"], "America/Chicago",
+        created.timezone, "America/Chicago",
         "defaults to the tenant's"
     );
-    assert_eq!(ana["opted_out"], false);
-    assert_eq!(contact(&app, &tenant, &id).await, ana);
+    assert!(!created.opted_out);
+    // The whole body reads back the same, field for field.
+    assert_eq!(contact_json(&app, &tenant, &id).await, ana);
 
     let (status, paris) = app
         .post(
@@ -1043,10 +981,11 @@ async fn conversation_contacts_api_creates_reads_and_patches_contacts() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{paris}");
-    assert_eq!(paris["timezone"], "Europe/Paris");
-    assert_eq!(paris["email"], "luc@example.com");
-    assert_eq!(paris["name"], Value::Null);
-    let rows = contact_rows(&app).await;
+    let paris: ContactView = view(&paris);
+    assert_eq!(paris.timezone, "Europe/Paris");
+    assert_eq!(paris.email.as_deref(), Some("luc@example.com"));
+    assert_eq!(paris.name, None);
+    let rows = app.contact_rows().await;
     assert_eq!(rows, 2);
 
     let (status, dup) = app
@@ -1057,7 +996,7 @@ async fn conversation_contacts_api_creates_reads_and_patches_contacts() {
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{dup}");
-    assert_eq!(dup["error"]["code"], "contact_exists", "{dup}");
+    assert_eq!(api_error(&dup).code, "contact_exists", "{dup}");
 
     for (body, field) in [
         (json!({"phone": "555-1234"}), "phone"),
@@ -1068,10 +1007,14 @@ async fn conversation_contacts_api_creates_reads_and_patches_contacts() {
     ] {
         let (status, err) = app.post("/v1/contacts", &tenant.api_key, &body).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {err}");
-        assert_eq!(err["error"]["field"], field, "{body}: {err}");
+        assert_eq!(
+            api_error(&err).field.as_deref(),
+            Some(field),
+            "{body}: {err}"
+        );
     }
     assert_eq!(
-        contact_rows(&app).await,
+        app.contact_rows().await,
         rows,
         "a rejected create adds nothing"
     );
@@ -1088,25 +1031,31 @@ async fn conversation_contacts_api_creates_reads_and_patches_contacts() {
     };
     let (status, changed) = patch(json!({"name": "Ana María", "timezone": "Asia/Tokyo"})).await;
     assert_eq!(status, StatusCode::OK, "{changed}");
-    assert_eq!(changed["name"], "Ana María");
-    assert_eq!(changed["timezone"], "Asia/Tokyo");
-    assert_eq!(changed["phone"], "+15551112222", "unnamed fields stay");
-    assert_eq!(contact(&app, &tenant, &id).await, changed);
+    let patched: ContactView = view(&changed);
+    assert_eq!(patched.name.as_deref(), Some("Ana María"));
+    assert_eq!(patched.timezone, "Asia/Tokyo");
+    assert_eq!(
+        patched.phone.as_deref(),
+        Some("+15551112222"),
+        "unnamed fields stay"
+    );
+    assert_eq!(contact_json(&app, &tenant, &id).await, changed);
 
     let (status, cleared) = patch(json!({"name": null})).await;
     assert_eq!(status, StatusCode::OK, "{cleared}");
-    assert_eq!(cleared["name"], Value::Null);
-    assert_eq!(cleared["timezone"], "Asia/Tokyo");
-    assert_eq!(contact(&app, &tenant, &id).await["name"], Value::Null);
+    let unnamed: ContactView = view(&cleared);
+    assert_eq!(unnamed.name, None, "{cleared}");
+    assert_eq!(unnamed.timezone, "Asia/Tokyo");
+    assert_eq!(app.contact(&tenant, &id).await.name, None);
 
     let (status, err) = patch(json!({"timezone": "Nowhere/Special"})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
-    assert_eq!(err["error"]["field"], "timezone", "{err}");
+    assert_eq!(api_error(&err).field.as_deref(), Some("timezone"), "{err}");
     let (status, err) = patch(json!({"phone": "+33612345678"})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{err}");
-    assert_eq!(err["error"]["code"], "contact_exists", "{err}");
+    assert_eq!(api_error(&err).code, "contact_exists", "{err}");
     assert_eq!(
-        contact(&app, &tenant, &id).await,
+        contact_json(&app, &tenant, &id).await,
         cleared,
         "a rejected patch changes nothing"
     );
@@ -1130,7 +1079,7 @@ async fn an_ai_reply_job_lost_with_redis_data_is_queued_again() {
         model,
         fallback,
     };
-    let tenant = tenant_with(&s.app, json!({})).await;
+    let tenant = s.app.tenant_with(json!({})).await;
     let marker = format!("{{{}:ai-replies}}:reconciled", s.app.config.queue_prefix);
     let mut conn = s.app.redis.clone();
     eventually(WAIT, "the scheduler reconciles the queues", || {

@@ -10,6 +10,7 @@ use herald_tests::{
     browser::Browser,
     eventually,
     providers::{Reply, TwilioMock},
+    views::{DeadLetterView, Page},
 };
 use reqwest::{StatusCode, header};
 use serde_json::Value;
@@ -37,9 +38,9 @@ async fn app_with_a_dead_letter() -> (TestApp, TwilioMock, Tenant, String, Strin
     app.start_worker();
     let tenant = app.tenant().await;
     let m = app
-        .send_sms(&tenant, "+15550001111", "Your order is ready for pickup")
+        .post_sms(&tenant, "+15550001111", "Your order is ready for pickup")
         .await;
-    let message_id = m["id"].as_str().unwrap().to_owned();
+    let message_id = m.id.clone();
     app.wait_for_status(&tenant, &message_id, "failed", Duration::from_secs(15))
         .await;
     // The dead letter is written right after the message is marked failed.
@@ -47,8 +48,8 @@ async fn app_with_a_dead_letter() -> (TestApp, TwilioMock, Tenant, String, Strin
         Duration::from_secs(10),
         "the dead letter is written",
         || async {
-            let (_, page) = app.get("/v1/dead-letters", &app.ops_token).await;
-            page["data"][0]["id"].as_str().map(str::to_owned)
+            let page: Page<DeadLetterView> = app.get_as("/v1/dead-letters", &app.ops_token).await;
+            page.data.first().map(|d| d.id.clone())
         },
     )
     .await;
@@ -193,7 +194,7 @@ async fn ops_log_in_see_a_dead_letter_replay_it_and_its_message_is_sent() {
 }
 
 #[tokio::test]
-async fn dashboard_pages_refuse_a_visitor_without_a_session() {
+async fn every_page_refuses_a_visitor_without_a_session() {
     let (app, _twilio, _tenant, dead_letter, _) = app_with_a_dead_letter().await;
     let http = no_redirects();
     for page in [
@@ -221,14 +222,12 @@ async fn dashboard_pages_refuse_a_visitor_without_a_session() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let (_, d) = app
-        .get(&format!("/v1/dead-letters/{dead_letter}"), &app.ops_token)
-        .await;
-    assert_eq!(d["replayed_at"], Value::Null, "nothing was replayed");
+    let d = app.dead_letter(&app.ops_token, &dead_letter).await;
+    assert_eq!(d.replayed_at, None, "nothing was replayed");
 }
 
 #[tokio::test]
-async fn a_dashboard_action_without_the_csrf_token_is_refused() {
+async fn an_action_without_the_csrf_token_is_refused() {
     let (app, _twilio, _tenant, dead_letter, _) = app_with_a_dead_letter().await;
     let http = no_redirects();
     let cookie = app.ops_login(&http).await;
@@ -244,14 +243,8 @@ async fn a_dashboard_action_without_the_csrf_token_is_refused() {
         assert_eq!(r.status(), StatusCode::FORBIDDEN, "csrf {form:?}");
         assert!(r.text().await.unwrap().contains("CSRF"));
     }
-    let (_, d) = app
-        .get(&format!("/v1/dead-letters/{dead_letter}"), &app.ops_token)
-        .await;
-    assert_eq!(
-        d["replayed_at"],
-        Value::Null,
-        "a refused action changes nothing"
-    );
+    let d = app.dead_letter(&app.ops_token, &dead_letter).await;
+    assert_eq!(d.replayed_at, None, "a refused action changes nothing");
 
     // The token from the page itself works.
     let page = http
@@ -271,10 +264,8 @@ async fn a_dashboard_action_without_the_csrf_token_is_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    let (_, d) = app
-        .get(&format!("/v1/dead-letters/{dead_letter}"), &app.ops_token)
-        .await;
-    assert!(d["replayed_at"].is_string(), "{d}");
+    let d = app.dead_letter(&app.ops_token, &dead_letter).await;
+    assert!(d.replayed_at.is_some(), "{d}");
 }
 
 #[tokio::test]
@@ -305,10 +296,8 @@ async fn a_bulk_replay_asks_for_confirmation_before_it_replays() {
         confirm.contains("Replay dead letters?") && confirm.contains("id=\"count\">1<"),
         "{confirm}"
     );
-    let (_, d) = app
-        .get(&format!("/v1/dead-letters/{dead_letter}"), &app.ops_token)
-        .await;
-    assert_eq!(d["replayed_at"], Value::Null, "asking changes nothing");
+    let d = app.dead_letter(&app.ops_token, &dead_letter).await;
+    assert_eq!(d.replayed_at, None, "asking changes nothing");
 
     let r = http
         .post(app.url("/ops/dead-letters/replay"))
@@ -322,8 +311,6 @@ async fn a_bulk_replay_asks_for_confirmation_before_it_replays() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    let (_, d) = app
-        .get(&format!("/v1/dead-letters/{dead_letter}"), &app.ops_token)
-        .await;
-    assert!(d["replayed_at"].is_string(), "confirmed, it replays: {d}");
+    let d = app.dead_letter(&app.ops_token, &dead_letter).await;
+    assert!(d.replayed_at.is_some(), "confirmed, it replays: {d}");
 }

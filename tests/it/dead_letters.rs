@@ -7,17 +7,10 @@ use herald_tests::{
     Tenant, TestApp,
     app::test_config,
     providers::{Reply, TwilioMock},
+    views::{DeadLetterView, Page, Replayed, ReplayedCount, api_error, view},
 };
 use reqwest::StatusCode;
-use serde_json::{Value, json};
-
-fn unavailable() -> Reply {
-    Reply::Raw {
-        status: 503,
-        body: "upstream unavailable".into(),
-        headers: vec![],
-    }
-}
+use serde_json::json;
 
 fn invalid_number() -> Reply {
     Reply::TwilioError {
@@ -27,19 +20,8 @@ fn invalid_number() -> Reply {
     }
 }
 
-/// The dead letters a key can see (one page of up to 100).
-async fn dead_letters(app: &TestApp, key: &str, query: &str) -> Vec<Value> {
-    let (status, page) = app
-        .get(&format!("/v1/dead-letters?limit=100{query}"), key)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{page}");
-    page["data"].as_array().unwrap().clone()
-}
-
-fn ids(list: &[Value]) -> HashSet<String> {
-    list.iter()
-        .map(|d| d["id"].as_str().unwrap().to_owned())
-        .collect()
+fn ids(list: &[DeadLetterView]) -> HashSet<String> {
+    list.iter().map(|d| d.id.clone()).collect()
 }
 
 /// A message's status as Postgres holds it, whichever tenant it belongs to.
@@ -60,15 +42,19 @@ async fn a_message_that_always_gets_503_ends_dead_and_one_replay_sends_it() {
     let mut app = TestApp::start_with(config).await;
     app.start_worker();
     let tenant = app.tenant().await;
-    twilio.script([unavailable(), unavailable(), unavailable()]);
+    twilio.script([
+        Reply::unavailable(),
+        Reply::unavailable(),
+        Reply::unavailable(),
+    ]);
 
-    let m = app.send_sms(&tenant, "+15556660001", "doomed").await;
-    let id = m["id"].as_str().unwrap();
+    let m = app.post_sms(&tenant, "+15556660001", "doomed").await;
+    let id = m.id.as_str();
     let dead = app
         .wait_for_status(&tenant, id, "dead", Duration::from_secs(20))
         .await;
-    assert_eq!(dead["attempts"], 3, "{dead}");
-    let last_error = dead["last_error"].as_str().unwrap_or_default();
+    assert_eq!(dead.attempts, 3, "{dead}");
+    let last_error = dead.last_error.as_deref().unwrap_or_default();
     assert!(last_error.contains("503"), "last_error: {dead}");
     assert_eq!(twilio.received().len(), 3, "three attempts, three calls");
 
@@ -76,24 +62,25 @@ async fn a_message_that_always_gets_503_ends_dead_and_one_replay_sends_it() {
         Duration::from_secs(10),
         "the dead letter is listed",
         || async {
-            let list = dead_letters(&app, &tenant.api_key, "").await;
-            list.into_iter().find(|d| d["message_id"] == id)
+            let list = app.dead_letters(&tenant.api_key, "").await;
+            list.into_iter()
+                .find(|d| d.message_id.as_deref() == Some(id))
         },
     )
     .await;
-    assert_eq!(dl["reason"], "exhausted", "{dl}");
-    assert_eq!(dl["queue"], "deliveries", "{dl}");
-    assert_eq!(dl["tenant_id"], tenant.id.as_str(), "{dl}");
-    assert_eq!(dl["attempts"], 3, "{dl}");
-    let errors = dl["errors"].as_array().unwrap();
+    assert_eq!(dl.reason, "exhausted", "{dl}");
+    assert_eq!(dl.queue, "deliveries", "{dl}");
+    assert_eq!(dl.tenant_id, tenant.id.as_str(), "{dl}");
+    assert_eq!(dl.attempts, 3, "{dl}");
+    let errors = &dl.errors;
     assert_eq!(errors.len(), 3, "one error per attempt: {dl}");
     for e in errors {
-        assert!(e["at"].as_str().is_some_and(|t| !t.is_empty()), "{e}");
-        assert!(e["error"].as_str().unwrap().contains("503"), "{e}");
+        assert!(!e.at.is_empty(), "{e}");
+        assert!(e.error.contains("503"), "{e}");
     }
-    assert!(dl["dead_at"].is_string(), "{dl}");
-    assert!(dl["replayed_at"].is_null(), "{dl}");
-    let dl_id = dl["id"].as_str().unwrap();
+    assert!(!dl.dead_at.is_empty(), "{dl}");
+    assert!(dl.replayed_at.is_none(), "{dl}");
+    let dl_id = dl.id.as_str();
     assert!(dl_id.starts_with("dl_"), "{dl_id}");
 
     // The mock accepts from now on: the replay is a fresh run that goes out at once.
@@ -105,32 +92,22 @@ async fn a_message_that_always_gets_503_ends_dead_and_one_replay_sends_it() {
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{replayed}");
-    assert_eq!(replayed["message_id"], id, "{replayed}");
-    assert!(replayed["status"].is_string(), "{replayed}");
+    let replayed: Replayed = view(&replayed);
+    assert_eq!(replayed.message_id, id, "{replayed}");
+    assert!(!replayed.status.is_empty(), "{replayed}");
     let sent = app
         .wait_for_status(&tenant, id, "sent", Duration::from_secs(15))
         .await;
-    assert_eq!(sent["attempts"], 1, "a replay starts a new run: {sent}");
+    assert_eq!(sent.attempts, 1, "a replay starts a new run: {sent}");
     assert_eq!(twilio.received().len(), 4, "the replay made one call");
-    let events: Vec<&str> = sent["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["status"].as_str().unwrap())
-        .collect();
+    let events: Vec<&str> = sent.events.iter().map(|e| e.status.as_str()).collect();
     assert!(
         events.contains(&"dead") && events.last() == Some(&"sent"),
         "the events keep the history: {events:?}"
     );
 
-    let (status, after) = app
-        .get(&format!("/v1/dead-letters/{dl_id}"), &tenant.api_key)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{after}");
-    assert!(
-        after["replayed_at"].is_string(),
-        "replayed_at is set: {after}"
-    );
+    let after = app.dead_letter(&tenant.api_key, dl_id).await;
+    assert!(after.replayed_at.is_some(), "replayed_at is set: {after}");
 
     let (status, again) = app
         .post(
@@ -140,10 +117,10 @@ async fn a_message_that_always_gets_503_ends_dead_and_one_replay_sends_it() {
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{again}");
-    assert_eq!(again["error"]["code"], "not_replayable", "{again}");
+    assert_eq!(api_error(&again).code, "not_replayable", "{again}");
     app.wait_for_drained_queue(0, Duration::from_secs(10)).await;
     assert_eq!(twilio.received().len(), 4, "a refused replay sends nothing");
-    assert_eq!(app.message(&tenant, id).await["status"], "sent");
+    assert_eq!(app.message(&tenant, id).await.status, "sent");
 }
 
 /// (message id, dead letter id, reason).
@@ -183,27 +160,28 @@ async fn fixture() -> Fixture {
             twilio.script([invalid_number()]);
             "failed"
         } else {
-            twilio.script([unavailable(), unavailable()]);
+            twilio.script([Reply::unavailable(), Reply::unavailable()]);
             "dead"
         };
         let m = app
-            .send_sms(tenant, &format!("+1555777000{i}"), "will not arrive")
+            .post_sms(tenant, &format!("+1555777000{i}"), "will not arrive")
             .await;
-        let id = m["id"].as_str().unwrap().to_owned();
+        let id = m.id.clone();
         app.wait_for_status(tenant, &id, final_status, Duration::from_secs(20))
             .await;
         let dl = herald_tests::eventually(
             Duration::from_secs(10),
             "the dead letter is written",
             || async {
-                let list = dead_letters(&app, &app.ops_token, "").await;
-                list.into_iter().find(|d| d["message_id"] == id.as_str())
+                let list = app.dead_letters(&app.ops_token, "").await;
+                list.into_iter()
+                    .find(|d| d.message_id.as_deref() == Some(id.as_str()))
             },
         )
         .await;
-        assert_eq!(dl["reason"], reason, "{dl}");
-        assert_eq!(dl["tenant_id"], tenant.id.as_str(), "{dl}");
-        let entry = (id, dl["id"].as_str().unwrap().to_owned(), reason);
+        assert_eq!(dl.reason, reason, "{dl}");
+        assert_eq!(dl.tenant_id, tenant.id.as_str(), "{dl}");
+        let entry = (id, dl.id.clone(), reason);
         if tenant.id == a.id {
             a_dead.push(entry);
         } else {
@@ -221,7 +199,7 @@ async fn fixture() -> Fixture {
 }
 
 #[tokio::test]
-async fn a_tenant_sees_and_touches_only_its_own_dead_letters() {
+async fn a_tenant_sees_and_touches_only_its_own() {
     let Fixture {
         app,
         a,
@@ -233,10 +211,10 @@ async fn a_tenant_sees_and_touches_only_its_own_dead_letters() {
     let a_ids: HashSet<String> = a_dead.iter().map(|d| d.1.clone()).collect();
     let b_ids: HashSet<String> = b_dead.iter().map(|d| d.1.clone()).collect();
 
-    assert_eq!(ids(&dead_letters(&app, &a.api_key, "").await), a_ids);
-    assert_eq!(ids(&dead_letters(&app, &b.api_key, "").await), b_ids);
+    assert_eq!(ids(&app.dead_letters(&a.api_key, "").await), a_ids);
+    assert_eq!(ids(&app.dead_letters(&b.api_key, "").await), b_ids);
     assert!(
-        dead_letters(&app, &b.api_key, &format!("&tenant_id={}", a.id))
+        app.dead_letters(&b.api_key, &format!("&tenant_id={}", a.id))
             .await
             .is_empty(),
         "asking for another tenant's dead letters selects none"
@@ -270,36 +248,31 @@ async fn a_tenant_sees_and_touches_only_its_own_dead_letters() {
             .post("/v1/dead-letters/replay", &b.api_key, &filter)
             .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{filter}: {body}");
-        assert_eq!(body["replayed"], 0, "{filter}: {body}");
+        assert_eq!(view::<ReplayedCount>(&body).replayed, 0, "{filter}: {body}");
     }
 
     // A's dead letter is untouched, and A still sees it.
-    let (status, dl) = app
-        .get(&format!("/v1/dead-letters/{a_dl}"), &a.api_key)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{dl}");
-    assert!(dl["replayed_at"].is_null(), "{dl}");
-    assert_eq!(app.message(&a, a_msg).await["status"], "failed");
+    let dl = app.dead_letter(&a.api_key, a_dl).await;
+    assert!(dl.replayed_at.is_none(), "{dl}");
+    assert_eq!(app.message(&a, a_msg).await.status, "failed");
 
     // B's bulk replay with everything selects only B's own.
     let (status, body) = app
         .post("/v1/dead-letters/replay", &b.api_key, &json!({"all": true}))
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(body["replayed"], 1, "{body}");
+    assert_eq!(view::<ReplayedCount>(&body).replayed, 1, "{body}");
     app.wait_for_status(&b, &b_dead[0].0, "sent", Duration::from_secs(15))
         .await;
     for (msg, dl, _) in &a_dead {
-        let (_, d) = app
-            .get(&format!("/v1/dead-letters/{dl}"), &app.ops_token)
-            .await;
-        assert!(d["replayed_at"].is_null(), "{d}");
-        assert_ne!(app.message(&a, msg).await["status"], "sent");
+        let d = app.dead_letter(&app.ops_token, dl).await;
+        assert!(d.replayed_at.is_none(), "{d}");
+        assert_ne!(app.message(&a, msg).await.status, "sent");
     }
 }
 
 #[tokio::test]
-async fn ops_filter_page_bulk_replay_and_delete_dead_letters() {
+async fn ops_filter_page_bulk_replay_and_delete_them() {
     let Fixture {
         app,
         twilio,
@@ -321,35 +294,36 @@ async fn ops_filter_page_bulk_replay_and_delete_dead_letters() {
             .collect()
     };
 
-    assert_eq!(ids(&dead_letters(&app, &ops, "").await), all_ids);
+    assert_eq!(ids(&app.dead_letters(&ops, "").await), all_ids);
     assert_eq!(
-        ids(&dead_letters(&app, &ops, &format!("&tenant_id={}", a.id)).await),
+        ids(&app
+            .dead_letters(&ops, &format!("&tenant_id={}", a.id))
+            .await),
         select(&|_, is_a| is_a)
     );
     assert_eq!(
-        ids(&dead_letters(&app, &ops, &format!("&tenant_id={}", b.id)).await),
+        ids(&app
+            .dead_letters(&ops, &format!("&tenant_id={}", b.id))
+            .await),
         select(&|_, is_a| !is_a)
     );
     assert_eq!(
-        ids(&dead_letters(&app, &ops, "&reason=rejected").await),
+        ids(&app.dead_letters(&ops, "&reason=rejected").await),
         select(&|d, _| d.2 == "rejected")
     );
     assert_eq!(
-        ids(&dead_letters(&app, &ops, "&reason=exhausted").await),
+        ids(&app.dead_letters(&ops, "&reason=exhausted").await),
         select(&|d, _| d.2 == "exhausted")
     );
     assert_eq!(
-        ids(&dead_letters(&app, &ops, &format!("&tenant_id={}&reason=rejected", a.id)).await),
+        ids(&app
+            .dead_letters(&ops, &format!("&tenant_id={}&reason=rejected", a.id))
+            .await),
         select(&|d, is_a| is_a && d.2 == "rejected")
     );
-    let exhausted = dead_letters(&app, &ops, "&reason=exhausted").await;
-    assert_eq!(exhausted[0]["attempts"], 2, "{:?}", exhausted[0]);
-    assert_eq!(
-        exhausted[0]["errors"].as_array().unwrap().len(),
-        2,
-        "{:?}",
-        exhausted[0]
-    );
+    let exhausted = app.dead_letters(&ops, "&reason=exhausted").await;
+    assert_eq!(exhausted[0].attempts, 2, "{:?}", exhausted[0]);
+    assert_eq!(exhausted[0].errors.len(), 2, "{:?}", exhausted[0]);
 
     // Pages of one, newest first, until next_cursor is null.
     let mut paged = vec![];
@@ -359,13 +333,11 @@ async fn ops_filter_page_bulk_replay_and_delete_dead_letters() {
             Some(c) => format!("/v1/dead-letters?limit=1&cursor={c}"),
             None => "/v1/dead-letters?limit=1".to_owned(),
         };
-        let (status, page) = app.get(&path, &ops).await;
-        assert_eq!(status, StatusCode::OK, "{page}");
-        let data = page["data"].as_array().unwrap();
-        assert!(data.len() <= 1, "{page}");
-        paged.extend(data.iter().map(|d| d["id"].as_str().unwrap().to_owned()));
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
+        let page: Page<DeadLetterView> = app.get_as(&path, &ops).await;
+        assert!(page.data.len() <= 1, "{page}");
+        paged.extend(page.data.iter().map(|d| d.id.clone()));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
             None => break,
         }
     }
@@ -383,10 +355,10 @@ async fn ops_filter_page_bulk_replay_and_delete_dead_letters() {
     // An empty filter replays nothing.
     let (status, body) = app.post("/v1/dead-letters/replay", &ops, &json!({})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert_eq!(body["error"]["code"], "filter_required", "{body}");
+    assert_eq!(api_error(&body).code, "filter_required", "{body}");
     for (msg, dl, _) in &all {
-        let (_, d) = app.get(&format!("/v1/dead-letters/{dl}"), &ops).await;
-        assert!(d["replayed_at"].is_null(), "{d}");
+        let d = app.dead_letter(&ops, dl).await;
+        assert!(d.replayed_at.is_none(), "{d}");
         let status = message_status(&app, msg).await;
         assert!(status == "failed" || status == "dead", "{msg}: {status}");
     }
@@ -401,48 +373,46 @@ async fn ops_filter_page_bulk_replay_and_delete_dead_letters() {
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(body["replayed"], 3, "{body}");
+    assert_eq!(view::<ReplayedCount>(&body).replayed, 3, "{body}");
     for (msg, _, reason) in &a_dead {
         if *reason == "rejected" {
             let m = app
                 .wait_for_status(&a, msg, "sent", Duration::from_secs(15))
                 .await;
-            assert_eq!(m["attempts"], 1, "{m}");
+            assert_eq!(m.attempts, 1, "{m}");
         }
     }
     let m = app
         .wait_for_status(&b, &b_dead[0].0, "sent", Duration::from_secs(15))
         .await;
-    assert_eq!(m["attempts"], 1, "{m}");
+    assert_eq!(m.attempts, 1, "{m}");
     let (exhausted_msg, exhausted_dl, _) = a_dead.iter().find(|d| d.2 == "exhausted").unwrap();
     app.wait_for_drained_queue(0, Duration::from_secs(10)).await;
-    assert_eq!(app.message(&a, exhausted_msg).await["status"], "dead");
+    assert_eq!(app.message(&a, exhausted_msg).await.status, "dead");
     assert_eq!(twilio.received().len(), calls_before + 3);
-    let (_, d) = app
-        .get(&format!("/v1/dead-letters/{exhausted_dl}"), &ops)
-        .await;
-    assert!(d["replayed_at"].is_null(), "{d}");
+    let d = app.dead_letter(&ops, exhausted_dl).await;
+    assert!(d.replayed_at.is_none(), "{d}");
 
     // `all` replays the rest, and nothing twice.
     let (status, body) = app
         .post("/v1/dead-letters/replay", &ops, &json!({"all": true}))
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(body["replayed"], 1, "{body}");
+    assert_eq!(view::<ReplayedCount>(&body).replayed, 1, "{body}");
     let m = app
         .wait_for_status(&a, exhausted_msg, "sent", Duration::from_secs(15))
         .await;
-    assert_eq!(m["attempts"], 1, "{m}");
+    assert_eq!(m.attempts, 1, "{m}");
     let (status, body) = app
         .post("/v1/dead-letters/replay", &ops, &json!({"all": true}))
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(body["replayed"], 0, "{body}");
+    assert_eq!(view::<ReplayedCount>(&body).replayed, 0, "{body}");
     app.wait_for_drained_queue(0, Duration::from_secs(10)).await;
     assert_eq!(twilio.received().len(), calls_before + 4);
     for (_, dl, _) in &all {
-        let (_, d) = app.get(&format!("/v1/dead-letters/{dl}"), &ops).await;
-        assert!(d["replayed_at"].is_string(), "{d}");
+        let d = app.dead_letter(&ops, dl).await;
+        assert!(d.replayed_at.is_some(), "{d}");
     }
 
     // Delete: 204, then it is gone.
@@ -453,14 +423,14 @@ async fn ops_filter_page_bulk_replay_and_delete_dead_letters() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     let (status, body) = app.delete(&format!("/v1/dead-letters/{dl}"), &ops).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    assert!(!ids(&dead_letters(&app, &ops, "").await).contains(dl));
+    assert!(!ids(&app.dead_letters(&ops, "").await).contains(dl));
     // A tenant deletes its own.
     let (_, b_dl) = (&b_dead[0].0, &b_dead[0].1);
     let (status, body) = app
         .delete(&format!("/v1/dead-letters/{b_dl}"), &b.api_key)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
-    assert!(dead_letters(&app, &b.api_key, "").await.is_empty());
+    assert!(app.dead_letters(&b.api_key, "").await.is_empty());
 }
 
 #[tokio::test]
@@ -472,9 +442,9 @@ async fn a_job_taken_while_its_replay_is_still_committing_waits_for_it_and_sends
     let mut app = TestApp::start_with(config).await;
     app.start_worker();
     let tenant = app.tenant().await;
-    twilio.script([unavailable()]);
-    let m = app.send_sms(&tenant, "+15556660009", "slow replay").await;
-    let id = m["id"].as_str().unwrap();
+    twilio.script([Reply::unavailable()]);
+    let m = app.post_sms(&tenant, "+15556660009", "slow replay").await;
+    let id = m.id.as_str();
     app.wait_for_status(&tenant, id, "dead", Duration::from_secs(20))
         .await;
     // Its job is acknowledged a moment after the message is recorded dead.
@@ -527,6 +497,6 @@ async fn a_job_taken_while_its_replay_is_still_committing_waits_for_it_and_sends
     let sent = app
         .wait_for_status(&tenant, id, "sent", Duration::from_secs(15))
         .await;
-    assert_eq!(sent["attempts"], 1, "{sent}");
+    assert_eq!(sent.attempts, 1, "{sent}");
     assert_eq!(twilio.received().len(), 2, "one failed call, then one send");
 }

@@ -7,27 +7,16 @@ use herald_tests::{
     TestApp,
     app::test_config,
     eventually,
-    providers::{Reply, TwilioMock},
+    providers::{Reply, TwilioMock, WebhookReceiver},
+    views::{MessageView, api_error, view},
 };
 use reqwest::StatusCode;
 use serde_json::json;
 
 async fn app_with_twilio() -> (TestApp, TwilioMock) {
     let twilio = TwilioMock::start().await;
-    let mut config = test_config().await;
-    twilio.configure(&mut config);
-    let mut app = TestApp::start_with(config).await;
-    app.start_worker();
+    let app = TestApp::start_with_twilio(test_config().await, &twilio).await;
     (app, twilio)
-}
-
-fn statuses(m: &serde_json::Value) -> Vec<String> {
-    m["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["status"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[tokio::test]
@@ -36,16 +25,16 @@ async fn an_sms_reaches_twilio_with_the_right_fields_and_reads_back_sent() {
     let tenant = app.tenant().await;
 
     let m = app
-        .send_sms(
+        .post_sms(
             &tenant,
             "+15551234567",
             "Your appointment is tomorrow at 3:30 PM",
         )
         .await;
-    assert_eq!(m["status"], "queued");
-    assert_eq!(m["channel"], "sms");
-    assert_eq!(m["attempts"], 0);
-    let id = m["id"].as_str().unwrap();
+    assert_eq!(m.status, "queued");
+    assert_eq!(m.channel, "sms");
+    assert_eq!(m.attempts, 0);
+    let id = m.id.as_str();
     assert!(id.starts_with("msg_"), "{id}");
 
     let sent = app
@@ -68,7 +57,7 @@ async fn an_sms_reaches_twilio_with_the_right_fields_and_reads_back_sent() {
         format!(
             "{}/v1/inbound/twilio/status?message_id={}&run=0",
             app.base,
-            m["id"].as_str().unwrap()
+            m.id.as_str()
         )
     );
     assert!(
@@ -79,14 +68,14 @@ async fn an_sms_reaches_twilio_with_the_right_fields_and_reads_back_sent() {
         "Twilio takes a form"
     );
 
-    let sid = sent["provider_message_id"].as_str().unwrap();
+    let sid = sent.provider_message_id.as_deref().unwrap();
     assert!(
         sid.starts_with("SM") && sid.len() == 34,
         "the Twilio sid is kept: {sid}"
     );
-    assert_eq!(sent["attempts"], 1);
-    assert!(sent["sent_at"].is_string());
-    assert_eq!(statuses(&sent), ["queued", "sending", "sent"]);
+    assert_eq!(sent.attempts, 1);
+    assert!(sent.sent_at.is_some());
+    assert_eq!(sent.event_statuses(), ["queued", "sending", "sent"]);
 }
 
 #[tokio::test]
@@ -102,8 +91,9 @@ async fn a_scheduled_sms_goes_out_after_its_time_never_before() {
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{m}");
-    assert_eq!(m["status"], "scheduled");
-    let id = m["id"].as_str().unwrap();
+    let m: MessageView = view(&m);
+    assert_eq!(m.status, "scheduled");
+    let id = m.id.as_str();
 
     let sent = app
         .wait_for_status(&tenant, id, "sent", Duration::from_secs(15))
@@ -114,9 +104,9 @@ async fn a_scheduled_sms_goes_out_after_its_time_never_before() {
         "sent {} ms before its time",
         (send_at - call.at).num_milliseconds()
     );
-    let sent_at: DateTime<Utc> = sent["sent_at"].as_str().unwrap().parse().unwrap();
+    let sent_at: DateTime<Utc> = sent.sent_at.as_deref().unwrap().parse().unwrap();
     assert!(sent_at >= send_at);
-    assert_eq!(statuses(&sent), ["scheduled", "sending", "sent"]);
+    assert_eq!(sent.event_statuses(), ["scheduled", "sending", "sent"]);
 }
 
 #[tokio::test]
@@ -124,14 +114,15 @@ async fn a_canceled_message_is_never_sent() {
     let (app, twilio) = app_with_twilio().await;
     let tenant = app.tenant().await;
     let soon = Utc::now() + chrono::Duration::milliseconds(800);
-    let (_, m) = app
-        .post(
+    let m: MessageView = app
+        .post_as(
             "/v1/messages",
             &tenant.api_key,
             &json!({"channel": "sms", "to": "+15551110000", "body": "never", "send_at": soon.to_rfc3339()}),
+            StatusCode::ACCEPTED,
         )
         .await;
-    let id = m["id"].as_str().unwrap();
+    let id = m.id.as_str();
 
     let (status, canceled) = app
         .post(
@@ -141,7 +132,8 @@ async fn a_canceled_message_is_never_sent() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{canceled}");
-    assert_eq!(canceled["status"], "canceled");
+    let canceled: MessageView = view(&canceled);
+    assert_eq!(canceled.status, "canceled");
     let (status, again) = app
         .post(
             &format!("/v1/messages/{id}/cancel"),
@@ -153,20 +145,16 @@ async fn a_canceled_message_is_never_sent() {
 
     // A later message going out proves the canceled one's time has come and gone.
     let later = (soon + chrono::Duration::milliseconds(700)).to_rfc3339();
-    let (_, witness) = app
-        .post(
+    let witness: MessageView = app
+        .post_as(
             "/v1/messages",
             &tenant.api_key,
             &json!({"channel": "sms", "to": "+15552220000", "body": "witness", "send_at": later}),
+            StatusCode::ACCEPTED,
         )
         .await;
-    app.wait_for_status(
-        &tenant,
-        witness["id"].as_str().unwrap(),
-        "sent",
-        Duration::from_secs(15),
-    )
-    .await;
+    app.wait_for_status(&tenant, &witness.id, "sent", Duration::from_secs(15))
+        .await;
     let sent_to: Vec<String> = twilio
         .received()
         .iter()
@@ -177,10 +165,7 @@ async fn a_canceled_message_is_never_sent() {
         ["+15552220000"],
         "the canceled message must not reach Twilio"
     );
-    let (_, m) = app
-        .get(&format!("/v1/messages/{id}"), &tenant.api_key)
-        .await;
-    assert_eq!(m["status"], "canceled");
+    assert_eq!(app.message(&tenant, id).await.status, "canceled");
 }
 
 #[tokio::test]
@@ -188,8 +173,8 @@ async fn a_message_being_sent_can_no_longer_be_canceled() {
     let (app, twilio) = app_with_twilio().await;
     twilio.script([Reply::Hang(Duration::from_millis(1500))]);
     let tenant = app.tenant().await;
-    let m = app.send_sms(&tenant, "+15553330000", "slow provider").await;
-    let id = m["id"].as_str().unwrap();
+    let m = app.post_sms(&tenant, "+15553330000", "slow provider").await;
+    let id = m.id.as_str();
     app.wait_for_status(&tenant, id, "sending", Duration::from_secs(10))
         .await;
 
@@ -201,7 +186,7 @@ async fn a_message_being_sent_can_no_longer_be_canceled() {
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert_eq!(body["error"]["code"], "not_cancelable");
+    assert_eq!(api_error(&body).code, "not_cancelable");
     app.wait_for_status(&tenant, id, "sent", Duration::from_secs(10))
         .await;
 }
@@ -223,16 +208,16 @@ async fn transient_provider_errors_are_retried_until_sent() {
     ]);
     let tenant = app.tenant().await;
     let m = app
-        .send_sms(&tenant, "+15554440000", "third time lucky")
+        .post_sms(&tenant, "+15554440000", "third time lucky")
         .await;
-    let id = m["id"].as_str().unwrap();
+    let id = m.id.as_str();
     let sent = app
         .wait_for_status(&tenant, id, "sent", Duration::from_secs(15))
         .await;
-    assert_eq!(sent["attempts"], 3);
+    assert_eq!(sent.attempts, 3);
     assert_eq!(twilio.received().len(), 3);
     assert_eq!(
-        statuses(&sent),
+        sent.event_statuses(),
         [
             "queued", "sending", "retrying", "sending", "retrying", "sending", "sent"
         ]
@@ -248,16 +233,11 @@ async fn an_invalid_number_rejected_by_twilio_fails_with_its_error() {
         message: "The 'To' number +15550000000 is not a valid phone number.".into(),
     }]);
     let tenant = app.tenant().await;
-    let m = app.send_sms(&tenant, "+15550000000", "hello?").await;
+    let m = app.post_sms(&tenant, "+15550000000", "hello?").await;
     let failed = app
-        .wait_for_status(
-            &tenant,
-            m["id"].as_str().unwrap(),
-            "failed",
-            Duration::from_secs(15),
-        )
+        .wait_for_status(&tenant, &m.id, "failed", Duration::from_secs(15))
         .await;
-    let error = failed["last_error"].as_str().unwrap();
+    let error = failed.last_error.as_deref().unwrap();
     assert!(
         error.contains("21211") && error.contains("not a valid phone number"),
         "{error}"
@@ -283,7 +263,8 @@ async fn email_and_webhook_go_out_through_the_log_provider_and_a_receiver() {
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{email}");
-    let id = email["id"].as_str().unwrap();
+    let email: MessageView = view(&email);
+    let id = email.id.as_str();
     app.wait_for_status(&tenant, id, "sent", Duration::from_secs(15))
         .await;
     let (subject, body): (Option<String>, String) =
@@ -295,24 +276,8 @@ async fn email_and_webhook_go_out_through_the_log_provider_and_a_receiver() {
     assert_eq!(subject.as_deref(), Some("Your visit"));
     assert_eq!(body, "See you soon.");
 
-    // A webhook receiver on loopback that records what it gets.
-    let got = std::sync::Arc::new(std::sync::Mutex::new(
-        Vec::<(axum::http::HeaderMap, String)>::new(),
-    ));
-    let sink = got.clone();
-    let receiver = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().unwrap().push((headers, body));
-                StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, receiver).await });
+    let receiver = WebhookReceiver::start().await;
+    let url = receiver.url("/hook");
 
     let (status, hook) = app
         .post(
@@ -322,21 +287,19 @@ async fn email_and_webhook_go_out_through_the_log_provider_and_a_receiver() {
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{hook}");
-    assert_eq!(
-        hook["body"],
-        json!({"event": "appointment.booked", "id": 42})
-    );
-    let id = hook["id"].as_str().unwrap();
+    let hook: MessageView = view(&hook);
+    assert_eq!(hook.body, json!({"event": "appointment.booked", "id": 42}));
+    let id = hook.id.as_str();
     app.wait_for_status(&tenant, id, "delivered", Duration::from_secs(15))
         .await;
     let (headers, body) = eventually(
         Duration::from_secs(5),
         "the receiver got the webhook",
-        || async { got.lock().unwrap().first().cloned() },
+        || async { receiver.requests("/hook").first().cloned() },
     )
     .await;
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
         json!({"event": "appointment.booked", "id": 42})
     );
     assert_eq!(headers["webhook-id"], id);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use herald_core::{
     config::Secret,
-    domain::id_floor,
+    domain::{Channel, id_floor},
     queue::now_ms,
     store::messages::{self, NewMessageRow},
 };
@@ -18,6 +18,7 @@ use herald_tests::{
     providers::{ModelMock, ModelReply, TwilioMock},
     proxy::Proxy,
     redis_url,
+    views::{ContactView, MessageView, api_error, view},
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -68,7 +69,7 @@ async fn webhook_targets_that_embed_or_translate_to_private_addresses_are_refuse
             StatusCode::UNPROCESSABLE_ENTITY,
             "{host} was accepted: {answer}"
         );
-        assert_eq!(answer["error"]["field"], "to", "{answer}");
+        assert_eq!(api_error(&answer).field.as_deref(), Some("to"), "{answer}");
     }
     for public in [
         "[2606:4700:4700::1111]",
@@ -132,15 +133,11 @@ async fn a_name_resolving_to_a_nat64_form_of_loopback_is_refused_when_the_worker
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "a public-looking name: {m}");
+    let m: MessageView = view(&m);
     let m = app
-        .wait_for_status(
-            &tenant,
-            m["id"].as_str().unwrap(),
-            "failed",
-            Duration::from_secs(20),
-        )
+        .wait_for_status(&tenant, &m.id, "failed", Duration::from_secs(20))
         .await;
-    let error = m["last_error"].as_str().unwrap();
+    let error = m.last_error.as_deref().unwrap();
     assert!(error.contains("private address"), "{error}");
 }
 
@@ -159,25 +156,21 @@ async fn the_model_sees_only_texts_the_contact_sent_and_messages_that_went_out()
     app.start_worker();
     let tenant = app.tenant().await;
     let phone = "+15559100001";
-    let (_, contact) = app
-        .post(
+    let contact: ContactView = app
+        .post_as(
             "/v1/contacts",
             &tenant.api_key,
             &json!({"phone": phone, "name": "Ana"}),
+            StatusCode::CREATED,
         )
         .await;
-    let contact = contact["id"].as_str().unwrap().to_owned();
+    let contact = contact.id;
     // Seen: a text that went out.
     let sent = app
-        .send_sms(&tenant, phone, "SEEN: your cleaning is on Tuesday")
+        .post_sms(&tenant, phone, "SEEN: your cleaning is on Tuesday")
         .await;
-    app.wait_for_status(
-        &tenant,
-        sent["id"].as_str().unwrap(),
-        "sent",
-        Duration::from_secs(10),
-    )
-    .await;
+    app.wait_for_status(&tenant, &sent.id, "sent", Duration::from_secs(10))
+        .await;
     // Not seen: one scheduled for tomorrow, and one canceled.
     let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
     let (status, _) = app
@@ -188,14 +181,15 @@ async fn the_model_sees_only_texts_the_contact_sent_and_messages_that_went_out()
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    let (_, later) = app
-        .post(
+    let later: MessageView = app
+        .post_as(
             "/v1/messages",
             &tenant.api_key,
             &json!({"channel": "sms", "to": phone, "body": "UNSEEN: canceled", "send_at": tomorrow}),
+            StatusCode::ACCEPTED,
         )
         .await;
-    let (status, _) = app.cancel(&tenant, later["id"].as_str().unwrap()).await;
+    let (status, _) = app.cancel(&tenant, later.id.as_str()).await;
     assert_eq!(status, StatusCode::OK);
 
     app.text(&twilio, &tenant, phone, "When is my appointment?")
@@ -235,7 +229,7 @@ async fn a_message_committed_long_after_its_id_was_minted_is_still_queued_by_the
     let id = format!("{}7Q3Z", &floor[..floor.len() - 4]);
     let mut row = NewMessageRow::outbound(
         &tenant.id,
-        "sms",
+        Channel::Sms,
         "+15559200001",
         tenant.sms_from.as_deref(),
         "committed late",
@@ -246,14 +240,9 @@ async fn a_message_committed_long_after_its_id_was_minted_is_still_queued_by_the
     messages::insert(&mut *tx, &row).await.unwrap();
 
     // Meanwhile other messages come and go, and the sweep keeps running.
-    let other = app.send_sms(&tenant, "+15559200002", "meanwhile").await;
-    app.wait_for_status(
-        &tenant,
-        other["id"].as_str().unwrap(),
-        "sent",
-        Duration::from_secs(10),
-    )
-    .await;
+    let other = app.post_sms(&tenant, "+15559200002", "meanwhile").await;
+    app.wait_for_status(&tenant, &other.id, "sent", Duration::from_secs(10))
+        .await;
     // The long transaction is the scenario itself: it stays open past the grace.
     tokio::time::sleep(Duration::from_secs(8)).await;
     tx.commit().await.unwrap();
@@ -451,7 +440,11 @@ async fn a_reminder_offset_that_overflows_is_refused_not_wrapped_around() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "{before}: {answer}"
         );
-        assert_eq!(answer["error"]["field"], "reminders[0].before", "{answer}");
+        assert_eq!(
+            api_error(&answer).field.as_deref(),
+            Some("reminders[0].before"),
+            "{answer}"
+        );
     }
     assert_eq!(app.message_rows().await, 0);
 }
@@ -499,7 +492,11 @@ async fn two_authorization_headers_are_a_400() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["field"], "Authorization", "{body}");
+    assert_eq!(
+        api_error(&body).field.as_deref(),
+        Some("Authorization"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -507,7 +504,7 @@ async fn requests_made_before_the_first_scrape_are_in_it() {
     let app = TestApp::start().await;
     let tenant = app.tenant().await;
     for i in 0..3 {
-        app.send_sms(&tenant, &format!("+155594000{i:02}"), "counted")
+        app.post_sms(&tenant, &format!("+155594000{i:02}"), "counted")
             .await;
     }
     let text = app

@@ -76,7 +76,7 @@ fn row<'a>(run: &'a Run, id: &str) -> &'a str {
 }
 
 #[tokio::test]
-async fn heraldctl_lists_shows_replays_and_deletes_a_dead_letter() {
+async fn lists_shows_replays_and_deletes_a_dead_letter() {
     let twilio = TwilioMock::start().await;
     let mut config = test_config().await;
     twilio.configure(&mut config);
@@ -89,20 +89,19 @@ async fn heraldctl_lists_shows_replays_and_deletes_a_dead_letter() {
         message: "The 'To' number is not a valid phone number.".into(),
     }]);
 
-    let m = app.send_sms(&tenant, "+15556660101", "hello").await;
-    let msg_id = m["id"].as_str().unwrap();
+    let m = app.post_sms(&tenant, "+15556660101", "hello").await;
+    let msg_id = m.id.as_str();
     app.wait_for_status(&tenant, msg_id, "failed", Duration::from_secs(20))
         .await;
     let dl_id = eventually(
         Duration::from_secs(10),
         "the dead letter is listed",
         || async {
-            let (_, page) = app.get("/v1/dead-letters", &app.ops_token).await;
-            page["data"]
-                .as_array()?
-                .iter()
-                .find(|d| d["message_id"] == msg_id)
-                .and_then(|d| d["id"].as_str().map(str::to_owned))
+            app.dead_letters(&app.ops_token, "")
+                .await
+                .into_iter()
+                .find(|d| d.message_id.as_deref() == Some(msg_id))
+                .map(|d| d.id)
         },
     )
     .await;
@@ -196,7 +195,7 @@ async fn heraldctl_lists_shows_replays_and_deletes_a_dead_letter() {
 }
 
 #[tokio::test]
-async fn heraldctl_creates_a_tenant_whose_keys_work_until_revoked() {
+async fn creates_a_tenant_whose_keys_work_until_revoked() {
     let app = TestApp::start().await;
     let created = ok(
         &app,
@@ -257,7 +256,7 @@ async fn heraldctl_creates_a_tenant_whose_keys_work_until_revoked() {
 }
 
 #[tokio::test]
-async fn heraldctl_prints_the_apis_refusal_and_exits_1() {
+async fn prints_the_apis_refusal_and_exits_1() {
     let app = TestApp::start().await;
     let bad_token = heraldctl_with(
         &[
@@ -305,7 +304,7 @@ async fn heraldctl_prints_the_apis_refusal_and_exits_1() {
 }
 
 #[tokio::test]
-async fn heraldctl_refuses_usage_errors_with_exit_2_before_calling_the_api() {
+async fn refuses_usage_errors_with_exit_2_before_calling_the_api() {
     // Nothing listens here: a call would exit 3, so exit 2 proves no call was made.
     let closed = format!("http://127.0.0.1:{}", free_port());
     let env = [("HERALD_URL", closed.as_str()), ("HERALD_OPS_TOKEN", "t")];
@@ -342,7 +341,7 @@ async fn heraldctl_refuses_usage_errors_with_exit_2_before_calling_the_api() {
 }
 
 #[tokio::test]
-async fn heraldctl_exits_3_naming_the_url_when_the_api_cannot_be_reached() {
+async fn exits_3_naming_the_url_when_the_api_cannot_be_reached() {
     let closed = format!("http://127.0.0.1:{}", free_port());
     let run = heraldctl_with(
         &[("HERALD_URL", closed.as_str()), ("HERALD_OPS_TOKEN", "t")],

@@ -29,15 +29,10 @@ async fn metrics_appear_after_traffic() {
     app.start_worker();
     let tenant = app.tenant().await;
     let m = app
-        .send_sms(&tenant, "+15551234567", "metrics please")
+        .post_sms(&tenant, "+15551234567", "metrics please")
         .await;
-    app.wait_for_status(
-        &tenant,
-        m["id"].as_str().unwrap(),
-        "sent",
-        Duration::from_secs(15),
-    )
-    .await;
+    app.wait_for_status(&tenant, &m.id, "sent", Duration::from_secs(15))
+        .await;
     let (status, _) = app
         .get(
             "/v1/messages/msg_01AAAAAAAAAAAAAAAAAAAAAAAA",

@@ -7,6 +7,7 @@ use herald_tests::{
     eventually,
     process::{Proc, free_port},
     providers::TwilioMock,
+    views::{CreatedTenantView, MessageView},
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -32,7 +33,7 @@ async fn an_sms_goes_the_whole_way_through_real_processes() {
     })
     .await;
 
-    let tenant: Value = http
+    let tenant: CreatedTenantView = http
         .post(format!("{api}/v1/admin/tenants"))
         .bearer_auth(&ops)
         .json(&json!({"name": "Process Clinic", "sms_from": "+15005550006", "quiet_hours": null}))
@@ -42,7 +43,7 @@ async fn an_sms_goes_the_whole_way_through_real_processes() {
         .json()
         .await
         .unwrap();
-    let key = tenant["api_key"].as_str().unwrap().to_owned();
+    let key = tenant.api_key;
     let r = http
         .post(format!("{api}/v1/messages"))
         .bearer_auth(&key)
@@ -51,16 +52,13 @@ async fn an_sms_goes_the_whole_way_through_real_processes() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = r.json::<MessageView>().await.unwrap().id;
 
     let sent = eventually(
         Duration::from_secs(30),
         "the message reads back as sent",
         || async {
-            let m: Value = http
+            let m: MessageView = http
                 .get(format!("{api}/v1/messages/{id}"))
                 .bearer_auth(&key)
                 .send()
@@ -69,13 +67,13 @@ async fn an_sms_goes_the_whole_way_through_real_processes() {
                 .json()
                 .await
                 .ok()?;
-            (m["status"] == "sent").then_some(m)
+            (m.status == "sent").then_some(m)
         },
     )
     .await;
     assert!(
-        sent["provider_message_id"]
-            .as_str()
+        sent.provider_message_id
+            .as_deref()
             .unwrap()
             .starts_with("SM")
     );
@@ -137,10 +135,7 @@ async fn a_delivery_log_line_carries_its_queue_attempt_message_tenant_and_reques
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = r.json::<MessageView>().await.unwrap().id;
     let line: Value = eventually(
         Duration::from_secs(30),
         "the worker logs the rejection",

@@ -3,14 +3,18 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use herald_core::providers::twilio_signature;
 use herald_tests::{
     Tenant, TestApp,
     app::test_config,
-    eventually,
-    providers::{ModelMock, ModelReply, TwilioMock},
+    eventually, eventually_ok,
+    providers::{ModelMock, ModelReply, TwilioMock, chat, turn},
     unique,
+    views::{
+        ContactView, GroupSendAccepted, GroupSendView, GroupView, MessageView, Page, api_error,
+        entry, time, view,
+    },
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -38,21 +42,6 @@ async fn setup() -> Setup {
     let mut app = TestApp::start_with(config).await;
     app.start_worker();
     Setup { app, twilio, model }
-}
-
-/// A tenant with its own `sms_from`, no quiet hours, and `extra` fields.
-async fn tenant_with(app: &TestApp, extra: Value) -> Tenant {
-    let n: u64 = rand::random::<u64>() % 1_000_000_000;
-    let mut body = json!({
-        "name": "Acme Dental",
-        "sms_from": format!("+1500{n:09}"),
-        "email_from": "Acme Dental <hello@acme.test>",
-        "quiet_hours": null,
-    });
-    for (k, v) in extra.as_object().unwrap() {
-        body[k] = v.clone();
-    }
-    app.create_tenant(body).await
 }
 
 /// A Twilio call sid (`CA` and 32 hex digits).
@@ -104,40 +93,39 @@ impl Setup {
     /// chance by then.
     async fn witness(&self, tenant: &Tenant, to: &str) {
         let body = format!("witness {}", unique(""));
-        let m = self.app.send_sms(tenant, to, &body).await;
-        self.app
-            .wait_for_status(tenant, m["id"].as_str().unwrap(), "sent", WAIT)
-            .await;
+        let m = self.app.post_sms(tenant, to, &body).await;
+        self.app.wait_for_status(tenant, &m.id, "sent", WAIT).await;
         self.twilio.wait_for_sms(to, &body, WAIT).await;
     }
 }
 
-/// The tenant's messages (`GET /v1/messages`), newest first.
-async fn messages(app: &TestApp, tenant: &Tenant, query: &str) -> Vec<Value> {
-    let (status, page) = app
-        .get(&format!("/v1/messages?limit=100{query}"), &tenant.api_key)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{page}");
-    page["data"].as_array().unwrap().clone()
-}
-
 /// The outbound `system` messages to `phone` (text-backs), newest first.
-async fn text_backs(app: &TestApp, tenant: &Tenant, phone: &str) -> Vec<Value> {
-    messages(app, tenant, "")
+async fn text_backs(app: &TestApp, tenant: &Tenant, phone: &str) -> Vec<MessageView> {
+    app.messages(tenant, "")
         .await
+        .data
         .into_iter()
-        .filter(|m| m["direction"] == "outbound" && m["author"] == "system" && m["to"] == phone)
+        .filter(|m| m.direction == "outbound" && m.author == "system" && m.to == phone)
         .collect()
 }
 
 /// Waits until `phone` has `n` text-backs, the newest `sent`; returns them, newest first.
-async fn wait_for_text_backs(app: &TestApp, tenant: &Tenant, phone: &str, n: usize) -> Vec<Value> {
-    let found = eventually(WAIT, &format!("{n} text-back(s) to {phone}"), || async {
+async fn wait_for_text_backs(
+    app: &TestApp,
+    tenant: &Tenant,
+    phone: &str,
+    n: usize,
+) -> Vec<MessageView> {
+    let found = eventually_ok(WAIT, &format!("{n} text-back(s) to {phone}"), || async {
         let found = text_backs(app, tenant, phone).await;
-        (found.len() >= n).then_some(found)
+        if found.len() >= n {
+            Ok(found)
+        } else {
+            Err(format!("{} of them: {found:?}", found.len()))
+        }
     })
     .await;
-    app.wait_for_status(tenant, found[0]["id"].as_str().unwrap(), "sent", WAIT)
+    app.wait_for_status(tenant, &found[0].id, "sent", WAIT)
         .await;
     text_backs(app, tenant, phone).await
 }
@@ -155,91 +143,8 @@ async fn contact_of(app: &TestApp, tenant: &Tenant, phone: &str) -> String {
     ids[0].clone()
 }
 
-async fn contact(app: &TestApp, tenant: &Tenant, id: &str) -> Value {
-    let (status, c) = app
-        .get(&format!("/v1/contacts/{id}"), &tenant.api_key)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{c}");
-    c
-}
-
-async fn conversation(app: &TestApp, tenant: &Tenant, contact_id: &str) -> Value {
-    let (status, c) = app
-        .get(&format!("/v1/conversations/{contact_id}"), &tenant.api_key)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{c}");
-    c
-}
-
-/// `(direction, author, body)` of each conversation entry, oldest first.
-fn entries(conversation: &Value) -> Vec<(String, String, String)> {
-    conversation["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["direction"].as_str().unwrap().to_owned(),
-                e["author"].as_str().unwrap().to_owned(),
-                e["body"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
-fn entry(direction: &str, author: &str, body: &str) -> (String, String, String) {
-    (direction.to_owned(), author.to_owned(), body.to_owned())
-}
-
 fn missed(status: &str) -> (String, String, String) {
     entry("inbound", "system", &format!("Missed call ({status})"))
-}
-
-/// `(role, content)` of each chat message a model was sent.
-fn chat(request: &Value) -> Vec<(String, String)> {
-    request["messages"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no messages in the chat request: {request}"))
-        .iter()
-        .map(|m| {
-            (
-                m["role"].as_str().unwrap().to_owned(),
-                m["content"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
-fn turn(role: &str, content: &str) -> (String, String) {
-    (role.to_owned(), content.to_owned())
-}
-
-async fn contact_rows(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM contacts")
-        .fetch_one(&app.db)
-        .await
-        .unwrap()
-}
-
-fn events_with<'a>(m: &'a Value, status: &str, detail_part: &str) -> Vec<&'a Value> {
-    m["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| {
-            e["status"] == status
-                && e["detail"]
-                    .as_str()
-                    .is_some_and(|d| d.to_lowercase().contains(detail_part))
-        })
-        .collect()
-}
-
-fn at(v: &Value) -> DateTime<Utc> {
-    v.as_str()
-        .unwrap_or_else(|| panic!("not a time: {v}"))
-        .parse()
-        .unwrap_or_else(|e| panic!("not RFC 3339: {v}: {e}"))
 }
 
 /// Quiet hours that cover now in UTC: from an hour ago until two hours from now.
@@ -256,13 +161,15 @@ fn quiet_now_in_utc() -> Value {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn reach_a_missed_call_texts_the_caller_once_and_shows_on_the_conversation() {
+async fn a_missed_call_texts_the_caller_once_and_shows_on_the_conversation() {
     let s = setup().await;
     let app = &s.app;
-    let tenant = tenant_with(app, json!({"missed_call_text": TEXT_BACK})).await;
+    let tenant = app
+        .tenant_with(json!({"missed_call_text": TEXT_BACK}))
+        .await;
     let from = tenant.sms_from.clone().unwrap();
     let caller = "+15558880001";
-    assert_eq!(contact_rows(app).await, 0);
+    assert_eq!(app.contact_rows().await, 0);
 
     s.call(&tenant, caller, &call_sid(), "no-answer").await;
     let sms = s.twilio.wait_for_sms(caller, TEXT_BACK, WAIT).await;
@@ -283,36 +190,37 @@ async fn reach_a_missed_call_texts_the_caller_once_and_shows_on_the_conversation
     let sent = wait_for_text_backs(app, &tenant, caller, 1).await;
     assert_eq!(sent.len(), 1, "{sent:?}");
     let text_back = &sent[0];
-    assert_eq!(text_back["body"], TEXT_BACK);
-    assert_eq!(text_back["channel"], "sms");
-    assert_eq!(text_back["status"], "sent");
-    let cid = text_back["contact_id"]
-        .as_str()
+    assert_eq!(text_back.body, TEXT_BACK);
+    assert_eq!(text_back.channel, "sms");
+    assert_eq!(text_back.status, "sent");
+    let cid = text_back
+        .contact_id
+        .as_deref()
         .unwrap_or_else(|| panic!("the text-back has no contact_id: {text_back}"))
         .to_owned();
     assert!(cid.starts_with("ct_"), "{cid}");
-    let c = contact(app, &tenant, &cid).await;
-    assert_eq!(c["phone"], caller);
-    assert_eq!(c["opted_out"], false);
-    assert_eq!(contact_rows(app).await, 1);
+    let c = app.contact(&tenant, &cid).await;
+    assert_eq!(c.phone.as_deref(), Some(caller));
+    assert!(!c.opted_out);
+    assert_eq!(app.contact_rows().await, 1);
 
-    let conv = conversation(app, &tenant, &cid).await;
+    let conv = app.conversation(&tenant, &cid).await;
     assert_eq!(
-        entries(&conv),
+        conv.entries(),
         [missed("no-answer"), entry("outbound", "system", TEXT_BACK)],
         "{conv}"
     );
-    assert_eq!(conv["data"][1]["id"], text_back["id"]);
-    assert_eq!(conv["data"][1]["status"], "sent");
+    assert_eq!(conv.data[1].id, text_back.id);
+    assert_eq!(conv.data[1].status, "sent");
 
     // `busy` and `failed` are missed calls too.
     for (caller, status) in [("+15558880002", "busy"), ("+15558880003", "failed")] {
         s.call(&tenant, caller, &call_sid(), status).await;
         s.twilio.wait_for_sms(caller, TEXT_BACK, WAIT).await;
         let sent = wait_for_text_backs(app, &tenant, caller, 1).await;
-        let cid = sent[0]["contact_id"].as_str().unwrap();
+        let cid = sent[0].contact_id.as_deref().unwrap();
         assert_eq!(
-            entries(&conversation(app, &tenant, cid).await),
+            app.conversation(&tenant, cid).await.entries(),
             [missed(status), entry("outbound", "system", TEXT_BACK)],
             "{status}"
         );
@@ -321,7 +229,7 @@ async fn reach_a_missed_call_texts_the_caller_once_and_shows_on_the_conversation
     // An answered call (in progress, then completed) is no missed call: nothing happens.
     let answered = "+15558880004";
     let rows = app.message_rows().await;
-    let contacts = contact_rows(app).await;
+    let contacts = app.contact_rows().await;
     let sid = call_sid();
     for status in ["ringing", "in-progress", "completed"] {
         s.call(&tenant, answered, &sid, status).await;
@@ -331,7 +239,7 @@ async fn reach_a_missed_call_texts_the_caller_once_and_shows_on_the_conversation
         rows,
         "an answered call stores nothing"
     );
-    assert_eq!(contact_rows(app).await, contacts, "and creates no contact");
+    assert_eq!(app.contact_rows().await, contacts, "and creates no contact");
 
     // A later SMS reaches Twilio: by then any text-back would have been sent.
     s.witness(&tenant, answered).await;
@@ -345,11 +253,11 @@ async fn reach_a_missed_call_texts_the_caller_once_and_shows_on_the_conversation
     }
 
     // A tenant without a missed-call text of its own gets the default one, with its name.
-    let plain = tenant_with(app, json!({"name": "Bright Smiles"})).await;
+    let plain = app.tenant_with(json!({"name": "Bright Smiles"})).await;
     let caller = "+15558880005";
     s.call(&plain, caller, &call_sid(), "no-answer").await;
     let sent = wait_for_text_backs(app, &plain, caller, 1).await;
-    let body = sent[0]["body"].as_str().unwrap();
+    let body = sent[0].body.as_str().unwrap();
     assert!(
         body.starts_with("Sorry we missed your call! This is Bright Smiles."),
         "the default text-back: {body:?}"
@@ -362,18 +270,19 @@ async fn reach_a_missed_call_texts_the_caller_once_and_shows_on_the_conversation
 }
 
 #[tokio::test]
-async fn reach_one_text_back_per_caller_within_the_cooldown_and_a_retried_callback_changes_nothing()
-{
+async fn one_text_back_per_caller_within_the_cooldown_and_a_retried_callback_changes_nothing() {
     let s = setup().await;
     let app = &s.app;
 
     // The default cooldown (10 minutes).
-    let tenant = tenant_with(app, json!({"missed_call_text": TEXT_BACK})).await;
+    let tenant = app
+        .tenant_with(json!({"missed_call_text": TEXT_BACK}))
+        .await;
     let caller = "+15558880011";
     let first = call_sid();
     s.call(&tenant, caller, &first, "no-answer").await;
     let sent = wait_for_text_backs(app, &tenant, caller, 1).await;
-    let cid = sent[0]["contact_id"].as_str().unwrap().to_owned();
+    let cid = sent[0].contact_id.as_deref().unwrap().to_owned();
 
     let second = call_sid();
     s.call(&tenant, caller, &second, "busy").await;
@@ -383,7 +292,7 @@ async fn reach_one_text_back_per_caller_within_the_cooldown_and_a_retried_callba
         missed("busy"),
     ];
     assert_eq!(
-        entries(&conversation(app, &tenant, &cid).await),
+        app.conversation(&tenant, &cid).await.entries(),
         expected,
         "the second call is on the conversation"
     );
@@ -402,7 +311,7 @@ async fn reach_one_text_back_per_caller_within_the_cooldown_and_a_retried_callba
         rows,
         "a retried callback stores nothing"
     );
-    assert_eq!(entries(&conversation(app, &tenant, &cid).await), expected);
+    assert_eq!(app.conversation(&tenant, &cid).await.entries(), expected);
 
     s.witness(&tenant, caller).await;
     let bodies = s.twilio.bodies_to(caller);
@@ -411,16 +320,14 @@ async fn reach_one_text_back_per_caller_within_the_cooldown_and_a_retried_callba
     assert_eq!(text_backs(app, &tenant, caller).await.len(), 1);
 
     // With no cooldown, every new call texts back; a retried one still does not.
-    let eager = tenant_with(
-        app,
-        json!({"missed_call_text": TEXT_BACK, "missed_call_cooldown_minutes": 0}),
-    )
-    .await;
+    let eager = app
+        .tenant_with(json!({"missed_call_text": TEXT_BACK, "missed_call_cooldown_minutes": 0}))
+        .await;
     let caller = "+15558880012";
     let first = call_sid();
     s.call(&eager, caller, &first, "no-answer").await;
     let sent = wait_for_text_backs(app, &eager, caller, 1).await;
-    let cid = sent[0]["contact_id"].as_str().unwrap().to_owned();
+    let cid = sent[0].contact_id.as_deref().unwrap().to_owned();
     s.call(&eager, caller, &first, "no-answer").await;
     assert_eq!(
         text_backs(app, &eager, caller).await.len(),
@@ -431,9 +338,9 @@ async fn reach_one_text_back_per_caller_within_the_cooldown_and_a_retried_callba
     s.call(&eager, caller, &call_sid(), "no-answer").await;
     let sent = wait_for_text_backs(app, &eager, caller, 2).await;
     assert_eq!(sent.len(), 2, "{sent:?}");
-    assert!(sent.iter().all(|m| m["status"] == "sent"), "{sent:?}");
+    assert!(sent.iter().all(|m| m.status == "sent"), "{sent:?}");
     assert_eq!(
-        entries(&conversation(app, &eager, &cid).await),
+        app.conversation(&eager, &cid).await.entries(),
         [
             missed("no-answer"),
             entry("outbound", "system", TEXT_BACK),
@@ -456,43 +363,38 @@ async fn reach_one_text_back_per_caller_within_the_cooldown_and_a_retried_callba
 }
 
 #[tokio::test]
-async fn reach_an_opted_out_caller_gets_no_text_back_but_the_missed_call_is_recorded() {
+async fn an_opted_out_caller_gets_no_text_back_but_the_missed_call_is_recorded() {
     let s = setup().await;
     let app = &s.app;
-    let tenant = tenant_with(app, json!({"missed_call_text": TEXT_BACK})).await;
+    let tenant = app
+        .tenant_with(json!({"missed_call_text": TEXT_BACK}))
+        .await;
     let caller = "+15558880021";
 
     s.app.text(&s.twilio, &tenant, caller, "STOP").await;
     let cid = contact_of(app, &tenant, caller).await;
-    assert_eq!(contact(app, &tenant, &cid).await["opted_out"], true);
+    assert!(app.contact(&tenant, &cid).await.opted_out);
 
     s.call(&tenant, caller, &call_sid(), "no-answer").await;
-    let conv = conversation(app, &tenant, &cid).await;
-    let all = entries(&conv);
+    let conv = app.conversation(&tenant, &cid).await;
+    let all = conv.entries();
     assert_eq!(
         all[..2],
         [entry("inbound", "contact", "STOP"), missed("no-answer")],
         "the missed call is on the conversation: {conv}"
     );
     // Nothing that could reach the caller: no text-back, or at most a suppressed one.
-    for e in conv["data"].as_array().unwrap().iter().skip(2) {
-        assert_eq!(e["direction"], "outbound", "{conv}");
-        assert_eq!(e["status"], "suppressed", "{conv}");
+    for e in conv.data.iter().skip(2) {
+        assert_eq!(e.direction, "outbound", "{conv}");
+        assert_eq!(e.status, "suppressed", "{conv}");
     }
     for m in text_backs(app, &tenant, caller).await {
         let m = app
-            .wait_for_status(&tenant, m["id"].as_str().unwrap(), "suppressed", WAIT)
+            .wait_for_status(&tenant, &m.id, "suppressed", WAIT)
             .await;
-        assert!(
-            !m["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e["status"] == "sending"),
-            "{m}"
-        );
+        assert!(!m.events.iter().any(|e| e.status == "sending"), "{m}");
     }
-    assert_eq!(contact_rows(app).await, 1, "the same contact");
+    assert_eq!(app.contact_rows().await, 1, "the same contact");
 
     // A later SMS to someone else reaches Twilio: the caller heard nothing by then.
     s.witness(&tenant, "+15558880029").await;
@@ -504,22 +406,24 @@ async fn reach_an_opted_out_caller_gets_no_text_back_but_the_missed_call_is_reco
 
     // Opted back in, the next missed call texts back: the skipped one used no cooldown.
     s.app.text(&s.twilio, &tenant, caller, "START").await;
-    assert_eq!(contact(app, &tenant, &cid).await["opted_out"], false);
+    assert!(!app.contact(&tenant, &cid).await.opted_out);
     s.call(&tenant, caller, &call_sid(), "busy").await;
     s.twilio.wait_for_sms(caller, TEXT_BACK, WAIT).await;
     assert_eq!(s.twilio.bodies_to(caller), [TEXT_BACK]);
 }
 
 #[tokio::test]
-async fn reach_the_callers_reply_to_the_text_back_gets_an_ai_answer_that_saw_the_text_back() {
+async fn the_callers_reply_to_the_text_back_gets_an_ai_answer_that_saw_the_text_back() {
     let s = setup().await;
     let app = &s.app;
-    let tenant = tenant_with(app, json!({"missed_call_text": TEXT_BACK})).await;
+    let tenant = app
+        .tenant_with(json!({"missed_call_text": TEXT_BACK}))
+        .await;
     let caller = "+15558880031";
 
     s.call(&tenant, caller, &call_sid(), "no-answer").await;
     let sent = wait_for_text_backs(app, &tenant, caller, 1).await;
-    let cid = sent[0]["contact_id"].as_str().unwrap().to_owned();
+    let cid = sent[0].contact_id.as_deref().unwrap().to_owned();
     assert!(s.model.received().is_empty(), "a missed call asks no model");
 
     let reply = "Hi, can I book a cleaning for Friday?";
@@ -542,18 +446,17 @@ async fn reach_the_callers_reply_to_the_text_back_gets_an_ai_answer_that_saw_the
     );
 
     let ai = eventually(WAIT, "the AI reply is listed", || async {
-        messages(app, &tenant, &format!("&contact_id={cid}"))
+        app.messages(&tenant, &format!("&contact_id={cid}"))
             .await
+            .data
             .into_iter()
-            .find(|m| m["direction"] == "outbound" && m["author"] == "ai")
+            .find(|m| m.direction == "outbound" && m.author == "ai")
     })
     .await;
-    let ai = app
-        .wait_for_status(&tenant, ai["id"].as_str().unwrap(), "sent", WAIT)
-        .await;
-    assert_eq!(ai["body"], ANSWER);
+    let ai = app.wait_for_status(&tenant, &ai.id, "sent", WAIT).await;
+    assert_eq!(ai.body, ANSWER);
     assert_eq!(
-        entries(&conversation(app, &tenant, &cid).await),
+        app.conversation(&tenant, &cid).await.entries(),
         [
             missed("no-answer"),
             entry("outbound", "system", TEXT_BACK),
@@ -564,10 +467,12 @@ async fn reach_the_callers_reply_to_the_text_back_gets_an_ai_answer_that_saw_the
 }
 
 #[tokio::test]
-async fn reach_a_call_status_callback_with_a_bad_signature_is_refused_and_stores_nothing() {
+async fn a_call_status_callback_with_a_bad_signature_is_refused_and_stores_nothing() {
     let s = setup().await;
     let app = &s.app;
-    let tenant = tenant_with(app, json!({"missed_call_text": TEXT_BACK})).await;
+    let tenant = app
+        .tenant_with(json!({"missed_call_text": TEXT_BACK}))
+        .await;
     let caller = "+15558880041";
     let sid = call_sid();
     let form = call_form(&tenant, caller, &sid, "no-answer");
@@ -579,7 +484,7 @@ async fn reach_a_call_status_callback_with_a_bad_signature_is_refused_and_stores
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "wrong token: {body}");
     let error: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{body}"));
-    assert_eq!(error["error"]["code"], "invalid_signature", "{body}");
+    assert_eq!(api_error(&error).code, "invalid_signature", "{body}");
 
     // No signature at all.
     let r = app.http.post(&url).form(&form).send().await.unwrap();
@@ -615,7 +520,7 @@ async fn reach_a_call_status_callback_with_a_bad_signature_is_refused_and_stores
     assert_eq!(r.status(), StatusCode::FORBIDDEN, "signed for another URL");
 
     assert_eq!(app.message_rows().await, 0, "no message stored");
-    assert_eq!(contact_rows(app).await, 0, "no contact created");
+    assert_eq!(app.contact_rows().await, 0, "no contact created");
     s.witness(&tenant, "+15558880049").await;
     assert_eq!(s.twilio.calls_to(caller), 0, "no text-back");
 
@@ -624,18 +529,16 @@ async fn reach_a_call_status_callback_with_a_bad_signature_is_refused_and_stores
     s.twilio.wait_for_sms(caller, TEXT_BACK, WAIT).await;
     let cid = contact_of(app, &tenant, caller).await;
     assert_eq!(
-        entries(&conversation(app, &tenant, &cid).await),
+        app.conversation(&tenant, &cid).await.entries(),
         [missed("no-answer"), entry("outbound", "system", TEXT_BACK)]
     );
 }
 
 #[tokio::test]
-async fn reach_a_text_back_during_quiet_hours_waits_for_the_end_of_the_window() {
+async fn a_text_back_during_quiet_hours_waits_for_the_end_of_the_window() {
     let s = setup().await;
     let app = &s.app;
-    let tenant = tenant_with(
-        app,
-        json!({"missed_call_text": TEXT_BACK, "timezone": "UTC", "quiet_hours": quiet_now_in_utc()}),
+    let tenant = app.tenant_with(json!({"missed_call_text": TEXT_BACK, "timezone": "UTC", "quiet_hours": quiet_now_in_utc()}),
     )
     .await;
     let caller = "+15558880051";
@@ -648,20 +551,20 @@ async fn reach_a_text_back_during_quiet_hours_waits_for_the_end_of_the_window() 
         1,
         "the text-back is created at once: {found:?}"
     );
-    let id = found[0]["id"].as_str().unwrap().to_owned();
+    let id = found[0].id.clone();
     let m = eventually(WAIT, "the text-back is deferred by quiet hours", || async {
         let m = app.message(&tenant, &id).await;
-        (m["status"] == "scheduled" && !events_with(&m, "scheduled", "quiet hours").is_empty())
+        (m.status == "scheduled" && !m.events_with("scheduled", "quiet hours").is_empty())
             .then_some(m)
     })
     .await;
-    let send_at = at(&m["send_at"]);
+    let send_at = time(&m.send_at);
     assert!(
         send_at > called_at + chrono::Duration::minutes(60)
             && send_at <= called_at + chrono::Duration::minutes(121),
         "deferred to the end of the window (in about two hours): {m}"
     );
-    assert_eq!(m["attempts"], 0, "{m}");
+    assert_eq!(m.attempts, 0, "{m}");
 
     // An urgent SMS (not respecting quiet hours) goes out; the text-back still waits.
     let other = "+15558880059";
@@ -673,10 +576,10 @@ async fn reach_a_text_back_during_quiet_hours_waits_for_the_end_of_the_window() 
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{urgent}");
-    app.wait_for_status(&tenant, urgent["id"].as_str().unwrap(), "sent", WAIT)
-        .await;
+    let urgent: MessageView = view(&urgent);
+    app.wait_for_status(&tenant, &urgent.id, "sent", WAIT).await;
     assert_eq!(s.twilio.calls_to(caller), 0, "nothing during quiet hours");
-    assert_eq!(app.message(&tenant, &id).await["status"], "scheduled");
+    assert_eq!(app.message(&tenant, &id).await.status, "scheduled");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -685,18 +588,21 @@ async fn reach_a_text_back_during_quiet_hours_waits_for_the_end_of_the_window() 
 
 /// `POST /v1/contacts` (asserting 201); returns the id.
 async fn new_contact(app: &TestApp, tenant: &Tenant, body: Value) -> String {
-    let (status, c) = app.post("/v1/contacts", &tenant.api_key, &body).await;
-    assert_eq!(status, StatusCode::CREATED, "{c}");
-    c["id"].as_str().unwrap().to_owned()
+    let c: ContactView = app
+        .post_as("/v1/contacts", &tenant.api_key, &body, StatusCode::CREATED)
+        .await;
+    c.id
 }
 
 /// `POST /v1/groups` (asserting 201); returns the group.
-async fn new_group(app: &TestApp, tenant: &Tenant, name: &str) -> Value {
-    let (status, g) = app
-        .post("/v1/groups", &tenant.api_key, &json!({"name": name}))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{g}");
-    g
+async fn new_group(app: &TestApp, tenant: &Tenant, name: &str) -> GroupView {
+    app.post_as(
+        "/v1/groups",
+        &tenant.api_key,
+        &json!({"name": name}),
+        StatusCode::CREATED,
+    )
+    .await
 }
 
 async fn put_member(app: &TestApp, tenant: &Tenant, group: &str, contact: &str) -> StatusCode {
@@ -728,31 +634,33 @@ async fn group_send(
 }
 
 /// Waits until the group send's counts are `expected`; returns the send.
-async fn wait_for_counts(app: &TestApp, tenant: &Tenant, id: &str, expected: Value) -> Value {
-    let mut last = Value::Null;
-    let found = tokio::time::timeout(WAIT, async {
-        loop {
-            let (status, g) = app
-                .get(&format!("/v1/group-messages/{id}"), &tenant.api_key)
-                .await;
-            assert_eq!(status, StatusCode::OK, "{g}");
-            if g["counts"] == expected {
-                return g;
-            }
-            last = g;
-            tokio::time::sleep(Duration::from_millis(20)).await; // poll until the deadline
+async fn wait_for_counts(
+    app: &TestApp,
+    tenant: &Tenant,
+    id: &str,
+    expected: Value,
+) -> GroupSendView {
+    let what = format!("group send {id} counts {expected}");
+    eventually_ok(WAIT, &what, || async {
+        let g: GroupSendView = app
+            .get_as(&format!("/v1/group-messages/{id}"), &tenant.api_key)
+            .await;
+        if json!(g.counts) == expected {
+            Ok(g)
+        } else {
+            Err(format!("read {g}"))
         }
     })
-    .await;
-    found.unwrap_or_else(|_| panic!("group send {id} never counted {expected}; last read: {last}"))
+    .await
 }
 
 /// The tenant's messages to `contact_id`, newest first.
-async fn messages_of(app: &TestApp, tenant: &Tenant, contact_id: &str) -> Vec<Value> {
-    messages(app, tenant, &format!("&contact_id={contact_id}"))
+async fn messages_of(app: &TestApp, tenant: &Tenant, contact_id: &str) -> Vec<MessageView> {
+    app.messages(tenant, &format!("&contact_id={contact_id}"))
         .await
+        .data
         .into_iter()
-        .filter(|m| m["direction"] == "outbound")
+        .filter(|m| m.direction == "outbound")
         .collect()
 }
 
@@ -764,19 +672,19 @@ async fn outbound_rows(app: &TestApp) -> i64 {
 }
 
 #[tokio::test]
-async fn reach_groups_have_members_that_can_be_added_listed_in_pages_and_removed() {
+async fn groups_have_members_that_can_be_added_listed_in_pages_and_removed() {
     let app = TestApp::start().await;
     let tenant = app.tenant().await;
 
     let g = new_group(&app, &tenant, "Tuesday patients").await;
-    let gid = g["id"].as_str().unwrap().to_owned();
+    let gid = g.id.clone();
     assert!(gid.starts_with("grp_"), "{g}");
-    assert_eq!(g["name"], "Tuesday patients");
-    assert_eq!(g["members"], 0);
-    at(&g["created_at"]);
+    assert_eq!(g.name, "Tuesday patients");
+    assert_eq!(g.members, 0);
+    time(&g.created_at);
     let (status, read) = app.get(&format!("/v1/groups/{gid}"), &tenant.api_key).await;
     assert_eq!(status, StatusCode::OK, "{read}");
-    assert_eq!(read, g);
+    assert_eq!(read, json!(g), "the group reads back as created");
 
     let mut ids = Vec::new();
     for phone in ["+15558881001", "+15558881002", "+15558881003"] {
@@ -792,8 +700,10 @@ async fn reach_groups_have_members_that_can_be_added_listed_in_pages_and_removed
         put_member(&app, &tenant, &gid, &ids[0]).await,
         StatusCode::NO_CONTENT
     );
-    let (_, read) = app.get(&format!("/v1/groups/{gid}"), &tenant.api_key).await;
-    assert_eq!(read["members"], 3, "{read}");
+    let read: GroupView = app
+        .get_as(&format!("/v1/groups/{gid}"), &tenant.api_key)
+        .await;
+    assert_eq!(read.members, 3, "{read}");
     // An unknown contact is not found.
     assert_eq!(
         put_member(&app, &tenant, &gid, "ct_doesnotexist").await,
@@ -806,38 +716,42 @@ async fn reach_groups_have_members_that_can_be_added_listed_in_pages_and_removed
 
     // Two pages of members.
     let path = format!("/v1/groups/{gid}/members");
-    let (status, first) = app.get(&format!("{path}?limit=2"), &tenant.api_key).await;
-    assert_eq!(status, StatusCode::OK, "{first}");
-    assert_eq!(first["data"].as_array().unwrap().len(), 2, "{first}");
-    let cursor = first["next_cursor"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a first page of 2 of 3 has a next_cursor: {first}"));
-    let (status, second) = app
-        .get(&format!("{path}?limit=2&cursor={cursor}"), &tenant.api_key)
+    let first: Page<ContactView> = app
+        .get_as(&format!("{path}?limit=2"), &tenant.api_key)
         .await;
-    assert_eq!(status, StatusCode::OK, "{second}");
-    assert_eq!(second["data"].as_array().unwrap().len(), 1, "{second}");
-    assert_eq!(second["next_cursor"], Value::Null, "{second}");
-    let mut listed: Vec<String> = first["data"]
-        .as_array()
-        .unwrap()
+    assert_eq!(first.data.len(), 2, "{first}");
+    let cursor = first
+        .next_cursor
+        .as_deref()
+        .unwrap_or_else(|| panic!("a first page of 2 of 3 has a next_cursor: {first}"));
+    let second: Page<ContactView> = app
+        .get_as(&format!("{path}?limit=2&cursor={cursor}"), &tenant.api_key)
+        .await;
+    assert_eq!(second.data.len(), 1, "{second}");
+    assert_eq!(second.next_cursor, None, "{second}");
+    let mut listed: Vec<String> = first
+        .data
         .iter()
-        .chain(second["data"].as_array().unwrap())
-        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .chain(&second.data)
+        .map(|c| c.id.clone())
         .collect();
     listed.sort();
     let mut expected = ids.clone();
     expected.sort();
     assert_eq!(listed, expected, "every member once");
-    let member = &first["data"][0];
+    let member = &first.data[0];
     assert!(
-        member["phone"].is_string() && member["opted_out"] == false,
+        member.phone.is_some() && !member.opted_out,
         "a Contact: {member}"
     );
     for bad in ["limit=0", "limit=101"] {
         let (status, err) = app.get(&format!("{path}?{bad}"), &tenant.api_key).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {err}");
-        assert_eq!(err["error"]["field"], "limit", "{bad}: {err}");
+        assert_eq!(
+            api_error(&err).field.as_deref(),
+            Some("limit"),
+            "{bad}: {err}"
+        );
     }
 
     // Removing a member; removing it again, or a stranger, is not found.
@@ -850,13 +764,15 @@ async fn reach_groups_have_members_that_can_be_added_listed_in_pages_and_removed
         StatusCode::NOT_FOUND,
         "not a member any more: {body}"
     );
-    let (_, read) = app.get(&format!("/v1/groups/{gid}"), &tenant.api_key).await;
-    assert_eq!(read["members"], 2, "{read}");
-    let (_, all) = app.get(&path, &tenant.api_key).await;
-    assert_eq!(all["data"].as_array().unwrap().len(), 2, "{all}");
-    assert_eq!(all["next_cursor"], Value::Null);
+    let read: GroupView = app
+        .get_as(&format!("/v1/groups/{gid}"), &tenant.api_key)
+        .await;
+    assert_eq!(read.members, 2, "{read}");
+    let all: Page<ContactView> = app.get_as(&path, &tenant.api_key).await;
+    assert_eq!(all.data.len(), 2, "{all}");
+    assert_eq!(all.next_cursor, None);
     assert_eq!(
-        contact(&app, &tenant, &ids[1]).await["id"],
+        app.contact(&tenant, &ids[1]).await.id,
         ids[1].as_str(),
         "the contact stays"
     );
@@ -865,7 +781,7 @@ async fn reach_groups_have_members_that_can_be_added_listed_in_pages_and_removed
     let empty = new_group(&app, &tenant, "Nobody yet").await;
     let (status, page) = app
         .get(
-            &format!("/v1/groups/{}/members", empty["id"].as_str().unwrap()),
+            &format!("/v1/groups/{}/members", empty.id.as_str()),
             &tenant.api_key,
         )
         .await;
@@ -886,15 +802,15 @@ async fn reach_groups_have_members_that_can_be_added_listed_in_pages_and_removed
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     for id in &ids {
-        contact(&app, &tenant, id).await;
+        app.contact(&tenant, id).await;
     }
 }
 
 #[tokio::test]
-async fn reach_a_group_sms_reaches_each_member_once_suppresses_the_opted_out_and_is_idempotent() {
+async fn a_group_sms_reaches_each_member_once_suppresses_the_opted_out_and_is_idempotent() {
     let s = setup().await;
     let app = &s.app;
-    let tenant = tenant_with(app, json!({})).await;
+    let tenant = app.tenant_with(json!({})).await;
     let (ana, ben, cy) = ("+15558882001", "+15558882002", "+15558882003");
     let ana_id = new_contact(
         app,
@@ -911,10 +827,10 @@ async fn reach_a_group_sms_reaches_each_member_once_suppresses_the_opted_out_and
     )
     .await;
     s.app.text(&s.twilio, &tenant, cy, "STOP").await;
-    assert_eq!(contact(app, &tenant, &cy_id).await["opted_out"], true);
+    assert!(app.contact(&tenant, &cy_id).await.opted_out);
 
     let g = new_group(app, &tenant, "Newsletter").await;
-    let gid = g["id"].as_str().unwrap().to_owned();
+    let gid = g.id.clone();
     for id in [&ana_id, &ben_id, &cy_id, &dee_id] {
         assert_eq!(
             put_member(app, &tenant, &gid, id).await,
@@ -928,20 +844,18 @@ async fn reach_a_group_sms_reaches_each_member_once_suppresses_the_opted_out_and
     let key = unique("group-send-");
     let (status, accepted) = group_send(app, &tenant, &gid, &send, Some(&key)).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
-    let gms = accepted["id"].as_str().unwrap().to_owned();
+    let accepted: GroupSendAccepted = view(&accepted);
+    let gms = accepted.id.clone();
     assert!(gms.starts_with("gms_"), "{accepted}");
-    assert_eq!(accepted["group_id"], gid.as_str());
-    assert_eq!(
-        accepted["recipients"], 3,
-        "members with a phone: {accepted}"
-    );
+    assert_eq!(accepted.group_id, gid.as_str());
+    assert_eq!(accepted.recipients, 3, "members with a phone: {accepted}");
 
     let settled = wait_for_counts(app, &tenant, &gms, json!({"sent": 2, "suppressed": 1})).await;
-    assert_eq!(settled["id"], gms.as_str());
-    assert_eq!(settled["group_id"], gid.as_str());
-    assert_eq!(settled["channel"], "sms");
-    assert_eq!(settled["recipients"], 3);
-    at(&settled["created_at"]);
+    assert_eq!(settled.id, gms.as_str());
+    assert_eq!(settled.group_id, gid.as_str());
+    assert_eq!(settled.channel, "sms");
+    assert_eq!(settled.recipients, 3);
+    time(&settled.created_at);
 
     // Each member's message is an ordinary message, listed with its contact.
     for (id, phone, status) in [
@@ -952,13 +866,13 @@ async fn reach_a_group_sms_reaches_each_member_once_suppresses_the_opted_out_and
         let found = messages_of(app, &tenant, id).await;
         assert_eq!(found.len(), 1, "{phone}: {found:?}");
         let m = app
-            .wait_for_status(&tenant, found[0]["id"].as_str().unwrap(), status, WAIT)
+            .wait_for_status(&tenant, &found[0].id, status, WAIT)
             .await;
-        assert_eq!(m["to"], phone);
-        assert_eq!(m["body"], body);
-        assert_eq!(m["channel"], "sms");
-        assert_eq!(m["contact_id"], id.as_str());
-        assert_eq!(m["metadata"]["campaign"], "holiday", "{m}");
+        assert_eq!(m.to, phone);
+        assert_eq!(m.body, body);
+        assert_eq!(m.channel, "sms");
+        assert_eq!(m.contact_id.as_deref(), Some(id.as_str()));
+        assert_eq!(m.metadata["campaign"], "holiday", "{m}");
     }
     assert!(
         messages_of(app, &tenant, &dee_id).await.is_empty(),
@@ -984,14 +898,16 @@ async fn reach_a_group_sms_reaches_each_member_once_suppresses_the_opted_out_and
     let rows = outbound_rows(app).await;
     let (status, again) = group_send(app, &tenant, &gid, &send, Some(&key)).await;
     assert_eq!(status, StatusCode::OK, "{again}");
-    assert_eq!(again["id"], gms.as_str());
-    assert_eq!(again["recipients"], 3);
+    let again: GroupSendAccepted = view(&again);
+    assert_eq!(again.id, gms.as_str());
+    assert_eq!(again.recipients, 3);
     // The same key, another body: refused.
     let other = json!({"channel": "sms", "body": "Something else entirely."});
     let (status, conflict) = group_send(app, &tenant, &gid, &other, Some(&key)).await;
     assert_eq!(status, StatusCode::CONFLICT, "{conflict}");
     assert_eq!(
-        conflict["error"]["code"], "idempotency_key_reused",
+        api_error(&conflict).code,
+        "idempotency_key_reused",
         "{conflict}"
     );
     assert_eq!(outbound_rows(app).await, rows, "neither created a message");
@@ -1028,12 +944,13 @@ async fn reach_a_group_sms_reaches_each_member_once_suppresses_the_opted_out_and
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
-    assert_eq!(accepted["recipients"], 2, "{accepted}");
-    assert_ne!(accepted["id"], gms.as_str());
+    let accepted: GroupSendAccepted = view(&accepted);
+    assert_eq!(accepted.recipients, 2, "{accepted}");
+    assert_ne!(accepted.id, gms.as_str());
     wait_for_counts(
         app,
         &tenant,
-        accepted["id"].as_str().unwrap(),
+        accepted.id.as_str(),
         json!({"sent": 1, "suppressed": 1}),
     )
     .await;
@@ -1049,22 +966,14 @@ async fn reach_a_group_sms_reaches_each_member_once_suppresses_the_opted_out_and
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
-    assert_eq!(
-        accepted["recipients"], 2,
-        "members with an email: {accepted}"
-    );
-    let mails = wait_for_counts(
-        app,
-        &tenant,
-        accepted["id"].as_str().unwrap(),
-        json!({"sent": 2}),
-    )
-    .await;
-    assert_eq!(mails["channel"], "email");
+    let accepted: GroupSendAccepted = view(&accepted);
+    assert_eq!(accepted.recipients, 2, "members with an email: {accepted}");
+    let mails = wait_for_counts(app, &tenant, accepted.id.as_str(), json!({"sent": 2})).await;
+    assert_eq!(mails.channel, "email");
     let dee_mail = messages_of(app, &tenant, &dee_id).await;
     assert_eq!(dee_mail.len(), 1, "{dee_mail:?}");
-    assert_eq!(dee_mail[0]["to"], "dee@example.com");
-    assert_eq!(dee_mail[0]["subject"], "Holiday hours");
+    assert_eq!(dee_mail[0].to, "dee@example.com");
+    assert_eq!(dee_mail[0].subject.as_deref(), Some("Holiday hours"));
 
     s.witness(&tenant, ben).await;
     assert_eq!(
@@ -1077,14 +986,12 @@ async fn reach_a_group_sms_reaches_each_member_once_suppresses_the_opted_out_and
 }
 
 #[tokio::test]
-async fn reach_a_group_sms_respects_quiet_hours_in_each_members_zone() {
+async fn a_group_sms_respects_quiet_hours_in_each_members_zone() {
     let s = setup().await;
     let app = &s.app;
-    let tenant = tenant_with(
-        app,
-        json!({"timezone": "UTC", "quiet_hours": quiet_now_in_utc()}),
-    )
-    .await;
+    let tenant = app
+        .tenant_with(json!({"timezone": "UTC", "quiet_hours": quiet_now_in_utc()}))
+        .await;
     // Quiet now in UTC; six hours ahead it is outside the three-hour window.
     let sleeper = "+15558883001";
     let awake = "+15558883002";
@@ -1096,7 +1003,7 @@ async fn reach_a_group_sms_respects_quiet_hours_in_each_members_zone() {
     )
     .await;
     let g = new_group(app, &tenant, "Everyone").await;
-    let gid = g["id"].as_str().unwrap();
+    let gid = g.id.as_str();
     for id in [&sleeper_id, &awake_id] {
         assert_eq!(
             put_member(app, &tenant, gid, id).await,
@@ -1114,25 +1021,26 @@ async fn reach_a_group_sms_respects_quiet_hours_in_each_members_zone() {
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
-    assert_eq!(accepted["recipients"], 2);
-    let gms = accepted["id"].as_str().unwrap();
+    let accepted: GroupSendAccepted = view(&accepted);
+    assert_eq!(accepted.recipients, 2);
+    let gms = accepted.id.as_str();
 
     s.twilio.wait_for_sms(awake, body, WAIT).await;
     let deferred = messages_of(app, &tenant, &sleeper_id).await;
     assert_eq!(deferred.len(), 1, "{deferred:?}");
-    let id = deferred[0]["id"].as_str().unwrap();
+    let id = deferred[0].id.as_str();
     let m = eventually(
         WAIT,
         "the sleeper's SMS is deferred by quiet hours",
         || async {
             let m = app.message(&tenant, id).await;
-            (m["status"] == "scheduled" && !events_with(&m, "scheduled", "quiet hours").is_empty())
+            (m.status == "scheduled" && !m.events_with("scheduled", "quiet hours").is_empty())
                 .then_some(m)
         },
     )
     .await;
     assert!(
-        at(&m["send_at"]) > Utc::now() + chrono::Duration::minutes(60),
+        time(&m.send_at) > Utc::now() + chrono::Duration::minutes(60),
         "{m}"
     );
     wait_for_counts(app, &tenant, gms, json!({"sent": 1, "scheduled": 1})).await;
@@ -1140,14 +1048,14 @@ async fn reach_a_group_sms_respects_quiet_hours_in_each_members_zone() {
 }
 
 #[tokio::test]
-async fn reach_another_tenants_group_is_not_found_and_takes_no_foreign_contact() {
+async fn another_tenants_group_is_not_found_and_takes_no_foreign_contact() {
     let app = TestApp::start().await;
     let a = app.tenant().await;
     let b = app.tenant().await;
     let a_contact = new_contact(&app, &a, json!({"phone": "+15558884001"})).await;
     let b_contact = new_contact(&app, &b, json!({"phone": "+15558884002"})).await;
     let g = new_group(&app, &a, "A's group").await;
-    let gid = g["id"].as_str().unwrap().to_owned();
+    let gid = g.id.clone();
     assert_eq!(
         put_member(&app, &a, &gid, &a_contact).await,
         StatusCode::NO_CONTENT
@@ -1161,7 +1069,8 @@ async fn reach_another_tenants_group_is_not_found_and_takes_no_foreign_contact()
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
-    let gms = accepted["id"].as_str().unwrap().to_owned();
+    let accepted: GroupSendAccepted = view(&accepted);
+    let gms = accepted.id.clone();
     let rows = app.message_rows().await;
 
     // B sees none of it.
@@ -1203,18 +1112,12 @@ async fn reach_another_tenants_group_is_not_found_and_takes_no_foreign_contact()
         StatusCode::NOT_FOUND
     );
 
-    let (status, read) = app.get(&format!("/v1/groups/{gid}"), &a.api_key).await;
-    assert_eq!(status, StatusCode::OK, "{read}");
-    assert_eq!(read["members"], 1, "{read}");
-    let (_, members) = app
-        .get(&format!("/v1/groups/{gid}/members"), &a.api_key)
+    let read: GroupView = app.get_as(&format!("/v1/groups/{gid}"), &a.api_key).await;
+    assert_eq!(read.members, 1, "{read}");
+    let members: Page<ContactView> = app
+        .get_as(&format!("/v1/groups/{gid}/members"), &a.api_key)
         .await;
-    let ids: Vec<&str> = members["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["id"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> = members.data.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(ids, [a_contact.as_str()]);
     assert_eq!(
         app.message_rows().await,
@@ -1228,7 +1131,7 @@ async fn reach_another_tenants_group_is_not_found_and_takes_no_foreign_contact()
 }
 
 #[tokio::test]
-async fn reach_a_group_send_that_fails_validation_creates_nothing() {
+async fn a_group_send_that_fails_validation_creates_nothing() {
     let app = TestApp::start().await;
     let tenant = app.tenant().await;
     let phone = new_contact(
@@ -1238,7 +1141,7 @@ async fn reach_a_group_send_that_fails_validation_creates_nothing() {
     )
     .await;
     let g = new_group(&app, &tenant, "Validated").await;
-    let gid = g["id"].as_str().unwrap().to_owned();
+    let gid = g.id.clone();
     assert_eq!(
         put_member(&app, &tenant, &gid, &phone).await,
         StatusCode::NO_CONTENT
@@ -1258,16 +1161,20 @@ async fn reach_a_group_send_that_fails_validation_creates_nothing() {
     ] {
         let (status, err) = group_send(&app, &tenant, &gid, &body, Some(&unique("k-"))).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {err}");
-        assert_eq!(err["error"]["field"], field, "{body}: {err}");
+        assert_eq!(
+            api_error(&err).field.as_deref(),
+            Some(field),
+            "{body}: {err}"
+        );
     }
     let (status, err) = app
         .post("/v1/groups", &tenant.api_key, &json!({"name": ""}))
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
-    assert_eq!(err["error"]["field"], "name", "{err}");
+    assert_eq!(api_error(&err).field.as_deref(), Some("name"), "{err}");
     let (status, err) = app.post("/v1/groups", &tenant.api_key, &json!({})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
-    assert_eq!(err["error"]["field"], "name", "{err}");
+    assert_eq!(api_error(&err).field.as_deref(), Some("name"), "{err}");
     let (status, err) = group_send(
         &app,
         &tenant,

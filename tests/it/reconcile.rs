@@ -12,7 +12,6 @@ use herald_tests::{
     providers::{Reply, TwilioMock},
 };
 use reqwest::StatusCode;
-use serde_json::Value;
 
 /// The API in this process; workers are real processes, so they can be killed.
 async fn api_with_twilio(twilio: &TwilioMock) -> (TestApp, Config) {
@@ -26,15 +25,6 @@ async fn api_with_twilio(twilio: &TwilioMock) -> (TestApp, Config) {
     (app, config)
 }
 
-fn details(m: &Value) -> Vec<String> {
-    m["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["detail"].as_str().map(str::to_owned))
-        .collect()
-}
-
 async fn send_many(
     app: &TestApp,
     tenant: &Tenant,
@@ -45,9 +35,9 @@ async fn send_many(
     for i in 0..n {
         let to = format!("{prefix}{i:03}");
         let m = app
-            .send_sms(tenant, &to, &format!("Your table {i} is ready"))
+            .post_sms(tenant, &to, &format!("Your table {i} is ready"))
             .await;
-        sent.push((to, m["id"].as_str().unwrap().to_owned()));
+        sent.push((to, m.id.clone()));
     }
     sent
 }
@@ -85,13 +75,14 @@ async fn a_worker_killed_with_50_sms_in_flight_sends_each_exactly_once_after_a_r
             "{to} got the text {} times",
             twilio.created_to(to).len()
         );
-        let reconciled = details(&m)
+        let reconciled = m
+            .details()
             .iter()
             .any(|d| d.starts_with("reconciled: twilio already had"));
         assert!(reconciled, "the reconciliation is not in the events: {m}");
         assert_eq!(
-            m["provider_message_id"],
-            twilio.created_to(to)[0].sid.as_str(),
+            m.provider_message_id.as_deref(),
+            Some(twilio.created_to(to)[0].sid.as_str()),
             "{m}"
         );
     }
@@ -123,9 +114,9 @@ async fn while_twilio_cannot_be_asked_nothing_is_sent_again_and_all_go_once_it_a
     .await;
     let (_, first) = &sent[0];
     let m = app.message(&tenant, first).await;
-    assert!(m["status"] == "retrying" || m["status"] == "sending", "{m}");
+    assert!(m.status == "retrying" || m.status == "sending", "{m}");
     assert!(
-        details(&m)
+        m.details()
             .iter()
             .any(|d| d.contains("could not ask twilio whether an earlier attempt arrived")),
         "{m}"
@@ -164,7 +155,7 @@ async fn a_send_that_never_reached_twilio_is_sent_once_after_the_restart() {
         .await;
     assert_eq!(twilio.created_to(&sent[0].0).len(), 1);
     assert!(
-        details(&m)
+        m.details()
             .iter()
             .any(|d| d.starts_with("reconciled: twilio has no message")),
         "{m}"
@@ -188,10 +179,10 @@ async fn a_graceful_stop_records_what_is_in_flight_and_leaves_nothing_to_reconci
     // No other worker runs: what is recorded, the stopping worker recorded.
     for (to, id) in &sent {
         let m = app.message(&tenant, id).await;
-        assert_eq!(m["status"], "sent", "{m}");
+        assert_eq!(m.status, "sent", "{m}");
         assert_eq!(twilio.created_to(to).len(), 1);
         assert!(
-            !details(&m).iter().any(|d| d.starts_with("reconciled")),
+            !m.details().iter().any(|d| d.starts_with("reconciled")),
             "{m}"
         );
     }
@@ -202,8 +193,8 @@ async fn the_log_provider_finds_its_own_record_of_an_attempt_whose_outcome_was_l
     let mut app = TestApp::start().await;
     app.start_worker();
     let tenant = app.tenant().await;
-    let m = app.send_sms(&tenant, "+15556500001", "logged once").await;
-    let id = m["id"].as_str().unwrap().to_owned();
+    let m = app.post_sms(&tenant, "+15556500001", "logged once").await;
+    let id = m.id.clone();
     app.wait_for_status(&tenant, &id, "sent", Duration::from_secs(10))
         .await;
     // As if the worker had died after the log provider recorded the send and before the
@@ -251,8 +242,8 @@ async fn the_log_provider_finds_its_own_record_of_an_attempt_whose_outcome_was_l
         "the message is sent again, on paper",
         || async {
             let m = app.message(&tenant, &id).await;
-            (m["status"] == "sent"
-                && details(&m)
+            (m.status == "sent"
+                && m.details()
                     .iter()
                     .any(|d| d.starts_with("reconciled: log already had")))
             .then_some(m)
@@ -273,8 +264,8 @@ async fn a_status_callback_for_a_lost_answer_finds_its_message_by_the_url() {
     let twilio = TwilioMock::start().await;
     let (app, _config) = api_with_twilio(&twilio).await;
     let tenant = app.tenant().await;
-    let m = app.send_sms(&tenant, "+15556600001", "waiting").await;
-    let id = m["id"].as_str().unwrap().to_owned();
+    let m = app.post_sms(&tenant, "+15556600001", "waiting").await;
+    let id = m.id.clone();
     // Its attempt is under way and its answer will never come back.
     sqlx::query("UPDATE messages SET status = 'sending', attempts = 1 WHERE id = $1")
         .bind(&id)
@@ -291,7 +282,7 @@ async fn a_status_callback_for_a_lost_answer_finds_its_message_by_the_url() {
         .twilio_post("/v1/inbound/twilio/status", &twilio.auth_token, &report)
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(app.message(&tenant, &id).await["status"], "sending");
+    assert_eq!(app.message(&tenant, &id).await.status, "sending");
     // With it (as Herald sends the callback URL), the report settles the attempt.
     let (status, _) = app
         .twilio_post(
@@ -302,14 +293,14 @@ async fn a_status_callback_for_a_lost_answer_finds_its_message_by_the_url() {
         .await;
     assert_eq!(status, StatusCode::OK);
     let m = app.message(&tenant, &id).await;
-    assert_eq!(m["status"], "delivered", "{m}");
+    assert_eq!(m.status, "delivered", "{m}");
     assert_eq!(
-        m["provider_message_id"],
-        "SMlostanswer0000000000000000000001"
+        m.provider_message_id.as_deref(),
+        Some("SMlostanswer0000000000000000000001")
     );
     // A forged URL for another run does nothing.
-    let other = app.send_sms(&tenant, "+15556600002", "other").await;
-    let other_id = other["id"].as_str().unwrap();
+    let other = app.post_sms(&tenant, "+15556600002", "other").await;
+    let other_id = other.id.as_str();
     sqlx::query("UPDATE messages SET status = 'sending' WHERE id = $1")
         .bind(other_id)
         .execute(&app.db)
@@ -324,5 +315,5 @@ async fn a_status_callback_for_a_lost_answer_finds_its_message_by_the_url() {
         ],
     )
     .await;
-    assert_eq!(app.message(&tenant, other_id).await["status"], "sending");
+    assert_eq!(app.message(&tenant, other_id).await.status, "sending");
 }

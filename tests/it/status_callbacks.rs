@@ -4,7 +4,12 @@
 use std::time::Duration;
 
 use herald_core::providers::twilio_signature;
-use herald_tests::{Tenant, TestApp, app::test_config, providers::TwilioMock};
+use herald_tests::{
+    Tenant, TestApp,
+    app::test_config,
+    providers::TwilioMock,
+    views::{MessageView, api_error},
+};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -12,10 +17,7 @@ const STATUS_PATH: &str = "/v1/inbound/twilio/status";
 
 async fn app_with_twilio() -> (TestApp, TwilioMock) {
     let twilio = TwilioMock::start().await;
-    let mut config = test_config().await;
-    twilio.configure(&mut config);
-    let mut app = TestApp::start_with(config).await;
-    app.start_worker();
+    let app = TestApp::start_with_twilio(test_config().await, &twilio).await;
     (app, twilio)
 }
 
@@ -81,33 +83,17 @@ fn form<'a>(
 }
 
 /// Sends an SMS and waits for it to be `sent`; returns it (with its Twilio sid).
-async fn sent_sms(app: &TestApp, tenant: &Tenant, to: &str) -> Value {
-    let m = app.send_sms(tenant, to, "status please").await;
+async fn sent_sms(app: &TestApp, tenant: &Tenant, to: &str) -> MessageView {
+    let m = app.post_sms(tenant, to, "status please").await;
     let sent = app
-        .wait_for_status(
-            tenant,
-            m["id"].as_str().unwrap(),
-            "sent",
-            Duration::from_secs(15),
-        )
+        .wait_for_status(tenant, &m.id, "sent", Duration::from_secs(15))
         .await;
-    assert!(sent["provider_message_id"].is_string(), "{sent}");
+    assert!(sent.provider_message_id.is_some(), "{sent}");
     sent
 }
 
 async fn dead_letter_count(app: &TestApp) -> usize {
-    let (status, page) = app.get("/v1/dead-letters?limit=100", &app.ops_token).await;
-    assert_eq!(status, StatusCode::OK, "{page}");
-    page["data"].as_array().unwrap().len()
-}
-
-fn event_statuses(m: &Value) -> Vec<String> {
-    m["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["status"].as_str().unwrap().to_owned())
-        .collect()
+    app.dead_letters(&app.ops_token, "").await.len()
 }
 
 #[tokio::test]
@@ -116,9 +102,9 @@ async fn a_signed_delivered_callback_moves_a_sent_sms_forward_and_a_late_sent_do
     let tenant = app.tenant().await;
     let to = "+15558880001";
     let sent = sent_sms(&app, &tenant, to).await;
-    let id = sent["id"].as_str().unwrap();
-    let sid = sent["provider_message_id"].as_str().unwrap();
-    assert!(sent["delivered_at"].is_null(), "{sent}");
+    let id = sent.id.as_str();
+    let sid = sent.provider_message_id.as_deref().unwrap();
+    assert!(sent.delivered_at.is_none(), "{sent}");
 
     let (status, body) = callback(
         &app,
@@ -128,9 +114,9 @@ async fn a_signed_delivered_callback_moves_a_sent_sms_forward_and_a_late_sent_do
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let delivered = app.message(&tenant, id).await;
-    assert_eq!(delivered["status"], "delivered", "{delivered}");
-    assert!(delivered["delivered_at"].is_string(), "{delivered}");
-    let events = event_statuses(&delivered);
+    assert_eq!(delivered.status, "delivered", "{delivered}");
+    assert!(delivered.delivered_at.is_some(), "{delivered}");
+    let events = delivered.event_statuses();
     assert_eq!(
         events.last().map(String::as_str),
         Some("delivered"),
@@ -146,9 +132,9 @@ async fn a_signed_delivered_callback_moves_a_sent_sms_forward_and_a_late_sent_do
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let after = app.message(&tenant, id).await;
-    assert_eq!(after["status"], "delivered", "{after}");
-    assert_eq!(after["delivered_at"], delivered["delivered_at"], "{after}");
-    assert_eq!(event_statuses(&after), events, "no new event");
+    assert_eq!(after.status, "delivered", "{after}");
+    assert_eq!(after.delivered_at, delivered.delivered_at, "{after}");
+    assert_eq!(after.event_statuses(), events, "no new event");
     assert_eq!(dead_letter_count(&app).await, 0);
 }
 
@@ -158,8 +144,8 @@ async fn a_callback_with_a_wrong_or_missing_signature_is_refused_and_changes_not
     let tenant = app.tenant().await;
     let to = "+15558880002";
     let sent = sent_sms(&app, &tenant, to).await;
-    let id = sent["id"].as_str().unwrap();
-    let sid = sent["provider_message_id"].as_str().unwrap();
+    let id = sent.id.as_str();
+    let sid = sent.provider_message_id.as_deref().unwrap();
     let mut failed = form(&twilio, sid, "failed", to);
     failed.push(("ErrorCode", "21610"));
 
@@ -187,19 +173,20 @@ async fn a_callback_with_a_wrong_or_missing_signature_is_refused_and_changes_not
         assert_eq!(status, StatusCode::FORBIDDEN, "{what}: {body}");
         let error: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         assert_eq!(
-            error["error"]["code"], "invalid_signature",
+            api_error(&error).code,
+            "invalid_signature",
             "{what}: {body}"
         );
     }
 
     let after = app.message(&tenant, id).await;
-    assert_eq!(after["status"], "sent", "{after}");
+    assert_eq!(after.status, "sent", "{after}");
     assert_eq!(
-        event_statuses(&after),
-        event_statuses(&sent),
+        after.event_statuses(),
+        sent.event_statuses(),
         "no new event"
     );
-    assert_eq!(after["last_error"], sent["last_error"], "{after}");
+    assert_eq!(after.last_error, sent.last_error, "{after}");
     assert_eq!(dead_letter_count(&app).await, 0, "no dead letter");
     // The number was not opted out: the next SMS to it goes out.
     sent_sms(&app, &tenant, to).await;
@@ -212,44 +199,39 @@ async fn a_failed_callback_with_21610_fails_the_message_and_opts_the_number_out(
     let tenant = app.tenant().await;
     let to = "+15558880003";
     let sent = sent_sms(&app, &tenant, to).await;
-    let id = sent["id"].as_str().unwrap();
-    let sid = sent["provider_message_id"].as_str().unwrap();
+    let id = sent.id.as_str();
+    let sid = sent.provider_message_id.as_deref().unwrap();
     let mut params = form(&twilio, sid, "failed", to);
     params.push(("ErrorCode", "21610"));
 
     let (status, body) = callback(&app, Signed::With(&twilio.auth_token), &params).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let failed = app.message(&tenant, id).await;
-    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed.status, "failed", "{failed}");
     assert!(
-        failed["last_error"]
-            .as_str()
+        failed
+            .last_error
+            .as_deref()
             .is_some_and(|e| e.contains("21610")),
         "{failed}"
     );
     assert_eq!(
-        event_statuses(&failed).last().map(String::as_str),
+        failed.event_statuses().last().map(String::as_str),
         Some("failed")
     );
 
-    let (status, page) = app.get("/v1/dead-letters", &tenant.api_key).await;
-    assert_eq!(status, StatusCode::OK, "{page}");
-    let letters = page["data"].as_array().unwrap();
-    assert_eq!(letters.len(), 1, "{page}");
-    assert_eq!(letters[0]["message_id"], id, "{page}");
-    assert_eq!(letters[0]["reason"], "rejected", "{page}");
-    assert_eq!(letters[0]["tenant_id"], tenant.id.as_str(), "{page}");
+    let letters = app.dead_letters(&tenant.api_key, "").await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter.message_id.as_deref(), Some(id), "{letter}");
+    assert_eq!(letter.reason, "rejected", "{letter}");
+    assert_eq!(letter.tenant_id, tenant.id.as_str(), "{letter}");
 
     // The number is opted out: the next SMS to it is suppressed without a provider call.
     let calls = twilio.received().len();
-    let next = app.send_sms(&tenant, to, "are you there?").await;
+    let next = app.post_sms(&tenant, to, "are you there?").await;
     let suppressed = app
-        .wait_for_status(
-            &tenant,
-            next["id"].as_str().unwrap(),
-            "suppressed",
-            Duration::from_secs(15),
-        )
+        .wait_for_status(&tenant, &next.id, "suppressed", Duration::from_secs(15))
         .await;
     app.wait_for_drained_queue(0, Duration::from_secs(10)).await;
     assert_eq!(twilio.received().len(), calls, "no provider call");
@@ -262,7 +244,7 @@ async fn a_failed_callback_with_21610_fails_the_message_and_opts_the_number_out(
 
     // `attempts` counts provider calls (API.md), and none was made.
     assert_eq!(
-        suppressed["attempts"], 0,
+        suppressed.attempts, 0,
         "a suppressed message made no provider call: {suppressed}"
     );
 }
@@ -273,7 +255,7 @@ async fn a_callback_for_an_unknown_sid_is_answered_and_changes_nothing() {
     let tenant = app.tenant().await;
     let to = "+15558880004";
     let sent = sent_sms(&app, &tenant, to).await;
-    let id = sent["id"].as_str().unwrap();
+    let id = sent.id.as_str();
     let rows = app.message_rows().await;
 
     let unknown = "SM00000000000000000000000000000000";
@@ -285,8 +267,8 @@ async fn a_callback_for_an_unknown_sid_is_answered_and_changes_nothing() {
     }
 
     let after = app.message(&tenant, id).await;
-    assert_eq!(after["status"], "sent", "{after}");
-    assert_eq!(event_statuses(&after), event_statuses(&sent));
+    assert_eq!(after.status, "sent", "{after}");
+    assert_eq!(after.event_statuses(), sent.event_statuses());
     assert_eq!(app.message_rows().await, rows, "no row");
     assert_eq!(dead_letter_count(&app).await, 0, "no dead letter");
     // Nobody was opted out.

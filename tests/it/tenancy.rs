@@ -1,7 +1,13 @@
 //! Tenants are walled off from each other; keys and the ops token each work only where
 //! they should.
 
-use herald_tests::{TestApp, app::test_config};
+use herald_tests::{
+    TestApp,
+    app::test_config,
+    views::{
+        CreatedKeyView, CreatedTenantView, MessageView, Page, QueueStatsView, api_error, view,
+    },
+};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -10,12 +16,12 @@ async fn another_tenants_message_is_not_found() {
     let app = TestApp::start().await;
     let a = app.tenant().await;
     let b = app.tenant().await;
-    let m = app.send_sms(&a, "+15551234567", "for A only").await;
-    let id = m["id"].as_str().unwrap();
+    let m = app.post_sms(&a, "+15551234567", "for A only").await;
+    let id = m.id.as_str();
 
     let (status, body) = app.get(&format!("/v1/messages/{id}"), &b.api_key).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    assert_eq!(body["error"]["code"], "not_found");
+    assert_eq!(api_error(&body).code, "not_found");
     let (status, _) = app
         .post(&format!("/v1/messages/{id}/cancel"), &b.api_key, &json!({}))
         .await;
@@ -23,12 +29,8 @@ async fn another_tenants_message_is_not_found() {
     let (_, list) = app.get("/v1/messages", &b.api_key).await;
     assert_eq!(list, json!({"data": [], "next_cursor": null}));
 
-    let (status, mine) = app.get(&format!("/v1/messages/{id}"), &a.api_key).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        mine["status"], "queued",
-        "B's cancel attempt changed nothing"
-    );
+    let mine = app.message(&a, id).await;
+    assert_eq!(mine.status, "queued", "B's cancel attempt changed nothing");
 }
 
 #[tokio::test]
@@ -46,8 +48,9 @@ async fn a_revoked_key_stops_working_at_once() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{second}");
-    let second_key = second["api_key"].as_str().unwrap();
-    assert_eq!(second["key_prefix"].as_str().unwrap(), &second_key[..12]);
+    let second: CreatedKeyView = view(&second);
+    let second_key = second.api_key.as_str();
+    assert_eq!(second.key_prefix.as_str(), &second_key[..12]);
 
     let (status, _) = app
         .delete(&format!("/v1/admin/keys/{}", t.key_prefix), &app.ops_token)
@@ -55,7 +58,7 @@ async fn a_revoked_key_stops_working_at_once() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, body) = app.get("/v1/messages", &t.api_key).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-    assert_eq!(body["error"]["code"], "unauthorized");
+    assert_eq!(api_error(&body).code, "unauthorized");
     let (status, _) = app.get("/v1/messages", second_key).await;
     assert_eq!(status, StatusCode::OK, "the tenant's other key still works");
 
@@ -86,7 +89,7 @@ async fn keys_and_the_ops_token_only_work_on_their_own_routes() {
     let r = app.http.get(app.url("/v1/messages")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "unauthorized");
+    assert_eq!(api_error(&body).code, "unauthorized");
     let (status, _) = app
         .post("/v1/admin/tenants", "not-the-token", &json!({"name": "x"}))
         .await;
@@ -106,7 +109,7 @@ async fn admin_routes_are_refused_without_an_ops_token_configured() {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    assert_eq!(body["error"]["code"], "admin_disabled");
+    assert_eq!(api_error(&body).code, "admin_disabled");
 }
 
 #[tokio::test]
@@ -120,21 +123,21 @@ async fn a_tenant_is_created_with_defaults_and_its_number_is_its_own() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{t}");
-    assert!(t["id"].as_str().unwrap().starts_with("ten_"));
-    assert!(t["api_key"].as_str().unwrap().starts_with("hk_"));
-    assert!(t["webhook_secret"].as_str().unwrap().starts_with("whsec_"));
-    assert_eq!(t["timezone"], "UTC");
-    assert_eq!(t["quiet_hours"], json!({"start": "21:00", "end": "08:00"}));
+    let t: CreatedTenantView = view(&t);
+    assert!(t.id.starts_with("ten_"));
+    assert!(t.api_key.starts_with("hk_"));
+    assert!(t.webhook_secret.starts_with("whsec_"));
+    assert_eq!(t.timezone, "UTC");
+    assert_eq!(
+        t.quiet_hours,
+        Some(json!({"start": "21:00", "end": "08:00"}))
+    );
     let stored: Vec<u8> = sqlx::query_scalar("SELECT key_hash FROM api_keys WHERE tenant_id = $1")
-        .bind(t["id"].as_str().unwrap())
+        .bind(t.id.as_str())
         .fetch_one(&app.db)
         .await
         .unwrap();
-    assert_ne!(
-        stored,
-        t["api_key"].as_str().unwrap().as_bytes(),
-        "only a hash is stored"
-    );
+    assert_ne!(stored, t.api_key.as_bytes(), "only a hash is stored");
 
     let (status, body) = app
         .post(
@@ -144,7 +147,7 @@ async fn a_tenant_is_created_with_defaults_and_its_number_is_its_own() {
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert_eq!(body["error"]["field"], "sms_from");
+    assert_eq!(api_error(&body).field.as_deref(), Some("sms_from"));
 
     let (status, off) = app
         .post(
@@ -154,8 +157,9 @@ async fn a_tenant_is_created_with_defaults_and_its_number_is_its_own() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{off}");
-    assert_eq!(off["quiet_hours"], serde_json::Value::Null);
-    assert_eq!(off["timezone"], "America/New_York");
+    let off: CreatedTenantView = view(&off);
+    assert_eq!(off.quiet_hours, None);
+    assert_eq!(off.timezone, "America/New_York");
 }
 
 #[tokio::test]
@@ -165,41 +169,31 @@ async fn messages_list_newest_first_in_pages() {
     let mut ids = Vec::new();
     for i in 0..5 {
         let m = app
-            .send_sms(&t, "+15551234567", &format!("message {i}"))
+            .post_sms(&t, "+15551234567", &format!("message {i}"))
             .await;
-        ids.push(m["id"].as_str().unwrap().to_owned());
+        ids.push(m.id.clone());
     }
     ids.reverse();
-    let (status, page1) = app.get("/v1/messages?limit=2", &t.api_key).await;
-    assert_eq!(status, StatusCode::OK);
-    let got: Vec<&str> = page1["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
+    let page1: Page<MessageView> = app.get_as("/v1/messages?limit=2", &t.api_key).await;
+    let got: Vec<&str> = page1.data.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(got, ids[..2]);
-    let cursor = page1["next_cursor"].as_str().unwrap();
-    let (_, page2) = app
-        .get(&format!("/v1/messages?limit=2&cursor={cursor}"), &t.api_key)
+    let cursor = page1.next_cursor.as_deref().unwrap();
+    let page2: Page<MessageView> = app
+        .get_as(&format!("/v1/messages?limit=2&cursor={cursor}"), &t.api_key)
         .await;
-    let (_, page3) = app
-        .get(
+    let page3: Page<MessageView> = app
+        .get_as(
             &format!(
                 "/v1/messages?limit=2&cursor={}",
-                page2["next_cursor"].as_str().unwrap()
+                page2.next_cursor.as_deref().unwrap()
             ),
             &t.api_key,
         )
         .await;
-    assert_eq!(page3["data"].as_array().unwrap().len(), 1);
-    assert_eq!(page3["next_cursor"], serde_json::Value::Null);
-    let (_, queued) = app.get("/v1/messages?status=sent", &t.api_key).await;
-    assert_eq!(
-        queued["data"].as_array().unwrap().len(),
-        0,
-        "nothing is sent without a worker"
-    );
+    assert_eq!(page3.data.len(), 1);
+    assert_eq!(page3.next_cursor, None);
+    let queued: Page<MessageView> = app.get_as("/v1/messages?status=sent", &t.api_key).await;
+    assert_eq!(queued.data.len(), 0, "nothing is sent without a worker");
 }
 
 #[tokio::test]
@@ -239,7 +233,7 @@ async fn health_readiness_and_the_openapi_document() {
 
     let (status, body) = app.get("/v1/nothing-here", "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(body["error"]["code"], "not_found");
+    assert_eq!(api_error(&body).code, "not_found");
     let r = app.http.get(app.url("/healthz")).send().await.unwrap();
     assert!(r.headers().contains_key("x-request-id"));
 }
@@ -248,7 +242,7 @@ async fn health_readiness_and_the_openapi_document() {
 async fn ops_see_the_queue_counts() {
     let app = TestApp::start().await;
     let t = app.tenant().await;
-    app.send_sms(&t, "+15551234567", "now").await;
+    app.post_sms(&t, "+15551234567", "now").await;
     let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     let (status, _) = app
         .post(
@@ -262,15 +256,14 @@ async fn ops_see_the_queue_counts() {
         std::time::Duration::from_secs(10),
         "both jobs are queued",
         || async {
-            let (status, q) = app.get("/v1/admin/queues", &app.ops_token).await;
-            assert_eq!(status, StatusCode::OK, "{q}");
-            (q[0]["pending"] == 1 && q[0]["scheduled"] == 1).then_some(q)
+            let q: Vec<QueueStatsView> = app.get_as("/v1/admin/queues", &app.ops_token).await;
+            (q[0].pending == 1 && q[0].scheduled == 1).then_some(q)
         },
     )
     .await;
-    assert_eq!(queues[0]["name"], "deliveries");
-    assert_eq!(queues[0]["running"], 0);
-    assert_eq!(queues[0]["dead"], 0);
+    assert_eq!(queues[0].name, "deliveries");
+    assert_eq!(queues[0].running, 0);
+    assert_eq!(queues[0].dead, 0);
     let (status, _) = app.get("/v1/admin/queues", &t.api_key).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }

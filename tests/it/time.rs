@@ -12,6 +12,7 @@ use herald_tests::{
     eventually,
     process::Proc,
     providers::{ModelMock, ModelReply, TwilioMock},
+    views::{AppointmentView, ContactView, MessageView, SubscriptionView, api_error, time, view},
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -25,14 +26,6 @@ const TEMPLATE: &str = "Hi {{name}}, see you at {{time}} on {{date}}.";
 
 fn rfc(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// An RFC 3339 field of a JSON answer.
-fn at(v: &Value) -> DateTime<Utc> {
-    v.as_str()
-        .unwrap_or_else(|| panic!("not a time: {v}"))
-        .parse()
-        .unwrap_or_else(|e| panic!("not an RFC 3339 time: {v}: {e}"))
 }
 
 /// `t` cut to whole milliseconds, as the API reads it back.
@@ -156,16 +149,17 @@ async fn contact(
     if let Some(zone) = zone {
         body["timezone"] = json!(zone);
     }
-    let (status, c) = app.post("/v1/contacts", &tenant.api_key, &body).await;
-    assert_eq!(status, StatusCode::CREATED, "create contact: {c}");
-    c["id"].as_str().unwrap().to_owned()
+    let c: ContactView = app
+        .post_as("/v1/contacts", &tenant.api_key, &body, StatusCode::CREATED)
+        .await;
+    c.id
 }
 
 /// `POST /v1/messages` (asserting 202); returns the message.
-async fn send(app: &TestApp, tenant: &Tenant, body: Value) -> Value {
+async fn send(app: &TestApp, tenant: &Tenant, body: Value) -> MessageView {
     let (status, m) = app.post("/v1/messages", &tenant.api_key, &body).await;
     assert_eq!(status, StatusCode::ACCEPTED, "send {body}: {m}");
-    m
+    view(&m)
 }
 
 /// `POST /v1/subscriptions` (asserting 201); returns the subscription.
@@ -187,7 +181,7 @@ async fn subscribe_static(app: &TestApp, tenant: &Tenant, contact_id: &str, body
         }),
     )
     .await;
-    s["id"].as_str().unwrap().to_owned()
+    view::<SubscriptionView>(&s).id
 }
 
 /// Moves a subscription's local time and first date with SQL, to make it due without waiting
@@ -272,34 +266,6 @@ async fn scheduled_jobs(app: &TestApp) -> Vec<(String, i64)> {
     jobs
 }
 
-fn id_of(v: &Value) -> String {
-    v["id"].as_str().unwrap().to_owned()
-}
-
-/// The reminder with this id in an appointment.
-fn reminder<'a>(appointment: &'a Value, id: &str) -> &'a Value {
-    appointment["reminders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["id"] == id)
-        .unwrap_or_else(|| panic!("no reminder {id} in {appointment}"))
-}
-
-fn events_with<'a>(m: &'a Value, status: &str, detail_part: &str) -> Vec<&'a Value> {
-    m["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| {
-            e["status"] == status
-                && e["detail"]
-                    .as_str()
-                    .is_some_and(|d| d.to_lowercase().contains(detail_part))
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------
 // Appointments and their reminders.
 // ---------------------------------------------------------------------------------------
@@ -328,47 +294,45 @@ async fn reminders_are_created_moved_and_canceled_with_their_appointment() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{a}");
-    let apt = id_of(&a);
+    let a: AppointmentView = view(&a);
+    let apt = a.id.clone();
     assert!(apt.starts_with("apt_"), "{apt}");
-    assert_eq!(a["contact_id"], pat.as_str());
-    assert_eq!(at(&a["starts_at"]), starts);
-    assert_eq!(a["channel"], "sms");
-    assert_eq!(a["body_template"], TEMPLATE);
-    assert!(a["canceled_at"].is_null(), "{a}");
+    assert_eq!(a.contact_id, pat.as_str());
+    assert_eq!(time(&a.starts_at), starts);
+    assert_eq!(a.channel, "sms");
+    assert_eq!(a.body_template, TEMPLATE);
+    assert!(a.canceled_at.is_none(), "{a}");
 
     // The 24h reminder's time has passed: not created. The 2h and 30m ones are, in NY time.
-    let reminders = a["reminders"].as_array().unwrap();
+    let reminders = &a.reminders;
     assert_eq!(reminders.len(), 2, "only the 2h and 30m reminders: {a}");
-    let two_h = id_of(&reminders[0]);
-    let thirty_m = id_of(&reminders[1]);
+    let two_h = reminders[0].id.clone();
+    let thirty_m = reminders[1].id.clone();
     for (r, before) in [(&reminders[0], 120), (&reminders[1], 30)] {
-        assert!(r["id"].as_str().unwrap().starts_with("msg_"), "{r}");
-        assert_eq!(r["status"], "scheduled", "{r}");
-        assert_eq!(r["channel"], "sms");
-        assert_eq!(r["to"], phone);
-        assert_eq!(r["contact_id"], pat.as_str());
+        assert!(r.id.starts_with("msg_"), "{r}");
+        assert_eq!(r.status, "scheduled", "{r}");
+        assert_eq!(r.channel, "sms");
+        assert_eq!(r.to, phone);
+        assert_eq!(r.contact_id.as_deref(), Some(pat.as_str()));
         assert_eq!(
-            at(&r["send_at"]),
+            time(&r.send_at),
             starts - chrono::Duration::minutes(before),
             "{r}"
         );
         assert_eq!(
-            at(&r["expires_at"]),
+            time(&r.expires_at),
             starts,
             "a reminder expires when it starts"
         );
-        assert_eq!(
-            r["body"],
-            rendered("Pat", starts, ny),
-            "rendered in NY: {r}"
-        );
+        assert_eq!(r.body, rendered("Pat", starts, ny), "rendered in NY: {r}");
     }
     let (status, got) = app
         .get(&format!("/v1/appointments/{apt}"), &tenant.api_key)
         .await;
     assert_eq!(status, StatusCode::OK, "{got}");
-    assert_eq!(got["reminders"].as_array().unwrap().len(), 2, "{got}");
-    assert_eq!(reminder(&got, &two_h)["status"], "scheduled");
+    let got: AppointmentView = view(&got);
+    assert_eq!(got.reminders.len(), 2, "{got}");
+    assert_eq!(got.reminder(&two_h).status, "scheduled");
     let mut expected = vec![
         (
             two_h.clone(),
@@ -385,7 +349,7 @@ async fn reminders_are_created_moved_and_canceled_with_their_appointment() {
         expected,
         "one job per reminder, due at its send_at"
     );
-    assert_eq!(app.deliveries_stats().await["scheduled"], 2);
+    assert_eq!(app.deliveries_stats().await.scheduled, 2);
 
     // Moved 1h17m later: same ids, new times and texts, one job each at the new time.
     let moved = starts + chrono::Duration::minutes(77);
@@ -397,29 +361,30 @@ async fn reminders_are_created_moved_and_canceled_with_their_appointment() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{a}");
-    assert_eq!(at(&a["starts_at"]), moved);
+    let a: AppointmentView = view(&a);
+    assert_eq!(time(&a.starts_at), moved);
     assert_eq!(
-        a["reminders"].as_array().unwrap().len(),
+        a.reminders.len(),
         2,
         "moved reminders keep their ids and the 24h one is still past: {a}"
     );
     let new_body = rendered("Pat", moved, ny);
     assert_ne!(new_body, rendered("Pat", starts, ny));
     for (id, before) in [(&two_h, 120), (&thirty_m, 30)] {
-        let r = reminder(&a, id);
-        assert_eq!(r["status"], "scheduled", "{r}");
+        let r = a.reminder(id);
+        assert_eq!(r.status, "scheduled", "{r}");
         assert_eq!(
-            at(&r["send_at"]),
+            time(&r.send_at),
             moved - chrono::Duration::minutes(before),
             "{r}"
         );
-        assert_eq!(at(&r["expires_at"]), moved, "{r}");
-        assert_eq!(r["body"], new_body.as_str(), "re-rendered: {r}");
+        assert_eq!(time(&r.expires_at), moved, "{r}");
+        assert_eq!(r.body, new_body.as_str(), "re-rendered: {r}");
     }
     let m = app.message(&tenant, &two_h).await;
-    assert_eq!(at(&m["send_at"]), moved - chrono::Duration::hours(2));
+    assert_eq!(time(&m.send_at), moved - chrono::Duration::hours(2));
     assert_eq!(
-        events_with(&m, "scheduled", "moved").len(),
+        m.events_with("scheduled", "moved").len(),
         1,
         "an event says the appointment moved: {m}"
     );
@@ -439,7 +404,7 @@ async fn reminders_are_created_moved_and_canceled_with_their_appointment() {
         expected,
         "still exactly one job per reminder, now due at the new send_at"
     );
-    assert_eq!(app.deliveries_stats().await["scheduled"], 2);
+    assert_eq!(app.deliveries_stats().await.scheduled, 2);
 
     // Moved so close that the 2h reminder's time has passed: it is canceled, its job goes.
     let close = millis(Utc::now() + chrono::Duration::minutes(90));
@@ -451,12 +416,13 @@ async fn reminders_are_created_moved_and_canceled_with_their_appointment() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{a}");
-    assert_eq!(reminder(&a, &two_h)["status"], "canceled", "{a}");
-    let r = reminder(&a, &thirty_m);
-    assert_eq!(r["status"], "scheduled", "{r}");
-    assert_eq!(at(&r["send_at"]), close - chrono::Duration::minutes(30));
-    assert_eq!(r["body"], rendered("Pat", close, ny));
-    assert_eq!(app.message(&tenant, &two_h).await["status"], "canceled");
+    let a: AppointmentView = view(&a);
+    assert_eq!(a.reminder(&two_h).status, "canceled", "{a}");
+    let r = a.reminder(&thirty_m);
+    assert_eq!(r.status, "scheduled", "{r}");
+    assert_eq!(time(&r.send_at), close - chrono::Duration::minutes(30));
+    assert_eq!(r.body, rendered("Pat", close, ny));
+    assert_eq!(app.message(&tenant, &two_h).await.status, "canceled");
     assert_eq!(
         scheduled_jobs(&app).await,
         vec![(
@@ -475,15 +441,16 @@ async fn reminders_are_created_moved_and_canceled_with_their_appointment() {
         .get(&format!("/v1/appointments/{apt}"), &tenant.api_key)
         .await;
     assert_eq!(status, StatusCode::OK, "{a}");
-    assert!(a["canceled_at"].is_string(), "canceled_at is set: {a}");
-    for r in a["reminders"].as_array().unwrap() {
-        assert_eq!(r["status"], "canceled", "{r}");
+    let a: AppointmentView = view(&a);
+    assert!(a.canceled_at.is_some(), "canceled_at is set: {a}");
+    for r in &a.reminders {
+        assert_eq!(r.status, "canceled", "{r}");
     }
-    assert_eq!(a["reminders"].as_array().unwrap().len(), 2, "{a}");
+    assert_eq!(a.reminders.len(), 2, "{a}");
     let m = app.message(&tenant, &thirty_m).await;
-    assert_eq!(m["status"], "canceled", "{m}");
+    assert_eq!(m.status, "canceled", "{m}");
     assert_eq!(scheduled_jobs(&app).await, vec![], "no job is left");
-    assert_eq!(app.deliveries_stats().await["scheduled"], 0);
+    assert_eq!(app.deliveries_stats().await.scheduled, 0);
 
     let (status, _) = app
         .get("/v1/appointments/apt_doesnotexist", &tenant.api_key)
@@ -515,11 +482,12 @@ async fn a_reminder_that_comes_due_goes_out_after_its_time_never_before() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{a}");
-    let r = &a["reminders"][0];
-    let id = id_of(r);
+    let a: AppointmentView = view(&a);
+    let r = &a.reminders[0];
+    let id = r.id.clone();
     let send_at = starts - chrono::Duration::hours(2);
-    assert_eq!(at(&r["send_at"]), send_at);
-    assert_eq!(r["status"], "scheduled");
+    assert_eq!(time(&r.send_at), send_at);
+    assert_eq!(r.status, "scheduled");
     assert!(send_at > Utc::now(), "the reminder is still ahead");
 
     let sent = app
@@ -534,7 +502,7 @@ async fn a_reminder_that_comes_due_goes_out_after_its_time_never_before() {
         "sent {} ms before its time",
         (send_at - calls[0].at).num_milliseconds()
     );
-    assert!(at(&sent["sent_at"]) >= send_at, "{sent}");
+    assert!(time(sent.sent_at.as_deref().unwrap()) >= send_at, "{sent}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -592,54 +560,53 @@ async fn quiet_hours_defer_or_expire_an_sms_in_the_recipients_zone() {
 
     // Deferred to 08:00 in the night zone, still `scheduled`, with an event saying why.
     for (tenant, m) in [(&day_tenant, &deferred), (&night_tenant, &asleep)] {
-        let id = id_of(m);
+        let id = m.id.clone();
         let m = eventually(
             WAIT,
             &format!("{id} is deferred by quiet hours"),
             || async {
                 // The message and its events are read in two statements: wait for both.
                 let m = app.message(tenant, &id).await;
-                (m["status"] == "scheduled"
-                    && !events_with(&m, "scheduled", "quiet hours").is_empty())
-                .then_some(m)
+                (m.status == "scheduled" && !m.events_with("scheduled", "quiet hours").is_empty())
+                    .then_some(m)
             },
         )
         .await;
         assert_eq!(
-            at(&m["send_at"]),
+            time(&m.send_at),
             window_ends,
             "send_at moves to the end of the window in {}: {m}",
             night.name()
         );
-        assert_eq!(m["attempts"], 0, "{m}");
+        assert_eq!(m.attempts, 0, "{m}");
     }
     // The one that would outlive its expires_at expires, and says why.
     let m = app
-        .wait_for_status(&day_tenant, &id_of(&expiring), "expired", WAIT)
+        .wait_for_status(&day_tenant, &expiring.id, "expired", WAIT)
         .await;
     assert_eq!(
-        events_with(&m, "expired", "quiet hours").len(),
+        m.events_with("expired", "quiet hours").len(),
         1,
         "the expiry names quiet hours: {m}"
     );
     // Not respecting quiet hours, or awake where they live: sent now.
-    app.wait_for_status(&day_tenant, &id_of(&urgent), "sent", WAIT)
+    app.wait_for_status(&day_tenant, &urgent.id, "sent", WAIT)
         .await;
-    app.wait_for_status(&night_tenant, &id_of(&awake_abroad), "sent", WAIT)
+    app.wait_for_status(&night_tenant, &awake_abroad.id, "sent", WAIT)
         .await;
     // The deferred jobs wait in the queue for the window's end.
     let jobs = scheduled_jobs(&app).await;
     for m in [&deferred, &asleep] {
         assert!(
-            jobs.contains(&(id_of(m), window_ends.timestamp_millis())),
+            jobs.contains(&(m.id.clone(), window_ends.timestamp_millis())),
             "{} waits in the queue until {window_ends}: {jobs:?}",
-            id_of(m)
+            m.id.clone()
         );
     }
 
     // A later message to a day-time contact goes out while the deferred ones still wait.
     let witness = send(&app, &day_tenant, sms(local)).await;
-    app.wait_for_status(&day_tenant, &id_of(&witness), "sent", WAIT)
+    app.wait_for_status(&day_tenant, &witness.id, "sent", WAIT)
         .await;
     for (phone, calls) in [
         (owl, 0),
@@ -652,9 +619,9 @@ async fn quiet_hours_defer_or_expire_an_sms_in_the_recipients_zone() {
         assert_eq!(twilio.calls_to(phone), calls, "provider calls to {phone}");
     }
     for (tenant, m) in [(&day_tenant, &deferred), (&night_tenant, &asleep)] {
-        let m = app.message(tenant, &id_of(m)).await;
-        assert_eq!(m["status"], "scheduled", "still waiting: {m}");
-        assert_eq!(at(&m["send_at"]), window_ends, "{m}");
+        let m = app.message(tenant, &m.id).await;
+        assert_eq!(m.status, "scheduled", "still waiting: {m}");
+        assert_eq!(time(&m.send_at), window_ends, "{m}");
     }
 }
 
@@ -780,17 +747,10 @@ async fn two_scheduler_processes_create_exactly_one_daily_message_per_subscripti
                 (due - d.created_at).num_milliseconds()
             );
         }
-        let (status, m) = app
-            .get(&format!("/v1/messages/{}", d.id), &tenant.api_key)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{m}");
-        assert_eq!(m["author"], "system", "{m}");
-        assert_eq!(m["to"], s.phone.as_str());
-        assert_eq!(
-            at(&m["expires_at"]),
-            end_of_local_day(s.zone, s.date),
-            "{m}"
-        );
+        let m = app.message(&tenant, &d.id).await;
+        assert_eq!(m.author, "system", "{m}");
+        assert_eq!(m.to, s.phone.as_str());
+        assert_eq!(time(&m.expires_at), end_of_local_day(s.zone, s.date), "{m}");
     }
     // And each went out once.
     for s in &subs {
@@ -832,8 +792,9 @@ async fn a_scheduler_that_was_down_over_the_minute_catches_up_when_it_returns() 
         }),
     )
     .await;
-    let id = id_of(&s);
-    assert_eq!(s["first_delivery_date"], today.to_string(), "{s}");
+    let s: SubscriptionView = view(&s);
+    let id = s.id.clone();
+    assert_eq!(s.first_delivery_date, today.to_string(), "{s}");
     let due = instant(zone, today, send_at_local);
 
     // No scheduler runs while its time passes.
@@ -857,11 +818,11 @@ async fn a_scheduler_that_was_down_over_the_minute_catches_up_when_it_returns() 
     );
     assert_eq!(d.local_date, Some(today));
     let m = app.message(&tenant, &d.id).await;
-    assert_eq!(m["body"], "Good morning!");
-    assert_eq!(m["contact_id"], c.as_str());
-    assert_eq!(m["author"], "system");
+    assert_eq!(m.body, "Good morning!");
+    assert_eq!(m.contact_id.as_deref(), Some(c.as_str()));
+    assert_eq!(m.author, "system");
     assert_eq!(
-        at(&m["expires_at"]),
+        time(&m.expires_at),
         end_of_local_day(zone, today),
         "it expires at local midnight in {}: {m}",
         zone.name()
@@ -892,8 +853,9 @@ async fn a_daily_ai_subscription_gets_the_models_text() {
         }),
     )
     .await;
-    assert_eq!(s["content"], json!({"kind": "ai", "prompt": PROMPT}), "{s}");
-    let id = id_of(&s);
+    let s: SubscriptionView = view(&s);
+    assert_eq!(s.content, json!({"kind": "ai", "prompt": PROMPT}), "{s}");
+    let id = s.id.clone();
     let today = local_today(zone);
     set_due(&app, &id, local_minute(zone, -1), today).await;
     app.start_scheduler();
@@ -901,11 +863,11 @@ async fn a_daily_ai_subscription_gets_the_models_text() {
     let d = wait_for_daily(&app, &id, WAIT).await;
     assert_eq!(d.local_date, Some(today));
     let m = app.wait_for_status(&tenant, &d.id, "sent", WAIT).await;
-    assert_eq!(m["body"], TEXT, "{m}");
-    assert_eq!(m["author"], "ai", "{m}");
-    assert_eq!(m["model"], "daily-model", "{m}");
-    assert_eq!(m["contact_id"], c.as_str());
-    assert_eq!(at(&m["expires_at"]), end_of_local_day(zone, today), "{m}");
+    assert_eq!(m.body, TEXT, "{m}");
+    assert_eq!(m.author, "ai", "{m}");
+    assert_eq!(m.model.as_deref(), Some("daily-model"), "{m}");
+    assert_eq!(m.contact_id.as_deref(), Some(c.as_str()));
+    assert_eq!(time(&m.expires_at), end_of_local_day(zone, today), "{m}");
     let calls = twilio.received();
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].form["To"], phone);
@@ -961,8 +923,8 @@ async fn the_subscriptions_api_validates_reads_and_deletes() {
     for (body, code, field) in rejected {
         let (status, e) = app.post("/v1/subscriptions", &tenant.api_key, &body).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {e}");
-        assert_eq!(e["error"]["field"], field, "{body}: {e}");
-        assert_eq!(e["error"]["code"], code, "{body}: {e}");
+        assert_eq!(api_error(&e).field.as_deref(), Some(field), "{body}: {e}");
+        assert_eq!(api_error(&e).code, code, "{body}: {e}");
     }
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriptions")
         .fetch_one(&app.db)
@@ -972,27 +934,28 @@ async fn the_subscriptions_api_validates_reads_and_deletes() {
 
     // Noon is still ahead at 10 AM: today. It has passed at 2 PM: tomorrow.
     let ahead = subscribe(&app, &tenant, &base(&early)).await;
+    let created: SubscriptionView = view(&ahead);
     assert_eq!(
-        ahead["first_delivery_date"],
+        created.first_delivery_date,
         local_today(morning).to_string(),
         "{ahead}"
     );
     let passed = subscribe(&app, &tenant, &base(&late)).await;
     assert_eq!(
-        passed["first_delivery_date"],
+        view::<SubscriptionView>(&passed).first_delivery_date,
         local_today(afternoon).succ_opt().unwrap().to_string(),
         "the tenant's zone when the contact has none: {passed}"
     );
-    let id = id_of(&ahead);
+    let id = created.id.clone();
     assert!(id.starts_with("sub_"), "{id}");
-    assert_eq!(ahead["contact_id"], early.as_str());
-    assert_eq!(ahead["send_at_local"], "12:00");
-    assert_eq!(ahead["channel"], "sms");
+    assert_eq!(created.contact_id, early.as_str());
+    assert_eq!(created.send_at_local, "12:00");
+    assert_eq!(created.channel, "sms");
     assert_eq!(
-        ahead["content"],
+        created.content,
         json!({"kind": "static", "body": "Lunch special today."})
     );
-    assert!(ahead["created_at"].is_string(), "{ahead}");
+    assert!(!created.created_at.is_empty(), "{ahead}");
 
     let (status, got) = app
         .get(&format!("/v1/subscriptions/{id}"), &tenant.api_key)

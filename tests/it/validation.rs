@@ -1,6 +1,6 @@
 //! Every validation error in the contract: its status, code and field, and nothing created.
 
-use herald_tests::TestApp;
+use herald_tests::{TestApp, views::api_error};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -14,9 +14,9 @@ async fn assert_refused(
     case: &str,
 ) {
     assert_eq!(status, want, "{case}: {body}");
-    assert_eq!(body["error"]["code"], code, "{case}: {body}");
-    assert_eq!(body["error"]["field"].as_str(), field, "{case}: {body}");
-    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(api_error(&body).code, code, "{case}: {body}");
+    assert_eq!(api_error(&body).field.as_deref(), field, "{case}: {body}");
+    let message = api_error(&body).message;
     assert!(
         message.len() > 10,
         "{case}: the message should help a person: {body}"
@@ -298,7 +298,11 @@ async fn bad_list_parameters_name_the_parameter() {
     ] {
         let (status, body) = app.get(&format!("/v1/messages?{query}"), &t.api_key).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
-        assert_eq!(body["error"]["field"], field, "{query}: {body}");
+        assert_eq!(
+            api_error(&body).field.as_deref(),
+            Some(field),
+            "{query}: {body}"
+        );
     }
 }
 
@@ -354,8 +358,12 @@ async fn bad_tenant_requests_name_the_field() {
     for (case, body, code, field) in cases {
         let (status, answer) = app.post("/v1/admin/tenants", &app.ops_token, &body).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{case}: {answer}");
-        assert_eq!(answer["error"]["code"], code, "{case}: {answer}");
-        assert_eq!(answer["error"]["field"], field, "{case}: {answer}");
+        assert_eq!(api_error(&answer).code, code, "{case}: {answer}");
+        assert_eq!(
+            api_error(&answer).field.as_deref(),
+            Some(field),
+            "{case}: {answer}"
+        );
     }
     let tenants: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants")
         .fetch_one(&app.db)

@@ -8,12 +8,19 @@ use herald_core::{
     config::{LogFormat, Secret},
 };
 use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::{eventually, fresh_database, redis_url, unique};
+use crate::{
+    eventually, eventually_ok, fresh_database, redis_url, unique,
+    views::{
+        ContactView, ConversationView, CreatedTenantView, DeadLetterView, MessageView, Page,
+        QueueStatsView, view,
+    },
+};
 
 /// A tenant created through the admin API.
 #[derive(Debug, Clone)]
@@ -133,6 +140,17 @@ impl TestApp {
         app
     }
 
+    /// The API and the worker, sending SMS through `twilio`.
+    pub async fn start_with_twilio(
+        mut config: Config,
+        twilio: &crate::providers::TwilioMock,
+    ) -> Self {
+        twilio.configure(&mut config);
+        let mut app = Self::start_with(config).await;
+        app.start_worker();
+        app
+    }
+
     /// Starts the real worker in this process, with the app's configuration.
     pub fn start_worker(&mut self) {
         let task = tokio::spawn(herald_worker::run(
@@ -228,32 +246,58 @@ impl TestApp {
 
     /// Creates a tenant through the admin API (panics unless it answers 201).
     pub async fn create_tenant(&self, body: Value) -> Tenant {
-        let (status, t) = self.post("/v1/admin/tenants", &self.ops_token, &body).await;
-        assert_eq!(status, StatusCode::CREATED, "create tenant: {t}");
+        let t: CreatedTenantView = self
+            .post_as(
+                "/v1/admin/tenants",
+                &self.ops_token,
+                &body,
+                StatusCode::CREATED,
+            )
+            .await;
         Tenant {
-            id: t["id"].as_str().unwrap().to_owned(),
-            api_key: t["api_key"].as_str().unwrap().to_owned(),
-            key_prefix: t["key_prefix"].as_str().unwrap().to_owned(),
-            webhook_secret: t["webhook_secret"].as_str().unwrap().to_owned(),
-            sms_from: t["sms_from"].as_str().map(str::to_owned),
+            id: t.id,
+            api_key: t.api_key,
+            key_prefix: t.key_prefix,
+            webhook_secret: t.webhook_secret,
+            sms_from: t.sms_from,
         }
     }
 
     /// A tenant with its own `sms_from` and `email_from`, and no quiet hours (so tests do not
     /// depend on the time of day they run at).
     pub async fn tenant(&self) -> Tenant {
+        self.tenant_with(json!({})).await
+    }
+
+    /// [`Self::tenant`] with `extra` fields of the create request set over its defaults
+    /// (`timezone`, `quiet_hours`, `missed_call_text`, ...).
+    pub async fn tenant_with(&self, extra: Value) -> Tenant {
         let n: u64 = rand::random::<u64>() % 1_000_000_000;
-        self.create_tenant(json!({
+        let mut body = json!({
             "name": "Acme Dental",
             "sms_from": format!("+1500{n:09}"),
             "email_from": "Acme Dental <hello@acme.test>",
             "quiet_hours": null,
-        }))
+        });
+        for (k, v) in extra.as_object().expect("extra fields are an object") {
+            body[k] = v.clone();
+        }
+        self.create_tenant(body).await
+    }
+
+    /// Sends a webhook message with this JSON body to `url` (asserting 202).
+    pub async fn post_webhook(&self, tenant: &Tenant, url: &str, body: Value) -> MessageView {
+        self.post_as(
+            "/v1/messages",
+            &tenant.api_key,
+            &json!({"channel": "webhook", "to": url, "body": body}),
+            StatusCode::ACCEPTED,
+        )
         .await
     }
 
     /// Sends an SMS (asserting 202) and returns the message.
-    pub async fn send_sms(&self, tenant: &Tenant, to: &str, body: &str) -> Value {
+    pub async fn post_sms(&self, tenant: &Tenant, to: &str, body: &str) -> MessageView {
         let (status, m) = self
             .post(
                 "/v1/messages",
@@ -262,7 +306,7 @@ impl TestApp {
             )
             .await;
         assert_eq!(status, StatusCode::ACCEPTED, "send sms: {m}");
-        m
+        view(&m)
     }
 
     /// Waits until the message reads back with `status`; returns it with its events.
@@ -272,36 +316,78 @@ impl TestApp {
         id: &str,
         status: &str,
         within: Duration,
-    ) -> Value {
-        let path = format!("/v1/messages/{id}");
-        let mut last = Value::Null;
-        let found = tokio::time::timeout(within, async {
-            loop {
-                let (code, m) = self.get(&path, &tenant.api_key).await;
-                assert_eq!(code, StatusCode::OK, "{m}");
-                if m["status"] == status {
-                    return m;
+    ) -> MessageView {
+        eventually_ok(
+            within,
+            &format!("message {id} becomes {status}"),
+            || async {
+                let m = self.message(tenant, id).await;
+                if m.status == status {
+                    Ok(m)
+                } else {
+                    Err(format!("read {m}"))
                 }
-                last = m;
-                tokio::time::sleep(Duration::from_millis(20)).await; // poll until the deadline
-            }
-        })
-        .await;
-        match found {
-            Ok(m) => m,
-            Err(_) => {
-                panic!("message {id} did not become {status} within {within:?}; last read: {last}")
-            }
-        }
+            },
+        )
+        .await
     }
 
     /// Reads a message (asserting 200), with its events.
-    pub async fn message(&self, tenant: &Tenant, id: &str) -> Value {
-        let (code, m) = self
-            .get(&format!("/v1/messages/{id}"), &tenant.api_key)
+    pub async fn message(&self, tenant: &Tenant, id: &str) -> MessageView {
+        self.get_as(&format!("/v1/messages/{id}"), &tenant.api_key)
+            .await
+    }
+
+    /// GETs `path` (asserting 200) and reads the body as `T`.
+    pub async fn get_as<T: DeserializeOwned>(&self, path: &str, key: &str) -> T {
+        let (code, body) = self.get(path, key).await;
+        assert_eq!(code, StatusCode::OK, "GET {path}: {body}");
+        view(&body)
+    }
+
+    /// POSTs `body` to `path` (asserting `expected`) and reads the answer as `T`.
+    pub async fn post_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        key: &str,
+        body: &Value,
+        expected: StatusCode,
+    ) -> T {
+        let (code, answer) = self.post(path, key, body).await;
+        assert_eq!(code, expected, "POST {path} {body}: {answer}");
+        view(&answer)
+    }
+
+    /// `GET /v1/contacts/{id}` (asserting 200).
+    pub async fn contact(&self, tenant: &Tenant, id: &str) -> ContactView {
+        self.get_as(&format!("/v1/contacts/{id}"), &tenant.api_key)
+            .await
+    }
+
+    /// `GET /v1/conversations/{contact_id}` (asserting 200).
+    pub async fn conversation(&self, tenant: &Tenant, contact_id: &str) -> ConversationView {
+        self.get_as(&format!("/v1/conversations/{contact_id}"), &tenant.api_key)
+            .await
+    }
+
+    /// `GET /v1/dead-letters/{id}` with `key` (asserting 200).
+    pub async fn dead_letter(&self, key: &str, id: &str) -> DeadLetterView {
+        self.get_as(&format!("/v1/dead-letters/{id}"), key).await
+    }
+
+    /// The dead letters `key` can see (one page of up to 100; `query` is `&reason=...` and
+    /// the like).
+    pub async fn dead_letters(&self, key: &str, query: &str) -> Vec<DeadLetterView> {
+        let page: Page<DeadLetterView> = self
+            .get_as(&format!("/v1/dead-letters?limit=100{query}"), key)
             .await;
-        assert_eq!(code, StatusCode::OK, "read message {id}: {m}");
-        m
+        page.data
+    }
+
+    /// A page of the tenant's messages, newest first (`query` is `&status=...` and the like).
+    pub async fn messages(&self, tenant: &Tenant, query: &str) -> Page<MessageView> {
+        self.get_as(&format!("/v1/messages?limit=100{query}"), &tenant.api_key)
+            .await
     }
 
     /// `POST /v1/messages/{id}/cancel` with the tenant's key.
@@ -315,24 +401,30 @@ impl TestApp {
     }
 
     /// The `deliveries` entry of `GET /v1/admin/queues` (asserting 200).
-    pub async fn deliveries_stats(&self) -> Value {
-        let (code, q) = self.get("/v1/admin/queues", &self.ops_token).await;
-        assert_eq!(code, StatusCode::OK, "queue stats: {q}");
-        q.as_array()
-            .and_then(|qs| qs.iter().find(|q| q["name"] == "deliveries").cloned())
-            .unwrap_or_else(|| panic!("no deliveries queue in {q}"))
+    pub async fn deliveries_stats(&self) -> QueueStatsView {
+        self.queue_stats("deliveries").await
+    }
+
+    /// The entry of `queue` in `GET /v1/admin/queues` (asserting 200).
+    pub async fn queue_stats(&self, queue: &str) -> QueueStatsView {
+        let qs: Vec<QueueStatsView> = self.get_as("/v1/admin/queues", &self.ops_token).await;
+        qs.iter()
+            .find(|q| q.name == queue)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {queue} queue in {qs:?}"))
     }
 
     /// Waits until the `deliveries` queue has nothing pending, scheduled or running, and at
     /// least `completed` jobs completed in the last minute; returns the stats.
-    pub async fn wait_for_drained_queue(&self, completed: u64, within: Duration) -> Value {
-        eventually(within, "the deliveries queue drains", || async {
+    pub async fn wait_for_drained_queue(&self, completed: u64, within: Duration) -> QueueStatsView {
+        let what = format!("the deliveries queue drains after {completed} completed jobs");
+        eventually_ok(within, &what, || async {
             let q = self.deliveries_stats().await;
-            (q["pending"] == 0
-                && q["scheduled"] == 0
-                && q["running"] == 0
-                && q["completed_last_minute"].as_u64().unwrap_or(0) >= completed)
-                .then_some(q)
+            if q.is_idle() && q.completed_last_minute >= completed {
+                Ok(q)
+            } else {
+                Err(format!("stats {q}"))
+            }
         })
         .await
     }
@@ -381,6 +473,14 @@ impl TestApp {
     /// Rows in `messages`, to prove a rejected request created nothing.
     pub async fn message_rows(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM messages")
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
+    /// Rows in `contacts`, to prove a rejected request created nothing.
+    pub async fn contact_rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM contacts")
             .fetch_one(&self.db)
             .await
             .unwrap()

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod process;
 pub mod providers;
 pub mod proxy;
+pub mod views;
 
 use std::{future::Future, time::Duration};
 
@@ -96,40 +97,65 @@ pub async fn fresh_database() -> String {
 
     let name = unique("t_");
     // Copying needs the template idle; another process may be closing its connection.
-    let mut tries = 0;
-    loop {
-        match conn
-            .execute(sqlx::AssertSqlSafe(format!(
-                "CREATE DATABASE {name} TEMPLATE {template}"
-            )))
-            .await
-        {
-            Ok(_) => break,
-            Err(e) if tries < 50 && e.to_string().contains("being accessed by other users") => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await; // poll until the template is idle
+    let conn = tokio::sync::Mutex::new(conn);
+    eventually_ok(
+        Duration::from_secs(10),
+        &format!("the template {template} is idle to copy it"),
+        || async {
+            let sql = format!("CREATE DATABASE {name} TEMPLATE {template}");
+            match conn.lock().await.execute(sqlx::AssertSqlSafe(sql)).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.to_string().contains("being accessed by other users") => {
+                    Err(e.to_string())
+                }
+                Err(e) => panic!("create test database: {e}"),
             }
-            Err(e) => panic!("create test database: {e}"),
-        }
-    }
-    conn.close().await.ok();
+        },
+    )
+    .await;
+    conn.into_inner().close().await.ok();
     with_database(&admin, &name)
 }
 
+/// Milliseconds from `a` to `b`.
+pub fn ms_between(a: chrono::DateTime<chrono::Utc>, b: chrono::DateTime<chrono::Utc>) -> i64 {
+    (b - a).num_milliseconds()
+}
+
 /// Polls `check` until it yields `Some`, or panics with `what` after `within`.
+///
+/// When the failure should say what was seen instead, use [`eventually_ok`].
 pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
+    eventually_ok(within, what, || {
+        let observed = check();
+        async move { observed.await.ok_or_else(String::new) }
+    })
+    .await
+}
+
+/// Polls `check` until it yields `Ok`, or panics after `within` with `what` and the last
+/// `Err`, which describes the last observation, so a timeout says how far things got.
+pub async fn eventually_ok<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
     let deadline = tokio::time::Instant::now() + within;
     let mut poll_pause = Duration::from_millis(5);
     loop {
-        if let Some(v) = check().await {
-            return v;
-        }
+        let last = match check().await {
+            Ok(v) => return v,
+            Err(last) => last,
+        };
         if tokio::time::Instant::now() >= deadline {
-            panic!("timed out after {within:?} waiting for: {what}");
+            if last.is_empty() {
+                panic!("timed out after {within:?} waiting for: {what}");
+            }
+            panic!("timed out after {within:?} waiting for: {what}; last seen: {last}");
         }
         tokio::time::sleep(poll_pause).await;
         poll_pause = (poll_pause * 2).min(Duration::from_millis(100));

@@ -57,6 +57,17 @@ pub enum Reply {
     Lost(Duration),
 }
 
+impl Reply {
+    /// A 503 with a plain body, as a provider that is down answers.
+    pub fn unavailable() -> Self {
+        Self::Raw {
+            status: 503,
+            body: "upstream unavailable".into(),
+            headers: vec![],
+        }
+    }
+}
+
 /// A message Twilio holds (what its Message list resource shows).
 #[derive(Debug, Clone)]
 pub struct TwilioMessage {
@@ -182,13 +193,14 @@ impl TwilioMock {
 
     /// Waits until a request asked to send `body` to `to`; returns it.
     pub async fn wait_for_sms(&self, to: &str, body: &str, within: Duration) -> Received {
-        crate::eventually(
+        crate::eventually_ok(
             within,
             &format!("Twilio is asked to send {body:?} to {to}"),
             || async {
                 self.sent_to(to)
                     .into_iter()
                     .find(|r| r.form.get("Body").map(String::as_str) == Some(body))
+                    .ok_or_else(|| format!("texts to {to}: {:?}", self.bodies_to(to)))
             },
         )
         .await
@@ -433,6 +445,26 @@ fn twilio_error(status: u16, code: u32, message: &str) -> Response {
     (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response()
 }
 
+/// `(role, content)` of each chat message a model was sent (a request [`ModelMock`] saw).
+pub fn chat(request: &serde_json::Value) -> Vec<(String, String)> {
+    request["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no messages in the chat request: {request}"))
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().to_owned(),
+                m["content"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// An expected turn of [`chat`].
+pub fn turn(role: &str, content: &str) -> (String, String) {
+    (role.to_owned(), content.to_owned())
+}
+
 /// How the model endpoint answers the next chat completion.
 #[derive(Debug, Clone)]
 pub enum ModelReply {
@@ -547,6 +579,8 @@ pub struct WebhookReceiver {
 struct ReceiverState {
     got: Vec<(String, HeaderMap, Bytes)>,
     answers: HashMap<String, (u16, Bytes)>,
+    /// Statuses answered first, in order, before the path's standing answer.
+    scripts: HashMap<String, VecDeque<u16>>,
 }
 
 impl WebhookReceiver {
@@ -565,11 +599,15 @@ impl WebhookReceiver {
                     let path = uri.path().to_owned();
                     let mut s = state.lock().unwrap();
                     s.got.push((path.clone(), headers, body));
-                    let (status, body) = s
-                        .answers
-                        .get(&path)
-                        .cloned()
-                        .unwrap_or((200, Bytes::from_static(b"ok")));
+                    let scripted = s.scripts.get_mut(&path).and_then(VecDeque::pop_front);
+                    let (status, body) = match scripted {
+                        Some(status) => (status, Bytes::from_static(b"receiver says so")),
+                        None => s
+                            .answers
+                            .get(&path)
+                            .cloned()
+                            .unwrap_or((200, Bytes::from_static(b"ok"))),
+                    };
                     (StatusCode::from_u16(status).unwrap(), body).into_response()
                 }
             },
@@ -590,6 +628,29 @@ impl WebhookReceiver {
             .unwrap()
             .answers
             .insert(path.to_owned(), (status, body.into()));
+    }
+
+    /// Answers the next requests to `path` with these statuses, in order, then as before.
+    pub fn answer_first(&self, path: &str, statuses: impl IntoIterator<Item = u16>) {
+        self.state
+            .lock()
+            .unwrap()
+            .scripts
+            .entry(path.to_owned())
+            .or_default()
+            .extend(statuses);
+    }
+
+    /// The headers and bodies of the requests received at `path`, oldest first.
+    pub fn requests(&self, path: &str) -> Vec<(HeaderMap, Bytes)> {
+        self.state
+            .lock()
+            .unwrap()
+            .got
+            .iter()
+            .filter(|(p, _, _)| p == path)
+            .map(|(_, h, b)| (h.clone(), b.clone()))
+            .collect()
     }
 
     /// The bodies received at `path`, oldest first.
