@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use herald_core::providers::twilio_signature;
 use herald_tests::{
     Tenant, TestApp,
     app::test_config,
@@ -58,6 +57,17 @@ async fn setup() -> Setup {
         Duration::from_secs(3),
     )
     .await
+}
+
+impl Setup {
+    /// `phone` texts QUESTION to the tenant; waits for the SMS answering it with `answer` and
+    /// returns that AI reply as stored, with its events.
+    async fn ask(&self, tenant: &Tenant, phone: &str, answer: &str) -> MessageView {
+        self.app.text(&self.twilio, tenant, phone, QUESTION).await;
+        self.twilio.wait_for_sms(phone, answer, WAIT).await;
+        let cid = contact_id_texting(&self.app, tenant, QUESTION).await;
+        wait_for_reply(&self.app, tenant, &cid, "ai", 1).await
+    }
 }
 
 /// The inbound messages with this body, newest first.
@@ -438,10 +448,7 @@ async fn a_primary_that_answers_on_its_retry_is_used() {
     let phone = "+15557770005";
     s.model.script([ModelReply::Status(429)]);
 
-    s.app.text(&s.twilio, &tenant, phone, QUESTION).await;
-    s.twilio.wait_for_sms(phone, ANSWER, WAIT).await;
-    let cid = contact_id_texting(app, &tenant, QUESTION).await;
-    let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
+    let reply = s.ask(&tenant, phone, ANSWER).await;
     assert_eq!(reply.model.as_deref(), Some(PRIMARY));
     assert_eq!(s.model.received().len(), 2, "one call and one retry");
     assert!(s.fallback.received().is_empty());
@@ -459,10 +466,7 @@ async fn the_fallback_answers_when_the_primary_fails_twice() {
     let tenant = app.tenant().await;
     let phone = "+15557770006";
 
-    s.app.text(&s.twilio, &tenant, phone, QUESTION).await;
-    s.twilio.wait_for_sms(phone, FALLBACK_ANSWER, WAIT).await;
-    let cid = contact_id_texting(app, &tenant, QUESTION).await;
-    let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
+    let reply = s.ask(&tenant, phone, FALLBACK_ANSWER).await;
     assert_eq!(reply.body, FALLBACK_ANSWER);
     assert_eq!(reply.model.as_deref(), Some(FALLBACK));
     assert!(
@@ -494,10 +498,7 @@ async fn the_canned_reply_answers_when_both_models_fail() {
     let tenant = app.tenant_with(json!({"canned_reply": canned})).await;
     let phone = "+15557770007";
 
-    s.app.text(&s.twilio, &tenant, phone, QUESTION).await;
-    s.twilio.wait_for_sms(phone, canned, WAIT).await;
-    let cid = contact_id_texting(app, &tenant, QUESTION).await;
-    let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
+    let reply = s.ask(&tenant, phone, canned).await;
     assert_eq!(reply.body, canned);
     assert_eq!(reply.model, None, "{reply}");
     assert_eq!(reply.usage, None, "{reply}");
@@ -528,11 +529,8 @@ async fn a_primary_that_hangs_past_the_timeout_is_left_for_the_fallback() {
     let tenant = app.tenant().await;
     let phone = "+15557770009";
 
-    s.app.text(&s.twilio, &tenant, phone, QUESTION).await;
     // Had Herald waited for the primary, it would answer "late answer" after 30 s.
-    s.twilio.wait_for_sms(phone, FALLBACK_ANSWER, WAIT).await;
-    let cid = contact_id_texting(app, &tenant, QUESTION).await;
-    let reply = wait_for_reply(app, &tenant, &cid, "ai", 1).await;
+    let reply = s.ask(&tenant, phone, FALLBACK_ANSWER).await;
     assert_eq!(reply.model.as_deref(), Some(FALLBACK));
     assert!(
         !s.model.received().is_empty(),
@@ -813,50 +811,14 @@ async fn an_inbound_text_with_a_bad_signature_is_refused_and_changes_nothing() {
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
     };
-    let url = app.url(INBOUND_PATH);
-    let stop = form("STOP");
-
-    // Signed with the wrong auth token.
-    let borrowed: Vec<(&str, &str)> = stop.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let (status, body) = app
-        .twilio_post(INBOUND_PATH, "not-the-auth-token", &borrowed)
-        .await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "wrong token: {body}");
-    let error: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{body}"));
-    assert_eq!(api_error(&error).code, "invalid_signature", "{body}");
-
-    // No signature at all.
-    let r = app.http.post(&url).form(&stop).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN, "missing signature");
-
-    // A valid signature, but for other parameters: the body was tampered with.
-    let signed_for = twilio_signature::compute(&s.twilio.auth_token, &url, &form("Hello there"));
-    let r = app
-        .http
-        .post(&url)
-        .header("X-Twilio-Signature", signed_for)
-        .form(&stop)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN, "tampered body");
-
-    // A valid signature for this body, but for another URL.
-    let elsewhere = twilio_signature::compute(
+    app.assert_forged_twilio_posts_refused(
+        INBOUND_PATH,
         &s.twilio.auth_token,
-        &app.url("/v1/inbound/twilio/status"),
-        &stop,
-    );
-    let r = app
-        .http
-        .post(&url)
-        .header("X-Twilio-Signature", elsewhere)
-        .form(&stop)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN, "signed for another URL");
-
+        &form("STOP"),
+        &form("Hello there"),
+        "/v1/inbound/twilio/status",
+    )
+    .await;
     assert_eq!(app.message_rows().await, 0, "no message stored");
     assert_eq!(app.contact_rows().await, 0, "no contact created");
 
@@ -879,43 +841,48 @@ async fn one_of_another_tenant_is_not_found() {
     let cid = contact_id_texting(app, &a, QUESTION).await;
     wait_for_reply(app, &a, &cid, "ai", 1).await;
 
-    let (status, body) = app
-        .get(&format!("/v1/conversations/{cid}"), &b.api_key)
-        .await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    assert!(body["error"]["code"].is_string(), "{body}");
-    let (status, body) = app.get(&format!("/v1/contacts/{cid}"), &b.api_key).await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    for action in ["takeover", "release"] {
-        let (status, body) = app
-            .post(
-                &format!("/v1/conversations/{cid}/{action}"),
-                &b.api_key,
-                &json!({}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::NOT_FOUND, "{action}: {body}");
+    // Every route naming A's contact answers B as it answers a contact that never existed.
+    let none = json!({});
+    let reply = json!({"body": "not yours"});
+    let rename = json!({"name": "Mallory"});
+    let routes: [(&str, String, &Tenant, Option<&Value>); 7] = [
+        ("GET", format!("/v1/conversations/{cid}"), &b, None),
+        ("GET", format!("/v1/contacts/{cid}"), &b, None),
+        (
+            "POST",
+            format!("/v1/conversations/{cid}/takeover"),
+            &b,
+            Some(&none),
+        ),
+        (
+            "POST",
+            format!("/v1/conversations/{cid}/release"),
+            &b,
+            Some(&none),
+        ),
+        (
+            "POST",
+            format!("/v1/conversations/{cid}/reply"),
+            &b,
+            Some(&reply),
+        ),
+        ("PATCH", format!("/v1/contacts/{cid}"), &b, Some(&rename)),
+        (
+            "GET",
+            "/v1/conversations/ct_doesnotexist".to_owned(),
+            &a,
+            None,
+        ),
+    ];
+    for (method, path, tenant, body) in routes {
+        let (status, answer) = match (method, body) {
+            ("PATCH", Some(body)) => app.patch(&path, &tenant.api_key, body).await,
+            (_, Some(body)) => app.post(&path, &tenant.api_key, body).await,
+            (_, None) => app.get(&path, &tenant.api_key).await,
+        };
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {answer}");
+        assert_eq!(api_error(&answer).code, "not_found", "{method} {path}");
     }
-    let (status, body) = app
-        .post(
-            &format!("/v1/conversations/{cid}/reply"),
-            &b.api_key,
-            &json!({"body": "not yours"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    let (status, body) = app
-        .patch(
-            &format!("/v1/contacts/{cid}"),
-            &b.api_key,
-            &json!({"name": "Mallory"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    let (status, body) = app
-        .get("/v1/conversations/ct_doesnotexist", &a.api_key)
-        .await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 
     // A's conversation is as it was.
     let c = app.conversation(&a, &cid).await;

@@ -105,14 +105,7 @@ async fn ops_log_in_see_a_dead_letter_replay_it_and_its_message_is_sent() {
         !browser.scrolls_sideways().await,
         "the queues page fits 1280 px"
     );
-    std::fs::create_dir_all(herald_tests::process::bin_dir().join("screenshots")).unwrap();
-    let shot = browser.screenshot().await;
-    assert!(shot.starts_with(b"\x89PNG"), "a PNG screenshot");
-    std::fs::write(
-        herald_tests::process::bin_dir().join("screenshots/dashboard-queues.png"),
-        &shot,
-    )
-    .unwrap();
+    browser.save_screenshot("dashboard-queues").await;
     let cookie = browser
         .cookies()
         .await
@@ -143,14 +136,7 @@ async fn ops_log_in_see_a_dead_letter_replay_it_and_its_message_is_sent() {
         !browser.scrolls_sideways().await,
         "the dead letter's page fits a 1280 px window"
     );
-    std::fs::create_dir_all(herald_tests::process::bin_dir().join("screenshots")).unwrap();
-    let shot = browser.screenshot().await;
-    assert!(shot.starts_with(b"\x89PNG"), "a PNG screenshot");
-    std::fs::write(
-        herald_tests::process::bin_dir().join("screenshots/dashboard-dead-letter.png"),
-        &shot,
-    )
-    .unwrap();
+    browser.save_screenshot("dashboard-dead-letter").await;
 
     browser.click("#replay").await;
     let notice = browser.text("#notice").await;
@@ -186,11 +172,7 @@ async fn ops_log_in_see_a_dead_letter_replay_it_and_its_message_is_sent() {
         3,
         "unavailable once, rejected once, then sent once"
     );
-    std::fs::write(
-        herald_tests::process::bin_dir().join("screenshots/dashboard-message.png"),
-        browser.screenshot().await,
-    )
-    .unwrap();
+    browser.save_screenshot("dashboard-message").await;
 }
 
 #[tokio::test]

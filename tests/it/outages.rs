@@ -75,7 +75,41 @@ async fn config_behind_pg_proxy() -> (herald_core::Config, Proxy) {
     (config, pg_proxy)
 }
 
-/// Posts `n` SMS due at `send_at`; returns (to, id) pairs.
+/// An SMS to `to` whose Twilio call is under way (Twilio holds its answer for 500 ms) when
+/// Postgres goes away: the proxy in front of Postgres is already cut.
+struct PostgresCutMidSend {
+    twilio: TwilioMock,
+    pg_proxy: Proxy,
+    app: TestApp,
+    tenant: Tenant,
+    id: String,
+}
+
+async fn postgres_cut_mid_send(to: &str) -> PostgresCutMidSend {
+    let twilio = TwilioMock::start().await;
+    let (config, pg_proxy) = config_behind_pg_proxy().await;
+    let app = TestApp::start_with_twilio(config, &twilio).await;
+    let tenant = app.tenant().await;
+    twilio.script([Reply::Hang(Duration::from_millis(500))]);
+    let id = app.post_sms(&tenant, to, "sent during an outage").await.id;
+    eventually(
+        Duration::from_secs(10),
+        "the provider is called",
+        || async { (twilio.calls_to(to) == 1).then_some(()) },
+    )
+    .await;
+    pg_proxy.cut();
+    PostgresCutMidSend {
+        twilio,
+        pg_proxy,
+        app,
+        tenant,
+        id,
+    }
+}
+
+/// Posts `n` SMS due at `send_at` and waits until the outbox has swept past them (their jobs
+/// are in Redis, not only in Postgres); returns (to, id) pairs.
 async fn post_due_at(
     app: &TestApp,
     tenant: &Tenant,
@@ -95,6 +129,10 @@ async fn post_due_at(
             .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{m}");
         posted.push((to, view::<MessageView>(&m).id));
+    }
+    for (_, id) in &posted {
+        app.wait_for_outbox_past("deliveries", id, Duration::from_secs(20))
+            .await;
     }
     posted
 }
@@ -128,10 +166,6 @@ async fn jobs_lost_with_redis_data_are_queued_again_and_sent_once() {
 
     let send_at = Utc::now() + chrono::Duration::seconds(14);
     let posted = post_due_at(&app, &tenant, 1060000, 4, send_at).await;
-    for (_, id) in &posted {
-        app.wait_for_outbox_past("deliveries", id, Duration::from_secs(20))
-            .await;
-    }
     // One of them was claimed an hour ago by a worker that then died, its job lost too.
     let (stuck_to, stuck) = posted[0].clone();
     sqlx::query(
@@ -273,10 +307,6 @@ async fn a_redis_restart_that_lost_recent_writes_loses_no_message() {
 
     let send_at = Utc::now() + chrono::Duration::seconds(14);
     let posted = post_due_at(&app, &tenant, 1070000, 3, send_at).await;
-    for (_, id) in &posted {
-        app.wait_for_outbox_past("deliveries", id, Duration::from_secs(20))
-            .await;
-    }
     // The writes of the last second before a crash are gone from the AOF: here, the jobs.
     // The reconcile marker was written long before and survives; only the server's run id
     // tells that Redis restarted.
@@ -308,22 +338,14 @@ async fn a_redis_restart_that_lost_recent_writes_loses_no_message() {
 #[tokio::test]
 async fn an_outcome_that_cannot_be_recorded_while_postgres_is_down_is_recorded_later_without_a_second_send()
  {
-    let twilio = TwilioMock::start().await;
-    let (config, pg_proxy) = config_behind_pg_proxy().await;
-    let app = TestApp::start_with_twilio(config, &twilio).await;
-    let tenant = app.tenant().await;
-    // The provider takes its time, and Postgres goes away while it does.
-    twilio.script([Reply::Hang(Duration::from_millis(500))]);
     let to = "+15551051000";
-    let m = app.post_sms(&tenant, to, "recorded once").await;
-    let id = m.id.clone();
-    eventually(
-        Duration::from_secs(10),
-        "the provider is called",
-        || async { (twilio.calls_to(to) == 1).then_some(()) },
-    )
-    .await;
-    pg_proxy.cut();
+    let PostgresCutMidSend {
+        twilio,
+        pg_proxy,
+        app,
+        tenant,
+        id,
+    } = postgres_cut_mid_send(to).await;
     // The worker fails to record what the provider said (its connections are refused)...
     eventually(
         Duration::from_secs(10),
@@ -349,23 +371,16 @@ async fn an_outcome_that_cannot_be_recorded_while_postgres_is_down_is_recorded_l
 
 #[tokio::test]
 async fn an_outcome_lost_to_a_long_postgres_outage_leaves_no_message_stuck_in_sending() {
-    let twilio = TwilioMock::start().await;
-    let (config, pg_proxy) = config_behind_pg_proxy().await;
-    let stale_after = config.stale_claim_after();
-    let app = TestApp::start_with_twilio(config, &twilio).await;
-    let tenant = app.tenant().await;
-    twilio.script([Reply::Hang(Duration::from_millis(500))]);
     let to = "+15551052000";
-    let m = app.post_sms(&tenant, to, "not stuck").await;
-    let id = m.id.clone();
-    eventually(
-        Duration::from_secs(10),
-        "the provider is called",
-        || async { (twilio.calls_to(to) == 1).then_some(()) },
-    )
-    .await;
+    let PostgresCutMidSend {
+        twilio,
+        pg_proxy,
+        app,
+        tenant,
+        id,
+    } = postgres_cut_mid_send(to).await;
     let cut_at = Instant::now();
-    pg_proxy.cut();
+    let stale_after = app.config.stale_claim_after();
     // Longer than the worker waits to record an outcome (20 s).
     let until = cut_at + Duration::from_secs(23);
     eventually(Duration::from_secs(30), "23 seconds of outage", || async {

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use herald_core::providers::twilio_signature;
 use herald_tests::{
     Tenant, TestApp,
     app::test_config,
@@ -476,49 +475,16 @@ async fn a_call_status_callback_with_a_bad_signature_is_refused_and_stores_nothi
     let caller = "+15558880041";
     let sid = call_sid();
     let form = call_form(&tenant, caller, &sid, "no-answer");
-    let url = app.url(VOICE_PATH);
-
-    // Signed with the wrong auth token.
-    let (status, body) = app
-        .twilio_post(VOICE_PATH, "not-the-auth-token", &borrowed(&form))
-        .await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "wrong token: {body}");
-    let error: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{body}"));
-    assert_eq!(api_error(&error).code, "invalid_signature", "{body}");
-
-    // No signature at all.
-    let r = app.http.post(&url).form(&form).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN, "missing signature");
-
-    // Signed for other parameters (an answered call), sent as a missed one.
+    // Signed for an answered call, sent as a missed one; or signed for the SMS webhook.
     let answered = call_form(&tenant, caller, &sid, "completed");
-    let signed_for = twilio_signature::compute(&s.twilio.auth_token, &url, &answered);
-    let r = app
-        .http
-        .post(&url)
-        .header("X-Twilio-Signature", signed_for)
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN, "tampered body");
-
-    // Signed for the SMS webhook's URL.
-    let elsewhere = twilio_signature::compute(
+    app.assert_forged_twilio_posts_refused(
+        VOICE_PATH,
         &s.twilio.auth_token,
-        &app.url("/v1/inbound/twilio/sms"),
         &form,
-    );
-    let r = app
-        .http
-        .post(&url)
-        .header("X-Twilio-Signature", elsewhere)
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN, "signed for another URL");
-
+        &answered,
+        "/v1/inbound/twilio/sms",
+    )
+    .await;
     assert_eq!(app.message_rows().await, 0, "no message stored");
     assert_eq!(app.contact_rows().await, 0, "no contact created");
     s.witness(&tenant, "+15558880049").await;

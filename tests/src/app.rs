@@ -489,25 +489,7 @@ impl TestApp {
     /// Redis keys of this app's `deliveries` queue, to prove a rejected request queued nothing.
     pub async fn queue_keys(&self) -> Vec<String> {
         let pattern = format!("{{{}:deliveries}}*", self.config.queue_prefix);
-        let mut conn = self.redis.clone();
-        let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            keys.extend(batch);
-            if next == 0 {
-                return keys;
-            }
-            cursor = next;
-        }
+        crate::scan_keys(&self.redis, &pattern).await
     }
 
     /// POSTs a form to `path` signed as Twilio signs it with `auth_token`; returns the status
@@ -533,6 +515,52 @@ impl TestApp {
             .await
             .unwrap();
         (r.status(), r.text().await.unwrap())
+    }
+
+    /// Posts `form` to the Twilio webhook at `path` forged in each way a forger could, and
+    /// asserts each is refused with 403: signed with the wrong token (answered
+    /// `invalid_signature`), unsigned, signed by `auth_token` for `other_form` (a tampered
+    /// body), and signed by `auth_token` for `form` at `other_path` (replayed elsewhere).
+    pub async fn assert_forged_twilio_posts_refused(
+        &self,
+        path: &str,
+        auth_token: &str,
+        form: &[(String, String)],
+        other_form: &[(String, String)],
+        other_path: &str,
+    ) {
+        use herald_core::providers::twilio_signature::compute;
+
+        let borrowed: Vec<(&str, &str)> =
+            form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (status, body) = self
+            .twilio_post(path, "not-the-auth-token", &borrowed)
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "wrong token: {body}");
+        let error: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{body}"));
+        assert_eq!(
+            crate::views::api_error(&error).code,
+            "invalid_signature",
+            "{body}"
+        );
+
+        let url = self.url(path);
+        let forgeries = [
+            ("missing signature", None),
+            ("tampered body", Some(compute(auth_token, &url, other_form))),
+            (
+                "signed for another URL",
+                Some(compute(auth_token, &self.url(other_path), form)),
+            ),
+        ];
+        for (what, signature) in forgeries {
+            let mut request = self.http.post(&url).form(form);
+            if let Some(signature) = signature {
+                request = request.header("X-Twilio-Signature", signature);
+            }
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{what}");
+        }
     }
 
     /// An inbound text from `from` to the tenant's number, as Twilio's webhook delivers it.

@@ -225,6 +225,17 @@ impl Browser {
         STANDARD.decode(v.as_str().unwrap_or_default()).unwrap()
     }
 
+    /// Takes a screenshot (asserting it is a PNG) and keeps it as `screenshots/<name>.png`
+    /// beside the binaries (`target/debug/screenshots/`); the README's images in `docs/` are
+    /// copies of these.
+    pub async fn save_screenshot(&self, name: &str) {
+        let shot = self.screenshot().await;
+        assert!(shot.starts_with(b"\x89PNG"), "a PNG screenshot");
+        let dir = crate::process::bin_dir().join("screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), &shot).unwrap();
+    }
+
     /// Runs `script` (a function body) in the page and returns what it returns.
     pub async fn eval(&self, script: &str) -> Value {
         self.call(

@@ -123,26 +123,8 @@ impl Engine {
 
     /// Keys under this queue's prefix.
     pub async fn keys(&self) -> Vec<String> {
-        let mut conn = self.redis.clone();
         let pattern = format!("{{{}:*", self.prefix);
-        let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            keys.extend(batch);
-            if next == 0 {
-                return keys;
-            }
-            cursor = next;
-        }
+        crate::scan_keys(&self.redis, &pattern).await
     }
 
     /// Bytes Redis uses for this queue's keys (`MEMORY USAGE`, summed).

@@ -117,6 +117,29 @@ pub async fn fresh_database() -> String {
     with_database(&admin, &name)
 }
 
+/// Every Redis key matching `pattern`, by SCAN (never KEYS, which blocks the server).
+pub async fn scan_keys(redis: &redis::aio::ConnectionManager, pattern: &str) -> Vec<String> {
+    let mut conn = redis.clone();
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .expect("SCAN");
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
 /// Milliseconds from `a` to `b`.
 pub fn ms_between(a: chrono::DateTime<chrono::Utc>, b: chrono::DateTime<chrono::Utc>) -> i64 {
     (b - a).num_milliseconds()

@@ -655,14 +655,7 @@ impl WebhookReceiver {
 
     /// The bodies received at `path`, oldest first.
     pub fn bodies(&self, path: &str) -> Vec<Bytes> {
-        self.state
-            .lock()
-            .unwrap()
-            .got
-            .iter()
-            .filter(|(p, _, _)| p == path)
-            .map(|(_, _, b)| b.clone())
-            .collect()
+        self.requests(path).into_iter().map(|(_, b)| b).collect()
     }
 
     /// The `webhook-id` headers of the requests received at `path`, oldest first.

@@ -93,9 +93,7 @@ async fn start_provider(hang: Duration) -> anyhow::Result<(String, Arc<Provider>
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = crate::servers::serve(app).await?;
     Ok((url, provider))
 }
 

@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::bail;
-use axum::{Router, http::StatusCode, response::IntoResponse, routing::post};
+use axum::{Router, http::StatusCode, routing::post};
 use herald_core::{
     domain::jobs::DeliveryJob,
     queue::{self, NewJob},
@@ -36,20 +36,10 @@ async fn start_provider() -> anyhow::Result<(String, watch::Receiver<u64>)> {
                 n = *c;
                 *c += 1;
             });
-            async move {
-                let body = format!(r#"{{"sid":"SM{n:032x}","status":"queued"}}"#);
-                (
-                    StatusCode::CREATED,
-                    [("content-type", "application/json")],
-                    body,
-                )
-                    .into_response()
-            }
+            async move { crate::servers::twilio_created(n as usize) }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = crate::servers::serve(app).await?;
     Ok((url, counter))
 }
 
@@ -73,16 +63,23 @@ async fn calls_reach(
     }
 }
 
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+/// Waits until `messages` messages whose id is `LIKE like` are recorded `sent`; returns when.
+pub(crate) async fn all_sent(
+    pool: &PgPool,
+    like: &str,
+    messages: usize,
+    within: Duration,
+) -> anyhow::Result<Instant> {
+    poll_until(within, "every `sent` recorded", || async {
+        let sent: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM messages WHERE id LIKE $1 AND status = 'sent'",
+        )
+        .bind(like)
+        .fetch_one(pool)
+        .await?;
+        Ok((sent as usize >= messages).then(Instant::now))
+    })
+    .await
 }
 
 pub(crate) fn base_env(pg: &str, redis: &str, prefix: &str) -> Vec<(&'static str, String)> {
@@ -173,17 +170,8 @@ pub async fn run(figures: &mut Figures, messages: usize, requests: usize) -> any
         calls_reach(&mut calls, before + 1, within).await?;
         let first = Instant::now();
         calls_reach(&mut calls, before + messages as u64, within).await?;
-        let last = poll_until(within, "every `sent` recorded", || async {
-            let sent: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM messages WHERE id LIKE $1 AND status = 'sent'",
-            )
-            .bind(&like)
-            .fetch_one(pool)
-            .await?;
-            Ok((sent as usize >= messages).then(Instant::now))
-        })
-        .await?;
-        let rss = peak_rss_kib(pid);
+        let last = all_sent(pool, &like, messages, within).await?;
+        let rss = crate::servers::peak_rss_kib(pid);
         drop(worker);
         let rate = messages as f64 / (last - first).as_secs_f64().max(0.001);
         let provider_calls = *calls.borrow() - before;
@@ -196,9 +184,7 @@ pub async fn run(figures: &mut Figures, messages: usize, requests: usize) -> any
     }
 
     // POST /v1/messages from 50 concurrent clients against a real herald-api process.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = crate::servers::free_port()?;
     let mut env = base_env(&pg.url, &redis.url, "api");
     env.push(("HERALD_LISTEN", format!("127.0.0.1:{port}")));
     let api = herald("herald-api", &env)?;

@@ -142,15 +142,7 @@ impl WorkerProc {
 
     /// Peak resident memory so far, in KiB.
     fn peak_rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
+        servers::peak_rss_kib(self.pid())
     }
 
     /// SIGTERM, then the JSON summary the worker prints as it exits.

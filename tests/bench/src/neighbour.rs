@@ -32,7 +32,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::{
-    Figures, poll_until,
+    Figures,
     servers::{Stack, herald, wait_http},
 };
 
@@ -90,19 +90,11 @@ async fn start_provider() -> anyhow::Result<(String, Arc<Calls>, watch::Receiver
                     b.len()
                 };
                 calls.count.send_replace(n as u64);
-                let body = format!(r#"{{"sid":"SM{n:032x}","status":"queued"}}"#);
-                (
-                    StatusCode::CREATED,
-                    [("content-type", "application/json")],
-                    body,
-                )
-                    .into_response()
+                crate::servers::twilio_created(n as usize)
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = crate::servers::serve(app).await?;
     Ok((url, calls, counter))
 }
 
@@ -246,9 +238,7 @@ async fn phase(
     let q = queue::deliveries(&config, client, conn);
 
     // The API, for A's rejected requests (started in both phases, so only the load differs).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = crate::servers::free_port()?;
     let mut api_env = crate::delivery::base_env(pg_url, redis_url, &prefix);
     api_env.push(("HERALD_LISTEN", format!("127.0.0.1:{port}")));
     let api = herald("herald-api", &api_env)?;
@@ -300,16 +290,7 @@ async fn phase(
         bail!("B's backlog was not handed over within {within:?}");
     }
     let like = format!("msg_{name}b_%");
-    let last = poll_until(within, "every `sent` of B recorded", || async {
-        let sent: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM messages WHERE id LIKE $1 AND status = 'sent'",
-        )
-        .bind(&like)
-        .fetch_one(pool)
-        .await?;
-        Ok((sent as usize >= messages).then(Instant::now))
-    })
-    .await?;
+    let last = crate::delivery::all_sent(pool, &like, messages, within).await?;
     let throughput = messages as f64 / (last - first).as_secs_f64().max(0.001);
 
     // Lateness: `paced` messages due evenly over 10 s, starting 2 s from now.

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -279,4 +279,37 @@ impl Stack {
         )
         .await?)
     }
+}
+
+/// Serves `app` on a free loopback port in the background; returns its base URL.
+pub async fn serve(app: axum::Router) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
+
+/// Twilio's 201 for the `n`th message created: a sid and `queued`.
+pub fn twilio_created(n: usize) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = format!(r#"{{"sid":"SM{n:032x}","status":"queued"}}"#);
+    (
+        axum::http::StatusCode::CREATED,
+        [("content-type", "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+/// A process's peak resident memory so far, in KiB (`VmHWM`; 0 when it cannot be read).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
