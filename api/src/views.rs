@@ -1,9 +1,9 @@
 //! What the API answers with: the contract's JSON shapes, built from store rows.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use herald_core::domain::Channel;
+use herald_core::domain::{Channel, Segments};
 use herald_core::store::{
-    messages::{EventRow, MessageRow},
+    messages::{EventRow, MessageRow, segment_count},
     tenants::TenantRow,
 };
 use serde::Serialize;
@@ -53,10 +53,24 @@ pub struct Message {
     /// For an AI reply: the model's token usage.
     #[schema(value_type = Option<Object>)]
     pub usage: Option<serde_json::Value>,
+    /// An SMS: `GSM-7` or `UCS-2` (null for email and webhooks).
+    pub encoding: Option<String>,
+    /// An SMS: the segments it is sent and billed as (160 GSM-7 characters or 70 UCS-2 in
+    /// one; 153 or 67 each when split). Null for email and webhooks.
+    pub segments: Option<i16>,
 }
 
 impl From<MessageRow> for Message {
     fn from(m: MessageRow) -> Self {
+        // A row written before segments were recorded is measured now.
+        let (encoding, segments) = match (m.channel, m.encoding, m.segments) {
+            (Channel::Sms, Some(e), Some(n)) => (Some(e), Some(n)),
+            (Channel::Sms, _, _) => {
+                let s = Segments::of(&m.body);
+                (Some(s.encoding), Some(segment_count(s)))
+            }
+            _ => (None, None),
+        };
         let body = if m.channel == Channel::Webhook {
             serde_json::from_str(&m.body).unwrap_or(serde_json::Value::String(m.body))
         } else {
@@ -83,6 +97,8 @@ impl From<MessageRow> for Message {
             author: m.author,
             model: m.model,
             usage: m.usage,
+            encoding: encoding.map(|e| e.as_str().to_owned()),
+            segments,
         }
     }
 }

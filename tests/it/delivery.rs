@@ -310,3 +310,56 @@ async fn email_and_webhook_go_out_through_the_log_provider_and_a_receiver() {
             .starts_with("v1,")
     );
 }
+
+#[tokio::test]
+async fn each_sms_shows_its_encoding_and_the_segments_carriers_bill() {
+    let (app, twilio) = app_with_twilio().await;
+    let tenant = app.tenant().await;
+    let cases = [
+        ("+15551300001", "a".repeat(160), "GSM-7", 1),
+        ("+15551300002", "a".repeat(161), "GSM-7", 2),
+        // The euro sign takes two septets: 159 letters and it are 161.
+        ("+15551300003", format!("{}€", "a".repeat(159)), "GSM-7", 2),
+        ("+15551300004", "ж".repeat(70), "UCS-2", 1),
+        (
+            "+15551300005",
+            format!("Your visit is confirmed 👍{}", "!".repeat(45)),
+            "UCS-2",
+            2,
+        ),
+    ];
+    let mut posted = vec![];
+    for (to, body, encoding, segments) in &cases {
+        let m = app.post_sms(&tenant, to, body).await;
+        assert_eq!(m.encoding.as_deref(), Some(*encoding), "{m}");
+        assert_eq!(m.segments, Some(*segments), "{m}");
+        posted.push(m.id);
+    }
+    for (id, (to, body, encoding, segments)) in posted.iter().zip(&cases) {
+        let sent = app
+            .wait_for_status(&tenant, id, "sent", Duration::from_secs(15))
+            .await;
+        assert_eq!(sent.encoding.as_deref(), Some(*encoding), "{sent}");
+        assert_eq!(sent.segments, Some(*segments), "{sent}");
+        assert_eq!(twilio.bodies_to(to), [body.as_str()], "the text went whole");
+        let stored: (Option<String>, Option<i16>) =
+            sqlx::query_as("SELECT encoding, segments FROM messages WHERE id = $1")
+                .bind(id)
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+        let want = (Some((*encoding).to_owned()), Some(*segments as i16));
+        assert_eq!(stored, want, "kept with the row, not only shown");
+    }
+
+    let (status, email) = app
+        .post(
+            "/v1/messages",
+            &tenant.api_key,
+            &json!({"channel": "email", "to": "a@example.com", "subject": "Hi", "body": "Hello"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{email}");
+    let email: MessageView = view(&email);
+    assert_eq!((email.encoding, email.segments), (None, None), "not an SMS");
+}

@@ -64,6 +64,10 @@ pub struct MessageView {
     pub author: String,
     pub model: Option<String>,
     pub usage: Option<Value>,
+    /// An SMS: `GSM-7` or `UCS-2`; null otherwise.
+    pub encoding: Option<String>,
+    /// An SMS: how many segments it is sent as; null otherwise.
+    pub segments: Option<i64>,
     /// Oldest first; empty where the answer carries none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<EventView>,

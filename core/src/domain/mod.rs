@@ -2,6 +2,9 @@
 //! so the rest of Herald never sees an unchecked phone number, address or time zone.
 
 pub mod jobs;
+mod segments;
+
+pub use segments::{Segments, SmsEncoding};
 
 use std::{
     fmt,

@@ -601,6 +601,11 @@ async fn record(
             };
             let detail = format!("{provider} accepted it in {elapsed_ms} ms");
             finish(d, m, status, provider_message_id, None, &detail, None).await?;
+            if let (Some(encoding), Some(segments)) = (m.encoding, m.segments) {
+                // What the carriers bill, by encoding only: no label names a tenant.
+                ::metrics::counter!("herald_sms_segments_sent_total", "encoding" => encoding.as_str())
+                    .increment(u64::try_from(segments).unwrap_or(0));
+            }
             debug!(message_id = %m.id, tenant_id = %m.tenant_id, provider, attempt = m.attempts, elapsed_ms, status = status.as_str(), "message sent");
             Ok(())
         }

@@ -111,9 +111,13 @@ pub async fn move_reminder(
     body: &str,
     detail: &str,
 ) -> Result<Option<MessageRow>, sqlx::Error> {
+    // Kept only for an SMS (the statement checks the row's channel).
+    let segments = crate::domain::Segments::of(body);
     sqlx::query_as::<_, MessageRow>(
         "WITH m AS (
-            UPDATE messages SET send_at = $2, expires_at = $3, body = $4, status = 'scheduled', updated_at = now()
+            UPDATE messages SET send_at = $2, expires_at = $3, body = $4, status = 'scheduled',
+                                encoding = CASE WHEN channel = 'sms' THEN $6 END,
+                                segments = CASE WHEN channel = 'sms' THEN $7 END, updated_at = now()
             WHERE id = $1 AND status IN ('scheduled', 'queued', 'retrying')
             RETURNING *
          ), e AS (
@@ -126,6 +130,8 @@ pub async fn move_reminder(
     .bind(expires_at)
     .bind(body)
     .bind(detail)
+    .bind(segments.encoding)
+    .bind(super::messages::segment_count(segments))
     .fetch_optional(db)
     .await
 }

@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 
 use super::contacts::ContactRow;
-use crate::domain::{Channel, MessageStatus};
+use super::messages::segment_count;
+use crate::domain::{Channel, MessageStatus, Segments};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct GroupRow {
@@ -212,6 +213,7 @@ pub async fn insert_send_messages(
     group_id: &str,
     id_prefix: &str,
 ) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let measured = (t.channel == Channel::Sms).then(|| Segments::of(&t.body));
     sqlx::query_as(
         "WITH r AS (
             SELECT c.id AS contact_id, CASE WHEN $3 = 'email' THEN c.email ELSE c.phone END AS address
@@ -219,9 +221,10 @@ pub async fn insert_send_messages(
             WHERE gm.group_id = $1
          ), m AS (
             INSERT INTO messages (id, tenant_id, channel, to_addr, from_addr, subject, body, status, send_at,
-                                  expires_at, respect_quiet_hours, contact_id, metadata, group_message_id)
+                                  expires_at, respect_quiet_hours, contact_id, metadata, group_message_id,
+                                  encoding, segments)
             SELECT $2 || upper(substr(md5(random()::text || r.contact_id), 1, 16)), $4, $3, r.address, $5, $6,
-                   $7, $8, $9, $10, $11, r.contact_id, $12, $13
+                   $7, $8, $9, $10, $11, r.contact_id, $12, $13, $14, $15
             FROM r WHERE r.address IS NOT NULL
             RETURNING id, to_addr, status
          ), e AS (
@@ -243,6 +246,8 @@ pub async fn insert_send_messages(
     .bind(t.respect_quiet_hours)
     .bind(&t.metadata)
     .bind(&t.group_message_id)
+    .bind(measured.map(|s| s.encoding))
+    .bind(measured.map(segment_count))
     .fetch_all(conn)
     .await
 }

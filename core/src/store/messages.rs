@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 
-use crate::domain::{Channel, MessageStatus};
+use crate::domain::{Channel, MessageStatus, Segments, SmsEncoding};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MessageRow {
@@ -54,6 +54,9 @@ pub struct MessageRow {
     /// When an attempt whose outcome was never recorded began; until the provider has said
     /// whether it arrived, the message is not sent again.
     pub unsettled_since: Option<DateTime<Utc>>,
+    /// An SMS: how its text travels and how many segments it costs (see [`Segments`]).
+    pub encoding: Option<SmsEncoding>,
+    pub segments: Option<i16>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -96,6 +99,11 @@ pub struct NewMessageRow {
 }
 
 impl NewMessageRow {
+    /// An SMS's encoding and segments; `None` for other channels.
+    pub fn segments(&self) -> Option<Segments> {
+        (self.channel == Channel::Sms).then(|| Segments::of(&self.body))
+    }
+
     /// An outbound message with the common defaults, due now.
     pub fn outbound(
         tenant_id: &str,
@@ -136,6 +144,11 @@ impl NewMessageRow {
     }
 }
 
+/// A segment count as stored (`smallint`); an SMS is at most 1600 characters, 25 segments.
+pub fn segment_count(s: Segments) -> i16 {
+    i16::try_from(s.count).unwrap_or(i16::MAX)
+}
+
 /// Inserts messages, each with its first event, in one statement; an SMS without a contact is
 /// linked to the tenant's contact for its number, so it shows in the conversation. Returns the
 /// rows in the order given; `None` for one that was already there (an AI reply to the same
@@ -147,23 +160,25 @@ pub async fn insert_many(
     fn col<T>(rows: &[NewMessageRow], f: impl Fn(&NewMessageRow) -> T) -> Vec<T> {
         rows.iter().map(f).collect()
     }
+    let measured = col(rows, NewMessageRow::segments);
     let inserted = sqlx::query_as::<_, MessageRow>(
         "WITH v AS (
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                                  $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::bool[],
                                  $12::text[], $13::jsonb[], $14::text[], $15::text[], $16::text[],
                                  $17::text[], $18::text[], $19::jsonb[], $20::bool[], $21::text[],
-                                 $22::text[], $23::text[], $24::date[], $25::text[])
+                                 $22::text[], $23::text[], $24::date[], $25::text[], $26::text[],
+                                 $27::int2[])
                 AS v(id, tenant_id, channel, to_addr, from_addr, subject, body, status, send_at,
                      expires_at, respect_quiet_hours, contact_id, metadata, detail, direction, author,
                      in_reply_to, model, usage, needs_reply, appointment_id, reminder_before,
-                     subscription_id, local_date, group_message_id)
+                     subscription_id, local_date, group_message_id, encoding, segments)
          ), m AS (
             INSERT INTO messages (id, tenant_id, channel, to_addr, from_addr, subject, body, status,
                                   send_at, expires_at, respect_quiet_hours, contact_id, metadata,
                                   direction, author, in_reply_to, model, usage, needs_reply,
                                   appointment_id, reminder_before, subscription_id, local_date,
-                                  group_message_id)
+                                  group_message_id, encoding, segments)
             SELECT v.id, v.tenant_id, v.channel, v.to_addr, v.from_addr, v.subject, v.body, v.status,
                    v.send_at, v.expires_at, v.respect_quiet_hours,
                    COALESCE(v.contact_id, CASE WHEN v.channel = 'sms' AND v.direction = 'outbound' THEN
@@ -171,7 +186,7 @@ pub async fn insert_many(
                    END),
                    v.metadata, v.direction, v.author, v.in_reply_to, v.model, v.usage, v.needs_reply,
                    v.appointment_id, v.reminder_before, v.subscription_id, v.local_date,
-                   v.group_message_id
+                   v.group_message_id, v.encoding, v.segments
             FROM v
             ON CONFLICT DO NOTHING
             RETURNING *
@@ -206,6 +221,8 @@ pub async fn insert_many(
     .bind(col(rows, |r| r.subscription_id.clone()))
     .bind(col(rows, |r| r.local_date))
     .bind(col(rows, |r| r.group_message_id.clone()))
+    .bind(measured.iter().map(|s| s.map(|s| s.encoding.as_str())).collect::<Vec<_>>())
+    .bind(measured.iter().map(|s| s.map(segment_count)).collect::<Vec<_>>())
     .fetch_all(db)
     .await?;
     let mut by_id: std::collections::HashMap<String, MessageRow> =

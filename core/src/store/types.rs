@@ -9,7 +9,7 @@ use sqlx::{
     postgres::{PgArgumentBuffer, PgTypeInfo, PgValueRef},
 };
 
-use crate::domain::{Channel, MessageStatus};
+use crate::domain::{Channel, MessageStatus, SmsEncoding};
 
 macro_rules! text_enum {
     ($t:ty, $what:literal) => {
@@ -40,3 +40,4 @@ macro_rules! text_enum {
 
 text_enum!(MessageStatus, "message status");
 text_enum!(Channel, "channel");
+text_enum!(SmsEncoding, "SMS encoding");
