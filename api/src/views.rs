@@ -323,6 +323,10 @@ pub struct Contact {
     /// IANA time zone.
     pub timezone: String,
     pub opted_out: bool,
+    /// `ok`, or `unreachable` once a carrier reported that the phone cannot receive texts
+    /// (Twilio 21211, 21612, 21614, 21635, 30005, 30006): SMS to it are then `suppressed`
+    /// until the phone is changed.
+    pub phone_status: String,
     /// Who answers this contact's texts: `ai` or `human`.
     pub mode: String,
     pub created_at: String,
@@ -337,6 +341,7 @@ impl Contact {
             name: c.name,
             timezone: c.timezone.unwrap_or_else(|| tenant_timezone.to_owned()),
             opted_out: c.opted_out,
+            phone_status: c.phone_status,
             mode: c.mode,
             created_at: time(c.created_at),
         }

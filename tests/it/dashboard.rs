@@ -28,8 +28,10 @@ async fn app_with_a_dead_letter() -> (TestApp, TwilioMock, Tenant, String, Strin
         },
         Reply::TwilioError {
             status: 400,
-            code: 21211,
-            message: "The 'To' number +15550001111 is not a valid phone number.".into(),
+            code: 21408,
+            message:
+                "Permission to send an SMS has not been enabled for the region of +15550001111"
+                    .into(),
         },
     ]);
     let mut config = test_config().await;
@@ -130,7 +132,7 @@ async fn ops_log_in_see_a_dead_letter_replay_it_and_its_message_is_sent() {
     browser
         .wait_for_url(&format!("/ops/dead-letters/{dead_letter}"))
         .await;
-    let detail = browser.wait_for_source("21211").await; // its error history
+    let detail = browser.wait_for_source("21408").await; // its error history
     assert!(detail.contains(&message_id));
     assert!(
         !browser.scrolls_sideways().await,

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod blast_radius;
+mod carrier_codes;
 mod conversations;
 mod dashboard;
 mod dead_letters;

@@ -275,3 +275,35 @@ async fn a_callback_for_an_unknown_sid_is_answered_and_changes_nothing() {
     sent_sms(&app, &tenant, to).await;
     assert_eq!(twilio.calls_to(to), 2);
 }
+
+#[tokio::test]
+async fn an_undelivered_callback_with_30006_marks_the_phone_unreachable_and_later_sms_wait_for_a_new_one()
+ {
+    let (app, twilio) = app_with_twilio().await;
+    let tenant = app.tenant().await;
+    let to = "+15558880031";
+    let sent = sent_sms(&app, &tenant, to).await;
+    let sid = sent.provider_message_id.as_deref().unwrap();
+    let mut params = form(&twilio, sid, "undelivered", to);
+    params.push(("ErrorCode", "30006"));
+
+    let (status, body) = callback(&app, Signed::With(&twilio.auth_token), &params).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let undelivered = app.message(&tenant, &sent.id).await;
+    assert_eq!(undelivered.status, "undelivered", "{undelivered}");
+    let phone_status: String =
+        sqlx::query_scalar("SELECT phone_status FROM contacts WHERE tenant_id = $1 AND phone = $2")
+            .bind(&tenant.id)
+            .bind(to)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(phone_status, "unreachable");
+
+    let next = app.post_sms(&tenant, to, "are you there?").await;
+    let suppressed = app
+        .wait_for_status(&tenant, &next.id, "suppressed", Duration::from_secs(15))
+        .await;
+    assert_eq!(suppressed.details_of("suppressed"), ["unreachable"]);
+    assert_eq!(twilio.calls_to(to), 1, "no call after the report");
+}

@@ -206,6 +206,8 @@ pub struct ContactView {
     pub name: Option<String>,
     pub timezone: String,
     pub opted_out: bool,
+    /// `ok` or `unreachable`.
+    pub phone_status: String,
     /// `ai` or `human`.
     pub mode: String,
     pub created_at: String,

@@ -6,6 +6,7 @@ pub mod llm;
 pub mod log;
 pub mod resend;
 pub mod twilio;
+pub mod twilio_codes;
 pub mod twilio_signature;
 pub mod webhook;
 
@@ -19,9 +20,9 @@ use reqwest::{StatusCode, header::HeaderMap};
 pub enum SendOutcome {
     /// Accepted; for SMS and email `sent`, for a webhook `delivered`.
     Accepted { provider_message_id: Option<String> },
-    /// Rejected for good: `failed`, with a dead letter. `opt_out` when the recipient has
-    /// unsubscribed at the carrier (Twilio 21610).
-    Rejected { error: String, opt_out: bool },
+    /// Rejected for good: `failed`, with a dead letter. `refusal` says what it means for the
+    /// contact, where the provider said more than "no".
+    Rejected { error: String, refusal: Refusal },
     /// Worth another try after the retry policy's delay, or `retry_after` if longer.
     /// `throttled` when the provider answered 429: it is up, only asking to slow down, which
     /// is no evidence of an outage for its circuit.
@@ -30,6 +31,19 @@ pub enum SendOutcome {
         retry_after: Option<Duration>,
         throttled: bool,
     },
+}
+
+/// What a refusal means beyond this message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Nothing more than the refusal.
+    Refused,
+    /// The recipient unsubscribed at the carrier (Twilio 21610): the contact is opted out.
+    OptedOut,
+    /// The number cannot receive texts: the contact's phone is marked unreachable.
+    Unreachable,
+    /// A carrier filtered the text (Twilio 30007).
+    Filtered,
 }
 
 /// One outbound message as a provider needs it.
@@ -98,7 +112,7 @@ pub fn classify_status(status: StatusCode, headers: &HeaderMap, error: String) -
     } else {
         SendOutcome::Rejected {
             error,
-            opt_out: false,
+            refusal: Refusal::Refused,
         }
     }
 }

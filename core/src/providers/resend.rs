@@ -5,7 +5,7 @@ use futures_util::{FutureExt, future::BoxFuture};
 use serde::Deserialize;
 
 use super::{
-    MAX_ERROR_BODY, Outbound, Provider, SendOutcome, capped_text, classify_status,
+    MAX_ERROR_BODY, Outbound, Provider, Refusal, SendOutcome, capped_text, classify_status,
     classify_transport,
 };
 use crate::config::Secret;
@@ -47,7 +47,7 @@ impl Provider for Resend {
             let Some(from) = m.from else {
                 return SendOutcome::Rejected {
                     error: "the tenant has no email_from address to send from".to_owned(),
-                    opt_out: false,
+                    refusal: Refusal::Refused,
                 };
             };
             let body = serde_json::json!({

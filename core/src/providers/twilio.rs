@@ -5,16 +5,11 @@ use futures_util::{FutureExt, future::BoxFuture};
 use serde::Deserialize;
 
 use super::{
-    Candidate, Lookup, MAX_ERROR_BODY, Outbound, Provider, SendOutcome, capped_text,
-    classify_status, classify_transport, read_capped,
+    Candidate, Lookup, MAX_ERROR_BODY, Outbound, Provider, Refusal, SendOutcome, capped_text,
+    classify_status, classify_transport, read_capped, retry_after,
+    twilio_codes::{self, CodeClass},
 };
 use crate::config::Secret;
-
-/// Twilio error codes that no retry can fix: the number is invalid, unreachable, or has
-/// unsubscribed (21610, which also opts the contact out).
-const PERMANENT_CODES: [u32; 8] = [21211, 21214, 21408, 21606, 21610, 21612, 21614, 30006];
-/// The recipient replied STOP at the carrier.
-pub const UNSUBSCRIBED: u32 = 21610;
 
 /// Messages per page of the list resource.
 const PAGE_SIZE: u32 = 50;
@@ -184,7 +179,7 @@ impl Provider for Twilio {
             let Some(from) = m.from else {
                 return SendOutcome::Rejected {
                     error: "the tenant has no sms_from number to send from".to_owned(),
-                    opt_out: false,
+                    refusal: Refusal::Refused,
                 };
             };
             let callback = self.status_callback(m);
@@ -226,14 +221,25 @@ impl Provider for Twilio {
                 },
                 crate::domain::MAX_ERROR_TEXT,
             );
-            match code {
-                Some(code) if PERMANENT_CODES.contains(&code) && status.is_client_error() => {
-                    SendOutcome::Rejected {
-                        error,
-                        opt_out: code == UNSUBSCRIBED,
-                    }
+            let refused = |refusal| SendOutcome::Rejected {
+                error: error.clone(),
+                refusal,
+            };
+            match code.map(twilio_codes::class) {
+                // A 5xx is Twilio's own trouble, whatever code it carries.
+                _ if status.is_server_error() => classify_status(status, &headers, error),
+                Some(CodeClass::Unreachable) => refused(Refusal::Unreachable),
+                Some(CodeClass::OptedOut) => refused(Refusal::OptedOut),
+                Some(CodeClass::Filtered) => refused(Refusal::Filtered),
+                Some(CodeClass::Transient) => SendOutcome::Transient {
+                    retry_after: retry_after(&headers),
+                    throttled: status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                        || code == Some(20429),
+                    error,
+                },
+                Some(CodeClass::Operator | CodeClass::Other) | None => {
+                    classify_status(status, &headers, error)
                 }
-                _ => classify_status(status, &headers, error),
             }
         }
         .boxed()

@@ -12,7 +12,7 @@ use reqwest::{StatusCode, header::CONTENT_TYPE};
 use sha2::Sha256;
 
 use super::{
-    MAX_ERROR_BODY, Outbound, Provider, SendOutcome, capped_text, classify_status,
+    MAX_ERROR_BODY, Outbound, Provider, Refusal, SendOutcome, capped_text, classify_status,
     classify_transport,
 };
 use crate::domain::is_private_ip;
@@ -107,14 +107,14 @@ impl Provider for WebhookSender {
             if self.private_literal(m.to) {
                 return SendOutcome::Rejected {
                     error: "webhook target is a private address".to_owned(),
-                    opt_out: false,
+                    refusal: Refusal::Refused,
                 };
             }
             let timestamp = chrono::Utc::now().timestamp();
             let Some(signature) = sign(m.webhook_secret, m.message_id, timestamp, m.body) else {
                 return SendOutcome::Rejected {
                     error: "the tenant's webhook secret is not valid base64".to_owned(),
-                    opt_out: false,
+                    refusal: Refusal::Refused,
                 };
             };
             let response = self
@@ -136,7 +136,7 @@ impl Provider for WebhookSender {
                     if private {
                         return SendOutcome::Rejected {
                             error: "webhook target resolves to a private address".to_owned(),
-                            opt_out: false,
+                            refusal: Refusal::Refused,
                         };
                     }
                     return classify_transport("webhook", &e);
@@ -159,7 +159,7 @@ impl Provider for WebhookSender {
             if status == StatusCode::GONE {
                 return SendOutcome::Rejected {
                     error,
-                    opt_out: false,
+                    refusal: Refusal::Refused,
                 };
             }
             classify_status(status, &headers, error)

@@ -23,8 +23,8 @@ use crate::{
         new_id,
     },
     providers::{
-        Lookup, Outbound, Provider, SendOutcome, http_client, log::LogProvider, resend::Resend,
-        twilio::Twilio, webhook::WebhookSender,
+        Lookup, Outbound, Provider, Refusal, SendOutcome, http_client, log::LogProvider,
+        resend::Resend, twilio::Twilio, webhook::WebhookSender,
     },
     queue::{DELIVERIES, JobError, JobMeta, RetryPolicy},
     ratelimit::RateLimiter,
@@ -579,6 +579,24 @@ async fn call(
     (outcome, elapsed_ms)
 }
 
+/// What a carrier's refusal of an SMS means for its recipient: opted out at the carrier, or a
+/// phone that cannot receive texts (later SMS to it are suppressed until it is changed).
+pub async fn contact_refused(
+    db: &PgPool,
+    m: &MessageRow,
+    refusal: Refusal,
+) -> Result<(), sqlx::Error> {
+    match refusal {
+        Refusal::OptedOut => {
+            contacts::opt_out_phone(db, &new_id("ct"), &m.tenant_id, &m.to_addr).await
+        }
+        Refusal::Unreachable => {
+            contacts::mark_phone_unreachable(db, &new_id("ct"), &m.tenant_id, &m.to_addr).await
+        }
+        Refusal::Refused | Refusal::Filtered => Ok(()),
+    }
+}
+
 /// Records what the provider call came to: `sent`/`delivered`, `failed`, `retrying`, `dead`
 /// or `expired`.
 async fn record(
@@ -609,12 +627,14 @@ async fn record(
             debug!(message_id = %m.id, tenant_id = %m.tenant_id, provider, attempt = m.attempts, elapsed_ms, status = status.as_str(), "message sent");
             Ok(())
         }
-        SendOutcome::Rejected { error, opt_out } => {
-            if opt_out && channel == Channel::Sms {
-                contacts::opt_out_phone(&d.db, &new_id("ct"), &m.tenant_id, &m.to_addr)
-                    .await
-                    .map_err(db_error)?;
+        SendOutcome::Rejected { error, refusal } => {
+            if channel == Channel::Sms {
+                contact_refused(&d.db, m, refusal).await.map_err(db_error)?;
             }
+            let error = match refusal {
+                Refusal::Filtered => format!("filtered: {error}"),
+                _ => error,
+            };
             finish(
                 d,
                 m,

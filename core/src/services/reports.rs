@@ -6,9 +6,11 @@ use tracing::{debug, info};
 
 use crate::{
     domain::{MessageStatus, new_id},
-    providers::twilio::UNSUBSCRIBED,
+    providers::{
+        Refusal,
+        twilio_codes::{self, CodeClass},
+    },
     queue::DELIVERIES,
-    store::contacts,
 };
 
 /// What a Twilio `MessageStatus` means for Herald, if anything.
@@ -44,9 +46,18 @@ pub async fn twilio_status(
         debug!(sid, twilio_status, "status callback with nothing to record");
         return Ok(false);
     };
-    let error = error_code
-        .filter(|c| !c.is_empty() && *c != "0")
-        .map(|c| format!("twilio {c}: reported by the status callback ({twilio_status})"));
+    let error_code = error_code.filter(|c| !c.is_empty() && *c != "0");
+    let class = error_code
+        .and_then(|c| c.parse::<u32>().ok())
+        .map(twilio_codes::class);
+    let error = error_code.map(|c| {
+        let filtered = if class == Some(CodeClass::Filtered) {
+            "filtered: "
+        } else {
+            ""
+        };
+        format!("{filtered}twilio {c}: reported by the status callback ({twilio_status})")
+    });
     let detail = match &error {
         Some(e) => format!("status callback: {twilio_status}; {e}"),
         None => format!("status callback: {twilio_status}"),
@@ -78,9 +89,12 @@ pub async fn twilio_status(
         return Ok(false);
     };
     info!(message_id = %m.id, tenant_id = %m.tenant_id, status = status.as_str(), "delivery report applied");
-    if error_code.and_then(|c| c.parse::<u32>().ok()) == Some(UNSUBSCRIBED) {
-        contacts::opt_out_phone(db, &new_id("ct"), &m.tenant_id, &m.to_addr).await?;
-    }
+    let refusal = match class {
+        Some(CodeClass::OptedOut) => Refusal::OptedOut,
+        Some(CodeClass::Unreachable) => Refusal::Unreachable,
+        _ => Refusal::Refused,
+    };
+    crate::services::delivery::contact_refused(db, &m, refusal).await?;
     if status == MessageStatus::Failed {
         let errors = crate::store::dead_letters::attempt_errors(db, &m.id).await?;
         crate::store::dead_letters::insert_dead_letter(

@@ -17,6 +17,8 @@ pub struct ContactRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_text_back_at: Option<DateTime<Utc>>,
+    /// `ok`, or `unreachable` once a carrier said this phone cannot receive texts.
+    pub phone_status: String,
 }
 
 pub async fn get(
@@ -43,6 +45,27 @@ pub async fn opt_out_phone(
         "INSERT INTO contacts (id, tenant_id, phone, opted_out, opted_out_at) VALUES ($1, $2, $3, true, now())
          ON CONFLICT (tenant_id, phone) WHERE phone IS NOT NULL
          DO UPDATE SET opted_out = true, opted_out_at = now(), updated_at = now()",
+    )
+    .bind(id_if_new)
+    .bind(tenant_id)
+    .bind(phone)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Marks the tenant's contact for `phone` unreachable (creating it if needed): a carrier said
+/// the number cannot receive texts, so SMS to it are suppressed until the phone is changed.
+pub async fn mark_phone_unreachable(
+    db: impl PgExecutor<'_>,
+    id_if_new: &str,
+    tenant_id: &str,
+    phone: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO contacts (id, tenant_id, phone, phone_status) VALUES ($1, $2, $3, 'unreachable')
+         ON CONFLICT (tenant_id, phone) WHERE phone IS NOT NULL
+         DO UPDATE SET phone_status = 'unreachable', updated_at = now()",
     )
     .bind(id_if_new)
     .bind(tenant_id)
@@ -102,6 +125,8 @@ pub async fn update(
     sqlx::query_as::<_, ContactRow>(
         "UPDATE contacts SET
             phone = COALESCE($3, phone),
+            phone_status = CASE WHEN $3 IS NOT NULL AND $3 IS DISTINCT FROM phone THEN 'ok'
+                                ELSE phone_status END,
             email = CASE WHEN $4 THEN $5 ELSE email END,
             name = CASE WHEN $6 THEN $7 ELSE name END,
             timezone = COALESCE($8, timezone),

@@ -59,8 +59,9 @@ pub struct Claimed {
 /// attempt.
 ///
 /// The claim also applies what is decided before any provider call: a message past its
-/// `expires_at` becomes `expired`, an SMS to an opted-out number becomes `suppressed`; only
-/// a message that moves to `sending` counts an attempt. An SMS due inside its recipient's
+/// `expires_at` becomes `expired`, an SMS to an opted-out number or to one a carrier reported
+/// unreachable becomes `suppressed`; only a message that moves to `sending` counts an
+/// attempt. An SMS due inside its recipient's
 /// quiet hours is returned unclaimed, marked `quiet`, for the caller to put off. Returns the
 /// rows; the status says which way each went.
 ///
@@ -75,15 +76,12 @@ pub async fn claim_many(
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     sqlx::query_as::<_, Claimed>(
         "WITH target AS (
-            SELECT m.id, j.attempt, z.zone,
+            SELECT m.id, j.attempt, z.zone, s.why,
                    (m.status IN ('scheduled', 'queued', 'retrying')
                     OR (m.status = 'sending' AND m.claim_attempt < j.attempt))
                    AND m.send_at <= now() + interval '1 second' AS eligible,
                    CASE WHEN m.expires_at <= now() THEN 'expired'
-                        WHEN m.channel = 'sms' AND EXISTS (
-                            SELECT 1 FROM contacts o
-                            WHERE o.tenant_id = m.tenant_id AND o.phone = m.to_addr AND o.opted_out)
-                        THEN 'suppressed'
+                        WHEN s.why IS NOT NULL THEN 'suppressed'
                         WHEN m.channel = 'sms' AND m.respect_quiet_hours AND tn.quiet_start IS NOT NULL
                              AND CASE WHEN tn.quiet_start <= tn.quiet_end
                                       THEN (now() AT TIME ZONE z.zone)::time >= tn.quiet_start
@@ -97,6 +95,13 @@ pub async fn claim_many(
             JOIN tenants tn ON tn.id = m.tenant_id
             LEFT JOIN contacts c ON c.id = m.contact_id
             CROSS JOIN LATERAL (SELECT COALESCE(c.timezone, tn.timezone) AS zone) z
+            -- Why an SMS must not go out: its number opted out, or a carrier called it unreachable.
+            CROSS JOIN LATERAL (
+                SELECT CASE WHEN m.channel = 'sms' THEN (
+                    SELECT CASE WHEN o.opted_out THEN 'opted out'
+                                WHEN o.phone_status = 'unreachable' THEN 'unreachable' END
+                    FROM contacts o WHERE o.tenant_id = m.tenant_id AND o.phone = m.to_addr)
+                END AS why) s
             ORDER BY m.id
             FOR UPDATE OF m
          ), claimed AS (
@@ -114,11 +119,12 @@ pub async fn claim_many(
             RETURNING m.*
          ), events AS (
             INSERT INTO message_events (message_id, status, detail)
-            SELECT id, status, CASE status
-                WHEN 'sending' THEN 'attempt ' || attempts
-                WHEN 'suppressed' THEN 'the recipient has opted out; not sent'
+            SELECT c.id, c.status, CASE c.status
+                WHEN 'sending' THEN 'attempt ' || c.attempts
+                WHEN 'suppressed' THEN CASE t.why WHEN 'unreachable' THEN 'unreachable'
+                                       ELSE 'the recipient has opted out; not sent' END
                 ELSE 'expires_at passed before it could be sent' END
-            FROM claimed
+            FROM claimed c JOIN target t ON t.id = c.id
          )
          SELECT claimed.*, tn.webhook_secret, false AS quiet, NULL::text AS zone,
                 NULL::time AS quiet_start, NULL::time AS quiet_end

@@ -1,0 +1,155 @@
+//! Twilio's error codes, classified by code: a number that cannot receive texts is marked
+//! unreachable and not texted again until it changes, a filtered text fails as `filtered`, and
+//! a busy sender's code is retried, not failed.
+
+use std::time::Duration;
+
+use herald_tests::{
+    Tenant, TestApp,
+    app::test_config,
+    providers::{Reply, TwilioMock},
+    views::{ContactView, view},
+};
+use reqwest::StatusCode;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn app_with_twilio() -> (TestApp, TwilioMock) {
+    let twilio = TwilioMock::start().await;
+    let app = TestApp::start_with_twilio(test_config().await, &twilio).await;
+    (app, twilio)
+}
+
+fn twilio_error(code: u32, message: &str) -> Reply {
+    Reply::TwilioError {
+        status: 400,
+        code,
+        message: message.to_owned(),
+    }
+}
+
+async fn contact(app: &TestApp, tenant: &Tenant, id: &str) -> ContactView {
+    app.get_as(&format!("/v1/contacts/{id}"), &tenant.api_key)
+        .await
+}
+
+#[tokio::test]
+async fn a_number_twilio_calls_unreachable_is_not_texted_again_until_the_phone_changes() {
+    let (app, twilio) = app_with_twilio().await;
+    let tenant = app.tenant().await;
+    let (landline, mobile) = ("+15551400001", "+15551400002");
+    let created: ContactView = app
+        .post_as(
+            "/v1/contacts",
+            &tenant.api_key,
+            &json!({"phone": landline, "name": "Lee"}),
+            StatusCode::CREATED,
+        )
+        .await;
+    assert_eq!(created.phone_status, "ok");
+
+    twilio.script([twilio_error(
+        21614,
+        "'To' number is not a valid mobile number",
+    )]);
+    let first = app.post_sms(&tenant, landline, "Your visit is at 9").await;
+    let failed = app
+        .wait_for_status(&tenant, &first.id, "failed", WAIT)
+        .await;
+    assert!(
+        failed
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("21614")),
+        "{failed}"
+    );
+    assert_eq!(
+        contact(&app, &tenant, &created.id).await.phone_status,
+        "unreachable"
+    );
+
+    // The next text to that number is suppressed before any call, saying why.
+    let second = app.post_sms(&tenant, landline, "Your visit is at 10").await;
+    let suppressed = app
+        .wait_for_status(&tenant, &second.id, "suppressed", WAIT)
+        .await;
+    assert_eq!(
+        suppressed.details_of("suppressed"),
+        ["unreachable"],
+        "{suppressed}"
+    );
+    assert_eq!(suppressed.attempts, 0, "{suppressed}");
+    assert_eq!(
+        twilio.calls_to(landline),
+        1,
+        "one call, the one that was refused"
+    );
+
+    // Another tenant's contact with the same number is not affected.
+    let other = app.tenant().await;
+    let theirs = app.post_sms(&other, landline, "hello").await;
+    app.wait_for_status(&other, &theirs.id, "sent", WAIT).await;
+
+    // A new phone is reachable again, and texted.
+    let (status, changed) = app
+        .patch(
+            &format!("/v1/contacts/{}", created.id),
+            &tenant.api_key,
+            &json!({"phone": mobile}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    let changed: ContactView = view(&changed);
+    assert_eq!(changed.phone_status, "ok", "{changed:?}");
+    let third = app.post_sms(&tenant, mobile, "Your visit is at 11").await;
+    app.wait_for_status(&tenant, &third.id, "sent", WAIT).await;
+    assert_eq!(twilio.calls_to(mobile), 1);
+}
+
+#[tokio::test]
+async fn a_filtered_text_fails_as_filtered_and_a_full_sender_queue_is_retried() {
+    let (app, twilio) = app_with_twilio().await;
+    let tenant = app.tenant().await;
+
+    twilio.script([twilio_error(30007, "Message filtered")]);
+    let to = "+15551400011";
+    let m = app.post_sms(&tenant, to, "WIN A PRIZE").await;
+    let failed = app.wait_for_status(&tenant, &m.id, "failed", WAIT).await;
+    let error = failed.last_error.clone().unwrap_or_default();
+    assert!(
+        error.starts_with("filtered: ") && error.contains("30007"),
+        "{failed}"
+    );
+    assert_eq!(
+        failed.details_of("failed").last().map(String::as_str),
+        Some(error.as_str())
+    );
+    assert_eq!(
+        contact_status_of(&app, &tenant, to).await.as_deref(),
+        None,
+        "filtered content says nothing about the number"
+    );
+
+    // 21611 (the sender's queue is full) is a 400, yet worth another try.
+    twilio.script([twilio_error(21611, "queue full")]);
+    let to = "+15551400012";
+    let m = app.post_sms(&tenant, to, "see you soon").await;
+    let sent = app.wait_for_status(&tenant, &m.id, "sent", WAIT).await;
+    assert_eq!(sent.attempts, 2, "{sent}");
+    assert_eq!(twilio.calls_to(to), 2);
+    assert!(
+        sent.event_statuses().contains(&"retrying".to_owned()),
+        "{sent}"
+    );
+}
+
+/// The phone status of the tenant's contact for `phone`, if it has one.
+async fn contact_status_of(app: &TestApp, tenant: &Tenant, phone: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT phone_status FROM contacts WHERE tenant_id = $1 AND phone = $2")
+        .bind(&tenant.id)
+        .bind(phone)
+        .fetch_optional(&app.db)
+        .await
+        .unwrap()
+}
