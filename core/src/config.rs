@@ -115,6 +115,9 @@ pub struct Config {
     /// How often the scheduler's daily tick looks for subscriptions due (every minute in
     /// production; tests race schedulers more often).
     pub daily_tick_seconds: u32,
+    /// How long after a carrier reports an SMS `undelivered` with a transient code (the
+    /// handset was off, the carrier busy) it is sent once more, while `expires_at` allows.
+    pub redeliver_after: Duration,
     /// Where herald-worker and herald-scheduler serve `/metrics` (`None`: off).
     pub worker_metrics_listen: Option<SocketAddr>,
     pub scheduler_metrics_listen: Option<SocketAddr>,
@@ -194,6 +197,7 @@ impl Config {
             trust_forwarded_for: r.boolean("HERALD_TRUST_FORWARDED_FOR", false),
             ai_replies_per_hour: r.number("HERALD_AI_REPLIES_PER_HOUR", 10, 0, 10_000),
             daily_tick_seconds: r.number("HERALD_DAILY_TICK_SECONDS", 60, 1, 60),
+            redeliver_after: r.span("HERALD_REDELIVER_AFTER", Duration::from_secs(15 * 60)),
             worker_metrics_listen: r
                 .listen_or_off("HERALD_WORKER_METRICS_LISTEN", "127.0.0.1:9101"),
             scheduler_metrics_listen: r
@@ -473,6 +477,27 @@ impl Reader<'_> {
         Duration::from_millis(ms)
     }
 
+    /// A span such as `90s`, `15m`, `2h` or `5d` (more than nothing, at most 366 days).
+    fn span(&mut self, name: &str, default: Duration) -> Duration {
+        self.parsed(name, Some(default), |s| {
+            let bad = || "must be a span such as 90s, 15m, 2h or 5d".to_owned();
+            let (digits, unit) = s.split_at(s.len().saturating_sub(1));
+            let n: u64 = digits.parse().map_err(|_| bad())?;
+            let unit_secs = match unit {
+                "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                "d" => 86_400,
+                _ => return Err(bad()),
+            };
+            n.checked_mul(unit_secs)
+                .filter(|secs| (1..=366 * 86_400).contains(secs))
+                .map(Duration::from_secs)
+                .ok_or_else(bad)
+        })
+        .unwrap_or(default)
+    }
+
     fn boolean(&mut self, name: &str, default: bool) -> bool {
         self.parsed(name, Some(default), |s| {
             match s.to_ascii_lowercase().as_str() {
@@ -574,6 +599,36 @@ mod tests {
         assert_eq!(c.email_provider, EmailProviderKind::Log);
         assert_eq!(c.log_format, LogFormat::Json);
         assert!(c.ops_token.is_none());
+        assert_eq!(c.redeliver_after, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn spans_take_a_unit_and_refuse_nonsense() {
+        let with = |v: &'static str| {
+            let mut vars = BASE.to_vec();
+            vars.push(("HERALD_REDELIVER_AFTER", v));
+            config(&vars)
+        };
+        assert_eq!(
+            with("90s").unwrap().redeliver_after,
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            with("2h").unwrap().redeliver_after,
+            Duration::from_secs(7200)
+        );
+        for bad in [
+            "15",
+            "0m",
+            "m",
+            "1w",
+            "-1h",
+            "400d",
+            "99999999999999999999d",
+        ] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains("HERALD_REDELIVER_AFTER"), "{bad}: {err}");
+        }
     }
 
     #[test]

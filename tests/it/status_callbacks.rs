@@ -307,3 +307,60 @@ async fn an_undelivered_callback_with_30006_marks_the_phone_unreachable_and_late
     assert_eq!(suppressed.details_of("suppressed"), ["unreachable"]);
     assert_eq!(twilio.calls_to(to), 1, "no call after the report");
 }
+
+#[tokio::test]
+async fn an_sms_undelivered_for_a_passing_reason_is_sent_once_more_and_only_once() {
+    let twilio = TwilioMock::start().await;
+    let mut config = test_config().await;
+    config.redeliver_after = Duration::from_secs(1);
+    let app = TestApp::start_with_twilio(config, &twilio).await;
+    let tenant = app.tenant().await;
+    let to = "+15558880041";
+    let sent = sent_sms(&app, &tenant, to).await;
+    let undelivered = |sid: String| {
+        let mut params: Vec<(String, String)> = form(&twilio, "", "undelivered", to)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        for (k, v) in params.iter_mut() {
+            if k == "MessageSid" || k == "SmsSid" {
+                *v = sid.clone();
+            }
+        }
+        params.push(("ErrorCode".to_owned(), "30003".to_owned()));
+        params
+    };
+
+    // The handset was off (30003): the text is scheduled to go once more, a second later.
+    let first = undelivered(sent.provider_message_id.clone().unwrap());
+    let first: Vec<(&str, &str)> = first
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let (status, body) = callback(&app, Signed::With(&twilio.auth_token), &first).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let waiting = app.message(&tenant, &sent.id).await;
+    assert_eq!(waiting.status, "scheduled", "{waiting}");
+    assert_eq!(
+        waiting.event_statuses()[waiting.events.len() - 2..],
+        ["undelivered", "scheduled"]
+    );
+    let resent = app
+        .wait_for_status(&tenant, &sent.id, "sent", Duration::from_secs(15))
+        .await;
+    let created = twilio.created_to(to);
+    assert_eq!(created.len(), 2, "sent once more: {resent}");
+
+    // Undelivered again: that was its one more chance.
+    let second = undelivered(created[1].sid.clone());
+    let second: Vec<(&str, &str)> = second
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let (status, body) = callback(&app, Signed::With(&twilio.auth_token), &second).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let last = app.message(&tenant, &sent.id).await;
+    assert_eq!(last.status, "undelivered", "{last}");
+    app.wait_for_drained_queue(2, Duration::from_secs(10)).await;
+    assert_eq!(twilio.created_to(to).len(), 2, "not a third time");
+}

@@ -127,8 +127,13 @@ pub async fn twilio_status(
         }
         _ => None,
     };
+    let redelivery = reports::Redelivery {
+        queue: &state.queue,
+        after: state.config.redeliver_after,
+    };
     reports::twilio_status(
         &state.db,
+        &redelivery,
         &sid,
         &status,
         error_code.as_deref(),

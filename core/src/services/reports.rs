@@ -1,16 +1,19 @@
 //! Delivery reports from providers (Twilio's status callbacks): the message moves forward to
 //! `sent`, `delivered`, `undelivered` or `failed`, and never backwards.
 
+use chrono::Utc;
 use sqlx::PgPool;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::{
+    domain::jobs::DeliveryJob,
     domain::{MessageStatus, new_id},
     providers::{
         Refusal,
         twilio_codes::{self, CodeClass},
     },
-    queue::DELIVERIES,
+    queue::{DELIVERIES, Queue},
+    store::messages::MessageRow,
 };
 
 /// What a Twilio `MessageStatus` means for Herald, if anything.
@@ -32,11 +35,57 @@ pub struct CallbackFor {
     pub run: i32,
 }
 
+/// Where an SMS a carrier could not deliver for a passing reason is sent once more, and when.
+pub struct Redelivery<'a> {
+    pub queue: &'a Queue,
+    /// `HERALD_REDELIVER_AFTER`.
+    pub after: std::time::Duration,
+}
+
+/// Schedules `m` (just reported `undelivered` for a passing reason) to be sent once more,
+/// in a fresh run, if it has not been already and will not have expired by then. The job is
+/// queued inside the transaction: if Redis refuses it, nothing changes and the message stays
+/// `undelivered` (logged).
+async fn redeliver(
+    db: &PgPool,
+    redelivery: &Redelivery<'_>,
+    m: &MessageRow,
+    why: &str,
+) -> Result<(), sqlx::Error> {
+    let at = Utc::now()
+        + chrono::Duration::from_std(redelivery.after).unwrap_or(chrono::Duration::minutes(15));
+    let detail = format!(
+        "to be sent once more at {}: {why}",
+        at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let mut tx = db.begin().await?;
+    let Some(again) = crate::store::lifecycle::redeliver(&mut *tx, &m.id, at, &detail).await?
+    else {
+        return Ok(());
+    };
+    let job = DeliveryJob::new(&again.id, &again.tenant_id, again.channel, &again.to_addr);
+    match redelivery
+        .queue
+        .push(&again.id, &job, again.send_at.timestamp_millis())
+        .await
+    {
+        Ok(_) => {
+            tx.commit().await?;
+            info!(message_id = %m.id, tenant_id = %m.tenant_id, at = %at, "undelivered SMS to be sent once more");
+        }
+        Err(e) => {
+            warn!(message_id = %m.id, tenant_id = %m.tenant_id, error = %e, "undelivered SMS not sent again: its job could not be queued");
+        }
+    }
+    Ok(())
+}
+
 /// Applies one Twilio status callback. Returns whether the message moved. A report for a sid
 /// Herald never heard of (the attempt's answer was lost with its worker) is matched by the
 /// message and run its URL names, if that message is still waiting to learn how it went.
 pub async fn twilio_status(
     db: &PgPool,
+    redelivery: &Redelivery<'_>,
     sid: &str,
     twilio_status: &str,
     error_code: Option<&str>,
@@ -95,6 +144,15 @@ pub async fn twilio_status(
         _ => Refusal::Refused,
     };
     crate::services::delivery::contact_refused(db, &m, refusal).await?;
+    if status == MessageStatus::Undelivered && class == Some(CodeClass::Transient) {
+        redeliver(
+            db,
+            redelivery,
+            &m,
+            error.as_deref().unwrap_or(twilio_status),
+        )
+        .await?;
+    }
     if status == MessageStatus::Failed {
         let errors = crate::store::dead_letters::attempt_errors(db, &m.id).await?;
         crate::store::dead_letters::insert_dead_letter(

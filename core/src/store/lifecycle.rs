@@ -278,6 +278,33 @@ pub async fn restart(
     .await
 }
 
+/// Schedules an `undelivered` SMS to be sent once more at `at`, in a fresh run: only once per
+/// message, and only when it will not have expired by then. `None` otherwise.
+pub async fn redeliver(
+    db: impl PgExecutor<'_>,
+    id: &str,
+    at: DateTime<Utc>,
+    detail: &str,
+) -> Result<Option<MessageRow>, sqlx::Error> {
+    sqlx::query_as::<_, MessageRow>(
+        "WITH m AS (
+            UPDATE messages SET status = 'scheduled', send_at = $2, run = run + 1, attempts = 0,
+                   claim_attempt = 0, redelivered_at = now(), updated_at = now()
+            WHERE id = $1 AND status = 'undelivered' AND channel = 'sms'
+              AND redelivered_at IS NULL AND expires_at > $2
+            RETURNING *
+         ), e AS (
+            INSERT INTO message_events (message_id, status, detail) SELECT id, 'scheduled', $3 FROM m
+         )
+         SELECT * FROM m",
+    )
+    .bind(id)
+    .bind(at)
+    .bind(detail)
+    .fetch_optional(db)
+    .await
+}
+
 /// Applies a provider's delivery report to the message it sent as `provider_message_id`,
 /// never moving it backwards: `sent` only from `sending`; `delivered`, `undelivered` and
 /// `failed` only from `sending` or `sent`. Returns the message when it moved.

@@ -57,6 +57,8 @@ pub struct MessageRow {
     /// An SMS: how its text travels and how many segments it costs (see [`Segments`]).
     pub encoding: Option<SmsEncoding>,
     pub segments: Option<i16>,
+    /// When an `undelivered` SMS was scheduled to be sent once more (at most once).
+    pub redelivered_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
