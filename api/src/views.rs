@@ -209,6 +209,9 @@ pub struct ReadinessChecks {
     /// `ok`, or why not.
     pub postgres: String,
     pub redis: String,
+    /// `ok`, or how many SMS senders are paused until the operator fixes what Twilio
+    /// refused, by error code (Herald is ready; those senders' messages wait).
+    pub senders: String,
 }
 
 /// One queue's counts.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use herald_tests::{
     Tenant, TestApp,
     app::test_config,
+    eventually,
     providers::{Reply, TwilioMock},
     views::{ContactView, view},
 };
@@ -152,4 +153,85 @@ async fn contact_status_of(app: &TestApp, tenant: &Tenant, phone: &str) -> Optio
         .fetch_optional(&app.db)
         .await
         .unwrap()
+}
+
+#[tokio::test]
+async fn a_sender_twilio_refuses_is_paused_for_its_tenant_alone_and_resumes_once_fixed() {
+    let twilio = TwilioMock::start().await;
+    let mut config = test_config().await;
+    config.circuit.cooldown = Duration::from_millis(500);
+    config.circuit.max_cooldown = Duration::from_secs(1);
+    let app = TestApp::start_with_twilio(config, &twilio).await;
+    let (a, b) = (app.tenant().await, app.tenant().await);
+    let a_from = a.sms_from.clone().unwrap();
+    twilio.for_sender(
+        &a_from,
+        Some(twilio_error(
+            21606,
+            "The 'From' phone number provided is not a valid, SMS-capable number",
+        )),
+    );
+
+    // A's first text finds the sender refused: it waits, and so do the texts after it.
+    let first = app.post_sms(&a, "+15551400021", "one").await;
+    let waiting = app.wait_for_status(&a, &first.id, "retrying", WAIT).await;
+    assert!(
+        waiting
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("sender paused: ") && e.contains("21606")),
+        "{waiting}"
+    );
+    let mut rest = vec![];
+    for i in 2..=5 {
+        rest.push(
+            app.post_sms(&a, &format!("+155514000{}", 20 + i), "more")
+                .await
+                .id,
+        );
+    }
+    let b_text = app.post_sms(&b, "+15551400031", "B is unaffected").await;
+    app.wait_for_status(&b, &b_text.id, "sent", WAIT).await;
+
+    // Readiness says so, by code, without naming the tenant.
+    let ready = eventually(WAIT, "readiness names the paused sender", || async {
+        let (_, body) = app.get("/readyz", "").await;
+        let senders = body["checks"]["senders"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        senders.starts_with("paused: 1 SMS sender").then_some(body)
+    })
+    .await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    let text = ready.to_string();
+    assert!(
+        text.contains("21606") && !text.contains(&a.id) && !text.contains(&a_from),
+        "{text}"
+    );
+
+    // While paused, only the probes reach Twilio (one per cool-down), not every waiting text.
+    let seen = eventually(WAIT, "a probe or two", || async {
+        let calls = twilio.received().len();
+        (calls >= 3).then_some(calls)
+    })
+    .await;
+    assert!(
+        seen <= 4,
+        "{seen} calls: A's 5 texts, B's 1; the rest waited"
+    );
+    for id in &rest {
+        let m = app.message(&a, id).await;
+        assert!(m.attempts <= 1, "waiting spends no attempts: {m}");
+        assert_ne!(m.status, "failed", "{m}");
+    }
+
+    // The operator fixes the number: the next probe goes through, and everything follows.
+    twilio.for_sender(&a_from, None);
+    for id in std::iter::once(&first.id).chain(&rest) {
+        app.wait_for_status(&a, id, "sent", Duration::from_secs(20))
+            .await;
+    }
+    let (_, body) = app.get("/readyz", "").await;
+    assert_eq!(body["checks"]["senders"], "ok", "{body}");
 }

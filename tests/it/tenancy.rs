@@ -206,7 +206,7 @@ async fn health_readiness_and_the_openapi_document() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body,
-        json!({"status": "ready", "checks": {"postgres": "ok", "redis": "ok"}})
+        json!({"status": "ready", "checks": {"postgres": "ok", "redis": "ok", "senders": "ok"}})
     );
 
     let (status, doc) = app.get("/openapi.json", "").await;

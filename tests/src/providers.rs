@@ -85,6 +85,8 @@ struct MockState {
     script: VecDeque<Reply>,
     /// Every request to one of these recipients gets its reply, whatever the script says.
     by_recipient: HashMap<String, Reply>,
+    /// Every request from one of these senders gets its reply (a number that cannot send).
+    by_sender: HashMap<String, Reply>,
     /// The answer when the script is empty (`None`: accept).
     default: Option<Reply>,
     /// Messages created, oldest first.
@@ -169,6 +171,16 @@ impl TwilioMock {
             .insert(to.to_owned(), reply);
     }
 
+    /// Answers every request from `from` with `reply` (a sender the account cannot use), or
+    /// as usual again with `None` (the operator fixed it).
+    pub fn for_sender(&self, from: &str, reply: Option<Reply>) {
+        let mut state = self.state.lock().unwrap();
+        match reply {
+            Some(reply) => state.by_sender.insert(from.to_owned(), reply),
+            None => state.by_sender.remove(from),
+        };
+    }
+
     /// Answers every request with `reply` while the script is empty (Twilio down), or
     /// accepts again with `None`.
     pub fn otherwise(&self, reply: Option<Reply>) {
@@ -250,7 +262,12 @@ async fn twilio_create(
         let mut state = mock.state.lock().unwrap();
         state.received.push(received);
         let to = form.get("To").cloned().unwrap_or_default();
-        match state.by_recipient.get(&to) {
+        let from = form.get("From").cloned().unwrap_or_default();
+        match state
+            .by_sender
+            .get(&from)
+            .or_else(|| state.by_recipient.get(&to))
+        {
             Some(reply) => reply.clone(),
             None => state
                 .script

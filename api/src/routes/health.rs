@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use axum::{Json, extract::State, http::StatusCode};
+use herald_core::store::sender_pauses::{self, PauseRow};
 
 use crate::{state::AppState, views};
 
@@ -41,7 +42,14 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<views::R
             Err(_) => "down: Redis gave no answer within 2 s".to_owned(),
         }
     };
-    let (postgres, redis) = tokio::join!(pg, redis);
+    let senders = async {
+        match tokio::time::timeout(limit, sender_pauses::all(&state.db)).await {
+            Ok(Ok(paused)) => paused_senders(&paused),
+            // Postgres's own check says why.
+            Ok(Err(_)) | Err(_) => "unknown: Postgres is not answering".to_owned(),
+        }
+    };
+    let (postgres, redis, senders) = tokio::join!(pg, redis, senders);
     let ready = postgres == "ok" && redis == "ok";
     let status = if ready {
         StatusCode::OK
@@ -52,7 +60,36 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<views::R
         status,
         Json(views::Readiness {
             status: if ready { "ready" } else { "unready" },
-            checks: views::ReadinessChecks { postgres, redis },
+            checks: views::ReadinessChecks {
+                postgres,
+                redis,
+                senders,
+            },
         }),
+    )
+}
+
+/// The paused senders in plain words, by code only: readiness is public, so no tenant or
+/// number is named (the worker's log names them).
+fn paused_senders(paused: &[PauseRow]) -> String {
+    if paused.is_empty() {
+        return "ok".to_owned();
+    }
+    let mut codes: Vec<(i32, usize)> = Vec::new();
+    for p in paused {
+        match codes.iter_mut().find(|(c, _)| *c == p.code) {
+            Some((_, n)) => *n += 1,
+            None => codes.push((p.code, 1)),
+        }
+    }
+    let codes: Vec<String> = codes
+        .iter()
+        .map(|(code, n)| format!("twilio {code} x{n}"))
+        .collect();
+    format!(
+        "paused: {} SMS sender{} refused by Twilio until the operator fixes it ({}); see the worker's log",
+        paused.len(),
+        if paused.len() == 1 { "" } else { "s" },
+        codes.join(", ")
     )
 }

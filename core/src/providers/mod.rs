@@ -23,6 +23,14 @@ pub enum SendOutcome {
     /// Rejected for good: `failed`, with a dead letter. `refusal` says what it means for the
     /// contact, where the provider said more than "no".
     Rejected { error: String, refusal: Refusal },
+    /// Refused for a reason only the operator can fix (Twilio's credentials, a region not
+    /// enabled, a sender that cannot send): the sender is paused, and the message waits for
+    /// the fix. `account_wide` when every sender of the account is refused.
+    OperatorError {
+        error: String,
+        code: u32,
+        account_wide: bool,
+    },
     /// Worth another try after the retry policy's delay, or `retry_after` if longer.
     /// `throttled` when the provider answered 429: it is up, only asking to slow down, which
     /// is no evidence of an outage for its circuit.

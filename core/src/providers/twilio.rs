@@ -237,9 +237,12 @@ impl Provider for Twilio {
                         || code == Some(20429),
                     error,
                 },
-                Some(CodeClass::Operator | CodeClass::Other) | None => {
-                    classify_status(status, &headers, error)
-                }
+                Some(CodeClass::Operator) => SendOutcome::OperatorError {
+                    account_wide: code == Some(twilio_codes::BAD_CREDENTIALS),
+                    code: code.unwrap_or_default(),
+                    error,
+                },
+                Some(CodeClass::Other) | None => classify_status(status, &headers, error),
             }
         }
         .boxed()

@@ -20,6 +20,9 @@ pub enum CodeClass {
     Other,
 }
 
+/// Twilio refused the account's credentials: no sender of the account can send.
+pub const BAD_CREDENTIALS: u32 = 20003;
+
 /// Each code Herald treats specially, with what it means at Twilio.
 const TABLE: &[(u32, CodeClass)] = &[
     (21211, CodeClass::Unreachable), // invalid 'To' phone number

@@ -28,10 +28,12 @@ use crate::{
     },
     queue::{DELIVERIES, JobError, JobMeta, RetryPolicy},
     ratelimit::RateLimiter,
+    services::pauses::{Gate, SenderPauses},
     store::{
         self, contacts,
         lifecycle::{Claimed, Outcome, PutOff},
         messages::{self, MessageRow},
+        sender_pauses::ACCOUNT,
     },
 };
 
@@ -68,6 +70,8 @@ pub struct Deliverer {
     claims: Batcher<(String, i32), Option<Claimed>>,
     outcomes: Batcher<Outcome, bool>,
     put_offs: Batcher<PutOff, ()>,
+    /// Senders paused until the operator fixes what Twilio refused.
+    pub pauses: SenderPauses,
     /// The circuit episode each put-off message was last told about, so a backlog put off
     /// again and again by one outage writes its events once per opening, not per deferral.
     told: Mutex<HashMap<String, Instant>>,
@@ -159,6 +163,7 @@ impl Deliverer {
             })
         };
         Self {
+            pauses: SenderPauses::new(db.clone(), &config.circuit),
             db,
             sms,
             email,
@@ -463,6 +468,19 @@ async fn admit<'a>(
         return Ok(());
     };
     let tenant = job.tenant_id.as_deref().unwrap_or_default();
+    if channel == Channel::Sms
+        && let Gate::Wait { until, why } = d.pauses.gate(tenant).await
+    {
+        let wait = (until - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        return Err(put_off(
+            d,
+            &job.message_id,
+            "sender_paused",
+            why,
+            wait,
+            true,
+        ));
+    }
     for circuit in d.circuits(channel, tenant, job.host.as_deref()) {
         match d.breakers.admit(&circuit) {
             Admit::No { wait, episode } => {
@@ -562,6 +580,8 @@ async fn call(
             throttled: true, ..
         } => (CallResult::Up, "throttled"),
         SendOutcome::Accepted { .. } => (CallResult::Up, "accepted"),
+        // Twilio is up; the operator has something to fix.
+        SendOutcome::OperatorError { .. } => (CallResult::Up, "operator"),
         SendOutcome::Rejected { .. } => (CallResult::Up, "rejected"),
     };
     for circuit in &circuits {
@@ -611,6 +631,9 @@ async fn record(
         SendOutcome::Accepted {
             provider_message_id,
         } => {
+            if channel == Channel::Sms {
+                d.pauses.resumed(&m.tenant_id).await.map_err(db_error)?;
+            }
             // A webhook answered 2xx has arrived; SMS and email wait for the provider's callback.
             let status = if channel == Channel::Webhook {
                 MessageStatus::Delivered
@@ -649,53 +672,82 @@ async fn record(
             warn!(message_id = %m.id, tenant_id = %m.tenant_id, provider, error = %error, "provider rejected the message");
             Ok(())
         }
+        SendOutcome::OperatorError {
+            error,
+            code,
+            account_wide,
+        } => {
+            let scope = if account_wide {
+                ACCOUNT
+            } else {
+                m.tenant_id.as_str()
+            };
+            let probe_at = d
+                .pauses
+                .pause(scope, m.from_addr.as_deref(), code, &error)
+                .await
+                .map_err(db_error)?;
+            // This message waits for the fix like the rest of its sender's.
+            let wait = (probe_at - Utc::now()).to_std().ok();
+            retry_or_give_up(d, m, format!("sender paused: {error}"), wait).await
+        }
         SendOutcome::Transient {
             error, retry_after, ..
-        } => {
-            if m.attempts >= d.max_attempts as i32 {
-                let detail = format!("attempt {} of {}: {error}", m.attempts, d.max_attempts);
-                finish(d, m, MessageStatus::Dead, None, Some(&error), &detail, None).await?;
-                dead_letter(d, m, "exhausted").await;
-                warn!(message_id = %m.id, tenant_id = %m.tenant_id, attempts = m.attempts, error = %error, "message is dead: every attempt failed");
-                return Ok(());
-            }
-            let delay = d.policy.delay(m.attempts as u32, retry_after);
-            let next = Utc::now() + chrono::Duration::milliseconds(delay.as_millis() as i64);
-            if next > m.expires_at {
-                let detail = format!("{error}; the next attempt would come after expires_at");
-                finish(
-                    d,
-                    m,
-                    MessageStatus::Expired,
-                    None,
-                    Some(&error),
-                    &detail,
-                    None,
-                )
-                .await?;
-                return Ok(());
-            }
-            let detail = format!(
-                "attempt {} failed: {error}; next attempt at {}",
-                m.attempts,
-                next.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-            );
-            finish(
-                d,
-                m,
-                MessageStatus::Retrying,
-                None,
-                Some(&error),
-                &detail,
-                Some(next),
-            )
-            .await?;
-            Err(JobError::RetryAt {
-                message: error,
-                at_ms: next.timestamp_millis(),
-            })
-        }
+        } => retry_or_give_up(d, m, error, retry_after).await,
     }
+}
+
+/// A provider call that may succeed later: `retrying` at the policy's time (or `retry_after`,
+/// if later), unless every attempt is spent (`dead`) or the next would come after
+/// `expires_at` (`expired`).
+async fn retry_or_give_up(
+    d: &Deliverer,
+    m: &MessageRow,
+    error: String,
+    retry_after: Option<Duration>,
+) -> Result<(), JobError> {
+    if m.attempts >= d.max_attempts as i32 {
+        let detail = format!("attempt {} of {}: {error}", m.attempts, d.max_attempts);
+        finish(d, m, MessageStatus::Dead, None, Some(&error), &detail, None).await?;
+        dead_letter(d, m, "exhausted").await;
+        warn!(message_id = %m.id, tenant_id = %m.tenant_id, attempts = m.attempts, error = %error, "message is dead: every attempt failed");
+        return Ok(());
+    }
+    let delay = d.policy.delay(m.attempts as u32, retry_after);
+    let next = Utc::now() + chrono::Duration::milliseconds(delay.as_millis() as i64);
+    if next > m.expires_at {
+        let detail = format!("{error}; the next attempt would come after expires_at");
+        finish(
+            d,
+            m,
+            MessageStatus::Expired,
+            None,
+            Some(&error),
+            &detail,
+            None,
+        )
+        .await?;
+        return Ok(());
+    }
+    let detail = format!(
+        "attempt {} failed: {error}; next attempt at {}",
+        m.attempts,
+        next.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    );
+    finish(
+        d,
+        m,
+        MessageStatus::Retrying,
+        None,
+        Some(&error),
+        &detail,
+        Some(next),
+    )
+    .await?;
+    Err(JobError::RetryAt {
+        message: error,
+        at_ms: next.timestamp_millis(),
+    })
 }
 
 /// A job whose message could not be claimed: canceled, sent, claimed by another copy of the

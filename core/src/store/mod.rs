@@ -12,6 +12,7 @@ pub mod messages;
 pub mod ops_sessions;
 pub mod outbox;
 pub mod retention;
+pub mod sender_pauses;
 pub mod subscriptions;
 pub mod tenants;
 pub mod types;
