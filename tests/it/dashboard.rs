@@ -28,7 +28,7 @@ async fn app_with_a_dead_letter() -> (TestApp, TwilioMock, Tenant, String, Strin
         },
         Reply::TwilioError {
             status: 400,
-            code: 21408,
+            code: 21214,
             message:
                 "Permission to send an SMS has not been enabled for the region of +15550001111"
                     .into(),
@@ -132,7 +132,7 @@ async fn ops_log_in_see_a_dead_letter_replay_it_and_its_message_is_sent() {
     browser
         .wait_for_url(&format!("/ops/dead-letters/{dead_letter}"))
         .await;
-    let detail = browser.wait_for_source("21408").await; // its error history
+    let detail = browser.wait_for_source("21214").await; // its error history
     assert!(detail.contains(&message_id));
     assert!(
         !browser.scrolls_sideways().await,

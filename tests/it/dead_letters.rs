@@ -15,8 +15,8 @@ use serde_json::json;
 fn invalid_number() -> Reply {
     Reply::TwilioError {
         status: 400,
-        code: 21408,
-        message: "Permission to send an SMS has not been enabled for the region indicated by the 'To' number".into(),
+        code: 21214,
+        message: "'To' phone number cannot be reached".into(),
     }
 }
 

@@ -85,8 +85,8 @@ async fn lists_shows_replays_and_deletes_a_dead_letter() {
     let tenant = app.tenant().await;
     twilio.script([Reply::TwilioError {
         status: 400,
-        code: 21408,
-        message: "Permission to send an SMS has not been enabled for the region indicated by the 'To' number".into(),
+        code: 21214,
+        message: "'To' phone number cannot be reached".into(),
     }]);
 
     let m = app.post_sms(&tenant, "+15556660101", "hello").await;
@@ -115,7 +115,7 @@ async fn lists_shows_replays_and_deletes_a_dead_letter() {
         tenant.id.as_str(),
         "deliveries",
         "rejected",
-        "21408",
+        "21214",
     ] {
         assert!(line.contains(part), "{part} in {line}");
     }
@@ -149,7 +149,7 @@ async fn lists_shows_replays_and_deletes_a_dead_letter() {
     assert!(json["next_cursor"].is_null(), "{json}");
 
     let show = ok(&app, &["dlq", "show", &dl_id]).await;
-    for part in [&dl_id, msg_id, "rejected", "errors:", "21408"] {
+    for part in [&dl_id, msg_id, "rejected", "errors:", "21214"] {
         assert!(show.stdout.contains(part), "{part} in {show:?}");
     }
     let shown = ok(&app, &["dlq", "show", &dl_id, "--json"]).await.json();
