@@ -88,6 +88,23 @@ pub struct ContactIn {
     name: Option<String>,
     /// IANA time zone (default: the tenant's).
     timezone: Option<String>,
+    /// `PATCH` only: the contact's consent as given or withdrawn (kept as a consent event).
+    consent: Option<ConsentIn>,
+}
+
+/// A contact's consent, as `PATCH /v1/contacts/{id}` sets it.
+#[derive(ToSchema)]
+pub struct ConsentIn {
+    /// `opted_in`, `opted_out` or `unknown`.
+    status: String,
+    /// RFC 3339; when it was given (default: now; never in the future).
+    at: Option<String>,
+    /// `web_form`, `sms_keyword`, `paper`, `verbal`, `import` or `api`.
+    method: String,
+    /// Where it was given (a form's URL, a store), up to 500 characters.
+    source: Option<String>,
+    /// The words the contact agreed to, up to 2000 characters.
+    text: Option<String>,
 }
 
 /// `POST /v1/appointments`.
@@ -285,7 +302,7 @@ mod tests {
             (
                 "ContactIn",
                 schema::<ContactIn>(),
-                &["email", "name", "phone", "timezone"],
+                &["consent", "email", "name", "phone", "timezone"],
                 &[],
             ),
             (

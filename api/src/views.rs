@@ -330,9 +330,42 @@ pub struct Contact {
     /// (Twilio 21211, 21612, 21614, 21635, 30005, 30006): SMS to it are then `suppressed`
     /// until the phone is changed.
     pub phone_status: String,
+    pub consent: Consent,
     /// Who answers this contact's texts: `ai` or `human`.
     pub mode: String,
     pub created_at: String,
+}
+
+/// A contact's consent to texts, or a change of it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Consent {
+    /// `opted_in`, `opted_out` or `unknown`.
+    pub status: String,
+    /// When it was given or withdrawn (null while `unknown` and never set).
+    pub at: Option<String>,
+    /// `web_form`, `sms_keyword`, `paper`, `verbal`, `import` or `api`.
+    pub method: Option<String>,
+    pub source: Option<String>,
+    pub text: Option<String>,
+}
+
+impl From<herald_core::store::contacts::ConsentEventRow> for Consent {
+    fn from(e: herald_core::store::contacts::ConsentEventRow) -> Self {
+        Self {
+            status: e.status,
+            at: Some(time(e.at)),
+            method: e.method,
+            source: e.source,
+            text: e.text,
+        }
+    }
+}
+
+/// A page of a contact's consent events, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsentEventPage {
+    pub data: Vec<Consent>,
+    pub next_cursor: Option<String>,
 }
 
 impl Contact {
@@ -345,6 +378,13 @@ impl Contact {
             timezone: c.timezone.unwrap_or_else(|| tenant_timezone.to_owned()),
             opted_out: c.opted_out,
             phone_status: c.phone_status,
+            consent: Consent {
+                status: c.consent_status,
+                at: opt_time(c.consent_at),
+                method: c.consent_method,
+                source: c.consent_source,
+                text: c.consent_text,
+            },
             mode: c.mode,
             created_at: time(c.created_at),
         }

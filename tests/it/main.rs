@@ -3,6 +3,7 @@
 
 mod blast_radius;
 mod carrier_codes;
+mod consent;
 mod conversations;
 mod dashboard;
 mod dead_letters;

@@ -208,6 +208,7 @@ pub struct ContactView {
     pub opted_out: bool,
     /// `ok` or `unreachable`.
     pub phone_status: String,
+    pub consent: ConsentView,
     /// `ai` or `human`.
     pub mode: String,
     pub created_at: String,
@@ -360,4 +361,14 @@ impl<T: Serialize> fmt::Display for Page<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&serde_json::to_string(self).map_err(|_| fmt::Error)?)
     }
+}
+
+/// A contact's consent, or one change of it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ConsentView {
+    pub status: String,
+    pub at: Option<String>,
+    pub method: Option<String>,
+    pub source: Option<String>,
+    pub text: Option<String>,
 }

@@ -1,19 +1,22 @@
 //! `/v1/contacts`: the people a tenant messages.
 
+use std::collections::HashMap;
+
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::StatusCode,
 };
+use chrono::Utc;
 use herald_core::{
     domain::{EmailAddress, PhoneNumber, TimeZone, is_id, new_id},
-    store::contacts::{self, ContactChanges, NewContact},
+    store::contacts::{self, Consent, ContactChanges, NewContact},
 };
 use serde_json::Value;
 
 use crate::{
     auth::Tenant,
-    body::{Fields, JsonBody},
+    body::{Fields, JsonBody, Page, known_params},
     error::{ApiError, ApiResult, ErrorBody},
     state::AppState,
     views,
@@ -47,6 +50,66 @@ fn name(f: &mut Fields) -> ApiResult<Option<String>> {
         }
         other => Ok(other.map(|n| n.trim().to_owned())),
     }
+}
+
+/// `consent`: `{"status", "at"?, "method", "source"?, "text"?}`, `at` now by default and never
+/// in the future.
+fn consent(f: &mut Fields) -> ApiResult<Option<Consent>> {
+    const STATUSES: [&str; 3] = ["opted_in", "opted_out", "unknown"];
+    const METHODS: [&str; 6] = [
+        "web_form",
+        "sms_keyword",
+        "paper",
+        "verbal",
+        "import",
+        "api",
+    ];
+    let Some(mut c) = f.opt_object("consent")? else {
+        return Ok(None);
+    };
+    let status = c.req_str("status")?;
+    if !STATUSES.contains(&status.as_str()) {
+        return Err(c.invalid_value(
+            "status",
+            format!("`consent.status` is opted_in, opted_out or unknown, not `{status}`"),
+        ));
+    }
+    let method = c.req_str("method")?;
+    if !METHODS.contains(&method.as_str()) {
+        return Err(c.invalid_value(
+            "method",
+            format!(
+                "`consent.method` is web_form, sms_keyword, paper, verbal, import or api, not `{method}`"
+            ),
+        ));
+    }
+    let now = Utc::now();
+    let at = match c.opt_time("at")? {
+        Some(t) if t > now + chrono::Duration::minutes(5) => {
+            return Err(c.invalid_value("at", "`consent.at` cannot be in the future"));
+        }
+        Some(t) => t,
+        None => now,
+    };
+    let mut bounded = |name: &str, max: usize| -> ApiResult<Option<String>> {
+        match c.opt_str(name)? {
+            Some(s) if s.trim().is_empty() || s.chars().count() > max => Err(c.invalid_value(
+                name,
+                format!("`consent.{name}` must be 1 to {max} characters"),
+            )),
+            other => Ok(other),
+        }
+    };
+    let source = bounded("source", 500)?;
+    let text = bounded("text", 2000)?;
+    c.finish()?;
+    Ok(Some(Consent {
+        status,
+        at,
+        method,
+        source,
+        text,
+    }))
 }
 
 fn phone_taken() -> ApiError {
@@ -120,11 +183,12 @@ pub async fn get(
         .ok_or_else(|| ApiError::not_found("contact"))
 }
 
-/// Change a contact's phone, email, name or time zone (`null` clears the email or name).
+/// Change a contact's phone, email, name, time zone or consent (`null` clears the email or
+/// name); a consent given or withdrawn is kept as a consent event.
 #[utoipa::path(
     patch, path = "/v1/contacts/{id}", tag = "contacts",
     params(("id" = String, Path, description = "`ct_...`")),
-    request_body(content = crate::requests::ContactIn, description = "`{\"phone\"?, \"email\"?, \"name\"?, \"timezone\"?}`"),
+    request_body(content = crate::requests::ContactIn, description = "`{\"phone\"?, \"email\"?, \"name\"?, \"timezone\"?, \"consent\"?: {\"status\", \"at\"?, \"method\", \"source\"?, \"text\"?}}`"),
     responses((status = 200, body = views::Contact), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("api_key" = []))
 )]
@@ -151,14 +215,58 @@ pub async fn patch(
         },
         timezone: timezone(&mut f)?,
     };
+    let consent = consent(&mut f)?;
     f.finish()?;
     if !is_id("ct", &id) {
         return Err(ApiError::not_found("contact"));
     }
-    match contacts::update(&state.db, &auth.tenant.id, &id, &changes).await {
-        Ok(Some(c)) => Ok(Json(views::Contact::new(c, &auth.tenant.timezone))),
-        Ok(None) => Err(ApiError::not_found("contact")),
-        Err(e) if is_unique_violation(&e) => Err(phone_taken()),
-        Err(e) => Err(e.into()),
+    // The changes and the consent (with its event) land together or not at all.
+    let mut tx = state.db.begin().await?;
+    let mut updated = match contacts::update(&mut *tx, &auth.tenant.id, &id, &changes).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return Err(ApiError::not_found("contact")),
+        Err(e) if is_unique_violation(&e) => return Err(phone_taken()),
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(consent) = &consent {
+        updated = contacts::set_consent(&mut *tx, &auth.tenant.id, &id, consent)
+            .await?
+            .ok_or_else(|| ApiError::not_found("contact"))?;
     }
+    tx.commit().await?;
+    Ok(Json(views::Contact::new(updated, &auth.tenant.timezone)))
+}
+
+/// A contact's consent as it changed: every change, oldest first (STOP and START included).
+#[utoipa::path(
+    get, path = "/v1/contacts/{id}/consent-events", tag = "contacts",
+    params(("id" = String, Path, description = "`ct_...`"), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = views::ConsentEventPage), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn consent_events(
+    auth: Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<views::ConsentEventPage>> {
+    known_params(&q, &["limit", "cursor"])?;
+    let page = Page::from_query(&q, |c| c.parse::<i64>().is_ok_and(|n| n > 0))?;
+    if !is_id("ct", &id) {
+        return Err(ApiError::not_found("contact"));
+    }
+    contacts::get(&state.db, &auth.tenant.id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("contact"))?;
+    let after = page.cursor.as_deref().and_then(|c| c.parse().ok());
+    let mut rows = contacts::consent_events(&state.db, &id, after, page.limit).await?;
+    let more = rows.len() as i64 > page.limit;
+    rows.truncate(page.limit as usize);
+    let next_cursor = more
+        .then(|| rows.last().map(|e| e.id.to_string()))
+        .flatten();
+    Ok(Json(views::ConsentEventPage {
+        data: rows.into_iter().map(views::Consent::from).collect(),
+        next_cursor,
+    }))
 }

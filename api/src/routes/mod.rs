@@ -64,6 +64,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(subscriptions::get, subscriptions::delete))
         .routes(routes!(contacts::create))
         .routes(routes!(contacts::get, contacts::patch))
+        .routes(routes!(contacts::consent_events))
         .routes(routes!(conversations::get))
         .routes(routes!(conversations::takeover))
         .routes(routes!(conversations::release))

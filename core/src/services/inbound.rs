@@ -103,8 +103,12 @@ pub async fn receive(
         return Ok(Received::Duplicate);
     };
     match kw {
-        Some(Keyword::Stop) => contacts::set_opted_out(&mut *tx, &contact.id, true).await?,
-        Some(Keyword::Start) => contacts::set_opted_out(&mut *tx, &contact.id, false).await?,
+        Some(Keyword::Stop) => {
+            contacts::set_opted_out(&mut *tx, &contact.id, true, inbound.body.trim()).await?
+        }
+        Some(Keyword::Start) => {
+            contacts::set_opted_out(&mut *tx, &contact.id, false, inbound.body.trim()).await?
+        }
         _ => {}
     }
     tx.commit().await?;

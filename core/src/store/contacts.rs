@@ -19,6 +19,86 @@ pub struct ContactRow {
     pub last_text_back_at: Option<DateTime<Utc>>,
     /// `ok`, or `unreachable` once a carrier said this phone cannot receive texts.
     pub phone_status: String,
+    /// `opted_in`, `opted_out` or `unknown`, and when, how, where and in what words.
+    pub consent_status: String,
+    pub consent_at: Option<DateTime<Utc>>,
+    pub consent_method: Option<String>,
+    pub consent_source: Option<String>,
+    pub consent_text: Option<String>,
+}
+
+/// A contact's consent as given (or withdrawn).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consent {
+    pub status: String,
+    pub at: DateTime<Utc>,
+    pub method: String,
+    pub source: Option<String>,
+    pub text: Option<String>,
+}
+
+/// One change of a contact's consent.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ConsentEventRow {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub status: String,
+    pub method: Option<String>,
+    pub source: Option<String>,
+    pub text: Option<String>,
+}
+
+/// Sets a contact's consent and keeps the change as a consent event, in one statement;
+/// `opted_out` follows it. `None` when the tenant has no such contact.
+pub async fn set_consent(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    id: &str,
+    c: &Consent,
+) -> Result<Option<ContactRow>, sqlx::Error> {
+    sqlx::query_as::<_, ContactRow>(
+        "WITH c AS (
+            UPDATE contacts SET consent_status = $3, consent_at = $4, consent_method = $5,
+                consent_source = $6, consent_text = $7,
+                opted_out = ($3 = 'opted_out'),
+                opted_out_at = CASE WHEN $3 = 'opted_out' THEN COALESCE(opted_out_at, $4) END,
+                updated_at = now()
+            WHERE id = $1 AND tenant_id = $2
+            RETURNING *
+         ), e AS (
+            INSERT INTO consent_events (tenant_id, contact_id, at, status, method, source, text)
+            SELECT tenant_id, id, $4, $3, $5, $6, $7 FROM c
+         )
+         SELECT * FROM c",
+    )
+    .bind(id)
+    .bind(tenant_id)
+    .bind(&c.status)
+    .bind(c.at)
+    .bind(&c.method)
+    .bind(&c.source)
+    .bind(&c.text)
+    .fetch_optional(db)
+    .await
+}
+
+/// A contact's consent events, oldest first, after the event `after` (an id), at most
+/// `limit` + 1 (the extra one says there is another page).
+pub async fn consent_events(
+    db: impl PgExecutor<'_>,
+    contact_id: &str,
+    after: Option<i64>,
+    limit: i64,
+) -> Result<Vec<ConsentEventRow>, sqlx::Error> {
+    sqlx::query_as::<_, ConsentEventRow>(
+        "SELECT id, at, status, method, source, text FROM consent_events
+         WHERE contact_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(contact_id)
+    .bind(after.unwrap_or(0))
+    .bind(limit + 1)
+    .fetch_all(db)
+    .await
 }
 
 pub async fn get(
@@ -42,9 +122,18 @@ pub async fn opt_out_phone(
     phone: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO contacts (id, tenant_id, phone, opted_out, opted_out_at) VALUES ($1, $2, $3, true, now())
-         ON CONFLICT (tenant_id, phone) WHERE phone IS NOT NULL
-         DO UPDATE SET opted_out = true, opted_out_at = now(), updated_at = now()",
+        "WITH c AS (
+            INSERT INTO contacts (id, tenant_id, phone, opted_out, opted_out_at, consent_status,
+                                  consent_at, consent_method, consent_source)
+            VALUES ($1, $2, $3, true, now(), 'opted_out', now(), 'sms_keyword', 'the carrier (twilio 21610)')
+            ON CONFLICT (tenant_id, phone) WHERE phone IS NOT NULL
+            DO UPDATE SET opted_out = true, opted_out_at = now(), consent_status = 'opted_out',
+                consent_at = now(), consent_method = 'sms_keyword',
+                consent_source = 'the carrier (twilio 21610)', consent_text = NULL, updated_at = now()
+            RETURNING *
+         )
+         INSERT INTO consent_events (tenant_id, contact_id, at, status, method, source)
+         SELECT tenant_id, id, consent_at, 'opted_out', 'sms_keyword', consent_source FROM c",
     )
     .bind(id_if_new)
     .bind(tenant_id)
@@ -167,19 +256,30 @@ pub async fn find_or_create_by_phone(
     .await
 }
 
-/// Opts a contact in or out of texts.
+/// Opts a contact in or out of texts by the keyword it texted (STOP, START and the like), kept
+/// as its consent and a consent event.
 pub async fn set_opted_out(
     db: impl PgExecutor<'_>,
     id: &str,
     opted_out: bool,
+    keyword: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE contacts SET opted_out = $2,
-            opted_out_at = CASE WHEN $2 THEN now() ELSE NULL END, updated_at = now()
-         WHERE id = $1",
+        "WITH c AS (
+            UPDATE contacts SET opted_out = $2,
+                opted_out_at = CASE WHEN $2 THEN now() ELSE NULL END,
+                consent_status = CASE WHEN $2 THEN 'opted_out' ELSE 'opted_in' END,
+                consent_at = now(), consent_method = 'sms_keyword', consent_source = 'inbound sms',
+                consent_text = $3, updated_at = now()
+            WHERE id = $1
+            RETURNING *
+         )
+         INSERT INTO consent_events (tenant_id, contact_id, at, status, method, source, text)
+         SELECT tenant_id, id, consent_at, consent_status, 'sms_keyword', 'inbound sms', $3 FROM c",
     )
     .bind(id)
     .bind(opted_out)
+    .bind(keyword)
     .execute(db)
     .await?;
     Ok(())

@@ -1,0 +1,179 @@
+//! Consent on record: set through the API, changed by STOP and START, every change kept.
+
+use herald_tests::{
+    TestApp,
+    app::test_config,
+    providers::TwilioMock,
+    views::{ConsentView, ContactView, Page, api_error, view},
+};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn consent(status: &str, method: &str, source: Option<&str>, text: Option<&str>) -> ConsentView {
+    ConsentView {
+        status: status.to_owned(),
+        at: None,
+        method: Some(method.to_owned()),
+        source: source.map(str::to_owned),
+        text: text.map(str::to_owned),
+    }
+}
+
+/// The consent without its time, to compare.
+fn untimed(mut c: ConsentView) -> ConsentView {
+    assert!(c.at.is_some(), "a consent given has a time: {c:?}");
+    c.at = None;
+    c
+}
+
+#[tokio::test]
+async fn consent_is_set_by_the_api_and_by_stop_and_start_and_every_change_is_kept() {
+    let twilio = TwilioMock::start().await;
+    let app = TestApp::start_with_twilio(test_config().await, &twilio).await;
+    let tenant = app.tenant().await;
+    let phone = "+15551500001";
+    let c: ContactView = app
+        .post_as(
+            "/v1/contacts",
+            &tenant.api_key,
+            &json!({"phone": phone}),
+            StatusCode::CREATED,
+        )
+        .await;
+    assert_eq!(c.consent.status, "unknown");
+    assert_eq!(c.consent.at, None);
+    let path = format!("/v1/contacts/{}", c.id);
+
+    let form = "I agree to receive appointment texts from Acme Dental.";
+    let (status, body) = app
+        .patch(
+            &path,
+            &tenant.api_key,
+            &json!({"consent": {"status": "opted_in", "method": "web_form", "at": "2026-11-01T09:30:00Z",
+                    "source": "https://acme.test/book", "text": form}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let given: ContactView = view(&body);
+    assert_eq!(
+        given.consent.at.as_deref(),
+        Some("2026-11-01T09:30:00.000Z")
+    );
+    assert_eq!(
+        untimed(given.consent),
+        consent(
+            "opted_in",
+            "web_form",
+            Some("https://acme.test/book"),
+            Some(form)
+        )
+    );
+    assert!(!given.opted_out);
+
+    // Bad consent is refused naming its field, and changes nothing.
+    let future = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    for (bad, field) in [
+        (
+            json!({"status": "maybe", "method": "api"}),
+            "consent.status",
+        ),
+        (
+            json!({"status": "opted_in", "method": "telepathy"}),
+            "consent.method",
+        ),
+        (json!({"method": "api"}), "consent.status"),
+        (
+            json!({"status": "opted_in", "method": "api", "at": future}),
+            "consent.at",
+        ),
+        (
+            json!({"status": "opted_in", "method": "api", "text": ""}),
+            "consent.text",
+        ),
+        (
+            json!({"status": "opted_in", "method": "api", "why": "x"}),
+            "consent.why",
+        ),
+    ] {
+        let (status, body) = app
+            .patch(
+                &path,
+                &tenant.api_key,
+                &json!({"name": "Changed", "consent": bad}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+        assert_eq!(
+            api_error(&body).field.as_deref(),
+            Some(field),
+            "{bad}: {body}"
+        );
+    }
+    let unchanged: ContactView = app.get_as(&path, &tenant.api_key).await;
+    assert_eq!(unchanged.consent.status, "opted_in");
+    assert_eq!(
+        unchanged.name, None,
+        "the name in a refused request was not kept either"
+    );
+
+    // STOP withdraws it, START gives it back, each as texted.
+    app.text(&twilio, &tenant, phone, "STOP").await;
+    let stopped: ContactView = app.get_as(&path, &tenant.api_key).await;
+    assert!(stopped.opted_out);
+    assert_eq!(
+        untimed(stopped.consent),
+        consent(
+            "opted_out",
+            "sms_keyword",
+            Some("inbound sms"),
+            Some("STOP")
+        )
+    );
+    let suppressed = app.post_sms(&tenant, phone, "are you there?").await;
+    app.wait_for_status(&tenant, &suppressed.id, "suppressed", WAIT)
+        .await;
+    app.text(&twilio, &tenant, phone, "start").await;
+    let started: ContactView = app.get_as(&path, &tenant.api_key).await;
+    assert!(!started.opted_out);
+    assert_eq!(started.consent.status, "opted_in");
+
+    // Every change, oldest first, in pages.
+    let events = format!("{path}/consent-events");
+    let first: Page<ConsentView> = app
+        .get_as(&format!("{events}?limit=2"), &tenant.api_key)
+        .await;
+    let statuses: Vec<(&str, Option<&str>)> = first
+        .data
+        .iter()
+        .map(|e| (e.status.as_str(), e.method.as_deref()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("opted_in", Some("web_form")),
+            ("opted_out", Some("sms_keyword"))
+        ]
+    );
+    assert_eq!(
+        first.data[0].at.as_deref(),
+        Some("2026-11-01T09:30:00.000Z")
+    );
+    let cursor = first.next_cursor.clone().expect("a second page");
+    let second: Page<ConsentView> = app
+        .get_as(
+            &format!("{events}?limit=2&cursor={cursor}"),
+            &tenant.api_key,
+        )
+        .await;
+    assert_eq!(second.data.len(), 1, "{:?}", second.data);
+    assert_eq!(second.data[0].text.as_deref(), Some("start"));
+    assert_eq!(second.next_cursor, None);
+
+    // Another tenant sees none of it.
+    let other = app.tenant().await;
+    let (status, body): (StatusCode, Value) = app.get(&events, &other.api_key).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
