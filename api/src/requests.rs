@@ -35,6 +35,8 @@ pub struct MessageIn {
     /// Any JSON object up to 4 KiB, kept with the message.
     #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
+    /// `transactional` (default) or `bulk`.
+    priority: Option<String>,
 }
 
 #[derive(ToSchema)]
@@ -186,6 +188,8 @@ pub struct GroupSendIn {
     respect_quiet_hours: Option<bool>,
     #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
+    /// `bulk` (default) or `transactional`.
+    priority: Option<String>,
 }
 
 /// `POST /v1/conversations/{contact_id}/reply`: a person's reply.
@@ -292,6 +296,7 @@ mod tests {
                     "contact_id",
                     "expires_at",
                     "metadata",
+                    "priority",
                     "respect_quiet_hours",
                     "send_at",
                     "subject",
@@ -352,6 +357,7 @@ mod tests {
                     "channel",
                     "expires_at",
                     "metadata",
+                    "priority",
                     "respect_quiet_hours",
                     "send_at",
                     "subject",

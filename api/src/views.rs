@@ -53,6 +53,8 @@ pub struct Message {
     /// For an AI reply: the model's token usage.
     #[schema(value_type = Option<Object>)]
     pub usage: Option<serde_json::Value>,
+    /// `transactional` or `bulk`.
+    pub priority: String,
     /// An SMS: `GSM-7` or `UCS-2` (null for email and webhooks).
     pub encoding: Option<String>,
     /// An SMS: the segments it is sent and billed as (160 GSM-7 characters or 70 UCS-2 in
@@ -97,6 +99,7 @@ impl From<MessageRow> for Message {
             author: m.author,
             model: m.model,
             usage: m.usage,
+            priority: m.priority.as_str().to_owned(),
             encoding: encoding.map(|e| e.as_str().to_owned()),
             segments,
         }

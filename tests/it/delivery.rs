@@ -363,3 +363,25 @@ async fn each_sms_shows_its_encoding_and_the_segments_carriers_bill() {
     let email: MessageView = view(&email);
     assert_eq!((email.encoding, email.segments), (None, None), "not an SMS");
 }
+
+#[tokio::test]
+async fn a_message_is_transactional_unless_it_says_bulk() {
+    let (app, _twilio) = app_with_twilio().await;
+    let tenant = app.tenant().await;
+    let plain = app
+        .post_sms(&tenant, "+15551300101", "your code is 1234")
+        .await;
+    assert_eq!(plain.priority, "transactional", "{plain}");
+    let (status, bulk) = app
+        .post(
+            "/v1/messages",
+            &tenant.api_key,
+            &json!({"channel": "sms", "to": "+15551300102", "body": "20% off", "priority": "bulk"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{bulk}");
+    let bulk: MessageView = view(&bulk);
+    assert_eq!(bulk.priority, "bulk", "{bulk}");
+    let read = app.message(&tenant, &bulk.id).await;
+    assert_eq!(read.priority, "bulk", "kept with the row: {read}");
+}

@@ -839,6 +839,7 @@ async fn a_group_sms_reaches_each_member_once_suppresses_the_opted_out_and_is_id
         assert_eq!(m.channel, "sms");
         assert_eq!(m.contact_id.as_deref(), Some(id.as_str()));
         assert_eq!(m.metadata["campaign"], "holiday", "{m}");
+        assert_eq!(m.priority, "bulk", "a group send is bulk by default");
         let stored: (Option<String>, Option<i16>) =
             sqlx::query_as("SELECT encoding, segments FROM messages WHERE id = $1")
                 .bind(&m.id)

@@ -821,6 +821,7 @@ async fn a_scheduler_that_was_down_over_the_minute_catches_up_when_it_returns() 
     assert_eq!(m.body, "Good morning!");
     assert_eq!(m.contact_id.as_deref(), Some(c.as_str()));
     assert_eq!(m.author, "system");
+    assert_eq!(m.priority, "bulk", "a daily message is bulk");
     assert_eq!(
         time(&m.expires_at),
         end_of_local_day(zone, today),
@@ -865,6 +866,7 @@ async fn a_daily_ai_subscription_gets_the_models_text() {
     let m = app.wait_for_status(&tenant, &d.id, "sent", WAIT).await;
     assert_eq!(m.body, TEXT, "{m}");
     assert_eq!(m.author, "ai", "{m}");
+    assert_eq!(m.priority, "bulk", "{m}");
     assert_eq!(m.model.as_deref(), Some("daily-model"), "{m}");
     assert_eq!(m.contact_id.as_deref(), Some(c.as_str()));
     assert_eq!(time(&m.expires_at), end_of_local_day(zone, today), "{m}");

@@ -117,6 +117,18 @@ async fn every_bad_message_request_is_refused_with_its_field() {
             Some("subject"),
         ),
         (
+            "unknown priority",
+            sms(json!({"priority": "urgent"})),
+            "invalid_value",
+            Some("priority"),
+        ),
+        (
+            "priority of the wrong type",
+            sms(json!({"priority": 1})),
+            "invalid_type",
+            Some("priority"),
+        ),
+        (
             "unparsable send_at",
             sms(json!({"send_at": "tomorrow at noon"})),
             "invalid_value",

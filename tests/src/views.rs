@@ -64,6 +64,8 @@ pub struct MessageView {
     pub author: String,
     pub model: Option<String>,
     pub usage: Option<Value>,
+    /// `transactional` or `bulk`.
+    pub priority: String,
     /// An SMS: `GSM-7` or `UCS-2`; null otherwise.
     pub encoding: Option<String>,
     /// An SMS: how many segments it is sent as; null otherwise.

@@ -9,7 +9,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use herald_core::{
-    domain::{Channel, is_id, new_id},
+    domain::{Channel, Priority, is_id, new_id},
     services::groups::{self as service, GroupSend, Sent},
     store::{contacts, groups},
 };
@@ -23,7 +23,7 @@ use crate::{
     views,
 };
 
-use super::messages::{email_subject, message_body, metadata, schedule};
+use super::messages::{email_subject, message_body, metadata, priority, schedule};
 
 async fn group(state: &AppState, tenant_id: &str, id: &str) -> ApiResult<groups::GroupRow> {
     if !is_id("grp", id) {
@@ -195,9 +195,11 @@ fn parse_send(body: Value) -> ApiResult<GroupSend> {
     let (send_at, expires_at) = schedule(&mut f)?;
     let respect_quiet_hours = f.opt_bool("respect_quiet_hours")?.unwrap_or(true);
     let metadata = metadata(&mut f)?;
+    let priority = priority(&mut f, Priority::Bulk)?;
     f.finish()?;
     Ok(GroupSend {
         channel,
+        priority,
         subject,
         body,
         send_at,

@@ -11,7 +11,8 @@ use axum::{
 use chrono::{DateTime, Duration, Utc};
 use herald_core::{
     domain::{
-        Channel, EmailAddress, EmailSubject, MessageStatus, PhoneNumber, SmsText, WebhookUrl, is_id,
+        Channel, EmailAddress, EmailSubject, MessageStatus, PhoneNumber, Priority, SmsText,
+        WebhookUrl, is_id,
     },
     services::messages::{self as service, Created, NewMessage},
     store::messages::{CancelOutcome, ListFilter},
@@ -96,6 +97,7 @@ pub fn parse_new_message(body: Value, allow_private_webhooks: bool) -> ApiResult
         ));
     }
     let metadata = metadata(&mut f)?;
+    let priority = priority(&mut f, Priority::Transactional)?;
     f.finish()?;
 
     if to.is_none() && contact_id.is_none() {
@@ -110,6 +112,7 @@ pub fn parse_new_message(body: Value, allow_private_webhooks: bool) -> ApiResult
     }
     Ok(NewMessage {
         channel,
+        priority,
         to,
         subject,
         body,
@@ -119,6 +122,19 @@ pub fn parse_new_message(body: Value, allow_private_webhooks: bool) -> ApiResult
         contact_id,
         metadata,
     })
+}
+
+/// `priority`: `transactional` or `bulk`, `default` when absent.
+pub(super) fn priority(f: &mut Fields, default: Priority) -> ApiResult<Priority> {
+    match f.opt_str("priority")? {
+        None => Ok(default),
+        Some(raw) => Priority::parse(&raw).ok_or_else(|| {
+            f.invalid_value(
+                "priority",
+                format!("`priority` is transactional or bulk, not `{raw}`"),
+            )
+        }),
+    }
 }
 
 /// `to`, checked as the channel's kind of address.

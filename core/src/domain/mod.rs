@@ -423,6 +423,30 @@ impl fmt::Display for Channel {
     }
 }
 
+/// Whether a message is one a person waits for (`transactional`: single messages, reminders,
+/// AI and human replies) or one of many (`bulk`: group sends and daily messages by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    Transactional,
+    Bulk,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Transactional => "transactional",
+            Priority::Bulk => "bulk",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [Priority::Transactional, Priority::Bulk]
+            .into_iter()
+            .find(|p| p.as_str() == raw)
+    }
+}
+
 /// Where a message is in its life. See the contract for the allowed moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

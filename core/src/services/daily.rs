@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use tracing::{info, warn};
 
 use crate::domain::{
-    Channel,
+    Channel, Priority,
     jobs::{AiJob, DeliveryJob},
 };
 use crate::{
@@ -56,6 +56,7 @@ fn message_for(d: &Due, now: chrono::DateTime<Utc>) -> Option<NewMessageRow> {
         &body,
         "system",
     );
+    row.priority = Priority::Bulk;
     if d.channel == Channel::Email {
         row.subject = Some(crate::domain::truncate(&body, 60));
     }

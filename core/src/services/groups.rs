@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::messages::Idempotency;
 use crate::{
-    domain::{Channel, FieldError, MessageStatus, id_floor, jobs::DeliveryJob, new_id},
+    domain::{Channel, FieldError, MessageStatus, Priority, id_floor, jobs::DeliveryJob, new_id},
     queue::{NewJob, Queue},
     store::{
         groups::{self, GroupMessageRow, SendTemplate},
@@ -21,6 +21,8 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct GroupSend {
     pub channel: Channel,
+    /// `bulk` unless the request says otherwise.
+    pub priority: Priority,
     pub subject: Option<String>,
     pub body: String,
     pub send_at: DateTime<Utc>,
@@ -169,6 +171,7 @@ fn template(
         tenant_id: tenant.id.clone(),
         group_message_id: send_id.to_owned(),
         channel: new.channel,
+        priority: new.priority,
         from_addr: from,
         subject: new.subject.clone(),
         body: new.body.clone(),

@@ -13,7 +13,7 @@ use anyhow::Context;
 use super::enqueue::Enqueuer;
 use crate::{
     batch::Batcher,
-    domain::{Channel, FieldError, MessageStatus},
+    domain::{Channel, FieldError, MessageStatus, Priority},
     queue::Queue,
     store::{
         contacts, idempotency,
@@ -26,6 +26,7 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct NewMessage {
     pub channel: Channel,
+    pub priority: Priority,
     /// The recipient, already parsed for its channel; `None` when `contact_id` gives it.
     pub to: Option<String>,
     pub subject: Option<String>,
@@ -228,6 +229,7 @@ fn api_row(
         "api",
     );
     row.subject = new.subject.clone();
+    row.priority = new.priority;
     row.status = status;
     row.send_at = if due_now { now } else { new.send_at };
     row.expires_at = new.expires_at;

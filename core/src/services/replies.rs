@@ -7,7 +7,7 @@ use tracing::{debug, info};
 
 use super::messages::Intake;
 use crate::{
-    domain::{Channel, jobs::AiJob, truncate},
+    domain::{Channel, Priority, jobs::AiJob, truncate},
     providers::llm::{Answer, Assistant, Turn, fit_reply},
     queue::{JobError, now_ms},
     store::{
@@ -206,6 +206,7 @@ async fn daily(
     };
     let mut row =
         NewMessageRow::outbound(&tenant.id, sub.channel, &to, from.as_deref(), &text, "ai");
+    row.priority = Priority::Bulk;
     if sub.channel == Channel::Email {
         row.subject = Some(truncate(&text, 60));
     }

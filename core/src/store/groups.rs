@@ -5,7 +5,7 @@ use sqlx::{PgConnection, PgExecutor};
 
 use super::contacts::ContactRow;
 use super::messages::segment_count;
-use crate::domain::{Channel, MessageStatus, Segments};
+use crate::domain::{Channel, MessageStatus, Priority, Segments};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct GroupRow {
@@ -193,6 +193,7 @@ pub struct SendTemplate {
     pub tenant_id: String,
     pub group_message_id: String,
     pub channel: Channel,
+    pub priority: Priority,
     pub from_addr: Option<String>,
     pub subject: Option<String>,
     pub body: String,
@@ -222,9 +223,9 @@ pub async fn insert_send_messages(
          ), m AS (
             INSERT INTO messages (id, tenant_id, channel, to_addr, from_addr, subject, body, status, send_at,
                                   expires_at, respect_quiet_hours, contact_id, metadata, group_message_id,
-                                  encoding, segments)
+                                  encoding, segments, priority)
             SELECT $2 || upper(substr(md5(random()::text || r.contact_id), 1, 16)), $4, $3, r.address, $5, $6,
-                   $7, $8, $9, $10, $11, r.contact_id, $12, $13, $14, $15
+                   $7, $8, $9, $10, $11, r.contact_id, $12, $13, $14, $15, $16
             FROM r WHERE r.address IS NOT NULL
             RETURNING id, to_addr, status
          ), e AS (
@@ -248,6 +249,7 @@ pub async fn insert_send_messages(
     .bind(&t.group_message_id)
     .bind(measured.map(|s| s.encoding))
     .bind(measured.map(segment_count))
+    .bind(t.priority)
     .fetch_all(conn)
     .await
 }

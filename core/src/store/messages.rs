@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 
-use crate::domain::{Channel, MessageStatus, Segments, SmsEncoding};
+use crate::domain::{Channel, MessageStatus, Priority, Segments, SmsEncoding};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MessageRow {
@@ -59,6 +59,7 @@ pub struct MessageRow {
     pub segments: Option<i16>,
     /// When an `undelivered` SMS was scheduled to be sent once more (at most once).
     pub redelivered_at: Option<DateTime<Utc>>,
+    pub priority: Priority,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -74,6 +75,7 @@ pub struct NewMessageRow {
     pub id: String,
     pub tenant_id: String,
     pub channel: Channel,
+    pub priority: Priority,
     pub to_addr: String,
     pub from_addr: Option<String>,
     pub subject: Option<String>,
@@ -120,6 +122,7 @@ impl NewMessageRow {
             id: crate::domain::new_id("msg"),
             tenant_id: tenant_id.to_owned(),
             channel,
+            priority: Priority::Transactional,
             to_addr: to.to_owned(),
             from_addr: from.map(str::to_owned),
             subject: None,
@@ -170,17 +173,17 @@ pub async fn insert_many(
                                  $12::text[], $13::jsonb[], $14::text[], $15::text[], $16::text[],
                                  $17::text[], $18::text[], $19::jsonb[], $20::bool[], $21::text[],
                                  $22::text[], $23::text[], $24::date[], $25::text[], $26::text[],
-                                 $27::int2[])
+                                 $27::int2[], $28::text[])
                 AS v(id, tenant_id, channel, to_addr, from_addr, subject, body, status, send_at,
                      expires_at, respect_quiet_hours, contact_id, metadata, detail, direction, author,
                      in_reply_to, model, usage, needs_reply, appointment_id, reminder_before,
-                     subscription_id, local_date, group_message_id, encoding, segments)
+                     subscription_id, local_date, group_message_id, encoding, segments, priority)
          ), m AS (
             INSERT INTO messages (id, tenant_id, channel, to_addr, from_addr, subject, body, status,
                                   send_at, expires_at, respect_quiet_hours, contact_id, metadata,
                                   direction, author, in_reply_to, model, usage, needs_reply,
                                   appointment_id, reminder_before, subscription_id, local_date,
-                                  group_message_id, encoding, segments)
+                                  group_message_id, encoding, segments, priority)
             SELECT v.id, v.tenant_id, v.channel, v.to_addr, v.from_addr, v.subject, v.body, v.status,
                    v.send_at, v.expires_at, v.respect_quiet_hours,
                    COALESCE(v.contact_id, CASE WHEN v.channel = 'sms' AND v.direction = 'outbound' THEN
@@ -188,7 +191,7 @@ pub async fn insert_many(
                    END),
                    v.metadata, v.direction, v.author, v.in_reply_to, v.model, v.usage, v.needs_reply,
                    v.appointment_id, v.reminder_before, v.subscription_id, v.local_date,
-                   v.group_message_id, v.encoding, v.segments
+                   v.group_message_id, v.encoding, v.segments, v.priority
             FROM v
             ON CONFLICT DO NOTHING
             RETURNING *
@@ -225,6 +228,7 @@ pub async fn insert_many(
     .bind(col(rows, |r| r.group_message_id.clone()))
     .bind(measured.iter().map(|s| s.map(|s| s.encoding.as_str())).collect::<Vec<_>>())
     .bind(measured.iter().map(|s| s.map(segment_count)).collect::<Vec<_>>())
+    .bind(col(rows, |r| r.priority.as_str()))
     .fetch_all(db)
     .await?;
     let mut by_id: std::collections::HashMap<String, MessageRow> =

@@ -9,7 +9,7 @@ use sqlx::{
     postgres::{PgArgumentBuffer, PgTypeInfo, PgValueRef},
 };
 
-use crate::domain::{Channel, MessageStatus, SmsEncoding};
+use crate::domain::{Channel, MessageStatus, Priority, SmsEncoding};
 
 macro_rules! text_enum {
     ($t:ty, $what:literal) => {
@@ -41,3 +41,4 @@ macro_rules! text_enum {
 text_enum!(MessageStatus, "message status");
 text_enum!(Channel, "channel");
 text_enum!(SmsEncoding, "SMS encoding");
+text_enum!(Priority, "priority");

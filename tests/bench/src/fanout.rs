@@ -111,6 +111,7 @@ pub async fn run(figures: &mut Figures, subscriptions: usize) -> anyhow::Result<
         queue::deliveries(&c, client, conn)
     };
     let send = herald_core::services::groups::GroupSend {
+        priority: herald_core::domain::Priority::Bulk,
         channel: herald_core::domain::Channel::Sms,
         subject: None,
         body: "The gym is closed tomorrow for maintenance.".to_owned(),
