@@ -70,6 +70,10 @@ pub struct TenantIn {
     missed_call_text: Option<String>,
     /// One text-back per caller within this many minutes (0..1440, default 10).
     missed_call_cooldown_minutes: Option<i32>,
+    /// A bulk SMS to a contact whose consent is not `opted_in` is suppressed (default false).
+    require_consent_for_bulk: Option<bool>,
+    /// At most `max` (1..1000) bulk messages per contact within `per` (`30m`, `24h`, `7d`).
+    frequency_cap: Option<FrequencyCapIn>,
 }
 
 #[derive(ToSchema)]
@@ -107,6 +111,13 @@ pub struct ConsentIn {
     source: Option<String>,
     /// The words the contact agreed to, up to 2000 characters.
     text: Option<String>,
+}
+
+/// A tenant's cap of bulk messages per contact.
+#[derive(ToSchema)]
+pub struct FrequencyCapIn {
+    max: i32,
+    per: String,
 }
 
 /// `POST /v1/appointments`.

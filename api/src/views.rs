@@ -162,7 +162,27 @@ pub struct CreatedTenant {
     pub sms_from: Option<String>,
     pub email_from: Option<String>,
     pub quiet_hours: Option<QuietHours>,
+    /// A bulk SMS to a contact whose consent is not `opted_in` is suppressed (`no consent`).
+    pub require_consent_for_bulk: bool,
+    /// At most `max` bulk messages per contact within `per`; null: no cap.
+    pub frequency_cap: Option<FrequencyCap>,
     pub created_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FrequencyCap {
+    pub max: i32,
+    /// `30m`, `24h`, `7d`.
+    pub per: String,
+}
+
+/// A span in the largest whole unit of minutes, hours or days.
+fn span(secs: i64) -> String {
+    match secs {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s => format!("{}m", s / 60),
+    }
 }
 
 impl CreatedTenant {
@@ -184,6 +204,14 @@ impl CreatedTenant {
             sms_from: t.sms_from,
             email_from: t.email_from,
             quiet_hours,
+            require_consent_for_bulk: t.require_consent_for_bulk,
+            frequency_cap: match (t.frequency_cap_max, t.frequency_cap_per) {
+                (Some(max), Some(per)) => Some(FrequencyCap {
+                    max,
+                    per: span(i64::from(per.days) * 86_400 + per.microseconds / 1_000_000),
+                }),
+                _ => None,
+            },
             created_at: time(t.created_at),
         }
     }

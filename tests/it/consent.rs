@@ -177,3 +177,98 @@ async fn consent_is_set_by_the_api_and_by_stop_and_start_and_every_change_is_kep
     let (status, body): (StatusCode, Value) = app.get(&events, &other.api_key).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
+
+/// Posts an SMS with `priority`; returns its id.
+async fn post_with_priority(
+    app: &TestApp,
+    tenant: &herald_tests::Tenant,
+    to: &str,
+    priority: &str,
+) -> String {
+    let (status, body) = app
+        .post(
+            "/v1/messages",
+            &tenant.api_key,
+            &json!({"channel": "sms", "to": to, "body": "Spring offer", "priority": priority}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    view::<herald_tests::views::MessageView>(&body).id
+}
+
+#[tokio::test]
+async fn bulk_sms_need_the_consent_their_tenant_requires_and_stop_at_its_cap_while_transactional_ones_go()
+ {
+    let twilio = TwilioMock::start().await;
+    let app = TestApp::start_with_twilio(test_config().await, &twilio).await;
+    let rules =
+        json!({"require_consent_for_bulk": true, "frequency_cap": {"max": 2, "per": "24h"}});
+    let (status, created) = app
+        .post(
+            "/v1/admin/tenants",
+            &app.ops_token,
+            &json!({"name": "Rules Dental", "require_consent_for_bulk": true,
+                    "frequency_cap": {"max": 2, "per": "1d"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["require_consent_for_bulk"], true);
+    assert_eq!(created["frequency_cap"], json!({"max": 2, "per": "1d"}));
+    let (status, bad) = app
+        .post(
+            "/v1/admin/tenants",
+            &app.ops_token,
+            &json!({"name": "Bad", "frequency_cap": {"max": 0, "per": "1d"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    assert_eq!(api_error(&bad).field.as_deref(), Some("frequency_cap.max"));
+
+    let tenant = app.tenant_with(rules).await;
+    let (agreed, unknown) = ("+15551500011", "+15551500012");
+    let c: ContactView = app
+        .post_as(
+            "/v1/contacts",
+            &tenant.api_key,
+            &json!({"phone": agreed}),
+            StatusCode::CREATED,
+        )
+        .await;
+    let (status, body) = app
+        .patch(
+            &format!("/v1/contacts/{}", c.id),
+            &tenant.api_key,
+            &json!({"consent": {"status": "opted_in", "method": "paper"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // No consent on record: bulk is suppressed, a transactional text still goes.
+    let bulk = post_with_priority(&app, &tenant, unknown, "bulk").await;
+    let m = app
+        .wait_for_status(&tenant, &bulk, "suppressed", WAIT)
+        .await;
+    assert_eq!(m.details_of("suppressed"), ["no consent"], "{m}");
+    let reminder = post_with_priority(&app, &tenant, unknown, "transactional").await;
+    app.wait_for_status(&tenant, &reminder, "sent", WAIT).await;
+
+    // With consent: two bulk texts a day, then the cap; transactional texts are never capped.
+    for _ in 0..2 {
+        let id = post_with_priority(&app, &tenant, agreed, "bulk").await;
+        app.wait_for_status(&tenant, &id, "sent", WAIT).await;
+    }
+    let third = post_with_priority(&app, &tenant, agreed, "bulk").await;
+    let m = app
+        .wait_for_status(&tenant, &third, "suppressed", WAIT)
+        .await;
+    assert_eq!(m.details_of("suppressed"), ["frequency cap"], "{m}");
+    let reminder = post_with_priority(&app, &tenant, agreed, "transactional").await;
+    app.wait_for_status(&tenant, &reminder, "sent", WAIT).await;
+    assert_eq!(twilio.calls_to(agreed), 3, "two bulk, one transactional");
+    assert_eq!(twilio.calls_to(unknown), 1, "the transactional one");
+
+    // Another tenant without rules sends bulk freely.
+    let other = app.tenant().await;
+    let id = post_with_priority(&app, &other, unknown, "bulk").await;
+    app.wait_for_status(&other, &id, "sent", WAIT).await;
+}

@@ -117,8 +117,33 @@ fn parse_new_tenant(body: Value) -> ApiResult<NewTenant> {
             }
         },
     };
+    let require_consent_for_bulk = f.opt_bool("require_consent_for_bulk")?.unwrap_or(false);
+    let frequency_cap = match f.opt_object("frequency_cap")? {
+        None => None,
+        Some(mut cap) => {
+            let max = match cap.take("max") {
+                None => return Err(cap.missing("max")),
+                Some(v) => match v.as_i64() {
+                    Some(n) if (1..=1000).contains(&n) => n as i32,
+                    _ => {
+                        return Err(cap.invalid_value(
+                            "max",
+                            "`frequency_cap.max` must be a whole number from 1 to 1000",
+                        ));
+                    }
+                },
+            };
+            let per = cap.req_str("per")?;
+            let per = herald_core::schedule::parse_offset(&per)
+                .map_err(|e| cap.invalid_value("per", e.0))?;
+            cap.finish()?;
+            Some((max, per))
+        }
+    };
     f.finish()?;
     Ok(NewTenant {
+        require_consent_for_bulk,
+        frequency_cap,
         name,
         timezone,
         sms_from,

@@ -34,6 +34,10 @@ pub struct NewTenant {
     pub missed_call_text: Option<String>,
     /// One text-back per caller within this many minutes.
     pub missed_call_cooldown_minutes: i32,
+    /// A bulk SMS needs the contact's consent (`opted_in`).
+    pub require_consent_for_bulk: bool,
+    /// At most this many bulk messages per contact within this span.
+    pub frequency_cap: Option<(i32, std::time::Duration)>,
 }
 
 #[derive(Debug)]
@@ -96,6 +100,8 @@ pub async fn create(db: &PgPool, new: &NewTenant) -> Result<CreatedTenant, Tenan
         canned_reply: new.canned_reply.as_deref(),
         missed_call_text: new.missed_call_text.as_deref(),
         missed_call_cooldown_minutes: new.missed_call_cooldown_minutes,
+        require_consent_for_bulk: new.require_consent_for_bulk,
+        frequency_cap: new.frequency_cap,
     };
     let Some(tenant) = tenants::insert(&mut tx, &row)
         .await

@@ -59,9 +59,10 @@ pub struct Claimed {
 /// attempt.
 ///
 /// The claim also applies what is decided before any provider call: a message past its
-/// `expires_at` becomes `expired`, an SMS to an opted-out number or to one a carrier reported
-/// unreachable becomes `suppressed`; only a message that moves to `sending` counts an
-/// attempt. An SMS due inside its recipient's
+/// `expires_at` becomes `expired`; an SMS to an opted-out number or to one a carrier reported
+/// unreachable, a bulk SMS without the consent its tenant requires, and a bulk message past
+/// its tenant's frequency cap become `suppressed`; only a message that moves to `sending`
+/// counts an attempt. An SMS due inside its recipient's
 /// quiet hours is returned unclaimed, marked `quiet`, for the caller to put off. Returns the
 /// rows; the status says which way each went.
 ///
@@ -95,13 +96,25 @@ pub async fn claim_many(
             JOIN tenants tn ON tn.id = m.tenant_id
             LEFT JOIN contacts c ON c.id = m.contact_id
             CROSS JOIN LATERAL (SELECT COALESCE(c.timezone, tn.timezone) AS zone) z
-            -- Why an SMS must not go out: its number opted out, or a carrier called it unreachable.
+            -- Why a message must not go out: its number opted out, a carrier called it
+            -- unreachable, or (bulk only) the tenant requires consent it lacks, or the recipient
+            -- had the tenant's cap of bulk messages already.
             CROSS JOIN LATERAL (
-                SELECT CASE WHEN m.channel = 'sms' THEN (
-                    SELECT CASE WHEN o.opted_out THEN 'opted out'
-                                WHEN o.phone_status = 'unreachable' THEN 'unreachable' END
-                    FROM contacts o WHERE o.tenant_id = m.tenant_id AND o.phone = m.to_addr)
-                END AS why) s
+                SELECT CASE
+                    WHEN o.opted_out THEN 'opted out'
+                    WHEN o.phone_status = 'unreachable' THEN 'unreachable'
+                    WHEN m.priority = 'bulk' AND m.channel = 'sms' AND tn.require_consent_for_bulk
+                         AND COALESCE(o.consent_status, 'unknown') <> 'opted_in' THEN 'no consent'
+                    WHEN m.priority = 'bulk' AND tn.frequency_cap_max IS NOT NULL AND (
+                        SELECT count(*) FROM messages x
+                        WHERE x.tenant_id = m.tenant_id AND x.priority = 'bulk' AND x.id <> m.id
+                          AND x.sent_at > now() - tn.frequency_cap_per
+                          AND (x.to_addr = m.to_addr OR x.contact_id = m.contact_id)
+                    ) >= tn.frequency_cap_max THEN 'frequency cap'
+                END AS why
+                FROM (SELECT 1) one
+                LEFT JOIN contacts o ON m.channel = 'sms' AND o.tenant_id = m.tenant_id
+                                    AND o.phone = m.to_addr) s
             ORDER BY m.id
             FOR UPDATE OF m
          ), claimed AS (
@@ -121,8 +134,8 @@ pub async fn claim_many(
             INSERT INTO message_events (message_id, status, detail)
             SELECT c.id, c.status, CASE c.status
                 WHEN 'sending' THEN 'attempt ' || c.attempts
-                WHEN 'suppressed' THEN CASE t.why WHEN 'unreachable' THEN 'unreachable'
-                                       ELSE 'the recipient has opted out; not sent' END
+                WHEN 'suppressed' THEN CASE t.why WHEN 'opted out'
+                                       THEN 'the recipient has opted out; not sent' ELSE t.why END
                 ELSE 'expires_at passed before it could be sent' END
             FROM claimed c JOIN target t ON t.id = c.id
          )

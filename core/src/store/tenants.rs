@@ -19,6 +19,11 @@ pub struct TenantRow {
     pub canned_reply: Option<String>,
     pub missed_call_text: Option<String>,
     pub missed_call_cooldown_minutes: i32,
+    /// A bulk SMS to a contact whose consent is not `opted_in` is suppressed.
+    pub require_consent_for_bulk: bool,
+    /// At most `max` bulk messages per contact within `per` (both or neither).
+    pub frequency_cap_max: Option<i32>,
+    pub frequency_cap_per: Option<sqlx::postgres::types::PgInterval>,
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +40,9 @@ pub struct NewTenantRow<'a> {
     pub canned_reply: Option<&'a str>,
     pub missed_call_text: Option<&'a str>,
     pub missed_call_cooldown_minutes: i32,
+    pub require_consent_for_bulk: bool,
+    /// `(max, per)`.
+    pub frequency_cap: Option<(i32, std::time::Duration)>,
 }
 
 /// Inserts a tenant; `Ok(None)` when its `sms_from` belongs to another tenant already.
@@ -44,8 +52,10 @@ pub async fn insert(
 ) -> Result<Option<TenantRow>, sqlx::Error> {
     sqlx::query_as::<_, TenantRow>(
         "INSERT INTO tenants (id, name, timezone, sms_from, email_from, quiet_start, quiet_end, webhook_secret,
-                              help_text, system_prompt, canned_reply, missed_call_text, missed_call_cooldown_minutes)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                              help_text, system_prompt, canned_reply, missed_call_text, missed_call_cooldown_minutes,
+                              require_consent_for_bulk, frequency_cap_max, frequency_cap_per)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                 make_interval(secs => $16::float8))
          ON CONFLICT (sms_from) DO NOTHING
          RETURNING *",
     )
@@ -62,6 +72,9 @@ pub async fn insert(
     .bind(t.canned_reply)
     .bind(t.missed_call_text)
     .bind(t.missed_call_cooldown_minutes)
+    .bind(t.require_consent_for_bulk)
+    .bind(t.frequency_cap.map(|c| c.0))
+    .bind(t.frequency_cap.map(|c| c.1.as_secs_f64()))
     .fetch_optional(conn)
     .await
 }

@@ -275,6 +275,8 @@ impl Stack {
                 canned_reply: None,
                 missed_call_text: None,
                 missed_call_cooldown_minutes: 10,
+                require_consent_for_bulk: false,
+                frequency_cap: None,
             },
         )
         .await?)
