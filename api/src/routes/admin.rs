@@ -50,6 +50,58 @@ pub async fn create_tenant(
     ))
 }
 
+/// `quiet_hours`: absent, the default window; `null`, none; else `{"start", "end"}`.
+fn quiet_hours(f: &mut Fields) -> ApiResult<Option<(chrono::NaiveTime, chrono::NaiveTime)>> {
+    // Absent: the default window. `null`: no quiet hours.
+    let explicit_null = f.has("quiet_hours");
+    Ok(match f.opt_object("quiet_hours")? {
+        Some(mut q) => {
+            let start = q.req_str("start")?;
+            let end = q.req_str("end")?;
+            let start = parse_local_time(&start).map_err(|e| q.invalid_value("start", e.0))?;
+            let end = parse_local_time(&end).map_err(|e| q.invalid_value("end", e.0))?;
+            if start == end {
+                return Err(
+                    q.invalid_value("end", "quiet hours must not start and end at the same time")
+                );
+            }
+            q.finish()?;
+            Some((start, end))
+        }
+        None if explicit_null => None,
+        None => Some((
+            parse_local_time(DEFAULT_QUIET.0).map_err(|e| ApiError::internal(&e))?,
+            parse_local_time(DEFAULT_QUIET.1).map_err(|e| ApiError::internal(&e))?,
+        )),
+    })
+}
+
+/// `frequency_cap`: `{"max": 1..1000, "per": "30m" | "24h" | "7d"}`, or none.
+fn frequency_cap(f: &mut Fields) -> ApiResult<Option<(i32, std::time::Duration)>> {
+    Ok(match f.opt_object("frequency_cap")? {
+        None => None,
+        Some(mut cap) => {
+            let max = match cap.take("max") {
+                None => return Err(cap.missing("max")),
+                Some(v) => match v.as_i64() {
+                    Some(n) if (1..=1000).contains(&n) => n as i32,
+                    _ => {
+                        return Err(cap.invalid_value(
+                            "max",
+                            "`frequency_cap.max` must be a whole number from 1 to 1000",
+                        ));
+                    }
+                },
+            };
+            let per = cap.req_str("per")?;
+            let per = herald_core::schedule::parse_offset(&per)
+                .map_err(|e| cap.invalid_value("per", e.0))?;
+            cap.finish()?;
+            Some((max, per))
+        }
+    })
+}
+
 fn parse_new_tenant(body: Value) -> ApiResult<NewTenant> {
     let mut f = Fields::new(body)?;
     let name = f.req_str("name")?;
@@ -71,28 +123,7 @@ fn parse_new_tenant(body: Value) -> ApiResult<NewTenant> {
         .map(|s| parse_email_sender(&s))
         .transpose()
         .map_err(|e| f.invalid_value("email_from", e.0))?;
-    // Absent: the default window. `null`: no quiet hours.
-    let explicit_null = f.has("quiet_hours");
-    let quiet_hours = match f.opt_object("quiet_hours")? {
-        Some(mut q) => {
-            let start = q.req_str("start")?;
-            let end = q.req_str("end")?;
-            let start = parse_local_time(&start).map_err(|e| q.invalid_value("start", e.0))?;
-            let end = parse_local_time(&end).map_err(|e| q.invalid_value("end", e.0))?;
-            if start == end {
-                return Err(
-                    q.invalid_value("end", "quiet hours must not start and end at the same time")
-                );
-            }
-            q.finish()?;
-            Some((start, end))
-        }
-        None if explicit_null => None,
-        None => Some((
-            parse_local_time(DEFAULT_QUIET.0).map_err(|e| ApiError::internal(&e))?,
-            parse_local_time(DEFAULT_QUIET.1).map_err(|e| ApiError::internal(&e))?,
-        )),
-    };
+    let quiet_hours = quiet_hours(&mut f)?;
     let text = |f: &mut Fields, name: &str, max: usize| -> ApiResult<Option<String>> {
         match f.opt_str(name)? {
             Some(t) if t.trim().is_empty() || t.chars().count() > max => {
@@ -118,28 +149,7 @@ fn parse_new_tenant(body: Value) -> ApiResult<NewTenant> {
         },
     };
     let require_consent_for_bulk = f.opt_bool("require_consent_for_bulk")?.unwrap_or(false);
-    let frequency_cap = match f.opt_object("frequency_cap")? {
-        None => None,
-        Some(mut cap) => {
-            let max = match cap.take("max") {
-                None => return Err(cap.missing("max")),
-                Some(v) => match v.as_i64() {
-                    Some(n) if (1..=1000).contains(&n) => n as i32,
-                    _ => {
-                        return Err(cap.invalid_value(
-                            "max",
-                            "`frequency_cap.max` must be a whole number from 1 to 1000",
-                        ));
-                    }
-                },
-            };
-            let per = cap.req_str("per")?;
-            let per = herald_core::schedule::parse_offset(&per)
-                .map_err(|e| cap.invalid_value("per", e.0))?;
-            cap.finish()?;
-            Some((max, per))
-        }
-    };
+    let frequency_cap = frequency_cap(&mut f)?;
     f.finish()?;
     Ok(NewTenant {
         require_consent_for_bulk,
