@@ -74,6 +74,9 @@ pub struct TenantIn {
     require_consent_for_bulk: Option<bool>,
     /// At most `max` (1..1000) bulk messages per contact within `per` (`30m`, `24h`, `7d`).
     frequency_cap: Option<FrequencyCapIn>,
+    /// A Twilio Messaging Service (`MG` + 32 hex) to send SMS through instead of `sms_from`
+    /// (Herald then sends `MessagingServiceSid`, not `From`).
+    messaging_service_sid: Option<String>,
 }
 
 #[derive(ToSchema)]

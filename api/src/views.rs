@@ -160,6 +160,8 @@ pub struct CreatedTenant {
     pub webhook_secret: String,
     pub timezone: String,
     pub sms_from: Option<String>,
+    /// The Twilio Messaging Service SMS are sent through, if any (instead of `sms_from`).
+    pub messaging_service_sid: Option<String>,
     pub email_from: Option<String>,
     pub quiet_hours: Option<QuietHours>,
     /// A bulk SMS to a contact whose consent is not `opted_in` is suppressed (`no consent`).
@@ -202,6 +204,7 @@ impl CreatedTenant {
             webhook_secret: t.webhook_secret,
             timezone: t.timezone,
             sms_from: t.sms_from,
+            messaging_service_sid: t.messaging_service_sid,
             email_from: t.email_from,
             quiet_hours,
             require_consent_for_bulk: t.require_consent_for_bulk,

@@ -385,3 +385,49 @@ async fn a_message_is_transactional_unless_it_says_bulk() {
     let read = app.message(&tenant, &bulk.id).await;
     assert_eq!(read.priority, "bulk", "kept with the row: {read}");
 }
+
+#[tokio::test]
+async fn a_tenant_with_a_messaging_service_sends_through_it_not_from_its_number() {
+    let (app, twilio) = app_with_twilio().await;
+    let service = format!("MG{}", "0123456789abcdef".repeat(2));
+    let tenant = app
+        .tenant_with(json!({"messaging_service_sid": service}))
+        .await;
+    let m = app
+        .post_sms(&tenant, "+15551300201", "via the service")
+        .await;
+    app.wait_for_status(&tenant, &m.id, "sent", Duration::from_secs(15))
+        .await;
+    let call = &twilio.sent_to("+15551300201")[0];
+    assert_eq!(
+        call.form.get("MessagingServiceSid"),
+        Some(&service),
+        "{:?}",
+        call.form
+    );
+    assert_eq!(call.form.get("From"), None, "Twilio picks the number");
+
+    // A tenant without one still sends from its number.
+    let plain = app.tenant().await;
+    let m = app
+        .post_sms(&plain, "+15551300202", "from the number")
+        .await;
+    app.wait_for_status(&plain, &m.id, "sent", Duration::from_secs(15))
+        .await;
+    let call = &twilio.sent_to("+15551300202")[0];
+    assert_eq!(call.form.get("From"), plain.sms_from.as_ref());
+    assert_eq!(call.form.get("MessagingServiceSid"), None);
+
+    let (status, body) = app
+        .post(
+            "/v1/admin/tenants",
+            &app.ops_token,
+            &json!({"name": "Bad service", "messaging_service_sid": "MG123"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        api_error(&body).field.as_deref(),
+        Some("messaging_service_sid")
+    );
+}

@@ -279,6 +279,13 @@ async fn twilio_create(
     if !authorized {
         return twilio_error(401, 20003, "Authenticate");
     }
+    if !form.contains_key("From") && !form.contains_key("MessagingServiceSid") {
+        return twilio_error(
+            400,
+            21603,
+            "A 'From' or 'MessagingServiceSid' parameter is required",
+        );
+    }
     match reply {
         Reply::Accept => twilio_created(&mock, &form),
         Reply::Hang(d) => {
@@ -422,7 +429,12 @@ fn twilio_created(mock: &TwilioMock, form: &HashMap<String, String>) -> Response
     mock.state.lock().unwrap().created.push(TwilioMessage {
         sid: sid.clone(),
         to: form.get("To").cloned().unwrap_or_default(),
-        from: form.get("From").cloned().unwrap_or_default(),
+        // Through a Messaging Service, Twilio picks the number: the mock keeps the service.
+        from: form
+            .get("From")
+            .or_else(|| form.get("MessagingServiceSid"))
+            .cloned()
+            .unwrap_or_default(),
         body: form.get("Body").cloned().unwrap_or_default(),
         status: "queued".to_owned(),
         created: Utc::now(),
@@ -438,6 +450,7 @@ fn twilio_created(mock: &TwilioMock, form: &HashMap<String, String>) -> Response
         "error_code": null,
         "error_message": null,
         "from": form.get("From"),
+        "messaging_service_sid": form.get("MessagingServiceSid"),
         "messaging_service_sid": null,
         "num_media": "0",
         "num_segments": "1",

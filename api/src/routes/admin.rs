@@ -5,6 +5,7 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
 };
+use herald_core::providers::twilio::is_messaging_service;
 use herald_core::{
     domain::{PhoneNumber, TimeZone, parse_email_sender, parse_local_time},
     services::tenants::{self, NewTenant},
@@ -150,8 +151,18 @@ fn parse_new_tenant(body: Value) -> ApiResult<NewTenant> {
     };
     let require_consent_for_bulk = f.opt_bool("require_consent_for_bulk")?.unwrap_or(false);
     let frequency_cap = frequency_cap(&mut f)?;
+    let messaging_service_sid = match f.opt_str("messaging_service_sid")? {
+        Some(sid) if !is_messaging_service(&sid) => {
+            return Err(f.invalid_value(
+                "messaging_service_sid",
+                "`messaging_service_sid` is a Twilio Messaging Service sid: MG and 32 hex digits",
+            ));
+        }
+        other => other,
+    };
     f.finish()?;
     Ok(NewTenant {
+        messaging_service_sid,
         require_consent_for_bulk,
         frequency_cap,
         name,

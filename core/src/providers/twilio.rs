@@ -11,6 +11,13 @@ use super::{
 };
 use crate::config::Secret;
 
+/// Whether a sender is a Twilio Messaging Service sid (`MG` and 32 hex digits).
+pub fn is_messaging_service(sender: &str) -> bool {
+    sender.len() == 34
+        && sender.starts_with("MG")
+        && sender[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Messages per page of the list resource.
 const PAGE_SIZE: u32 = 50;
 /// The most pages one lookup reads (a recipient sent more than this many texts by one sender
@@ -97,10 +104,15 @@ impl Twilio {
     ) -> Result<Vec<Candidate>, String> {
         let oldest = since - CLOCK_SLACK;
         let mut url = reqwest::Url::parse(&self.messages_url).map_err(|e| e.to_string())?;
-        url.query_pairs_mut()
-            .append_pair("To", m.to)
-            .append_pair("From", from)
-            .append_pair("PageSize", &PAGE_SIZE.to_string());
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("To", m.to);
+            // A Messaging Service's messages come from its numbers: the list is read by recipient.
+            if !is_messaging_service(from) {
+                query.append_pair("From", from);
+            }
+            query.append_pair("PageSize", &PAGE_SIZE.to_string());
+        }
         let mut found = Vec::new();
         for _ in 0..MAX_PAGES {
             let response = self
@@ -183,9 +195,15 @@ impl Provider for Twilio {
                 };
             };
             let callback = self.status_callback(m);
+            // A Messaging Service (`MG...`) picks the number itself.
+            let sender = if is_messaging_service(from) {
+                "MessagingServiceSid"
+            } else {
+                "From"
+            };
             let form = [
                 ("To", m.to),
-                ("From", from),
+                (sender, from),
                 ("Body", m.body),
                 ("StatusCallback", callback.as_str()),
             ];

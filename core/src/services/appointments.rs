@@ -69,7 +69,7 @@ fn addresses(
                     "the contact has no phone number",
                 )
             })?,
-            Some(tenant.sms_from.clone().ok_or_else(|| {
+            Some(tenant.sms_sender().ok_or_else(|| {
                 invalid(
                     "channel",
                     "sms_from_not_configured",

@@ -151,7 +151,7 @@ fn template(
     now: DateTime<Utc>,
 ) -> Result<SendTemplate, GroupError> {
     let from = match new.channel {
-        Channel::Sms => tenant.sms_from.clone(),
+        Channel::Sms => tenant.sms_sender(),
         Channel::Email => tenant.email_from.clone(),
         Channel::Webhook => None,
     };

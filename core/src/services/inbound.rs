@@ -119,7 +119,7 @@ pub async fn receive(
             &tenant.id,
             Channel::Sms,
             &inbound.from,
-            tenant.sms_from.as_deref(),
+            tenant.sms_sender().as_deref(),
             &help_text(&tenant),
             "system",
         );
@@ -281,7 +281,7 @@ pub async fn missed_call(
         &tenant.id,
         Channel::Sms,
         &call.from,
-        tenant.sms_from.as_deref(),
+        tenant.sms_sender().as_deref(),
         &missed_call_text(&tenant),
         "system",
     );

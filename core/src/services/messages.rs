@@ -189,8 +189,7 @@ fn sender(tenant: &TenantRow, channel: Channel) -> Result<Option<String>, Create
     Ok(match channel {
         Channel::Sms => Some(
             tenant
-                .sms_from
-                .clone()
+                .sms_sender()
                 .ok_or_else(|| missing("sms_from_not_configured", "sms_from number"))?,
         ),
         Channel::Email => Some(

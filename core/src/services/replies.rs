@@ -60,7 +60,7 @@ pub async fn human_reply(
         &tenant.id,
         Channel::Sms,
         phone,
-        tenant.sms_from.as_deref(),
+        tenant.sms_sender().as_deref(),
         body,
         "human",
     );
@@ -178,7 +178,7 @@ async fn daily(
         .unwrap_or(chrono_tz::UTC);
     let (to, from) = match sub.channel {
         Channel::Email => (contact.email.clone(), tenant.email_from.clone()),
-        _ => (contact.phone.clone(), tenant.sms_from.clone()),
+        _ => (contact.phone.clone(), tenant.sms_sender()),
     };
     let Some(to) = to else { return Ok(()) };
     let system = tenant
@@ -303,7 +303,7 @@ async fn answer(r: &Replier, inbound_id: &str) -> Result<(), JobError> {
         &tenant.id,
         Channel::Sms,
         phone,
-        tenant.sms_from.as_deref(),
+        tenant.sms_sender().as_deref(),
         &text,
         "ai",
     );

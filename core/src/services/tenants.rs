@@ -38,6 +38,8 @@ pub struct NewTenant {
     pub require_consent_for_bulk: bool,
     /// At most this many bulk messages per contact within this span.
     pub frequency_cap: Option<(i32, std::time::Duration)>,
+    /// A Twilio Messaging Service (`MG` + 32 hex) to send SMS through instead of `sms_from`.
+    pub messaging_service_sid: Option<String>,
 }
 
 #[derive(Debug)]
@@ -102,6 +104,7 @@ pub async fn create(db: &PgPool, new: &NewTenant) -> Result<CreatedTenant, Tenan
         missed_call_cooldown_minutes: new.missed_call_cooldown_minutes,
         require_consent_for_bulk: new.require_consent_for_bulk,
         frequency_cap: new.frequency_cap,
+        messaging_service_sid: new.messaging_service_sid.as_deref(),
     };
     let Some(tenant) = tenants::insert(&mut tx, &row)
         .await

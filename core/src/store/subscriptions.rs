@@ -93,7 +93,7 @@ pub async fn due(db: impl PgExecutor<'_>, limit: i64) -> Result<Vec<Due>, sqlx::
     sqlx::query_as::<_, Due>(
         "SELECT s.id, s.tenant_id, s.contact_id, s.channel, s.content_kind, s.content, z.zone,
                 l.local_now::date AS local_date,
-                c.phone, c.email, c.name, t.sms_from, t.email_from
+                c.phone, c.email, c.name, COALESCE(t.messaging_service_sid, t.sms_from) AS sms_from, t.email_from
          FROM subscriptions s
          JOIN contacts c ON c.id = s.contact_id
          JOIN tenants t ON t.id = s.tenant_id

@@ -24,6 +24,17 @@ pub struct TenantRow {
     /// At most `max` bulk messages per contact within `per` (both or neither).
     pub frequency_cap_max: Option<i32>,
     pub frequency_cap_per: Option<sqlx::postgres::types::PgInterval>,
+    /// A Twilio Messaging Service (`MG...`) SMS go through instead of `sms_from`.
+    pub messaging_service_sid: Option<String>,
+}
+
+impl TenantRow {
+    /// What this tenant's SMS are sent from: its Messaging Service, else its number.
+    pub fn sms_sender(&self) -> Option<String> {
+        self.messaging_service_sid
+            .clone()
+            .or_else(|| self.sms_from.clone())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +54,7 @@ pub struct NewTenantRow<'a> {
     pub require_consent_for_bulk: bool,
     /// `(max, per)`.
     pub frequency_cap: Option<(i32, std::time::Duration)>,
+    pub messaging_service_sid: Option<&'a str>,
 }
 
 /// Inserts a tenant; `Ok(None)` when its `sms_from` belongs to another tenant already.
@@ -53,9 +65,10 @@ pub async fn insert(
     sqlx::query_as::<_, TenantRow>(
         "INSERT INTO tenants (id, name, timezone, sms_from, email_from, quiet_start, quiet_end, webhook_secret,
                               help_text, system_prompt, canned_reply, missed_call_text, missed_call_cooldown_minutes,
-                              require_consent_for_bulk, frequency_cap_max, frequency_cap_per)
+                              require_consent_for_bulk, frequency_cap_max, frequency_cap_per,
+                              messaging_service_sid)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                 make_interval(secs => $16::float8))
+                 make_interval(secs => $16::float8), $17)
          ON CONFLICT (sms_from) DO NOTHING
          RETURNING *",
     )
@@ -75,6 +88,7 @@ pub async fn insert(
     .bind(t.require_consent_for_bulk)
     .bind(t.frequency_cap.map(|c| c.0))
     .bind(t.frequency_cap.map(|c| c.1.as_secs_f64()))
+    .bind(t.messaging_service_sid)
     .fetch_optional(conn)
     .await
 }

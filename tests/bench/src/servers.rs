@@ -277,6 +277,7 @@ impl Stack {
                 missed_call_cooldown_minutes: 10,
                 require_consent_for_bulk: false,
                 frequency_cap: None,
+                messaging_service_sid: None,
             },
         )
         .await?)
