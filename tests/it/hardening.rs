@@ -238,13 +238,31 @@ async fn a_message_committed_long_after_its_id_was_minted_is_still_queued_by_the
     row.id = id.clone();
     let mut tx = app.db.begin().await.unwrap();
     messages::insert(&mut *tx, &row).await.unwrap();
+    let opened = chrono::Utc::now();
 
     // Meanwhile other messages come and go, and the sweep keeps running.
     let other = app.post_sms(&tenant, "+15559200002", "meanwhile").await;
     app.wait_for_status(&tenant, &other.id, "sent", Duration::from_secs(10))
         .await;
-    // The long transaction is the scenario itself: it stays open past the grace.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // The long transaction is the scenario itself: it stays open until the sweep has stepped
+    // again more than twice the grace (3 s) after it began.
+    let past_grace = opened + chrono::Duration::seconds(6);
+    eventually(
+        Duration::from_secs(30),
+        "the outbox sweep steps on past the grace while the transaction is open",
+        || async {
+            let stepped: Option<bool> = sqlx::query_scalar(
+                "SELECT next_at > $1 FROM outbox_watermarks WHERE name = 'deliveries'",
+            )
+            .bind(past_grace)
+            .fetch_optional(&app.db)
+            .await
+            .unwrap()
+            .flatten();
+            stepped.filter(|s| *s)
+        },
+    )
+    .await;
     tx.commit().await.unwrap();
 
     app.wait_for_status(&tenant, &id, "sent", Duration::from_secs(30))

@@ -313,14 +313,15 @@ async fn failed_attempts_follow_the_policy_survive_a_restart_and_end_dead() {
 async fn a_long_job_keeps_its_lease_while_it_runs() {
     let engine = Engine::new(8, fast_policy()).await;
     let runs: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let finish = Arc::new(tokio::sync::Notify::new());
     let handler = {
-        let runs = runs.clone();
+        let (runs, finish) = (runs.clone(), finish.clone());
         move |_: Value, meta: herald_core::queue::JobMeta| {
-            let runs = runs.clone();
+            let (runs, finish) = (runs.clone(), finish.clone());
             async move {
                 runs.lock().unwrap().push(meta.attempt);
-                // Five leases long: only the heartbeat keeps the job here.
-                tokio::time::sleep(Duration::from_millis(1500)).await;
+                // Runs until the test has seen its lease carried past five lease lengths.
+                finish.notified().await;
                 Ok(())
             }
         }
@@ -332,6 +333,30 @@ async fn a_long_job_keeps_its_lease_while_it_runs() {
         .push("long", &json!({}), now_ms())
         .await
         .unwrap();
+    // The lease's deadline, as the heartbeat moves it: only the heartbeat keeps the job here.
+    let inflight = format!("{{{}:{}}}:inflight", engine.prefix, engine.name);
+    let lease_until = || async {
+        let mut conn = engine.redis.clone();
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(&inflight)
+            .arg("long")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        score.map(|s| s as i64)
+    };
+    let first = eventually(Duration::from_secs(10), "the long job starts", lease_until).await;
+    eventually(
+        Duration::from_secs(10),
+        "the heartbeat carries the lease past five lease lengths",
+        || async {
+            lease_until()
+                .await
+                .filter(|until| *until >= first + 5 * 300)
+        },
+    )
+    .await;
+    finish.notify_one();
     eventually(
         Duration::from_secs(10),
         "the long job completed",
@@ -365,7 +390,7 @@ async fn graceful_shutdown_hands_unfinished_leases_back_at_once() {
                     .unwrap()
                     .push((meta.attempt, Instant::now(), who));
                 if hang {
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    std::future::pending::<()>().await;
                 }
                 Ok(())
             }
