@@ -77,6 +77,9 @@ pub struct TenantIn {
     /// A Twilio Messaging Service (`MG` + 32 hex) to send SMS through instead of `sms_from`
     /// (Herald then sends `MessagingServiceSid`, not `From`).
     messaging_service_sid: Option<String>,
+    /// SMS segments per second (over 0, at most 10000), over the pace the sender's class gives:
+    /// short code 100, toll-free 3, other numbers 1, a Messaging Service 10.
+    sms_mps: Option<f64>,
 }
 
 #[derive(ToSchema)]

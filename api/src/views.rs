@@ -1,7 +1,10 @@
 //! What the API answers with: the contract's JSON shapes, built from store rows.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use herald_core::domain::{Channel, Segments};
+use std::collections::HashMap;
+
+use herald_core::domain::{Channel, MessageStatus, Segments};
+use herald_core::queue::Queue;
 use herald_core::store::{
     messages::{EventRow, MessageRow, segment_count},
     tenants::TenantRow,
@@ -60,6 +63,10 @@ pub struct Message {
     /// An SMS: the segments it is sent and billed as (160 GSM-7 characters or 70 UCS-2 in
     /// one; 153 or 67 each when split). Null for email and webhooks.
     pub segments: Option<i16>,
+    /// When it is expected to leave, given its time, its retries and its sender's pace (the
+    /// due transactional messages before it, for a bulk one). Null once it has left, or for
+    /// an inbound message.
+    pub expected_at: Option<String>,
 }
 
 impl From<MessageRow> for Message {
@@ -73,6 +80,7 @@ impl From<MessageRow> for Message {
             }
             _ => (None, None),
         };
+        let expected_at = waiting(&m.direction, m.status).then(|| time(m.send_at.max(Utc::now())));
         let body = if m.channel == Channel::Webhook {
             serde_json::from_str(&m.body).unwrap_or(serde_json::Value::String(m.body))
         } else {
@@ -102,7 +110,53 @@ impl From<MessageRow> for Message {
             priority: m.priority.as_str().to_owned(),
             encoding: encoding.map(|e| e.as_str().to_owned()),
             segments,
+            expected_at,
         }
+    }
+}
+
+/// Whether an outbound message has yet to leave.
+fn waiting(direction: &str, status: MessageStatus) -> bool {
+    direction == "outbound"
+        && matches!(
+            status,
+            MessageStatus::Scheduled | MessageStatus::Queued | MessageStatus::Retrying
+        )
+}
+
+impl Message {
+    /// Messages as the API shows them, with `expected_at` from the queue: when each waiting
+    /// one's job is due, or its sender's pace reaches it. While Redis cannot say, the time
+    /// asked for (or now) stands.
+    pub async fn with_expected(queue: &Queue, rows: Vec<MessageRow>) -> Vec<Message> {
+        let ids: Vec<&str> = rows
+            .iter()
+            .filter(|m| waiting(&m.direction, m.status))
+            .map(|m| m.id.as_str())
+            .collect();
+        let expected: HashMap<String, i64> = match queue.expected(&ids).await {
+            Ok(at) => ids
+                .iter()
+                .zip(at)
+                .filter_map(|(id, at)| Some(((*id).to_owned(), at?)))
+                .collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "expected times unavailable");
+                HashMap::new()
+            }
+        };
+        rows.into_iter()
+            .map(|m| {
+                let at = expected.get(&m.id).copied();
+                let mut view = Message::from(m);
+                if let (Some(ms), Some(_)) = (at, &view.expected_at)
+                    && let Some(t) = DateTime::<Utc>::from_timestamp_millis(ms)
+                {
+                    view.expected_at = Some(time(t));
+                }
+                view
+            })
+            .collect()
     }
 }
 

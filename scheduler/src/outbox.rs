@@ -34,7 +34,11 @@ pub async fn sweep(db: &PgPool, queue: &Queue) -> anyhow::Result<usize> {
         let jobs = due
             .iter()
             .map(|m| {
-                let job = DeliveryJob::new(&m.id, &m.tenant_id, m.channel, &m.to_addr);
+                let job = DeliveryJob::new(&m.id, &m.tenant_id, m.channel, &m.to_addr).paced(
+                    m.priority,
+                    m.from_addr.as_deref(),
+                    m.segments,
+                );
                 NewJob::new(m.id.clone(), &job, m.send_at.timestamp_millis())
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -56,7 +56,11 @@ pub async fn deliveries(
                 } else {
                     m.send_at
                 };
-                let job = DeliveryJob::new(&m.id, &m.tenant_id, m.channel, &m.to_addr);
+                let job = DeliveryJob::new(&m.id, &m.tenant_id, m.channel, &m.to_addr).paced(
+                    m.priority,
+                    m.from_addr.as_deref(),
+                    m.segments,
+                );
                 NewJob::new(m.id.clone(), &job, due.timestamp_millis())
             })
             .collect::<Result<Vec<_>, _>>()?;

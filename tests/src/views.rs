@@ -70,6 +70,8 @@ pub struct MessageView {
     pub encoding: Option<String>,
     /// An SMS: how many segments it is sent as; null otherwise.
     pub segments: Option<i64>,
+    /// When it is expected to leave; null once it has.
+    pub expected_at: Option<String>,
     /// Oldest first; empty where the answer carries none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<EventView>,

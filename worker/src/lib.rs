@@ -84,7 +84,10 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
     };
     let workers = Workers {
         replies: queue::ai_replies(&config, client, conn),
-        deliverer: Arc::new(Deliverer::from_config(&config, pool, Some(limiter), &tasks)),
+        deliverer: Arc::new(
+            Deliverer::from_config(&config, pool, Some(limiter), &tasks)
+                .with_pacing(deliveries.clone()),
+        ),
         replier: Arc::new(replier),
         deliveries,
     };

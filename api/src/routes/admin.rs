@@ -160,8 +160,21 @@ fn parse_new_tenant(body: Value) -> ApiResult<NewTenant> {
         }
         other => other,
     };
+    let sms_mps = match f.take("sms_mps") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_f64() {
+            Some(mps) if mps > 0.0 && mps <= 10_000.0 => Some(mps),
+            _ => {
+                return Err(f.invalid_value(
+                    "sms_mps",
+                    "`sms_mps` is segments per second: a number over 0, at most 10000",
+                ));
+            }
+        },
+    };
     f.finish()?;
     Ok(NewTenant {
+        sms_mps,
         messaging_service_sid,
         require_consent_for_bulk,
         frequency_cap,

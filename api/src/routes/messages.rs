@@ -265,8 +265,11 @@ pub async fn get_message(
     let (message, events) = service::get(&state.db, &auth.tenant.id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("message"))?;
+    let message = views::Message::with_expected(&state.queue, vec![message])
+        .await
+        .remove(0);
     Ok(Json(views::MessageWithEvents {
-        message: message.into(),
+        message,
         events: events.into_iter().map(Into::into).collect(),
         tenant_id: None,
     }))
@@ -312,7 +315,7 @@ pub async fn list_messages(
     let (rows, next_cursor) =
         service::list(&state.db, &auth.tenant.id, &filter, page.limit).await?;
     Ok(Json(views::MessagePage {
-        data: rows.into_iter().map(Into::into).collect(),
+        data: views::Message::with_expected(&state.queue, rows).await,
         next_cursor,
     }))
 }

@@ -3,7 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Channel;
+use super::{Channel, Priority, Segments};
+use crate::{
+    queue::{Flow, QueuedJob},
+    store::messages::MessageRow,
+};
 
 /// The job on the `deliveries` queue: which message to send. The job id is the message id,
 /// so pushing the same message twice leaves one job.
@@ -22,6 +26,15 @@ pub struct DeliveryJob {
     /// The API request that caused it, so the worker's log lines carry it too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Bulk jobs wait behind every due transactional one (absent: transactional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// An SMS: the number or Messaging Service it leaves from, and its segments, for the
+    /// sender's pace (absent in jobs queued before pacing: those are not paced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments: Option<u16>,
 }
 
 impl DeliveryJob {
@@ -36,6 +49,50 @@ impl DeliveryJob {
             channel: Some(channel),
             host,
             request_id: None,
+            priority: None,
+            sender: None,
+            segments: None,
+        }
+    }
+
+    /// The job for a stored message: its tenant, channel and target, its priority, and for
+    /// an SMS its sender and segments.
+    pub fn for_message(m: &MessageRow) -> Self {
+        let segments = m
+            .segments
+            .or_else(|| i16::try_from(Segments::of(&m.body).count).ok());
+        Self::new(&m.id, &m.tenant_id, m.channel, &m.to_addr).paced(
+            m.priority,
+            m.from_addr.as_deref(),
+            segments,
+        )
+    }
+
+    /// With its priority and, for an SMS, what its sender's pace needs.
+    pub fn paced(
+        mut self,
+        priority: Priority,
+        sender: Option<&str>,
+        segments: Option<i16>,
+    ) -> Self {
+        self.priority = (priority == Priority::Bulk).then_some(Priority::Bulk);
+        if self.channel == Some(Channel::Sms) {
+            self.sender = sender.map(str::to_owned);
+            self.segments = Some(segments.and_then(|n| u16::try_from(n).ok()).unwrap_or(1));
+        }
+        self
+    }
+
+    pub fn priority(&self) -> Priority {
+        self.priority.unwrap_or(Priority::Transactional)
+    }
+}
+
+impl QueuedJob for DeliveryJob {
+    fn flow(&self) -> Flow {
+        Flow {
+            priority: self.priority(),
+            tenant: self.tenant_id.clone(),
         }
     }
 }
@@ -62,3 +119,5 @@ pub enum AiJob {
         local_date: chrono::NaiveDate,
     },
 }
+
+impl QueuedJob for AiJob {}

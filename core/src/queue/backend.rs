@@ -39,7 +39,7 @@ use tower::{Layer, Service};
 use tracing::{Instrument, debug, error, info_span, warn};
 
 use super::{
-    BUCKET_TTL_SECS, CHUNK, Queue, QueueError,
+    BUCKET_TTL_SECS, CHUNK, Pace, Queue, QueueError,
     job::{JobError, JobMeta},
     now_ms,
 };
@@ -74,6 +74,8 @@ struct Leased {
     id: String,
     payload: String,
     attempt: u32,
+    /// The job was released from its sender's pace: its slot is taken.
+    paced: bool,
 }
 
 struct FetchResult {
@@ -89,21 +91,9 @@ impl Queue {
         lease: Duration,
         token: &str,
     ) -> Result<FetchResult, QueueError> {
-        let k = &self.inner.keys;
         let now = now_ms();
         let values: Vec<redis::Value> = self
-            .inner
-            .scripts
-            .fetch
-            .key(&k.data)
-            .key(&k.attempts)
-            .key(&k.errors)
-            .key(&k.scheduled)
-            .key(&k.ready)
-            .key(&k.inflight)
-            .key(&k.lease)
-            .key(&k.dead)
-            .key(k.failed_bucket(now))
+            .invoke(&self.inner.scripts.fetch, now)
             .arg(now)
             .arg(n)
             .arg(lease.as_millis() as u64)
@@ -119,29 +109,22 @@ impl Queue {
             _ => -1,
         };
         let mut jobs = Vec::new();
-        while let (Some(id), Some(payload), Some(attempt)) = (it.next(), it.next(), it.next()) {
-            let id: String = redis::from_redis_value(id)?;
-            let payload: String = redis::from_redis_value(payload)?;
-            let attempt: u32 = redis::from_redis_value(attempt)?;
+        while let (Some(id), Some(payload), Some(attempt), Some(granted)) =
+            (it.next(), it.next(), it.next(), it.next())
+        {
             jobs.push(Leased {
-                id,
-                payload,
-                attempt,
+                id: redis::from_redis_value(id)?,
+                payload: redis::from_redis_value(payload)?,
+                attempt: redis::from_redis_value(attempt)?,
+                paced: redis::from_redis_value::<i64>(granted)? == 1,
             });
         }
         Ok(FetchResult { jobs, hint })
     }
 
     async fn ack_many(&self, items: &[(String, Arc<str>)]) -> Result<usize, QueueError> {
-        let k = &self.inner.keys;
-        let mut inv = self.inner.scripts.ack.prepare_invoke();
-        inv.key(&k.data)
-            .key(&k.attempts)
-            .key(&k.errors)
-            .key(&k.inflight)
-            .key(&k.lease)
-            .key(k.done_bucket(now_ms()))
-            .arg(BUCKET_TTL_SECS);
+        let mut inv = self.invoke(&self.inner.scripts.ack, now_ms());
+        inv.arg(BUCKET_TTL_SECS);
         for (id, token) in items {
             inv.arg(id).arg(&**token);
         }
@@ -149,7 +132,6 @@ impl Queue {
     }
 
     async fn settle(&self, id: &str, token: &str, settle: &Settle) -> Result<String, QueueError> {
-        let k = &self.inner.keys;
         let now = now_ms();
         let (kind, due, error) = match settle {
             Settle::Retry { delay, error } => {
@@ -158,19 +140,10 @@ impl Queue {
             Settle::RetryAt { at_ms, error } => ("retry_at", *at_ms, error.as_str()),
             Settle::Defer { at_ms, reason } => ("defer", *at_ms, reason.as_str()),
             Settle::Dead { error } => ("dead", now, error.as_str()),
+            Settle::Park(pace) => return self.park(id, token, pace).await,
         };
         Ok(self
-            .inner
-            .scripts
-            .settle
-            .key(&k.attempts)
-            .key(&k.errors)
-            .key(&k.scheduled)
-            .key(&k.inflight)
-            .key(&k.lease)
-            .key(&k.dead)
-            .key(k.failed_bucket(now))
-            .key(&k.notify)
+            .invoke(&self.inner.scripts.settle, now)
             .arg(now)
             .arg(id)
             .arg(token)
@@ -183,20 +156,35 @@ impl Queue {
             .await?)
     }
 
+    async fn park(&self, id: &str, token: &str, pace: &Pace) -> Result<String, QueueError> {
+        let now = now_ms();
+        Ok(self
+            .invoke(&self.inner.scripts.park, now)
+            .arg(now)
+            .arg(id)
+            .arg(token)
+            .arg(&pace.sender)
+            .arg(match pace.priority {
+                crate::domain::Priority::Transactional => "0",
+                crate::domain::Priority::Bulk => "1",
+            })
+            .arg(pace.cost)
+            .arg(pace.rate)
+            .invoke_async(&mut self.inner.conn.clone())
+            .await?)
+    }
+
     async fn extend(
         &self,
         ids: &[String],
         lease: Duration,
         token: &str,
     ) -> Result<Vec<String>, QueueError> {
-        let k = &self.inner.keys;
         let mut lost = Vec::new();
         for chunk in ids.chunks(CHUNK) {
-            let mut inv = self.inner.scripts.extend.prepare_invoke();
-            inv.key(&k.inflight)
-                .key(&k.lease)
-                .arg(now_ms() + lease.as_millis() as i64)
-                .arg(token);
+            let now = now_ms();
+            let mut inv = self.invoke(&self.inner.scripts.extend, now);
+            inv.arg(now + lease.as_millis() as i64).arg(token);
             for id in chunk {
                 inv.arg(id);
             }
@@ -207,16 +195,10 @@ impl Queue {
     }
 
     async fn release(&self, ids: &[String], token: &str) -> Result<usize, QueueError> {
-        let k = &self.inner.keys;
         let mut total = 0;
         for chunk in ids.chunks(CHUNK) {
-            let mut inv = self.inner.scripts.release.prepare_invoke();
-            inv.key(&k.attempts)
-                .key(&k.inflight)
-                .key(&k.lease)
-                .key(&k.ready)
-                .key(&k.notify)
-                .arg(token);
+            let mut inv = self.invoke(&self.inner.scripts.release, now_ms());
+            inv.arg(token);
             for id in chunk {
                 inv.arg(id);
             }
@@ -229,10 +211,23 @@ impl Queue {
 
 /// How a finished attempt is settled in Redis.
 enum Settle {
-    Retry { delay: Duration, error: String },
-    RetryAt { at_ms: i64, error: String },
-    Defer { at_ms: i64, reason: String },
-    Dead { error: String },
+    Retry {
+        delay: Duration,
+        error: String,
+    },
+    RetryAt {
+        at_ms: i64,
+        error: String,
+    },
+    Defer {
+        at_ms: i64,
+        reason: String,
+    },
+    Dead {
+        error: String,
+    },
+    /// Wait behind the sender's pace.
+    Park(Pace),
 }
 
 /// State shared by a worker process's tasks for one queue.
@@ -306,6 +301,7 @@ fn log_settled(meta: &JobMeta, settle: &Settle, outcome: &str) {
         (_, "lost") => "lost",
         (_, "dead") => "dead",
         (Settle::Defer { .. }, _) => "deferred",
+        (Settle::Park(_), _) => "paced",
         _ => "retried",
     };
     ::metrics::counter!("herald_jobs_total", "queue" => meta.queue.clone(), "outcome" => recorded)
@@ -319,6 +315,7 @@ fn log_settled(meta: &JobMeta, settle: &Settle, outcome: &str) {
                 | Settle::RetryAt { error, .. }
                 | Settle::Dead { error } => error.as_str(),
                 Settle::Defer { reason, .. } => reason.as_str(),
+                Settle::Park(_) => "",
             };
             error!(queue = %meta.queue, job_id = %meta.id, attempt = meta.attempt, error = %error, "job is dead")
         }
@@ -332,6 +329,8 @@ fn log_settled(meta: &JobMeta, settle: &Settle, outcome: &str) {
         }
         (Settle::Defer { at_ms, reason }, _) => debug!(queue = %meta.queue, job_id = %meta.id,
             in_ms = at_ms - now_ms(), reason = %reason, "job deferred"),
+        (Settle::Park(pace), _) => debug!(queue = %meta.queue, job_id = %meta.id,
+            sender = %pace.sender, "job waits for its sender's pace"),
         (Settle::Dead { .. }, _) => {}
     }
 }
@@ -613,6 +612,7 @@ async fn hand_over<J: DeserializeOwned>(
         id: job.id.clone(),
         attempt: job.attempt,
         queue: name.to_owned(),
+        paced: job.paced,
     };
     shared.leased().insert(job.id.clone());
     let args = match serde_json::from_str::<J>(&job.payload) {
@@ -880,6 +880,7 @@ fn verdict(shared: &Shared, meta: &JobMeta, error: &BoxDynError) -> Settle {
         Some(JobError::Permanent(message)) => Settle::Dead {
             error: text(message),
         },
+        Some(JobError::Park(pace)) => Settle::Park(pace.clone()),
         None => {
             let message = if let Some(abort) = error.downcast_ref::<AbortError>() {
                 format!("the handler panicked: {abort}")

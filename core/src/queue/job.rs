@@ -24,6 +24,10 @@ pub enum JobError {
     /// It will never work: the job goes to the dead set at once.
     #[error("{0}")]
     Permanent(String),
+    /// Its sender has no slot free now: the job waits behind the sender's pace, without
+    /// spending an attempt, and comes back with [`JobMeta::paced`] set.
+    #[error("waits for the pace of {}", .0.sender)]
+    Park(super::Pace),
 }
 
 impl JobError {
@@ -46,4 +50,6 @@ pub struct JobMeta {
     /// 1 on the first attempt of a run; includes attempts whose worker died.
     pub attempt: u32,
     pub queue: String,
+    /// The job was released from its sender's pace: the slot it needs is already taken.
+    pub paced: bool,
 }

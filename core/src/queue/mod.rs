@@ -15,6 +15,8 @@ use std::{fmt, sync::Arc, time::Duration};
 use redis::{AsyncCommands, Script, aio::ConnectionManager};
 use serde::{Serialize, de::DeserializeOwned};
 
+use crate::domain::Priority;
+
 pub use backend::{QueueBackend, WorkerHandle, WorkerOptions};
 pub use job::{JobError, JobMeta};
 pub use policy::RetryPolicy;
@@ -67,18 +69,29 @@ pub fn connect(url: &str) -> Result<(redis::Client, ConnectionManager), QueueErr
     Ok((client, manager))
 }
 
-/// The keys of one queue, all under the hash tag `{prefix:name}`.
+/// The keys of one queue, all under the hash tag `{prefix:name}` (see [`scripts`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
     pub data: String,
     pub attempts: String,
     pub errors: String,
     pub scheduled: String,
-    pub ready: String,
+    /// Due jobs as an older version kept them; the fetch drains it into the lanes.
+    pub legacy_ready: String,
     pub inflight: String,
     pub lease: String,
     pub dead: String,
     pub notify: String,
+    pub ready_tx: String,
+    pub ready_bulk: String,
+    flow: String,
+    vt_tx: String,
+    vt_bulk: String,
+    weights: String,
+    pub pace: String,
+    pub pacers: String,
+    pub parked: String,
+    granted: String,
     /// The Redis server run (`INFO server` run_id) whose data the queue was last reconciled
     /// with Postgres against.
     reconciled: String,
@@ -94,15 +107,52 @@ impl Keys {
             attempts: format!("{tag}:attempts"),
             errors: format!("{tag}:errors"),
             scheduled: format!("{tag}:scheduled"),
-            ready: format!("{tag}:ready"),
+            legacy_ready: format!("{tag}:ready"),
             inflight: format!("{tag}:inflight"),
             lease: format!("{tag}:lease"),
             dead: format!("{tag}:dead"),
             notify: format!("{tag}:notify"),
+            ready_tx: format!("{tag}:ready:0"),
+            ready_bulk: format!("{tag}:ready:1"),
+            flow: format!("{tag}:flow"),
+            vt_tx: format!("{tag}:vt:0"),
+            vt_bulk: format!("{tag}:vt:1"),
+            weights: format!("{tag}:weights"),
+            pace: format!("{tag}:pace"),
+            pacers: format!("{tag}:pacers"),
+            parked: format!("{tag}:parked"),
+            granted: format!("{tag}:granted"),
             reconciled: format!("{tag}:reconciled"),
             done: format!("{tag}:done"),
             failed: format!("{tag}:failed"),
         }
+    }
+
+    /// Every key a script gets, in the order its prelude names them.
+    fn all(&self, now_ms: i64) -> [String; 21] {
+        [
+            self.data.clone(),
+            self.attempts.clone(),
+            self.errors.clone(),
+            self.scheduled.clone(),
+            self.legacy_ready.clone(),
+            self.inflight.clone(),
+            self.lease.clone(),
+            self.dead.clone(),
+            self.notify.clone(),
+            self.ready_tx.clone(),
+            self.ready_bulk.clone(),
+            self.flow.clone(),
+            self.vt_tx.clone(),
+            self.weights.clone(),
+            self.pace.clone(),
+            self.pacers.clone(),
+            self.parked.clone(),
+            self.granted.clone(),
+            self.done_bucket(now_ms),
+            self.failed_bucket(now_ms),
+            self.vt_bulk.clone(),
+        ]
     }
 
     fn bucket(base: &str, now_ms: i64) -> String {
@@ -125,6 +175,9 @@ pub(crate) struct Scripts {
     pub settle: Script,
     pub extend: Script,
     pub release: Script,
+    pub take_slot: Script,
+    pub park: Script,
+    expected: Script,
     replay: Script,
     delete_dead: Script,
     remove_waiting: Script,
@@ -132,16 +185,20 @@ pub(crate) struct Scripts {
 
 impl Scripts {
     fn new() -> Self {
+        let script = |body: &str| Script::new(&scripts::with_prelude(body));
         Self {
-            push: Script::new(&scripts::with_helpers(scripts::PUSH)),
-            fetch: Script::new(&scripts::with_helpers(scripts::FETCH)),
-            ack: Script::new(&scripts::with_helpers(scripts::ACK)),
-            settle: Script::new(&scripts::with_helpers(scripts::SETTLE)),
-            extend: Script::new(scripts::EXTEND),
-            release: Script::new(scripts::RELEASE),
-            replay: Script::new(scripts::REPLAY),
-            delete_dead: Script::new(scripts::DELETE_DEAD),
-            remove_waiting: Script::new(scripts::REMOVE_WAITING),
+            push: script(scripts::PUSH),
+            fetch: script(scripts::FETCH),
+            ack: script(scripts::ACK),
+            settle: script(scripts::SETTLE),
+            extend: script(scripts::EXTEND),
+            release: script(scripts::RELEASE),
+            take_slot: script(scripts::TAKE_SLOT),
+            park: script(scripts::PARK),
+            expected: script(scripts::EXPECTED),
+            replay: script(scripts::REPLAY),
+            delete_dead: script(scripts::DELETE_DEAD),
+            remove_waiting: script(scripts::REMOVE_WAITING),
         }
     }
 }
@@ -173,17 +230,63 @@ impl fmt::Debug for Queue {
     }
 }
 
+/// Which lane a job waits in and whose share of the workers it takes: due transactional jobs
+/// go before due bulk ones, and within a lane the tenants with due jobs take turns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flow {
+    pub priority: Priority,
+    /// `None`: a job of no tenant in particular (all such jobs share one turn).
+    pub tenant: Option<String>,
+}
+
+impl Default for Flow {
+    fn default() -> Self {
+        Self {
+            priority: Priority::Transactional,
+            tenant: None,
+        }
+    }
+}
+
+impl Flow {
+    fn lane(priority: Priority) -> &'static str {
+        match priority {
+            Priority::Transactional => "0",
+            Priority::Bulk => "1",
+        }
+    }
+
+    /// As the scripts keep it: `lane|tenant`.
+    fn encode(&self) -> String {
+        format!(
+            "{}|{}",
+            Self::lane(self.priority),
+            self.tenant.as_deref().unwrap_or_default()
+        )
+    }
+}
+
+/// A job payload the queue carries. Its [`Flow`] says which lane and whose turn it is.
+pub trait QueuedJob: Serialize {
+    fn flow(&self) -> Flow {
+        Flow::default()
+    }
+}
+
+impl QueuedJob for serde_json::Value {}
+
 /// A job to push: its id (pushing an id that is already waiting or running does nothing),
-/// its payload and when it is due.
+/// its payload, when it is due, and its flow.
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub id: String,
     pub payload: String,
     pub due_ms: i64,
+    pub flow: Flow,
 }
 
 impl NewJob {
-    pub fn new<J: Serialize>(
+    pub fn new<J: QueuedJob>(
         id: impl Into<String>,
         job: &J,
         due_ms: i64,
@@ -192,8 +295,20 @@ impl NewJob {
             id: id.into(),
             payload: serde_json::to_string(job)?,
             due_ms,
+            flow: job.flow(),
         })
     }
+}
+
+/// A sender's pace for one job: `cost` segments of `rate` segments per second, taken from
+/// `sender`'s slots, in the job's lane; `tenant` gets the rate as its weight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pace {
+    pub sender: String,
+    pub priority: Priority,
+    pub cost: u32,
+    pub rate: f64,
+    pub tenant: String,
 }
 
 /// Counts for `GET /v1/admin/queues`.
@@ -289,7 +404,7 @@ impl Queue {
 
     /// Pushes one job; returns whether it was added (false: that id is already waiting or
     /// running).
-    pub async fn push<J: Serialize>(
+    pub async fn push<J: QueuedJob>(
         &self,
         id: &str,
         job: &J,
@@ -304,20 +419,16 @@ impl Queue {
         if jobs.is_empty() {
             return Ok(0);
         }
-        let k = &self.inner.keys;
         let mut total = 0;
         for chunk in jobs.chunks(CHUNK) {
-            let mut inv = self.inner.scripts.push.prepare_invoke();
-            inv.key(&k.data)
-                .key(&k.attempts)
-                .key(&k.errors)
-                .key(&k.scheduled)
-                .key(&k.ready)
-                .key(&k.dead)
-                .key(&k.notify)
-                .arg(now_ms());
+            let now = now_ms();
+            let mut inv = self.invoke(&self.inner.scripts.push, now);
+            inv.arg(now);
             for job in chunk {
-                inv.arg(&job.id).arg(&job.payload).arg(job.due_ms);
+                inv.arg(&job.id)
+                    .arg(&job.payload)
+                    .arg(job.due_ms)
+                    .arg(job.flow.encode());
             }
             let added: usize = inv.invoke_async(&mut self.conn()).await?;
             total += added;
@@ -328,20 +439,55 @@ impl Queue {
     /// Removes a job that has not started yet (a canceled message). Returns whether it was
     /// waiting.
     pub async fn remove_waiting(&self, id: &str) -> Result<bool, QueueError> {
-        let k = &self.inner.keys;
         let removed: i64 = self
-            .inner
-            .scripts
-            .remove_waiting
-            .key(&k.data)
-            .key(&k.attempts)
-            .key(&k.errors)
-            .key(&k.scheduled)
-            .key(&k.ready)
+            .invoke(&self.inner.scripts.remove_waiting, now_ms())
             .arg(id)
             .invoke_async(&mut self.conn())
             .await?;
         Ok(removed == 1)
+    }
+
+    /// A script invocation with every key of this queue.
+    pub(crate) fn invoke<'a>(&self, script: &'a Script, now: i64) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        for key in self.inner.keys.all(now) {
+            inv.key(key);
+        }
+        inv
+    }
+
+    /// Takes a slot of `pace`'s sender for a job about to be sent. `false`: the sender has no
+    /// slot free now, or jobs of the same or a higher lane wait for it; park the job
+    /// ([`JobError::Park`]).
+    pub async fn take_slot(&self, pace: &Pace) -> Result<bool, QueueError> {
+        let now = now_ms();
+        let taken: i64 = self
+            .invoke(&self.inner.scripts.take_slot, now)
+            .arg(now)
+            .arg(&pace.sender)
+            .arg(Flow::lane(pace.priority))
+            .arg(pace.cost)
+            .arg(pace.rate)
+            .arg(&pace.tenant)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(taken == 1)
+    }
+
+    /// When each job is expected to be taken by a worker (ms since the epoch), given its
+    /// sender's pace and what waits before it; `None` for a job the queue does not hold.
+    pub async fn expected(&self, ids: &[&str]) -> Result<Vec<Option<i64>>, QueueError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut inv = self.invoke(&self.inner.scripts.expected, now);
+        inv.arg(now);
+        for id in ids {
+            inv.arg(*id);
+        }
+        let at: Vec<i64> = inv.invoke_async(&mut self.conn()).await?;
+        Ok(at.into_iter().map(|t| (t >= 0).then_some(t)).collect())
     }
 
     /// Jobs completed and failed in each of the last `minutes` whole minutes, oldest first (the
@@ -392,7 +538,10 @@ impl Queue {
             .map(|i| now - i * BUCKET_SECS * 1000)
             .collect();
         let mut pipe = redis::pipe();
-        pipe.llen(&k.ready)
+        pipe.zcard(&k.ready_tx)
+            .zcard(&k.ready_bulk)
+            .hlen(&k.parked)
+            .llen(&k.legacy_ready)
             .zcount(&k.scheduled, "-inf", now)
             .zcount(&k.scheduled, format!("({now}"), "+inf")
             .zcard(&k.inflight)
@@ -410,7 +559,10 @@ impl Queue {
                     .collect::<Vec<_>>(),
             );
         #[allow(clippy::type_complexity)]
-        let (ready, due, later, running, dead, done, failed): (
+        let (tx, bulk, parked, legacy, due, later, running, dead, done, failed): (
+            u64,
+            u64,
+            u64,
             u64,
             u64,
             u64,
@@ -421,7 +573,7 @@ impl Queue {
         ) = pipe.query_async(&mut self.conn()).await?;
         Ok(QueueStats {
             name: self.inner.name.clone(),
-            pending: ready + due,
+            pending: tx + bulk + parked + legacy + due,
             scheduled: later,
             running,
             dead,
@@ -501,16 +653,8 @@ impl Queue {
 
     /// Replays a dead job with fresh attempts. Returns whether it was dead.
     pub async fn replay_dead(&self, id: &str) -> Result<bool, QueueError> {
-        let k = &self.inner.keys;
         let n: i64 = self
-            .inner
-            .scripts
-            .replay
-            .key(&k.attempts)
-            .key(&k.errors)
-            .key(&k.ready)
-            .key(&k.dead)
-            .key(&k.notify)
+            .invoke(&self.inner.scripts.replay, now_ms())
             .arg(id)
             .invoke_async(&mut self.conn())
             .await?;
@@ -519,15 +663,8 @@ impl Queue {
 
     /// Deletes a dead job. Returns whether it was dead.
     pub async fn delete_dead(&self, id: &str) -> Result<bool, QueueError> {
-        let k = &self.inner.keys;
         let n: i64 = self
-            .inner
-            .scripts
-            .delete_dead
-            .key(&k.data)
-            .key(&k.attempts)
-            .key(&k.errors)
-            .key(&k.dead)
+            .invoke(&self.inner.scripts.delete_dead, now_ms())
             .arg(id)
             .invoke_async(&mut self.conn())
             .await?;

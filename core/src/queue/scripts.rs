@@ -2,30 +2,62 @@
 //! on the Redis server: no other client sees a job half-moved between sets.
 //!
 //! Keys of one queue share the hash tag `{prefix:queue}`, so every script touches one slot and
-//! the engine also runs on Redis Cluster. Times are milliseconds since the Unix epoch, passed
-//! in by the caller.
+//! the engine also runs on Redis Cluster. Every script gets the same keys in the same order
+//! (see [`super::Keys::all`]) and names them through `K`. Times are milliseconds since the
+//! Unix epoch, passed in by the caller.
 //!
 //! Per queue:
 //! - `data`      HASH  id -> payload (JSON); present while the job is alive or dead
 //! - `attempts`  HASH  id -> attempts started in the current run
 //! - `errors`    HASH  id -> JSON array of `{at, attempt, error}`, the last 25 failures
 //! - `scheduled` ZSET  id by due time
-//! - `ready`     LIST  due ids, oldest at the right (RPOP end)
+//! - `ready:0`, `ready:1`  ZSET  due ids of the transactional and the bulk lane, by fair tag
+//! - `flow`      HASH  id -> `lane|tenant` (absent: lane 0, the shared flow)
+//! - `vt:0`, `vt:1`  HASH  per lane: `clock` -> the start tag last taken; tenant (`~`: no
+//!   tenant) -> the finish tag of that flow's last job in the lane
+//! - `weights`   HASH  tenant -> its weight (its sender's pace), default 1
 //! - `inflight`  ZSET  id by lease expiry
 //! - `lease`     HASH  id -> token of the worker process holding the lease
 //! - `dead`      ZSET  id by time of death
+//! - `pace`      HASH  sender -> the time its next slot opens; `sender|rate`; `sender|in:lane`
+//!   and `sender|out:lane`, segments ever parked and released in each lane
+//! - `pacers`    ZSET  senders with parked jobs, by when they may release the next one
+//! - `parked`    HASH  id -> `sender|lane|cost|position`, and the LISTs `parked:lane:sender`
+//! - `granted`   HASH  id -> 1: the job has its sender's slot
 //! - `done:<t>` / `failed:<t>`  counters per 5-second bucket, expiring after an hour
 //! - `notify`    pub/sub channel: "something is due, or due earlier than you thought"
+//! - `ready`     LIST  due ids as an older version kept them; drained into the lanes
+//!
+//! Fairness (start-time fair queueing): a job entering a lane starts at `max(clock, its
+//! flow's last finish)` and finishes `1/weight` later; workers take the lowest start tags,
+//! transactional lane first. A tenant with a backlog of 100,000 holds tags far ahead of the
+//! clock; another tenant's first job starts at the clock, so it waits behind at most one job
+//! of each busy tenant, not behind their backlogs, and busy tenants share the workers in
+//! proportion to their weights.
+//!
+//! Pacing: a job over its sender's pace is parked in the sender's list for its lane; the
+//! fetch releases parked jobs one slot at a time (`cost` segments every `cost / rate`
+//! seconds, transactional first) into the ready lanes, marked granted.
 
-/// Shared Lua helpers, prepended to the scripts that need them.
-const HELPERS: &str = r#"
-local function push_error(errors_key, id, now, attempt, text)
-  local raw = redis.call('HGET', errors_key, id)
+/// The keys every script receives, by name.
+const PRELUDE: &str = r#"
+local K = {
+  data = KEYS[1], attempts = KEYS[2], errors = KEYS[3], scheduled = KEYS[4], legacy = KEYS[5],
+  inflight = KEYS[6], lease = KEYS[7], dead = KEYS[8], notify = KEYS[9],
+  tx = KEYS[10], bulk = KEYS[11], flow = KEYS[12], vt0 = KEYS[13], weights = KEYS[14],
+  pace = KEYS[15], pacers = KEYS[16], parked = KEYS[17], granted = KEYS[18],
+  done = KEYS[19], failed = KEYS[20], vt1 = KEYS[21],
+}
+
+local function num(s) return string.format('%.17g', s) end
+
+local function push_error(id, now, attempt, text)
+  local raw = redis.call('HGET', K.errors, id)
   local list = {}
   if raw then list = cjson.decode(raw) end
   table.insert(list, {at = now, attempt = attempt, error = text})
   while #list > 25 do table.remove(list, 1) end
-  redis.call('HSET', errors_key, id, cjson.encode(list))
+  redis.call('HSET', K.errors, id, cjson.encode(list))
 end
 
 local function bump(key, by, ttl)
@@ -34,58 +66,194 @@ local function bump(key, by, ttl)
 end
 
 -- Wake sleeping workers when `due` is earlier than every other scheduled job.
-local function schedule(scheduled_key, notify, id, due)
-  local first = redis.call('ZRANGE', scheduled_key, 0, 0, 'WITHSCORES')
-  redis.call('ZADD', scheduled_key, due, id)
+local function schedule(id, due)
+  local first = redis.call('ZRANGE', K.scheduled, 0, 0, 'WITHSCORES')
+  redis.call('ZADD', K.scheduled, due, id)
   if first[2] == nil or due < tonumber(first[2]) then
-    redis.call('PUBLISH', notify, 'w')
+    redis.call('PUBLISH', K.notify, 'w')
   end
+end
+
+local function split(s)
+  local out = {}
+  for part in string.gmatch(s, '([^|]*)|?') do table.insert(out, part) end
+  return out
+end
+
+-- A job's lane ('0' or '1') and tenant ('~': none in particular).
+local function flow_of(id)
+  local f = redis.call('HGET', K.flow, id)
+  if not f then return '0', '~' end
+  local tenant = string.sub(f, 3)
+  if tenant == '' then tenant = '~' end
+  return string.sub(f, 1, 1), tenant
+end
+
+local function lane_keys(lane)
+  if lane == '1' then return K.bulk, K.vt1 end
+  return K.tx, K.vt0
+end
+
+local function weight(tenant)
+  return tonumber(redis.call('HGET', K.weights, tenant) or '1')
+end
+
+-- Put a due job in its lane: at the front (a job handed back or reclaimed), else at its
+-- flow's next start tag (start-time fair queueing: a flow's first job starts at the clock).
+local function ready_add(id, front)
+  local lane, tenant = flow_of(id)
+  local ready, vt = lane_keys(lane)
+  local clock = tonumber(redis.call('HGET', vt, 'clock') or '0')
+  local tag = clock
+  if not front then
+    local finish = tonumber(redis.call('HGET', vt, tenant) or '0')
+    if finish > tag then tag = finish end
+    redis.call('HSET', vt, tenant, num(tag + 1 / weight(tenant)))
+  end
+  redis.call('ZADD', ready, num(tag), id)
+end
+
+-- Take up to n due jobs, the transactional lane first, lowest tags first.
+local function ready_pop(n)
+  local out = {}
+  for _, lane in ipairs({'0', '1'}) do
+    if #out < n then
+      local ready, vt = lane_keys(lane)
+      local got = redis.call('ZPOPMIN', ready, n - #out)
+      for i = 1, #got, 2 do
+        local id, tag = got[i], tonumber(got[i + 1])
+        table.insert(out, id)
+        redis.call('HSET', vt, 'clock', got[i + 1])
+        local _, tenant = flow_of(id)
+        -- The flow's last job: forget the flow, its next job starts at the clock.
+        local finish = tonumber(redis.call('HGET', vt, tenant) or '0')
+        if finish <= tag + 1 / weight(tenant) then redis.call('HDEL', vt, tenant) end
+      end
+      -- An empty lane has no flow left in it: its clock starts again from zero.
+      if #got > 0 and redis.call('ZCARD', ready) == 0 then redis.call('DEL', vt) end
+    end
+  end
+  return out
+end
+
+-- A sender's pace: ms per segment, and how far ahead of now its next slot may be and still
+-- be taken (a burst of a tenth of a second's worth, at least one segment).
+local function pace_of(sender)
+  local rate = tonumber(redis.call('HGET', K.pace, sender .. '|rate') or '1')
+  local interval = 1000 / rate
+  return interval, (math.max(1, math.floor(rate / 10)) - 1) * interval
+end
+
+local function parked_list(lane, sender)
+  return K.parked .. ':' .. lane .. ':' .. sender
+end
+
+-- Release a sender's parked jobs whose slots have come, transactional first.
+local function release_sender(sender, now)
+  local interval, tolerance = pace_of(sender)
+  local tat = tonumber(redis.call('HGET', K.pace, sender) or '0')
+  local lists = {parked_list('0', sender), parked_list('1', sender)}
+  while math.max(tat, now) - now <= tolerance do
+    local id = redis.call('RPOP', lists[1])
+    local lane = '0'
+    if not id then
+      id = redis.call('RPOP', lists[2])
+      lane = '1'
+    end
+    if not id then break end
+    local info = redis.call('HGET', K.parked, id)
+    local cost = 1
+    if info then cost = tonumber(split(info)[3]) or 1 end
+    redis.call('HDEL', K.parked, id)
+    redis.call('HINCRBYFLOAT', K.pace, sender .. '|out:' .. lane, cost)
+    tat = math.max(tat, now) + cost * interval
+    redis.call('HSET', K.granted, id, '1')
+    ready_add(id, false)
+  end
+  redis.call('HSET', K.pace, sender, num(tat))
+  local left = false
+  for lane = 0, 1 do
+    if redis.call('LLEN', lists[lane + 1]) > 0 then
+      left = true
+    else
+      -- Nothing waits in this lane: what was parked has all left.
+      local ins = redis.call('HGET', K.pace, sender .. '|in:' .. lane)
+      if ins then redis.call('HSET', K.pace, sender .. '|out:' .. lane, ins) end
+    end
+  end
+  if left then
+    redis.call('ZADD', K.pacers, num(tat - tolerance), sender)
+  else
+    redis.call('ZREM', K.pacers, sender)
+  end
+end
+
+-- Remove a job from wherever it waits (a lane, the legacy list or a sender's list).
+local function unready(id)
+  local ready = lane_keys(flow_of(id))
+  if redis.call('ZREM', ready, id) == 1 then return 1 end
+  local info = redis.call('HGET', K.parked, id)
+  if info then
+    local p = split(info)
+    redis.call('HDEL', K.parked, id)
+    return redis.call('LREM', parked_list(p[2], p[1]), 1, id)
+  end
+  return redis.call('LREM', K.legacy, 1, id)
+end
+
+local function forget(id)
+  redis.call('HDEL', K.data, id)
+  redis.call('HDEL', K.attempts, id)
+  redis.call('HDEL', K.errors, id)
+  redis.call('HDEL', K.flow, id)
+  redis.call('HDEL', K.granted, id)
 end
 "#;
 
 /// Push jobs. A job whose id is alive already is left alone (a duplicate push is a no-op);
 /// one that is dead is revived with fresh attempts.
 ///
-/// KEYS: data, attempts, errors, scheduled, ready, dead, notify
-/// ARGV: now, then (id, payload, due) triples
+/// ARGV: now, then (id, payload, due, flow) quadruples; `flow` is `lane|tenant`.
 /// Returns the number of jobs added or revived.
 pub const PUSH: &str = r#"
 local now = tonumber(ARGV[1])
 local added = 0
 local ready_now = false
-for i = 2, #ARGV, 3 do
-  local id, payload, due = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local fresh = redis.call('HSETNX', KEYS[1], id, payload) == 1
-  if not fresh and redis.call('ZREM', KEYS[6], id) == 1 then
-    redis.call('HSET', KEYS[1], id, payload)
-    redis.call('HDEL', KEYS[2], id)
-    redis.call('HDEL', KEYS[3], id)
+for i = 2, #ARGV, 4 do
+  local id, payload, due, f = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
+  local fresh = redis.call('HSETNX', K.data, id, payload) == 1
+  if not fresh and redis.call('ZREM', K.dead, id) == 1 then
+    redis.call('HSET', K.data, id, payload)
+    redis.call('HDEL', K.attempts, id)
+    redis.call('HDEL', K.errors, id)
     fresh = true
   end
   if fresh then
     added = added + 1
+    redis.call('HSET', K.flow, id, f)
     if due <= now then
-      redis.call('LPUSH', KEYS[5], id)
+      ready_add(id, false)
       ready_now = true
     else
-      schedule(KEYS[4], KEYS[7], id, due)
+      schedule(id, due)
     end
   end
 end
-if ready_now then redis.call('PUBLISH', KEYS[7], 'w') end
+if ready_now then redis.call('PUBLISH', K.notify, 'w') end
 return added
 "#;
 
 /// Lease up to `n` due jobs to a worker.
 ///
 /// First reclaims leases that expired (their worker died): the attempt it started stays
-/// counted, so a job that keeps killing its worker ends dead instead of looping. Then promotes
-/// due scheduled jobs in bounded chunks (any burst drains, a chunk at a time), then pops.
+/// counted, so a job that keeps killing its worker ends dead instead of looping. Then moves
+/// due scheduled jobs into their lanes and releases parked jobs whose senders' slots have
+/// come, each in bounded chunks (any burst drains, a chunk at a time), then takes.
 ///
-/// KEYS: data, attempts, errors, scheduled, ready, inflight, lease, dead, failed bucket
 /// ARGV: now, n, lease_ms, token, max_attempts, chunk, bucket_ttl
-/// Returns {hint, id1, payload1, attempt1, ...}; `hint` is, when nothing was leased, the time
-/// something next becomes due or a lease expires (-1: nothing at all), else 0.
+/// Returns {hint, id1, payload1, attempt1, granted1, ...}; `hint` is, when nothing was
+/// leased, the time something next becomes due, a sender may release or a lease expires (-1:
+/// nothing at all), else 0.
 pub const FETCH: &str = r#"
 local now = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
@@ -95,55 +263,59 @@ local max_attempts = tonumber(ARGV[5])
 local chunk = tonumber(ARGV[6])
 local ttl = tonumber(ARGV[7])
 
-local expired = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, chunk)
+local expired = redis.call('ZRANGEBYSCORE', K.inflight, '-inf', now, 'LIMIT', 0, chunk)
 local reclaimed_dead = 0
 for _, id in ipairs(expired) do
-  redis.call('ZREM', KEYS[6], id)
-  redis.call('HDEL', KEYS[7], id)
-  local attempt = tonumber(redis.call('HGET', KEYS[2], id) or '0')
-  push_error(KEYS[3], id, now, attempt, 'lease expired: the worker running attempt ' .. attempt .. ' stopped or lost Redis')
+  redis.call('ZREM', K.inflight, id)
+  redis.call('HDEL', K.lease, id)
+  local attempt = tonumber(redis.call('HGET', K.attempts, id) or '0')
+  push_error(id, now, attempt, 'lease expired: the worker running attempt ' .. attempt .. ' stopped or lost Redis')
   if attempt >= max_attempts then
-    redis.call('ZADD', KEYS[8], now, id)
+    redis.call('ZADD', K.dead, now, id)
     reclaimed_dead = reclaimed_dead + 1
   else
-    redis.call('RPUSH', KEYS[5], id)
+    ready_add(id, true)
   end
 end
-if reclaimed_dead > 0 then bump(KEYS[9], reclaimed_dead, ttl) end
+if reclaimed_dead > 0 then bump(K.failed, reclaimed_dead, ttl) end
 
-if redis.call('LLEN', KEYS[5]) < chunk then
-  local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, chunk)
-  if #due > 0 then
-    redis.call('ZREM', KEYS[4], unpack(due))
-    redis.call('LPUSH', KEYS[5], unpack(due))
-  end
+local legacy = redis.call('RPOP', K.legacy, chunk)
+if legacy then
+  for _, id in ipairs(legacy) do ready_add(id, false) end
 end
+
+local due = redis.call('ZRANGEBYSCORE', K.scheduled, '-inf', now, 'LIMIT', 0, chunk)
+if #due > 0 then
+  redis.call('ZREM', K.scheduled, unpack(due))
+  for _, id in ipairs(due) do ready_add(id, false) end
+end
+
+local senders = redis.call('ZRANGEBYSCORE', K.pacers, '-inf', now, 'LIMIT', 0, chunk)
+for _, sender in ipairs(senders) do release_sender(sender, now) end
 
 local out = {0}
-local ids = redis.call('RPOP', KEYS[5], n)
-if ids then
-  for _, id in ipairs(ids) do
-    local payload = redis.call('HGET', KEYS[1], id)
-    if payload then
-      local attempt = redis.call('HINCRBY', KEYS[2], id, 1)
-      redis.call('ZADD', KEYS[6], lease_until, id)
-      redis.call('HSET', KEYS[7], id, token)
-      table.insert(out, id)
-      table.insert(out, payload)
-      table.insert(out, attempt)
-    end
+for _, id in ipairs(ready_pop(n)) do
+  local payload = redis.call('HGET', K.data, id)
+  if payload then
+    local attempt = redis.call('HINCRBY', K.attempts, id, 1)
+    redis.call('ZADD', K.inflight, lease_until, id)
+    redis.call('HSET', K.lease, id, token)
+    table.insert(out, id)
+    table.insert(out, payload)
+    table.insert(out, attempt)
+    table.insert(out, redis.call('HEXISTS', K.granted, id))
   end
 end
 
 if #out == 1 then
   local hint = -1
-  if redis.call('LLEN', KEYS[5]) > 0 then
+  if redis.call('ZCARD', K.tx) + redis.call('ZCARD', K.bulk) + redis.call('LLEN', K.legacy) > 0 then
     hint = now
   else
-    local s = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
-    if s[2] then hint = tonumber(s[2]) end
-    local l = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
-    if l[2] and (hint < 0 or tonumber(l[2]) < hint) then hint = tonumber(l[2]) end
+    for _, key in ipairs({K.scheduled, K.inflight, K.pacers}) do
+      local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      if first[2] and (hint < 0 or tonumber(first[2]) < hint) then hint = math.floor(tonumber(first[2])) end
+    end
   end
   out[1] = hint
 end
@@ -153,66 +325,145 @@ return out
 /// Acknowledge finished jobs: they leave Redis entirely, but for a counter that expires.
 /// A job whose lease this worker no longer holds (it was reclaimed) is left to its new holder.
 ///
-/// KEYS: data, attempts, errors, inflight, lease, done bucket
 /// ARGV: bucket_ttl, then (id, token) pairs
 /// Returns the number acknowledged.
 pub const ACK: &str = r#"
 local acked = 0
 for i = 2, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
-  if redis.call('HGET', KEYS[5], id) == token then
-    redis.call('ZREM', KEYS[4], id)
-    redis.call('HDEL', KEYS[5], id)
-    redis.call('HDEL', KEYS[1], id)
-    redis.call('HDEL', KEYS[2], id)
-    redis.call('HDEL', KEYS[3], id)
+  if redis.call('HGET', K.lease, id) == token then
+    redis.call('ZREM', K.inflight, id)
+    redis.call('HDEL', K.lease, id)
+    forget(id)
     acked = acked + 1
   end
 end
-if acked > 0 then bump(KEYS[6], acked, tonumber(ARGV[1])) end
+if acked > 0 then bump(K.done, acked, tonumber(ARGV[1])) end
 return acked
 "#;
 
 /// Settle a failed or deferred attempt: re-schedule it (`retry`), give the attempt back and
 /// re-schedule it (`defer`, for an open circuit or a rate limit), or move it to the dead set
 /// (`dead`). A `retry` past `max_attempts` becomes `dead`; an explicit `retry_at` does not,
-/// because its handler already decided.
+/// because its handler already decided. A job settled any way loses its sender's slot.
 ///
-/// KEYS: attempts, errors, scheduled, inflight, lease, dead, failed bucket, notify
 /// ARGV: now, id, token, kind (retry | retry_at | defer | dead), due, error, max_attempts, bucket_ttl
 /// Returns 'retried', 'deferred', 'dead', or 'lost' when this worker no longer holds the lease.
 pub const SETTLE: &str = r#"
 local now, id, token, kind = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local due, text, max_attempts, ttl = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
-if redis.call('HGET', KEYS[5], id) ~= token then return 'lost' end
-redis.call('ZREM', KEYS[4], id)
-redis.call('HDEL', KEYS[5], id)
-local attempt = tonumber(redis.call('HGET', KEYS[1], id) or '0')
+if redis.call('HGET', K.lease, id) ~= token then return 'lost' end
+redis.call('ZREM', K.inflight, id)
+redis.call('HDEL', K.lease, id)
+redis.call('HDEL', K.granted, id)
+local attempt = tonumber(redis.call('HGET', K.attempts, id) or '0')
 if kind == 'defer' then
-  redis.call('HINCRBY', KEYS[1], id, -1)
-  schedule(KEYS[3], KEYS[8], id, due)
+  redis.call('HINCRBY', K.attempts, id, -1)
+  schedule(id, due)
   return 'deferred'
 end
-push_error(KEYS[2], id, now, attempt, text)
-bump(KEYS[7], 1, ttl)
+push_error(id, now, attempt, text)
+bump(K.failed, 1, ttl)
 if kind == 'dead' or (kind == 'retry' and attempt >= max_attempts) then
-  redis.call('ZADD', KEYS[6], now, id)
+  redis.call('ZADD', K.dead, now, id)
   return 'dead'
 end
-schedule(KEYS[3], KEYS[8], id, due)
+schedule(id, due)
 return 'retried'
+"#;
+
+/// Take a slot of a sender's pace for a job about to be sent, if one is free now and no job
+/// of the same or a higher lane waits for that sender. Records the sender's rate and, as the
+/// tenant's weight, the same rate.
+///
+/// ARGV: now, sender, lane, cost (segments), rate (segments per second), tenant
+/// Returns 1 when the slot is taken, else 0.
+pub const TAKE_SLOT: &str = r#"
+local now, sender, lane, cost = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
+redis.call('HSET', K.pace, sender .. '|rate', ARGV[5])
+redis.call('HSET', K.weights, ARGV[6], ARGV[5])
+if redis.call('LLEN', parked_list('0', sender)) > 0 then return 0 end
+if lane == '1' and redis.call('LLEN', parked_list('1', sender)) > 0 then return 0 end
+local interval, tolerance = pace_of(sender)
+local tat = tonumber(redis.call('HGET', K.pace, sender) or '0')
+local base = math.max(tat, now)
+if base - now > tolerance then return 0 end
+redis.call('HSET', K.pace, sender, num(base + cost * interval))
+return 1
+"#;
+
+/// Park a leased job behind its sender's pace: it leaves the worker (the attempt given back)
+/// and waits in the sender's list for its lane until the fetch releases it.
+///
+/// ARGV: now, id, token, sender, lane, cost, rate
+/// Returns 'parked', or 'lost' when this worker no longer holds the lease.
+pub const PARK: &str = r#"
+local now, id, token, sender, lane, cost = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+if redis.call('HGET', K.lease, id) ~= token then return 'lost' end
+redis.call('ZREM', K.inflight, id)
+redis.call('HDEL', K.lease, id)
+redis.call('HDEL', K.granted, id)
+redis.call('HINCRBY', K.attempts, id, -1)
+redis.call('HSET', K.pace, sender .. '|rate', ARGV[7])
+local counter = sender .. '|in:' .. lane
+local position = tonumber(redis.call('HGET', K.pace, counter) or '0')
+redis.call('HINCRBYFLOAT', K.pace, counter, cost)
+redis.call('HSET', K.parked, id, sender .. '|' .. lane .. '|' .. cost .. '|' .. num(position))
+redis.call('LPUSH', parked_list(lane, sender), id)
+if not redis.call('ZSCORE', K.pacers, sender) then
+  local _, tolerance = pace_of(sender)
+  local tat = tonumber(redis.call('HGET', K.pace, sender) or '0')
+  local at = math.max(now, tat - tolerance)
+  redis.call('ZADD', K.pacers, num(at), sender)
+  redis.call('PUBLISH', K.notify, 'w')
+end
+return 'parked'
+"#;
+
+/// When each job is expected to be taken by a worker: a parked job when its sender's pace
+/// reaches it (the transactional jobs waiting first, for a bulk one), a scheduled one when
+/// due, a due or running one now.
+///
+/// ARGV: now, ids...
+/// Returns one time (ms) per id, or -1 for a job the queue does not hold.
+pub const EXPECTED: &str = r#"
+local now = tonumber(ARGV[1])
+local out = {}
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local at = -1
+  local info = redis.call('HGET', K.parked, id)
+  if info then
+    local p = split(info)
+    local sender, lane, position = p[1], p[2], tonumber(p[4])
+    local function counter(name) return tonumber(redis.call('HGET', K.pace, sender .. '|' .. name) or '0') end
+    local ahead = math.max(0, position - counter('out:' .. lane))
+    if lane == '1' then ahead = ahead + math.max(0, counter('in:0') - counter('out:0')) end
+    local interval = pace_of(sender)
+    local tat = tonumber(redis.call('HGET', K.pace, sender) or '0')
+    at = math.max(tat, now) + ahead * interval
+  else
+    local due = redis.call('ZSCORE', K.scheduled, id)
+    if due then
+      at = math.max(tonumber(due), now)
+    elseif redis.call('HEXISTS', K.data, id) == 1 and not redis.call('ZSCORE', K.dead, id) then
+      at = now
+    end
+  end
+  table.insert(out, math.floor(at))
+end
+return out
 "#;
 
 /// Extend the leases this worker still holds; returns the ids it has lost.
 ///
-/// KEYS: inflight, lease
 /// ARGV: lease_until, token, ids...
 pub const EXTEND: &str = r#"
 local lost = {}
 for i = 3, #ARGV do
   local id = ARGV[i]
-  if redis.call('HGET', KEYS[2], id) == ARGV[2] then
-    redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[1]), id)
+  if redis.call('HGET', K.lease, id) == ARGV[2] then
+    redis.call('ZADD', K.inflight, 'XX', tonumber(ARGV[1]), id)
   else
     table.insert(lost, id)
   end
@@ -220,67 +471,59 @@ end
 return lost
 "#;
 
-/// Hand leases back at shutdown: the jobs go to the front of the ready list with the attempt
-/// given back, and sleeping workers are woken to take them at once.
+/// Hand leases back at shutdown: the jobs go to the front of their lane with the attempt
+/// given back (and their sender's slot kept), and sleeping workers are woken to take them.
 ///
-/// KEYS: attempts, inflight, lease, ready, notify
 /// ARGV: token, ids...
 pub const RELEASE: &str = r#"
 local released = 0
 for i = 2, #ARGV do
   local id = ARGV[i]
-  if redis.call('HGET', KEYS[3], id) == ARGV[1] then
-    redis.call('ZREM', KEYS[2], id)
-    redis.call('HDEL', KEYS[3], id)
-    redis.call('HINCRBY', KEYS[1], id, -1)
-    redis.call('RPUSH', KEYS[4], id)
+  if redis.call('HGET', K.lease, id) == ARGV[1] then
+    redis.call('ZREM', K.inflight, id)
+    redis.call('HDEL', K.lease, id)
+    redis.call('HINCRBY', K.attempts, id, -1)
+    ready_add(id, true)
     released = released + 1
   end
 end
-if released > 0 then redis.call('PUBLISH', KEYS[5], 'w') end
+if released > 0 then redis.call('PUBLISH', K.notify, 'w') end
 return released
 "#;
 
 /// Replay a dead job with fresh attempts; returns 1 if it was dead.
 ///
-/// KEYS: attempts, errors, ready, dead, notify
 /// ARGV: id
 pub const REPLAY: &str = r#"
-if redis.call('ZREM', KEYS[4], ARGV[1]) == 0 then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('LPUSH', KEYS[3], ARGV[1])
-redis.call('PUBLISH', KEYS[5], 'w')
+if redis.call('ZREM', K.dead, ARGV[1]) == 0 then return 0 end
+redis.call('HDEL', K.attempts, ARGV[1])
+redis.call('HDEL', K.errors, ARGV[1])
+ready_add(ARGV[1], false)
+redis.call('PUBLISH', K.notify, 'w')
 return 1
 "#;
 
 /// Delete a dead job; returns 1 if it was dead.
 ///
-/// KEYS: data, attempts, errors, dead
 /// ARGV: id
 pub const DELETE_DEAD: &str = r#"
-if redis.call('ZREM', KEYS[4], ARGV[1]) == 0 then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
+if redis.call('ZREM', K.dead, ARGV[1]) == 0 then return 0 end
+forget(ARGV[1])
 return 1
 "#;
 
 /// Remove a job that has not started (a canceled message); returns 1 if it was waiting.
 ///
-/// KEYS: data, attempts, errors, scheduled, ready
 /// ARGV: id
 pub const REMOVE_WAITING: &str = r#"
-local removed = redis.call('ZREM', KEYS[4], ARGV[1])
-if removed == 0 then removed = redis.call('LREM', KEYS[5], 1, ARGV[1]) end
+local removed = redis.call('ZREM', K.scheduled, ARGV[1])
+if removed == 0 then removed = unready(ARGV[1]) end
 if removed == 0 then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
+forget(ARGV[1])
 return 1
 "#;
 
-/// The full source of a script, with the helpers it uses.
-pub fn with_helpers(body: &str) -> String {
-    format!("{HELPERS}\n{body}")
+/// The full source of a script, with the prelude that names its keys.
+pub fn with_prelude(body: &str) -> String {
+    format!("{PRELUDE}\n{body}")
 }

@@ -153,7 +153,7 @@ async fn contact_of(
 }
 
 fn job(m: &MessageRow) -> DeliveryJob {
-    DeliveryJob::new(&m.id, &m.tenant_id, m.channel, &m.to_addr)
+    DeliveryJob::for_message(m)
 }
 
 /// Creates an appointment and the reminders whose time is still ahead.

@@ -162,7 +162,7 @@ async fn run_chunk(
     let jobs = created
         .iter()
         .map(|m| {
-            let job = DeliveryJob::new(&m.id, &m.tenant_id, m.channel, &m.to_addr);
+            let job = DeliveryJob::for_message(m);
             NewJob::new(m.id.clone(), &job, m.send_at.timestamp_millis())
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -66,12 +66,7 @@ pub async fn replay(
             dead_letters::mark_replayed(&mut *tx, id)
                 .await
                 .context("marking the dead letter replayed")?;
-            let job = DeliveryJob::new(
-                &message.id,
-                &message.tenant_id,
-                message.channel,
-                &message.to_addr,
-            );
+            let job = DeliveryJob::for_message(&message);
             queue
                 .push(&message.id, &job, message.send_at.timestamp_millis())
                 .await

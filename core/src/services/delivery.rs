@@ -26,9 +26,12 @@ use crate::{
         Lookup, Outbound, Provider, Refusal, SendOutcome, http_client, log::LogProvider,
         resend::Resend, twilio::Twilio, webhook::WebhookSender,
     },
-    queue::{DELIVERIES, JobError, JobMeta, RetryPolicy},
+    queue::{DELIVERIES, JobError, JobMeta, Pace, Queue, RetryPolicy},
     ratelimit::RateLimiter,
-    services::pauses::{Gate, SenderPauses},
+    services::{
+        pacing::SenderRates,
+        pauses::{Gate, SenderPauses},
+    },
     store::{
         self, contacts,
         lifecycle::{Claimed, Outcome, PutOff},
@@ -72,6 +75,9 @@ pub struct Deliverer {
     put_offs: Batcher<PutOff, ()>,
     /// Senders paused until the operator fixes what Twilio refused.
     pub pauses: SenderPauses,
+    /// The queue whose sender slots pace SMS (none: SMS are not paced).
+    pacer: Option<Queue>,
+    rates: SenderRates,
     /// The circuit episode each put-off message was last told about, so a backlog put off
     /// again and again by one outage writes its events once per opening, not per deferral.
     told: Mutex<HashMap<String, Instant>>,
@@ -164,6 +170,8 @@ impl Deliverer {
         };
         Self {
             pauses: SenderPauses::new(db.clone(), &config.circuit),
+            pacer: None,
+            rates: SenderRates::new(db.clone()),
             db,
             sms,
             email,
@@ -179,6 +187,20 @@ impl Deliverer {
             put_offs,
             told: Mutex::default(),
         }
+    }
+
+    /// Whether `job` is an SMS its sender's pace governs.
+    fn paces(&self, job: &DeliveryJob) -> bool {
+        self.pacer.is_some()
+            && job.channel == Some(Channel::Sms)
+            && job.sender.is_some()
+            && job.tenant_id.is_some()
+    }
+
+    /// Paces SMS by their senders' slots in `queue` (the queue their jobs are on).
+    pub fn with_pacing(mut self, queue: Queue) -> Self {
+        self.pacer = Some(queue);
+        self
     }
 
     /// The circuits a message's provider call goes through: the SMS or email provider's
@@ -276,6 +298,9 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
         circuits: Vec::new(),
     };
     admit(d, job, &mut probe).await?;
+    if !meta.paced {
+        pace(d, job).await?;
+    }
 
     let attempt = i32::try_from(meta.attempt).unwrap_or(i32::MAX);
     let claimed = d
@@ -505,6 +530,10 @@ async fn admit<'a>(
     let (Some(limiter), Some(tenant)) = (&d.limiter, &job.tenant_id) else {
         return Ok(());
     };
+    if d.paces(job) {
+        // Its sender's pace, at most the send rate, limits it instead (see [`pace`]).
+        return Ok(());
+    }
     match limiter
         .take(&format!("send:{tenant}:{channel}"), d.send_rate)
         .await
@@ -518,6 +547,40 @@ async fn admit<'a>(
         // The limit protects providers; an unreachable Redis must not stop sending.
         Err(e) => {
             debug!(error = %e, "send rate unavailable; sending anyway");
+            Ok(())
+        }
+    }
+}
+
+/// Last before the claim: an SMS takes a slot of its sender's pace (its class's, or the
+/// tenant's `sms_mps`, at most `HERALD_TENANT_SEND_RATE`), or waits for one in the queue
+/// (transactional before bulk) without spending an attempt.
+async fn pace(d: &Deliverer, job: &DeliveryJob) -> Result<(), JobError> {
+    let (Some(queue), Some(sender), Some(tenant)) = (&d.pacer, &job.sender, &job.tenant_id) else {
+        return Ok(());
+    };
+    if !d.paces(job) {
+        return Ok(());
+    }
+    let rate = d
+        .rates
+        .rate(tenant, sender)
+        .await
+        .min(f64::from(d.send_rate));
+    let pace = Pace {
+        sender: sender.clone(),
+        priority: job.priority(),
+        cost: u32::from(job.segments.unwrap_or(1).max(1)),
+        rate,
+        tenant: tenant.clone(),
+    };
+    match queue.take_slot(&pace).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(JobError::Park(pace)),
+        // The pace protects the sender's standing with carriers; Twilio queues what comes
+        // too fast, so an unreachable Redis must not stop sending.
+        Err(e) => {
+            debug!(error = %e, "sender pace unavailable; sending anyway");
             Ok(())
         }
     }

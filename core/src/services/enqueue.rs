@@ -50,12 +50,7 @@ impl Enqueuer {
     /// Like [`Enqueuer::submit`], naming the API request that caused the message.
     pub fn submit_for(&self, message: &MessageRow, request_id: Option<&str>) {
         let message_id = message.id.as_str();
-        let mut job = DeliveryJob::new(
-            message_id,
-            &message.tenant_id,
-            message.channel,
-            &message.to_addr,
-        );
+        let mut job = DeliveryJob::for_message(message);
         job.request_id = request_id.map(str::to_owned);
         let job = match NewJob::new(message_id, &job, message.send_at.timestamp_millis()) {
             Ok(job) => job,

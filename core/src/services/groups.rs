@@ -10,7 +10,9 @@ use tracing::{info, warn};
 
 use super::messages::Idempotency;
 use crate::{
-    domain::{Channel, FieldError, MessageStatus, Priority, id_floor, jobs::DeliveryJob, new_id},
+    domain::{
+        Channel, FieldError, MessageStatus, Priority, Segments, id_floor, jobs::DeliveryJob, new_id,
+    },
     queue::{NewJob, Queue},
     store::{
         groups::{self, GroupMessageRow, SendTemplate},
@@ -129,15 +131,7 @@ pub async fn send(
         .context("counting the recipients")?;
     tx.commit().await.context("committing the group send")?;
 
-    queue_members(
-        queue,
-        tenant,
-        new.channel,
-        &send.id,
-        &created,
-        &template.send_at,
-    )
-    .await?;
+    queue_members(queue, &template, &send.id, &created).await?;
     info!(group_message_id = %send.id, tenant_id = %tenant.id, recipients = send.recipients, "group send accepted");
     Ok(Sent::New(send))
 }
@@ -191,21 +185,21 @@ fn template(
 /// when Redis refuses, the outbox sweep pushes them.
 async fn queue_members(
     queue: &Queue,
-    tenant: &TenantRow,
-    channel: Channel,
+    template: &SendTemplate,
     send_id: &str,
     created: &[(String, String)],
-    due: &DateTime<Utc>,
 ) -> Result<(), GroupError> {
-    let due_ms = due.timestamp_millis();
+    let due_ms = template.send_at.timestamp_millis();
+    let segments = i16::try_from(Segments::of(&template.body).count).ok();
     let jobs = created
         .iter()
         .map(|(id, to)| {
-            NewJob::new(
-                id.clone(),
-                &DeliveryJob::new(id, &tenant.id, channel, to),
-                due_ms,
-            )
+            let job = DeliveryJob::new(id, &template.tenant_id, template.channel, to).paced(
+                template.priority,
+                template.from_addr.as_deref(),
+                segments,
+            );
+            NewJob::new(id.clone(), &job, due_ms)
         })
         .collect::<Result<Vec<_>, _>>()
         .context("encoding the members' jobs")?;

@@ -11,6 +11,7 @@ pub mod groups;
 pub mod inbound;
 pub mod messages;
 pub mod ops_sessions;
+pub mod pacing;
 pub mod pauses;
 pub mod replies;
 pub mod reports;

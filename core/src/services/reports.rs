@@ -63,7 +63,7 @@ async fn redeliver(
     else {
         return Ok(());
     };
-    let job = DeliveryJob::new(&again.id, &again.tenant_id, again.channel, &again.to_addr);
+    let job = DeliveryJob::for_message(&again);
     match redelivery
         .queue
         .push(&again.id, &job, again.send_at.timestamp_millis())

@@ -40,6 +40,8 @@ pub struct NewTenant {
     pub frequency_cap: Option<(i32, std::time::Duration)>,
     /// A Twilio Messaging Service (`MG` + 32 hex) to send SMS through instead of `sms_from`.
     pub messaging_service_sid: Option<String>,
+    /// SMS segments per second, over the pace of the sender's class.
+    pub sms_mps: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -105,6 +107,7 @@ pub async fn create(db: &PgPool, new: &NewTenant) -> Result<CreatedTenant, Tenan
         require_consent_for_bulk: new.require_consent_for_bulk,
         frequency_cap: new.frequency_cap,
         messaging_service_sid: new.messaging_service_sid.as_deref(),
+        sms_mps: new.sms_mps,
     };
     let Some(tenant) = tenants::insert(&mut tx, &row)
         .await

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
-use crate::domain::{Channel, MessageStatus};
+use crate::domain::{Channel, MessageStatus, Priority};
 
 /// A message the outbox sweep may have to push.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -15,6 +15,9 @@ pub struct OutboxRow {
     pub channel: Channel,
     pub to_addr: String,
     pub send_at: DateTime<Utc>,
+    pub priority: Priority,
+    pub from_addr: Option<String>,
+    pub segments: Option<i16>,
     /// The transaction that inserted it.
     pub created_xid: i64,
 }
@@ -80,7 +83,8 @@ pub async fn waiting_in(
     limit: i64,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
     sqlx::query_as::<_, OutboxRow>(
-        "SELECT id, tenant_id, channel, to_addr, send_at, created_xid FROM messages
+        "SELECT id, tenant_id, channel, to_addr, send_at, priority, from_addr, segments, created_xid
+         FROM messages
          WHERE created_xid >= $1 AND created_xid < $2 AND (created_xid, id) > ($3, $4)
            AND status IN ('scheduled', 'queued', 'retrying')
          ORDER BY created_xid, id
@@ -129,6 +133,9 @@ pub struct UnfinishedRow {
     pub status: MessageStatus,
     pub send_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub priority: Priority,
+    pub from_addr: Option<String>,
+    pub segments: Option<i16>,
 }
 
 /// Messages after `after` (by id) that are waiting to go out or hold a `sending` claim,
@@ -139,7 +146,9 @@ pub async fn unfinished_after(
     limit: i64,
 ) -> Result<Vec<UnfinishedRow>, sqlx::Error> {
     sqlx::query_as::<_, UnfinishedRow>(
-        "SELECT id, tenant_id, channel, to_addr, status, send_at, updated_at FROM messages
+        "SELECT id, tenant_id, channel, to_addr, status, send_at, updated_at, priority, from_addr,
+                segments
+         FROM messages
          WHERE id > $1 AND status IN ('scheduled', 'queued', 'retrying', 'sending')
          ORDER BY id
          LIMIT $2",

@@ -26,6 +26,8 @@ pub struct TenantRow {
     pub frequency_cap_per: Option<sqlx::postgres::types::PgInterval>,
     /// A Twilio Messaging Service (`MG...`) SMS go through instead of `sms_from`.
     pub messaging_service_sid: Option<String>,
+    /// SMS segments per second, over the pace of the sender's class.
+    pub sms_mps: Option<f64>,
 }
 
 impl TenantRow {
@@ -55,6 +57,7 @@ pub struct NewTenantRow<'a> {
     /// `(max, per)`.
     pub frequency_cap: Option<(i32, std::time::Duration)>,
     pub messaging_service_sid: Option<&'a str>,
+    pub sms_mps: Option<f64>,
 }
 
 /// Inserts a tenant; `Ok(None)` when its `sms_from` belongs to another tenant already.
@@ -66,9 +69,9 @@ pub async fn insert(
         "INSERT INTO tenants (id, name, timezone, sms_from, email_from, quiet_start, quiet_end, webhook_secret,
                               help_text, system_prompt, canned_reply, missed_call_text, missed_call_cooldown_minutes,
                               require_consent_for_bulk, frequency_cap_max, frequency_cap_per,
-                              messaging_service_sid)
+                              messaging_service_sid, sms_mps)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                 make_interval(secs => $16::float8), $17)
+                 make_interval(secs => $16::float8), $17, $18)
          ON CONFLICT (sms_from) DO NOTHING
          RETURNING *",
     )
@@ -89,6 +92,7 @@ pub async fn insert(
     .bind(t.frequency_cap.map(|c| c.0))
     .bind(t.frequency_cap.map(|c| c.1.as_secs_f64()))
     .bind(t.messaging_service_sid)
+    .bind(t.sms_mps)
     .fetch_optional(conn)
     .await
 }
@@ -160,4 +164,13 @@ pub async fn by_sms_from(
         .bind(number)
         .fetch_optional(db)
         .await
+}
+
+/// A tenant's SMS pace over its sender's class, if it set one.
+pub async fn sms_mps(db: impl PgExecutor<'_>, id: &str) -> Result<Option<f64>, sqlx::Error> {
+    sqlx::query_scalar::<_, Option<f64>>("SELECT sms_mps FROM tenants WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+        .map(Option::flatten)
 }

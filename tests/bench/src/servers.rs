@@ -278,6 +278,8 @@ impl Stack {
                 require_consent_for_bulk: false,
                 frequency_cap: None,
                 messaging_service_sid: None,
+                // The throughput figures measure Herald, not a carrier's pace.
+                sms_mps: Some(10_000.0),
             },
         )
         .await?)

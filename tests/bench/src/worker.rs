@@ -43,6 +43,8 @@ pub struct BenchJob {
     pub fail: bool,
 }
 
+impl herald_core::queue::QueuedJob for BenchJob {}
+
 /// The Redis list where probe jobs record `"<start|done> <id> <attempt> <pid> <ms>"`.
 pub fn probe_key(prefix: &str) -> String {
     format!("{{{prefix}}}:probe")

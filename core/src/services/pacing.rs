@@ -1,0 +1,98 @@
+//! Each SMS leaves at the pace of the number it is sent from, as carriers take it: a US long
+//! code 1 segment per second, toll-free 3, a short code 100, a Messaging Service as configured
+//! (10 unless the tenant says). The slots themselves live in the queue (see
+//! [`crate::queue::Queue::take_slot`]), shared by every worker; this module knows the rates.
+
+use std::{
+    collections::HashMap,
+    sync::RwLock,
+    time::{Duration, Instant},
+};
+
+use sqlx::PgPool;
+
+use crate::{providers::twilio::is_messaging_service, store::tenants};
+
+/// How long a worker trusts a tenant's `sms_mps` before reading it again.
+const FRESH: Duration = Duration::from_secs(10);
+/// Past this many tenants remembered, the memory starts over.
+const MAX_REMEMBERED: usize = 10_000;
+
+/// Segments per second a sender's class allows.
+pub fn class_rate(sender: &str) -> f64 {
+    if is_messaging_service(sender) {
+        return 10.0;
+    }
+    let digits = sender.trim_start_matches('+');
+    if !sender.starts_with('+') && (5..=6).contains(&digits.len()) {
+        return 100.0;
+    }
+    const TOLL_FREE: [&str; 7] = ["800", "833", "844", "855", "866", "877", "888"];
+    if let Some(national) = sender.strip_prefix("+1")
+        && TOLL_FREE.iter().any(|p| national.starts_with(p))
+    {
+        return 3.0;
+    }
+    1.0
+}
+
+/// Each tenant's pace override, read from Postgres at most every ten seconds per worker.
+pub struct SenderRates {
+    db: PgPool,
+    known: RwLock<HashMap<String, (Option<f64>, Instant)>>,
+}
+
+impl SenderRates {
+    pub fn new(db: PgPool) -> Self {
+        Self {
+            db,
+            known: RwLock::default(),
+        }
+    }
+
+    /// Segments per second for `tenant`'s SMS from `sender`. While Postgres cannot be read,
+    /// the last rate known, else the class's.
+    pub async fn rate(&self, tenant: &str, sender: &str) -> f64 {
+        let remembered = self
+            .known
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .copied();
+        let over = match remembered {
+            Some((over, at)) if at.elapsed() < FRESH => over,
+            _ => match tenants::sms_mps(&self.db, tenant).await {
+                Ok(over) => {
+                    let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+                    if known.len() >= MAX_REMEMBERED {
+                        known.clear();
+                    }
+                    known.insert(tenant.to_owned(), (over, Instant::now()));
+                    over
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not read the tenant's sms_mps");
+                    remembered.and_then(|(over, _)| over)
+                }
+            },
+        };
+        over.unwrap_or_else(|| class_rate(sender))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_by_the_look_of_the_sender() {
+        assert_eq!(class_rate("+15551234567"), 1.0);
+        assert_eq!(class_rate("+18005550100"), 3.0);
+        assert_eq!(class_rate("+18885550100"), 3.0);
+        assert_eq!(class_rate("+18015550100"), 1.0);
+        assert_eq!(class_rate("12345"), 100.0);
+        assert_eq!(class_rate("123456"), 100.0);
+        assert_eq!(class_rate("+447700900123"), 1.0);
+        assert_eq!(class_rate("MG0123456789abcdef0123456789abcdef"), 10.0);
+    }
+}
