@@ -272,3 +272,33 @@ async fn bulk_sms_need_the_consent_their_tenant_requires_and_stop_at_its_cap_whi
     let id = post_with_priority(&app, &other, unknown, "bulk").await;
     app.wait_for_status(&other, &id, "sent", WAIT).await;
 }
+
+#[tokio::test]
+async fn bulk_texts_racing_to_one_number_send_no_more_than_the_cap() {
+    let twilio = TwilioMock::start().await;
+    let app = TestApp::start_with_twilio(test_config().await, &twilio).await;
+    let tenant = app
+        .tenant_with(json!({"frequency_cap": {"max": 1, "per": "1d"}}))
+        .await;
+    let to = "+15551500021";
+    // Due together, they are claimed together or side by side by the workers.
+    let ids = futures_util::future::join_all(
+        (0..6).map(|_| post_with_priority(&app, &tenant, to, "bulk")),
+    )
+    .await;
+    let mut sent = 0;
+    for id in &ids {
+        let m = herald_tests::eventually(WAIT, "each bulk text settled", || async {
+            let m = app.message(&tenant, id).await;
+            matches!(m.status.as_str(), "sent" | "suppressed").then_some(m)
+        })
+        .await;
+        if m.status == "sent" {
+            sent += 1;
+        } else {
+            assert_eq!(m.details_of("suppressed"), ["frequency cap"], "{m}");
+        }
+    }
+    assert_eq!(sent, 1, "a cap of one bulk text a day");
+    assert_eq!(twilio.calls_to(to), 1);
+}

@@ -70,7 +70,8 @@ pub struct Deliverer {
     /// A `sending` claim older than this is taken over ([`Config::stale_claim_after`]).
     pub stale_claim: Duration,
     /// Claims and outcomes of concurrent jobs share statements (see [`crate::batch`]).
-    claims: Batcher<(String, i32), Option<Claimed>>,
+    /// (message, queue attempt, bulk).
+    claims: Batcher<(String, i32, bool), Option<Claimed>>,
     outcomes: Batcher<Outcome, bool>,
     put_offs: Batcher<PutOff, ()>,
     /// Senders paused until the operator fixes what Twilio refused.
@@ -129,13 +130,14 @@ impl Deliverer {
         ));
         let claims = {
             let db = db.clone();
-            Batcher::spawn(tasks, BATCH, 2, move |items: Arc<[(String, i32)]>| {
+            Batcher::spawn(tasks, BATCH, 2, move |items: Arc<[(String, i32, bool)]>| {
                 let db = db.clone();
                 async move {
-                    let ids: Vec<String> = items.iter().map(|(id, _)| id.clone()).collect();
-                    let attempts: Vec<i32> = items.iter().map(|(_, a)| *a).collect();
+                    let ids: Vec<String> = items.iter().map(|(id, ..)| id.clone()).collect();
+                    let attempts: Vec<i32> = items.iter().map(|(_, a, _)| *a).collect();
+                    let any_bulk = items.iter().any(|(.., bulk)| *bulk);
                     let mut claimed: HashMap<String, Claimed> =
-                        store::lifecycle::claim_many(&db, &ids, &attempts)
+                        store::lifecycle::claim_many(&db, &ids, &attempts, any_bulk)
                             .await?
                             .into_iter()
                             .map(|c| (c.message.id.clone(), c))
@@ -305,7 +307,11 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
     let attempt = i32::try_from(meta.attempt).unwrap_or(i32::MAX);
     let claimed = d
         .claims
-        .call((job.message_id.clone(), attempt))
+        .call((
+            job.message_id.clone(),
+            attempt,
+            job.priority() == crate::domain::Priority::Bulk,
+        ))
         .await
         .map_err(db_error)?;
     let Some(claimed) = claimed else {

@@ -6,7 +6,7 @@
 //! history never disagrees with the status.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgExecutor;
+use sqlx::{PgExecutor, PgPool};
 
 use super::messages::MessageRow;
 use crate::domain::MessageStatus;
@@ -70,13 +70,49 @@ pub struct Claimed {
 /// changing (a replay putting a dead message back to `queued`, whose job may be taken before
 /// the replay commits) is waited for and judged as it is after that commit, not as it was
 /// when the statement began.
+///
+/// A batch with bulk messages first takes, in one transaction, a lock per recipient of a
+/// capped tenant's bulk message, so claims racing to one recipient are judged one after the
+/// other, each counting what the one before claimed.
 pub async fn claim_many(
+    db: &PgPool,
+    ids: &[String],
+    job_attempts: &[i32],
+    any_bulk: bool,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    if !any_bulk {
+        return claim_statement(db, ids, job_attempts).await;
+    }
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(k) FROM (
+            SELECT DISTINCT hashtextextended('herald.cap:' || m.tenant_id || ':' || m.to_addr, 0) AS k
+            FROM messages m JOIN tenants tn ON tn.id = m.tenant_id
+            WHERE m.id = ANY($1) AND m.priority = 'bulk' AND tn.frequency_cap_max IS NOT NULL
+            ORDER BY k
+         ) locks",
+    )
+    .bind(ids)
+    .execute(&mut *tx)
+    .await?;
+    let claimed = claim_statement(&mut *tx, ids, job_attempts).await?;
+    tx.commit().await?;
+    Ok(claimed)
+}
+
+async fn claim_statement(
     db: impl PgExecutor<'_>,
     ids: &[String],
     job_attempts: &[i32],
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     sqlx::query_as::<_, Claimed>(
-        "WITH target AS (
+        "WITH ahead AS (
+            -- Bulk messages of this batch to one recipient: each counts those before it.
+            SELECT m.id, count(*) OVER (PARTITION BY m.tenant_id, m.to_addr ORDER BY m.id) - 1 AS n
+            FROM messages m
+            WHERE m.id = ANY($1) AND m.priority = 'bulk'
+              AND m.status IN ('scheduled', 'queued', 'retrying')
+         ), target AS (
             SELECT m.id, j.attempt, z.zone, s.why,
                    (m.status IN ('scheduled', 'queued', 'retrying')
                     OR (m.status = 'sending' AND m.claim_attempt < j.attempt))
@@ -110,7 +146,13 @@ pub async fn claim_many(
                         WHERE x.tenant_id = m.tenant_id AND x.priority = 'bulk' AND x.id <> m.id
                           AND x.sent_at > now() - tn.frequency_cap_per
                           AND (x.to_addr = m.to_addr OR x.contact_id = m.contact_id)
-                    ) >= tn.frequency_cap_max THEN 'frequency cap'
+                    ) + (
+                        -- Claimed by another batch and still on its way.
+                        SELECT count(*) FROM messages x
+                        WHERE x.tenant_id = m.tenant_id AND x.priority = 'bulk' AND x.id <> m.id
+                          AND x.status = 'sending' AND x.to_addr = m.to_addr
+                    ) + COALESCE((SELECT a.n FROM ahead a WHERE a.id = m.id), 0)
+                      >= tn.frequency_cap_max THEN 'frequency cap'
                 END AS why
                 FROM (SELECT 1) one
                 LEFT JOIN contacts o ON m.channel = 'sms' AND o.tenant_id = m.tenant_id

@@ -13,7 +13,7 @@ use std::{
 use anyhow::bail;
 use axum::{Router, http::StatusCode, routing::post};
 use herald_core::{
-    domain::jobs::DeliveryJob,
+    domain::{Channel, Priority, jobs::DeliveryJob},
     queue::{self, NewJob},
 };
 use sqlx::PgPool;
@@ -104,33 +104,71 @@ pub(crate) async fn accept(
     tag: &str,
     n: usize,
 ) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO messages (id, tenant_id, channel, to_addr, from_addr, body, status, send_at, expires_at)
-         SELECT $1 || g, $2, 'sms', '+1555' || lpad(g::text, 7, '0'), '+15005550006', 'Your appointment is tomorrow at 3:30 PM',
-                'queued', now(), now() + interval '1 day'
-         FROM generate_series(1, $3) AS g",
-    )
-    .bind(format!("msg_{tag}_"))
-    .bind(tenant)
-    .bind(n as i64)
-    .execute(pool)
-    .await?;
-    let now = queue::now_ms();
-    let jobs: Vec<NewJob> = (1..=n)
-        .map(|g| {
-            let id = format!("msg_{tag}_{g}");
-            let to = format!("+1555{g:07}");
-            NewJob::new(
-                id.clone(),
-                &DeliveryJob::new(&id, tenant, herald_core::domain::Channel::Sms, &to),
-                now,
-            )
-        })
-        .collect::<Result<_, _>>()?;
-    for chunk in jobs.chunks(1000) {
-        queue.push_many(chunk).await?;
+    let batch = Accepted {
+        tenant,
+        from: "+15005550006",
+        tag,
+        to_prefix: "+1555",
+        priority: Priority::Transactional,
+    };
+    batch.accept(pool, queue, 1, n).await
+}
+
+/// SMS written and queued as the API and group sends leave them: `msg_<tag>_<g>` to
+/// `<to_prefix><g, 7 digits>` from `from`, due now.
+pub(crate) struct Accepted<'a> {
+    pub tenant: &'a str,
+    pub from: &'a str,
+    pub tag: &'a str,
+    pub to_prefix: &'a str,
+    pub priority: Priority,
+}
+
+impl Accepted<'_> {
+    /// Messages `first..first + n`.
+    pub async fn accept(
+        &self,
+        pool: &PgPool,
+        queue: &queue::Queue,
+        first: usize,
+        n: usize,
+    ) -> anyhow::Result<()> {
+        let last = first + n - 1;
+        sqlx::query(
+            "INSERT INTO messages (id, tenant_id, channel, to_addr, from_addr, body, status, send_at,
+                                   expires_at, priority, encoding, segments)
+             SELECT $1 || g, $2, 'sms', $6 || lpad(g::text, 7, '0'), $5,
+                    'Your appointment is tomorrow at 3:30 PM', 'queued', now(),
+                    now() + interval '1 day', $7, 'GSM-7', 1
+             FROM generate_series($3, $4) AS g",
+        )
+        .bind(format!("msg_{}_", self.tag))
+        .bind(self.tenant)
+        .bind(first as i64)
+        .bind(last as i64)
+        .bind(self.from)
+        .bind(self.to_prefix)
+        .bind(self.priority.as_str())
+        .execute(pool)
+        .await?;
+        let now = queue::now_ms();
+        let jobs: Vec<NewJob> = (first..=last)
+            .map(|g| {
+                let id = format!("msg_{}_{g}", self.tag);
+                let to = format!("{}{g:07}", self.to_prefix);
+                let job = DeliveryJob::new(&id, self.tenant, Channel::Sms, &to).paced(
+                    self.priority,
+                    Some(self.from),
+                    Some(1),
+                );
+                NewJob::new(id, &job, now)
+            })
+            .collect::<Result<_, _>>()?;
+        for chunk in jobs.chunks(1000) {
+            queue.push_many(chunk).await?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 pub async fn run(figures: &mut Figures, messages: usize, requests: usize) -> anyhow::Result<()> {

@@ -6,6 +6,7 @@
 //! cargo run --release -p herald-bench -- --jobs 20000   # a smaller backlog
 //! cargo run --release -p herald-bench -- --only neighbour  # tenant B beside a failing tenant A
 //! cargo run --release -p herald-bench -- --only crash      # kill -9 with sends in flight
+//! cargo run --release -p herald-bench -- --only lanes      # lateness amid a 100,000 backlog
 //! ```
 //!
 //! It starts its own `redis-server` on a free loopback port (AOF on, fsync every second, as in
@@ -16,6 +17,7 @@
 mod crash;
 mod delivery;
 mod fanout;
+mod lanes;
 mod neighbour;
 mod servers;
 mod worker;
@@ -46,6 +48,7 @@ own Redis and Postgres on free loopback ports; build the release binaries first
   --only fanout      daily fan-out, group send, reconcile (--subscriptions 100000)
   --only delivery    end-to-end delivery and POST /v1/messages (--messages 50000, --requests 50000)
   --only crash       kill -9 with SMS in flight: recovery and duplicates (--in-flight 50)
+  --only lanes       lateness amid another tenant's and one's own bulk backlog (--backlog 100000)
   --only neighbour   tenant B beside a failing tenant A (--messages 20000, --paced 5000,
                      --a-backlog 20000, --a-requests 300)
   (no --only)        all of them, in that order
@@ -266,6 +269,10 @@ async fn bench(flags: HashMap<String, String>) -> anyhow::Result<()> {
     if only == "all" || only == "crash" {
         let in_flight: usize = flag(&flags, "in-flight", 50);
         crash::run(&mut figures, in_flight).await?;
+    }
+    if only == "all" || only == "lanes" {
+        let backlog: usize = flag(&flags, "backlog", 100_000);
+        lanes::run(&mut figures, backlog).await?;
     }
     if only == "all" || only == "neighbour" {
         let messages: usize = flag(&flags, "messages", 20_000);
