@@ -306,8 +306,10 @@ pub struct ReadinessChecks {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct QueueStats {
     pub name: String,
-    /// Due now and waiting for a worker.
+    /// Due now and waiting for a worker, or for their SMS sender's pace.
     pub pending: u64,
+    /// Of `pending`, SMS waiting for their sender's pace.
+    pub paced: u64,
     /// Due later.
     pub scheduled: u64,
     /// Leased by a worker right now.
@@ -322,6 +324,7 @@ impl From<herald_core::queue::QueueStats> for QueueStats {
         Self {
             name: s.name,
             pending: s.pending,
+            paced: s.paced,
             scheduled: s.scheduled,
             running: s.running,
             dead: s.dead,

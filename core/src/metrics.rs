@@ -3,7 +3,8 @@
 //!
 //! - `herald_http_requests_total{route,method,status}`, `herald_http_request_duration_seconds`
 //! - `herald_jobs_total{queue,outcome}`, `herald_job_duration_seconds{queue}`
-//! - `herald_queue_depth{queue,state}`
+//! - `herald_queue_depth{queue,state}`, `herald_queue_paced{queue}` (of the pending, SMS waiting
+//!   for their sender's pace)
 //! - `herald_provider_calls_total{provider,outcome}`, `herald_provider_call_duration_seconds`
 //! - `herald_dead_letters_total{reason}`, `herald_messages_accepted_total{channel}`
 //! - `herald_circuits_open{provider}` (circuits open or half open: the SMS or email provider's,
@@ -60,6 +61,7 @@ pub async fn record_queue_depths(queues: &[Queue]) {
                 ::metrics::gauge!("herald_queue_depth", "queue" => name.clone(), "state" => state)
                     .set(value as f64);
             }
+            ::metrics::gauge!("herald_queue_paced", "queue" => name).set(s.paced as f64);
         }
     }
 }

@@ -118,11 +118,14 @@ async fn two_workers_sharing_a_long_code_send_one_segment_a_second_between_them(
     })
     .await;
     assert_eq!(arrivals.len(), 10, "each message sent once");
+    // Slots are a second apart when taken; the calls follow them within what a busy machine
+    // takes to pass a message on.
     for pair in arrivals.windows(2) {
         let gap = (pair[1].at - pair[0].at).num_milliseconds();
-        // A slot is taken when the job is released; the call follows within milliseconds.
-        assert!(gap >= 900, "two SMS {gap} ms apart from a 1/s sender");
+        assert!(gap >= 700, "two SMS {gap} ms apart from a 1/s sender");
     }
+    let span = (arrivals[9].at - arrivals[0].at).num_milliseconds();
+    assert!(span >= 8_700, "ten SMS within {span} ms from a 1/s sender");
     let m = app
         .wait_for_status(&tenant, &ids[9], "sent", Duration::from_secs(10))
         .await;
@@ -136,13 +139,14 @@ async fn two_workers_sharing_a_long_code_send_one_segment_a_second_between_them(
 async fn a_reminder_due_amid_a_10000_member_group_send_of_its_tenant_leaves_within_one_slot() {
     let twilio = TwilioMock::start().await;
     let app = TestApp::start_with_twilio(test_config().await, &twilio).await;
-    let tenant = app.tenant_with(json!({"sms_mps": null})).await;
+    // A slot of two seconds: long beside the time a worker takes to pass a message on.
+    let tenant = app.tenant_with(json!({"sms_mps": 0.5})).await;
     let group = group_of(&app, &tenant, 10_000).await;
     assert_eq!(
         send_to_group(&app, &tenant, &group, "Our spring sale starts today").await,
         10_000
     );
-    // The send is under way at its 1/s pace, the rest of its 10,000 waiting.
+    // The send is under way at its pace, the rest of its 10,000 waiting.
     eventually(
         Duration::from_secs(30),
         "the group send going out",
@@ -159,7 +163,7 @@ async fn a_reminder_due_amid_a_10000_member_group_send_of_its_tenant_leaves_with
         )
         .await;
     assert_eq!(reminder.priority, "transactional");
-    let arrived = eventually(Duration::from_secs(10), "the reminder sent", || async {
+    let arrived = eventually(Duration::from_secs(15), "the reminder sent", || async {
         arrivals_from(&twilio, &tenant)
             .into_iter()
             .find(|r| r.form.get("To").map(String::as_str) == Some("+15553029999"))
@@ -175,8 +179,8 @@ async fn a_reminder_due_amid_a_10000_member_group_send_of_its_tenant_leaves_with
     );
     let waited = (arrived.at - posted).num_milliseconds();
     assert!(
-        waited < 1_000 + 500,
-        "the reminder waited {waited} ms behind a 1/s sender's bulk backlog"
+        waited < 2_000 + 1_000,
+        "the reminder waited {waited} ms behind a 2 s slot sender's bulk backlog"
     );
 }
 
@@ -236,16 +240,29 @@ async fn a_tenants_sms_mps_sets_its_pace_counted_in_segments() {
         (got.len() >= 4).then_some(got)
     })
     .await;
+    // 200 ms a segment at 5 a second: a two-segment text holds the sender 400 ms (give or
+    // take what a busy machine takes to pass a message on).
+    let slot = |r: &Received| {
+        if r.form.get("Body").map_or(0, String::len) > 160 {
+            400
+        } else {
+            200
+        }
+    };
     for pair in arrivals.windows(2) {
-        let before = pair[0].form.get("Body").map_or(0, String::len);
-        // 200 ms a segment at 5 a second: a two-segment text holds the sender 400 ms.
-        let slot = if before > 160 { 400 } else { 200 };
         let gap = (pair[1].at - pair[0].at).num_milliseconds();
         assert!(
-            gap >= slot - 20,
-            "an SMS {gap} ms after one of {before} characters at 5 segments a second"
+            gap >= slot(&pair[0]) - 100,
+            "an SMS {gap} ms after one of {} ms at 5 segments a second",
+            slot(&pair[0])
         );
     }
+    let span = (arrivals[3].at - arrivals[0].at).num_milliseconds();
+    let slots: i64 = arrivals[..3].iter().map(slot).sum();
+    assert!(
+        span >= slots - 100,
+        "four SMS within {span} ms, {slots} ms of slots"
+    );
 
     for bad in [json!(0), json!(-1), json!(10_001), json!("fast")] {
         let (status, body) = app

@@ -128,30 +128,28 @@ impl Keys {
         }
     }
 
-    /// Every key a script gets, in the order its prelude names them.
-    fn all(&self, now_ms: i64) -> [String; 21] {
+    /// The keys a script gets before the two buckets of `now`, in the order its prelude
+    /// names them (the bulk lane's clock follows the buckets).
+    fn fixed(&self) -> [&str; 18] {
         [
-            self.data.clone(),
-            self.attempts.clone(),
-            self.errors.clone(),
-            self.scheduled.clone(),
-            self.legacy_ready.clone(),
-            self.inflight.clone(),
-            self.lease.clone(),
-            self.dead.clone(),
-            self.notify.clone(),
-            self.ready_tx.clone(),
-            self.ready_bulk.clone(),
-            self.flow.clone(),
-            self.vt_tx.clone(),
-            self.weights.clone(),
-            self.pace.clone(),
-            self.pacers.clone(),
-            self.parked.clone(),
-            self.granted.clone(),
-            self.done_bucket(now_ms),
-            self.failed_bucket(now_ms),
-            self.vt_bulk.clone(),
+            &self.data,
+            &self.attempts,
+            &self.errors,
+            &self.scheduled,
+            &self.legacy_ready,
+            &self.inflight,
+            &self.lease,
+            &self.dead,
+            &self.notify,
+            &self.ready_tx,
+            &self.ready_bulk,
+            &self.flow,
+            &self.vt_tx,
+            &self.weights,
+            &self.pace,
+            &self.pacers,
+            &self.parked,
+            &self.granted,
         ]
     }
 
@@ -185,7 +183,7 @@ pub(crate) struct Scripts {
 
 impl Scripts {
     fn new() -> Self {
-        let script = |body: &str| Script::new(&scripts::with_prelude(body));
+        let script = |lua: scripts::Lua| Script::new(&lua.source());
         Self {
             push: script(scripts::PUSH),
             fetch: script(scripts::FETCH),
@@ -315,8 +313,10 @@ pub struct Pace {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct QueueStats {
     pub name: String,
-    /// Due now and waiting for a worker.
+    /// Due now and waiting for a worker (or for their sender's pace).
     pub pending: u64,
+    /// Of `pending`, parked until their SMS sender's pace lets them go.
+    pub paced: u64,
     /// Due later.
     pub scheduled: u64,
     /// Leased by a worker.
@@ -449,10 +449,14 @@ impl Queue {
 
     /// A script invocation with every key of this queue.
     pub(crate) fn invoke<'a>(&self, script: &'a Script, now: i64) -> redis::ScriptInvocation<'a> {
+        let k = &self.inner.keys;
         let mut inv = script.prepare_invoke();
-        for key in self.inner.keys.all(now) {
+        for key in k.fixed() {
             inv.key(key);
         }
+        inv.key(k.done_bucket(now))
+            .key(k.failed_bucket(now))
+            .key(&k.vt_bulk);
         inv
     }
 
@@ -460,8 +464,14 @@ impl Queue {
     /// slot free now, or jobs of the same or a higher lane wait for it; park the job
     /// ([`JobError::Park`]).
     pub async fn take_slot(&self, pace: &Pace) -> Result<bool, QueueError> {
+        Ok(self.take_slots(pace, pace.cost).await? > 0)
+    }
+
+    /// Like [`Queue::take_slot`], taking up to `want` segments in all while they fall within
+    /// the sender's burst; returns the segments taken (0, or at least `pace.cost`).
+    pub async fn take_slots(&self, pace: &Pace, want: u32) -> Result<u32, QueueError> {
         let now = now_ms();
-        let taken: i64 = self
+        let taken: u32 = self
             .invoke(&self.inner.scripts.take_slot, now)
             .arg(now)
             .arg(&pace.sender)
@@ -469,9 +479,10 @@ impl Queue {
             .arg(pace.cost)
             .arg(pace.rate)
             .arg(&pace.tenant)
+            .arg(want.max(pace.cost))
             .invoke_async(&mut self.conn())
             .await?;
-        Ok(taken == 1)
+        Ok(taken)
     }
 
     /// When each job is expected to be taken by a worker (ms since the epoch), given its
@@ -574,6 +585,7 @@ impl Queue {
         Ok(QueueStats {
             name: self.inner.name.clone(),
             pending: tx + bulk + parked + legacy + due,
+            paced: parked,
             scheduled: later,
             running,
             dead,

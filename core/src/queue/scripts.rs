@@ -39,8 +39,8 @@
 //! fetch releases parked jobs one slot at a time (`cost` segments every `cost / rate`
 //! seconds, transactional first) into the ready lanes, marked granted.
 
-/// The keys every script receives, by name.
-const PRELUDE: &str = r#"
+/// The keys every script receives, by name, and a number as Redis keeps it.
+const KEYS_PART: &str = r#"
 local K = {
   data = KEYS[1], attempts = KEYS[2], errors = KEYS[3], scheduled = KEYS[4], legacy = KEYS[5],
   inflight = KEYS[6], lease = KEYS[7], dead = KEYS[8], notify = KEYS[9],
@@ -50,7 +50,10 @@ local K = {
 }
 
 local function num(s) return string.format('%.17g', s) end
+"#;
 
+/// A failed attempt's error kept with its job, and the failure counters.
+const ERRORS_PART: &str = r#"
 local function push_error(id, now, attempt, text)
   local raw = redis.call('HGET', K.errors, id)
   local list = {}
@@ -64,7 +67,10 @@ local function bump(key, by, ttl)
   redis.call('INCRBY', key, by)
   redis.call('EXPIRE', key, ttl)
 end
+"#;
 
+/// Scheduling a job for later.
+const SCHEDULE_PART: &str = r#"
 -- Wake sleeping workers when `due` is earlier than every other scheduled job.
 local function schedule(id, due)
   local first = redis.call('ZRANGE', K.scheduled, 0, 0, 'WITHSCORES')
@@ -73,13 +79,19 @@ local function schedule(id, due)
     redis.call('PUBLISH', K.notify, 'w')
   end
 end
+"#;
 
+/// Splitting `a|b|c` values.
+const SPLIT_PART: &str = r#"
 local function split(s)
   local out = {}
   for part in string.gmatch(s, '([^|]*)|?') do table.insert(out, part) end
   return out
 end
+"#;
 
+/// The ready lanes and their fair order.
+const LANES_PART: &str = r#"
 -- A job's lane ('0' or '1') and tenant ('~': none in particular).
 local function flow_of(id)
   local f = redis.call('HGET', K.flow, id)
@@ -95,47 +107,96 @@ local function lane_keys(lane)
 end
 
 local function weight(tenant)
+  if tenant == '~' then return 1 end
   return tonumber(redis.call('HGET', K.weights, tenant) or '1')
+end
+
+-- Jobs entering the lanes during one script call. Each flow's state is read once and written
+-- once, and each lane gets one ZADD per 1,000 jobs, so a batch costs little more than its
+-- jobs' own writes. Call `lanes_flush` before taking from the lanes.
+local Lanes = {state = {}, adds = {['0'] = {}, ['1'] = {}}}
+
+local function lanes_flush_adds(lane)
+  local list = Lanes.adds[lane]
+  if #list > 0 then
+    redis.call('ZADD', (lane_keys(lane)), unpack(list))
+    Lanes.adds[lane] = {}
+  end
 end
 
 -- Put a due job in its lane: at the front (a job handed back or reclaimed), else at its
 -- flow's next start tag (start-time fair queueing: a flow's first job starts at the clock).
-local function ready_add(id, front)
-  local lane, tenant = flow_of(id)
-  local ready, vt = lane_keys(lane)
-  local clock = tonumber(redis.call('HGET', vt, 'clock') or '0')
-  local tag = clock
-  if not front then
-    local finish = tonumber(redis.call('HGET', vt, tenant) or '0')
-    if finish > tag then tag = finish end
-    redis.call('HSET', vt, tenant, num(tag + 1 / weight(tenant)))
+local function ready_add(id, front, lane, tenant)
+  if not lane then lane, tenant = flow_of(id) end
+  local key = lane .. tenant
+  local st = Lanes.state[key]
+  if not st then
+    local _, vt = lane_keys(lane)
+    local at = redis.call('HMGET', vt, 'clock', tenant)
+    local clock, finish = tonumber(at[1] or '0'), tonumber(at[2] or '0')
+    if finish < clock then finish = clock end
+    st = {clock = clock, finish = finish, w = weight(tenant), lane = lane, tenant = tenant}
+    Lanes.state[key] = st
   end
-  redis.call('ZADD', ready, num(tag), id)
+  local tag = st.clock
+  if not front then
+    tag = st.finish
+    st.finish = st.finish + 1 / st.w
+    st.dirty = true
+  end
+  local list = Lanes.adds[lane]
+  list[#list + 1] = num(tag)
+  list[#list + 1] = id
+  if #list >= 2000 then lanes_flush_adds(lane) end
+end
+
+local function lanes_flush()
+  lanes_flush_adds('0')
+  lanes_flush_adds('1')
+  for _, st in pairs(Lanes.state) do
+    if st.dirty then
+      local _, vt = lane_keys(st.lane)
+      redis.call('HSET', vt, st.tenant, num(st.finish))
+    end
+  end
+  Lanes.state = {}
 end
 
 -- Take up to n due jobs, the transactional lane first, lowest tags first.
 local function ready_pop(n)
+  lanes_flush()
   local out = {}
   for _, lane in ipairs({'0', '1'}) do
     if #out < n then
       local ready, vt = lane_keys(lane)
       local got = redis.call('ZPOPMIN', ready, n - #out)
-      for i = 1, #got, 2 do
-        local id, tag = got[i], tonumber(got[i + 1])
-        table.insert(out, id)
-        redis.call('HSET', vt, 'clock', got[i + 1])
-        local _, tenant = flow_of(id)
-        -- The flow's last job: forget the flow, its next job starts at the clock.
-        local finish = tonumber(redis.call('HGET', vt, tenant) or '0')
-        if finish <= tag + 1 / weight(tenant) then redis.call('HDEL', vt, tenant) end
+      if #got > 0 then
+        local last = {}
+        for i = 1, #got, 2 do
+          out[#out + 1] = got[i]
+          local _, tenant = flow_of(got[i])
+          last[tenant] = tonumber(got[i + 1])
+        end
+        if redis.call('ZCARD', ready) == 0 then
+          -- An empty lane has no flow left in it: its clock starts again from zero.
+          redis.call('DEL', vt)
+        else
+          redis.call('HSET', vt, 'clock', got[#got])
+          -- A flow whose last job was taken is forgotten: its next job starts at the clock.
+          for tenant, tag in pairs(last) do
+            local finish = tonumber(redis.call('HGET', vt, tenant) or '0')
+            if finish <= tag + 1 / weight(tenant) then redis.call('HDEL', vt, tenant) end
+          end
+        end
       end
-      -- An empty lane has no flow left in it: its clock starts again from zero.
-      if #got > 0 and redis.call('ZCARD', ready) == 0 then redis.call('DEL', vt) end
     end
   end
   return out
 end
+"#;
 
+/// Senders' paces and their parked lists.
+const PACE_PART: &str = r#"
 -- A sender's pace: ms per segment, and how far ahead of now its next slot may be and still
 -- be taken (a burst of a tenth of a second's worth, at least one segment).
 local function pace_of(sender)
@@ -147,7 +208,10 @@ end
 local function parked_list(lane, sender)
   return K.parked .. ':' .. lane .. ':' .. sender
 end
+"#;
 
+/// Releasing parked jobs into the lanes (needs the lanes and the paces).
+const RELEASE_PART: &str = r#"
 -- Release a sender's parked jobs whose slots have come, transactional first.
 local function release_sender(sender, now)
   local interval, tolerance = pace_of(sender)
@@ -187,7 +251,10 @@ local function release_sender(sender, now)
     redis.call('ZREM', K.pacers, sender)
   end
 end
+"#;
 
+/// Taking a job out of wherever it waits (needs the lanes and the paces).
+const UNREADY_PART: &str = r#"
 -- Remove a job from wherever it waits (a lane, the legacy list or a sender's list).
 local function unready(id)
   local ready = lane_keys(flow_of(id))
@@ -200,7 +267,10 @@ local function unready(id)
   end
   return redis.call('LREM', K.legacy, 1, id)
 end
+"#;
 
+/// Removing what a job leaves behind.
+const FORGET_PART: &str = r#"
 local function forget(id)
   redis.call('HDEL', K.data, id)
   redis.call('HDEL', K.attempts, id)
@@ -215,7 +285,9 @@ end
 ///
 /// ARGV: now, then (id, payload, due, flow) quadruples; `flow` is `lane|tenant`.
 /// Returns the number of jobs added or revived.
-pub const PUSH: &str = r#"
+pub const PUSH: Lua = Lua {
+    parts: &[KEYS_PART, SCHEDULE_PART, LANES_PART],
+    body: r#"
 local now = tonumber(ARGV[1])
 local added = 0
 local ready_now = false
@@ -230,18 +302,22 @@ for i = 2, #ARGV, 4 do
   end
   if fresh then
     added = added + 1
-    redis.call('HSET', K.flow, id, f)
+    if f ~= '0|' then redis.call('HSET', K.flow, id, f) end
     if due <= now then
-      ready_add(id, false)
+      local tenant = string.sub(f, 3)
+      if tenant == '' then tenant = '~' end
+      ready_add(id, false, string.sub(f, 1, 1), tenant)
       ready_now = true
     else
       schedule(id, due)
     end
   end
 end
+lanes_flush()
 if ready_now then redis.call('PUBLISH', K.notify, 'w') end
 return added
-"#;
+"#,
+};
 
 /// Lease up to `n` due jobs to a worker.
 ///
@@ -254,7 +330,16 @@ return added
 /// Returns {hint, id1, payload1, attempt1, granted1, ...}; `hint` is, when nothing was
 /// leased, the time something next becomes due, a sender may release or a lease expires (-1:
 /// nothing at all), else 0.
-pub const FETCH: &str = r#"
+pub const FETCH: Lua = Lua {
+    parts: &[
+        KEYS_PART,
+        ERRORS_PART,
+        SPLIT_PART,
+        LANES_PART,
+        PACE_PART,
+        RELEASE_PART,
+    ],
+    body: r#"
 local now = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local lease_until = now + tonumber(ARGV[3])
@@ -294,16 +379,17 @@ local senders = redis.call('ZRANGEBYSCORE', K.pacers, '-inf', now, 'LIMIT', 0, c
 for _, sender in ipairs(senders) do release_sender(sender, now) end
 
 local out = {0}
+local any_granted = redis.call('HLEN', K.granted) > 0
 for _, id in ipairs(ready_pop(n)) do
   local payload = redis.call('HGET', K.data, id)
   if payload then
     local attempt = redis.call('HINCRBY', K.attempts, id, 1)
     redis.call('ZADD', K.inflight, lease_until, id)
     redis.call('HSET', K.lease, id, token)
-    table.insert(out, id)
-    table.insert(out, payload)
-    table.insert(out, attempt)
-    table.insert(out, redis.call('HEXISTS', K.granted, id))
+    out[#out + 1] = id
+    out[#out + 1] = payload
+    out[#out + 1] = attempt
+    out[#out + 1] = any_granted and redis.call('HEXISTS', K.granted, id) or 0
   end
 end
 
@@ -320,14 +406,17 @@ if #out == 1 then
   out[1] = hint
 end
 return out
-"#;
+"#,
+};
 
 /// Acknowledge finished jobs: they leave Redis entirely, but for a counter that expires.
 /// A job whose lease this worker no longer holds (it was reclaimed) is left to its new holder.
 ///
 /// ARGV: bucket_ttl, then (id, token) pairs
 /// Returns the number acknowledged.
-pub const ACK: &str = r#"
+pub const ACK: Lua = Lua {
+    parts: &[KEYS_PART, ERRORS_PART, FORGET_PART],
+    body: r#"
 local acked = 0
 for i = 2, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
@@ -340,7 +429,8 @@ for i = 2, #ARGV, 2 do
 end
 if acked > 0 then bump(K.done, acked, tonumber(ARGV[1])) end
 return acked
-"#;
+"#,
+};
 
 /// Settle a failed or deferred attempt: re-schedule it (`retry`), give the attempt back and
 /// re-schedule it (`defer`, for an open circuit or a rate limit), or move it to the dead set
@@ -349,7 +439,9 @@ return acked
 ///
 /// ARGV: now, id, token, kind (retry | retry_at | defer | dead), due, error, max_attempts, bucket_ttl
 /// Returns 'retried', 'deferred', 'dead', or 'lost' when this worker no longer holds the lease.
-pub const SETTLE: &str = r#"
+pub const SETTLE: Lua = Lua {
+    parts: &[KEYS_PART, ERRORS_PART, SCHEDULE_PART],
+    body: r#"
 local now, id, token, kind = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local due, text, max_attempts, ttl = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 if redis.call('HGET', K.lease, id) ~= token then return 'lost' end
@@ -370,16 +462,21 @@ if kind == 'dead' or (kind == 'retry' and attempt >= max_attempts) then
 end
 schedule(id, due)
 return 'retried'
-"#;
+"#,
+};
 
-/// Take a slot of a sender's pace for a job about to be sent, if one is free now and no job
-/// of the same or a higher lane waits for that sender. Records the sender's rate and, as the
-/// tenant's weight, the same rate.
+/// Take slots of a sender's pace for a job about to be sent, if its slot is free now and no
+/// job of the same or a higher lane waits for that sender: `cost` segments, and up to `want`
+/// in all while they fall within the sender's burst (the caller spends the rest on its next
+/// jobs). Records the sender's rate and, as the tenant's weight, the same rate.
 ///
-/// ARGV: now, sender, lane, cost (segments), rate (segments per second), tenant
-/// Returns 1 when the slot is taken, else 0.
-pub const TAKE_SLOT: &str = r#"
+/// ARGV: now, sender, lane, cost (segments), rate (segments per second), tenant, want
+/// Returns the segments taken (0: none; else at least `cost`).
+pub const TAKE_SLOT: Lua = Lua {
+    parts: &[KEYS_PART, PACE_PART],
+    body: r#"
 local now, sender, lane, cost = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
+local want = tonumber(ARGV[7])
 redis.call('HSET', K.pace, sender .. '|rate', ARGV[5])
 redis.call('HSET', K.weights, ARGV[6], ARGV[5])
 if redis.call('LLEN', parked_list('0', sender)) > 0 then return 0 end
@@ -388,16 +485,21 @@ local interval, tolerance = pace_of(sender)
 local tat = tonumber(redis.call('HGET', K.pace, sender) or '0')
 local base = math.max(tat, now)
 if base - now > tolerance then return 0 end
-redis.call('HSET', K.pace, sender, num(base + cost * interval))
-return 1
-"#;
+local room = math.floor((now + tolerance - base) / interval) + 1
+local taken = math.max(cost, math.min(want, room))
+redis.call('HSET', K.pace, sender, num(base + taken * interval))
+return taken
+"#,
+};
 
 /// Park a leased job behind its sender's pace: it leaves the worker (the attempt given back)
 /// and waits in the sender's list for its lane until the fetch releases it.
 ///
 /// ARGV: now, id, token, sender, lane, cost, rate
 /// Returns 'parked', or 'lost' when this worker no longer holds the lease.
-pub const PARK: &str = r#"
+pub const PARK: Lua = Lua {
+    parts: &[KEYS_PART, PACE_PART],
+    body: r#"
 local now, id, token, sender, lane, cost = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 if redis.call('HGET', K.lease, id) ~= token then return 'lost' end
 redis.call('ZREM', K.inflight, id)
@@ -418,7 +520,8 @@ if not redis.call('ZSCORE', K.pacers, sender) then
   redis.call('PUBLISH', K.notify, 'w')
 end
 return 'parked'
-"#;
+"#,
+};
 
 /// When each job is expected to be taken by a worker: a parked job when its sender's pace
 /// reaches it (the transactional jobs waiting first, for a bulk one), a scheduled one when
@@ -426,7 +529,9 @@ return 'parked'
 ///
 /// ARGV: now, ids...
 /// Returns one time (ms) per id, or -1 for a job the queue does not hold.
-pub const EXPECTED: &str = r#"
+pub const EXPECTED: Lua = Lua {
+    parts: &[KEYS_PART, SPLIT_PART, PACE_PART],
+    body: r#"
 local now = tonumber(ARGV[1])
 local out = {}
 for i = 2, #ARGV do
@@ -453,12 +558,15 @@ for i = 2, #ARGV do
   table.insert(out, math.floor(at))
 end
 return out
-"#;
+"#,
+};
 
 /// Extend the leases this worker still holds; returns the ids it has lost.
 ///
 /// ARGV: lease_until, token, ids...
-pub const EXTEND: &str = r#"
+pub const EXTEND: Lua = Lua {
+    parts: &[KEYS_PART],
+    body: r#"
 local lost = {}
 for i = 3, #ARGV do
   local id = ARGV[i]
@@ -469,13 +577,16 @@ for i = 3, #ARGV do
   end
 end
 return lost
-"#;
+"#,
+};
 
 /// Hand leases back at shutdown: the jobs go to the front of their lane with the attempt
 /// given back (and their sender's slot kept), and sleeping workers are woken to take them.
 ///
 /// ARGV: token, ids...
-pub const RELEASE: &str = r#"
+pub const RELEASE: Lua = Lua {
+    parts: &[KEYS_PART, LANES_PART],
+    body: r#"
 local released = 0
 for i = 2, #ARGV do
   local id = ARGV[i]
@@ -487,43 +598,74 @@ for i = 2, #ARGV do
     released = released + 1
   end
 end
+lanes_flush()
 if released > 0 then redis.call('PUBLISH', K.notify, 'w') end
 return released
-"#;
+"#,
+};
 
 /// Replay a dead job with fresh attempts; returns 1 if it was dead.
 ///
 /// ARGV: id
-pub const REPLAY: &str = r#"
+pub const REPLAY: Lua = Lua {
+    parts: &[KEYS_PART, LANES_PART],
+    body: r#"
 if redis.call('ZREM', K.dead, ARGV[1]) == 0 then return 0 end
 redis.call('HDEL', K.attempts, ARGV[1])
 redis.call('HDEL', K.errors, ARGV[1])
 ready_add(ARGV[1], false)
+lanes_flush()
 redis.call('PUBLISH', K.notify, 'w')
 return 1
-"#;
+"#,
+};
 
 /// Delete a dead job; returns 1 if it was dead.
 ///
 /// ARGV: id
-pub const DELETE_DEAD: &str = r#"
+pub const DELETE_DEAD: Lua = Lua {
+    parts: &[KEYS_PART, FORGET_PART],
+    body: r#"
 if redis.call('ZREM', K.dead, ARGV[1]) == 0 then return 0 end
 forget(ARGV[1])
 return 1
-"#;
+"#,
+};
 
 /// Remove a job that has not started (a canceled message); returns 1 if it was waiting.
 ///
 /// ARGV: id
-pub const REMOVE_WAITING: &str = r#"
+pub const REMOVE_WAITING: Lua = Lua {
+    parts: &[
+        KEYS_PART,
+        SPLIT_PART,
+        LANES_PART,
+        PACE_PART,
+        UNREADY_PART,
+        FORGET_PART,
+    ],
+    body: r#"
 local removed = redis.call('ZREM', K.scheduled, ARGV[1])
 if removed == 0 then removed = unready(ARGV[1]) end
 if removed == 0 then return 0 end
 forget(ARGV[1])
 return 1
-"#;
+"#,
+};
 
-/// The full source of a script, with the prelude that names its keys.
-pub fn with_prelude(body: &str) -> String {
-    format!("{PRELUDE}\n{body}")
+/// A script: the parts of the prelude it uses, in the order they must be defined (so Redis
+/// defines no function a script does not call), and its body.
+pub struct Lua {
+    parts: &'static [&'static str],
+    body: &'static str,
+}
+
+impl Lua {
+    /// The full source.
+    pub fn source(&self) -> String {
+        let mut source = self.parts.join("\n");
+        source.push('\n');
+        source.push_str(self.body);
+        source
+    }
 }

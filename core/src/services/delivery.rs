@@ -29,7 +29,7 @@ use crate::{
     queue::{DELIVERIES, JobError, JobMeta, Pace, Queue, RetryPolicy},
     ratelimit::RateLimiter,
     services::{
-        pacing::SenderRates,
+        pacing::{Pacer, SenderRates},
         pauses::{Gate, SenderPauses},
     },
     store::{
@@ -76,8 +76,8 @@ pub struct Deliverer {
     put_offs: Batcher<PutOff, ()>,
     /// Senders paused until the operator fixes what Twilio refused.
     pub pauses: SenderPauses,
-    /// The queue whose sender slots pace SMS (none: SMS are not paced).
-    pacer: Option<Queue>,
+    /// Takes SMS senders' slots from the queue (none: SMS are not paced).
+    pacer: Option<Pacer>,
     rates: SenderRates,
     /// The circuit episode each put-off message was last told about, so a backlog put off
     /// again and again by one outage writes its events once per opening, not per deferral.
@@ -201,7 +201,7 @@ impl Deliverer {
 
     /// Paces SMS by their senders' slots in `queue` (the queue their jobs are on).
     pub fn with_pacing(mut self, queue: Queue) -> Self {
-        self.pacer = Some(queue);
+        self.pacer = Some(Pacer::new(queue));
         self
     }
 
@@ -562,7 +562,7 @@ async fn admit<'a>(
 /// tenant's `sms_mps`, at most `HERALD_TENANT_SEND_RATE`), or waits for one in the queue
 /// (transactional before bulk) without spending an attempt.
 async fn pace(d: &Deliverer, job: &DeliveryJob) -> Result<(), JobError> {
-    let (Some(queue), Some(sender), Some(tenant)) = (&d.pacer, &job.sender, &job.tenant_id) else {
+    let (Some(pacer), Some(sender), Some(tenant)) = (&d.pacer, &job.sender, &job.tenant_id) else {
         return Ok(());
     };
     if !d.paces(job) {
@@ -580,7 +580,7 @@ async fn pace(d: &Deliverer, job: &DeliveryJob) -> Result<(), JobError> {
         rate,
         tenant: tenant.clone(),
     };
-    match queue.take_slot(&pace).await {
+    match pacer.take(&pace).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(JobError::Park(pace)),
         // The pace protects the sender's standing with carriers; Twilio queues what comes

@@ -1,7 +1,14 @@
 //! Each SMS leaves at the pace of the number it is sent from, as carriers take it: a US long
 //! code 1 segment per second, toll-free 3, a short code 100, a Messaging Service as configured
 //! (10 unless the tenant says). The slots themselves live in the queue (see
-//! [`crate::queue::Queue::take_slot`]), shared by every worker; this module knows the rates.
+//! [`crate::queue::Queue::take_slots`]), shared by every worker; this module knows the rates,
+//! and lets a worker take a fast sender's slots a few at a time.
+//!
+//! A sender of 20 segments a second or more is asked for a twentieth of its rate at once (at
+//! most 50 segments), which its burst allows; the worker spends them on its next SMS from that
+//! sender within 50 ms and lets the rest lapse. One caller per sender goes to Redis at a time
+//! and the others wait for its slots, so concurrent jobs do not each take a handful. A slower
+//! sender is asked one SMS at a time.
 
 use std::{
     collections::HashMap,
@@ -11,7 +18,66 @@ use std::{
 
 use sqlx::PgPool;
 
-use crate::{providers::twilio::is_messaging_service, store::tenants};
+use crate::{
+    providers::twilio::is_messaging_service,
+    queue::{Pace, Queue, QueueError},
+    store::tenants,
+};
+
+/// How long slots a worker took stay spendable.
+const HOLD: Duration = Duration::from_millis(50);
+/// Past this many senders remembered, expired holdings are dropped.
+const MAX_SENDERS: usize = 10_000;
+
+/// Slots a worker took and has not spent yet.
+#[derive(Debug, Default)]
+struct Held {
+    segments: u32,
+    until: Option<Instant>,
+}
+
+type Slot = std::sync::Arc<tokio::sync::Mutex<Held>>;
+
+/// Takes senders' slots from the queue for this worker.
+pub struct Pacer {
+    queue: Queue,
+    held: std::sync::Mutex<HashMap<String, Slot>>,
+}
+
+impl Pacer {
+    pub fn new(queue: Queue) -> Self {
+        Self {
+            queue,
+            held: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Takes `pace.cost` segments of the sender's pace; `false` when it has none free now, or
+    /// jobs of the same or a higher lane wait for it.
+    pub async fn take(&self, pace: &Pace) -> Result<bool, QueueError> {
+        let slot = self.slot(&pace.sender);
+        let mut held = slot.lock().await;
+        if held.until.is_some_and(|t| t > Instant::now()) && held.segments >= pace.cost {
+            held.segments -= pace.cost;
+            return Ok(true);
+        }
+        let want = ((pace.rate / 20.0).floor() as u32)
+            .clamp(1, 50)
+            .max(pace.cost);
+        let taken = self.queue.take_slots(pace, want).await?;
+        held.segments = taken.saturating_sub(pace.cost);
+        held.until = Some(Instant::now() + HOLD);
+        Ok(taken > 0)
+    }
+
+    fn slot(&self, sender: &str) -> Slot {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.len() >= MAX_SENDERS && !held.contains_key(sender) {
+            held.retain(|_, s| s.try_lock().is_err());
+        }
+        held.entry(sender.to_owned()).or_default().clone()
+    }
+}
 
 /// How long a worker trusts a tenant's `sms_mps` before reading it again.
 const FRESH: Duration = Duration::from_secs(10);
