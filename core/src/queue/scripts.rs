@@ -14,7 +14,8 @@
 //! - `ready:0`, `ready:1`  ZSET  due ids of the transactional and the bulk lane, by fair tag
 //! - `flow`      HASH  id -> `lane|tenant` (absent: lane 0, the shared flow)
 //! - `vt:0`, `vt:1`  HASH  per lane: `clock` -> the start tag last taken; tenant (`~`: no
-//!   tenant) -> the finish tag of that flow's last job in the lane
+//!   tenant) -> the finish tag of that flow's last job in the lane (deleted with the lane's
+//!   clock when the lane empties)
 //! - `weights`   HASH  tenant -> its weight (its sender's pace), default 1
 //! - `inflight`  ZSET  id by lease expiry
 //! - `lease`     HASH  id -> token of the worker process holding the lease
@@ -162,7 +163,9 @@ local function lanes_flush()
   Lanes.state = {}
 end
 
--- Take up to n due jobs, the transactional lane first, lowest tags first.
+-- Take up to n due jobs, the transactional lane first, lowest tags first. A flow whose jobs
+-- were all taken keeps its finish tag until the lane empties; being behind the clock, it
+-- counts for nothing (its next job starts at the clock), and there is one per tenant at most.
 local function ready_pop(n)
   lanes_flush()
   local out = {}
@@ -171,22 +174,12 @@ local function ready_pop(n)
       local ready, vt = lane_keys(lane)
       local got = redis.call('ZPOPMIN', ready, n - #out)
       if #got > 0 then
-        local last = {}
-        for i = 1, #got, 2 do
-          out[#out + 1] = got[i]
-          local _, tenant = flow_of(got[i])
-          last[tenant] = tonumber(got[i + 1])
-        end
+        for i = 1, #got, 2 do out[#out + 1] = got[i] end
         if redis.call('ZCARD', ready) == 0 then
           -- An empty lane has no flow left in it: its clock starts again from zero.
           redis.call('DEL', vt)
         else
           redis.call('HSET', vt, 'clock', got[#got])
-          -- A flow whose last job was taken is forgotten: its next job starts at the clock.
-          for tenant, tag in pairs(last) do
-            local finish = tonumber(redis.call('HGET', vt, tenant) or '0')
-            if finish <= tag + 1 / weight(tenant) then redis.call('HDEL', vt, tenant) end
-          end
         end
       end
     end
