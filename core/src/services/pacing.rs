@@ -5,8 +5,8 @@
 //! and lets a worker take a fast sender's slots a few at a time.
 //!
 //! A sender of 20 segments a second or more is asked for a twentieth of its rate at once (at
-//! most 50 segments), which its burst allows; the worker spends them on its next SMS from that
-//! sender within 50 ms and lets the rest lapse. One caller per sender goes to Redis at a time
+//! most 200 segments), which its burst allows; the worker spends them on its next SMS from that
+//! sender within 100 ms and lets the rest lapse. One caller per sender goes to Redis at a time
 //! and the others wait for its slots, so concurrent jobs do not each take a handful. A slower
 //! sender is asked one SMS at a time.
 
@@ -25,7 +25,9 @@ use crate::{
 };
 
 /// How long slots a worker took stay spendable.
-const HOLD: Duration = Duration::from_millis(50);
+const HOLD: Duration = Duration::from_millis(100);
+/// The most segments a worker takes at once.
+const MOST_AT_ONCE: u32 = 200;
 /// Past this many senders remembered, expired holdings are dropped.
 const MAX_SENDERS: usize = 10_000;
 
@@ -36,19 +38,38 @@ struct Held {
     until: Option<Instant>,
 }
 
-type Slot = std::sync::Arc<tokio::sync::Mutex<Held>>;
+/// One sender's slots in this worker: spent under a plain lock; one caller at a time goes to
+/// Redis for more (`refill`), the others wait for what it brings back.
+#[derive(Debug, Default)]
+struct SenderSlots {
+    held: std::sync::Mutex<Held>,
+    refill: tokio::sync::Mutex<()>,
+}
+
+impl SenderSlots {
+    fn spend(&self, cost: u32) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.until.is_some_and(|t| t > Instant::now()) && held.segments >= cost {
+            held.segments -= cost;
+            return true;
+        }
+        false
+    }
+}
+
+type Slot = std::sync::Arc<SenderSlots>;
 
 /// Takes senders' slots from the queue for this worker.
 pub struct Pacer {
     queue: Queue,
-    held: std::sync::Mutex<HashMap<String, Slot>>,
+    senders: std::sync::Mutex<HashMap<String, Slot>>,
 }
 
 impl Pacer {
     pub fn new(queue: Queue) -> Self {
         Self {
             queue,
-            held: std::sync::Mutex::default(),
+            senders: std::sync::Mutex::default(),
         }
     }
 
@@ -56,26 +77,33 @@ impl Pacer {
     /// jobs of the same or a higher lane wait for it.
     pub async fn take(&self, pace: &Pace) -> Result<bool, QueueError> {
         let slot = self.slot(&pace.sender);
-        let mut held = slot.lock().await;
-        if held.until.is_some_and(|t| t > Instant::now()) && held.segments >= pace.cost {
-            held.segments -= pace.cost;
+        if slot.spend(pace.cost) {
+            return Ok(true);
+        }
+        let _refill = slot.refill.lock().await;
+        // Another caller may have brought slots back while this one waited.
+        if slot.spend(pace.cost) {
             return Ok(true);
         }
         let want = ((pace.rate / 20.0).floor() as u32)
-            .clamp(1, 50)
+            .clamp(1, MOST_AT_ONCE)
             .max(pace.cost);
         let taken = self.queue.take_slots(pace, want).await?;
+        let mut held = slot.held.lock().unwrap_or_else(|e| e.into_inner());
         held.segments = taken.saturating_sub(pace.cost);
         held.until = Some(Instant::now() + HOLD);
         Ok(taken > 0)
     }
 
     fn slot(&self, sender: &str) -> Slot {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if held.len() >= MAX_SENDERS && !held.contains_key(sender) {
-            held.retain(|_, s| s.try_lock().is_err());
+        let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = senders.get(sender) {
+            return slot.clone();
         }
-        held.entry(sender.to_owned()).or_default().clone()
+        if senders.len() >= MAX_SENDERS {
+            senders.retain(|_, s| std::sync::Arc::strong_count(s) > 1);
+        }
+        senders.entry(sender.to_owned()).or_default().clone()
     }
 }
 
