@@ -554,8 +554,14 @@ async fn fetch_loop<J: DeserializeOwned + Send + 'static>(
 
         let got = batch.jobs.len();
         shared.capacity.add_permits(n - got);
-        for job in batch.jobs {
+        let mut jobs = batch.jobs.into_iter();
+        while let Some(job) = jobs.next() {
             if !hand_over(&shared, &tx, &name, job).await {
+                // The worker stopped: the rest of the batch goes straight back too.
+                let rest: Vec<String> = jobs.map(|j| j.id).collect();
+                if !rest.is_empty() {
+                    let _ = shared.queue.release(&rest, &shared.token).await;
+                }
                 return;
             }
         }
@@ -601,7 +607,7 @@ async fn room(shared: &Shared) -> Option<usize> {
 }
 
 /// Hands one leased job to the worker. A payload that cannot be decoded goes dead at once.
-/// Returns false when the worker is gone (the job is handed back to the queue).
+/// Returns false when the worker is gone or stopping (the job is handed back to the queue).
 async fn hand_over<J: DeserializeOwned>(
     shared: &Shared,
     tx: &mpsc::Sender<Task<J>>,
@@ -615,6 +621,17 @@ async fn hand_over<J: DeserializeOwned>(
         paced: job.paced,
     };
     shared.leased().insert(job.id.clone());
+    if shared.cancel.is_cancelled() {
+        // Stopped while this fetch was on its way: hand the job straight back. The stop drains
+        // `leased` after cancelling, so whichever of the two sees the job releases it (a
+        // second release of it finds no lease and does nothing).
+        shared.leased().remove(&job.id);
+        let _ = shared
+            .queue
+            .release(std::slice::from_ref(&job.id), &shared.token)
+            .await;
+        return false;
+    }
     let args = match serde_json::from_str::<J>(&job.payload) {
         Ok(args) => args,
         Err(e) => {
