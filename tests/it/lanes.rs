@@ -32,8 +32,7 @@ async fn engine() -> Engine {
     .await
 }
 
-/// A worker that notes each job's id as it runs it, a millisecond each, `concurrency` at a
-/// time.
+/// A worker that notes each job's id as it runs it, `concurrency` at a time.
 fn logging_worker(
     engine: &Engine,
     concurrency: usize,
@@ -49,7 +48,7 @@ fn logging_worker(
                 seen.lock()
                     .unwrap()
                     .push(job["id"].as_str().unwrap().to_owned());
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                tokio::task::yield_now().await;
                 Ok(())
             }
         },
@@ -81,23 +80,33 @@ async fn after_runs(log: &Log, n: usize) -> usize {
     .await
 }
 
-#[tokio::test]
-async fn a_due_transactional_job_runs_before_a_tenants_bulk_backlog() {
+/// Runs a 5,000-job backlog of `tenant` in `priority`, pushes `newcomer` once 100 have run,
+/// and returns how many backlog jobs ran after that and before it.
+async fn ran_before_newcomer(tenant: &str, priority: Priority, newcomer: NewJob) -> usize {
     let engine = engine().await;
-    backlog(&engine, "ten_a", Priority::Bulk, 5_000).await;
+    backlog(&engine, tenant, priority, 5_000).await;
     let (worker, log) = logging_worker(&engine, 5);
     let mark = after_runs(&log, 100).await;
 
-    engine
-        .queue
-        .push_many(&[job("reminder", "ten_a", Priority::Transactional)])
-        .await
-        .unwrap();
-    let before = eventually(Duration::from_secs(10), "the reminder ran", || async {
-        ran_before(&log, mark, "reminder")
+    let id = newcomer.id.clone();
+    engine.queue.push_many(&[newcomer]).await.unwrap();
+    let before = eventually(Duration::from_secs(10), "the newcomer ran", || async {
+        ran_before(&log, mark, &id)
     })
     .await;
+    let all = after_runs(&log, 5_001).await;
     worker.stop().await;
+    assert!(
+        all - (mark + before) > 1_000,
+        "the backlog was nearly drained when {id} ran: nothing was tested"
+    );
+    before
+}
+
+#[tokio::test]
+async fn a_due_transactional_job_runs_before_a_tenants_bulk_backlog() {
+    let reminder = job("reminder", "ten_a", Priority::Transactional);
+    let before = ran_before_newcomer("ten_a", Priority::Bulk, reminder).await;
     // Only what the worker had already leased (its concurrency, and one batch) may go first.
     assert!(
         before <= 10,
@@ -107,21 +116,8 @@ async fn a_due_transactional_job_runs_before_a_tenants_bulk_backlog() {
 
 #[tokio::test]
 async fn a_tenants_job_runs_next_amid_another_tenants_backlog() {
-    let engine = engine().await;
-    backlog(&engine, "ten_a", Priority::Transactional, 5_000).await;
-    let (worker, log) = logging_worker(&engine, 5);
-    let mark = after_runs(&log, 100).await;
-
-    engine
-        .queue
-        .push_many(&[job("b-1", "ten_b", Priority::Transactional)])
-        .await
-        .unwrap();
-    let before = eventually(Duration::from_secs(10), "tenant B's job ran", || async {
-        ran_before(&log, mark, "b-1")
-    })
-    .await;
-    worker.stop().await;
+    let other = job("b-1", "ten_b", Priority::Transactional);
+    let before = ran_before_newcomer("ten_a", Priority::Transactional, other).await;
     assert!(
         before <= 10,
         "{before} of tenant A's jobs ran before tenant B's"
