@@ -58,6 +58,7 @@ pub async fn serve(
     let (client, conn) = queue::connect(config.redis_url.expose()).context("HERALD_REDIS_URL")?;
     let limiter = herald_core::ratelimit::RateLimiter::new(conn.clone(), &config.queue_prefix);
     let replies = queue::ai_replies(&config, client.clone(), conn.clone());
+    let events = queue::events(&config, client.clone(), conn.clone());
     let queue = queue::deliveries(&config, client, conn);
     let tasks = TaskTracker::new();
     let intake = Arc::new(Intake::start(db.clone(), queue.clone(), &tasks));
@@ -67,6 +68,7 @@ pub async fn serve(
         db,
         queue,
         replies,
+        events,
         intake,
         keys,
         limiter,

@@ -20,6 +20,7 @@ use crate::{error, views};
         views::Health, views::Readiness, views::ReadinessChecks, views::QueueStats,
         views::Appointment, views::Group, views::ContactPage, views::GroupSendAccepted, views::GroupSendStatus, views::Subscription, views::SubscriptionContent, views::Contact, views::Conversation, views::ConversationEntry, views::ConversationMode,
         views::DeadLetter, views::DeadLetterPage, views::AttemptError, views::Replayed, views::ReplayedCount,
+        views::Endpoint, views::EndpointPage, views::EndpointSecret, views::EventAttempt, views::EventAttemptPage, views::Redelivered,
     )),
     modifiers(&Security),
     tags(
@@ -31,6 +32,7 @@ use crate::{error, views};
         (name = "groups", description = "contact groups and messages to a whole group"),
         (name = "subscriptions", description = "daily delivery at each contact's local hour"),
         (name = "conversations", description = "a contact's texts, AI replies and human takeover"),
+        (name = "endpoints", description = "event webhooks: where a tenant's events go (Standard Webhooks, signed with each endpoint's secret), what was attempted, and sending events again"),
         (name = "inbound", description = "what providers send Herald, signed"),
         (name = "ops", description = "health and readiness"),
     )

@@ -216,6 +216,31 @@ pub struct ReplyIn {
     body: String,
 }
 
+/// `POST /v1/endpoints` (`url` required) and `PATCH /v1/endpoints/{id}` (any of them).
+#[derive(ToSchema)]
+pub struct EndpointIn {
+    /// Where events are posted: `https` on a public address, as for the webhook channel.
+    #[schema(example = "https://example.com/herald/events")]
+    url: Option<String>,
+    /// Event types to receive (default: every type): `message.sent`, `message.delivered`,
+    /// `message.failed`, `message.undelivered`, `message.dead`, `message.suppressed`,
+    /// `message.expired`, `inbound.received`, `contact.opted_out`, `contact.opted_in`,
+    /// `conversation.human_needed`, `group_send.completed`.
+    events: Option<Vec<String>>,
+    /// Up to 500 characters; `null` clears it.
+    description: Option<String>,
+    /// `PATCH` only: `false` stops deliveries, `true` starts them again (and clears
+    /// `disabled_reason`).
+    enabled: Option<bool>,
+}
+
+/// `POST /v1/endpoints/{id}/recover`.
+#[derive(ToSchema)]
+pub struct RecoverIn {
+    /// RFC 3339: every event since then that the endpoint has not had is sent again.
+    since: String,
+}
+
 /// `POST /v1/dead-letters/replay`: which dead letters; an empty filter replays nothing unless
 /// `all` is true.
 #[derive(ToSchema)]
@@ -351,6 +376,13 @@ mod tests {
                 &["body", "kind", "prompt"],
                 &["kind"],
             ),
+            (
+                "EndpointIn",
+                schema::<EndpointIn>(),
+                &["description", "enabled", "events", "url"],
+                &[],
+            ),
+            ("RecoverIn", schema::<RecoverIn>(), &["since"], &["since"]),
             (
                 "ReplayFilterIn",
                 schema::<ReplayFilterIn>(),

@@ -18,6 +18,8 @@ pub struct AppState {
     pub queue: Queue,
     /// The `ai-replies` queue.
     pub replies: Queue,
+    /// The `events` queue (redeliveries are pushed at once).
+    pub events: Queue,
     pub intake: Arc<Intake>,
     pub keys: KeyLookup,
     /// Per API key (`HERALD_API_RATE`), shared by every API process through Redis.

@@ -1,164 +1,17 @@
 //! What the API answers with: the contract's JSON shapes, built from store rows.
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use std::collections::HashMap;
+use chrono::{DateTime, Utc};
 
-use herald_core::domain::{Channel, MessageStatus, Segments};
-use herald_core::queue::Queue;
 use herald_core::store::{
-    messages::{EventRow, MessageRow, segment_count},
+    messages::{EventRow, MessageRow},
     tenants::TenantRow,
 };
 use serde::Serialize;
 use utoipa::ToSchema;
 
-/// RFC 3339 with milliseconds and a `Z` offset.
-pub fn time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-fn opt_time(t: Option<DateTime<Utc>>) -> Option<String> {
-    t.map(time)
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Message {
-    /// `msg_...`
-    pub id: String,
-    /// `sms`, `email` or `webhook`.
-    pub channel: String,
-    pub to: String,
-    pub subject: Option<String>,
-    /// The text (sms, email) or the JSON document (webhook).
-    #[schema(value_type = Object)]
-    pub body: serde_json::Value,
-    /// scheduled, queued, sending, retrying, sent, delivered, failed, undelivered, canceled,
-    /// suppressed, expired or dead.
-    pub status: String,
-    pub send_at: String,
-    pub expires_at: String,
-    /// Provider calls in the current run.
-    pub attempts: i32,
-    pub last_error: Option<String>,
-    pub provider_message_id: Option<String>,
-    pub contact_id: Option<String>,
-    pub created_at: String,
-    pub sent_at: Option<String>,
-    pub delivered_at: Option<String>,
-    #[schema(value_type = Object)]
-    pub metadata: serde_json::Value,
-    /// `outbound` or `inbound`.
-    pub direction: String,
-    /// Who wrote it: `api`, `contact`, `ai`, `human` or `system`.
-    pub author: String,
-    /// For an AI reply: the model that answered (null for the canned reply).
-    pub model: Option<String>,
-    /// For an AI reply: the model's token usage.
-    #[schema(value_type = Option<Object>)]
-    pub usage: Option<serde_json::Value>,
-    /// `transactional` or `bulk`.
-    pub priority: String,
-    /// An SMS: `GSM-7` or `UCS-2` (null for email and webhooks).
-    pub encoding: Option<String>,
-    /// An SMS: the segments it is sent and billed as (160 GSM-7 characters or 70 UCS-2 in
-    /// one; 153 or 67 each when split). Null for email and webhooks.
-    pub segments: Option<i16>,
-    /// When it is expected to leave, given its time, its retries and its sender's pace (the
-    /// due transactional messages before it, for a bulk one). Null once it has left, or for
-    /// an inbound message.
-    pub expected_at: Option<String>,
-}
-
-impl From<MessageRow> for Message {
-    fn from(m: MessageRow) -> Self {
-        // A row written before segments were recorded is measured now.
-        let (encoding, segments) = match (m.channel, m.encoding, m.segments) {
-            (Channel::Sms, Some(e), Some(n)) => (Some(e), Some(n)),
-            (Channel::Sms, _, _) => {
-                let s = Segments::of(&m.body);
-                (Some(s.encoding), Some(segment_count(s)))
-            }
-            _ => (None, None),
-        };
-        let expected_at = waiting(&m.direction, m.status).then(|| time(m.send_at.max(Utc::now())));
-        let body = if m.channel == Channel::Webhook {
-            serde_json::from_str(&m.body).unwrap_or(serde_json::Value::String(m.body))
-        } else {
-            serde_json::Value::String(m.body)
-        };
-        Self {
-            id: m.id,
-            channel: m.channel.as_str().to_owned(),
-            to: m.to_addr,
-            subject: m.subject,
-            body,
-            status: m.status.as_str().to_owned(),
-            send_at: time(m.send_at),
-            expires_at: time(m.expires_at),
-            attempts: m.attempts,
-            last_error: m.last_error,
-            provider_message_id: m.provider_message_id,
-            contact_id: m.contact_id,
-            created_at: time(m.created_at),
-            sent_at: opt_time(m.sent_at),
-            delivered_at: opt_time(m.delivered_at),
-            metadata: m.metadata,
-            direction: m.direction,
-            author: m.author,
-            model: m.model,
-            usage: m.usage,
-            priority: m.priority.as_str().to_owned(),
-            encoding: encoding.map(|e| e.as_str().to_owned()),
-            segments,
-            expected_at,
-        }
-    }
-}
-
-/// Whether an outbound message has yet to leave.
-fn waiting(direction: &str, status: MessageStatus) -> bool {
-    direction == "outbound"
-        && matches!(
-            status,
-            MessageStatus::Scheduled | MessageStatus::Queued | MessageStatus::Retrying
-        )
-}
-
-impl Message {
-    /// Messages as the API shows them, with `expected_at` from the queue: when each waiting
-    /// one's job is due, or its sender's pace reaches it. While Redis cannot say, the time
-    /// asked for (or now) stands.
-    pub async fn with_expected(queue: &Queue, rows: Vec<MessageRow>) -> Vec<Message> {
-        let ids: Vec<&str> = rows
-            .iter()
-            .filter(|m| waiting(&m.direction, m.status))
-            .map(|m| m.id.as_str())
-            .collect();
-        let expected: HashMap<String, i64> = match queue.expected(&ids).await {
-            Ok(at) => ids
-                .iter()
-                .zip(at)
-                .filter_map(|(id, at)| Some(((*id).to_owned(), at?)))
-                .collect(),
-            Err(e) => {
-                tracing::debug!(error = %e, "expected times unavailable");
-                HashMap::new()
-            }
-        };
-        rows.into_iter()
-            .map(|m| {
-                let at = expected.get(&m.id).copied();
-                let mut view = Message::from(m);
-                if let (Some(ms), Some(_)) = (at, &view.expected_at)
-                    && let Some(t) = DateTime::<Utc>::from_timestamp_millis(ms)
-                {
-                    view.expected_at = Some(time(t));
-                }
-                view
-            })
-            .collect()
-    }
-}
+pub use herald_core::views::{
+    Consent, Contact, ConversationEntry, GroupSendStatus, Message, opt_time, time,
+};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Event {
@@ -407,104 +260,11 @@ pub struct ReplayedCount {
     pub replayed: u64,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Contact {
-    /// `ct_...`
-    pub id: String,
-    pub phone: Option<String>,
-    pub email: Option<String>,
-    pub name: Option<String>,
-    /// IANA time zone.
-    pub timezone: String,
-    pub opted_out: bool,
-    /// `ok`, or `unreachable` once a carrier reported that the phone cannot receive texts
-    /// (Twilio 21211, 21612, 21614, 21635, 30005, 30006): SMS to it are then `suppressed`
-    /// until the phone is changed.
-    pub phone_status: String,
-    pub consent: Consent,
-    /// Who answers this contact's texts: `ai` or `human`.
-    pub mode: String,
-    pub created_at: String,
-}
-
-/// A contact's consent to texts, or a change of it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Consent {
-    /// `opted_in`, `opted_out` or `unknown`.
-    pub status: String,
-    /// When it was given or withdrawn (null while `unknown` and never set).
-    pub at: Option<String>,
-    /// `web_form`, `sms_keyword`, `paper`, `verbal`, `import` or `api`.
-    pub method: Option<String>,
-    pub source: Option<String>,
-    pub text: Option<String>,
-}
-
-impl From<herald_core::store::contacts::ConsentEventRow> for Consent {
-    fn from(e: herald_core::store::contacts::ConsentEventRow) -> Self {
-        Self {
-            status: e.status,
-            at: Some(time(e.at)),
-            method: e.method,
-            source: e.source,
-            text: e.text,
-        }
-    }
-}
-
 /// A page of a contact's consent events, oldest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ConsentEventPage {
     pub data: Vec<Consent>,
     pub next_cursor: Option<String>,
-}
-
-impl Contact {
-    pub fn new(c: herald_core::store::contacts::ContactRow, tenant_timezone: &str) -> Self {
-        Self {
-            id: c.id,
-            phone: c.phone,
-            email: c.email,
-            name: c.name,
-            timezone: c.timezone.unwrap_or_else(|| tenant_timezone.to_owned()),
-            opted_out: c.opted_out,
-            phone_status: c.phone_status,
-            consent: Consent {
-                status: c.consent_status,
-                at: opt_time(c.consent_at),
-                method: c.consent_method,
-                source: c.consent_source,
-                text: c.consent_text,
-            },
-            mode: c.mode,
-            created_at: time(c.created_at),
-        }
-    }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ConversationEntry {
-    pub id: String,
-    /// `inbound` or `outbound`.
-    pub direction: String,
-    /// `contact`, `ai`, `human`, `system` (or `api` for a message sent through the API).
-    pub author: String,
-    pub body: String,
-    pub at: String,
-    pub status: String,
-}
-
-impl From<MessageRow> for ConversationEntry {
-    fn from(m: MessageRow) -> Self {
-        Self {
-            id: m.id,
-            direction: m.direction,
-            author: m.author,
-            body: m.body,
-            at: time(m.created_at),
-            status: m.status.as_str().to_owned(),
-        }
-    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -623,14 +383,90 @@ pub struct GroupSendAccepted {
     pub recipients: i32,
 }
 
+/// An event endpoint: where a tenant's events go.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct GroupSendStatus {
+pub struct Endpoint {
+    /// `ep_...`
     pub id: String,
-    pub group_id: String,
-    pub channel: String,
-    pub recipients: i32,
-    /// Messages by status, e.g. `{"sent": 2, "suppressed": 1}`.
-    #[schema(value_type = Object)]
-    pub counts: std::collections::BTreeMap<String, i64>,
+    pub url: String,
+    /// The event types it receives.
+    pub events: Vec<String>,
+    pub description: Option<String>,
+    /// `whsec_...`: verify each delivery's `webhook-signature` with it (Standard Webhooks).
+    pub secret: String,
+    pub enabled: bool,
+    /// Why Herald disabled it (no successful delivery for `HERALD_ENDPOINT_DISABLE_AFTER`).
+    pub disabled_reason: Option<String>,
     pub created_at: String,
+}
+
+impl From<herald_core::store::events::EndpointRow> for Endpoint {
+    fn from(e: herald_core::store::events::EndpointRow) -> Self {
+        Self {
+            id: e.id,
+            url: e.url,
+            events: e.events,
+            description: e.description,
+            secret: e.secret,
+            enabled: e.enabled,
+            disabled_reason: e.disabled_reason,
+            created_at: time(e.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EndpointPage {
+    pub data: Vec<Endpoint>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EndpointSecret {
+    pub secret: String,
+}
+
+/// One call Herald made to an endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventAttempt {
+    /// `att_...`
+    pub id: String,
+    /// `evt_...`
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub at: String,
+    /// `succeeded` or `failed`.
+    pub status: String,
+    /// The endpoint's HTTP status (null when it did not answer).
+    pub status_code: Option<i32>,
+    pub error: Option<String>,
+    pub duration_ms: i32,
+}
+
+impl From<herald_core::store::events::AttemptRow> for EventAttempt {
+    fn from(a: herald_core::store::events::AttemptRow) -> Self {
+        Self {
+            id: a.id,
+            event_id: a.event_id,
+            kind: a.kind,
+            at: time(a.at),
+            status: a.status,
+            status_code: a.status_code,
+            error: a.error,
+            duration_ms: a.duration_ms,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventAttemptPage {
+    pub data: Vec<EventAttempt>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Redelivered {
+    /// Deliveries queued again (one per endpoint, for an event).
+    pub redelivered: usize,
 }

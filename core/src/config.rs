@@ -118,9 +118,48 @@ pub struct Config {
     /// How long after a carrier reports an SMS `undelivered` with a transient code (the
     /// handset was off, the carrier busy) it is sent once more, while `expires_at` allows.
     pub redeliver_after: Duration,
+    /// An event endpoint with no successful delivery for this long is disabled.
+    pub endpoint_disable_after: Duration,
+    /// The waits between attempts of one event delivery (each ±20 %); when they are spent,
+    /// the delivery has failed.
+    pub event_retry_schedule: Vec<Duration>,
     /// Where herald-worker and herald-scheduler serve `/metrics` (`None`: off).
     pub worker_metrics_listen: Option<SocketAddr>,
     pub scheduler_metrics_listen: Option<SocketAddr>,
+}
+
+/// The waits between an event delivery's attempts: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+pub const EVENT_RETRY_SCHEDULE: [Duration; 7] = [
+    Duration::from_secs(5),
+    Duration::from_secs(300),
+    Duration::from_secs(1_800),
+    Duration::from_secs(7_200),
+    Duration::from_secs(18_000),
+    Duration::from_secs(36_000),
+    Duration::from_secs(36_000),
+];
+
+/// A span such as `250ms`, `90s`, `15m`, `2h` or `5d`: more than nothing, at most 366 days.
+fn parse_span(s: &str) -> Result<Duration, String> {
+    let bad = || "must be a span such as 90s, 15m, 2h or 5d".to_owned();
+    let (digits, unit_ms) = if let Some(d) = s.strip_suffix("ms") {
+        (d, 1)
+    } else {
+        let (digits, unit) = s.split_at(s.len().saturating_sub(1));
+        let unit_ms = match unit {
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        (digits, unit_ms)
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(unit_ms)
+        .filter(|ms| (1..=366 * 86_400_000).contains(ms))
+        .map(Duration::from_millis)
+        .ok_or_else(bad)
 }
 
 /// Everything wrong with the environment, one line per variable.
@@ -198,6 +237,11 @@ impl Config {
             ai_replies_per_hour: r.number("HERALD_AI_REPLIES_PER_HOUR", 10, 0, 10_000),
             daily_tick_seconds: r.number("HERALD_DAILY_TICK_SECONDS", 60, 1, 60),
             redeliver_after: r.span("HERALD_REDELIVER_AFTER", Duration::from_secs(15 * 60)),
+            endpoint_disable_after: r.span(
+                "HERALD_ENDPOINT_DISABLE_AFTER",
+                Duration::from_secs(5 * 86_400),
+            ),
+            event_retry_schedule: r.spans("HERALD_EVENT_RETRY_SCHEDULE", &EVENT_RETRY_SCHEDULE),
             worker_metrics_listen: r
                 .listen_or_off("HERALD_WORKER_METRICS_LISTEN", "127.0.0.1:9101"),
             scheduler_metrics_listen: r
@@ -479,23 +523,16 @@ impl Reader<'_> {
 
     /// A span such as `90s`, `15m`, `2h` or `5d` (more than nothing, at most 366 days).
     fn span(&mut self, name: &str, default: Duration) -> Duration {
-        self.parsed(name, Some(default), |s| {
-            let bad = || "must be a span such as 90s, 15m, 2h or 5d".to_owned();
-            let (digits, unit) = s.split_at(s.len().saturating_sub(1));
-            let n: u64 = digits.parse().map_err(|_| bad())?;
-            let unit_secs = match unit {
-                "s" => 1,
-                "m" => 60,
-                "h" => 3600,
-                "d" => 86_400,
-                _ => return Err(bad()),
-            };
-            n.checked_mul(unit_secs)
-                .filter(|secs| (1..=366 * 86_400).contains(secs))
-                .map(Duration::from_secs)
-                .ok_or_else(bad)
+        self.parsed(name, Some(default), parse_span)
+            .unwrap_or(default)
+    }
+
+    /// Spans separated by commas (`5s,5m,30m`), at least one.
+    fn spans(&mut self, name: &str, default: &[Duration]) -> Vec<Duration> {
+        self.parsed(name, None, |s| {
+            s.split(',').map(|p| parse_span(p.trim())).collect()
         })
-        .unwrap_or(default)
+        .unwrap_or_else(|| default.to_vec())
     }
 
     fn boolean(&mut self, name: &str, default: bool) -> bool {

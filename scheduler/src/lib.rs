@@ -7,6 +7,9 @@
 //!   subscription's message for its contact's local date, exactly once;
 //! - every two seconds, the reconcile checks whether Redis restarted, failed over or lost its
 //!   data, and if so queues again every job Postgres says should exist;
+//! - every second, the event sweep pushes the jobs of event deliveries committed since its
+//!   last step, and group sends with nothing left on their way are marked complete (with
+//!   their `group_send.completed` event);
 //! - every hour, retention removes expired idempotency keys, old AI-budget records, old daily-run records and old
 //!   log-provider records.
 
@@ -18,7 +21,7 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 use anyhow::Context;
 use apalis::prelude::{Data, Monitor, WorkerBuilder, WorkerBuilderExt};
 use apalis_cron::{CronScheduler, Tick};
-use herald_core::{Config, db, queue};
+use herald_core::{Config, db, queue, services::events};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -31,6 +34,16 @@ struct Ctx {
     stale_claim: Duration,
     deliveries: queue::Queue,
     replies: queue::Queue,
+    events: queue::Queue,
+}
+
+async fn event_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
+    let completed = events::complete_group_sends(&ctx.db).await?;
+    if completed > 0 {
+        info!(completed, "group sends completed");
+    }
+    events::sweep(&ctx.db, &ctx.events).await?;
+    Ok(())
 }
 
 async fn outbox_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
@@ -52,9 +65,10 @@ async fn outbox_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
 }
 
 async fn reconcile_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
-    // Both queues live on the same Redis server.
+    // Every queue lives on the same Redis server.
     let run = ctx.deliveries.server_run().await?;
     reconcile::replies(&ctx.db, &ctx.replies, &run).await?;
+    reconcile::events(&ctx.db, &ctx.events, &run).await?;
     reconcile::deliveries(&ctx.db, &ctx.deliveries, &run, ctx.stale_claim).await?;
     Ok(())
 }
@@ -91,6 +105,7 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
         db: pool,
         stale_claim: config.stale_claim_after(),
         replies: queue::ai_replies(&config, client.clone(), conn.clone()),
+        events: queue::events(&config, client.clone(), conn.clone()),
         deliveries: queue::deliveries(&config, client, conn),
     };
     if let Some(addr) = config.scheduler_metrics_listen {
@@ -121,7 +136,8 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
     }
 
     let monitor = {
-        let (c1, c2, c3, c4) = (ctx.clone(), ctx.clone(), ctx.clone(), ctx);
+        let (c1, c2, c3, c4, c5) = (ctx.clone(), ctx.clone(), ctx.clone(), ctx.clone(), ctx);
+        let every_second_too = every_second.clone();
         Monitor::new()
             .shutdown_timeout(config.shutdown_timeout)
             .register(move |_| {
@@ -132,6 +148,15 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
                     .catch_panic()
                     .concurrency(1)
                     .build(outbox_tick)
+            })
+            .register(move |_| {
+                WorkerBuilder::new("herald-event-sweep")
+                    .backend(CronScheduler::new(every_second_too.clone()))
+                    .data(c5.clone())
+                    .enable_tracing()
+                    .catch_panic()
+                    .concurrency(1)
+                    .build(event_tick)
             })
             .register(move |_| {
                 WorkerBuilder::new("herald-reconcile")

@@ -22,10 +22,11 @@ use herald_core::{
     domain::id_floor,
     domain::{
         MessageStatus,
+        events::EventJob,
         jobs::{AiJob, DeliveryJob},
     },
     queue::{NewJob, Queue, now_ms},
-    store::outbox as pending,
+    store::{events as event_store, outbox as pending},
 };
 use sqlx::PgPool;
 use tracing::{info, warn};
@@ -123,6 +124,44 @@ pub async fn replies(db: &PgPool, queue: &Queue, run: &str) -> anyhow::Result<Op
         warn!(
             added,
             "Redis had lost AI reply jobs (a restart or failover); they are queued again"
+        );
+    }
+    Ok(Some(added))
+}
+
+/// The same for the `events` queue: every pending event delivery has a job (one waiting for
+/// a retry keeps its time; a lost one goes now).
+pub async fn events(db: &PgPool, queue: &Queue, run: &str) -> anyhow::Result<Option<usize>> {
+    if !queue.needs_reconcile(run).await? {
+        return Ok(None);
+    }
+    let (mut after, mut added) = ((String::new(), String::new()), 0);
+    loop {
+        let rows = event_store::pending_after(db, (&after.0, &after.1), BATCH).await?;
+        let jobs = rows
+            .iter()
+            .map(|d| {
+                let job = EventJob {
+                    event_id: d.event_id.clone(),
+                    endpoint_id: d.endpoint_id.clone(),
+                    tenant_id: d.tenant_id.clone(),
+                };
+                NewJob::new(job.id(), &job, now_ms())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        added += queue.push_many(&jobs).await?;
+        match rows.last() {
+            Some(last) if rows.len() as i64 == BATCH => {
+                after = (last.event_id.clone(), last.endpoint_id.clone());
+            }
+            _ => break,
+        }
+    }
+    queue.mark_reconciled(run).await?;
+    if added > 0 {
+        warn!(
+            added,
+            "Redis had lost event deliveries (a restart or failover); they are queued again"
         );
     }
     Ok(Some(added))

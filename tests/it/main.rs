@@ -8,6 +8,7 @@ mod conversations;
 mod dashboard;
 mod dead_letters;
 mod delivery;
+mod events;
 mod exactly_once;
 mod hardening;
 mod heraldctl;

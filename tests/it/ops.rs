@@ -178,6 +178,15 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_answers()
         ("POST", "/v1/dead-letters/{id}/replay"),
         ("POST", "/v1/dead-letters/replay"),
         ("DELETE", "/v1/dead-letters/{id}"),
+        ("POST", "/v1/endpoints"),
+        ("GET", "/v1/endpoints"),
+        ("GET", "/v1/endpoints/{id}"),
+        ("PATCH", "/v1/endpoints/{id}"),
+        ("DELETE", "/v1/endpoints/{id}"),
+        ("POST", "/v1/endpoints/{id}/rotate-secret"),
+        ("GET", "/v1/endpoints/{id}/attempts"),
+        ("POST", "/v1/endpoints/{id}/recover"),
+        ("POST", "/v1/events/{id}/redeliver"),
     ] {
         assert!(
             documented.contains(&(method.to_owned(), path.to_owned())),
@@ -240,7 +249,7 @@ async fn every_request_body_is_documented_by_a_type() {
             }
         }
     }
-    assert_eq!(bodies, 14, "every route that takes a body");
+    assert_eq!(bodies, 17, "every route that takes a body");
     let message = &doc["components"]["schemas"]["MessageIn"]["properties"];
     for field in [
         "channel",

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod process;
 pub mod providers;
 pub mod proxy;
+pub mod standard_webhooks;
 pub mod views;
 
 use std::{future::Future, time::Duration};

@@ -14,12 +14,16 @@ use apalis::{
 };
 use herald_core::{
     Config, db,
-    domain::jobs::{AiJob, DeliveryJob},
+    domain::{
+        events::EventJob,
+        jobs::{AiJob, DeliveryJob},
+    },
     providers::llm::Assistant,
     queue::{self, JobError, JobMeta, QueueBackend, WorkerHandle, WorkerOptions},
     ratelimit::RateLimiter,
     services::{
         delivery::{self, Deliverer},
+        events::{self, EventSender},
         messages::Intake,
         replies::{self, Replier},
     },
@@ -48,6 +52,17 @@ async fn send_message(
 /// Answers an inbound text or writes a daily AI message: the `ai-replies` queue's handler.
 async fn answer_text(job: AiJob, replier: Data<Arc<Replier>>) -> Result<(), JobError> {
     replies::run(&replier, &job).await
+}
+
+/// Posts one event to one endpoint: the `events` queue's handler.
+async fn post_event(job: EventJob, sender: Data<Arc<EventSender>>) -> Result<(), JobError> {
+    let span = tracing::info_span!(
+        "event",
+        event_id = %job.event_id,
+        endpoint_id = %job.endpoint_id,
+        tenant_id = %job.tenant_id,
+    );
+    events::deliver(&sender, &job).instrument(span).await
 }
 
 /// apalis's tracing layer, quiet about jobs that return an error: the queue engine logs each
@@ -83,6 +98,8 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
         replies_per_hour: config.ai_replies_per_hour,
     };
     let workers = Workers {
+        events: queue::events(&config, client.clone(), conn.clone()),
+        event_sender: EventSender::from_config(&config, pool.clone()),
         replies: queue::ai_replies(&config, client, conn),
         deliverer: Arc::new(
             Deliverer::from_config(&config, pool, Some(limiter), &tasks)
@@ -93,7 +110,11 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
     };
     workers.announce(&config);
     if let Some(addr) = config.worker_metrics_listen {
-        let queues = vec![workers.deliveries.clone(), workers.replies.clone()];
+        let queues = vec![
+            workers.deliveries.clone(),
+            workers.replies.clone(),
+            workers.events.clone(),
+        ];
         tokio::spawn(herald_core::metrics::serve(
             addr,
             queues,
@@ -126,8 +147,10 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
 struct Workers {
     deliveries: queue::Queue,
     replies: queue::Queue,
+    events: queue::Queue,
     deliverer: Arc<Deliverer>,
     replier: Arc<Replier>,
+    event_sender: Arc<EventSender>,
 }
 
 impl Workers {
@@ -151,8 +174,10 @@ impl Workers {
         let Workers {
             deliveries,
             replies,
+            events,
             deliverer,
             replier,
+            event_sender,
         } = self;
         let job_timeout = config.delivery_job_timeout();
         // Two model calls per endpoint, each bounded, plus the database.
@@ -167,6 +192,10 @@ impl Workers {
                 .push(handle);
         };
         let keep_reply = keep.clone();
+        let keep_event = keep.clone();
+        let event_options = options.clone();
+        // One call, bounded by the provider timeout, and the database around it.
+        let event_timeout = config.provider_timeout + Duration::from_secs(30);
         Monitor::new()
             .shutdown_timeout(config.shutdown_timeout)
             .register(move |_restarts| {
@@ -190,6 +219,17 @@ impl Workers {
                     .catch_panic()
                     .layer(job_tracing())
                     .build(answer_text)
+            })
+            .register(move |_restarts| {
+                let backend = QueueBackend::<EventJob>::new(events.clone(), event_options.clone());
+                keep_event(backend.handle());
+                WorkerBuilder::new("herald-events")
+                    .backend(backend)
+                    .data(event_sender.clone())
+                    .timeout(event_timeout)
+                    .catch_panic()
+                    .layer(job_tracing())
+                    .build(post_event)
             })
     }
 }

@@ -246,7 +246,7 @@ pub async fn queues(
     State(state): State<AppState>,
 ) -> ApiResult<Json<Vec<views::QueueStats>>> {
     let mut all = Vec::new();
-    for queue in [&state.queue, &state.replies] {
+    for queue in [&state.queue, &state.replies, &state.events] {
         let stats = queue.stats().await.map_err(|e| {
             tracing::warn!(error = %e, "could not read queue stats");
             ApiError::unavailable("Redis")

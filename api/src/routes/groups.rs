@@ -286,5 +286,6 @@ pub async fn send_status(
         recipients: g.recipients,
         counts,
         created_at: views::time(g.created_at),
+        completed_at: g.completed_at.map(views::time),
     }))
 }

@@ -5,6 +5,7 @@ pub mod appointments;
 pub mod contacts;
 pub mod conversations;
 pub mod dead_letters;
+pub mod endpoints;
 pub mod groups;
 pub mod health;
 pub mod inbound;
@@ -75,6 +76,12 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(groups::add_member, groups::remove_member))
         .routes(routes!(groups::send))
         .routes(routes!(groups::send_status))
+        .routes(routes!(endpoints::create, endpoints::list))
+        .routes(routes!(endpoints::get, endpoints::patch, endpoints::delete))
+        .routes(routes!(endpoints::rotate_secret))
+        .routes(routes!(endpoints::attempts))
+        .routes(routes!(endpoints::recover))
+        .routes(routes!(endpoints::redeliver))
         .routes(routes!(dead_letters::list))
         .routes(routes!(dead_letters::replay_many))
         .routes(routes!(dead_letters::get, dead_letters::delete))
@@ -120,7 +127,12 @@ fn edges<S: Clone + Send + Sync + 'static>(routes: Router<S>, timeout: Duration)
 /// Prometheus metrics of this API process (and the queue depths, read fresh for each scrape).
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> impl IntoResponse {
-    herald_core::metrics::record_queue_depths(&[state.queue.clone(), state.replies.clone()]).await;
+    herald_core::metrics::record_queue_depths(&[
+        state.queue.clone(),
+        state.replies.clone(),
+        state.events.clone(),
+    ])
+    .await;
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -97,6 +97,69 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> Option<String
     ))
 }
 
+/// What a signed POST came to.
+pub enum Posted {
+    /// The receiver answered: its status, headers and (a bounded part of) its body.
+    Answered {
+        status: StatusCode,
+        headers: reqwest::header::HeaderMap,
+        text: String,
+    },
+    /// Not called: the target is (or resolves to) a private address.
+    Private(&'static str),
+    /// No answer: no connection, or no answer in time.
+    NoAnswer(reqwest::Error),
+}
+
+impl WebhookSender {
+    /// POSTs `body` (JSON) to `url` as Standard Webhooks delivery `id`, signed with each of
+    /// `secrets` (a rotated secret and its successor both sign for a while; receivers accept
+    /// any signature they can verify). Reads at most [`MAX_ERROR_BODY`] of the answer.
+    pub async fn post_signed(&self, url: &str, id: &str, body: &str, secrets: &[&str]) -> Posted {
+        if self.private_literal(url) {
+            return Posted::Private("webhook target is a private address");
+        }
+        let timestamp = chrono::Utc::now().timestamp();
+        let signatures: Vec<String> = secrets
+            .iter()
+            .filter_map(|secret| sign(secret, id, timestamp, body))
+            .collect();
+        let response = self
+            .client
+            .post(url)
+            .header(CONTENT_TYPE, "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signatures.join(" "))
+            .body(body.to_owned())
+            .send()
+            .await;
+        match response {
+            Ok(response) => {
+                let status = response.status();
+                let headers = response.headers().clone();
+                // Read (a bounded part of) the body even on success, so a short answer leaves
+                // the connection reusable; a long one is cut off with its connection.
+                let text = capped_text(response, MAX_ERROR_BODY).await;
+                Posted::Answered {
+                    status,
+                    headers,
+                    text,
+                }
+            }
+            Err(e) => {
+                let private = std::iter::successors(std::error::Error::source(&e), |s| s.source())
+                    .any(|s| s.to_string().contains("resolves to a private address"));
+                if private {
+                    Posted::Private("webhook target resolves to a private address")
+                } else {
+                    Posted::NoAnswer(e)
+                }
+            }
+        }
+    }
+}
+
 impl Provider for WebhookSender {
     fn name(&self) -> &'static str {
         "webhook"
@@ -104,49 +167,29 @@ impl Provider for WebhookSender {
 
     fn send<'a>(&'a self, m: &'a Outbound<'a>) -> BoxFuture<'a, SendOutcome> {
         async move {
-            if self.private_literal(m.to) {
-                return SendOutcome::Rejected {
-                    error: "webhook target is a private address".to_owned(),
-                    refusal: Refusal::Refused,
-                };
-            }
-            let timestamp = chrono::Utc::now().timestamp();
-            let Some(signature) = sign(m.webhook_secret, m.message_id, timestamp, m.body) else {
+            if sign(m.webhook_secret, m.message_id, 0, "").is_none() {
                 return SendOutcome::Rejected {
                     error: "the tenant's webhook secret is not valid base64".to_owned(),
                     refusal: Refusal::Refused,
                 };
-            };
-            let response = self
-                .client
-                .post(m.to)
-                .header(CONTENT_TYPE, "application/json")
-                .header("webhook-id", m.message_id)
-                .header("webhook-timestamp", timestamp.to_string())
-                .header("webhook-signature", signature)
-                .body(m.body.to_owned())
-                .send()
-                .await;
-            let response = match response {
-                Ok(r) => r,
-                Err(e) => {
-                    let private =
-                        std::iter::successors(std::error::Error::source(&e), |s| s.source())
-                            .any(|s| s.to_string().contains("resolves to a private address"));
-                    if private {
-                        return SendOutcome::Rejected {
-                            error: "webhook target resolves to a private address".to_owned(),
-                            refusal: Refusal::Refused,
-                        };
-                    }
-                    return classify_transport("webhook", &e);
+            }
+            let (status, headers, text) = match self
+                .post_signed(m.to, m.message_id, m.body, &[m.webhook_secret])
+                .await
+            {
+                Posted::Answered {
+                    status,
+                    headers,
+                    text,
+                } => (status, headers, text),
+                Posted::Private(why) => {
+                    return SendOutcome::Rejected {
+                        error: why.to_owned(),
+                        refusal: Refusal::Refused,
+                    };
                 }
+                Posted::NoAnswer(e) => return classify_transport("webhook", &e),
             };
-            let status = response.status();
-            let headers = response.headers().clone();
-            // Read (a bounded part of) the body even on success, so a short answer leaves the
-            // connection reusable; a long one is cut off with its connection.
-            let text = capped_text(response, MAX_ERROR_BODY).await;
             if status.is_success() {
                 return SendOutcome::Accepted {
                     provider_message_id: None,

@@ -753,3 +753,20 @@ pub fn ai_replies(config: &crate::Config, client: redis::Client, conn: Connectio
         RetryPolicy::new(config.retry_base, config.retry_max),
     )
 }
+
+/// The queue of event deliveries, one job per event and endpoint.
+pub const EVENTS: &str = "events";
+
+/// The `events` queue as configured. The handler schedules an event's retries itself (the
+/// contract's schedule, up to ten hours apart), so they never count against the queue's
+/// maximum; that covers only a job that dies before its handler answers, again and again.
+pub fn events(config: &crate::Config, client: redis::Client, conn: ConnectionManager) -> Queue {
+    Queue::new(
+        client,
+        conn,
+        &config.queue_prefix,
+        EVENTS,
+        10,
+        RetryPolicy::new(config.retry_base, config.retry_max),
+    )
+}

@@ -90,6 +90,11 @@ pub enum CircuitKey {
     },
     /// One tenant's webhooks to one origin (`https://host:port`).
     Webhook { tenant_id: String, origin: String },
+    /// One event endpoint of a tenant.
+    Endpoint {
+        tenant_id: String,
+        endpoint_id: String,
+    },
 }
 
 impl CircuitKey {
@@ -98,6 +103,7 @@ impl CircuitKey {
         match self {
             CircuitKey::Provider(name) | CircuitKey::Tenant { provider: name, .. } => name,
             CircuitKey::Webhook { .. } => "webhook",
+            CircuitKey::Endpoint { .. } => "event",
         }
     }
 
@@ -118,6 +124,10 @@ impl std::fmt::Display for CircuitKey {
             CircuitKey::Webhook { tenant_id, origin } => {
                 write!(f, "webhook {origin} (tenant {tenant_id})")
             }
+            CircuitKey::Endpoint {
+                tenant_id,
+                endpoint_id,
+            } => write!(f, "event endpoint {endpoint_id} (tenant {tenant_id})"),
         }
     }
 }

@@ -257,7 +257,7 @@ impl Deliverer {
 
 /// A Postgres failure: put the job off (without spending an attempt) while Postgres is down,
 /// otherwise let the queue retry it.
-fn db_error(e: impl std::borrow::Borrow<sqlx::Error>) -> JobError {
+pub(crate) fn db_error(e: impl std::borrow::Borrow<sqlx::Error>) -> JobError {
     let e = e.borrow();
     if store::is_unavailable(e) {
         JobError::Defer {
@@ -525,6 +525,8 @@ async fn admit<'a>(
                     CircuitKey::Webhook { origin, .. } => format!(
                         "the circuit for this tenant's webhooks to {origin} is open: its calls there are failing"
                     ),
+                    // Messages never go through an event endpoint's circuit.
+                    CircuitKey::Endpoint { .. } => circuit.to_string(),
                 };
                 let note = !d.told(&job.message_id, episode);
                 return Err(put_off(d, &job.message_id, "circuit", why, wait, note));

@@ -98,6 +98,7 @@ pub async fn send(
         idempotency_key: idempotency.map(|i| i.key.clone()),
         request_hash: idempotency.map(|i| i.request_hash.clone()),
         created_at: now,
+        completed_at: None,
     };
     let template = template(tenant, new, &send.id, now)?;
 

@@ -7,11 +7,11 @@ use tracing::{debug, info, warn};
 
 use super::{messages::Intake, replies::unwrap_arc};
 use crate::{
-    domain::{Channel, MessageStatus, jobs::AiJob, new_id},
+    domain::{Channel, MessageStatus, events::EventType, jobs::AiJob, new_id},
     queue::{Queue, now_ms},
     store::{
         contacts::{self, ContactRow},
-        lifecycle,
+        events, lifecycle,
         messages::{self, MessageRow, NewMessageRow},
         tenants::{self, TenantRow},
     },
@@ -108,6 +108,16 @@ pub async fn receive(
         }
         Some(Keyword::Start) => {
             contacts::set_opted_out(&mut *tx, &contact.id, false, inbound.body.trim()).await?
+        }
+        // A text on a conversation a person took over waits for that person.
+        None if contact.mode == "human" => {
+            events::emit_for_message(
+                &mut *tx,
+                &tenant.id,
+                EventType::ConversationHumanNeeded,
+                &message.id,
+            )
+            .await?
         }
         _ => {}
     }

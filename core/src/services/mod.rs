@@ -7,6 +7,7 @@ pub mod daily;
 pub mod dead_letters;
 pub mod delivery;
 pub mod enqueue;
+pub mod events;
 pub mod groups;
 pub mod inbound;
 pub mod messages;

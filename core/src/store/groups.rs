@@ -124,6 +124,8 @@ pub struct GroupMessageRow {
     pub idempotency_key: Option<String>,
     pub request_hash: Option<Vec<u8>>,
     pub created_at: DateTime<Utc>,
+    /// When none of its messages was still on its way (the scheduler notices within seconds).
+    pub completed_at: Option<DateTime<Utc>>,
 }
 
 /// Records a group send; `Ok(None)` when its idempotency key is taken (a concurrent send).

@@ -10,7 +10,7 @@ use sqlx::{PgConnection, PgExecutor};
 
 use crate::domain::{Channel, MessageStatus, Priority, Segments, SmsEncoding};
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct MessageRow {
     pub id: String,
     pub tenant_id: String,

@@ -5,6 +5,7 @@ pub mod appointments;
 pub mod contacts;
 pub mod conversations;
 pub mod dead_letters;
+pub mod events;
 pub mod groups;
 pub mod idempotency;
 pub mod lifecycle;
