@@ -23,45 +23,71 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the body is larger than 64 KiB",
-                )
-            } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_body",
-                    "the request body could not be read",
-                )
-            }
-        })?;
-        if bytes.len() > MAX_BODY {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the body is larger than 64 KiB",
-            ));
-        }
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                "the body is empty; send a JSON object",
-            ));
-        }
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        read_json(req, state, MAX_BODY).await.map(JsonBody)
+    }
+}
+
+/// A JSON body of up to `MAX` bytes, for the few routes that take more than [`MAX_BODY`];
+/// such a route also lifts axum's `DefaultBodyLimit` to `MAX`, for itself alone.
+pub struct LargeJsonBody<const MAX: usize>(pub Value);
+
+impl<S: Send + Sync, const MAX: usize> FromRequest<S> for LargeJsonBody<MAX> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        read_json(req, state, MAX).await.map(LargeJsonBody)
+    }
+}
+
+/// `bytes` as people say it: `64 KiB`, `1 MiB`.
+fn size_name(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes.div_ceil(1024))
+    }
+}
+
+/// Reads a body of at most `max` bytes as a JSON document: 413 past it, 400 when it is not
+/// JSON, 422 when it holds U+0000.
+async fn read_json<S: Send + Sync>(req: Request, state: &S, max: usize) -> Result<Value, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {}", size_name(max)),
+        )
+    };
+    let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
+        } else {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("the body is not valid JSON: {e}"),
+                "invalid_body",
+                "the request body could not be read",
             )
-        })?;
-        refuse_nul(&value)?;
-        Ok(JsonBody(value))
+        }
+    })?;
+    if bytes.len() > max {
+        return Err(too_large());
     }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "the body is empty; send a JSON object",
+        ));
+    }
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+    refuse_nul(&value)?;
+    Ok(value)
 }
 
 /// 422 naming the field when U+0000 is anywhere in a JSON document, in a value or a key:
@@ -322,6 +348,54 @@ impl Page {
         };
         Ok(Self { limit, cursor })
     }
+
+    /// This page of `rows`, which were fetched with one row more than the limit to tell
+    /// whether another page follows, and the cursor of the next page (`cursor_of` its last
+    /// row), if one does.
+    pub fn cut<T>(
+        &self,
+        mut rows: Vec<T>,
+        cursor_of: impl Fn(&T) -> String,
+    ) -> (Vec<T>, Option<String>) {
+        let limit = usize::try_from(self.limit).unwrap_or(0);
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let next = if more {
+            rows.last().map(cursor_of)
+        } else {
+            None
+        };
+        (rows, next)
+    }
+}
+
+/// An optional query parameter: absent or empty is `None`, else what `parse` makes of it,
+/// or 422 naming the parameter with `expected` in the message.
+pub fn query_param<'q, T>(
+    q: &'q HashMap<String, String>,
+    name: &str,
+    expected: &str,
+    parse: impl FnOnce(&'q str) -> Option<T>,
+) -> Result<Option<T>, ApiError> {
+    match q.get(name).map(String::as_str) {
+        None | Some("") => Ok(None),
+        Some(raw) => parse(raw).map(Some).ok_or_else(|| {
+            ApiError::invalid(
+                "invalid_value",
+                name,
+                format!("`{name}` must be {expected}"),
+            )
+        }),
+    }
+}
+
+/// A `true` or `false` query parameter.
+pub fn bool_param(q: &HashMap<String, String>, name: &str) -> Result<Option<bool>, ApiError> {
+    query_param(q, name, "true or false", |raw| match raw {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    })
 }
 
 /// Refuses query parameters a route does not know.

@@ -185,10 +185,37 @@ pub struct SubscriptionContentIn {
     prompt: Option<String>,
 }
 
+/// `PATCH /v1/subscriptions/{id}`: any of these.
+#[derive(ToSchema)]
+pub struct SubscriptionPatch {
+    /// `HH:MM` in the contact's time zone; from the first local day without a message whose
+    /// new time is still ahead.
+    #[schema(example = "08:15")]
+    send_at_local: Option<String>,
+    content: Option<SubscriptionContentIn>,
+    /// `true`: no daily message until `false` (a resume sends nothing late for a day whose
+    /// time has passed).
+    paused: Option<bool>,
+}
+
 /// `POST /v1/groups`.
 #[derive(ToSchema)]
 pub struct GroupIn {
     name: String,
+}
+
+/// `PATCH /v1/groups/{id}`.
+#[derive(ToSchema)]
+pub struct GroupRename {
+    /// 1..200 characters.
+    name: String,
+}
+
+/// `POST /v1/groups/{id}/members`: contacts to add.
+#[derive(ToSchema)]
+pub struct GroupMembersIn {
+    /// 1 to 10,000 contact ids (`ct_...`) of this tenant; others are answered as `unknown`.
+    contact_ids: Vec<String>,
 }
 
 /// `POST /v1/groups/{id}/messages`: one message to every member.

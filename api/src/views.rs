@@ -331,8 +331,11 @@ pub struct Subscription {
     pub send_at_local: String,
     pub channel: String,
     pub content: SubscriptionContent,
-    /// The local date of the first delivery.
+    /// The local date of the first delivery (after a change of `send_at_local` or a resume:
+    /// of the first delivery since).
     pub first_delivery_date: String,
+    /// A paused subscription creates no daily message.
+    pub paused: bool,
     pub created_at: String,
 }
 
@@ -354,6 +357,7 @@ impl From<herald_core::store::subscriptions::SubscriptionRow> for Subscription {
                 prompt,
             },
             first_delivery_date: s.first_date.to_string(),
+            paused: s.paused,
             created_at: time(s.created_at),
         }
     }
@@ -366,6 +370,59 @@ pub struct Group {
     pub name: String,
     pub members: i64,
     pub created_at: String,
+}
+
+/// A page of subscriptions, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionPage {
+    pub data: Vec<Subscription>,
+    pub next_cursor: Option<String>,
+}
+
+/// A page of appointments, soonest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppointmentPage {
+    pub data: Vec<Appointment>,
+    pub next_cursor: Option<String>,
+}
+
+/// A page of groups, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupPage {
+    pub data: Vec<Group>,
+    pub next_cursor: Option<String>,
+}
+
+/// What adding contacts to a group did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MembersAdded {
+    /// Contacts that became members.
+    pub added: i64,
+    /// Contacts that were members already.
+    pub already: i64,
+    /// Ids that are not this tenant's contacts (nothing was done with them), in the order given.
+    pub unknown: Vec<String>,
+}
+
+/// One conversation in the inbox.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InboxRow {
+    pub contact_id: String,
+    pub name: Option<String>,
+    pub phone: Option<String>,
+    /// `ai` or `human`.
+    pub mode: String,
+    /// The conversation's newest entry.
+    pub last_entry: Option<ConversationEntry>,
+    /// The newest entry is an inbound text: the contact waits for an answer.
+    pub needs_reply: bool,
+}
+
+/// A page of the inbox, newest activity first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InboxPage {
+    pub data: Vec<InboxRow>,
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -14,6 +14,7 @@ mod hardening;
 mod heraldctl;
 mod lanes;
 mod limits;
+mod lists;
 mod ops;
 mod outages;
 mod pacing;

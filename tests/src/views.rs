@@ -321,6 +321,8 @@ pub struct SubscriptionView {
     /// keys are there.
     pub content: Value,
     pub first_delivery_date: String,
+    /// A paused subscription creates no daily message.
+    pub paused: bool,
     pub created_at: String,
 }
 
@@ -331,6 +333,25 @@ pub struct GroupView {
     pub name: String,
     pub members: i64,
     pub created_at: String,
+}
+
+/// The answer to adding contacts to a group (`POST /v1/groups/{id}/members`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct MembersAddedView {
+    pub added: i64,
+    pub already: i64,
+    pub unknown: Vec<String>,
+}
+
+/// One conversation of the inbox (`GET /v1/conversations`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct InboxRowView {
+    pub contact_id: String,
+    pub name: Option<String>,
+    pub phone: Option<String>,
+    pub mode: String,
+    pub last_entry: ConversationEntryView,
+    pub needs_reply: bool,
 }
 
 /// The answer to a group send (`POST /v1/groups/{id}/messages`).
@@ -358,7 +379,9 @@ display_as_json!(
     ErrorView,
     ContactView,
     ConversationView,
-    GroupSendView
+    GroupSendView,
+    MembersAddedView,
+    InboxRowView
 );
 
 impl<T: Serialize> fmt::Display for Page<T> {

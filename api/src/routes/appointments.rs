@@ -1,23 +1,27 @@
 //! `/v1/appointments`: appointments and their reminders.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::StatusCode,
 };
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use herald_core::{
     domain::{Channel, SmsText, is_id},
     schedule::parse_offset,
     services::appointments::{self as service, NewAppointment},
+    store::{
+        appointments::{self as store, AppointmentFilter},
+        messages::MessageRow,
+    },
 };
 use serde_json::Value;
 
 use crate::{
     auth::Tenant,
-    body::{Fields, JsonBody},
+    body::{Fields, JsonBody, Page, known_params, query_param},
     error::{ApiError, ApiResult, ErrorBody},
     state::AppState,
     views,
@@ -195,4 +199,85 @@ pub async fn delete(
     } else {
         Err(ApiError::not_found("appointment"))
     }
+}
+
+/// A list cursor: the last appointment's start (microseconds since the epoch) and id, since
+/// starts are not unique.
+fn cursor_of(a: &store::AppointmentRow) -> String {
+    format!("{}.{}", a.starts_at.timestamp_micros(), a.id)
+}
+
+fn parse_cursor(c: &str) -> Option<(DateTime<Utc>, &str)> {
+    let (micros, id) = c.split_once('.')?;
+    let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+    is_id("apt", id).then_some((at, id))
+}
+
+fn rfc3339(raw: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(raw)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// A page of the tenant's appointments with their reminders, soonest first (canceled ones
+/// too, with `canceled_at`).
+#[utoipa::path(
+    get, path = "/v1/appointments", tag = "appointments",
+    params(
+        ("contact_id" = Option<String>, Query, description = "only this contact's"),
+        ("from" = Option<String>, Query, description = "RFC 3339: starting at or after this"),
+        ("to" = Option<String>, Query, description = "RFC 3339: starting before this"),
+        ("limit" = Option<i64>, Query, description = "1..100, default 50"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses((status = 200, body = views::AppointmentPage), (status = 422, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn list(
+    auth: Tenant,
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<views::AppointmentPage>> {
+    known_params(&q, &["contact_id", "from", "to", "limit", "cursor"])?;
+    let page = Page::from_query(&q, |c| parse_cursor(c).is_some())?;
+    let expected = "an RFC 3339 time with an offset, such as 2026-03-03T15:30:00-05:00";
+    let from = query_param(&q, "from", expected, rfc3339)?;
+    let to = query_param(&q, "to", expected, rfc3339)?;
+    if let (Some(from), Some(to)) = (from, to)
+        && to < from
+    {
+        return Err(ApiError::invalid(
+            "invalid_value",
+            "to",
+            "`to` must not be earlier than `from`",
+        ));
+    }
+    let filter = AppointmentFilter {
+        contact_id: q
+            .get("contact_id")
+            .map(String::as_str)
+            .filter(|c| !c.is_empty()),
+        from,
+        to,
+        after: page.cursor.as_deref().and_then(parse_cursor),
+    };
+    let rows = store::list(&state.db, &auth.tenant.id, &filter, page.limit).await?;
+    let (rows, next_cursor) = page.cut(rows, cursor_of);
+    let ids: Vec<String> = rows.iter().map(|a| a.id.clone()).collect();
+    let mut reminders: HashMap<String, Vec<MessageRow>> = HashMap::new();
+    for m in store::reminders_of(&state.db, &ids).await? {
+        if let Some(a) = m.appointment_id.clone() {
+            reminders.entry(a).or_default().push(m);
+        }
+    }
+    Ok(Json(views::AppointmentPage {
+        data: rows
+            .into_iter()
+            .map(|a| {
+                let own = reminders.remove(&a.id).unwrap_or_default();
+                views::Appointment::new(a, own)
+            })
+            .collect(),
+        next_cursor,
+    }))
 }

@@ -10,13 +10,13 @@ use axum::{
 use chrono::Utc;
 use herald_core::{
     domain::{EmailAddress, PhoneNumber, TimeZone, is_id, new_id},
-    store::contacts::{self, Consent, ContactChanges, NewContact},
+    store::contacts::{self, Consent, ContactChanges, ContactFilter, NewContact},
 };
 use serde_json::Value;
 
 use crate::{
     auth::Tenant,
-    body::{Fields, JsonBody, Page, known_params},
+    body::{Fields, JsonBody, Page, bool_param, known_params, query_param},
     error::{ApiError, ApiResult, ErrorBody},
     state::AppState,
     views,
@@ -267,6 +267,73 @@ pub async fn consent_events(
         .flatten();
     Ok(Json(views::ConsentEventPage {
         data: rows.into_iter().map(views::Consent::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// A page of the tenant's contacts, newest first.
+#[utoipa::path(
+    get, path = "/v1/contacts", tag = "contacts",
+    params(
+        ("phone" = Option<String>, Query, description = "E.164: only the contact with this number"),
+        ("email" = Option<String>, Query, description = "only contacts with this address (any case)"),
+        ("group_id" = Option<String>, Query, description = "only members of this group (another tenant's, or an unknown one, has none)"),
+        ("opted_out" = Option<bool>, Query, description = "only opted-out (`true`) or not opted-out (`false`) contacts"),
+        ("q" = Option<String>, Query, description = "part of the name, any case"),
+        ("limit" = Option<i64>, Query, description = "1..100, default 50"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses((status = 200, body = views::ContactPage), (status = 422, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn list(
+    auth: Tenant,
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<views::ContactPage>> {
+    known_params(
+        &q,
+        &[
+            "phone",
+            "email",
+            "group_id",
+            "opted_out",
+            "q",
+            "limit",
+            "cursor",
+        ],
+    )?;
+    let page = Page::from_query(&q, |c| is_id("ct", c))?;
+    let phone = query_param(&q, "phone", "an E.164 number such as +15551234567", |p| {
+        PhoneNumber::parse(p).ok()
+    })?;
+    let email = query_param(
+        &q,
+        "email",
+        "an email address such as name@example.com",
+        |e| EmailAddress::parse(e).ok(),
+    )?;
+    let name_part = query_param(&q, "q", "1 to 200 characters of a name", |n| {
+        (n.chars().count() <= 200).then_some(n)
+    })?;
+    let filter = ContactFilter {
+        phone: phone.as_ref().map(PhoneNumber::as_str),
+        email: email.as_ref().map(EmailAddress::as_str),
+        group_id: q
+            .get("group_id")
+            .map(String::as_str)
+            .filter(|g| !g.is_empty()),
+        opted_out: bool_param(&q, "opted_out")?,
+        name_part,
+        before_id: page.cursor.as_deref(),
+    };
+    let rows = contacts::list(&state.db, &auth.tenant.id, &filter, page.limit).await?;
+    let (rows, next_cursor) = page.cut(rows, |c| c.id.clone());
+    Ok(Json(views::ContactPage {
+        data: rows
+            .into_iter()
+            .map(|c| views::Contact::new(c, &auth.tenant.timezone))
+            .collect(),
         next_cursor,
     }))
 }

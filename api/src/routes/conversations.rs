@@ -1,4 +1,4 @@
-//! `/v1/conversations/{contact_id}`: a contact's texts, who answers them, and a person's reply.
+//! `/v1/conversations`: the inbox, a contact's texts, who answers them, and a person's reply.
 
 use std::collections::HashMap;
 
@@ -10,12 +10,15 @@ use axum::{
 use herald_core::{
     domain::{SmsText, is_id},
     services::replies,
-    store::{contacts, conversations as entries},
+    store::{
+        contacts,
+        conversations::{self as entries, InboxFilter},
+    },
 };
 
 use crate::{
     auth::Tenant,
-    body::{Fields, JsonBody, Page, known_params},
+    body::{Fields, JsonBody, Page, bool_param, known_params, query_param},
     error::{ApiError, ApiResult, ErrorBody},
     state::AppState,
     views,
@@ -50,7 +53,7 @@ pub async fn get(
     known_params(&q, &["limit", "cursor"])?;
     let page = Page::from_query(&q, |c| is_id("msg", c))?;
     let c = contact(&state, &auth.tenant.id, &contact_id).await?;
-    let mut rows = entries::conversation(
+    let rows = entries::conversation(
         &state.db,
         &auth.tenant.id,
         &c.id,
@@ -58,17 +61,64 @@ pub async fn get(
         page.limit,
     )
     .await?;
-    let more = rows.len() as i64 > page.limit;
-    rows.truncate(page.limit as usize);
-    let next_cursor = if more {
-        rows.last().map(|m| m.id.clone())
-    } else {
-        None
-    };
+    let (rows, next_cursor) = page.cut(rows, |m| m.id.clone());
     Ok(Json(views::Conversation {
         contact_id: c.id,
         mode: c.mode,
         data: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// The inbox: a page of the tenant's conversations, newest activity first, each with its
+/// newest entry.
+#[utoipa::path(
+    get, path = "/v1/conversations", tag = "conversations",
+    params(
+        ("mode" = Option<String>, Query, description = "`ai` or `human`: only conversations answered so"),
+        ("needs_reply" = Option<bool>, Query, description = "`true`: only those whose newest entry is an inbound text"),
+        ("limit" = Option<i64>, Query, description = "1..100, default 50"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses((status = 200, body = views::InboxPage), (status = 422, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn inbox(
+    auth: Tenant,
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<views::InboxPage>> {
+    known_params(&q, &["mode", "needs_reply", "limit", "cursor"])?;
+    let page = Page::from_query(&q, |c| is_id("msg", c))?;
+    let mode = query_param(&q, "mode", "ai or human", |m| {
+        ["ai", "human"].into_iter().find(|known| *known == m)
+    })?;
+    let filter = InboxFilter {
+        mode,
+        needs_reply: bool_param(&q, "needs_reply")?,
+        before_entry: page.cursor.as_deref(),
+    };
+    let rows = entries::inbox(&state.db, &auth.tenant.id, &filter, page.limit).await?;
+    let (rows, next_cursor) = page.cut(rows, |r| r.last_entry_id.clone());
+    let ids: Vec<String> = rows.iter().map(|r| r.last_entry_id.clone()).collect();
+    let mut last: HashMap<String, views::ConversationEntry> =
+        entries::entries(&state.db, &auth.tenant.id, &ids)
+            .await?
+            .into_iter()
+            .map(|m| (m.id.clone(), m.into()))
+            .collect();
+    Ok(Json(views::InboxPage {
+        data: rows
+            .into_iter()
+            .map(|r| views::InboxRow {
+                last_entry: last.remove(&r.last_entry_id),
+                contact_id: r.contact_id,
+                name: r.name,
+                phone: r.phone,
+                mode: r.mode,
+                needs_reply: r.last_inbound,
+            })
+            .collect(),
         next_cursor,
     }))
 }

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::{
     auth::Tenant,
-    body::{Fields, IdempotencyKey, JsonBody, Page, known_params},
+    body::{Fields, IdempotencyKey, JsonBody, LargeJsonBody, Page, known_params},
     error::{ApiError, ApiResult, ErrorBody},
     state::AppState,
     views,
@@ -44,6 +44,15 @@ async fn view(state: &AppState, g: groups::GroupRow) -> ApiResult<views::Group> 
     })
 }
 
+/// `name`: 1 to 200 characters, trimmed.
+fn group_name(f: &mut Fields) -> ApiResult<String> {
+    let name = f.req_str("name")?;
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        return Err(f.invalid_value("name", "`name` must be 1 to 200 characters"));
+    }
+    Ok(name.trim().to_owned())
+}
+
 /// Create a group.
 #[utoipa::path(
     post, path = "/v1/groups", tag = "groups",
@@ -57,12 +66,9 @@ pub async fn create(
     JsonBody(body): JsonBody,
 ) -> ApiResult<(StatusCode, Json<views::Group>)> {
     let mut f = Fields::new(body)?;
-    let name = f.req_str("name")?;
-    if name.trim().is_empty() || name.chars().count() > 200 {
-        return Err(f.invalid_value("name", "`name` must be 1 to 200 characters"));
-    }
+    let name = group_name(&mut f)?;
     f.finish()?;
-    let g = groups::insert(&state.db, &new_id("grp"), &auth.tenant.id, name.trim()).await?;
+    let g = groups::insert(&state.db, &new_id("grp"), &auth.tenant.id, &name).await?;
     Ok((StatusCode::CREATED, Json(view(&state, g).await?)))
 }
 
@@ -145,7 +151,7 @@ pub async fn remove_member(
     }
 }
 
-/// A group's members, in id order.
+/// A group's members, newest contact first.
 #[utoipa::path(
     get, path = "/v1/groups/{id}/members", tag = "groups",
     params(("id" = String, Path), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
@@ -161,20 +167,153 @@ pub async fn members(
     known_params(&q, &["limit", "cursor"])?;
     let page = Page::from_query(&q, |c| is_id("ct", c))?;
     let g = group(&state, &auth.tenant.id, &id).await?;
-    let mut rows = groups::members(&state.db, &g.id, page.cursor.as_deref(), page.limit).await?;
-    let more = rows.len() as i64 > page.limit;
-    rows.truncate(page.limit as usize);
-    let next_cursor = if more {
-        rows.last().map(|c| c.id.clone())
-    } else {
-        None
-    };
+    let rows = groups::members(&state.db, &g.id, page.cursor.as_deref(), page.limit).await?;
+    let (rows, next_cursor) = page.cut(rows, |c| c.id.clone());
     Ok(Json(views::ContactPage {
         data: rows
             .into_iter()
             .map(|c| views::Contact::new(c, &auth.tenant.timezone))
             .collect(),
         next_cursor,
+    }))
+}
+
+/// A page of the tenant's groups, newest first, with their member counts.
+#[utoipa::path(
+    get, path = "/v1/groups", tag = "groups",
+    params(
+        ("limit" = Option<i64>, Query, description = "1..100, default 50"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses((status = 200, body = views::GroupPage), (status = 422, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn list(
+    auth: Tenant,
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<views::GroupPage>> {
+    known_params(&q, &["limit", "cursor"])?;
+    let page = Page::from_query(&q, |c| is_id("grp", c))?;
+    let rows = groups::list(
+        &state.db,
+        &auth.tenant.id,
+        page.cursor.as_deref(),
+        page.limit,
+    )
+    .await?;
+    let (rows, next_cursor) = page.cut(rows, |g| g.group.id.clone());
+    Ok(Json(views::GroupPage {
+        data: rows
+            .into_iter()
+            .map(|g| views::Group {
+                id: g.group.id,
+                name: g.group.name,
+                members: g.members,
+                created_at: views::time(g.group.created_at),
+            })
+            .collect(),
+        next_cursor,
+    }))
+}
+
+/// Rename a group.
+#[utoipa::path(
+    patch, path = "/v1/groups/{id}", tag = "groups",
+    params(("id" = String, Path, description = "`grp_...`")),
+    request_body(content = crate::requests::GroupRename, description = "`{\"name\"}`"),
+    responses((status = 200, body = views::Group), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn patch(
+    auth: Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Json<views::Group>> {
+    let mut f = Fields::new(body)?;
+    let name = group_name(&mut f)?;
+    f.finish()?;
+    if !is_id("grp", &id) {
+        return Err(ApiError::not_found("group"));
+    }
+    let g = groups::rename(&state.db, &auth.tenant.id, &id, &name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("group"))?;
+    Ok(Json(view(&state, g).await?))
+}
+
+/// The most contacts one request adds to a group.
+const MAX_NEW_MEMBERS: usize = 10_000;
+
+/// The body limit of [`add_members`]: 10,000 ids of about 30 characters are some 350 KiB,
+/// more than the 64 KiB every other route takes. The router lifts axum's limit to this for
+/// that route alone.
+pub const MEMBERS_MAX_BODY: usize = 1024 * 1024;
+
+/// `contact_ids`: 1 to 10,000 strings.
+fn contact_ids(body: Value) -> ApiResult<Vec<String>> {
+    let mut f = Fields::new(body)?;
+    let ids = match f.take("contact_ids") {
+        None => return Err(f.missing("contact_ids")),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "invalid_type",
+                "contact_ids",
+                "`contact_ids` must be an array of contact ids",
+            ));
+        }
+    };
+    if ids.is_empty() || ids.len() > MAX_NEW_MEMBERS {
+        return Err(f.invalid_value(
+            "contact_ids",
+            format!(
+                "give 1 to {MAX_NEW_MEMBERS} contact ids; this has {}",
+                ids.len()
+            ),
+        ));
+    }
+    f.finish()?;
+    ids.into_iter()
+        .enumerate()
+        .map(|(i, id)| match id {
+            Value::String(s) => Ok(s),
+            _ => Err(ApiError::invalid(
+                "invalid_type",
+                format!("contact_ids[{i}]"),
+                format!("`contact_ids[{i}]` must be a string"),
+            )),
+        })
+        .collect()
+}
+
+/// Add up to 10,000 contacts to a group at once: each one of the tenant's contacts becomes a
+/// member (`added`) or already was one (`already`); any other id is listed as `unknown`.
+/// An id given twice counts once.
+#[utoipa::path(
+    post, path = "/v1/groups/{id}/members", tag = "groups",
+    params(("id" = String, Path, description = "`grp_...`")),
+    request_body(content = crate::requests::GroupMembersIn, description = "`{\"contact_ids\": [\"ct_...\", ...]}` (1 to 10,000; the body up to 1 MiB)"),
+    responses(
+        (status = 200, body = views::MembersAdded),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn add_members(
+    auth: Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    LargeJsonBody(body): LargeJsonBody<MEMBERS_MAX_BODY>,
+) -> ApiResult<Json<views::MembersAdded>> {
+    let ids = contact_ids(body)?;
+    let g = group(&state, &auth.tenant.id, &id).await?;
+    let done = groups::add_members(&state.db, &auth.tenant.id, &g.id, &ids).await?;
+    Ok(Json(views::MembersAdded {
+        added: done.added,
+        already: done.already,
+        unknown: done.unknown,
     }))
 }
 

@@ -31,7 +31,10 @@ use tower_http::{
     timeout::TimeoutLayer,
 };
 use tracing::{Instrument, info, info_span, warn};
-use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_axum::{
+    router::{OpenApiRouter, UtoipaMethodRouterExt},
+    routes,
+};
 
 use crate::{body::MAX_BODY, error::ApiError, openapi, state::AppState};
 
@@ -55,24 +58,31 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(inbound::twilio_status))
         .routes(routes!(inbound::twilio_sms))
         .routes(routes!(inbound::twilio_voice_status))
-        .routes(routes!(appointments::create))
+        .routes(routes!(appointments::create, appointments::list))
         .routes(routes!(
             appointments::get,
             appointments::patch,
             appointments::delete
         ))
-        .routes(routes!(subscriptions::create))
-        .routes(routes!(subscriptions::get, subscriptions::delete))
-        .routes(routes!(contacts::create))
+        .routes(routes!(subscriptions::create, subscriptions::list))
+        .routes(routes!(
+            subscriptions::get,
+            subscriptions::patch,
+            subscriptions::delete
+        ))
+        .routes(routes!(contacts::create, contacts::list))
         .routes(routes!(contacts::get, contacts::patch))
         .routes(routes!(contacts::consent_events))
+        .routes(routes!(conversations::inbox))
         .routes(routes!(conversations::get))
         .routes(routes!(conversations::takeover))
         .routes(routes!(conversations::release))
         .routes(routes!(conversations::reply))
-        .routes(routes!(groups::create))
-        .routes(routes!(groups::get, groups::delete))
+        .routes(routes!(groups::create, groups::list))
+        .routes(routes!(groups::get, groups::patch, groups::delete))
         .routes(routes!(groups::members))
+        // The one route that reads more than 64 KiB: 10,000 contact ids.
+        .routes(routes!(groups::add_members).layer(DefaultBodyLimit::max(groups::MEMBERS_MAX_BODY)))
         .routes(routes!(groups::add_member, groups::remove_member))
         .routes(routes!(groups::send))
         .routes(routes!(groups::send_status))

@@ -1,23 +1,26 @@
 //! `/v1/subscriptions`: a daily message at each contact's own local hour.
 
+use std::collections::HashMap;
+
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::StatusCode,
 };
 use chrono::{NaiveTime, Utc};
 use herald_core::{
     domain::{Channel, SmsText, is_id, new_id, parse_local_time},
     schedule::first_daily_date,
+    services::daily::{self, SubscriptionChanges},
     store::{
         contacts,
-        subscriptions::{self, SubscriptionRow},
+        subscriptions::{self, SubscriptionFilter, SubscriptionRow},
     },
 };
 
 use crate::{
     auth::Tenant,
-    body::{Fields, JsonBody},
+    body::{Fields, JsonBody, Page, bool_param, known_params},
     error::{ApiError, ApiResult, ErrorBody},
     state::AppState,
     views,
@@ -78,6 +81,7 @@ pub async fn create(
         last_date: None,
         created_at: Utc::now(),
         deleted_at: None,
+        paused: false,
     };
     let created = subscriptions::insert(&state.db, &row).await?;
     Ok((StatusCode::CREATED, Json(created.into())))
@@ -109,9 +113,23 @@ fn parse_new(body: serde_json::Value) -> Result<NewSubscription, ApiError> {
             ));
         }
     };
-    let mut content = f
-        .opt_object("content")?
-        .ok_or_else(|| f.missing("content"))?;
+    let (kind, text) = content(&mut f)?.ok_or_else(|| f.missing("content"))?;
+    f.finish()?;
+    Ok(NewSubscription {
+        contact_id,
+        send_at_local,
+        channel,
+        kind,
+        text,
+    })
+}
+
+/// `content`: `{"kind": "static", "body"}` or `{"kind": "ai", "prompt"}`, as the kind and its
+/// text.
+fn content(f: &mut Fields) -> Result<Option<(&'static str, String)>, ApiError> {
+    let Some(mut content) = f.opt_object("content")? else {
+        return Ok(None);
+    };
     let kind = content.req_str("kind")?;
     let (kind, field) = match kind.as_str() {
         "static" => ("static", "body"),
@@ -133,14 +151,7 @@ fn parse_new(body: serde_json::Value) -> Result<NewSubscription, ApiError> {
         )
     })?;
     content.finish()?;
-    f.finish()?;
-    Ok(NewSubscription {
-        contact_id,
-        send_at_local,
-        channel,
-        kind,
-        text: text.into_string(),
-    })
+    Ok(Some((kind, text.into_string())))
 }
 
 /// A subscription.
@@ -178,4 +189,75 @@ pub async fn delete(
     } else {
         Err(ApiError::not_found("subscription"))
     }
+}
+
+/// A page of the tenant's subscriptions, newest first.
+#[utoipa::path(
+    get, path = "/v1/subscriptions", tag = "subscriptions",
+    params(
+        ("contact_id" = Option<String>, Query, description = "only this contact's"),
+        ("paused" = Option<bool>, Query, description = "`true`: only paused ones; `false`: only active ones"),
+        ("limit" = Option<i64>, Query, description = "1..100, default 50"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses((status = 200, body = views::SubscriptionPage), (status = 422, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn list(
+    auth: Tenant,
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<views::SubscriptionPage>> {
+    known_params(&q, &["contact_id", "paused", "limit", "cursor"])?;
+    let page = Page::from_query(&q, |c| is_id("sub", c))?;
+    let filter = SubscriptionFilter {
+        contact_id: q
+            .get("contact_id")
+            .map(String::as_str)
+            .filter(|c| !c.is_empty()),
+        paused: bool_param(&q, "paused")?,
+        before_id: page.cursor.as_deref(),
+    };
+    let rows = subscriptions::list(&state.db, &auth.tenant.id, &filter, page.limit).await?;
+    let (rows, next_cursor) = page.cut(rows, |s| s.id.clone());
+    Ok(Json(views::SubscriptionPage {
+        data: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// Change a subscription's local time, content, or pause it. A new `send_at_local` (or a
+/// resume) takes effect from the first local day that has no message yet and whose time
+/// is still ahead: one message per local date, still.
+#[utoipa::path(
+    patch, path = "/v1/subscriptions/{id}", tag = "subscriptions",
+    params(("id" = String, Path, description = "`sub_...`")),
+    request_body(content = crate::requests::SubscriptionPatch, description = "`{\"send_at_local\"?, \"content\"?, \"paused\"?}`"),
+    responses((status = 200, body = views::Subscription), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn patch(
+    auth: Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Json<views::Subscription>> {
+    let mut f = Fields::new(body)?;
+    let send_at_local = f
+        .opt_str("send_at_local")?
+        .map(|at| parse_local_time(&at).map_err(|e| f.invalid_value("send_at_local", e.0)))
+        .transpose()?;
+    let changes = SubscriptionChanges {
+        send_at_local,
+        content: content(&mut f)?,
+        paused: f.opt_bool("paused")?,
+    };
+    f.finish()?;
+    if !is_id("sub", &id) {
+        return Err(ApiError::not_found("subscription"));
+    }
+    daily::change(&state.db, &auth.tenant.id, &id, &changes)
+        .await?
+        .map(|s| Json(s.into()))
+        .ok_or_else(|| ApiError::not_found("subscription"))
 }

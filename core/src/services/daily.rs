@@ -4,7 +4,8 @@
 
 use std::collections::HashSet;
 
-use chrono::{NaiveDate, Utc};
+use anyhow::Context;
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use chrono_tz::Tz;
 use sqlx::PgPool;
 use tracing::{info, warn};
@@ -15,10 +16,10 @@ use crate::domain::{
 };
 use crate::{
     queue::{NewJob, Queue, now_ms},
-    schedule::{end_of_local_day, render},
+    schedule::{end_of_local_day, first_daily_date, render},
     store::{
         messages::{self, NewMessageRow},
-        subscriptions::{self, Due},
+        subscriptions::{self, Due, SubscriptionRow},
     },
 };
 
@@ -188,4 +189,120 @@ async fn run_chunk(
         created: created.len(),
         ai: ai_jobs.len(),
     })
+}
+
+/// What `PATCH /v1/subscriptions/{id}` changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct SubscriptionChanges {
+    pub send_at_local: Option<NaiveTime>,
+    /// `static` or `ai`, and the body or the prompt.
+    pub content: Option<(&'static str, String)>,
+    pub paused: Option<bool>,
+}
+
+/// Changes a subscription; `None` when the tenant has no such (live) subscription.
+///
+/// A new `send_at_local`, or a resume, takes effect like a new subscription would: from the
+/// first local date whose message does not exist yet and whose new time is still ahead. So a
+/// day that already has its message never gets a second one (`daily_runs` holds one run per
+/// subscription and local date either way), and a resume after the day's time has passed
+/// sends nothing late that day.
+pub async fn change(
+    db: &PgPool,
+    tenant_id: &str,
+    id: &str,
+    changes: &SubscriptionChanges,
+) -> anyhow::Result<Option<SubscriptionRow>> {
+    let mut tx = db.begin().await.context("starting the change")?;
+    let Some((mut row, zone)) = subscriptions::get_for_update(&mut tx, tenant_id, id)
+        .await
+        .context("locking the subscription")?
+    else {
+        return Ok(None);
+    };
+    let zone: Tz = zone.parse().unwrap_or(chrono_tz::UTC);
+    let retimed = changes
+        .send_at_local
+        .is_some_and(|t| t != row.send_at_local);
+    let resumed = row.paused && changes.paused == Some(false);
+    if let Some(t) = changes.send_at_local {
+        row.send_at_local = t;
+    }
+    if let Some((kind, text)) = &changes.content {
+        (*kind).clone_into(&mut row.content_kind);
+        row.content.clone_from(text);
+    }
+    if let Some(paused) = changes.paused {
+        row.paused = paused;
+    }
+    if retimed || resumed {
+        row.first_date = next_first_date(&row, zone, Utc::now());
+    }
+    let row = subscriptions::update(&mut tx, &row)
+        .await
+        .context("writing the subscription")?;
+    tx.commit().await.context("committing the change")?;
+    Ok(Some(row))
+}
+
+/// The first local date a changed subscription delivers on: after the last date it has
+/// delivered for, and not before its time next comes round.
+fn next_first_date(row: &SubscriptionRow, zone: Tz, now: DateTime<Utc>) -> NaiveDate {
+    let next_time = first_daily_date(now, zone, row.send_at_local);
+    match row.last_date.and_then(|d| d.succ_opt()) {
+        Some(after_last) => after_last.max(next_time),
+        None => next_time,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(send_at_local: NaiveTime, last_date: Option<NaiveDate>) -> SubscriptionRow {
+        SubscriptionRow {
+            id: "sub_x".to_owned(),
+            tenant_id: "ten_x".to_owned(),
+            contact_id: "ct_x".to_owned(),
+            send_at_local,
+            channel: Channel::Sms,
+            content_kind: "static".to_owned(),
+            content: "hi".to_owned(),
+            first_date: NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(),
+            last_date,
+            created_at: Utc::now(),
+            deleted_at: None,
+            paused: false,
+        }
+    }
+
+    fn at(h: u32, m: u32) -> NaiveTime {
+        NaiveTime::from_hms_opt(h, m, 0).unwrap()
+    }
+
+    #[test]
+    fn a_changed_time_starts_on_the_first_day_without_a_message_whose_time_is_ahead() {
+        let zone = chrono_tz::America::New_York;
+        // 08:00 in New York on 3 March.
+        let now = "2026-03-03T13:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        let today = NaiveDate::from_ymd_opt(2026, 3, 3).unwrap();
+        let tomorrow = today.succ_opt().unwrap();
+        // Today has no message yet: a time still ahead is today, one passed is tomorrow.
+        assert_eq!(next_first_date(&row(at(9, 0), None), zone, now), today);
+        assert_eq!(next_first_date(&row(at(7, 30), None), zone, now), tomorrow);
+        let yesterday = today.pred_opt().unwrap();
+        assert_eq!(
+            next_first_date(&row(at(9, 0), Some(yesterday)), zone, now),
+            today
+        );
+        // Today's message exists: never a second one today, whatever the new time.
+        assert_eq!(
+            next_first_date(&row(at(9, 0), Some(today)), zone, now),
+            tomorrow
+        );
+        assert_eq!(
+            next_first_date(&row(at(7, 0), Some(today)), zone, now),
+            tomorrow
+        );
+    }
 }

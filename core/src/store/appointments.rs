@@ -156,3 +156,57 @@ pub async fn cancel_reminder(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// What `GET /v1/appointments` filters by; `None` does not filter.
+#[derive(Debug, Clone, Default)]
+pub struct AppointmentFilter<'a> {
+    pub contact_id: Option<&'a str>,
+    /// Starting at or after this.
+    pub from: Option<DateTime<Utc>>,
+    /// Starting before this.
+    pub to: Option<DateTime<Utc>>,
+    /// Only those after this `(starts_at, id)` (the cursor).
+    pub after: Option<(DateTime<Utc>, &'a str)>,
+}
+
+/// A tenant's appointments, soonest first (canceled ones too, as `GET` shows them); up to
+/// `limit + 1` so the caller knows whether another page follows.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    filter: &AppointmentFilter<'_>,
+    limit: i64,
+) -> Result<Vec<AppointmentRow>, sqlx::Error> {
+    sqlx::query_as::<_, AppointmentRow>(
+        "SELECT * FROM appointments
+         WHERE tenant_id = $1
+           AND ($2::text IS NULL OR contact_id = $2)
+           AND ($3::timestamptz IS NULL OR starts_at >= $3)
+           AND ($4::timestamptz IS NULL OR starts_at < $4)
+           AND ($5::timestamptz IS NULL OR (starts_at, id) > ($5, $6))
+         ORDER BY starts_at, id
+         LIMIT $7",
+    )
+    .bind(tenant_id)
+    .bind(filter.contact_id)
+    .bind(filter.from)
+    .bind(filter.to)
+    .bind(filter.after.map(|(t, _)| t))
+    .bind(filter.after.map(|(_, id)| id))
+    .bind(limit + 1)
+    .fetch_all(db)
+    .await
+}
+
+/// The reminders of several appointments, each one's earliest due first.
+pub async fn reminders_of(
+    db: impl PgExecutor<'_>,
+    appointment_ids: &[String],
+) -> Result<Vec<MessageRow>, sqlx::Error> {
+    sqlx::query_as::<_, MessageRow>(
+        "SELECT * FROM messages WHERE appointment_id = ANY($1) ORDER BY appointment_id, send_at, id",
+    )
+    .bind(appointment_ids)
+    .fetch_all(db)
+    .await
+}

@@ -397,3 +397,77 @@ pub async fn decide_ai_spend(
     tx.commit().await?;
     Ok(spend)
 }
+
+/// What `GET /v1/contacts` filters by; `None` does not filter.
+#[derive(Debug, Clone, Default)]
+pub struct ContactFilter<'a> {
+    /// E.164, exactly.
+    pub phone: Option<&'a str>,
+    /// The address, whatever its case.
+    pub email: Option<&'a str>,
+    /// Members of this group (one of the tenant's, not deleted).
+    pub group_id: Option<&'a str>,
+    pub opted_out: Option<bool>,
+    /// Part of the name, case-insensitive, as typed (`%` and `_` match themselves).
+    pub name_part: Option<&'a str>,
+    /// Only ids older than this one (the cursor).
+    pub before_id: Option<&'a str>,
+}
+
+/// `s` for a LIKE pattern: its `\`, `%` and `_` match themselves.
+fn like_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A tenant's contacts, newest first; up to `limit + 1` so the caller knows whether another
+/// page follows.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    filter: &ContactFilter<'_>,
+    limit: i64,
+) -> Result<Vec<ContactRow>, sqlx::Error> {
+    sqlx::query_as::<_, ContactRow>(
+        "SELECT c.* FROM contacts c
+         WHERE c.tenant_id = $1
+           AND ($2::text IS NULL OR c.phone = $2)
+           AND ($3::text IS NULL OR lower(c.email) = lower($3))
+           AND ($4::text IS NULL OR EXISTS (
+                SELECT 1 FROM group_members gm JOIN groups g ON g.id = gm.group_id
+                WHERE gm.group_id = $4 AND gm.contact_id = c.id
+                  AND g.tenant_id = $1 AND g.deleted_at IS NULL))
+           AND ($5::bool IS NULL OR c.opted_out = $5)
+           AND ($6::text IS NULL OR c.name ILIKE '%' || $6 || '%')
+           AND ($7::text IS NULL OR c.id < $7)
+         ORDER BY c.id DESC
+         LIMIT $8",
+    )
+    .bind(tenant_id)
+    .bind(filter.phone)
+    .bind(filter.email)
+    .bind(filter.group_id)
+    .bind(filter.opted_out)
+    .bind(filter.name_part.map(like_literal))
+    .bind(filter.before_id)
+    .bind(limit + 1)
+    .fetch_all(db)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::like_literal;
+
+    #[test]
+    fn a_name_part_matches_its_wildcards_literally() {
+        assert_eq!(like_literal("ann"), "ann");
+        assert_eq!(like_literal("100%_a\\b"), "100\\%\\_a\\\\b");
+    }
+}

@@ -61,3 +61,67 @@ pub async fn reply_handled(db: impl PgExecutor<'_>, id: &str) -> Result<(), sqlx
         .await?;
     Ok(())
 }
+
+/// One row of the inbox: a contact and where its conversation stands.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct InboxRow {
+    pub contact_id: String,
+    pub name: Option<String>,
+    pub phone: Option<String>,
+    /// `ai` or `human`.
+    pub mode: String,
+    /// The conversation's newest entry (a message id).
+    pub last_entry_id: String,
+    /// Whether that entry is an inbound text.
+    pub last_inbound: bool,
+}
+
+/// What `GET /v1/conversations` filters by; `None` does not filter.
+#[derive(Debug, Clone, Default)]
+pub struct InboxFilter<'a> {
+    pub mode: Option<&'a str>,
+    pub needs_reply: Option<bool>,
+    /// Only conversations whose newest entry is older than this message (the cursor).
+    pub before_entry: Option<&'a str>,
+}
+
+/// A tenant's conversations, newest activity first, read from `conversation_heads` (one
+/// row per contact with an entry) so a page costs the page, not the tenant's messages; up
+/// to `limit + 1`.
+pub async fn inbox(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    filter: &InboxFilter<'_>,
+    limit: i64,
+) -> Result<Vec<InboxRow>, sqlx::Error> {
+    sqlx::query_as::<_, InboxRow>(
+        "SELECT c.id AS contact_id, c.name, c.phone, c.mode, h.last_entry_id, h.last_inbound
+         FROM conversation_heads h JOIN contacts c ON c.id = h.contact_id
+         WHERE h.tenant_id = $1
+           AND ($2::text IS NULL OR c.mode = $2)
+           AND ($3::bool IS NULL OR h.last_inbound = $3)
+           AND ($4::text IS NULL OR h.last_entry_id < $4)
+         ORDER BY h.last_entry_id DESC
+         LIMIT $5",
+    )
+    .bind(tenant_id)
+    .bind(filter.mode)
+    .bind(filter.needs_reply)
+    .bind(filter.before_entry)
+    .bind(limit + 1)
+    .fetch_all(db)
+    .await
+}
+
+/// Messages by id, in no particular order (the inbox's last entries).
+pub async fn entries(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    ids: &[String],
+) -> Result<Vec<MessageRow>, sqlx::Error> {
+    sqlx::query_as::<_, MessageRow>("SELECT * FROM messages WHERE id = ANY($1) AND tenant_id = $2")
+        .bind(ids)
+        .bind(tenant_id)
+        .fetch_all(db)
+        .await
+}

@@ -95,22 +95,113 @@ pub async fn remove_member(
     Ok(done.rows_affected() == 1)
 }
 
-/// Members in contact-id order after `after` (a cursor); up to `limit + 1`.
+/// Members, newest contact first, older than `before` (a cursor); up to `limit + 1`.
 pub async fn members(
     db: impl PgExecutor<'_>,
     group_id: &str,
-    after: Option<&str>,
+    before: Option<&str>,
     limit: i64,
 ) -> Result<Vec<ContactRow>, sqlx::Error> {
     sqlx::query_as::<_, ContactRow>(
         "SELECT c.* FROM group_members gm JOIN contacts c ON c.id = gm.contact_id
-         WHERE gm.group_id = $1 AND ($2::text IS NULL OR c.id > $2)
-         ORDER BY c.id LIMIT $3",
+         WHERE gm.group_id = $1 AND ($2::text IS NULL OR gm.contact_id < $2)
+         ORDER BY gm.contact_id DESC LIMIT $3",
     )
     .bind(group_id)
-    .bind(after)
+    .bind(before)
     .bind(limit + 1)
     .fetch_all(db)
+    .await
+}
+
+/// A group with its member count.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct GroupWithCount {
+    #[sqlx(flatten)]
+    pub group: GroupRow,
+    pub members: i64,
+}
+
+/// A tenant's groups, newest first, older than `before` (a cursor), with their member
+/// counts; up to `limit + 1`.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    before: Option<&str>,
+    limit: i64,
+) -> Result<Vec<GroupWithCount>, sqlx::Error> {
+    sqlx::query_as::<_, GroupWithCount>(
+        "SELECT g.*, (SELECT count(*) FROM group_members gm WHERE gm.group_id = g.id) AS members
+         FROM groups g
+         WHERE g.tenant_id = $1 AND g.deleted_at IS NULL AND ($2::text IS NULL OR g.id < $2)
+         ORDER BY g.id DESC
+         LIMIT $3",
+    )
+    .bind(tenant_id)
+    .bind(before)
+    .bind(limit + 1)
+    .fetch_all(db)
+    .await
+}
+
+/// Renames a group; `None` when the tenant has no such group.
+pub async fn rename(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    id: &str,
+    name: &str,
+) -> Result<Option<GroupRow>, sqlx::Error> {
+    sqlx::query_as::<_, GroupRow>(
+        "UPDATE groups SET name = $3 WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL
+         RETURNING *",
+    )
+    .bind(id)
+    .bind(tenant_id)
+    .bind(name)
+    .fetch_optional(db)
+    .await
+}
+
+/// What adding many contacts to a group did.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MembersAdded {
+    /// Contacts that became members.
+    pub added: i64,
+    /// Contacts that were members already.
+    pub already: i64,
+    /// Ids that are not the tenant's contacts, in the order first given.
+    pub unknown: Vec<String>,
+}
+
+/// Adds the tenant's contacts among `contact_ids` (repeats counted once) to a group, in one
+/// statement. Members are inserted in id order, so concurrent adds lock alike and cannot
+/// deadlock.
+pub async fn add_members(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    group_id: &str,
+    contact_ids: &[String],
+) -> Result<MembersAdded, sqlx::Error> {
+    sqlx::query_as::<_, MembersAdded>(
+        "WITH given AS (
+            SELECT id, min(n) AS n FROM unnest($3::text[]) WITH ORDINALITY AS u(id, n) GROUP BY id
+         ), known AS (
+            SELECT c.id FROM contacts c JOIN given ON given.id = c.id WHERE c.tenant_id = $1
+         ), added AS (
+            INSERT INTO group_members (group_id, contact_id)
+            SELECT $2, id FROM known ORDER BY id
+            ON CONFLICT DO NOTHING
+            RETURNING contact_id
+         )
+         SELECT (SELECT count(*) FROM added) AS added,
+                (SELECT count(*) FROM known) - (SELECT count(*) FROM added) AS already,
+                ARRAY(SELECT given.id FROM given WHERE given.id NOT IN (SELECT id FROM known)
+                      ORDER BY given.n) AS unknown",
+    )
+    .bind(tenant_id)
+    .bind(group_id)
+    .bind(contact_ids)
+    .fetch_one(db)
     .await
 }
 

@@ -19,6 +19,8 @@ pub struct SubscriptionRow {
     pub last_date: Option<NaiveDate>,
     pub created_at: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// A paused subscription creates no daily message.
+    pub paused: bool,
 }
 
 pub async fn insert(
@@ -68,6 +70,90 @@ pub async fn delete(
     Ok(done.rows_affected() == 1)
 }
 
+/// What `GET /v1/subscriptions` filters by; `None` does not filter.
+#[derive(Debug, Clone, Default)]
+pub struct SubscriptionFilter<'a> {
+    pub contact_id: Option<&'a str>,
+    pub paused: Option<bool>,
+    /// Only ids older than this one (the cursor).
+    pub before_id: Option<&'a str>,
+}
+
+/// A tenant's live subscriptions, newest first; up to `limit + 1` so the caller knows
+/// whether another page follows.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    filter: &SubscriptionFilter<'_>,
+    limit: i64,
+) -> Result<Vec<SubscriptionRow>, sqlx::Error> {
+    sqlx::query_as::<_, SubscriptionRow>(
+        "SELECT * FROM subscriptions
+         WHERE tenant_id = $1 AND deleted_at IS NULL
+           AND ($2::text IS NULL OR contact_id = $2)
+           AND ($3::bool IS NULL OR paused = $3)
+           AND ($4::text IS NULL OR id < $4)
+         ORDER BY id DESC
+         LIMIT $5",
+    )
+    .bind(tenant_id)
+    .bind(filter.contact_id)
+    .bind(filter.paused)
+    .bind(filter.before_id)
+    .bind(limit + 1)
+    .fetch_all(db)
+    .await
+}
+
+/// A live subscription locked for a change, with the time zone its local times are in
+/// (the contact's, else the tenant's).
+pub async fn get_for_update(
+    conn: &mut PgConnection,
+    tenant_id: &str,
+    id: &str,
+) -> Result<Option<(SubscriptionRow, String)>, sqlx::Error> {
+    let Some(row) = sqlx::query_as::<_, SubscriptionRow>(
+        "SELECT * FROM subscriptions WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL
+         FOR UPDATE",
+    )
+    .bind(id)
+    .bind(tenant_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let zone: String = sqlx::query_scalar(
+        "SELECT COALESCE(c.timezone, t.timezone) FROM contacts c JOIN tenants t ON t.id = c.tenant_id
+         WHERE c.id = $1",
+    )
+    .bind(&row.contact_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Some((row, zone)))
+}
+
+/// Writes a subscription's changeable fields as `s` has them.
+pub async fn update(
+    conn: &mut PgConnection,
+    s: &SubscriptionRow,
+) -> Result<SubscriptionRow, sqlx::Error> {
+    sqlx::query_as::<_, SubscriptionRow>(
+        "UPDATE subscriptions SET send_at_local = $2, content_kind = $3, content = $4, paused = $5,
+                first_date = $6
+         WHERE id = $1
+         RETURNING *",
+    )
+    .bind(&s.id)
+    .bind(s.send_at_local)
+    .bind(&s.content_kind)
+    .bind(&s.content)
+    .bind(s.paused)
+    .bind(s.first_date)
+    .fetch_one(conn)
+    .await
+}
+
 /// A subscription due now, with what its message needs.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Due {
@@ -99,7 +185,7 @@ pub async fn due(db: impl PgExecutor<'_>, limit: i64) -> Result<Vec<Due>, sqlx::
          JOIN tenants t ON t.id = s.tenant_id
          CROSS JOIN LATERAL (SELECT COALESCE(c.timezone, t.timezone) AS zone) z
          CROSS JOIN LATERAL (SELECT now() AT TIME ZONE z.zone AS local_now) l
-         WHERE s.deleted_at IS NULL
+         WHERE s.deleted_at IS NULL AND NOT s.paused
            AND l.local_now::time >= s.send_at_local
            AND l.local_now::date >= s.first_date
            AND (s.last_date IS NULL OR s.last_date < l.local_now::date)
@@ -111,7 +197,8 @@ pub async fn due(db: impl PgExecutor<'_>, limit: i64) -> Result<Vec<Due>, sqlx::
     .await
 }
 
-/// Records runs; returns the subscription ids this caller won (the others ran elsewhere).
+/// Records runs; returns the subscription ids this caller won (the others ran elsewhere, or
+/// the subscription was paused or deleted since it was found due).
 pub async fn claim_runs(
     conn: &mut PgConnection,
     ids: &[String],
@@ -119,7 +206,8 @@ pub async fn claim_runs(
 ) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "INSERT INTO daily_runs (subscription_id, local_date)
-         SELECT * FROM unnest($1::text[], $2::date[])
+         SELECT v.id, v.d FROM unnest($1::text[], $2::date[]) AS v(id, d)
+         JOIN subscriptions s ON s.id = v.id AND s.deleted_at IS NULL AND NOT s.paused
          ON CONFLICT DO NOTHING
          RETURNING subscription_id",
     )
