@@ -1,5 +1,6 @@
 //! Reading request bodies and query strings into checked values, with errors that name the
-//! field: 400 for a body that is not JSON, 413 past 64 KiB, 422 for the wrong shape.
+//! field: 400 for a body that is not JSON, 413 past 64 KiB (5 MiB for a contact import), 422
+//! for the wrong shape.
 
 use std::collections::HashMap;
 
@@ -15,6 +16,53 @@ use crate::error::ApiError;
 
 /// The largest body the API reads.
 pub const MAX_BODY: usize = 64 * 1024;
+
+/// The largest contact import (its route alone lifts the router's limit to this).
+pub const MAX_IMPORT_BODY: usize = 5 * 1024 * 1024;
+
+/// A contact import's body, up to [`MAX_IMPORT_BODY`], unparsed (JSON or CSV), with its
+/// Content-Type.
+pub struct ImportBody {
+    pub content_type: Option<String>,
+    pub bytes: Bytes,
+}
+
+impl<S: Send + Sync> FromRequest<S> for ImportBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "an import is at most 5 MiB; split it into several requests",
+            )
+        };
+        let content_type = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                too_large()
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    "the request body could not be read",
+                )
+            }
+        })?;
+        if bytes.len() > MAX_IMPORT_BODY {
+            return Err(too_large());
+        }
+        Ok(Self {
+            content_type,
+            bytes,
+        })
+    }
+}
 
 /// A JSON body, read with the size limit and parsed, whatever its Content-Type says.
 pub struct JsonBody(pub Value);
@@ -45,23 +93,28 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 "the body is larger than 64 KiB",
             ));
         }
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                "the body is empty; send a JSON object",
-            ));
-        }
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("the body is not valid JSON: {e}"),
-            )
-        })?;
+        let value = parse_json(&bytes)?;
         refuse_nul(&value)?;
         Ok(JsonBody(value))
     }
+}
+
+/// A body as JSON: 400 when it is empty or not JSON.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "the body is empty; send a JSON object",
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
 }
 
 /// 422 naming the field when U+0000 is anywhere in a JSON document, in a value or a key:

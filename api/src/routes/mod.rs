@@ -7,9 +7,11 @@ pub mod conversations;
 pub mod dead_letters;
 pub mod groups;
 pub mod health;
+pub mod import;
 pub mod inbound;
 pub mod messages;
 pub mod subscriptions;
+pub mod tenant;
 
 use std::time::Duration;
 
@@ -32,7 +34,12 @@ use tower_http::{
 use tracing::{Instrument, info, info_span, warn};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{body::MAX_BODY, error::ApiError, openapi, state::AppState};
+use crate::{
+    body::{MAX_BODY, MAX_IMPORT_BODY},
+    error::ApiError,
+    openapi,
+    state::AppState,
+};
 
 /// The API's routes and the OpenAPI document describing exactly them: every route is added
 /// through `utoipa_axum::routes!`, which reads the handler's `#[utoipa::path]`, so a route
@@ -43,7 +50,9 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(health::readyz))
         .routes(routes!(openapi_json))
         .routes(routes!(metrics))
-        .routes(routes!(admin::create_tenant))
+        .routes(routes!(admin::create_tenant, admin::list_tenants))
+        .routes(routes!(admin::get_tenant, admin::patch_tenant))
+        .routes(routes!(tenant::get, tenant::patch))
         .routes(routes!(admin::create_key))
         .routes(routes!(admin::revoke_key))
         .routes(routes!(admin::queues))
@@ -63,6 +72,12 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(subscriptions::create))
         .routes(routes!(subscriptions::get, subscriptions::delete))
         .routes(routes!(contacts::create))
+        // The one route whose body may be larger than 64 KiB.
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(import::import))
+                .route_layer(DefaultBodyLimit::max(MAX_IMPORT_BODY)),
+        )
         .routes(routes!(contacts::get, contacts::patch))
         .routes(routes!(contacts::consent_events))
         .routes(routes!(conversations::get))

@@ -3,6 +3,7 @@
 
 pub mod appointments;
 pub mod breaker;
+pub mod contacts;
 pub mod daily;
 pub mod dead_letters;
 pub mod delivery;
@@ -15,4 +16,5 @@ pub mod pacing;
 pub mod pauses;
 pub mod replies;
 pub mod reports;
+pub mod suspensions;
 pub mod tenants;
