@@ -252,7 +252,7 @@ fn quiet_hours(t: &TenantRow) -> Option<QuietHours> {
 }
 
 fn frequency_cap(t: &TenantRow) -> Option<FrequencyCap> {
-    match (t.frequency_cap_max, &t.frequency_cap_per) {
+    match (t.frequency_cap_max, t.frequency_cap_per) {
         (Some(max), Some(per)) => Some(FrequencyCap {
             max,
             per: span(i64::from(per.days) * 86_400 + per.microseconds / 1_000_000),

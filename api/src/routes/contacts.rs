@@ -59,7 +59,10 @@ fn consent(f: &mut Fields) -> ApiResult<Option<Consent>> {
 }
 
 /// [`consent`], with `method` defaulting to `default_method` when given (an import's).
-pub(super) fn consent_with(f: &mut Fields, default_method: Option<&str>) -> ApiResult<Option<Consent>> {
+pub(super) fn consent_with(
+    f: &mut Fields,
+    default_method: Option<&str>,
+) -> ApiResult<Option<Consent>> {
     const STATUSES: [&str; 3] = ["opted_in", "opted_out", "unknown"];
     const METHODS: [&str; 6] = [
         "web_form",

@@ -130,8 +130,13 @@ fn unknown_group() -> ApiError {
 
 /// Whether the body is CSV (`text/csv`) rather than JSON (`application/json`, or no type).
 fn is_csv(content_type: Option<&str>) -> ApiResult<bool> {
-    let essence = content_type
-        .map(|t| t.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+    let essence = content_type.map(|t| {
+        t.split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+    });
     match essence.as_deref() {
         None | Some("application/json") => Ok(false),
         Some("text/csv") => Ok(true),
@@ -287,16 +292,16 @@ fn check_rows(items: Vec<Item>, csv: bool) -> (Vec<ImportRow>, Vec<RejectedRow>)
     let mut rejected = Vec::new();
     let mut first_at: HashMap<String, usize> = HashMap::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
-        let row = item.and_then(import_row).and_then(|row| {
-            match first_at.get(&row.phone) {
+        let row = item
+            .and_then(import_row)
+            .and_then(|row| match first_at.get(&row.phone) {
                 Some(first) => Err(ApiError::invalid(
                     "duplicate_phone",
                     "phone",
                     format!("this phone is already imported by row {first} of this import"),
                 )),
                 None => Ok(row),
-            }
-        });
+            });
         match row {
             Ok(row) => {
                 first_at.insert(row.phone.clone(), index);
@@ -305,9 +310,13 @@ fn check_rows(items: Vec<Item>, csv: bool) -> (Vec<ImportRow>, Vec<RejectedRow>)
             Err(e) => rejected.push(RejectedRow {
                 index,
                 // In CSV, the column at fault: `consent_status` for `consent.status`.
-                field: e
-                    .field
-                    .map(|f| if csv { f.replacen("consent.", "consent_", 1) } else { f }),
+                field: e.field.map(|f| {
+                    if csv {
+                        f.replacen("consent.", "consent_", 1)
+                    } else {
+                        f
+                    }
+                }),
                 code: e.code.to_owned(),
                 message: e.message,
             }),

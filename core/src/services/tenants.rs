@@ -244,7 +244,10 @@ pub async fn update(
     id: &str,
     changes: TenantChanges,
 ) -> Result<Option<TenantRow>, TenantError> {
-    let mut tx = db.begin().await.context("starting the settings' transaction")?;
+    let mut tx = db
+        .begin()
+        .await
+        .context("starting the settings' transaction")?;
     let Some(mut tenant) = tenants::get_for_update(&mut tx, id)
         .await
         .context("reading the tenant")?

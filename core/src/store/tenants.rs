@@ -166,7 +166,7 @@ pub async fn write_settings(
     .bind(t.missed_call_cooldown_minutes)
     .bind(t.require_consent_for_bulk)
     .bind(t.frequency_cap_max)
-    .bind(t.frequency_cap_per.clone())
+    .bind(t.frequency_cap_per)
     .bind(&t.messaging_service_sid)
     .bind(t.sms_mps)
     .bind(t.retention_days)
