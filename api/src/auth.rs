@@ -1,5 +1,7 @@
 //! Who is calling: a tenant API key (tenant routes) or the ops token (admin routes). Each
-//! kind is refused on the other's routes with 403; a missing or unknown key is 401.
+//! kind is refused on the other's routes with 403; a missing or unknown key is 401, and a
+//! suspended tenant's key is 403 `tenant_suspended` everywhere. Keys are looked up in Postgres
+//! on every request, so a suspension (or its end) holds from the next request.
 //!
 //! Every authenticated request counts against its key's rate (`HERALD_API_RATE`; the ops
 //! token has a bucket of its own). Failed authentication counts against the client address
@@ -207,6 +209,12 @@ async fn identify(state: &AppState, token: &str) -> Result<Option<Identified>, A
     };
     rate_limit(state, &format!("api:{key_prefix}")).await?;
     tracing::Span::current().record("tenant_id", tenant.id.as_str());
+    if tenant.suspended {
+        return Err(ApiError::forbidden(
+            "tenant_suspended",
+            "this tenant is suspended: its keys are refused until the operator lifts the suspension",
+        ));
+    }
     Ok(Some(Identified::Key {
         tenant: Box::new(tenant),
         key_prefix,

@@ -1,5 +1,6 @@
 //! Reading request bodies and query strings into checked values, with errors that name the
-//! field: 400 for a body that is not JSON, 413 past 64 KiB, 422 for the wrong shape.
+//! field: 400 for a body that is not JSON, 413 past 64 KiB (5 MiB for a contact import), 422
+//! for the wrong shape.
 
 use std::collections::HashMap;
 
@@ -15,6 +16,39 @@ use crate::error::ApiError;
 
 /// The largest body the API reads.
 pub const MAX_BODY: usize = 64 * 1024;
+
+/// The largest contact import (its route alone lifts the router's limit to this).
+pub const MAX_IMPORT_BODY: usize = 5 * 1024 * 1024;
+
+/// A contact import's body, up to [`MAX_IMPORT_BODY`], unparsed (JSON or CSV), with its
+/// Content-Type.
+pub struct ImportBody {
+    pub content_type: Option<String>,
+    pub bytes: Bytes,
+}
+
+impl<S: Send + Sync> FromRequest<S> for ImportBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = read_bytes(
+            req,
+            state,
+            MAX_IMPORT_BODY,
+            "; split the import into several requests",
+        )
+        .await?;
+        Ok(Self {
+            content_type,
+            bytes,
+        })
+    }
+}
 
 /// A JSON body, read with the size limit and parsed, whatever its Content-Type says.
 pub struct JsonBody(pub Value);
@@ -48,14 +82,19 @@ fn size_name(bytes: usize) -> String {
     }
 }
 
-/// Reads a body of at most `max` bytes as a JSON document: 413 past it, 400 when it is not
-/// JSON, 422 when it holds U+0000.
-async fn read_json<S: Send + Sync>(req: Request, state: &S, max: usize) -> Result<Value, ApiError> {
+/// Reads a body of at most `max` bytes: 413 past it (the message ends with `advice`), 400
+/// when it cannot be read.
+async fn read_bytes<S: Send + Sync>(
+    req: Request,
+    state: &S,
+    max: usize,
+    advice: &str,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("the body is larger than {}", size_name(max)),
+            format!("the body is larger than {}{advice}", size_name(max)),
         )
     };
     let bytes = Bytes::from_request(req, state).await.map_err(|e| {
@@ -72,6 +111,19 @@ async fn read_json<S: Send + Sync>(req: Request, state: &S, max: usize) -> Resul
     if bytes.len() > max {
         return Err(too_large());
     }
+    Ok(bytes)
+}
+
+/// Reads a body of at most `max` bytes as a JSON document: 413 past it, 400 when it is not
+/// JSON, 422 when it holds U+0000.
+async fn read_json<S: Send + Sync>(req: Request, state: &S, max: usize) -> Result<Value, ApiError> {
+    let value = parse_json(&read_bytes(req, state, max, "").await?)?;
+    refuse_nul(&value)?;
+    Ok(value)
+}
+
+/// A body as JSON: 400 when it is empty or not JSON.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -79,15 +131,13 @@ async fn read_json<S: Send + Sync>(req: Request, state: &S, max: usize) -> Resul
             "the body is empty; send a JSON object",
         ));
     }
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+    serde_json::from_slice(bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_json",
             format!("the body is not valid JSON: {e}"),
         )
-    })?;
-    refuse_nul(&value)?;
-    Ok(value)
+    })
 }
 
 /// 422 naming the field when U+0000 is anywhere in a JSON document, in a value or a key:

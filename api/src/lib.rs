@@ -3,6 +3,7 @@
 
 mod auth;
 mod body;
+mod csv;
 mod error;
 mod openapi;
 mod ops;

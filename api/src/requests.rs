@@ -62,7 +62,9 @@ pub struct TenantIn {
     quiet_hours: Option<QuietHoursIn>,
     /// The answer to HELP or INFO.
     help_text: Option<String>,
-    /// The AI's instructions.
+    /// The AI's instructions, up to 4000 characters.
+    ai_system_prompt: Option<String>,
+    /// The older name of `ai_system_prompt` (give one of them).
     system_prompt: Option<String>,
     /// Sent when no model answers.
     canned_reply: Option<String>,
@@ -80,6 +82,146 @@ pub struct TenantIn {
     /// SMS segments per second (over 0, at most 10000), over the pace the sender's class gives:
     /// short code 100, toll-free 3, other numbers 1, a Messaging Service 10.
     sms_mps: Option<f64>,
+    /// Days message bodies and conversation texts are kept (1..3650, default 90).
+    retention_days: Option<i32>,
+}
+
+/// `PATCH /v1/tenant`: any of these; the rest stay as they are. `null` unsets a setting that
+/// may be unset (`sms_from`, `messaging_service_sid`, `sms_mps`, `email_from`, `quiet_hours`
+/// (then there are none), the texts, `frequency_cap`); `name`, `timezone`,
+/// `require_consent_for_bulk`, `missed_call_cooldown_minutes` and `retention_days` cannot be
+/// null. `id` and `suspended` cannot be set here (422 `read_only`).
+#[derive(ToSchema)]
+pub struct TenantSettingsIn {
+    /// 1..200 characters.
+    name: Option<String>,
+    /// IANA time zone.
+    #[schema(example = "America/New_York")]
+    timezone: Option<String>,
+    /// E.164; also routes inbound SMS to this tenant, so another tenant's number is 409
+    /// `sms_from_taken`. Used by the next SMS sent, also of messages created before.
+    sms_from: Option<String>,
+    /// `MG` + 32 hex: SMS go through this Twilio Messaging Service instead of `sms_from`.
+    messaging_service_sid: Option<String>,
+    /// SMS segments per second (over 0, at most 10000).
+    sms_mps: Option<f64>,
+    /// `Name <address>` or a bare address.
+    email_from: Option<String>,
+    /// `{"start", "end"}` local to the recipient; `null` turns quiet hours off.
+    quiet_hours: Option<QuietHoursIn>,
+    /// The answer to HELP or INFO (1..320 characters).
+    help_text: Option<String>,
+    /// The AI's instructions (1..4000 characters).
+    ai_system_prompt: Option<String>,
+    /// Texted to a caller whose call was missed (1..320 characters).
+    missed_call_text: Option<String>,
+    /// At most `max` (1..1000) bulk messages per contact within `per` (`30m`, `24h`, `7d`).
+    frequency_cap: Option<FrequencyCapIn>,
+    /// A bulk SMS to a contact whose consent is not `opted_in` is suppressed.
+    require_consent_for_bulk: Option<bool>,
+    /// Days message bodies and conversation texts are kept (1..3650).
+    retention_days: Option<i32>,
+    /// Sent when no model answers (1..320 characters).
+    canned_reply: Option<String>,
+    /// One missed-call text-back per caller within this many minutes (0..1440).
+    missed_call_cooldown_minutes: Option<i32>,
+}
+
+/// `PATCH /v1/admin/tenants/{id}`: the settings `PATCH /v1/tenant` takes, and `suspended`.
+#[derive(ToSchema)]
+pub struct TenantAdminIn {
+    /// 1..200 characters.
+    name: Option<String>,
+    /// IANA time zone.
+    #[schema(example = "America/New_York")]
+    timezone: Option<String>,
+    /// E.164; also routes inbound SMS to this tenant, so another tenant's number is 409
+    /// `sms_from_taken`. Used by the next SMS sent, also of messages created before.
+    sms_from: Option<String>,
+    /// `MG` + 32 hex: SMS go through this Twilio Messaging Service instead of `sms_from`.
+    messaging_service_sid: Option<String>,
+    /// SMS segments per second (over 0, at most 10000).
+    sms_mps: Option<f64>,
+    /// `Name <address>` or a bare address.
+    email_from: Option<String>,
+    /// `{"start", "end"}` local to the recipient; `null` turns quiet hours off.
+    quiet_hours: Option<QuietHoursIn>,
+    /// The answer to HELP or INFO (1..320 characters).
+    help_text: Option<String>,
+    /// The AI's instructions (1..4000 characters).
+    ai_system_prompt: Option<String>,
+    /// Texted to a caller whose call was missed (1..320 characters).
+    missed_call_text: Option<String>,
+    /// At most `max` (1..1000) bulk messages per contact within `per` (`30m`, `24h`, `7d`).
+    frequency_cap: Option<FrequencyCapIn>,
+    /// A bulk SMS to a contact whose consent is not `opted_in` is suppressed.
+    require_consent_for_bulk: Option<bool>,
+    /// Days message bodies and conversation texts are kept (1..3650).
+    retention_days: Option<i32>,
+    /// Sent when no model answers (1..320 characters).
+    canned_reply: Option<String>,
+    /// One missed-call text-back per caller within this many minutes (0..1440).
+    missed_call_cooldown_minutes: Option<i32>,
+    /// true: the tenant's keys get 403 `tenant_suspended` and its messages wait (without
+    /// spending attempts); false: they go out again within seconds.
+    suspended: Option<bool>,
+}
+
+/// `POST /v1/contacts/import` as JSON.
+#[derive(ToSchema)]
+pub struct ContactImportIn {
+    /// Up to 10,000 rows, upserted by `phone` (within the tenant).
+    contacts: Vec<ContactImportRow>,
+    /// `grp_...`: every imported contact (created or updated) joins this group.
+    group_id: Option<String>,
+}
+
+/// One contact to import: the checks of `POST /v1/contacts`, and `phone` is required (rows are
+/// matched by it). A field left out keeps the existing contact's value.
+#[derive(ToSchema)]
+pub struct ContactImportRow {
+    /// E.164.
+    phone: String,
+    email: Option<String>,
+    name: Option<String>,
+    /// IANA time zone (a new contact's default: the tenant's).
+    timezone: Option<String>,
+    /// As `PATCH /v1/contacts/{id}` takes it, except that `method` defaults to `import`.
+    consent: Option<ConsentImportIn>,
+}
+
+/// A consent given in an import.
+#[derive(ToSchema)]
+pub struct ConsentImportIn {
+    /// `opted_in`, `opted_out` or `unknown`.
+    status: String,
+    /// RFC 3339 (default: now; never in the future).
+    at: Option<String>,
+    /// `web_form`, `sms_keyword`, `paper`, `verbal`, `import` (default) or `api`.
+    method: Option<String>,
+    /// Where it was given, up to 500 characters.
+    source: Option<String>,
+    /// The words the contact agreed to, up to 2000 characters.
+    text: Option<String>,
+}
+
+/// `POST /v1/contacts/import` as `text/csv`: the columns a header row may name, in any order
+/// (at least `phone`); every other row is one contact. An empty cell is a value left out.
+#[derive(ToSchema)]
+pub struct ContactImportCsv {
+    /// E.164.
+    phone: String,
+    email: Option<String>,
+    name: Option<String>,
+    timezone: Option<String>,
+    /// `opted_in`, `opted_out` or `unknown`; the other consent columns need it.
+    consent_status: Option<String>,
+    /// Default `import`.
+    consent_method: Option<String>,
+    /// RFC 3339 (default: now).
+    consent_at: Option<String>,
+    consent_source: Option<String>,
+    consent_text: Option<String>,
 }
 
 #[derive(ToSchema)]

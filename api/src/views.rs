@@ -94,16 +94,31 @@ fn span(secs: i64) -> String {
     }
 }
 
+fn quiet_hours(t: &TenantRow) -> Option<QuietHours> {
+    match (t.quiet_start, t.quiet_end) {
+        (Some(start), Some(end)) => Some(QuietHours {
+            start: start.format("%H:%M").to_string(),
+            end: end.format("%H:%M").to_string(),
+        }),
+        _ => None,
+    }
+}
+
+fn frequency_cap(t: &TenantRow) -> Option<FrequencyCap> {
+    match (t.frequency_cap_max, t.frequency_cap_per) {
+        (Some(max), Some(per)) => Some(FrequencyCap {
+            max,
+            per: span(i64::from(per.days) * 86_400 + per.microseconds / 1_000_000),
+        }),
+        _ => None,
+    }
+}
+
 impl CreatedTenant {
     pub fn new(t: TenantRow, api_key: String, key_prefix: String) -> Self {
-        let quiet_hours = match (t.quiet_start, t.quiet_end) {
-            (Some(start), Some(end)) => Some(QuietHours {
-                start: start.format("%H:%M").to_string(),
-                end: end.format("%H:%M").to_string(),
-            }),
-            _ => None,
-        };
         Self {
+            quiet_hours: quiet_hours(&t),
+            frequency_cap: frequency_cap(&t),
             id: t.id,
             name: t.name,
             api_key,
@@ -113,18 +128,100 @@ impl CreatedTenant {
             sms_from: t.sms_from,
             messaging_service_sid: t.messaging_service_sid,
             email_from: t.email_from,
-            quiet_hours,
             require_consent_for_bulk: t.require_consent_for_bulk,
-            frequency_cap: match (t.frequency_cap_max, t.frequency_cap_per) {
-                (Some(max), Some(per)) => Some(FrequencyCap {
-                    max,
-                    per: span(i64::from(per.days) * 86_400 + per.microseconds / 1_000_000),
-                }),
-                _ => None,
-            },
             created_at: time(t.created_at),
         }
     }
+}
+
+/// A tenant's settings (`GET /v1/tenant`, and the operator's views of any tenant). A text
+/// setting that is null means Herald's default text is used.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantSettings {
+    /// `ten_...`
+    pub id: String,
+    pub name: String,
+    /// IANA time zone.
+    pub timezone: String,
+    /// E.164; also routes inbound SMS to this tenant.
+    pub sms_from: Option<String>,
+    /// The Twilio Messaging Service SMS are sent through, if any (instead of `sms_from`).
+    pub messaging_service_sid: Option<String>,
+    /// SMS segments per second over the pace of the sender's class (null: the class's).
+    pub sms_mps: Option<f64>,
+    pub email_from: Option<String>,
+    /// Null: no quiet hours.
+    pub quiet_hours: Option<QuietHours>,
+    /// The answer to HELP or INFO.
+    pub help_text: Option<String>,
+    /// The AI's instructions (null: Herald's safe default).
+    pub ai_system_prompt: Option<String>,
+    /// Texted to a caller whose call was missed.
+    pub missed_call_text: Option<String>,
+    /// At most `max` bulk messages per contact within `per`; null: no cap.
+    pub frequency_cap: Option<FrequencyCap>,
+    /// A bulk SMS to a contact whose consent is not `opted_in` is suppressed (`no consent`).
+    pub require_consent_for_bulk: bool,
+    /// Days bodies and texts are kept (1..3650).
+    pub retention_days: i32,
+    /// Set by the operator: keys are refused and messages wait.
+    pub suspended: bool,
+    /// Sent when no model answers.
+    pub canned_reply: Option<String>,
+    /// One missed-call text-back per caller within this many minutes.
+    pub missed_call_cooldown_minutes: i32,
+    pub created_at: String,
+}
+
+impl From<TenantRow> for TenantSettings {
+    fn from(t: TenantRow) -> Self {
+        Self {
+            quiet_hours: quiet_hours(&t),
+            frequency_cap: frequency_cap(&t),
+            id: t.id,
+            name: t.name,
+            timezone: t.timezone,
+            sms_from: t.sms_from,
+            messaging_service_sid: t.messaging_service_sid,
+            sms_mps: t.sms_mps,
+            email_from: t.email_from,
+            help_text: t.help_text,
+            ai_system_prompt: t.system_prompt,
+            missed_call_text: t.missed_call_text,
+            require_consent_for_bulk: t.require_consent_for_bulk,
+            retention_days: t.retention_days,
+            suspended: t.suspended,
+            canned_reply: t.canned_reply,
+            missed_call_cooldown_minutes: t.missed_call_cooldown_minutes,
+            created_at: time(t.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantPage {
+    pub data: Vec<TenantSettings>,
+    pub next_cursor: Option<String>,
+}
+
+/// What `POST /v1/contacts/import` did: rows created, rows updated, and each row refused
+/// (which changed nothing).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportResult {
+    pub created: u64,
+    pub updated: u64,
+    pub rejected: Vec<RejectedRow>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RejectedRow {
+    /// 0-based: the item of `contacts`, or the CSV data row (the header not counted).
+    pub index: usize,
+    /// The field at fault (`phone`, `consent.status`); null when the row itself is (a CSV
+    /// row with the wrong number of cells).
+    pub field: Option<String>,
+    pub code: String,
+    pub message: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

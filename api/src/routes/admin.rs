@@ -1,20 +1,23 @@
-//! `/v1/admin/*`: tenants and API keys, with the ops token.
+//! `/v1/admin/*`: tenants (created, listed, changed, suspended) and API keys, with the ops
+//! token.
+
+use std::collections::HashMap;
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::StatusCode,
 };
-use herald_core::providers::twilio::is_messaging_service;
 use herald_core::{
-    domain::{PhoneNumber, TimeZone, parse_email_sender, parse_local_time},
+    domain::{is_id, parse_local_time},
     services::tenants::{self, NewTenant},
 };
 use serde_json::Value;
 
+use super::tenant::{self, Setter};
 use crate::{
     auth::Ops,
-    body::{Fields, JsonBody},
+    body::{JsonBody, Page, known_params},
     error::{ApiError, ApiResult, ErrorBody},
     state::AppState,
     views,
@@ -26,7 +29,7 @@ const DEFAULT_QUIET: (&str, &str) = ("21:00", "08:00");
 /// Create a tenant and its first API key.
 #[utoipa::path(
     post, path = "/v1/admin/tenants", tag = "admin",
-    request_body(content = crate::requests::TenantIn, description = "`{\"name\", \"timezone\"?, \"sms_from\"?, \"email_from\"?, \"quiet_hours\"?: {\"start\", \"end\"} | null, \"help_text\"?, \"system_prompt\"?, \"canned_reply\"?}`"),
+    request_body(content = crate::requests::TenantIn, description = "`{\"name\", \"timezone\"?, \"sms_from\"?, \"email_from\"?, \"quiet_hours\"?: {\"start\", \"end\"} | null, \"help_text\"?, \"ai_system_prompt\"?, \"canned_reply\"?, \"retention_days\"?, ...}`"),
     responses(
         (status = 201, body = views::CreatedTenant),
         (status = 409, description = "sms_from belongs to another tenant", body = ErrorBody),
@@ -51,144 +54,95 @@ pub async fn create_tenant(
     ))
 }
 
-/// `quiet_hours`: absent, the default window; `null`, none; else `{"start", "end"}`.
-fn quiet_hours(f: &mut Fields) -> ApiResult<Option<(chrono::NaiveTime, chrono::NaiveTime)>> {
-    // Absent: the default window. `null`: no quiet hours.
-    let explicit_null = f.has("quiet_hours");
-    Ok(match f.opt_object("quiet_hours")? {
-        Some(mut q) => {
-            let start = q.req_str("start")?;
-            let end = q.req_str("end")?;
-            let start = parse_local_time(&start).map_err(|e| q.invalid_value("start", e.0))?;
-            let end = parse_local_time(&end).map_err(|e| q.invalid_value("end", e.0))?;
-            if start == end {
-                return Err(
-                    q.invalid_value("end", "quiet hours must not start and end at the same time")
-                );
-            }
-            q.finish()?;
-            Some((start, end))
-        }
-        None if explicit_null => None,
-        None => Some((
-            parse_local_time(DEFAULT_QUIET.0).map_err(|e| ApiError::internal(&e))?,
-            parse_local_time(DEFAULT_QUIET.1).map_err(|e| ApiError::internal(&e))?,
-        )),
-    })
-}
-
-/// `frequency_cap`: `{"max": 1..1000, "per": "30m" | "24h" | "7d"}`, or none.
-fn frequency_cap(f: &mut Fields) -> ApiResult<Option<(i32, std::time::Duration)>> {
-    Ok(match f.opt_object("frequency_cap")? {
-        None => None,
-        Some(mut cap) => {
-            let max = match cap.take("max") {
-                None => return Err(cap.missing("max")),
-                Some(v) => match v.as_i64() {
-                    Some(n) if (1..=1000).contains(&n) => n as i32,
-                    _ => {
-                        return Err(cap.invalid_value(
-                            "max",
-                            "`frequency_cap.max` must be a whole number from 1 to 1000",
-                        ));
-                    }
-                },
-            };
-            let per = cap.req_str("per")?;
-            let per = herald_core::schedule::parse_offset(&per)
-                .map_err(|e| cap.invalid_value("per", e.0))?;
-            cap.finish()?;
-            Some((max, per))
-        }
-    })
-}
-
 fn parse_new_tenant(body: Value) -> ApiResult<NewTenant> {
-    let mut f = Fields::new(body)?;
-    let name = f.req_str("name")?;
-    let name = name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(f.invalid_value("name", "`name` must be 1 to 200 characters"));
+    let mut changes = tenant::settings(body, Setter::Creation)?;
+    let name = changes
+        .name
+        .take()
+        .ok_or_else(|| ApiError::internal(&"creation settings without a name"))?;
+    let default_quiet = (
+        parse_local_time(DEFAULT_QUIET.0).map_err(|e| ApiError::internal(&e))?,
+        parse_local_time(DEFAULT_QUIET.1).map_err(|e| ApiError::internal(&e))?,
+    );
+    Ok(changes.into_new(name, default_quiet))
+}
+
+/// A page of tenants, newest first.
+#[utoipa::path(
+    get, path = "/v1/admin/tenants", tag = "admin",
+    params(
+        ("limit" = Option<i64>, Query, description = "1..100, default 50"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses((status = 200, body = views::TenantPage), (status = 422, body = ErrorBody)),
+    security(("ops_token" = []))
+)]
+pub async fn list_tenants(
+    _ops: Ops,
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<views::TenantPage>> {
+    known_params(&q, &["limit", "cursor"])?;
+    let page = Page::from_query(&q, |c| is_id("ten", c))?;
+    let (rows, next_cursor) = tenants::list(&state.db, page.cursor.as_deref(), page.limit).await?;
+    Ok(Json(views::TenantPage {
+        data: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// Any tenant's settings, and whether it is suspended.
+#[utoipa::path(
+    get, path = "/v1/admin/tenants/{id}", tag = "admin",
+    params(("id" = String, Path, description = "`ten_...`")),
+    responses((status = 200, body = views::TenantSettings), (status = 404, body = ErrorBody)),
+    security(("ops_token" = []))
+)]
+pub async fn get_tenant(
+    _ops: Ops,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<views::TenantSettings>> {
+    if !is_id("ten", &id) {
+        return Err(ApiError::not_found("tenant"));
     }
-    let timezone = match f.opt_str("timezone")? {
-        None => TimeZone::parse("UTC").map_err(|e| f.invalid_value("timezone", e.0))?,
-        Some(tz) => TimeZone::parse(&tz).map_err(|e| f.invalid_value("timezone", e.0))?,
-    };
-    let sms_from = f
-        .opt_str("sms_from")?
-        .map(|s| PhoneNumber::parse(&s))
-        .transpose()
-        .map_err(|e| f.invalid_value("sms_from", e.0))?;
-    let email_from = f
-        .opt_str("email_from")?
-        .map(|s| parse_email_sender(&s))
-        .transpose()
-        .map_err(|e| f.invalid_value("email_from", e.0))?;
-    let quiet_hours = quiet_hours(&mut f)?;
-    let text = |f: &mut Fields, name: &str, max: usize| -> ApiResult<Option<String>> {
-        match f.opt_str(name)? {
-            Some(t) if t.trim().is_empty() || t.chars().count() > max => {
-                Err(f.invalid_value(name, format!("`{name}` must be 1 to {max} characters")))
-            }
-            other => Ok(other),
-        }
-    };
-    let help_text = text(&mut f, "help_text", 320)?;
-    let system_prompt = text(&mut f, "system_prompt", 4000)?;
-    let canned_reply = text(&mut f, "canned_reply", 320)?;
-    let missed_call_text = text(&mut f, "missed_call_text", 320)?;
-    let missed_call_cooldown_minutes = match f.take("missed_call_cooldown_minutes") {
-        None => 10,
-        Some(v) => match v.as_i64() {
-            Some(n) if (0..=1440).contains(&n) => n as i32,
-            _ => {
-                return Err(f.invalid_value(
-                    "missed_call_cooldown_minutes",
-                    "`missed_call_cooldown_minutes` must be a whole number from 0 to 1440",
-                ));
-            }
-        },
-    };
-    let require_consent_for_bulk = f.opt_bool("require_consent_for_bulk")?.unwrap_or(false);
-    let frequency_cap = frequency_cap(&mut f)?;
-    let messaging_service_sid = match f.opt_str("messaging_service_sid")? {
-        Some(sid) if !is_messaging_service(&sid) => {
-            return Err(f.invalid_value(
-                "messaging_service_sid",
-                "`messaging_service_sid` is a Twilio Messaging Service sid: MG and 32 hex digits",
-            ));
-        }
-        other => other,
-    };
-    let sms_mps = match f.take("sms_mps") {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_f64() {
-            Some(mps) if mps > 0.0 && mps <= 10_000.0 => Some(mps),
-            _ => {
-                return Err(f.invalid_value(
-                    "sms_mps",
-                    "`sms_mps` is segments per second: a number over 0, at most 10000",
-                ));
-            }
-        },
-    };
-    f.finish()?;
-    Ok(NewTenant {
-        sms_mps,
-        messaging_service_sid,
-        require_consent_for_bulk,
-        frequency_cap,
-        name,
-        timezone,
-        sms_from,
-        email_from,
-        quiet_hours,
-        help_text,
-        system_prompt,
-        canned_reply,
-        missed_call_text,
-        missed_call_cooldown_minutes,
-    })
+    herald_core::store::tenants::get(&state.db, &id)
+        .await?
+        .map(|t| Json(t.into()))
+        .ok_or_else(|| ApiError::not_found("tenant"))
+}
+
+/// Change any tenant's settings, as `PATCH /v1/tenant` does, and suspend it or lift its
+/// suspension (`suspended`). A suspended tenant's keys are refused (403 `tenant_suspended`)
+/// from the next request; its due messages wait without spending attempts and leave within
+/// seconds of the suspension being lifted. Texts to it are still stored, and not answered by
+/// the AI.
+#[utoipa::path(
+    patch, path = "/v1/admin/tenants/{id}", tag = "admin",
+    params(("id" = String, Path, description = "`ten_...`")),
+    request_body(content = crate::requests::TenantAdminIn, description = "any of the settings, and `suspended`"),
+    responses(
+        (status = 200, body = views::TenantSettings),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "sms_from belongs to another tenant", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("ops_token" = []))
+)]
+pub async fn patch_tenant(
+    _ops: Ops,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Json<views::TenantSettings>> {
+    let changes = tenant::settings(body, Setter::Operator)?;
+    if !is_id("ten", &id) {
+        return Err(ApiError::not_found("tenant"));
+    }
+    tenants::update(&state.db, &id, changes)
+        .await?
+        .map(|t| Json(t.into()))
+        .ok_or_else(|| ApiError::not_found("tenant"))
 }
 
 /// Create another API key for a tenant.

@@ -22,28 +22,28 @@ use crate::{
     views,
 };
 
-fn phone(f: &mut Fields) -> ApiResult<Option<String>> {
+pub(super) fn phone(f: &mut Fields) -> ApiResult<Option<String>> {
     f.opt_str("phone")?
         .map(|p| PhoneNumber::parse(&p).map(|p| p.as_str().to_owned()))
         .transpose()
         .map_err(|e| f.invalid_value("phone", e.0))
 }
 
-fn email(f: &mut Fields) -> ApiResult<Option<String>> {
+pub(super) fn email(f: &mut Fields) -> ApiResult<Option<String>> {
     f.opt_str("email")?
         .map(|e| EmailAddress::parse(&e).map(|e| e.as_str().to_owned()))
         .transpose()
         .map_err(|e| f.invalid_value("email", e.0))
 }
 
-fn timezone(f: &mut Fields) -> ApiResult<Option<String>> {
+pub(super) fn timezone(f: &mut Fields) -> ApiResult<Option<String>> {
     f.opt_str("timezone")?
         .map(|t| TimeZone::parse(&t).map(|t| t.name().to_owned()))
         .transpose()
         .map_err(|e| f.invalid_value("timezone", e.0))
 }
 
-fn name(f: &mut Fields) -> ApiResult<Option<String>> {
+pub(super) fn name(f: &mut Fields) -> ApiResult<Option<String>> {
     match f.opt_str("name")? {
         Some(n) if n.trim().is_empty() || n.chars().count() > 200 => {
             Err(f.invalid_value("name", "`name` must be 1 to 200 characters"))
@@ -55,6 +55,14 @@ fn name(f: &mut Fields) -> ApiResult<Option<String>> {
 /// `consent`: `{"status", "at"?, "method", "source"?, "text"?}`, `at` now by default and never
 /// in the future.
 fn consent(f: &mut Fields) -> ApiResult<Option<Consent>> {
+    consent_with(f, None)
+}
+
+/// [`consent`], with `method` defaulting to `default_method` when given (an import's).
+pub(super) fn consent_with(
+    f: &mut Fields,
+    default_method: Option<&str>,
+) -> ApiResult<Option<Consent>> {
     const STATUSES: [&str; 3] = ["opted_in", "opted_out", "unknown"];
     const METHODS: [&str; 6] = [
         "web_form",
@@ -74,7 +82,11 @@ fn consent(f: &mut Fields) -> ApiResult<Option<Consent>> {
             format!("`consent.status` is opted_in, opted_out or unknown, not `{status}`"),
         ));
     }
-    let method = c.req_str("method")?;
+    let method = match (c.opt_str("method")?, default_method) {
+        (Some(m), _) => m,
+        (None, Some(default)) => default.to_owned(),
+        (None, None) => return Err(c.missing("method")),
+    };
     if !METHODS.contains(&method.as_str()) {
         return Err(c.invalid_value(
             "method",

@@ -8,9 +8,11 @@ pub mod dead_letters;
 pub mod endpoints;
 pub mod groups;
 pub mod health;
+pub mod import;
 pub mod inbound;
 pub mod messages;
 pub mod subscriptions;
+pub mod tenant;
 
 use std::time::Duration;
 
@@ -36,7 +38,12 @@ use utoipa_axum::{
     routes,
 };
 
-use crate::{body::MAX_BODY, error::ApiError, openapi, state::AppState};
+use crate::{
+    body::{MAX_BODY, MAX_IMPORT_BODY},
+    error::ApiError,
+    openapi,
+    state::AppState,
+};
 
 /// The API's routes and the OpenAPI document describing exactly them: every route is added
 /// through `utoipa_axum::routes!`, which reads the handler's `#[utoipa::path]`, so a route
@@ -47,7 +54,9 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(health::readyz))
         .routes(routes!(openapi_json))
         .routes(routes!(metrics))
-        .routes(routes!(admin::create_tenant))
+        .routes(routes!(admin::create_tenant, admin::list_tenants))
+        .routes(routes!(admin::get_tenant, admin::patch_tenant))
+        .routes(routes!(tenant::get, tenant::patch))
         .routes(routes!(admin::create_key))
         .routes(routes!(admin::revoke_key))
         .routes(routes!(admin::queues))
@@ -71,6 +80,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             subscriptions::delete
         ))
         .routes(routes!(contacts::create, contacts::list))
+        .routes(routes!(import::import).layer(DefaultBodyLimit::max(MAX_IMPORT_BODY)))
         .routes(routes!(contacts::get, contacts::patch))
         .routes(routes!(contacts::consent_events))
         .routes(routes!(conversations::inbox))

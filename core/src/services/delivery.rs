@@ -31,6 +31,7 @@ use crate::{
     services::{
         pacing::{Pacer, SenderRates},
         pauses::{Gate, SenderPauses},
+        suspensions::Suspensions,
     },
     store::{
         self, contacts,
@@ -54,6 +55,9 @@ const PUT_OFF_EVENT_AFTER: Duration = Duration::from_secs(1);
 const MAX_DETAIL: usize = 2 * crate::domain::MAX_ERROR_TEXT;
 /// The most put-off messages remembered (see `Deliverer::told`).
 const MAX_TOLD: usize = 100_000;
+/// How often a suspended tenant's waiting job looks again: with the suspensions' one-second
+/// snapshot, its messages leave within about three seconds of the suspension being lifted.
+const SUSPENDED_RECHECK: Duration = Duration::from_secs(2);
 
 /// Everything a delivery needs, built once per worker process.
 pub struct Deliverer {
@@ -76,6 +80,8 @@ pub struct Deliverer {
     put_offs: Batcher<PutOff, ()>,
     /// Senders paused until the operator fixes what Twilio refused.
     pub pauses: SenderPauses,
+    /// Tenants the operator suspended: their jobs wait.
+    suspensions: Suspensions,
     /// Takes SMS senders' slots from the queue (none: SMS are not paced).
     pacer: Option<Pacer>,
     rates: SenderRates,
@@ -172,6 +178,7 @@ impl Deliverer {
         };
         Self {
             pauses: SenderPauses::new(db.clone(), &config.circuit),
+            suspensions: Suspensions::new(db.clone()),
             pacer: None,
             rates: SenderRates::new(db.clone()),
             db,
@@ -317,6 +324,10 @@ pub async fn deliver(d: &Deliverer, job: &DeliveryJob, meta: &JobMeta) -> Result
     let Some(claimed) = claimed else {
         return not_claimed(d, &job.message_id).await;
     };
+    if claimed.held {
+        // Suspended after this worker last looked: held like the rest of its tenant's.
+        return Err(suspended(d, &job.message_id, Instant::now()));
+    }
     if claimed.quiet {
         return quiet_hours(d, &claimed).await;
     }
@@ -499,6 +510,9 @@ async fn admit<'a>(
         return Ok(());
     };
     let tenant = job.tenant_id.as_deref().unwrap_or_default();
+    if let Some(since) = d.suspensions.since(tenant).await {
+        return Err(suspended(d, &job.message_id, since));
+    }
     if channel == Channel::Sms
         && let Gate::Wait { until, why } = d.pauses.gate(tenant).await
     {
@@ -558,6 +572,14 @@ async fn admit<'a>(
             Ok(())
         }
     }
+}
+
+/// A suspended tenant's message waits, without spending an attempt or calling anyone, and
+/// looks again every [`SUSPENDED_RECHECK`]; it is told why once per suspension (`since`).
+fn suspended(d: &Deliverer, message_id: &str, since: Instant) -> JobError {
+    let note = !d.told(message_id, since);
+    let why = "the tenant is suspended; its messages wait until the operator lifts it".to_owned();
+    put_off(d, message_id, "suspended", why, SUSPENDED_RECHECK, note)
 }
 
 /// Last before the claim: an SMS takes a slot of its sender's pace (its class's, or the

@@ -95,9 +95,13 @@ pub async fn receive(
         author: "contact",
         detail,
     };
-    // A keyword is not a question; a person's conversation gets no AI reply.
-    let Some((contact, message)) =
-        record_inbound(&mut tx, &tenant, &entry, |c| kw.is_none() && c.mode == "ai").await?
+    // A keyword is not a question; a person's conversation gets no AI reply, and neither
+    // does a suspended tenant's (the text is kept; its inbox shows it unanswered).
+    let ai = !tenant.suspended;
+    let Some((contact, message)) = record_inbound(&mut tx, &tenant, &entry, |c| {
+        ai && kw.is_none() && c.mode == "ai"
+    })
+    .await?
     else {
         tx.rollback().await?;
         return Ok(Received::Duplicate);

@@ -3,6 +3,7 @@
 
 pub mod appointments;
 pub mod breaker;
+pub mod contacts;
 pub mod daily;
 pub mod dead_letters;
 pub mod delivery;
@@ -16,4 +17,5 @@ pub mod pacing;
 pub mod pauses;
 pub mod replies;
 pub mod reports;
+pub mod suspensions;
 pub mod tenants;

@@ -107,8 +107,9 @@ impl Pacer {
     }
 }
 
-/// How long a worker trusts a tenant's `sms_mps` before reading it again.
-const FRESH: Duration = Duration::from_secs(10);
+/// How long a worker trusts a tenant's `sms_mps` before reading it again: a changed pace
+/// holds within a second (one primary-key read per busy tenant and second).
+const FRESH: Duration = Duration::from_secs(1);
 /// Past this many tenants remembered, the memory starts over.
 const MAX_REMEMBERED: usize = 10_000;
 
@@ -130,7 +131,7 @@ pub fn class_rate(sender: &str) -> f64 {
     1.0
 }
 
-/// Each tenant's pace override, read from Postgres at most every ten seconds per worker.
+/// Each tenant's pace override, read from Postgres at most once a second per worker.
 pub struct SenderRates {
     db: PgPool,
     known: RwLock<HashMap<String, (Option<f64>, Instant)>>,

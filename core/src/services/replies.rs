@@ -170,6 +170,10 @@ async fn daily(
     let Some((contact, tenant)) = contact_of(&r.db, &sub.tenant_id, &sub.contact_id).await? else {
         return Ok(());
     };
+    if tenant.suspended {
+        info!(subscription_id = %sub.id, %local_date, "tenant suspended; no daily AI message");
+        return Ok(());
+    }
     let zone: chrono_tz::Tz = contact
         .timezone
         .as_deref()
@@ -250,6 +254,14 @@ async fn answer(r: &Replier, inbound_id: &str) -> Result<(), JobError> {
     let Some((contact, tenant)) = contact_of(&r.db, &inbound.tenant_id, contact_id).await? else {
         return Ok(());
     };
+    if tenant.suspended {
+        // Suspended after the text came: no model is paid for, and no late answer piles up.
+        info!(message_id = %inbound.id, tenant_id = %tenant.id, "tenant suspended; no AI reply");
+        conversations::reply_handled(&r.db, &inbound.id)
+            .await
+            .map_err(db_error)?;
+        return Ok(());
+    }
     if contact.mode != "ai" {
         debug!(message_id = %inbound.id, "a person has this conversation; no AI reply");
         conversations::reply_handled(&r.db, &inbound.id)

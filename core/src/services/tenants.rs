@@ -42,6 +42,113 @@ pub struct NewTenant {
     pub messaging_service_sid: Option<String>,
     /// SMS segments per second, over the pace of the sender's class.
     pub sms_mps: Option<f64>,
+    /// Days bodies and texts are kept.
+    pub retention_days: i32,
+}
+
+/// What a new tenant gets for a setting its request leaves out.
+pub const DEFAULT_RETENTION_DAYS: i32 = 90;
+pub const DEFAULT_MISSED_CALL_COOLDOWN_MINUTES: i32 = 10;
+
+/// Settings as one request gives them, checked already. `None` is a field the request left
+/// out; for a setting that may be unset, `Some(None)` is an explicit `null`. A new tenant
+/// ([`TenantChanges::into_new`]) takes the defaults for what is left out; an existing one
+/// ([`TenantChanges::apply`]) keeps it.
+#[derive(Debug, Clone, Default)]
+pub struct TenantChanges {
+    pub name: Option<String>,
+    pub timezone: Option<TimeZone>,
+    pub sms_from: Option<Option<PhoneNumber>>,
+    pub email_from: Option<Option<String>>,
+    /// `Some(None)`: no quiet hours.
+    pub quiet_hours: Option<Option<(NaiveTime, NaiveTime)>>,
+    pub help_text: Option<Option<String>>,
+    pub system_prompt: Option<Option<String>>,
+    pub canned_reply: Option<Option<String>>,
+    pub missed_call_text: Option<Option<String>>,
+    pub missed_call_cooldown_minutes: Option<i32>,
+    pub require_consent_for_bulk: Option<bool>,
+    pub frequency_cap: Option<Option<(i32, std::time::Duration)>>,
+    pub messaging_service_sid: Option<Option<String>>,
+    pub sms_mps: Option<Option<f64>>,
+    pub retention_days: Option<i32>,
+    /// Only the operator sets it.
+    pub suspended: Option<bool>,
+}
+
+impl TenantChanges {
+    /// A new tenant named `name`, with the defaults for every setting left out (quiet hours
+    /// are the caller's: their default is a window, not "none").
+    pub fn into_new(self, name: String, default_quiet: (NaiveTime, NaiveTime)) -> NewTenant {
+        NewTenant {
+            name,
+            timezone: self.timezone.unwrap_or(TimeZone(chrono_tz::UTC)),
+            sms_from: self.sms_from.flatten(),
+            email_from: self.email_from.flatten(),
+            quiet_hours: self.quiet_hours.unwrap_or(Some(default_quiet)),
+            help_text: self.help_text.flatten(),
+            system_prompt: self.system_prompt.flatten(),
+            canned_reply: self.canned_reply.flatten(),
+            missed_call_text: self.missed_call_text.flatten(),
+            missed_call_cooldown_minutes: self
+                .missed_call_cooldown_minutes
+                .unwrap_or(DEFAULT_MISSED_CALL_COOLDOWN_MINUTES),
+            require_consent_for_bulk: self.require_consent_for_bulk.unwrap_or(false),
+            frequency_cap: self.frequency_cap.flatten(),
+            messaging_service_sid: self.messaging_service_sid.flatten(),
+            sms_mps: self.sms_mps.flatten(),
+            retention_days: self.retention_days.unwrap_or(DEFAULT_RETENTION_DAYS),
+        }
+    }
+
+    /// Sets what the request gave on `t`; the rest stays.
+    pub fn apply(self, t: &mut TenantRow) {
+        fn set<T>(field: &mut T, change: Option<T>) {
+            if let Some(v) = change {
+                *field = v;
+            }
+        }
+        set(&mut t.name, self.name);
+        set(&mut t.timezone, self.timezone.map(|z| z.name().to_owned()));
+        set(
+            &mut t.sms_from,
+            self.sms_from.map(|p| p.map(|p| p.as_str().to_owned())),
+        );
+        set(&mut t.email_from, self.email_from);
+        if let Some(quiet) = self.quiet_hours {
+            t.quiet_start = quiet.map(|q| q.0);
+            t.quiet_end = quiet.map(|q| q.1);
+        }
+        set(&mut t.help_text, self.help_text);
+        set(&mut t.system_prompt, self.system_prompt);
+        set(&mut t.canned_reply, self.canned_reply);
+        set(&mut t.missed_call_text, self.missed_call_text);
+        set(
+            &mut t.missed_call_cooldown_minutes,
+            self.missed_call_cooldown_minutes,
+        );
+        set(
+            &mut t.require_consent_for_bulk,
+            self.require_consent_for_bulk,
+        );
+        if let Some(cap) = self.frequency_cap {
+            t.frequency_cap_max = cap.map(|c| c.0);
+            t.frequency_cap_per = cap.map(|c| interval(c.1));
+        }
+        set(&mut t.messaging_service_sid, self.messaging_service_sid);
+        set(&mut t.sms_mps, self.sms_mps);
+        set(&mut t.retention_days, self.retention_days);
+        set(&mut t.suspended, self.suspended);
+    }
+}
+
+/// A span as Postgres keeps it (whole microseconds; the caps are minutes to days).
+fn interval(span: std::time::Duration) -> sqlx::postgres::types::PgInterval {
+    sqlx::postgres::types::PgInterval {
+        months: 0,
+        days: 0,
+        microseconds: i64::try_from(span.as_micros()).unwrap_or(i64::MAX),
+    }
 }
 
 #[derive(Debug)]
@@ -108,6 +215,7 @@ pub async fn create(db: &PgPool, new: &NewTenant) -> Result<CreatedTenant, Tenan
         frequency_cap: new.frequency_cap,
         messaging_service_sid: new.messaging_service_sid.as_deref(),
         sms_mps: new.sms_mps,
+        retention_days: new.retention_days,
     };
     let Some(tenant) = tenants::insert(&mut tx, &row)
         .await
@@ -124,6 +232,55 @@ pub async fn create(db: &PgPool, new: &NewTenant) -> Result<CreatedTenant, Tenan
         api_key,
         key_prefix,
     })
+}
+
+/// Changes a tenant's settings (and, for the operator, whether it is suspended); `None` when
+/// there is no such tenant. An `sms_from` another tenant has is refused: inbound texts are
+/// routed by it. Every process reads settings from Postgres when it uses them (the API per
+/// request, the worker's claim per message) except the worker's `sms_mps` and suspension
+/// snapshots, which are at most a second old.
+pub async fn update(
+    db: &PgPool,
+    id: &str,
+    changes: TenantChanges,
+) -> Result<Option<TenantRow>, TenantError> {
+    let mut tx = db
+        .begin()
+        .await
+        .context("starting the settings' transaction")?;
+    let Some(mut tenant) = tenants::get_for_update(&mut tx, id)
+        .await
+        .context("reading the tenant")?
+    else {
+        return Ok(None);
+    };
+    let suspending = changes.suspended.filter(|s| *s != tenant.suspended);
+    changes.apply(&mut tenant);
+    let tenant = match tenants::write_settings(&mut tx, &tenant).await {
+        Ok(t) => t,
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
+            return Err(TenantError::SmsFromTaken);
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("writing the settings").into()),
+    };
+    tx.commit().await.context("committing the settings")?;
+    if let Some(suspended) = suspending {
+        tracing::info!(tenant_id = %tenant.id, suspended, "tenant suspension changed");
+    }
+    Ok(Some(tenant))
+}
+
+/// A page of tenants, newest first, and the cursor of the next page.
+pub async fn list(
+    db: &PgPool,
+    before: Option<&str>,
+    limit: i64,
+) -> Result<(Vec<TenantRow>, Option<String>), sqlx::Error> {
+    let mut rows = tenants::list(db, before, limit).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = more.then(|| rows.last().map(|t| t.id.clone())).flatten();
+    Ok((rows, next))
 }
 
 /// A new key for a tenant; `None` when there is no such tenant.

@@ -398,6 +398,173 @@ pub async fn decide_ai_spend(
     Ok(spend)
 }
 
+/// One row of a bulk import, checked already.
+#[derive(Debug, Clone)]
+pub struct ImportRow {
+    /// The id it gets if its phone is new to the tenant.
+    pub id: String,
+    pub phone: String,
+    /// `None` leaves an existing contact's value as it is.
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub timezone: Option<String>,
+    pub consent: Option<Consent>,
+}
+
+/// The rows as the column arrays `unnest` reads (id, phone, email, name, timezone, then the
+/// consent's status, at, method, source and text).
+#[allow(clippy::type_complexity)]
+fn import_columns<'a>(
+    rows: &[&'a ImportRow],
+) -> (
+    Vec<&'a str>,
+    Vec<&'a str>,
+    Vec<Option<&'a str>>,
+    Vec<Option<&'a str>>,
+    Vec<Option<&'a str>>,
+    Vec<Option<&'a str>>,
+    Vec<Option<DateTime<Utc>>>,
+    Vec<Option<&'a str>>,
+    Vec<Option<&'a str>>,
+    Vec<Option<&'a str>>,
+) {
+    let consent = |r: &&'a ImportRow| r.consent.as_ref();
+    (
+        rows.iter().map(|r| r.id.as_str()).collect(),
+        rows.iter().map(|r| r.phone.as_str()).collect(),
+        rows.iter().map(|r| r.email.as_deref()).collect(),
+        rows.iter().map(|r| r.name.as_deref()).collect(),
+        rows.iter().map(|r| r.timezone.as_deref()).collect(),
+        rows.iter()
+            .map(|r| consent(r).map(|c| c.status.as_str()))
+            .collect(),
+        rows.iter().map(|r| consent(r).map(|c| c.at)).collect(),
+        rows.iter()
+            .map(|r| consent(r).map(|c| c.method.as_str()))
+            .collect(),
+        rows.iter()
+            .map(|r| consent(r).and_then(|c| c.source.as_deref()))
+            .collect(),
+        rows.iter()
+            .map(|r| consent(r).and_then(|c| c.text.as_deref()))
+            .collect(),
+    )
+}
+
+const IMPORT_INPUT: &str = "unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                   $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::text[])
+        AS i(id, phone, email, name, timezone, status, at, method, source, text)";
+
+/// Inserts the rows whose phone the tenant has no contact for (a new contact's zone defaults
+/// to `default_timezone`); returns `(id, phone)` of each inserted.
+pub async fn import_insert(
+    conn: &mut sqlx::PgConnection,
+    tenant_id: &str,
+    default_timezone: &str,
+    rows: &[&ImportRow],
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let c = import_columns(rows);
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO contacts (id, tenant_id, phone, email, name, timezone, consent_status,
+                               consent_at, consent_method, consent_source, consent_text,
+                               opted_out, opted_out_at)
+         SELECT i.id, $1, i.phone, i.email, i.name, COALESCE(i.timezone, $12),
+                COALESCE(i.status, 'unknown'), i.at, i.method, i.source, i.text,
+                COALESCE(i.status = 'opted_out', false),
+                CASE WHEN i.status = 'opted_out' THEN i.at END
+         FROM {IMPORT_INPUT}
+         ORDER BY i.phone
+         ON CONFLICT (tenant_id, phone) WHERE phone IS NOT NULL DO NOTHING
+         RETURNING id, phone"
+    )))
+    .bind(tenant_id)
+    .bind(c.0)
+    .bind(c.1)
+    .bind(c.2)
+    .bind(c.3)
+    .bind(c.4)
+    .bind(c.5)
+    .bind(c.6)
+    .bind(c.7)
+    .bind(c.8)
+    .bind(c.9)
+    .bind(default_timezone)
+    .fetch_all(conn)
+    .await
+}
+
+/// Updates the tenant's contacts with these rows' phones: what a row gives replaces the
+/// contact's value, what it leaves out stays (a consent given replaces the whole consent, and
+/// `opted_out` follows it). Returns `(id, phone)` of each updated.
+pub async fn import_update(
+    conn: &mut sqlx::PgConnection,
+    tenant_id: &str,
+    rows: &[&ImportRow],
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let c = import_columns(rows);
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE contacts c SET
+            email = COALESCE(i.email, c.email),
+            name = COALESCE(i.name, c.name),
+            timezone = COALESCE(i.timezone, c.timezone),
+            consent_status = COALESCE(i.status, c.consent_status),
+            consent_at = CASE WHEN i.status IS NULL THEN c.consent_at ELSE i.at END,
+            consent_method = CASE WHEN i.status IS NULL THEN c.consent_method ELSE i.method END,
+            consent_source = CASE WHEN i.status IS NULL THEN c.consent_source ELSE i.source END,
+            consent_text = CASE WHEN i.status IS NULL THEN c.consent_text ELSE i.text END,
+            opted_out = CASE WHEN i.status IS NULL THEN c.opted_out ELSE i.status = 'opted_out' END,
+            opted_out_at = CASE WHEN i.status IS NULL THEN c.opted_out_at
+                                WHEN i.status = 'opted_out' THEN COALESCE(c.opted_out_at, i.at) END,
+            updated_at = now()
+         FROM {IMPORT_INPUT}
+         WHERE c.tenant_id = $1 AND c.phone = i.phone
+         RETURNING c.id, c.phone"
+    )))
+    .bind(tenant_id)
+    .bind(c.0)
+    .bind(c.1)
+    .bind(c.2)
+    .bind(c.3)
+    .bind(c.4)
+    .bind(c.5)
+    .bind(c.6)
+    .bind(c.7)
+    .bind(c.8)
+    .bind(c.9)
+    .fetch_all(conn)
+    .await
+}
+
+/// Keeps the consents an import gave as consent events: `(contact id, consent)`.
+pub async fn insert_consent_events(
+    conn: &mut sqlx::PgConnection,
+    tenant_id: &str,
+    given: &[(&str, &Consent)],
+) -> Result<(), sqlx::Error> {
+    if given.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&Consent) -> Option<&str>| -> Vec<Option<&str>> {
+        given.iter().map(|(_, c)| f(c)).collect()
+    };
+    sqlx::query(
+        "INSERT INTO consent_events (tenant_id, contact_id, at, status, method, source, text)
+         SELECT $1, e.contact_id, e.at, e.status, e.method, e.source, e.text
+         FROM unnest($2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[])
+              AS e(contact_id, at, status, method, source, text)",
+    )
+    .bind(tenant_id)
+    .bind(given.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(given.iter().map(|(_, c)| c.at).collect::<Vec<_>>())
+    .bind(col(|c| Some(c.status.as_str())))
+    .bind(col(|c| Some(c.method.as_str())))
+    .bind(col(|c| c.source.as_deref()))
+    .bind(col(|c| c.text.as_deref()))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// What `GET /v1/contacts` filters by; `None` does not filter.
 #[derive(Debug, Clone, Default)]
 pub struct ContactFilter<'a> {

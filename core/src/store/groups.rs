@@ -360,3 +360,22 @@ pub async fn set_recipients(
         .await?;
     Ok(())
 }
+
+/// Adds contacts to a group, however many, in one statement; returns how many were not
+/// members before.
+pub async fn add_members_bulk(
+    db: impl PgExecutor<'_>,
+    group_id: &str,
+    contact_ids: &[&str],
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO group_members (group_id, contact_id)
+         SELECT $1, c FROM unnest($2::text[]) AS c ORDER BY c
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(group_id)
+    .bind(contact_ids)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}

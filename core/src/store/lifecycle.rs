@@ -48,6 +48,8 @@ pub struct Claimed {
     /// Not claimed: it is quiet hours where the recipient is. `zone` and the window come
     /// with it, so the caller can work out when they end.
     pub quiet: bool,
+    /// Not claimed: its tenant is suspended.
+    pub held: bool,
     pub zone: Option<String>,
     pub quiet_start: Option<chrono::NaiveTime>,
     pub quiet_end: Option<chrono::NaiveTime>,
@@ -63,7 +65,9 @@ pub struct Claimed {
 /// unreachable, a bulk SMS without the consent its tenant requires, and a bulk message past
 /// its tenant's frequency cap become `suppressed`; only a message that moves to `sending`
 /// counts an attempt. An SMS due inside its recipient's
-/// quiet hours is returned unclaimed, marked `quiet`, for the caller to put off. Returns the
+/// quiet hours is returned unclaimed, marked `quiet`, and a message of a suspended tenant
+/// marked `held`, for the caller to put off. A message moving to `sending` takes its tenant's
+/// current sender (`sms_from` or Messaging Service, `email_from`) as `from_addr`. Returns the
 /// rows; the status says which way each went.
 ///
 /// Every row is locked first and only then judged: a row a concurrent transaction is
@@ -114,10 +118,15 @@ async fn claim_statement(
               AND m.status IN ('scheduled', 'queued', 'retrying')
          ), target AS (
             SELECT m.id, j.attempt, z.zone, s.why,
+                   -- What the tenant sends this channel from now: a changed sender is used
+                   -- by the next attempt, whenever the message was created.
+                   CASE m.channel WHEN 'sms' THEN COALESCE(tn.messaging_service_sid, tn.sms_from)
+                                  WHEN 'email' THEN tn.email_from END AS sender,
                    (m.status IN ('scheduled', 'queued', 'retrying')
                     OR (m.status = 'sending' AND m.claim_attempt < j.attempt))
                    AND m.send_at <= now() + interval '1 second' AS eligible,
                    CASE WHEN m.expires_at <= now() THEN 'expired'
+                        WHEN tn.suspended THEN 'held'
                         WHEN s.why IS NOT NULL THEN 'suppressed'
                         WHEN m.channel = 'sms' AND m.respect_quiet_hours AND tn.quiet_start IS NOT NULL
                              AND CASE WHEN tn.quiet_start <= tn.quiet_end
@@ -163,6 +172,10 @@ async fn claim_statement(
             UPDATE messages m SET
                 status = t.next,
                 attempts = m.attempts + CASE WHEN t.next = 'sending' THEN 1 ELSE 0 END,
+                -- An attempt whose outcome is unknown is looked up (and repeated) as it was.
+                from_addr = CASE WHEN t.next = 'sending' AND m.status <> 'sending'
+                                      AND m.unsettled_since IS NULL
+                                 THEN COALESCE(t.sender, m.from_addr) ELSE m.from_addr END,
                 claim_attempt = t.attempt,
                 -- Taking over a claim whose worker died: that attempt's outcome is unknown.
                 unsettled_since = CASE WHEN m.status = 'sending'
@@ -170,7 +183,7 @@ async fn claim_statement(
                                        ELSE m.unsettled_since END,
                 updated_at = now()
             FROM target t
-            WHERE m.id = t.id AND t.eligible AND t.next <> 'quiet'
+            WHERE m.id = t.id AND t.eligible AND t.next NOT IN ('quiet', 'held')
             RETURNING m.*
          ), events AS (
             INSERT INTO message_events (message_id, status, detail)
@@ -181,13 +194,14 @@ async fn claim_statement(
                 ELSE 'expires_at passed before it could be sent' END
             FROM claimed c JOIN target t ON t.id = c.id
          )
-         SELECT claimed.*, tn.webhook_secret, false AS quiet, NULL::text AS zone,
+         SELECT claimed.*, tn.webhook_secret, false AS quiet, false AS held, NULL::text AS zone,
                 NULL::time AS quiet_start, NULL::time AS quiet_end
          FROM claimed JOIN tenants tn ON tn.id = claimed.tenant_id
          UNION ALL
-         SELECT m.*, tn.webhook_secret, true, t.zone, tn.quiet_start, tn.quiet_end
+         SELECT m.*, tn.webhook_secret, t.next = 'quiet', t.next = 'held', t.zone,
+                tn.quiet_start, tn.quiet_end
          FROM target t JOIN messages m ON m.id = t.id JOIN tenants tn ON tn.id = m.tenant_id
-         WHERE t.eligible AND t.next = 'quiet'",
+         WHERE t.eligible AND t.next IN ('quiet', 'held')",
     )
     .bind(ids)
     .bind(job_attempts)
@@ -421,7 +435,7 @@ pub async fn insert_provider_ref(
 #[derive(Debug, Clone)]
 pub struct PutOff {
     pub id: String,
-    /// `circuit` or `send_rate`: one event per episode of each.
+    /// `circuit`, `send_rate`, `sender_paused` or `suspended`: one event per episode of each.
     pub kind: &'static str,
     pub detail: String,
 }

@@ -28,6 +28,10 @@ pub struct TenantRow {
     pub messaging_service_sid: Option<String>,
     /// SMS segments per second, over the pace of the sender's class.
     pub sms_mps: Option<f64>,
+    /// Days bodies and texts are kept.
+    pub retention_days: i32,
+    /// Its keys are refused and its messages wait (the operator's call).
+    pub suspended: bool,
 }
 
 impl TenantRow {
@@ -58,6 +62,7 @@ pub struct NewTenantRow<'a> {
     pub frequency_cap: Option<(i32, std::time::Duration)>,
     pub messaging_service_sid: Option<&'a str>,
     pub sms_mps: Option<f64>,
+    pub retention_days: i32,
 }
 
 /// Inserts a tenant; `Ok(None)` when its `sms_from` belongs to another tenant already.
@@ -69,9 +74,9 @@ pub async fn insert(
         "INSERT INTO tenants (id, name, timezone, sms_from, email_from, quiet_start, quiet_end, webhook_secret,
                               help_text, system_prompt, canned_reply, missed_call_text, missed_call_cooldown_minutes,
                               require_consent_for_bulk, frequency_cap_max, frequency_cap_per,
-                              messaging_service_sid, sms_mps)
+                              messaging_service_sid, sms_mps, retention_days)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                 make_interval(secs => $16::float8), $17, $18)
+                 make_interval(secs => $16::float8), $17, $18, $19)
          ON CONFLICT (sms_from) DO NOTHING
          RETURNING *",
     )
@@ -93,6 +98,7 @@ pub async fn insert(
     .bind(t.frequency_cap.map(|c| c.1.as_secs_f64()))
     .bind(t.messaging_service_sid)
     .bind(t.sms_mps)
+    .bind(t.retention_days)
     .fetch_optional(conn)
     .await
 }
@@ -101,6 +107,78 @@ pub async fn get(db: impl PgExecutor<'_>, id: &str) -> Result<Option<TenantRow>,
     sqlx::query_as::<_, TenantRow>("SELECT * FROM tenants WHERE id = $1")
         .bind(id)
         .fetch_optional(db)
+        .await
+}
+
+/// A tenant, locked until the transaction ends (its settings are about to change).
+pub async fn get_for_update(
+    conn: &mut PgConnection,
+    id: &str,
+) -> Result<Option<TenantRow>, sqlx::Error> {
+    sqlx::query_as::<_, TenantRow>("SELECT * FROM tenants WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Every tenant, newest first, older than the tenant `before` (the cursor); up to `limit + 1`
+/// so the caller knows whether another page follows.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    before: Option<&str>,
+    limit: i64,
+) -> Result<Vec<TenantRow>, sqlx::Error> {
+    sqlx::query_as::<_, TenantRow>(
+        "SELECT * FROM tenants WHERE ($1::text IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
+    )
+    .bind(before)
+    .bind(limit + 1)
+    .fetch_all(db)
+    .await
+}
+
+/// Writes every setting of `t` (all but its id, secret and creation time). Another tenant's
+/// `sms_from` is a unique violation (the caller answers 409).
+pub async fn write_settings(
+    conn: &mut PgConnection,
+    t: &TenantRow,
+) -> Result<TenantRow, sqlx::Error> {
+    sqlx::query_as::<_, TenantRow>(
+        "UPDATE tenants SET name = $2, timezone = $3, sms_from = $4, email_from = $5,
+                quiet_start = $6, quiet_end = $7, help_text = $8, system_prompt = $9,
+                canned_reply = $10, missed_call_text = $11, missed_call_cooldown_minutes = $12,
+                require_consent_for_bulk = $13, frequency_cap_max = $14, frequency_cap_per = $15,
+                messaging_service_sid = $16, sms_mps = $17, retention_days = $18, suspended = $19
+         WHERE id = $1
+         RETURNING *",
+    )
+    .bind(&t.id)
+    .bind(&t.name)
+    .bind(&t.timezone)
+    .bind(&t.sms_from)
+    .bind(&t.email_from)
+    .bind(t.quiet_start)
+    .bind(t.quiet_end)
+    .bind(&t.help_text)
+    .bind(&t.system_prompt)
+    .bind(&t.canned_reply)
+    .bind(&t.missed_call_text)
+    .bind(t.missed_call_cooldown_minutes)
+    .bind(t.require_consent_for_bulk)
+    .bind(t.frequency_cap_max)
+    .bind(t.frequency_cap_per)
+    .bind(&t.messaging_service_sid)
+    .bind(t.sms_mps)
+    .bind(t.retention_days)
+    .bind(t.suspended)
+    .fetch_one(conn)
+    .await
+}
+
+/// The ids of every suspended tenant.
+pub async fn suspended_ids(db: impl PgExecutor<'_>) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM tenants WHERE suspended")
+        .fetch_all(db)
         .await
 }
 

@@ -280,6 +280,7 @@ impl Stack {
                 messaging_service_sid: None,
                 // The throughput figures measure Herald, not a carrier's pace.
                 sms_mps: Some(10_000.0),
+                retention_days: tenants::DEFAULT_RETENTION_DAYS,
             },
         )
         .await?)
