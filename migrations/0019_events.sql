@@ -31,7 +31,6 @@ CREATE TABLE events (
     data        jsonb NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
-CREATE INDEX events_tenant ON events (tenant_id, created_at);
 
 -- One event for one endpoint. The sweep pushes the jobs of rows that transactions which
 -- finished since its last step inserted (by `created_xid`, as the message outbox does), so

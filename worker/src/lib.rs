@@ -99,7 +99,7 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
     };
     let workers = Workers {
         events: queue::events(&config, client.clone(), conn.clone()),
-        event_sender: EventSender::from_config(&config, pool.clone()),
+        event_sender: EventSender::from_config(&config, pool.clone(), &tasks),
         replies: queue::ai_replies(&config, client, conn),
         deliverer: Arc::new(
             Deliverer::from_config(&config, pool, Some(limiter), &tasks)

@@ -15,6 +15,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::{
@@ -23,6 +24,7 @@ use super::{
 };
 use crate::{
     Config,
+    batch::Batcher,
     domain::{
         FieldError, WebhookUrl,
         events::{EventJob, EventType, retry_wait},
@@ -31,7 +33,10 @@ use crate::{
     providers::webhook::{Posted, WebhookSender},
     queue::{JobError, NewJob, Queue, QueueError, now_ms},
     store::{
-        events::{self as store, Attempt, EndpointFields, EndpointRow, QueuedDelivery},
+        events::{
+            self as store, Attempt, DeliveryRow, EndpointFields, EndpointRow, QueuedDelivery,
+            Recorded,
+        },
         outbox,
     },
 };
@@ -233,23 +238,46 @@ pub async fn complete_group_sends(db: &PgPool) -> Result<u64, sqlx::Error> {
     store::complete_group_sends(db, 100).await
 }
 
+/// The most deliveries one statement reads or records.
+const BATCH: usize = 200;
+
 /// What the `events` worker needs to deliver events.
 pub struct EventSender {
     pub db: PgPool,
     webhooks: WebhookSender,
     pub breakers: Breakers,
     schedule: Vec<Duration>,
-    disable_after: Duration,
+    /// Concurrent jobs share the statements that read their deliveries and record their
+    /// attempts (see [`crate::batch`]): a commit per event would cost more than the event.
+    lookups: Batcher<(String, String), Option<DeliveryRow>>,
+    attempts: Batcher<Attempt, Recorded>,
 }
 
 impl EventSender {
-    pub fn from_config(config: &Config, db: PgPool) -> Arc<Self> {
+    /// Its batchers run on `tasks`, so what they hold is written before the worker exits.
+    pub fn from_config(config: &Config, db: PgPool, tasks: &TaskTracker) -> Arc<Self> {
+        let lookups = {
+            let db = db.clone();
+            Batcher::spawn(tasks, BATCH, 2, move |keys: Arc<[(String, String)]>| {
+                let db = db.clone();
+                async move { store::deliveries(&db, &keys).await }
+            })
+        };
+        let attempts = {
+            let db = db.clone();
+            let disable_after = config.endpoint_disable_after;
+            Batcher::spawn(tasks, BATCH, 2, move |items: Arc<[Attempt]>| {
+                let db = db.clone();
+                async move { store::record_attempts(&db, &items, disable_after).await }
+            })
+        };
         Arc::new(Self {
             db,
             webhooks: WebhookSender::new(config.provider_timeout, config.webhook_allow_private),
             breakers: Breakers::new(config.circuit),
             schedule: config.event_retry_schedule.clone(),
-            disable_after: config.endpoint_disable_after,
+            lookups,
+            attempts,
         })
     }
 }
@@ -259,7 +287,9 @@ const MAX_ATTEMPT_ERROR: usize = 1_000;
 
 /// Delivers one event to one endpoint: the `events` queue's handler.
 pub async fn deliver(s: &EventSender, job: &EventJob) -> Result<(), JobError> {
-    let Some(d) = store::delivery(&s.db, &job.event_id, &job.endpoint_id)
+    let Some(d) = s
+        .lookups
+        .call((job.event_id.clone(), job.endpoint_id.clone()))
         .await
         .map_err(db_error)?
     else {
@@ -338,24 +368,21 @@ pub async fn deliver(s: &EventSender, job: &EventJob) -> Result<(), JobError> {
     let wait = (!succeeded)
         .then(|| retry_wait(&s.schedule, failed))
         .flatten();
-    let attempt_id = new_id("att");
-    let recorded = store::record_attempt(
-        &s.db,
-        &Attempt {
-            id: &attempt_id,
-            event_id: &d.event_id,
-            endpoint_id: &d.endpoint_id,
+    let recorded = s
+        .attempts
+        .call(Attempt {
+            id: new_id("att"),
+            event_id: d.event_id.clone(),
+            endpoint_id: d.endpoint_id.clone(),
             kind: kind.as_str(),
             succeeded,
             status_code: code,
-            error: error.as_deref(),
+            error: error.clone(),
             duration_ms,
             last: !succeeded && wait.is_none(),
-        },
-        s.disable_after,
-    )
-    .await
-    .map_err(db_error)?;
+        })
+        .await
+        .map_err(db_error)?;
     let outcome = match (&error, wait) {
         (None, _) => "delivered",
         (Some(_), Some(_)) => "retrying",

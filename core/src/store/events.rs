@@ -202,98 +202,121 @@ pub struct DeliveryRow {
     pub enabled: bool,
 }
 
-pub async fn delivery(
+/// The deliveries `keys` (event, endpoint) name, in that order (`None`: gone, with its
+/// endpoint). One statement for all.
+pub async fn deliveries(
     db: impl PgExecutor<'_>,
-    event_id: &str,
-    endpoint_id: &str,
-) -> Result<Option<DeliveryRow>, sqlx::Error> {
-    sqlx::query_as(
+    keys: &[(String, String)],
+) -> Result<Vec<Option<DeliveryRow>>, sqlx::Error> {
+    let events: Vec<&str> = keys.iter().map(|(e, _)| e.as_str()).collect();
+    let endpoints: Vec<&str> = keys.iter().map(|(_, p)| p.as_str()).collect();
+    let rows: Vec<DeliveryRow> = sqlx::query_as(
         "SELECT d.event_id, d.endpoint_id, d.tenant_id, e.type, e.data, e.created_at, d.status,
                 d.attempts, p.url, p.secret,
                 CASE WHEN p.previous_secret_until > now() THEN p.previous_secret END AS previous_secret,
                 p.enabled
-         FROM event_deliveries d
+         FROM unnest($1::text[], $2::text[]) AS k(event_id, endpoint_id)
+         JOIN event_deliveries d ON d.event_id = k.event_id AND d.endpoint_id = k.endpoint_id
          JOIN events e ON e.id = d.event_id
-         JOIN endpoints p ON p.id = d.endpoint_id
-         WHERE d.event_id = $1 AND d.endpoint_id = $2",
+         JOIN endpoints p ON p.id = d.endpoint_id",
     )
-    .bind(event_id)
-    .bind(endpoint_id)
-    .fetch_optional(db)
-    .await
+    .bind(&events)
+    .bind(&endpoints)
+    .fetch_all(db)
+    .await?;
+    let mut found: std::collections::HashMap<(String, String), DeliveryRow> = rows
+        .into_iter()
+        .map(|r| ((r.event_id.clone(), r.endpoint_id.clone()), r))
+        .collect();
+    Ok(keys.iter().map(|k| found.remove(k)).collect())
 }
 
 /// One call to an endpoint, as recorded.
 #[derive(Debug, Clone)]
-pub struct Attempt<'a> {
-    pub id: &'a str,
-    pub event_id: &'a str,
-    pub endpoint_id: &'a str,
-    pub kind: &'a str,
+pub struct Attempt {
+    pub id: String,
+    pub event_id: String,
+    pub endpoint_id: String,
+    pub kind: &'static str,
     pub succeeded: bool,
     pub status_code: Option<u16>,
-    pub error: Option<&'a str>,
+    pub error: Option<String>,
     pub duration_ms: i32,
     /// Whether a failed attempt was the last the schedule allows.
     pub last: bool,
 }
 
-/// What recording an attempt did to its endpoint.
+/// What recording an attempt did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recorded {
     /// The delivery was still pending (not settled by a racing attempt or a deletion).
     pub counted: bool,
-    /// This failure disabled the endpoint.
+    /// Its endpoint is disabled now: it failed for longer than `disable_after`.
     pub disabled: bool,
 }
 
-/// Records an attempt, settles or counts its delivery, and keeps the endpoint's health: a
-/// success clears its failure window; a failure opens one, and one older than
-/// `disable_after` disables the endpoint. One statement.
-pub async fn record_attempt(
+/// Records attempts, settles or counts their deliveries, and keeps their endpoints' health:
+/// a success clears an endpoint's failure window; a failure opens one, and one older than
+/// `disable_after` disables the endpoint. One statement for all, one answer per attempt.
+pub async fn record_attempts(
     db: impl PgExecutor<'_>,
-    a: &Attempt<'_>,
+    attempts: &[Attempt],
     disable_after: std::time::Duration,
-) -> Result<Recorded, sqlx::Error> {
-    let (counted, disabled): (bool, bool) = sqlx::query_as(
-        "WITH attempt AS (
+) -> Result<Vec<Recorded>, sqlx::Error> {
+    let col = |f: fn(&Attempt) -> &str| attempts.iter().map(f).collect::<Vec<_>>();
+    let rows: Vec<(bool, bool)> = sqlx::query_as(
+        "WITH input AS (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[],
+                                 $6::int[], $7::text[], $8::int[], $9::bool[])
+                   WITH ORDINALITY AS i(id, event_id, endpoint_id, type, succeeded, status_code,
+                                        error, duration_ms, last, n)
+         ), attempt AS (
             INSERT INTO event_attempts (id, event_id, endpoint_id, type, status, status_code, error, duration_ms)
-            VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN 'succeeded' ELSE 'failed' END, $6, $7, $8)
+            SELECT id, event_id, endpoint_id, type,
+                   CASE WHEN succeeded THEN 'succeeded' ELSE 'failed' END, status_code, error, duration_ms
+            FROM input
          ), delivery AS (
-            UPDATE event_deliveries SET attempts = attempts + 1,
-                   status = CASE WHEN $5 THEN 'delivered' WHEN $9 THEN 'failed' ELSE 'pending' END
-            WHERE event_id = $2 AND endpoint_id = $3 AND status = 'pending'
-            RETURNING 1
+            UPDATE event_deliveries d SET attempts = d.attempts + 1,
+                   status = CASE WHEN i.succeeded THEN 'delivered' WHEN i.last THEN 'failed' ELSE 'pending' END
+            FROM input i
+            WHERE d.event_id = i.event_id AND d.endpoint_id = i.endpoint_id AND d.status = 'pending'
+            RETURNING d.event_id, d.endpoint_id
          ), health AS (
-            UPDATE endpoints SET
-                failing_since = CASE WHEN $5 THEN NULL ELSE COALESCE(failing_since, now()) END,
-                enabled = enabled AND ($5 OR failing_since IS NULL
-                          OR failing_since > now() - make_interval(secs => $10)),
+            UPDATE endpoints p SET
+                failing_since = CASE WHEN h.ok THEN NULL ELSE COALESCE(p.failing_since, now()) END,
+                enabled = p.enabled AND (h.ok OR p.failing_since IS NULL
+                          OR p.failing_since > now() - make_interval(secs => $10)),
                 disabled_reason = CASE
-                    WHEN enabled AND NOT $5 AND failing_since <= now() - make_interval(secs => $10)
-                    THEN 'no successful delivery since ' || to_char(failing_since AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                    WHEN p.enabled AND NOT h.ok AND p.failing_since <= now() - make_interval(secs => $10)
+                    THEN 'no successful delivery since '
+                         || to_char(p.failing_since AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
                          || ': disabled after ' || $11
-                    ELSE disabled_reason END
-            WHERE id = $3 AND (($5 AND failing_since IS NOT NULL) OR NOT $5)
-            RETURNING enabled, disabled_reason IS NOT NULL AND NOT enabled AS off
+                    ELSE p.disabled_reason END
+            FROM (SELECT endpoint_id, bool_or(succeeded) AS ok FROM input GROUP BY endpoint_id) h
+            WHERE p.id = h.endpoint_id AND (NOT h.ok OR p.failing_since IS NOT NULL)
+            RETURNING p.id, NOT p.enabled AS off
          )
-         SELECT EXISTS (SELECT 1 FROM delivery),
-                COALESCE((SELECT off FROM health), false)",
+         SELECT EXISTS (SELECT 1 FROM delivery x WHERE x.event_id = i.event_id AND x.endpoint_id = i.endpoint_id),
+                COALESCE((SELECT off FROM health WHERE health.id = i.endpoint_id), false)
+         FROM input i ORDER BY i.n",
     )
-    .bind(a.id)
-    .bind(a.event_id)
-    .bind(a.endpoint_id)
-    .bind(a.kind)
-    .bind(a.succeeded)
-    .bind(a.status_code.map(i32::from))
-    .bind(a.error)
-    .bind(a.duration_ms)
-    .bind(a.last)
+    .bind(col(|a| &a.id))
+    .bind(col(|a| &a.event_id))
+    .bind(col(|a| &a.endpoint_id))
+    .bind(col(|a| a.kind))
+    .bind(attempts.iter().map(|a| a.succeeded).collect::<Vec<_>>())
+    .bind(attempts.iter().map(|a| a.status_code.map(i32::from)).collect::<Vec<_>>())
+    .bind(attempts.iter().map(|a| a.error.as_deref()).collect::<Vec<_>>())
+    .bind(attempts.iter().map(|a| a.duration_ms).collect::<Vec<_>>())
+    .bind(attempts.iter().map(|a| a.last).collect::<Vec<_>>())
     .bind(disable_after.as_secs_f64())
     .bind(humanize(disable_after))
-    .fetch_one(db)
+    .fetch_all(db)
     .await?;
-    Ok(Recorded { counted, disabled })
+    Ok(rows
+        .into_iter()
+        .map(|(counted, disabled)| Recorded { counted, disabled })
+        .collect())
 }
 
 /// A span as people write it: `5 days`, `90 seconds`.

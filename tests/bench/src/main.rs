@@ -7,6 +7,8 @@
 //! cargo run --release -p herald-bench -- --only neighbour  # tenant B beside a failing tenant A
 //! cargo run --release -p herald-bench -- --only crash      # kill -9 with sends in flight
 //! cargo run --release -p herald-bench -- --only lanes      # lateness amid a 100,000 backlog
+//! cargo run --release -p herald-bench -- --only events     # delivery with an event per message
+//! cargo run --release -p herald-bench -- --only import     # 100,000 contacts in 10 requests
 //! ```
 //!
 //! It starts its own `redis-server` on a free loopback port (AOF on, fsync every second, as in
@@ -16,6 +18,7 @@
 
 mod crash;
 mod delivery;
+mod events;
 mod fanout;
 mod lanes;
 mod neighbour;
@@ -51,6 +54,9 @@ own Redis and Postgres on free loopback ports; build the release binaries first
   --only lanes       lateness amid another tenant's and one's own bulk backlog (--backlog 100000)
   --only neighbour   tenant B beside a failing tenant A (--messages 20000, --paced 5000,
                      --a-backlog 20000, --a-requests 300)
+  --only events      delivery with and without a message.sent event per message, alternately
+                     (--messages 50000, --rounds 2)
+  --only import      POST /v1/contacts/import, JSON and CSV (--contacts 100000, --import-requests 10)
   (no --only)        all of them, in that order
 ";
 
@@ -282,6 +288,14 @@ async fn bench(flags: HashMap<String, String>) -> anyhow::Result<()> {
             requests_per_second: flag(&flags, "a-requests", 300),
         };
         neighbour::run(&mut figures, messages, paced, noise).await?;
+    }
+    if only == "all" || only == "events" {
+        let messages: usize = flag(&flags, "messages", 50_000);
+        events::run(&mut figures, messages, flag(&flags, "rounds", 2)).await?;
+    }
+    if only == "all" || only == "import" {
+        let contacts: usize = flag(&flags, "contacts", 100_000);
+        events::import(&mut figures, contacts, flag(&flags, "import-requests", 10)).await?;
     }
     println!();
     println!("| figure | measured | target | floor |");
