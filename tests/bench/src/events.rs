@@ -117,8 +117,15 @@ pub async fn run(figures: &mut Figures, messages: usize, rounds: usize) -> anyho
         ("HERALD_WORKER_METRICS_LISTEN", "off".to_owned()),
         ("HERALD_SCHEDULER_METRICS_LISTEN", "off".to_owned()),
     ]);
-    let _worker = herald("herald-worker", &env)?;
-    let _scheduler = herald("herald-scheduler", &env)?;
+    let worker = herald("herald-worker", &env)?;
+    let scheduler = herald("herald-scheduler", &env)?;
+    let pids = [
+        ("worker", worker.id().unwrap_or(0)),
+        ("scheduler", scheduler.id().unwrap_or(0)),
+        ("postgres", pg.pid()),
+        ("redis", redis.pid()),
+    ];
+    let cpu = || pids.map(|(_, pid)| crate::servers::tree_cpu_ticks(pid));
     let (client, conn) = queue::connect(&redis.url)?;
     let mut config = herald_core::Config::for_urls(&pg.url, &redis.url);
     config.queue_prefix = prefix.to_owned();
@@ -129,6 +136,7 @@ pub async fn run(figures: &mut Figures, messages: usize, rounds: usize) -> anyho
         for (tenant, listened) in [(&plain, false), (&listening, true)] {
             let tag = format!("r{round}{}", if listened { "e" } else { "p" });
             let (sms_before, events_before) = (*sms.borrow(), *events.borrow());
+            let cpu_before = cpu();
             accept(pool, &deliveries, tenant, &tag, messages).await?;
             let first = reach(&mut sms, sms_before + 1, "provider calls").await?;
             reach(&mut sms, sms_before + messages as u64, "provider calls").await?;
@@ -152,13 +160,24 @@ pub async fn run(figures: &mut Figures, messages: usize, rounds: usize) -> anyho
             } else {
                 without.push(rate);
             }
+            // CPU per message by process (clock ticks are 10 ms), once its work is done.
+            let spent: Vec<String> = cpu()
+                .iter()
+                .zip(cpu_before)
+                .zip(pids)
+                .map(|((after, before), (name, _))| {
+                    let us = (after - before) as f64 * 10_000.0 / messages as f64;
+                    format!("{name} {us:.0} µs")
+                })
+                .collect();
+            let what = if listened {
+                "with message.sent events"
+            } else {
+                "no endpoint"
+            };
             println!(
-                "  round {round}, {}: {rate:.0} messages/s",
-                if listened {
-                    "with message.sent events"
-                } else {
-                    "no endpoint"
-                }
+                "  round {round}, {what}: {rate:.0} messages/s; CPU per message: {}",
+                spent.join(", ")
             );
         }
     }

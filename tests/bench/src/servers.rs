@@ -24,6 +24,10 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
     pub async fn start() -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -116,6 +120,14 @@ impl PostgresServer {
         } else {
             std::process::Command::new(path)
         }
+    }
+
+    /// The postmaster's pid (its backends are its children).
+    pub fn pid(&self) -> u32 {
+        std::fs::read_to_string(self.dir.join("data").join("postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next()?.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     pub async fn start() -> anyhow::Result<Self> {
@@ -305,6 +317,48 @@ pub fn twilio_created(n: usize) -> axum::response::Response {
         body,
     )
         .into_response()
+}
+
+/// CPU time a process has used so far (user and system), in clock ticks (0 when gone).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // After the command name in parentheses: state, ppid, ...; utime and stime are the
+    // 14th and 15th fields of the line.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// The parent of a process (0 when gone).
+fn parent(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU time used so far by a process and its living children, in clock ticks.
+pub fn tree_cpu_ticks(pid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| *p == pid || parent(*p) == pid)
+        .map(cpu_ticks)
+        .sum()
 }
 
 /// A process's peak resident memory so far, in KiB (`VmHWM`; 0 when it cannot be read).
