@@ -114,9 +114,9 @@ fn conversations(tenant: &str, q: &InboxQuery, mut items: Vec<InboxItem>) -> Mar
                     tr data-contact=(i.row.contact_id) {
                         td { code { (i.row.contact_id) } }
                         td { (i.row.name.as_deref().unwrap_or("—")) }
-                        td { (i.row.phone.as_deref().unwrap_or("—")) }
-                        td { span.badge { (i.row.mode) } }
-                        td.needs-reply {
+                        td.nowrap { (i.row.phone.as_deref().unwrap_or("—")) }
+                        td.nowrap { span.badge { (i.row.mode) } }
+                        td.nowrap {
                             @if i.row.last_inbound { span.badge.bad { "yes" } } @else { "no" }
                         }
                         @match &i.last_entry {
@@ -125,7 +125,7 @@ fn conversations(tenant: &str, q: &InboxQuery, mut items: Vec<InboxItem>) -> Mar
                                     span.muted { (m.author) ": " }
                                     a href=(format!("/ops/messages?id={}", url_escape(&m.id))) { (truncate(&m.body, 160)) }
                                 }
-                                td { (when(Some(m.created_at))) }
+                                td.nowrap { (when(Some(m.created_at))) }
                             }
                             None => { td.muted { "—" } td {} }
                         }
