@@ -515,6 +515,19 @@ pub struct InboxRow {
     pub needs_reply: bool,
 }
 
+impl From<herald_core::services::inbox::InboxItem> for InboxRow {
+    fn from(i: herald_core::services::inbox::InboxItem) -> Self {
+        Self {
+            contact_id: i.row.contact_id,
+            name: i.row.name,
+            phone: i.row.phone,
+            mode: i.row.mode,
+            last_entry: i.last_entry.map(Into::into),
+            needs_reply: i.row.last_inbound,
+        }
+    }
+}
+
 /// A page of the inbox, newest activity first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct InboxPage {
@@ -572,6 +585,45 @@ impl From<herald_core::store::events::EndpointRow> for Endpoint {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EndpointPage {
     pub data: Vec<Endpoint>,
+    pub next_cursor: Option<String>,
+}
+
+/// An event endpoint as ops see it: with its tenant, and without its secret (which only
+/// the tenant needs, to verify deliveries).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdminEndpoint {
+    /// `ep_...`
+    pub id: String,
+    /// `ten_...`: whose endpoint it is.
+    pub tenant_id: String,
+    pub url: String,
+    /// The event types it receives.
+    pub events: Vec<String>,
+    pub description: Option<String>,
+    pub enabled: bool,
+    /// Why Herald disabled it (no successful delivery for `HERALD_ENDPOINT_DISABLE_AFTER`).
+    pub disabled_reason: Option<String>,
+    pub created_at: String,
+}
+
+impl From<herald_core::store::events::EndpointRow> for AdminEndpoint {
+    fn from(e: herald_core::store::events::EndpointRow) -> Self {
+        Self {
+            id: e.id,
+            tenant_id: e.tenant_id,
+            url: e.url,
+            events: e.events,
+            description: e.description,
+            enabled: e.enabled,
+            disabled_reason: e.disabled_reason,
+            created_at: time(e.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdminEndpointPage {
+    pub data: Vec<AdminEndpoint>,
     pub next_cursor: Option<String>,
 }
 

@@ -9,11 +9,11 @@ use herald_tests::{
     app::{no_redirects, test_config},
     browser::Browser,
     eventually,
-    providers::{Reply, TwilioMock},
+    providers::{Reply, TwilioMock, WebhookReceiver},
     views::{DeadLetterView, Page},
 };
 use reqwest::{StatusCode, header};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// An app whose first SMS is rejected for good by Twilio, so it has one dead letter; returns
 /// the dead letter's and the message's ids.
@@ -186,6 +186,9 @@ async fn every_page_refuses_a_visitor_without_a_session() {
         "/ops/dead-letters",
         &format!("/ops/dead-letters/{dead_letter}"),
         "/ops/messages",
+        "/ops/endpoints",
+        "/ops/endpoints/ep_00000000000000000000000000",
+        "/ops/inbox",
     ] {
         let r = http.get(app.url(page)).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::SEE_OTHER, "{page}");
@@ -208,6 +211,13 @@ async fn every_page_refuses_a_visitor_without_a_session() {
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let d = app.dead_letter(&app.ops_token, &dead_letter).await;
     assert_eq!(d.replayed_at, None, "nothing was replayed");
+    let r = http
+        .post(app.url("/ops/events/evt_00000000000000000000000000/redeliver"))
+        .form(&[("csrf", "whatever")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]
@@ -297,4 +307,168 @@ async fn a_bulk_replay_asks_for_confirmation_before_it_replays() {
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     let d = app.dead_letter(&app.ops_token, &dead_letter).await;
     assert!(d.replayed_at.is_some(), "confirmed, it replays: {d}");
+}
+
+/// Where an event stands for its endpoints: `pending` once it is set to go again.
+async fn delivery_statuses(app: &TestApp, event_id: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT status FROM event_deliveries WHERE event_id = $1")
+        .bind(event_id)
+        .fetch_all(&app.db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn ops_see_endpoints_and_their_attempts_redeliver_an_event_and_read_an_inbox() {
+    const WAIT: Duration = Duration::from_secs(20);
+    let twilio = TwilioMock::start().await;
+    let mut config = test_config().await;
+    config.event_retry_schedule = vec![Duration::from_millis(200)];
+    let mut app = TestApp::start_with_twilio(config, &twilio).await;
+    app.start_scheduler();
+    let receiver = WebhookReceiver::start().await;
+    let (a, b) = (app.tenant().await, app.tenant().await);
+    let ep_a = app
+        .create_endpoint(&a, &receiver.url("/a"), &["message.delivered"])
+        .await;
+    let ep_b = app
+        .create_endpoint(&b, &receiver.url("/b"), &["message.delivered"])
+        .await;
+    app.post_webhook(&a, &receiver.url("/ok"), json!({})).await;
+    let evt = eventually(WAIT, "the event reaches a's endpoint", || async {
+        receiver.webhook_ids("/a").first().cloned()
+    })
+    .await;
+    let texted = "<script>alert('hi')</script> & is anyone there?";
+    let contact = app
+        .waiting_conversation(&twilio, &a, "+15550180002", texted)
+        .await;
+
+    let browser = Browser::start().await;
+    browser.goto(&app.url("/ops/login")).await;
+    browser.type_into("input[name=token]", &app.ops_token).await;
+    browser.click("#login").await;
+    browser.wait_for_url("/ops").await;
+
+    // Every tenant's endpoints, from the navigation; then one tenant's.
+    browser.click("nav a[href=\"/ops/endpoints\"]").await;
+    browser.wait_for_url("/ops/endpoints").await;
+    let all = browser.text("#endpoints").await;
+    for part in [&ep_a, &ep_b, &a.id, &b.id, &receiver.url("/a")] {
+        assert!(all.contains(part.as_str()), "{part} in {all}");
+    }
+    assert!(
+        all.contains("message.delivered") && all.contains("enabled"),
+        "{all}"
+    );
+    browser.type_into("input[name=tenant_id]", &b.id).await;
+    browser.click("form.filters button").await;
+    browser
+        .wait_for_url(&format!("/ops/endpoints?tenant_id={}", b.id))
+        .await;
+    let only_b = browser.text("#endpoints").await;
+    assert!(
+        only_b.contains(&ep_b) && !only_b.contains(&ep_a),
+        "{only_b}"
+    );
+
+    // One endpoint's attempts, newest first, each with a Redeliver button.
+    let attempt = format!("#attempts tr[data-event=\"{evt}\"]");
+    // The attempt is recorded just after the receiver answered.
+    eventually(WAIT, "the attempt is shown", || async {
+        browser
+            .goto(&app.url(&format!("/ops/endpoints/{ep_a}")))
+            .await;
+        let html = browser.source().await;
+        html.contains(&format!("data-event=\"{evt}\""))
+            .then_some(())
+    })
+    .await;
+    let cells = browser.text(&attempt).await;
+    for part in ["message.delivered", "succeeded", "200", " ms", "Redeliver"] {
+        assert!(cells.contains(part), "{part} in {cells}");
+    }
+    assert!(
+        !browser.scrolls_sideways().await,
+        "the endpoint's page fits a 1280 px window"
+    );
+    browser.save_screenshot("dashboard-endpoint").await;
+
+    // A forged form changes nothing; the page's own button sends the event again.
+    let http = no_redirects();
+    let cookie = app.ops_login(&http).await;
+    let r = http
+        .post(app.url(&format!("/ops/events/{evt}/redeliver")))
+        .header(header::COOKIE, &cookie)
+        .form(&[("csrf", "forged-token"), ("endpoint_id", ep_a.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(delivery_statuses(&app, &evt).await, ["delivered"]);
+    browser.click(&format!("{attempt} button")).await;
+    browser
+        .wait_for_url(&format!(
+            "/ops/endpoints/{ep_a}?notice=redelivered&id={evt}&n=1"
+        ))
+        .await;
+    let notice = browser.text("#notice").await;
+    assert!(notice.contains(&format!("Redelivered {evt}")), "{notice}");
+    eventually(WAIT, "the receiver hears the event again", || async {
+        let ids = receiver.webhook_ids("/a");
+        (ids.iter().filter(|i| **i == evt).count() == 2).then_some(())
+    })
+    .await;
+
+    // A tenant's inbox: the conversation that waits, its text shown as text.
+    browser.click("nav a[href=\"/ops/inbox\"]").await;
+    browser.wait_for_url("/ops/inbox").await;
+    browser.type_into("input[name=tenant_id]", &a.id).await;
+    browser.click("form.filters button").await;
+    let conversation = format!("#inbox tr[data-contact=\"{contact}\"]");
+    let cells = browser.text(&conversation).await;
+    for part in ["Ann Example", "+15550180002", "human", "yes", texted] {
+        assert!(cells.contains(part), "{part} in {cells}");
+    }
+    assert!(
+        !browser.scrolls_sideways().await,
+        "the inbox fits a 1280 px window"
+    );
+    browser.save_screenshot("dashboard-inbox").await;
+    let html = http
+        .get(app.url(&format!("/ops/inbox?tenant_id={}", a.id)))
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("&lt;script&gt;alert(&#39;hi&#39;)&lt;/script&gt; &amp; is anyone")
+            || html.contains("&lt;script&gt;alert('hi')&lt;/script&gt; &amp; is anyone"),
+        "the text is escaped: {html}"
+    );
+    assert!(!html.contains("<script>"), "{html}");
+    let ai_only = http
+        .get(app.url(&format!("/ops/inbox?tenant_id={}&mode=ai", a.id)))
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(ai_only.contains("No conversations.") && !ai_only.contains(&contact));
+
+    // Its last entry leads to the message lookup.
+    browser.click(&format!("{conversation} td.last a")).await;
+    eventually(WAIT, "the message lookup opens", || async {
+        let url = browser.current_url().await;
+        url.contains("/ops/messages?id=msg_").then_some(())
+    })
+    .await;
+    let message = browser.text("#message").await;
+    assert!(message.contains(texted), "{message}");
+    app.stop().await;
 }

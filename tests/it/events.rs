@@ -964,3 +964,165 @@ async fn a_tenant_whose_endpoint_fails_does_not_delay_another_tenants_events() {
     assert!(waited < Duration::from_secs(4), "B waited {waited:?}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn ops_list_every_tenants_endpoints_and_attempts_and_redeliver_any_event() {
+    let (app, _twilio, receiver) = started(|c| {
+        c.event_retry_schedule = vec![Duration::from_millis(100)];
+    })
+    .await;
+    let (a, b) = (app.tenant().await, app.tenant().await);
+    let ep_a = app
+        .create_endpoint(&a, &receiver.url("/a"), &["message.delivered"])
+        .await;
+    let ep_b = app
+        .create_endpoint(&b, &receiver.url("/b"), &["message.delivered"])
+        .await;
+    app.post_webhook(&a, &receiver.url("/ok"), json!({})).await;
+    let evt = eventually(WAIT, "the event reaches a's endpoint", || async {
+        receiver.webhook_ids("/a").first().cloned()
+    })
+    .await;
+    let ops = &app.ops_token;
+
+    // Every tenant's endpoints, each with its tenant and without its secret.
+    let (status, all) = app.get("/v1/admin/endpoints", ops).await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    let listed: HashMap<&str, &Value> = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["id"].as_str().unwrap(), e))
+        .collect();
+    assert_eq!(listed.len(), 2, "{all}");
+    assert_eq!(listed[ep_a.as_str()]["tenant_id"], a.id.as_str());
+    assert_eq!(listed[ep_b.as_str()]["tenant_id"], b.id.as_str());
+    assert_eq!(listed[ep_a.as_str()]["url"], receiver.url("/a"));
+    assert_eq!(listed[ep_a.as_str()]["enabled"], true);
+    for e in listed.values() {
+        assert!(e.get("secret").is_none(), "ops never see a secret: {e}");
+    }
+    // A tenant filter filters; a page of one leads to the other.
+    let (_, only_b) = app
+        .get(&format!("/v1/admin/endpoints?tenant_id={}", b.id), ops)
+        .await;
+    let ids: Vec<&str> = only_b["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [ep_b.as_str()], "{only_b}");
+    let (_, first) = app.get("/v1/admin/endpoints?limit=1", ops).await;
+    let cursor = first["next_cursor"].as_str().expect("a next page");
+    let (_, second) = app
+        .get(&format!("/v1/admin/endpoints?limit=1&cursor={cursor}"), ops)
+        .await;
+    assert_ne!(first["data"][0]["id"], second["data"][0]["id"]);
+    assert!(second["next_cursor"].is_null(), "{second}");
+
+    // The attempts of any tenant's endpoint, filtered as the tenant's own route does.
+    let attempts = eventually_ok(WAIT, "the attempt is recorded", || async {
+        let (_, page) = app
+            .get(&format!("/v1/admin/endpoints/{ep_a}/attempts"), ops)
+            .await;
+        if page["data"][0]["event_id"] == evt.as_str() {
+            Ok(page)
+        } else {
+            Err(page.to_string())
+        }
+    })
+    .await;
+    let attempt = &attempts["data"][0];
+    assert_eq!(attempt["status"], "succeeded", "{attempt}");
+    assert_eq!(attempt["status_code"], 200, "{attempt}");
+    assert_eq!(attempt["type"], "message.delivered", "{attempt}");
+    let (_, own) = app
+        .get(&format!("/v1/endpoints/{ep_a}/attempts"), &a.api_key)
+        .await;
+    assert_eq!(own, attempts, "the same page as the tenant's own");
+    let (_, failed) = app
+        .get(
+            &format!("/v1/admin/endpoints/{ep_a}/attempts?status=failed"),
+            ops,
+        )
+        .await;
+    assert_eq!(failed["data"], json!([]), "{failed}");
+
+    // Any tenant's event, sent again.
+    let (status, again) = app
+        .post(
+            &format!("/v1/admin/events/{evt}/redeliver"),
+            ops,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(again["redelivered"], 1, "{again}");
+    eventually(WAIT, "the event arrives a second time", || async {
+        (receiver
+            .webhook_ids("/a")
+            .iter()
+            .filter(|i| **i == evt)
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .await;
+
+    // Bad filters name their field; unknown ids are 404.
+    for (path, field) in [
+        ("/v1/admin/endpoints?tenant_id=acme", "tenant_id"),
+        ("/v1/admin/endpoints?limit=0", "limit"),
+        ("/v1/admin/endpoints?tenant=x", "tenant"),
+        (
+            &format!("/v1/admin/endpoints/{ep_a}/attempts?status=lost") as &str,
+            "status",
+        ),
+        (
+            &format!("/v1/admin/endpoints/{ep_a}/attempts?since=yesterday"),
+            "since",
+        ),
+    ] {
+        let (status, body) = app.get(path, ops).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {body}");
+        assert_eq!(api_error(&body).field.as_deref(), Some(field), "{path}");
+    }
+    let unknown_ep = "/v1/admin/endpoints/ep_00000000000000000000000000/attempts";
+    assert_eq!(app.get(unknown_ep, ops).await.0, StatusCode::NOT_FOUND);
+    let unknown_evt = "/v1/admin/events/evt_00000000000000000000000000/redeliver";
+    assert_eq!(
+        app.post(unknown_evt, ops, &json!({})).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // Only the ops token opens them; the tenant routes still keep to their tenant.
+    let attempts_path = format!("/v1/admin/endpoints/{ep_a}/attempts");
+    for path in ["/v1/admin/endpoints", attempts_path.as_str()] {
+        assert_eq!(app.get(path, &a.api_key).await.0, StatusCode::FORBIDDEN);
+    }
+    let redeliver_path = format!("/v1/admin/events/{evt}/redeliver");
+    assert_eq!(
+        app.post(&redeliver_path, &a.api_key, &json!({})).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        app.get(&format!("/v1/endpoints/{ep_a}/attempts"), &b.api_key)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.post(
+            &format!("/v1/events/{evt}/redeliver"),
+            &b.api_key,
+            &json!({})
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    let (_, b_own) = app.get("/v1/endpoints", &b.api_key).await;
+    assert_eq!(b_own["data"].as_array().unwrap().len(), 1, "{b_own}");
+    app.stop().await;
+}

@@ -8,10 +8,10 @@ use herald_tests::{
     app::test_config,
     eventually,
     process::{bin, free_port},
-    providers::{Reply, TwilioMock},
+    providers::{Reply, TwilioMock, WebhookReceiver},
 };
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// One finished heraldctl run.
 #[derive(Debug)]
@@ -192,6 +192,148 @@ async fn lists_shows_replays_and_deletes_a_dead_letter() {
     assert!(gone.stderr.contains("not found (not_found"), "{gone:?}");
     assert!(gone.stderr.contains("404"), "{gone:?}");
     assert!(gone.stdout.is_empty(), "{gone:?}");
+}
+
+#[tokio::test]
+async fn lists_endpoints_and_their_attempts_redelivers_an_event_and_shows_an_inbox() {
+    const WAIT: Duration = Duration::from_secs(20);
+    let twilio = TwilioMock::start().await;
+    let mut config = test_config().await;
+    config.event_retry_schedule = vec![Duration::from_millis(200)];
+    let mut app = TestApp::start_with_twilio(config, &twilio).await;
+    app.start_scheduler();
+    let receiver = WebhookReceiver::start().await;
+    let (a, b) = (app.tenant().await, app.tenant().await);
+    let ep_a = app
+        .create_endpoint(&a, &receiver.url("/a"), &["message.delivered"])
+        .await;
+    let ep_b = app
+        .create_endpoint(&b, &receiver.url("/b"), &["message.delivered"])
+        .await;
+    app.post_webhook(&a, &receiver.url("/ok"), json!({})).await;
+    let evt = eventually(WAIT, "the event reaches a's endpoint", || async {
+        receiver.webhook_ids("/a").first().cloned()
+    })
+    .await;
+
+    // Every tenant's endpoints, or one tenant's.
+    let list = ok(&app, &["endpoints", "list"]).await;
+    assert!(list.stdout.starts_with("ID "), "a header row: {list:?}");
+    let line = row(&list, &ep_a);
+    for part in [
+        a.id.as_str(),
+        "yes",
+        &receiver.url("/a"),
+        "message.delivered",
+    ] {
+        assert!(line.contains(part), "{part} in {line}");
+    }
+    assert!(row(&list, &ep_b).contains(&b.id), "{list:?}");
+    let only_a = ok(&app, &["endpoints", "list", "--tenant", &a.id]).await;
+    row(&only_a, &ep_a);
+    assert!(!only_a.stdout.contains(&ep_b), "{only_a:?}");
+    let json = ok(&app, &["endpoints", "list", "--json"]).await.json();
+    let listed = json["data"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{json}");
+    assert!(
+        listed
+            .iter()
+            .all(|e| e["tenant_id"].is_string() && e.get("secret").is_none()),
+        "{json}"
+    );
+
+    // The endpoint's attempts: the delivery, and no failures.
+    let attempts = eventually(WAIT, "the attempt is listed", || async {
+        let run = ok(&app, &["endpoints", "attempts", &ep_a]).await;
+        run.stdout.contains(&evt).then_some(run)
+    })
+    .await;
+    let line = row(&attempts, &evt);
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        (cols[2], cols[4], cols[5], cols[7]),
+        ("message.delivered", "succeeded", "200", "-"),
+        "type, status, code, no error: {line}"
+    );
+    assert!(cols[6].parse::<u32>().is_ok(), "a duration in ms: {line}");
+    let failed = ok(
+        &app,
+        &[
+            "endpoints",
+            "attempts",
+            &ep_a,
+            "--status",
+            "failed",
+            "--since",
+            "1h",
+        ],
+    )
+    .await;
+    assert!(failed.stdout.contains("no attempts"), "{failed:?}");
+
+    // Sent again: the receiver hears the same webhook-id a second time.
+    let redelivered = ok(&app, &["events", "redeliver", &evt]).await;
+    assert!(
+        redelivered
+            .stdout
+            .contains(&format!("redelivered {evt} to 1 endpoints")),
+        "{redelivered:?}"
+    );
+    eventually(WAIT, "the event arrives again", || async {
+        let ids = receiver.webhook_ids("/a");
+        (ids.iter().filter(|i| **i == evt).count() == 2).then_some(())
+    })
+    .await;
+    for args in [
+        &["events", "redeliver", "evt_00000000000000000000000000"][..],
+        &["endpoints", "attempts", "ep_00000000000000000000000000"],
+    ] {
+        let gone = heraldctl(&app, args).await;
+        assert_eq!(gone.code, 1, "{gone:?}");
+        assert!(
+            gone.stderr.contains("not_found") && gone.stderr.contains("404"),
+            "{gone:?}"
+        );
+    }
+
+    // A tenant's inbox: a conversation waiting for a person.
+    let contact = app
+        .waiting_conversation(&twilio, &a, "+15550180001", "is anyone there?")
+        .await;
+    let inbox = ok(&app, &["inbox", "--tenant", &a.id]).await;
+    assert!(inbox.stdout.starts_with("CONTACT "), "{inbox:?}");
+    let line = row(&inbox, &contact);
+    for part in ["+15550180001", "human", "yes", "contact: is anyone there?"] {
+        assert!(line.contains(part), "{part} in {line}");
+    }
+    let waiting = ok(
+        &app,
+        &[
+            "inbox",
+            "--tenant",
+            &a.id,
+            "--needs-reply",
+            "--mode",
+            "human",
+        ],
+    )
+    .await;
+    row(&waiting, &contact);
+    for args in [
+        &["inbox", "--tenant", a.id.as_str(), "--mode", "ai"][..],
+        &["inbox", "--tenant", b.id.as_str()],
+    ] {
+        let none = ok(&app, args).await;
+        assert_eq!(none.stdout, "no conversations\n", "{args:?}");
+    }
+    let json = ok(&app, &["inbox", "--tenant", &a.id, "--json"])
+        .await
+        .json();
+    assert_eq!(json["data"][0]["contact_id"], contact.as_str(), "{json}");
+    let bad = heraldctl(&app, &["inbox", "--tenant", "acme"]).await;
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.stderr.contains("field tenant_id"), "{bad:?}");
+    app.stop().await;
 }
 
 #[tokio::test]

@@ -154,17 +154,17 @@ async fn tenants_with_backlogs_share_the_workers_by_their_weights() {
     );
 }
 
+/// Each job sent, with when (ms).
+type SentLog = Arc<Mutex<Vec<(String, i64)>>>;
+
 /// A worker that sends through `sender` at `rate` segments per second, one job at a time,
 /// noting when each job was sent, as the delivery handler does: a slot, else parked.
 fn paced_worker(
     engine: &Engine,
     sender: &'static str,
     rate: f64,
-) -> (
-    herald_tests::engine::EngineWorker,
-    Arc<Mutex<Vec<(String, i64)>>>,
-) {
-    let sent: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+) -> (herald_tests::engine::EngineWorker, SentLog) {
+    let sent: SentLog = Arc::default();
     let seen = sent.clone();
     let queue = engine.same_queue();
     let worker = engine.worker(

@@ -307,7 +307,11 @@ async fn contacts_page_newest_first_filter_and_stay_within_the_tenant() {
         .await,
         |c| &c.id,
     );
-    assert_eq!(combined, [made[1].id.clone()], "filters combine");
+    assert_eq!(
+        combined,
+        std::slice::from_ref(&made[1].id),
+        "filters combine"
+    );
     // Another tenant's group, or none at all, has no members here (as an unknown
     // contact_id filters messages to none).
     for g in [b_group.id.as_str(), "grp_01J00000000000000000000000", "x"] {
@@ -318,12 +322,15 @@ async fn contacts_page_newest_first_filter_and_stay_within_the_tenant() {
 
     // Tenant B sees only its own, whatever the filter.
     let b_all: Vec<ContactView> = all(&app, &b.api_key, "/v1/contacts").await;
-    assert_eq!(ids(&b_all, |c| &c.id), [b_contact.id.clone()]);
+    assert_eq!(ids(&b_all, |c| &c.id), std::slice::from_ref(&b_contact.id));
     let b_phone: Vec<ContactView> =
         all(&app, &b.api_key, "/v1/contacts?phone=%2B15550000000").await;
-    assert_eq!(ids(&b_phone, |c| &c.id), [b_contact.id.clone()]);
+    assert_eq!(
+        ids(&b_phone, |c| &c.id),
+        std::slice::from_ref(&b_contact.id)
+    );
     let b_ann: Vec<ContactView> = all(&app, &b.api_key, "/v1/contacts?q=ann").await;
-    assert_eq!(ids(&b_ann, |c| &c.id), [b_contact.id.clone()]);
+    assert_eq!(ids(&b_ann, |c| &c.id), std::slice::from_ref(&b_contact.id));
     let a_ids: HashSet<String> = made.iter().map(|c| c.id.clone()).collect();
     assert!(
         !all::<ContactView>(&app, &a.api_key, "/v1/contacts")
@@ -475,7 +482,7 @@ async fn appointments_page_soonest_first_by_start_and_filter_by_contact_and_time
 
     // Tenant isolation.
     let b_all: Vec<AppointmentView> = all(&app, &b.api_key, "/v1/appointments").await;
-    assert_eq!(ids(&b_all, |x| &x.id), [theirs.id.clone()]);
+    assert_eq!(ids(&b_all, |x| &x.id), std::slice::from_ref(&theirs.id));
     let a_of_stranger: Vec<AppointmentView> = all(
         &app,
         &a.api_key,
@@ -598,7 +605,7 @@ async fn subscriptions_page_filter_by_contact_and_paused_and_patch_checks_every_
 
     // Tenant isolation: lists, and PATCH of another tenant's is 404 and changes nothing.
     let b_all: Vec<SubscriptionView> = all(&app, &b.api_key, "/v1/subscriptions").await;
-    assert_eq!(ids(&b_all, |s| &s.id), [theirs.id.clone()]);
+    assert_eq!(ids(&b_all, |s| &s.id), std::slice::from_ref(&theirs.id));
     let (status, body) = app
         .patch(
             &format!("/v1/subscriptions/{}", theirs.id),
@@ -877,7 +884,7 @@ async fn groups_page_newest_first_with_counts_and_rename_within_the_tenant() {
         "groups",
     );
     let b_all: Vec<GroupView> = all(&app, &b.api_key, "/v1/groups").await;
-    assert_eq!(ids(&b_all, |g| &g.id), [theirs.id.clone()]);
+    assert_eq!(ids(&b_all, |g| &g.id), std::slice::from_ref(&theirs.id));
     // A deleted group is not listed.
     let (status, _) = app
         .delete(&format!("/v1/groups/{}", made[0].id), &a.api_key)

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use herald_tests::{
     TestApp, app::test_config, eventually, process::free_port, providers::TwilioMock,
+    views::api_error,
 };
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The value of a Prometheus sample whose line starts with `name{` and contains every label.
 fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
@@ -202,6 +203,10 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_answers()
         ("GET", "/v1/endpoints/{id}/attempts"),
         ("POST", "/v1/endpoints/{id}/recover"),
         ("POST", "/v1/events/{id}/redeliver"),
+        ("GET", "/v1/admin/endpoints"),
+        ("GET", "/v1/admin/endpoints/{id}/attempts"),
+        ("POST", "/v1/admin/events/{id}/redeliver"),
+        ("GET", "/v1/admin/conversations"),
     ] {
         assert!(
             documented.contains(&(method.to_owned(), path.to_owned())),
@@ -307,4 +312,115 @@ async fn every_answer_carries_a_request_id() {
         "from-the-caller-42",
         "a caller's id is kept"
     );
+}
+
+#[tokio::test]
+async fn ops_read_any_tenants_inbox_as_the_tenant_does_and_only_that_tenants() {
+    let twilio = TwilioMock::start().await;
+    let mut config = test_config().await;
+    twilio.configure(&mut config);
+    // The API alone: texts are stored and nothing answers them.
+    let app = TestApp::start_with(config).await;
+    let (a, b) = (app.tenant().await, app.tenant().await);
+    app.text(&twilio, &a, "+15550190001", "do you open on Sunday?")
+        .await;
+    let waiting = app
+        .waiting_conversation(&twilio, &a, "+15550190002", "a person, please")
+        .await;
+    app.text(&twilio, &b, "+15550190003", "B's text").await;
+    let ops = &app.ops_token;
+    let inbox = |query: String| {
+        let app = &app;
+        async move {
+            let (status, page) = app
+                .get(&format!("/v1/admin/conversations?{query}"), ops)
+                .await;
+            assert_eq!(status, StatusCode::OK, "{query}: {page}");
+            page
+        }
+    };
+
+    // Exactly what the tenant's own inbox answers, filters and all.
+    for filter in [
+        "",
+        "&mode=human",
+        "&mode=ai",
+        "&needs_reply=true",
+        "&limit=1",
+    ] {
+        let ops_page = inbox(format!("tenant_id={}{filter}", a.id)).await;
+        let (_, own) = app
+            .get(
+                &format!("/v1/conversations?{}", filter.trim_start_matches('&')),
+                &a.api_key,
+            )
+            .await;
+        assert_eq!(ops_page, own, "{filter}");
+    }
+    let all_a = inbox(format!("tenant_id={}", a.id)).await;
+    let phones: Vec<&str> = all_a["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["phone"].as_str().unwrap())
+        .collect();
+    assert_eq!(phones, ["+15550190002", "+15550190001"], "newest first");
+    let human = inbox(format!("tenant_id={}&mode=human", a.id)).await;
+    assert_eq!(human["data"].as_array().unwrap().len(), 1, "{human}");
+    assert_eq!(human["data"][0]["contact_id"], waiting.as_str());
+    assert_eq!(human["data"][0]["needs_reply"], true);
+    assert_eq!(human["data"][0]["last_entry"]["body"], "a person, please");
+    let first = inbox(format!("tenant_id={}&limit=1", a.id)).await;
+    let cursor = first["next_cursor"].as_str().expect("a second page");
+    let second = inbox(format!("tenant_id={}&limit=1&cursor={cursor}", a.id)).await;
+    assert_eq!(second["data"][0]["phone"], "+15550190001", "{second}");
+    let only_b = inbox(format!("tenant_id={}", b.id)).await;
+    assert_eq!(only_b["data"].as_array().unwrap().len(), 1, "{only_b}");
+    assert_eq!(only_b["data"][0]["last_entry"]["body"], "B's text");
+    let nobody = inbox("tenant_id=ten_00000000000000000000000000".into()).await;
+    assert_eq!(nobody, json!({"data": [], "next_cursor": null}));
+
+    // The tenant is required and must look like one; bad filters name their field.
+    for (query, code, field) in [
+        ("", "missing_field", "tenant_id"),
+        ("tenant_id=", "missing_field", "tenant_id"),
+        ("tenant_id=acme", "invalid_value", "tenant_id"),
+        ("mode=ai", "missing_field", "tenant_id"),
+    ] {
+        let (status, body) = app
+            .get(&format!("/v1/admin/conversations?{query}"), ops)
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
+        let e = api_error(&body);
+        assert_eq!(
+            (e.code.as_str(), e.field.as_deref()),
+            (code, Some(field)),
+            "{query}"
+        );
+    }
+    for (filter, field) in [
+        ("mode=robot", "mode"),
+        ("needs_reply=maybe", "needs_reply"),
+        ("limit=101", "limit"),
+        ("cursor=abc", "cursor"),
+        ("q=ann", "q"),
+    ] {
+        let (status, body) = app
+            .get(
+                &format!("/v1/admin/conversations?tenant_id={}&{filter}", a.id),
+                ops,
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{filter}: {body}");
+        assert_eq!(api_error(&body).field.as_deref(), Some(field), "{filter}");
+    }
+
+    // Only the ops token opens it.
+    let (status, _) = app
+        .get(
+            &format!("/v1/admin/conversations?tenant_id={}", a.id),
+            &a.api_key,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }

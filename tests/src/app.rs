@@ -287,6 +287,51 @@ impl TestApp {
         self.create_tenant(body).await
     }
 
+    /// Registers an event endpoint of the tenant at `url` for these event types (asserting
+    /// 201); returns its id.
+    pub async fn create_endpoint(&self, tenant: &Tenant, url: &str, events: &[&str]) -> String {
+        let (status, created) = self
+            .post(
+                "/v1/endpoints",
+                &tenant.api_key,
+                &json!({"url": url, "events": events}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        created["id"].as_str().unwrap().to_owned()
+    }
+
+    /// A conversation a person has taken over, whose contact (made for `phone`) then texted
+    /// `body`: it waits for a reply, and no AI answers it whatever runs. Returns the
+    /// contact's id.
+    pub async fn waiting_conversation(
+        &self,
+        twilio: &crate::providers::TwilioMock,
+        tenant: &Tenant,
+        phone: &str,
+        body: &str,
+    ) -> String {
+        let (status, contact) = self
+            .post(
+                "/v1/contacts",
+                &tenant.api_key,
+                &json!({"phone": phone, "name": "Ann Example"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{contact}");
+        let id = contact["id"].as_str().unwrap().to_owned();
+        let (status, taken) = self
+            .post(
+                &format!("/v1/conversations/{id}/takeover"),
+                &tenant.api_key,
+                &json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{taken}");
+        self.text(twilio, tenant, phone, body).await;
+        id
+    }
+
     /// Sends a webhook message with this JSON body to `url` (asserting 202).
     pub async fn post_webhook(&self, tenant: &Tenant, url: &str, body: Value) -> MessageView {
         self.post_as(

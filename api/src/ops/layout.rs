@@ -31,6 +31,8 @@ pub fn page(title: &str, session: Option<&Session>, body: Markup) -> Html<String
                                 a href="/ops" { "Queues" }
                                 a href="/ops/dead-letters" { "Dead letters" }
                                 a href="/ops/messages" { "Messages" }
+                                a href="/ops/endpoints" { "Endpoints" }
+                                a href="/ops/inbox" { "Inbox" }
                             }
                             form method="post" action="/ops/logout" {
                                 input type="hidden" name="csrf" value=(s.csrf);

@@ -8,6 +8,8 @@
 //! page, never its error. The pages read through the services, like the API.
 
 mod dead_letters;
+mod endpoints;
+mod inbox;
 mod layout;
 mod messages;
 mod queues;
@@ -50,6 +52,10 @@ fn pages() -> Router<AppState> {
             post(dead_letters::delete_one),
         )
         .route("/ops/messages", get(messages::lookup))
+        .route("/ops/endpoints", get(endpoints::list))
+        .route("/ops/endpoints/{id}", get(endpoints::detail))
+        .route("/ops/events/{id}/redeliver", post(endpoints::redeliver))
+        .route("/ops/inbox", get(inbox::list))
         .layer(middleware::from_fn(security_headers))
 }
 

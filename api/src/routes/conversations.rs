@@ -9,7 +9,7 @@ use axum::{
 };
 use herald_core::{
     domain::{SmsText, is_id},
-    services::replies,
+    services::{inbox, replies},
     store::{
         contacts,
         conversations::{self as entries, InboxFilter},
@@ -17,7 +17,7 @@ use herald_core::{
 };
 
 use crate::{
-    auth::Tenant,
+    auth::{Ops, Tenant},
     body::{Fields, JsonBody, Page, bool_param, known_params, query_param},
     error::{ApiError, ApiResult, ErrorBody},
     state::AppState,
@@ -89,38 +89,69 @@ pub async fn inbox(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<views::InboxPage>> {
     known_params(&q, &["mode", "needs_reply", "limit", "cursor"])?;
-    let page = Page::from_query(&q, |c| is_id("msg", c))?;
-    let mode = query_param(&q, "mode", "ai or human", |m| {
+    inbox_page(&state, &auth.tenant.id, &q).await.map(Json)
+}
+
+/// Any tenant's inbox, for ops: `GET /v1/conversations` of the tenant `tenant_id`.
+#[utoipa::path(
+    get, path = "/v1/admin/conversations", tag = "admin",
+    params(
+        ("tenant_id" = String, Query, description = "`ten_...`: whose inbox (required)"),
+        ("mode" = Option<String>, Query, description = "`ai` or `human`: only conversations answered so"),
+        ("needs_reply" = Option<bool>, Query, description = "`true`: only those whose newest entry is an inbound text"),
+        ("limit" = Option<i64>, Query, description = "1..100, default 50"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses((status = 200, body = views::InboxPage), (status = 422, body = ErrorBody)),
+    security(("ops_token" = []))
+)]
+pub async fn admin_inbox(
+    _ops: Ops,
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<views::InboxPage>> {
+    known_params(&q, &["tenant_id", "mode", "needs_reply", "limit", "cursor"])?;
+    let tenant_id = match q.get("tenant_id").map(String::as_str) {
+        None | Some("") => {
+            return Err(ApiError::invalid(
+                "missing_field",
+                "tenant_id",
+                "`tenant_id` is required: whose inbox to show",
+            ));
+        }
+        Some(t) if is_id("ten", t) => t,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "invalid_value",
+                "tenant_id",
+                "`tenant_id` must be a tenant id (`ten_...`)",
+            ));
+        }
+    };
+    inbox_page(&state, tenant_id, &q).await.map(Json)
+}
+
+/// A page of the tenant's inbox as the query asks (its filters, limit and cursor).
+async fn inbox_page(
+    state: &AppState,
+    tenant_id: &str,
+    q: &HashMap<String, String>,
+) -> ApiResult<views::InboxPage> {
+    let page = Page::from_query(q, |c| is_id("msg", c))?;
+    let mode = query_param(q, "mode", "ai or human", |m| {
         ["ai", "human"].into_iter().find(|known| *known == m)
     })?;
     let filter = InboxFilter {
         mode,
-        needs_reply: bool_param(&q, "needs_reply")?,
+        needs_reply: bool_param(q, "needs_reply")?,
         before_entry: page.cursor.as_deref(),
     };
-    let rows = entries::inbox(&state.db, &auth.tenant.id, &filter, page.limit).await?;
-    let (rows, next_cursor) = page.cut(rows, |r| r.last_entry_id.clone());
-    let ids: Vec<String> = rows.iter().map(|r| r.last_entry_id.clone()).collect();
-    let mut last: HashMap<String, views::ConversationEntry> =
-        entries::entries(&state.db, &auth.tenant.id, &ids)
-            .await?
-            .into_iter()
-            .map(|m| (m.id.clone(), m.into()))
-            .collect();
-    Ok(Json(views::InboxPage {
-        data: rows
-            .into_iter()
-            .map(|r| views::InboxRow {
-                last_entry: last.remove(&r.last_entry_id),
-                contact_id: r.contact_id,
-                name: r.name,
-                phone: r.phone,
-                mode: r.mode,
-                needs_reply: r.last_inbound,
-            })
-            .collect(),
+    let items = inbox::inbox(&state.db, tenant_id, &filter, page.limit).await?;
+    let (items, next_cursor) = page.cut(items, |i| i.row.last_entry_id.clone());
+    Ok(views::InboxPage {
+        data: items.into_iter().map(Into::into).collect(),
         next_cursor,
-    }))
+    })
 }
 
 async fn set_mode(

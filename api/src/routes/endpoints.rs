@@ -17,8 +17,8 @@ use herald_core::{
 use serde_json::Value;
 
 use crate::{
-    auth::Tenant,
-    body::{Fields, JsonBody, Page, known_params},
+    auth::{Ops, Tenant},
+    body::{Fields, JsonBody, Page, known_params, query_param},
     error::{ApiError, ApiResult, ErrorBody},
     state::AppState,
     views,
@@ -111,13 +111,44 @@ pub async fn list(
     let page = Page::from_query(&q, |c| is_id("ep", c))?;
     let rows = store::list_endpoints(
         &state.db,
-        &auth.tenant.id,
+        Some(&auth.tenant.id),
         page.cursor.as_deref(),
         page.limit + 1,
     )
     .await?;
     let (data, next_cursor) = paged(rows, page.limit, |e| e.id.clone());
     Ok(Json(views::EndpointPage {
+        data: data.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// Every tenant's endpoints (or one tenant's), newest first, for ops: each with its tenant
+/// and without its secret.
+#[utoipa::path(
+    get, path = "/v1/admin/endpoints", tag = "admin",
+    params(
+        ("tenant_id" = Option<String>, Query, description = "`ten_...`: only this tenant's"),
+        ("limit" = Option<i64>, Query, description = "1..100, default 50"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses((status = 200, body = views::AdminEndpointPage), (status = 422, body = ErrorBody)),
+    security(("ops_token" = []))
+)]
+pub async fn admin_list(
+    _ops: Ops,
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<views::AdminEndpointPage>> {
+    known_params(&q, &["tenant_id", "limit", "cursor"])?;
+    let page = Page::from_query(&q, |c| is_id("ep", c))?;
+    let tenant_id = query_param(&q, "tenant_id", "a tenant id (`ten_...`)", |t| {
+        is_id("ten", t).then_some(t)
+    })?;
+    let rows =
+        store::list_endpoints(&state.db, tenant_id, page.cursor.as_deref(), page.limit + 1).await?;
+    let (data, next_cursor) = paged(rows, page.limit, |e| e.id.clone());
+    Ok(Json(views::AdminEndpointPage {
         data: data.into_iter().map(Into::into).collect(),
         next_cursor,
     }))
@@ -160,7 +191,7 @@ pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<views::Endpoint>> {
-    store::get_endpoint(&state.db, &auth.tenant.id, endpoint_id(&id)?)
+    store::get_endpoint(&state.db, Some(&auth.tenant.id), endpoint_id(&id)?)
         .await?
         .map(|e| Json(e.into()))
         .ok_or_else(not_found)
@@ -244,21 +275,49 @@ pub async fn attempts(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<views::EventAttemptPage>> {
-    known_params(&q, &["status", "since", "limit", "cursor"])?;
-    let page = Page::from_query(&q, |c| is_id("att", c))?;
-    let status = match q.get("status").map(String::as_str) {
-        None | Some("") => None,
-        Some(s @ ("succeeded" | "failed")) => Some(s),
-        Some(s) => {
-            return Err(ApiError::invalid(
-                "invalid_value",
-                "status",
-                format!("`status` is succeeded or failed, not `{s}`"),
-            ));
-        }
-    };
-    let since = query_time(&q, "since")?;
-    let endpoint = store::get_endpoint(&state.db, &auth.tenant.id, endpoint_id(&id)?)
+    attempts_page(&state, Some(&auth.tenant.id), &id, &q)
+        .await
+        .map(Json)
+}
+
+/// Every call Herald made to any tenant's endpoint, newest first, for ops.
+#[utoipa::path(
+    get, path = "/v1/admin/endpoints/{id}/attempts", tag = "admin",
+    params(
+        ("id" = String, Path, description = "`ep_...`"),
+        ("status" = Option<String>, Query, description = "`succeeded` or `failed`"),
+        ("since" = Option<String>, Query, description = "RFC 3339: attempts from then on"),
+        ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query),
+    ),
+    responses((status = 200, body = views::EventAttemptPage), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("ops_token" = []))
+)]
+pub async fn admin_attempts(
+    _ops: Ops,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<views::EventAttemptPage>> {
+    attempts_page(&state, None, &id, &q).await.map(Json)
+}
+
+/// A page of the attempts made to endpoint `id` of the tenant (any tenant's for `None`), as
+/// the query filters them.
+async fn attempts_page(
+    state: &AppState,
+    tenant_id: Option<&str>,
+    id: &str,
+    q: &HashMap<String, String>,
+) -> ApiResult<views::EventAttemptPage> {
+    known_params(q, &["status", "since", "limit", "cursor"])?;
+    let page = Page::from_query(q, |c| is_id("att", c))?;
+    let status = query_param(q, "status", "succeeded or failed", |s| {
+        ["succeeded", "failed"]
+            .into_iter()
+            .find(|known| *known == s)
+    })?;
+    let since = query_time(q, "since")?;
+    let endpoint = store::get_endpoint(&state.db, tenant_id, endpoint_id(id)?)
         .await?
         .ok_or_else(not_found)?;
     let rows = store::list_attempts(
@@ -271,10 +330,10 @@ pub async fn attempts(
     )
     .await?;
     let (data, next_cursor) = paged(rows, page.limit, |a| a.id.clone());
-    Ok(Json(views::EventAttemptPage {
+    Ok(views::EventAttemptPage {
         data: data.into_iter().map(Into::into).collect(),
         next_cursor,
-    }))
+    })
 }
 
 fn query_time(q: &HashMap<String, String>, name: &str) -> ApiResult<Option<DateTime<Utc>>> {
@@ -315,7 +374,7 @@ pub async fn recover(
     let mut f = Fields::new(body)?;
     let since = f.opt_time("since")?.ok_or_else(|| f.missing("since"))?;
     f.finish()?;
-    let endpoint = store::get_endpoint(&state.db, &auth.tenant.id, endpoint_id(&id)?)
+    let endpoint = store::get_endpoint(&state.db, Some(&auth.tenant.id), endpoint_id(&id)?)
         .await?
         .ok_or_else(not_found)?;
     if !endpoint.enabled {
@@ -354,10 +413,34 @@ pub async fn redeliver(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<views::Redelivered>)> {
-    if !is_id("evt", &id) {
+    redeliver_event(&state, Some(&auth.tenant.id), &id).await
+}
+
+/// Send any tenant's event again to each of its tenant's enabled endpoints that had it,
+/// from a first attempt, for ops.
+#[utoipa::path(
+    post, path = "/v1/admin/events/{id}/redeliver", tag = "admin",
+    params(("id" = String, Path, description = "`evt_...`")),
+    responses((status = 202, body = views::Redelivered), (status = 404, body = ErrorBody)),
+    security(("ops_token" = []))
+)]
+pub async fn admin_redeliver(
+    _ops: Ops,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<views::Redelivered>)> {
+    redeliver_event(&state, None, &id).await
+}
+
+async fn redeliver_event(
+    state: &AppState,
+    tenant_id: Option<&str>,
+    id: &str,
+) -> ApiResult<(StatusCode, Json<views::Redelivered>)> {
+    if !is_id("evt", id) {
         return Err(ApiError::not_found("event"));
     }
-    let redelivered = service::redeliver(&state.db, &state.events, &auth.tenant.id, &id)
+    let redelivered = service::redeliver(&state.db, &state.events, tenant_id, id)
         .await
         .map_err(redeliver_error)?;
     Ok((

@@ -167,12 +167,12 @@ pub enum RedeliverError {
     Queue(#[from] QueueError),
 }
 
-/// Sends the tenant's event again to each of its endpoints still enabled, from a first
-/// attempt. Returns how many deliveries were queued.
+/// Sends the tenant's event (any tenant's for `None`: ops) again to each of its endpoints
+/// still enabled, from a first attempt. Returns how many deliveries were queued.
 pub async fn redeliver(
     db: &PgPool,
     queue: &Queue,
-    tenant_id: &str,
+    tenant_id: Option<&str>,
     event_id: &str,
 ) -> Result<usize, RedeliverError> {
     if !store::event_exists(db, tenant_id, event_id).await? {

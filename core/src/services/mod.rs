@@ -11,6 +11,7 @@ pub mod enqueue;
 pub mod events;
 pub mod groups;
 pub mod inbound;
+pub mod inbox;
 pub mod messages;
 pub mod ops_sessions;
 pub mod pacing;

@@ -61,15 +61,16 @@ pub async fn insert_endpoint(
     .await
 }
 
+/// The endpoint `id`: the tenant's, or any tenant's for `None` (ops).
 pub async fn get_endpoint(
     db: impl PgExecutor<'_>,
-    tenant_id: &str,
+    tenant_id: Option<&str>,
     id: &str,
 ) -> Result<Option<EndpointRow>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT ",
         endpoint!(),
-        " FROM endpoints WHERE tenant_id = $1 AND id = $2"
+        " FROM endpoints WHERE ($1::text IS NULL OR tenant_id = $1) AND id = $2"
     ))
     .bind(tenant_id)
     .bind(id)
@@ -77,10 +78,11 @@ pub async fn get_endpoint(
     .await
 }
 
-/// A page of the tenant's endpoints, newest first, before the id `before`.
+/// A page of the tenant's endpoints (every tenant's for `None`: ops), newest first, before
+/// the id `before`.
 pub async fn list_endpoints(
     db: impl PgExecutor<'_>,
-    tenant_id: &str,
+    tenant_id: Option<&str>,
     before: Option<&str>,
     limit: i64,
 ) -> Result<Vec<EndpointRow>, sqlx::Error> {
@@ -88,7 +90,7 @@ pub async fn list_endpoints(
         "SELECT ",
         endpoint!(),
         " FROM endpoints
-         WHERE tenant_id = $1 AND ($2::text IS NULL OR id < $2)
+         WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR id < $2)
          ORDER BY id DESC LIMIT $3"
     ))
     .bind(tenant_id)
@@ -402,17 +404,19 @@ pub async fn pending_after(
     .await
 }
 
-/// Every delivery of the tenant's event `event_id` to an endpoint still enabled, set to go
-/// again from its first attempt. Empty when the tenant has no such event.
+/// Every delivery of the tenant's event `event_id` (any tenant's for `None`: ops) to an
+/// endpoint still enabled, set to go again from its first attempt. Empty when there is no
+/// such event.
 pub async fn redeliver_event(
     db: impl PgExecutor<'_>,
-    tenant_id: &str,
+    tenant_id: Option<&str>,
     event_id: &str,
 ) -> Result<Vec<QueuedDelivery>, sqlx::Error> {
     sqlx::query_as(
         "UPDATE event_deliveries d SET status = 'pending', attempts = 0
          FROM endpoints p
-         WHERE d.event_id = $2 AND d.tenant_id = $1 AND p.id = d.endpoint_id AND p.enabled
+         WHERE d.event_id = $2 AND ($1::text IS NULL OR d.tenant_id = $1)
+           AND p.id = d.endpoint_id AND p.enabled
          RETURNING d.event_id, d.endpoint_id, d.tenant_id, d.created_xid",
     )
     .bind(tenant_id)
@@ -421,13 +425,15 @@ pub async fn redeliver_event(
     .await
 }
 
-/// Whether the tenant has an event `event_id`.
+/// Whether the tenant (any tenant, for `None`) has an event `event_id`.
 pub async fn event_exists(
     db: impl PgExecutor<'_>,
-    tenant_id: &str,
+    tenant_id: Option<&str>,
     event_id: &str,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE id = $2 AND tenant_id = $1)")
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM events WHERE id = $2 AND ($1::text IS NULL OR tenant_id = $1))",
+    )
         .bind(tenant_id)
         .bind(event_id)
         .fetch_one(db)

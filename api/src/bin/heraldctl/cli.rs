@@ -23,6 +23,15 @@ commands in full:
   dlq replay --all              replay every not yet replayed dead letter
   dlq delete ID                 delete a dead letter
   messages show ID              any tenant's message with its events
+  endpoints list [--tenant TENANT_ID] [--limit N]
+                                event endpoints, newest first (every tenant's, or one's)
+  endpoints attempts EP_ID [--status succeeded|failed] [--since TIME] [--limit N]
+                                the calls made to an endpoint, newest first
+  events redeliver EVT_ID       send an event again to each endpoint that had it
+  inbox --tenant TENANT_ID [--needs-reply] [--mode ai|human] [--limit N]
+                                a tenant's conversations, newest activity first
+
+Lists print every page up to --limit (default 100).
 
 FILTER: --queue QUEUE  --tenant TENANT_ID  --reason exhausted|rejected
         --since TIME (RFC 3339, or a duration ago: 30m, 1h, 2d)
@@ -30,7 +39,7 @@ FILTER: --queue QUEUE  --tenant TENANT_ID  --reason exhausted|rejected
 `heraldctl COMMAND --help` describes one command.
 exit codes: 0 done; 1 the API refused or failed; 2 usage error; 3 the API could not be reached";
 
-/// The most dead letters `dlq list` prints unless told otherwise.
+/// The most rows a list (`dlq list`, `endpoints list`, ...) prints unless told otherwise.
 const DEFAULT_LIST_LIMIT: u32 = 100;
 
 /// What to do, and how to reach and talk to the API.
@@ -76,6 +85,28 @@ pub enum Command {
     },
     MessagesShow {
         id: String,
+    },
+    EndpointsList {
+        tenant_id: Option<String>,
+        limit: usize,
+    },
+    EndpointsAttempts {
+        id: String,
+        /// `succeeded` or `failed`.
+        status: Option<String>,
+        /// RFC 3339, as `--since` is read.
+        since: Option<String>,
+        limit: usize,
+    },
+    EventsRedeliver {
+        id: String,
+    },
+    Inbox {
+        tenant_id: String,
+        /// `ai` or `human`.
+        mode: Option<String>,
+        needs_reply: bool,
+        limit: usize,
     },
 }
 
@@ -150,6 +181,26 @@ enum Group {
     /// Messages of any tenant
     #[command(subcommand)]
     Messages(Messages),
+    /// Event webhook endpoints of every tenant, and the calls made to them
+    #[command(subcommand)]
+    Endpoints(Endpoints),
+    /// Events sent to endpoints
+    #[command(subcommand)]
+    Events(Events),
+    /// A tenant's conversations, newest activity first (every page, up to --limit)
+    Inbox {
+        /// Whose inbox
+        #[arg(long, value_name = "TENANT_ID")]
+        tenant: String,
+        /// Only conversations whose newest entry is the contact's text
+        #[arg(long)]
+        needs_reply: bool,
+        /// Only conversations the AI answers, or a person does
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+        #[command(flatten)]
+        limit: Limit,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,6 +267,67 @@ enum Messages {
         #[arg(value_name = "ID")]
         id: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum Endpoints {
+    /// Event endpoints, newest first, each with its tenant (every page, up to --limit)
+    List {
+        /// Only this tenant's endpoints
+        #[arg(long, value_name = "TENANT_ID")]
+        tenant: Option<String>,
+        #[command(flatten)]
+        limit: Limit,
+    },
+    /// The calls made to an endpoint, newest first (every page, up to --limit)
+    Attempts {
+        #[arg(value_name = "EP_ID")]
+        id: String,
+        /// Only attempts that succeeded, or failed
+        #[arg(long, value_enum)]
+        status: Option<AttemptStatus>,
+        /// Made at or after TIME (RFC 3339, or a duration ago: 30m, 1h, 2d)
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        #[command(flatten)]
+        limit: Limit,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Events {
+    /// Send an event again, from a first attempt, to each enabled endpoint that had it
+    Redeliver {
+        #[arg(value_name = "EVT_ID")]
+        id: String,
+    },
+}
+
+/// `--limit` of a list.
+#[derive(Debug, Args)]
+struct Limit {
+    /// The most rows to print
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_LIST_LIMIT,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    limit: u32,
+}
+
+impl Limit {
+    fn rows(&self) -> usize {
+        usize::try_from(self.limit).unwrap_or(usize::MAX)
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum AttemptStatus {
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Mode {
+    Ai,
+    Human,
 }
 
 #[derive(Debug, Args)]
@@ -310,6 +422,45 @@ fn command(group: Group, now: DateTime<Utc>) -> Result<Command, Failure> {
         }) => dlq_replay(id, filter, all, matching.into_filter(now)?)?,
         Group::Dlq(Dlq::Delete { id }) => Command::DlqDelete { id },
         Group::Messages(Messages::Show { id }) => Command::MessagesShow { id },
+        Group::Endpoints(Endpoints::List { tenant, limit }) => Command::EndpointsList {
+            tenant_id: tenant,
+            limit: limit.rows(),
+        },
+        Group::Endpoints(Endpoints::Attempts {
+            id,
+            status,
+            since,
+            limit,
+        }) => Command::EndpointsAttempts {
+            id,
+            status: status.map(|s| {
+                match s {
+                    AttemptStatus::Succeeded => "succeeded",
+                    AttemptStatus::Failed => "failed",
+                }
+                .to_owned()
+            }),
+            since: since.map(|s| parse_since(&s, now)).transpose()?,
+            limit: limit.rows(),
+        },
+        Group::Events(Events::Redeliver { id }) => Command::EventsRedeliver { id },
+        Group::Inbox {
+            tenant,
+            needs_reply,
+            mode,
+            limit,
+        } => Command::Inbox {
+            tenant_id: tenant,
+            mode: mode.map(|m| {
+                match m {
+                    Mode::Ai => "ai",
+                    Mode::Human => "human",
+                }
+                .to_owned()
+            }),
+            needs_reply,
+            limit: limit.rows(),
+        },
     })
 }
 
@@ -458,6 +609,50 @@ mod tests {
                 limit: 5,
             }
         );
+    }
+
+    #[test]
+    fn the_endpoint_event_and_inbox_commands_read_their_filters() {
+        assert_eq!(
+            parse_line("endpoints list --tenant ten_1").unwrap().command,
+            Command::EndpointsList {
+                tenant_id: Some("ten_1".into()),
+                limit: 100,
+            }
+        );
+        assert_eq!(
+            parse_line("endpoints attempts ep_1 --status failed --since 30m --limit 7")
+                .unwrap()
+                .command,
+            Command::EndpointsAttempts {
+                id: "ep_1".into(),
+                status: Some("failed".into()),
+                since: Some("2026-03-01T11:30:00Z".into()),
+                limit: 7,
+            }
+        );
+        assert_eq!(
+            parse_line("events redeliver evt_1").unwrap().command,
+            Command::EventsRedeliver { id: "evt_1".into() }
+        );
+        assert_eq!(
+            parse_line("inbox --tenant ten_1 --needs-reply --mode human")
+                .unwrap()
+                .command,
+            Command::Inbox {
+                tenant_id: "ten_1".into(),
+                mode: Some("human".into()),
+                needs_reply: true,
+                limit: 100,
+            }
+        );
+        assert!(usage_error("inbox").contains("--tenant <TENANT_ID>"));
+        assert!(usage_error("inbox --tenant ten_1 --mode robot").contains("human"));
+        assert!(usage_error("endpoints attempts").contains("<EP_ID>"));
+        assert!(usage_error("endpoints attempts ep_1 --status lost").contains("succeeded"));
+        assert!(usage_error("endpoints attempts ep_1 --since soon").contains("`--since`"));
+        assert!(usage_error("endpoints list --reason rejected").contains("'--reason'"));
+        assert!(usage_error("events redeliver").contains("<EVT_ID>"));
     }
 
     #[test]

@@ -13,9 +13,12 @@ use crate::{
 /// The API's largest page.
 const MAX_PAGE: usize = 100;
 
-/// How much of a dead letter's last error fits in the list before the line gets unreadable;
-/// `dlq show` has all of it.
+/// How much of a dead letter's last error (an attempt's error, an inbox's last text) fits in
+/// a list before the line gets unreadable; `dlq show` and `--json` have all of it.
 const LAST_ERROR_WIDTH: usize = 60;
+
+/// How much of an endpoint's event types fits in the list; `--json` has them all.
+const EVENTS_WIDTH: usize = 50;
 
 /// What to print on success: the JSON (pretty) with `--json`, otherwise the plain-text form.
 pub async fn run(client: &Client, command: &Command, json: bool) -> Result<String, Failure> {
@@ -52,7 +55,13 @@ pub async fn run(client: &Client, command: &Command, json: bool) -> Result<Strin
             (q, human)
         }
         Command::DlqList { filter, limit } => {
-            let page = dead_letter_pages(client, filter, *limit).await?;
+            let page = pages(
+                client,
+                &["v1", "dead-letters"],
+                filter_fields(filter),
+                *limit,
+            )
+            .await?;
             let human = dead_letter_list(&page);
             (page, human)
         }
@@ -98,6 +107,49 @@ pub async fn run(client: &Client, command: &Command, json: bool) -> Result<Strin
             let human = message(&m);
             (m, human)
         }
+        Command::EndpointsList { tenant_id, limit } => {
+            let query = optional(&[("tenant_id", tenant_id)]);
+            let page = pages(client, &["v1", "admin", "endpoints"], query, *limit).await?;
+            let human = endpoint_list(&page);
+            (page, human)
+        }
+        Command::EndpointsAttempts {
+            id,
+            status,
+            since,
+            limit,
+        } => {
+            let query = optional(&[("status", status), ("since", since)]);
+            let path = ["v1", "admin", "endpoints", id, "attempts"];
+            let page = pages(client, &path, query, *limit).await?;
+            let human = attempt_list(&page);
+            (page, human)
+        }
+        Command::EventsRedeliver { id } => {
+            let r = client
+                .post(&["v1", "admin", "events", id, "redeliver"], None)
+                .await?;
+            let human = format!(
+                "redelivered {id} to {} endpoints\n",
+                text(&r["redelivered"])
+            );
+            (r, human)
+        }
+        Command::Inbox {
+            tenant_id,
+            mode,
+            needs_reply,
+            limit,
+        } => {
+            let mut query = vec![("tenant_id", tenant_id.clone())];
+            query.extend(optional(&[("mode", mode)]));
+            if *needs_reply {
+                query.push(("needs_reply", "true".to_owned()));
+            }
+            let page = pages(client, &["v1", "admin", "conversations"], query, *limit).await?;
+            let human = inbox(&page);
+            (page, human)
+        }
     };
     if !json {
         return Ok(human);
@@ -141,15 +193,23 @@ fn filter_fields(filter: &DlqFilter) -> Vec<(&'static str, String)> {
     .collect()
 }
 
-/// Every page of dead letters up to `limit`, joined into one `{"data", "next_cursor"}`.
-/// Pages are asked for at most the rows still wanted, so the last page's `next_cursor` is
-/// exactly where the next run would continue.
-async fn dead_letter_pages(
+/// The query parameters that are set.
+fn optional(params: &[(&'static str, &Option<String>)]) -> Vec<(&'static str, String)> {
+    params
+        .iter()
+        .filter_map(|(k, v)| Some((*k, (*v).clone()?)))
+        .collect()
+}
+
+/// Every page of a list up to `limit`, joined into one `{"data", "next_cursor"}`. Pages are
+/// asked for at most the rows still wanted, so the last page's `next_cursor` is exactly
+/// where the next run would continue.
+async fn pages(
     client: &Client,
-    filter: &DlqFilter,
+    path: &[&str],
+    base: Vec<(&'static str, String)>,
     limit: usize,
 ) -> Result<Value, Failure> {
-    let base = filter_fields(filter);
     let mut data = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -159,15 +219,40 @@ async fn dead_letter_pages(
         if let Some(c) = &cursor {
             query.push(("cursor", c.clone()));
         }
-        let page = client.get(&["v1", "dead-letters"], &query).await?;
-        let rows = page["data"].as_array().ok_or_else(|| {
-            Failure::Unexpected("the API's dead letter page has no `data` list".into())
-        })?;
+        let page = client.get(path, &query).await?;
+        let rows = page["data"]
+            .as_array()
+            .ok_or_else(|| Failure::Unexpected("the API's page has no `data` list".into()))?;
         data.extend(rows.iter().cloned());
         cursor = page["next_cursor"].as_str().map(str::to_owned);
         if cursor.is_none() || data.len() >= limit {
             return Ok(json!({ "data": data, "next_cursor": cursor }));
         }
+    }
+}
+
+/// The rows of a joined page.
+fn rows_of(page: &Value) -> &[Value] {
+    page["data"].as_array().map_or(&[][..], Vec::as_slice)
+}
+
+/// The note under a list cut short by `--limit`.
+fn more_note(page: &Value, what: &str) -> String {
+    if page["next_cursor"].is_null() {
+        String::new()
+    } else {
+        format!(
+            "(more {what} than the {} shown: raise --limit to see them)\n",
+            rows_of(page).len()
+        )
+    }
+}
+
+fn yes_no(v: &Value) -> String {
+    match v.as_bool() {
+        Some(true) => "yes".to_owned(),
+        Some(false) => "no".to_owned(),
+        None => text(v),
     }
 }
 
@@ -225,7 +310,7 @@ fn queues(list: &Value) -> String {
 }
 
 fn dead_letter_list(page: &Value) -> String {
-    let rows = page["data"].as_array().map_or(&[][..], Vec::as_slice);
+    let rows = rows_of(page);
     if rows.is_empty() {
         return "no dead letters\n".to_owned();
     }
@@ -257,14 +342,103 @@ fn dead_letter_list(page: &Value) -> String {
             truncate(&last_error, LAST_ERROR_WIDTH),
         ]);
     }
-    let mut out = table.render();
-    if !page["next_cursor"].is_null() {
-        out.push_str(&format!(
-            "(more dead letters than the {} shown: raise --limit to see them)\n",
-            rows.len()
-        ));
+    table.render() + &more_note(page, "dead letters")
+}
+
+fn endpoint_list(page: &Value) -> String {
+    let rows = rows_of(page);
+    if rows.is_empty() {
+        return "no endpoints\n".to_owned();
     }
-    out
+    let mut table = Table::new(&[
+        ("ID", Align::Left),
+        ("TENANT", Align::Left),
+        ("ENABLED", Align::Left),
+        ("URL", Align::Left),
+        ("EVENTS", Align::Left),
+        ("DISABLED_REASON", Align::Left),
+    ]);
+    for e in rows {
+        let events: Vec<String> = e["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        table.row(vec![
+            text(&e["id"]),
+            text(&e["tenant_id"]),
+            yes_no(&e["enabled"]),
+            text(&e["url"]),
+            truncate(&events.join(","), EVENTS_WIDTH),
+            truncate(&text(&e["disabled_reason"]), LAST_ERROR_WIDTH),
+        ]);
+    }
+    table.render() + &more_note(page, "endpoints")
+}
+
+fn attempt_list(page: &Value) -> String {
+    let rows = rows_of(page);
+    if rows.is_empty() {
+        return "no attempts\n".to_owned();
+    }
+    let mut table = Table::new(&[
+        ("ID", Align::Left),
+        ("EVENT", Align::Left),
+        ("TYPE", Align::Left),
+        ("AT", Align::Left),
+        ("STATUS", Align::Left),
+        ("CODE", Align::Right),
+        ("MS", Align::Right),
+        ("ERROR", Align::Left),
+    ]);
+    for a in rows {
+        table.row(vec![
+            text(&a["id"]),
+            text(&a["event_id"]),
+            text(&a["type"]),
+            time(&a["at"]),
+            text(&a["status"]),
+            text(&a["status_code"]),
+            text(&a["duration_ms"]),
+            truncate(&text(&a["error"]), LAST_ERROR_WIDTH),
+        ]);
+    }
+    table.render() + &more_note(page, "attempts")
+}
+
+fn inbox(page: &Value) -> String {
+    let rows = rows_of(page);
+    if rows.is_empty() {
+        return "no conversations\n".to_owned();
+    }
+    let mut table = Table::new(&[
+        ("CONTACT", Align::Left),
+        ("NAME", Align::Left),
+        ("PHONE", Align::Left),
+        ("MODE", Align::Left),
+        ("NEEDS_REPLY", Align::Left),
+        ("LAST_AT", Align::Left),
+        ("LAST_ENTRY", Align::Left),
+    ]);
+    for c in rows {
+        let last = &c["last_entry"];
+        let entry = if last.is_null() {
+            "-".to_owned()
+        } else {
+            format!("{}: {}", text(&last["author"]), text(&last["body"]))
+        };
+        table.row(vec![
+            text(&c["contact_id"]),
+            text(&c["name"]),
+            text(&c["phone"]),
+            text(&c["mode"]),
+            yes_no(&c["needs_reply"]),
+            time(&last["at"]),
+            truncate(&entry, LAST_ERROR_WIDTH),
+        ]);
+    }
+    table.render() + &more_note(page, "conversations")
 }
 
 fn dead_letter(d: &Value) -> String {
@@ -360,15 +534,65 @@ mod tests {
             queue: Some("deliveries".into()),
             ..DlqFilter::default()
         };
-        let two = dead_letter_pages(&client, &filter, 2).await.unwrap();
+        let path = ["v1", "dead-letters"];
+        let two = pages(&client, &path, filter_fields(&filter), 2)
+            .await
+            .unwrap();
         assert_eq!(
             two,
             json!({"data": [{"id": "dl_1", "queue": "deliveries"}, {"id": "dl_2", "queue": "deliveries"}],
                    "next_cursor": "dl_2"})
         );
-        let all = dead_letter_pages(&client, &filter, 100).await.unwrap();
+        let all = pages(&client, &path, filter_fields(&filter), 100)
+            .await
+            .unwrap();
         assert_eq!(all["data"].as_array().unwrap().len(), 3, "{all}");
         assert!(all["next_cursor"].is_null(), "{all}");
+    }
+
+    #[test]
+    fn the_inbox_shows_who_wrote_the_last_entry_and_whether_it_waits_for_a_reply() {
+        let page = json!({"data": [{
+            "contact_id": "ct_1", "name": null, "phone": "+15550001111", "mode": "human",
+            "needs_reply": true,
+            "last_entry": {"id": "msg_1", "direction": "inbound", "author": "contact",
+                           "body": "are you\nopen?", "at": "2026-03-01T10:00:00.25Z", "status": "received"},
+        }], "next_cursor": null});
+        let out = inbox(&page);
+        let row = out.lines().nth(1).unwrap();
+        assert_eq!(
+            row.split_whitespace().collect::<Vec<_>>(),
+            [
+                "ct_1",
+                "-",
+                "+15550001111",
+                "human",
+                "yes",
+                "2026-03-01T10:00:00Z",
+                "contact:",
+                "are",
+                "you",
+                "open?"
+            ],
+            "{out}"
+        );
+        assert!(!out.contains("raise --limit"), "{out}");
+    }
+
+    #[test]
+    fn an_endpoint_row_says_whether_it_is_enabled_and_why_not() {
+        let page = json!({"data": [{
+            "id": "ep_1", "tenant_id": "ten_1", "url": "https://example.com/h", "enabled": false,
+            "events": ["message.sent", "message.failed"],
+            "disabled_reason": "no successful delivery since 2026-03-01T00:00:00Z: disabled after 5 days",
+        }], "next_cursor": "ep_1"});
+        let out = endpoint_list(&page);
+        let row = out.lines().nth(1).unwrap();
+        assert!(
+            row.starts_with("ep_1  ten_1   no       https://example.com/h  message.sent,message.failed  no successful"),
+            "{out}"
+        );
+        assert!(out.contains("more endpoints than the 1 shown"), "{out}");
     }
 
     #[test]
