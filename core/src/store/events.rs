@@ -218,10 +218,14 @@ pub async fn deliveries(
                 CASE WHEN p.previous_secret_until > now() THEN p.previous_secret END AS previous_secret,
                 p.enabled
          FROM unnest($1::text[], $2::text[]) AS k(event_id, endpoint_id)
-         JOIN event_deliveries d ON d.event_id = k.event_id AND d.endpoint_id = k.endpoint_id
-         JOIN events e ON e.id = d.event_id
-         JOIN endpoints p ON p.id = d.endpoint_id",
+         -- One key at a time through the primary keys.
+         CROSS JOIN LATERAL (SELECT * FROM event_deliveries d
+                             WHERE d.event_id = k.event_id AND d.endpoint_id = k.endpoint_id) d
+         CROSS JOIN LATERAL (SELECT * FROM events e WHERE e.id = d.event_id) e
+         CROSS JOIN LATERAL (SELECT * FROM endpoints p WHERE p.id = d.endpoint_id) p",
     )
+    // Planned at each call: a plan kept from when the tables were small would scan them.
+    .persistent(false)
     .bind(&events)
     .bind(&endpoints)
     .fetch_all(db)
@@ -302,6 +306,7 @@ pub async fn record_attempts(
                 COALESCE((SELECT off FROM health WHERE health.id = i.endpoint_id), false)
          FROM input i ORDER BY i.n",
     )
+    .persistent(false)
     .bind(col(|a| &a.id))
     .bind(col(|a| &a.event_id))
     .bind(col(|a| &a.endpoint_id))
@@ -375,6 +380,7 @@ pub async fn pending_in(
          ORDER BY created_xid, event_id, endpoint_id
          LIMIT $6",
     )
+    .persistent(false)
     .bind(range.from_xid)
     .bind(range.to_xid)
     .bind(after.0)
