@@ -1126,3 +1126,69 @@ async fn ops_list_every_tenants_endpoints_and_attempts_and_redeliver_any_event()
     assert_eq!(b_own["data"].as_array().unwrap().len(), 1, "{b_own}");
     app.stop().await;
 }
+
+/// Redis losing its data (a failover to an empty replica) loses no event: the scheduler's
+/// reconcile queues every pending delivery again.
+#[tokio::test]
+async fn event_deliveries_lost_with_redis_data_are_queued_again() {
+    let (app, _twilio, receiver) = started(|c| {
+        // A failed delivery waits an hour for its retry: only the reconcile can bring it back.
+        c.event_retry_schedule = vec![Duration::from_secs(3600)];
+    })
+    .await;
+    let tenant = app.tenant().await;
+    let ep = endpoint(
+        &app,
+        &tenant,
+        &receiver.url(EVENTS),
+        json!(["message.delivered"]),
+    )
+    .await;
+    receiver.answer_first(EVENTS, [500]);
+    let m = app
+        .post_webhook(&tenant, &receiver.url("/ok"), json!({}))
+        .await;
+    eventually_ok(
+        WAIT,
+        "the first attempt failed and its retry waits",
+        || async {
+            let s = app.queue_stats("events").await;
+            if receiver.webhook_ids(EVENTS).len() == 1 && s.scheduled == 1 {
+                Ok(())
+            } else {
+                Err(format!("{s:?}"))
+            }
+        },
+    )
+    .await;
+
+    let pattern = format!("{{{}:events}}*", app.config.queue_prefix);
+    let keys = herald_tests::scan_keys(&app.redis, &pattern).await;
+    assert!(!keys.is_empty());
+    let mut conn = app.redis.clone();
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    eventually(WAIT, "the reconcile queues the delivery again", || async {
+        (receiver.webhook_ids(EVENTS).len() == 2).then_some(())
+    })
+    .await;
+    let event = wait_for_event(&receiver, EVENTS, &secret(&ep), "message.delivered", &m.id).await;
+    let ids = receiver.webhook_ids(EVENTS);
+    assert!(ids.iter().all(|id| *id == event["id"]), "{ids:?}");
+    wait_for_quiet_events(&app).await;
+    let delivered: String = sqlx::query_scalar("SELECT status FROM event_deliveries")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(delivered, "delivered");
+    assert_eq!(
+        receiver.webhook_ids(EVENTS).len(),
+        2,
+        "one failure, one delivery"
+    );
+    app.stop().await;
+}
