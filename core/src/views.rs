@@ -300,6 +300,16 @@ struct GroupSendDone {
     completed_at: DateTime<Utc>,
 }
 
+/// The body Herald posts for an event, its fields in the contract's order.
+#[derive(Serialize)]
+struct EventBody<'a, T> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    created_at: String,
+    data: T,
+}
+
 /// The body Herald posts for an event: `{"id", "type", "created_at", "data"}`, with `data`
 /// rendered from the row the event kept as the API shows that kind of object.
 pub fn event_body(
@@ -308,29 +318,49 @@ pub fn event_body(
     created_at: DateTime<Utc>,
     data: serde_json::Value,
 ) -> Result<String, serde_json::Error> {
-    use serde_json::{from_value, to_value};
-    let data = match kind.subject() {
-        Subject::Message => to_value(Message::from(from_value::<MessageRow>(data)?))?,
+    use serde_json::from_value;
+    fn body<T: Serialize>(
+        id: &str,
+        kind: EventType,
+        at: DateTime<Utc>,
+        data: T,
+    ) -> Result<String, serde_json::Error> {
+        serde_json::to_string(&EventBody {
+            id,
+            kind: kind.as_str(),
+            created_at: time(at),
+            data,
+        })
+    }
+    match kind.subject() {
+        Subject::Message => body(
+            id,
+            kind,
+            created_at,
+            Message::from(from_value::<MessageRow>(data)?),
+        ),
         Subject::Inbound => {
             let row: MessageRow = from_value(data)?;
-            to_value(InboundEntry {
+            let entry = InboundEntry {
                 contact_id: row.contact_id.clone(),
                 entry: row.into(),
-            })?
+            };
+            body(id, kind, created_at, entry)
         }
         Subject::HumanNeeded => {
             let row: MessageRow = from_value(data)?;
-            to_value(HumanNeeded {
+            let needed = HumanNeeded {
                 contact_id: row.contact_id.clone(),
                 mode: "human",
                 last_entry: row.into(),
-            })?
+            };
+            body(id, kind, created_at, needed)
         }
         // The snapshot spells the time zone out already.
-        Subject::Contact => to_value(Contact::new(from_value(data)?, "UTC"))?,
+        Subject::Contact => body(id, kind, created_at, Contact::new(from_value(data)?, "UTC")),
         Subject::GroupSend => {
             let g: GroupSendDone = from_value(data)?;
-            to_value(GroupSendStatus {
+            let status = GroupSendStatus {
                 id: g.id,
                 group_id: g.group_id,
                 channel: g.channel,
@@ -338,13 +368,8 @@ pub fn event_body(
                 counts: g.counts,
                 created_at: time(g.created_at),
                 completed_at: Some(time(g.completed_at)),
-            })?
+            };
+            body(id, kind, created_at, status)
         }
-    };
-    serde_json::to_string(&serde_json::json!({
-        "id": id,
-        "type": kind.as_str(),
-        "created_at": time(created_at),
-        "data": data,
-    }))
+    }
 }
