@@ -375,8 +375,14 @@ pub async fn bulk_replay(
     };
     let (filter, description) = form.filter.to_filter();
     if form.confirm.as_deref() == Some("yes") {
-        return match dead_letters::replay_matching(&state.db, &state.queue, &filter, &origin.by_ops())
-            .await {
+        return match dead_letters::replay_matching(
+            &state.db,
+            &state.queue,
+            &filter,
+            &origin.by_ops(),
+        )
+        .await
+        {
             Ok(n) => back_to_list("bulk_replayed", &[("n", n.to_string())]),
             Err(e) => {
                 tracing::warn!(error = %e, "dashboard bulk replay failed");

@@ -146,7 +146,9 @@ pub async fn login(
     origin: Origin,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    let who = origin.client_ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    let who = origin
+        .client_ip
+        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
     if let Some(locked) = lock_answer(state.limiter.login_locked(&who).await) {
         return locked;
     }

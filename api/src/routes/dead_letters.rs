@@ -163,8 +163,8 @@ pub async fn replay(
         caller.scope(),
         Some(&origin.by(&caller)),
     )
-        .await
-        .map_err(ApiError::from)?
+    .await
+    .map_err(ApiError::from)?
     {
         Replay::Replayed(m) => Ok((
             StatusCode::ACCEPTED,

@@ -236,8 +236,8 @@ pub async fn patch(
         &origin,
     )
     .await?
-        .map(|e| Json(e.into()))
-        .ok_or_else(not_found)
+    .map(|e| Json(e.into()))
+    .ok_or_else(not_found)
 }
 
 /// Delete an endpoint: nothing more is sent to it, and its attempts go with it.

@@ -289,7 +289,7 @@ pub async fn patch(
         changes,
         &origin.by_key(&auth.key_prefix),
     )
-        .await?
-        .map(|t| Json(t.into()))
-        .ok_or_else(|| ApiError::not_found("tenant"))
+    .await?
+    .map(|t| Json(t.into()))
+    .ok_or_else(|| ApiError::not_found("tenant"))
 }

@@ -173,8 +173,7 @@ async fn replay_all(
             return Ok(replayed);
         }
         for letter in page.iter().take(500) {
-            let outcome =
-                replay(db, queue, &letter.id, filter.tenant_id.as_deref(), None).await?;
+            let outcome = replay(db, queue, &letter.id, filter.tenant_id.as_deref(), None).await?;
             if let Replay::Replayed(_) = outcome {
                 replayed += 1;
             }

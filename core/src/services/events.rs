@@ -27,8 +27,8 @@ use crate::{
     Config,
     batch::Batcher,
     domain::{
-        audit::{AuditAction, AuditOrigin},
         FieldError, WebhookUrl,
+        audit::{AuditAction, AuditOrigin},
         events::{EventJob, EventType, retry_wait},
         new_id,
     },
@@ -216,9 +216,14 @@ pub async fn rotate_secret(
 ) -> Result<Option<String>, sqlx::Error> {
     let secret = super::tenants::generate_webhook_secret();
     let mut tx = db.begin().await?;
-    let rotated =
-        store::rotate_secret(&mut *tx, tenant_id, id, &secret, Utc::now() + SECRET_OVERLAP)
-            .await?;
+    let rotated = store::rotate_secret(
+        &mut *tx,
+        tenant_id,
+        id,
+        &secret,
+        Utc::now() + SECRET_OVERLAP,
+    )
+    .await?;
     if !rotated {
         return Ok(None);
     }

@@ -35,7 +35,15 @@ pub async fn set_mode(
         return Ok(None);
     };
     let detail = serde_json::json!({ "mode": mode });
-    audit::record(&mut *tx, origin, action, contact_id, Some(tenant_id), detail).await?;
+    audit::record(
+        &mut *tx,
+        origin,
+        action,
+        contact_id,
+        Some(tenant_id),
+        detail,
+    )
+    .await?;
     tx.commit().await?;
     Ok(Some(contact))
 }

@@ -44,7 +44,7 @@ pub async fn start(
     let id = random_token();
     let mut tx = db.begin().await?;
     ops_sessions::insert(
-        &mut *tx,
+        &mut tx,
         &sha256(&id),
         &random_token(),
         &sha256(ops_token),

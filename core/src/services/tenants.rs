@@ -128,7 +128,10 @@ impl TenantChanges {
                 self.require_consent_for_bulk.is_some(),
             ),
             ("frequency_cap", self.frequency_cap.is_some()),
-            ("messaging_service_sid", self.messaging_service_sid.is_some()),
+            (
+                "messaging_service_sid",
+                self.messaging_service_sid.is_some(),
+            ),
             ("sms_mps", self.sms_mps.is_some()),
             ("retention_days", self.retention_days.is_some()),
             ("suspended", self.suspended.is_some()),
