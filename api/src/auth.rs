@@ -19,7 +19,8 @@ use axum::{
     extract::{ConnectInfo, FromRequestParts},
     http::{StatusCode, request::Parts},
 };
-use herald_core::store::tenants::TenantRow;
+use herald_core::{domain::audit::AuditOrigin, store::tenants::TenantRow};
+use tower_http::request_id::RequestId;
 
 use crate::{error::ApiError, state::AppState};
 
@@ -76,17 +77,45 @@ pub fn client_ip(parts: &Parts, state: &AppState) -> Option<IpAddr> {
         .map(|c| c.0.ip())
 }
 
-/// The client's address as an extractor (see [`client_ip`]).
-pub struct ClientIp(pub Option<IpAddr>);
+/// Where a request came from and which it is: what the audit log stamps on the entries it
+/// causes, with whoever authenticated it ([`Origin::by_ops`], [`Origin::by_key`]).
+pub struct Origin {
+    pub client_ip: Option<IpAddr>,
+    pub request_id: Option<String>,
+}
 
-impl FromRequestParts<AppState> for ClientIp {
+impl Origin {
+    pub fn by_ops(&self) -> AuditOrigin {
+        AuditOrigin::ops(self.client_ip, self.request_id.clone())
+    }
+
+    pub fn by_key(&self, key_prefix: &str) -> AuditOrigin {
+        AuditOrigin {
+            actor: key_prefix.to_owned(),
+            client_ip: self.client_ip,
+            request_id: self.request_id.clone(),
+        }
+    }
+
+    pub fn by(&self, caller: &Caller) -> AuditOrigin {
+        match caller {
+            Caller::Ops => self.by_ops(),
+            Caller::Tenant(_, key_prefix) => self.by_key(key_prefix),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Origin {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(client_ip(parts, state)))
+        Ok(Origin {
+            client_ip: client_ip(parts, state),
+            request_id: crate::routes::request_id(parts.extensions.get::<RequestId>()),
+        })
     }
 }
 
@@ -134,7 +163,6 @@ async fn failed(parts: &Parts, state: &AppState, error: ApiError) -> ApiError {
 /// A caller authenticated with a live tenant API key.
 pub struct Tenant {
     pub tenant: TenantRow,
-    #[allow(dead_code)]
     pub key_prefix: String,
 }
 
@@ -308,7 +336,8 @@ impl FromRequestParts<AppState> for Ops {
 /// tenant key sees its own.
 pub enum Caller {
     Ops,
-    Tenant(Box<TenantRow>),
+    /// The tenant and the prefix of the key used.
+    Tenant(Box<TenantRow>, String),
 }
 
 impl Caller {
@@ -316,7 +345,7 @@ impl Caller {
     pub fn scope(&self) -> Option<&str> {
         match self {
             Caller::Ops => None,
-            Caller::Tenant(t) => Some(&t.id),
+            Caller::Tenant(t, _) => Some(&t.id),
         }
     }
 }
@@ -331,7 +360,7 @@ impl FromRequestParts<AppState> for Caller {
         let token = token(parts, state).await?;
         match identify(state, token).await? {
             Some(Identified::Ops) => Ok(Caller::Ops),
-            Some(Identified::Key { tenant, .. }) => Ok(Caller::Tenant(tenant)),
+            Some(Identified::Key { tenant, key_prefix }) => Ok(Caller::Tenant(tenant, key_prefix)),
             None => {
                 let e = ApiError::unauthorized("unknown or revoked API key");
                 Err(failed(parts, state, e).await)

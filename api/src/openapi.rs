@@ -20,6 +20,7 @@ use crate::{error, views};
         views::Health, views::Readiness, views::ReadinessChecks, views::QueueStats,
         views::Appointment, views::Group, views::ContactPage, views::GroupSendAccepted, views::GroupSendStatus, views::Subscription, views::SubscriptionContent, views::Contact, views::Conversation, views::ConversationEntry, views::ConversationMode,
         views::DeadLetter, views::DeadLetterPage, views::AttemptError, views::Replayed, views::ReplayedCount,
+        views::AuditEntry, views::AuditPage,
         views::Endpoint, views::EndpointPage, views::AdminEndpoint, views::AdminEndpointPage, views::EndpointSecret, views::EventAttempt, views::EventAttemptPage, views::Redelivered,
     )),
     modifiers(&Security),
@@ -35,6 +36,7 @@ use crate::{error, views};
         (name = "conversations", description = "a contact's texts, AI replies and human takeover"),
         (name = "endpoints", description = "event webhooks: where a tenant's events go (Standard Webhooks, signed with each endpoint's secret), what was attempted, and sending events again"),
         (name = "inbound", description = "what providers send Herald, signed"),
+        (name = "audit", description = "who changed what: the append-only audit log (tenant key: its own tenant's; ops token: everything)"),
         (name = "ops", description = "health and readiness"),
     )
 )]

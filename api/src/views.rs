@@ -676,3 +676,46 @@ pub struct Redelivered {
     /// Deliveries queued again (one per endpoint, for an event).
     pub redelivered: usize,
 }
+
+/// One audit log entry: who (`actor`: a key prefix or `ops`) did what to which object, from
+/// where, in which request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEntry {
+    /// `aud_...`
+    pub id: String,
+    pub at: String,
+    /// The key prefix of a tenant key, or `ops` (ops token or dashboard session).
+    pub actor: String,
+    /// `tenant.created`, `key.revoked`, `endpoint.updated`, `dead_letters.replayed`, ...
+    pub action: String,
+    /// The id the action is about (or `dashboard`, `dead_letters`).
+    pub target: String,
+    pub tenant_id: Option<String>,
+    pub client_ip: Option<String>,
+    pub request_id: Option<String>,
+    /// What changed (field names, a filter, counts); never a secret or a key.
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
+
+impl From<herald_core::store::audit::AuditRow> for AuditEntry {
+    fn from(r: herald_core::store::audit::AuditRow) -> Self {
+        Self {
+            id: r.id,
+            at: time(r.at),
+            actor: r.actor,
+            action: r.action,
+            target: r.target,
+            tenant_id: r.tenant_id,
+            client_ip: r.client_ip,
+            request_id: r.request_id,
+            detail: r.detail,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditPage {
+    pub data: Vec<AuditEntry>,
+    pub next_cursor: Option<String>,
+}

@@ -1,6 +1,7 @@
 //! Herald's end-to-end suite: one test binary, one module per area.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod audit;
 mod blast_radius;
 mod carrier_codes;
 mod consent;

@@ -159,6 +159,8 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_answers()
         ("POST", "/v1/admin/tenants/{id}/keys"),
         ("DELETE", "/v1/admin/keys/{key_prefix}"),
         ("GET", "/v1/admin/queues"),
+        ("GET", "/v1/admin/audit"),
+        ("GET", "/v1/audit"),
         ("GET", "/v1/admin/messages/{id}"),
         ("POST", "/v1/messages"),
         ("GET", "/v1/messages"),

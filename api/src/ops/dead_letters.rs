@@ -20,7 +20,7 @@ use super::{
     layout::{page, unavailable, url_escape, when},
     session::{self, CsrfForm},
 };
-use crate::{state::AppState, views::time};
+use crate::{auth::Origin, state::AppState, views::time};
 
 /// Rows per page of the list.
 const PAGE: i64 = 50;
@@ -312,6 +312,7 @@ fn back_to_list(code: &str, params: &[(&str, String)]) -> Response {
 
 pub async fn replay_one(
     State(state): State<AppState>,
+    origin: Origin,
     headers: HeaderMap,
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
@@ -319,7 +320,7 @@ pub async fn replay_one(
     if let Err(r) = session::guard(&state, &headers, form.csrf.as_deref()).await {
         return r;
     }
-    match dead_letters::replay(&state.db, &state.queue, &id, None).await {
+    match dead_letters::replay(&state.db, &state.queue, &id, None, Some(&origin.by_ops())).await {
         Ok(Replay::Replayed(_)) => back_to_list("replayed", &[("id", id)]),
         Ok(Replay::NotReplayable { expired: true, .. }) => back_to_list("expired", &[]),
         Ok(Replay::NotReplayable { status, .. }) => {
@@ -335,6 +336,7 @@ pub async fn replay_one(
 
 pub async fn delete_one(
     State(state): State<AppState>,
+    origin: Origin,
     headers: HeaderMap,
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
@@ -342,7 +344,7 @@ pub async fn delete_one(
     if let Err(r) = session::guard(&state, &headers, form.csrf.as_deref()).await {
         return r;
     }
-    match dead_letters::delete(&state.db, &id, None).await {
+    match dead_letters::delete(&state.db, &id, None, &origin.by_ops()).await {
         Ok(true) => back_to_list("deleted", &[("id", id)]),
         Ok(false) => back_to_list("not_found", &[]),
         Err(e) => {
@@ -363,6 +365,7 @@ pub struct BulkReplayForm {
 /// A bulk replay: first a confirmation page saying how many it will replay, then the replay.
 pub async fn bulk_replay(
     State(state): State<AppState>,
+    origin: Origin,
     headers: HeaderMap,
     Form(form): Form<BulkReplayForm>,
 ) -> Response {
@@ -372,7 +375,14 @@ pub async fn bulk_replay(
     };
     let (filter, description) = form.filter.to_filter();
     if form.confirm.as_deref() == Some("yes") {
-        return match dead_letters::replay_matching(&state.db, &state.queue, &filter).await {
+        return match dead_letters::replay_matching(
+            &state.db,
+            &state.queue,
+            &filter,
+            &origin.by_ops(),
+        )
+        .await
+        {
             Ok(n) => back_to_list("bulk_replayed", &[("n", n.to_string())]),
             Err(e) => {
                 tracing::warn!(error = %e, "dashboard bulk replay failed");

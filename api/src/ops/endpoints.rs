@@ -278,6 +278,7 @@ pub struct RedeliverForm {
 /// to the endpoint's page with a notice.
 pub async fn redeliver(
     State(state): State<AppState>,
+    origin: crate::auth::Origin,
     headers: HeaderMap,
     Path(id): Path<String>,
     Form(form): Form<RedeliverForm>,
@@ -294,6 +295,9 @@ pub async fn redeliver(
     } else {
         Err(RedeliverError::NotFound)
     };
+    if let Ok(n) = redelivered {
+        service::record_redelivery(&state.db, &origin.by_ops(), &id, None, n).await;
+    }
     let notice = match redelivered {
         Ok(n) => format!("notice=redelivered&id={}&n={n}", url_escape(&id)),
         Err(RedeliverError::NotFound) => "notice=not_found".to_owned(),

@@ -13,7 +13,7 @@ use maud::html;
 use serde::Deserialize;
 
 use super::layout::{page, refused, unavailable};
-use crate::{auth::ClientIp, state::AppState};
+use crate::{auth::Origin, state::AppState};
 
 const COOKIE: &str = "herald_ops";
 
@@ -143,10 +143,12 @@ pub struct LoginForm {
 /// process through Redis; an unreachable Redis does not stop a login).
 pub async fn login(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
+    origin: Origin,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    let who = ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    let who = origin
+        .client_ip
+        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
     if let Some(locked) = lock_answer(state.limiter.login_locked(&who).await) {
         return locked;
     }
@@ -161,6 +163,7 @@ pub async fn login(
     };
     if !herald_core::domain::secrets_match(ops.expose(), form.token.trim()) {
         tracing::warn!(client_ip = %who, "failed dashboard login");
+        ops_sessions::login_failed(&state.db, &origin.by_ops(), "wrong_token").await;
         if let Some(locked) = lock_answer(state.limiter.login_failed(&who).await) {
             return locked;
         }
@@ -173,7 +176,7 @@ pub async fn login(
     if let Err(e) = state.limiter.login_succeeded(&who).await {
         tracing::debug!(error = %e, "could not clear failed logins");
     }
-    let id = match ops_sessions::start(&state.db, ops.expose()).await {
+    let id = match ops_sessions::start(&state.db, ops.expose(), &origin.by_ops()).await {
         Ok(id) => id,
         Err(e) => return unavailable(e),
     };

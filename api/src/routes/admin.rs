@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::tenant::{self, Setter};
 use crate::{
-    auth::Ops,
+    auth::{Ops, Origin},
     body::{JsonBody, Page, known_params},
     error::{ApiError, ApiResult, ErrorBody},
     state::AppState,
@@ -39,11 +39,12 @@ const DEFAULT_QUIET: (&str, &str) = ("21:00", "08:00");
 )]
 pub async fn create_tenant(
     _ops: Ops,
+    origin: Origin,
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
 ) -> ApiResult<(StatusCode, Json<views::CreatedTenant>)> {
     let new = parse_new_tenant(body)?;
-    let created = tenants::create(&state.db, &new).await?;
+    let created = tenants::create(&state.db, &new, Some(&origin.by_ops())).await?;
     Ok((
         StatusCode::CREATED,
         Json(views::CreatedTenant::new(
@@ -131,6 +132,7 @@ pub async fn get_tenant(
 )]
 pub async fn patch_tenant(
     _ops: Ops,
+    origin: Origin,
     State(state): State<AppState>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody,
@@ -139,7 +141,7 @@ pub async fn patch_tenant(
     if !is_id("ten", &id) {
         return Err(ApiError::not_found("tenant"));
     }
-    tenants::update(&state.db, &id, changes)
+    tenants::update(&state.db, &id, changes, &origin.by_ops())
         .await?
         .map(|t| Json(t.into()))
         .ok_or_else(|| ApiError::not_found("tenant"))
@@ -154,10 +156,11 @@ pub async fn patch_tenant(
 )]
 pub async fn create_key(
     _ops: Ops,
+    origin: Origin,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<views::CreatedKey>)> {
-    match tenants::create_key(&state.db, &id).await? {
+    match tenants::create_key(&state.db, &id, &origin.by_ops()).await? {
         Some((api_key, key_prefix)) => Ok((
             StatusCode::CREATED,
             Json(views::CreatedKey {
@@ -178,10 +181,11 @@ pub async fn create_key(
 )]
 pub async fn revoke_key(
     _ops: Ops,
+    origin: Origin,
     State(state): State<AppState>,
     Path(prefix): Path<String>,
 ) -> ApiResult<StatusCode> {
-    if tenants::revoke_key(&state.db, &prefix).await? {
+    if tenants::revoke_key(&state.db, &prefix, &origin.by_ops()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("API key"))

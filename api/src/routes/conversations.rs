@@ -17,7 +17,7 @@ use herald_core::{
 };
 
 use crate::{
-    auth::{Ops, Tenant},
+    auth::{Ops, Origin, Tenant},
     body::{Fields, JsonBody, Page, bool_param, known_params, query_param},
     error::{ApiError, ApiResult, ErrorBody},
     state::AppState,
@@ -156,14 +156,16 @@ async fn inbox_page(
 
 async fn set_mode(
     state: &AppState,
-    tenant_id: &str,
+    auth: &Tenant,
     contact_id: &str,
-    mode: &str,
+    human: bool,
+    origin: &Origin,
 ) -> ApiResult<Json<views::ConversationMode>> {
     if !is_id("ct", contact_id) {
         return Err(ApiError::not_found("contact"));
     }
-    let c = contacts::set_mode(&state.db, tenant_id, contact_id, mode)
+    let origin = origin.by_key(&auth.key_prefix);
+    let c = inbox::set_mode(&state.db, &auth.tenant.id, contact_id, human, &origin)
         .await?
         .ok_or_else(|| ApiError::not_found("contact"))?;
     Ok(Json(views::ConversationMode {
@@ -181,10 +183,11 @@ async fn set_mode(
 )]
 pub async fn takeover(
     auth: Tenant,
+    origin: Origin,
     State(state): State<AppState>,
     Path(contact_id): Path<String>,
 ) -> ApiResult<Json<views::ConversationMode>> {
-    set_mode(&state, &auth.tenant.id, &contact_id, "human").await
+    set_mode(&state, &auth, &contact_id, true, &origin).await
 }
 
 /// Hand the conversation back to the AI.
@@ -196,10 +199,11 @@ pub async fn takeover(
 )]
 pub async fn release(
     auth: Tenant,
+    origin: Origin,
     State(state): State<AppState>,
     Path(contact_id): Path<String>,
 ) -> ApiResult<Json<views::ConversationMode>> {
-    set_mode(&state, &auth.tenant.id, &contact_id, "ai").await
+    set_mode(&state, &auth, &contact_id, false, &origin).await
 }
 
 /// A person's reply, sent through the ordinary delivery path.

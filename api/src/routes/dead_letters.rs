@@ -17,7 +17,7 @@ use herald_core::{
 use serde_json::Value;
 
 use crate::{
-    auth::Caller,
+    auth::{Caller, Origin},
     body::{Fields, JsonBody, Page, known_params},
     error::{ApiError, ApiResult, ErrorBody},
     state::AppState,
@@ -152,12 +152,19 @@ pub async fn get(
 )]
 pub async fn replay(
     caller: Caller,
+    origin: Origin,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<views::Replayed>)> {
-    match service::replay(&state.db, &state.queue, &id, caller.scope())
-        .await
-        .map_err(ApiError::from)?
+    match service::replay(
+        &state.db,
+        &state.queue,
+        &id,
+        caller.scope(),
+        Some(&origin.by(&caller)),
+    )
+    .await
+    .map_err(ApiError::from)?
     {
         Replay::Replayed(m) => Ok((
             StatusCode::ACCEPTED,
@@ -191,6 +198,7 @@ pub async fn replay(
 )]
 pub async fn replay_many(
     caller: Caller,
+    origin: Origin,
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
 ) -> ApiResult<(StatusCode, Json<views::ReplayedCount>)> {
@@ -248,7 +256,7 @@ pub async fn replay_many(
             "an empty filter replays nothing: give ids or a filter, or say {\"all\": true}",
         ));
     }
-    let replayed = service::replay_matching(&state.db, &state.queue, &filter)
+    let replayed = service::replay_matching(&state.db, &state.queue, &filter, &origin.by(&caller))
         .await
         .map_err(ApiError::from)?;
     Ok((
@@ -266,10 +274,11 @@ pub async fn replay_many(
 )]
 pub async fn delete(
     caller: Caller,
+    origin: Origin,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    if dead_letters::delete(&state.db, &id, caller.scope()).await? {
+    if service::delete(&state.db, &id, caller.scope(), &origin.by(&caller)).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("dead letter"))

@@ -10,14 +10,20 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use herald_core::{
-    domain::is_id,
-    services::events::{self as service, EndpointInput, RedeliverError},
+    domain::{
+        audit::{AuditAction, AuditOrigin},
+        is_id,
+    },
+    services::{
+        audit,
+        events::{self as service, EndpointInput, RedeliverError},
+    },
     store::events::{self as store, EndpointFields},
 };
 use serde_json::Value;
 
 use crate::{
-    auth::{Ops, Tenant},
+    auth::{Ops, Origin, Tenant},
     body::{Fields, JsonBody, Page, known_params, query_param},
     error::{ApiError, ApiResult, ErrorBody},
     state::AppState,
@@ -87,11 +93,18 @@ fn not_found() -> ApiError {
 )]
 pub async fn create(
     auth: Tenant,
+    origin: Origin,
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
 ) -> ApiResult<(StatusCode, Json<views::Endpoint>)> {
     let fields = endpoint_input(&state, body, false)?;
-    let created = service::create_endpoint(&state.db, &auth.tenant.id, fields).await?;
+    let created = service::create_endpoint(
+        &state.db,
+        &auth.tenant.id,
+        fields,
+        Some(&origin.by_key(&auth.key_prefix)),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(created.into())))
 }
 
@@ -208,15 +221,23 @@ pub async fn get(
 )]
 pub async fn patch(
     auth: Tenant,
+    origin: Origin,
     State(state): State<AppState>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<views::Endpoint>> {
     let fields = endpoint_input(&state, body, true)?;
-    store::update_endpoint(&state.db, &auth.tenant.id, endpoint_id(&id)?, &fields)
-        .await?
-        .map(|e| Json(e.into()))
-        .ok_or_else(not_found)
+    let origin = origin.by_key(&auth.key_prefix);
+    service::update_endpoint(
+        &state.db,
+        &auth.tenant.id,
+        endpoint_id(&id)?,
+        &fields,
+        &origin,
+    )
+    .await?
+    .map(|e| Json(e.into()))
+    .ok_or_else(not_found)
 }
 
 /// Delete an endpoint: nothing more is sent to it, and its attempts go with it.
@@ -228,10 +249,12 @@ pub async fn patch(
 )]
 pub async fn delete(
     auth: Tenant,
+    origin: Origin,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    if store::delete_endpoint(&state.db, &auth.tenant.id, endpoint_id(&id)?).await? {
+    let origin = origin.by_key(&auth.key_prefix);
+    if service::delete_endpoint(&state.db, &auth.tenant.id, endpoint_id(&id)?, &origin).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(not_found())
@@ -248,10 +271,12 @@ pub async fn delete(
 )]
 pub async fn rotate_secret(
     auth: Tenant,
+    origin: Origin,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<views::EndpointSecret>> {
-    service::rotate_secret(&state.db, &auth.tenant.id, endpoint_id(&id)?)
+    let origin = origin.by_key(&auth.key_prefix);
+    service::rotate_secret(&state.db, &auth.tenant.id, endpoint_id(&id)?, &origin)
         .await?
         .map(|secret| Json(views::EndpointSecret { secret }))
         .ok_or_else(not_found)
@@ -367,6 +392,7 @@ fn query_time(q: &HashMap<String, String>, name: &str) -> ApiResult<Option<DateT
 )]
 pub async fn recover(
     auth: Tenant,
+    origin: Origin,
     State(state): State<AppState>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody,
@@ -386,6 +412,15 @@ pub async fn recover(
     let redelivered = service::recover(&state.db, &state.events, &endpoint.id, since)
         .await
         .map_err(redeliver_error)?;
+    audit::record_after(
+        &state.db,
+        &origin.by_key(&auth.key_prefix),
+        AuditAction::EndpointRecovered,
+        &endpoint.id,
+        Some(&auth.tenant.id),
+        serde_json::json!({ "since": since, "redelivered": redelivered }),
+    )
+    .await;
     Ok((
         StatusCode::ACCEPTED,
         Json(views::Redelivered { redelivered }),
@@ -410,10 +445,12 @@ fn redeliver_error(e: RedeliverError) -> ApiError {
 )]
 pub async fn redeliver(
     auth: Tenant,
+    origin: Origin,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<views::Redelivered>)> {
-    redeliver_event(&state, Some(&auth.tenant.id), &id).await
+    let origin = origin.by_key(&auth.key_prefix);
+    redeliver_event(&state, Some(&auth.tenant.id), &id, &origin).await
 }
 
 /// Send any tenant's event again to each of its tenant's enabled endpoints that had it,
@@ -426,16 +463,18 @@ pub async fn redeliver(
 )]
 pub async fn admin_redeliver(
     _ops: Ops,
+    origin: Origin,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<views::Redelivered>)> {
-    redeliver_event(&state, None, &id).await
+    redeliver_event(&state, None, &id, &origin.by_ops()).await
 }
 
 async fn redeliver_event(
     state: &AppState,
     tenant_id: Option<&str>,
     id: &str,
+    origin: &AuditOrigin,
 ) -> ApiResult<(StatusCode, Json<views::Redelivered>)> {
     if !is_id("evt", id) {
         return Err(ApiError::not_found("event"));
@@ -443,6 +482,7 @@ async fn redeliver_event(
     let redelivered = service::redeliver(&state.db, &state.events, tenant_id, id)
         .await
         .map_err(redeliver_error)?;
+    service::record_redelivery(&state.db, origin, id, tenant_id, redelivered).await;
     Ok((
         StatusCode::ACCEPTED,
         Json(views::Redelivered { redelivered }),

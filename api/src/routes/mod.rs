@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod appointments;
+pub mod audit;
 pub mod contacts;
 pub mod conversations;
 pub mod dead_letters;
@@ -60,6 +61,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::create_key))
         .routes(routes!(admin::revoke_key))
         .routes(routes!(admin::queues))
+        .routes(routes!(audit::admin_list))
+        .routes(routes!(audit::list))
         .routes(routes!(admin::message))
         .routes(routes!(endpoints::admin_list))
         .routes(routes!(endpoints::admin_attempts))

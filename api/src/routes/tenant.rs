@@ -11,7 +11,7 @@ use herald_core::{
 use serde_json::Value;
 
 use crate::{
-    auth::Tenant,
+    auth::{Origin, Tenant},
     body::{Fields, JsonBody},
     error::{ApiError, ApiResult, ErrorBody},
     state::AppState,
@@ -278,12 +278,18 @@ pub async fn get(auth: Tenant) -> Json<views::TenantSettings> {
 )]
 pub async fn patch(
     auth: Tenant,
+    origin: Origin,
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<views::TenantSettings>> {
     let changes = settings(body, Setter::Tenant)?;
-    tenants::update(&state.db, &auth.tenant.id, changes)
-        .await?
-        .map(|t| Json(t.into()))
-        .ok_or_else(|| ApiError::not_found("tenant"))
+    tenants::update(
+        &state.db,
+        &auth.tenant.id,
+        changes,
+        &origin.by_key(&auth.key_prefix),
+    )
+    .await?
+    .map(|t| Json(t.into()))
+    .ok_or_else(|| ApiError::not_found("tenant"))
 }

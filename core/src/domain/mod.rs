@@ -1,6 +1,7 @@
 //! Domain types: prefixed ids, and values parsed once at the edge ("parse, don't validate")
 //! so the rest of Herald never sees an unchecked phone number, address or time zone.
 
+pub mod audit;
 pub mod events;
 pub mod jobs;
 mod segments;

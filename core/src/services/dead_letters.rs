@@ -5,8 +5,15 @@
 use anyhow::Context;
 use sqlx::PgPool;
 
+use serde_json::{Value, json};
+
+use super::audit;
 use crate::{
-    domain::{MessageStatus, jobs::DeliveryJob},
+    domain::{
+        MessageStatus,
+        audit::{AuditAction, AuditOrigin},
+        jobs::DeliveryJob,
+    },
     queue::Queue,
     store::{
         dead_letters::{self, DeadLetterFilter, DeadLetterRow},
@@ -37,12 +44,15 @@ pub enum ReplayError {
 
 /// Replays one dead letter, as `tenant_id` when a tenant asks. The job is pushed before the
 /// transaction commits (a worker that takes it at once waits on the message's row lock and
-/// then sees it queued), so a replay happens whole or not at all.
+/// then sees it queued), so a replay happens whole or not at all. `origin`, when given, is
+/// recorded (`dead_letter.replayed`) in the same transaction; a bulk replay records itself
+/// once instead.
 pub async fn replay(
     db: &PgPool,
     queue: &Queue,
     id: &str,
     tenant_id: Option<&str>,
+    origin: Option<&AuditOrigin>,
 ) -> Result<Replay, ReplayError> {
     let mut tx = db
         .begin()
@@ -66,6 +76,19 @@ pub async fn replay(
             dead_letters::mark_replayed(&mut *tx, id)
                 .await
                 .context("marking the dead letter replayed")?;
+            if let Some(origin) = origin {
+                let detail = json!({ "message_id": message.id, "queue": letter.queue });
+                audit::record(
+                    &mut *tx,
+                    origin,
+                    AuditAction::DeadLetterReplayed,
+                    id,
+                    Some(&letter.tenant_id),
+                    detail,
+                )
+                .await
+                .context("recording the replay")?;
+            }
             let job = DeliveryJob::for_message(&message);
             queue
                 .push(&message.id, &job, message.send_at.timestamp_millis())
@@ -90,8 +113,50 @@ pub async fn replay(
 }
 
 /// Replays every dead letter the filter selects that was not replayed yet; returns how
-/// many went back on the queue.
+/// many went back on the queue. Each letter is its own transaction, so the bulk replay is
+/// recorded once (`dead_letters.replayed`, with the filter and the count) right after.
 pub async fn replay_matching(
+    db: &PgPool,
+    queue: &Queue,
+    filter: &DeadLetterFilter,
+    origin: &AuditOrigin,
+) -> Result<u64, ReplayError> {
+    let replayed = replay_all(db, queue, filter).await?;
+    let detail = json!({ "filter": filter_detail(filter), "replayed": replayed });
+    audit::record_after(
+        db,
+        origin,
+        AuditAction::DeadLettersReplayed,
+        "dead_letters",
+        filter.tenant_id.as_deref(),
+        detail,
+    )
+    .await;
+    Ok(replayed)
+}
+
+/// The filter of a bulk replay as the audit log shows it: the fields given, and `all` when
+/// none narrowed it.
+fn filter_detail(filter: &DeadLetterFilter) -> Value {
+    let mut d = serde_json::Map::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            d.insert(k.to_owned(), v);
+        }
+    };
+    put("ids", filter.ids.as_ref().map(|i| json!(i)));
+    put("queue", filter.queue.as_ref().map(|q| json!(q)));
+    put("tenant_id", filter.tenant_id.as_ref().map(|t| json!(t)));
+    put("reason", filter.reason.as_ref().map(|r| json!(r)));
+    put("since", filter.since.map(|t| json!(t)));
+    put("until", filter.until.map(|t| json!(t)));
+    if d.is_empty() {
+        d.insert("all".to_owned(), Value::Bool(true));
+    }
+    Value::Object(d)
+}
+
+async fn replay_all(
     db: &PgPool,
     queue: &Queue,
     filter: &DeadLetterFilter,
@@ -108,7 +173,7 @@ pub async fn replay_matching(
             return Ok(replayed);
         }
         for letter in page.iter().take(500) {
-            let outcome = replay(db, queue, &letter.id, filter.tenant_id.as_deref()).await?;
+            let outcome = replay(db, queue, &letter.id, filter.tenant_id.as_deref(), None).await?;
             if let Replay::Replayed(_) = outcome {
                 replayed += 1;
             }
@@ -148,7 +213,27 @@ pub async fn get(
     dead_letters::get(db, id, scope).await
 }
 
-/// Deletes a dead letter `scope` (a tenant, when given) owns; whether there was one.
-pub async fn delete(db: &PgPool, id: &str, scope: Option<&str>) -> Result<bool, sqlx::Error> {
-    dead_letters::delete(db, id, scope).await
+/// Deletes a dead letter `scope` (a tenant, when given) owns, recorded
+/// (`dead_letter.deleted`) in the same transaction; whether there was one.
+pub async fn delete(
+    db: &PgPool,
+    id: &str,
+    scope: Option<&str>,
+    origin: &AuditOrigin,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let Some(tenant_id) = dead_letters::delete(&mut *tx, id, scope).await? else {
+        return Ok(false);
+    };
+    audit::record(
+        &mut *tx,
+        origin,
+        AuditAction::DeadLetterDeleted,
+        id,
+        Some(&tenant_id),
+        json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
 }

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::{
+    audit,
     breaker::{Admit, Breakers, CallResult, CircuitKey},
     delivery::db_error,
 };
@@ -27,6 +28,7 @@ use crate::{
     batch::Batcher,
     domain::{
         FieldError, WebhookUrl,
+        audit::{AuditAction, AuditOrigin},
         events::{EventJob, EventType, retry_wait},
         new_id,
     },
@@ -111,30 +113,131 @@ impl EndpointInput {
     }
 }
 
-/// Creates an endpoint (every event type when none is named) with a fresh secret.
+/// Creates an endpoint (every event type when none is named) with a fresh secret; `origin`,
+/// when given, is recorded (`endpoint.created`) in the same transaction.
 pub async fn create_endpoint(
     db: &PgPool,
     tenant_id: &str,
     mut fields: EndpointFields,
+    origin: Option<&AuditOrigin>,
 ) -> Result<EndpointRow, sqlx::Error> {
     if fields.events.is_none() {
         fields.events = Some(EventType::ALL.map(|t| t.as_str().to_owned()).to_vec());
     }
     let secret = super::tenants::generate_webhook_secret();
-    store::insert_endpoint(db, &new_id("ep"), tenant_id, &secret, &fields).await
+    let mut tx = db.begin().await?;
+    let row = store::insert_endpoint(&mut *tx, &new_id("ep"), tenant_id, &secret, &fields).await?;
+    if let Some(origin) = origin {
+        // Not the URL: it may carry a token of the receiver's.
+        let detail = serde_json::json!({ "events": row.events });
+        audit::record(
+            &mut *tx,
+            origin,
+            AuditAction::EndpointCreated,
+            &row.id,
+            Some(tenant_id),
+            detail,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(row)
 }
 
-/// Gives the endpoint a new secret; the old one signs too for [`SECRET_OVERLAP`]. `None`:
-/// no such endpoint.
+/// Changes what `fields` sets, recorded (`endpoint.updated`, with the names of the fields) in
+/// the same transaction. `None`: no such endpoint.
+pub async fn update_endpoint(
+    db: &PgPool,
+    tenant_id: &str,
+    id: &str,
+    fields: &EndpointFields,
+    origin: &AuditOrigin,
+) -> Result<Option<EndpointRow>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let Some(row) = store::update_endpoint(&mut *tx, tenant_id, id, fields).await? else {
+        return Ok(None);
+    };
+    let given = [
+        ("url", fields.url.is_some()),
+        ("events", fields.events.is_some()),
+        ("description", fields.description.is_some()),
+        ("enabled", fields.enabled.is_some()),
+    ];
+    let names: Vec<&str> = given
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+    audit::record(
+        &mut *tx,
+        origin,
+        AuditAction::EndpointUpdated,
+        id,
+        Some(tenant_id),
+        serde_json::json!({ "fields": names }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(row))
+}
+
+/// Deletes an endpoint, recorded (`endpoint.deleted`) in the same transaction; false when
+/// there is no such endpoint.
+pub async fn delete_endpoint(
+    db: &PgPool,
+    tenant_id: &str,
+    id: &str,
+    origin: &AuditOrigin,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    if !store::delete_endpoint(&mut *tx, tenant_id, id).await? {
+        return Ok(false);
+    }
+    audit::record(
+        &mut *tx,
+        origin,
+        AuditAction::EndpointDeleted,
+        id,
+        Some(tenant_id),
+        serde_json::json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Gives the endpoint a new secret; the old one signs too for [`SECRET_OVERLAP`]. Recorded as
+/// `endpoint.updated` saying the secret was rotated (never the secret), in the same
+/// transaction. `None`: no such endpoint.
 pub async fn rotate_secret(
     db: &PgPool,
     tenant_id: &str,
     id: &str,
+    origin: &AuditOrigin,
 ) -> Result<Option<String>, sqlx::Error> {
     let secret = super::tenants::generate_webhook_secret();
-    let rotated =
-        store::rotate_secret(db, tenant_id, id, &secret, Utc::now() + SECRET_OVERLAP).await?;
-    Ok(rotated.then_some(secret))
+    let mut tx = db.begin().await?;
+    let rotated = store::rotate_secret(
+        &mut *tx,
+        tenant_id,
+        id,
+        &secret,
+        Utc::now() + SECRET_OVERLAP,
+    )
+    .await?;
+    if !rotated {
+        return Ok(None);
+    }
+    audit::record(
+        &mut *tx,
+        origin,
+        AuditAction::EndpointUpdated,
+        id,
+        Some(tenant_id),
+        serde_json::json!({ "fields": ["secret"], "secret_rotated": true }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(secret))
 }
 
 /// Queues deliveries now, taking back any job of theirs that waits for a later retry.
@@ -181,6 +284,30 @@ pub async fn redeliver(
     let again = store::redeliver_event(db, tenant_id, event_id).await?;
     push_now(queue, &again).await?;
     Ok(again.len())
+}
+
+/// Records a redelivery (`event.redelivered`) right after it was queued (it pushes to Redis,
+/// so it is not one transaction); an operator's names the event's tenant too.
+pub async fn record_redelivery(
+    db: &PgPool,
+    origin: &AuditOrigin,
+    event_id: &str,
+    tenant_id: Option<&str>,
+    redelivered: usize,
+) {
+    let tenant_id = match tenant_id {
+        Some(t) => Some(t.to_owned()),
+        None => store::event_tenant(db, event_id).await.unwrap_or(None),
+    };
+    audit::record_after(
+        db,
+        origin,
+        AuditAction::EventRedelivered,
+        event_id,
+        tenant_id.as_deref(),
+        serde_json::json!({ "redelivered": redelivered }),
+    )
+    .await;
 }
 
 /// Sends the endpoint every event since `since` that it has not had, from a first attempt.

@@ -5,10 +5,48 @@ use std::collections::HashMap;
 
 use sqlx::PgPool;
 
-use crate::store::{
-    conversations::{self as store, InboxFilter, InboxRow},
-    messages::MessageRow,
+use super::audit;
+use crate::{
+    domain::audit::{AuditAction, AuditOrigin},
+    store::{
+        contacts::{self, ContactRow},
+        conversations::{self as store, InboxFilter, InboxRow},
+        messages::MessageRow,
+    },
 };
+
+/// A person takes the contact's conversation over (`human`: no AI replies) or hands it back
+/// (`ai`), recorded (`conversation.taken_over` or `conversation.released`) in the same
+/// transaction. `None`: no such contact.
+pub async fn set_mode(
+    db: &PgPool,
+    tenant_id: &str,
+    contact_id: &str,
+    human: bool,
+    origin: &AuditOrigin,
+) -> Result<Option<ContactRow>, sqlx::Error> {
+    let (mode, action) = if human {
+        ("human", AuditAction::ConversationTakenOver)
+    } else {
+        ("ai", AuditAction::ConversationReleased)
+    };
+    let mut tx = db.begin().await?;
+    let Some(contact) = contacts::set_mode(&mut *tx, tenant_id, contact_id, mode).await? else {
+        return Ok(None);
+    };
+    let detail = serde_json::json!({ "mode": mode });
+    audit::record(
+        &mut *tx,
+        origin,
+        action,
+        contact_id,
+        Some(tenant_id),
+        detail,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(contact))
+}
 
 /// One conversation of the inbox and its newest entry (`None` only if that entry was
 /// removed between the two reads).

@@ -2,6 +2,7 @@
 //! apalis handlers, cron ticks).
 
 pub mod appointments;
+pub mod audit;
 pub mod breaker;
 pub mod contacts;
 pub mod daily;

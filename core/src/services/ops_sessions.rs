@@ -7,7 +7,11 @@ use rand::RngExt;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
-use crate::store::ops_sessions;
+use super::audit;
+use crate::{
+    domain::audit::{AuditAction, AuditOrigin},
+    store::ops_sessions,
+};
 
 /// How long a session lasts.
 pub const SESSION_HOURS: i32 = 12;
@@ -30,18 +34,49 @@ fn sha256(data: &str) -> Vec<u8> {
     Sha256::digest(data.as_bytes()).to_vec()
 }
 
-/// Starts a session for whoever holds `ops_token`; returns the id for the cookie.
-pub async fn start(db: &PgPool, ops_token: &str) -> Result<String, sqlx::Error> {
+/// Starts a session for whoever holds `ops_token`, recorded (`ops.login`) in the same
+/// transaction; returns the id for the cookie.
+pub async fn start(
+    db: &PgPool,
+    ops_token: &str,
+    origin: &AuditOrigin,
+) -> Result<String, sqlx::Error> {
     let id = random_token();
+    let mut tx = db.begin().await?;
     ops_sessions::insert(
-        db,
+        &mut tx,
         &sha256(&id),
         &random_token(),
         &sha256(ops_token),
         SESSION_HOURS,
     )
     .await?;
+    audit::record(
+        &mut *tx,
+        origin,
+        AuditAction::OpsLogin,
+        "dashboard",
+        None,
+        serde_json::json!({}),
+    )
+    .await?;
+    tx.commit().await?;
     Ok(id)
+}
+
+/// A login with a wrong token (or none): recorded (`ops.login_failed`) even though nothing
+/// changed, so guessing shows in the log. What was typed is never recorded.
+pub async fn login_failed(db: &PgPool, origin: &AuditOrigin, why: &str) {
+    let detail = serde_json::json!({ "reason": why });
+    audit::record_after(
+        db,
+        origin,
+        AuditAction::OpsLoginFailed,
+        "dashboard",
+        None,
+        detail,
+    )
+    .await;
 }
 
 /// The live session a cookie's id names, begun with the current `ops_token`.

@@ -12,7 +12,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::{
     batch::Batcher,
-    domain::{PhoneNumber, TimeZone, new_id},
+    domain::{
+        PhoneNumber, TimeZone,
+        audit::{AuditAction, AuditOrigin},
+        new_id,
+    },
+    services::audit,
     store::tenants::{self, NewTenantRow, TenantRow},
 };
 
@@ -99,6 +104,42 @@ impl TenantChanges {
             sms_mps: self.sms_mps.flatten(),
             retention_days: self.retention_days.unwrap_or(DEFAULT_RETENTION_DAYS),
         }
+    }
+
+    /// The names (as the API spells them) of the settings this request changes, for the
+    /// audit log: which, never their values.
+    pub fn field_names(&self) -> Vec<&'static str> {
+        let given = [
+            ("name", self.name.is_some()),
+            ("timezone", self.timezone.is_some()),
+            ("sms_from", self.sms_from.is_some()),
+            ("email_from", self.email_from.is_some()),
+            ("quiet_hours", self.quiet_hours.is_some()),
+            ("help_text", self.help_text.is_some()),
+            ("ai_system_prompt", self.system_prompt.is_some()),
+            ("canned_reply", self.canned_reply.is_some()),
+            ("missed_call_text", self.missed_call_text.is_some()),
+            (
+                "missed_call_cooldown_minutes",
+                self.missed_call_cooldown_minutes.is_some(),
+            ),
+            (
+                "require_consent_for_bulk",
+                self.require_consent_for_bulk.is_some(),
+            ),
+            ("frequency_cap", self.frequency_cap.is_some()),
+            (
+                "messaging_service_sid",
+                self.messaging_service_sid.is_some(),
+            ),
+            ("sms_mps", self.sms_mps.is_some()),
+            ("retention_days", self.retention_days.is_some()),
+            ("suspended", self.suspended.is_some()),
+        ];
+        given
+            .into_iter()
+            .filter_map(|(name, set)| set.then_some(name))
+            .collect()
     }
 
     /// Sets what the request gave on `t`; the rest stays.
@@ -189,7 +230,13 @@ pub fn generate_webhook_secret() -> String {
     format!("whsec_{}", STANDARD.encode(bytes))
 }
 
-pub async fn create(db: &PgPool, new: &NewTenant) -> Result<CreatedTenant, TenantError> {
+/// Creates a tenant and its first key; `origin`, when given, is recorded in the same
+/// transaction as `tenant.created` (the benchmark's set-up passes none).
+pub async fn create(
+    db: &PgPool,
+    new: &NewTenant,
+    origin: Option<&AuditOrigin>,
+) -> Result<CreatedTenant, TenantError> {
     let id = new_id("ten");
     let secret = generate_webhook_secret();
     let api_key = generate_key();
@@ -226,6 +273,19 @@ pub async fn create(db: &PgPool, new: &NewTenant) -> Result<CreatedTenant, Tenan
     tenants::insert_key(&mut *tx, &id, &key_prefix, &hash_key(&api_key))
         .await
         .context("storing its first key")?;
+    if let Some(origin) = origin {
+        let detail = serde_json::json!({ "name": new.name, "key_prefix": key_prefix });
+        audit::record(
+            &mut *tx,
+            origin,
+            AuditAction::TenantCreated,
+            &id,
+            Some(&id),
+            detail,
+        )
+        .await
+        .context("recording the creation")?;
+    }
     tx.commit().await.context("committing the tenant")?;
     Ok(CreatedTenant {
         tenant,
@@ -239,10 +299,14 @@ pub async fn create(db: &PgPool, new: &NewTenant) -> Result<CreatedTenant, Tenan
 /// routed by it. Every process reads settings from Postgres when it uses them (the API per
 /// request, the worker's claim per message) except the worker's `sms_mps` and suspension
 /// snapshots, which are at most a second old.
+///
+/// The change is recorded in the same transaction: `tenant.suspended` when it suspends the
+/// tenant, `tenant.updated` otherwise, with the names of the fields given.
 pub async fn update(
     db: &PgPool,
     id: &str,
     changes: TenantChanges,
+    origin: &AuditOrigin,
 ) -> Result<Option<TenantRow>, TenantError> {
     let mut tx = db
         .begin()
@@ -255,6 +319,7 @@ pub async fn update(
         return Ok(None);
     };
     let suspending = changes.suspended.filter(|s| *s != tenant.suspended);
+    let fields = changes.field_names();
     changes.apply(&mut tenant);
     let tenant = match tenants::write_settings(&mut tx, &tenant).await {
         Ok(t) => t,
@@ -263,6 +328,18 @@ pub async fn update(
         }
         Err(e) => return Err(anyhow::Error::new(e).context("writing the settings").into()),
     };
+    let action = if suspending == Some(true) {
+        AuditAction::TenantSuspended
+    } else {
+        AuditAction::TenantUpdated
+    };
+    let mut detail = serde_json::json!({ "fields": fields });
+    if let Some(suspended) = suspending {
+        detail["suspended"] = suspended.into();
+    }
+    audit::record(&mut *tx, origin, action, id, Some(id), detail)
+        .await
+        .context("recording the change")?;
     tx.commit().await.context("committing the settings")?;
     if let Some(suspended) = suspending {
         tracing::info!(tenant_id = %tenant.id, suspended, "tenant suspension changed");
@@ -283,22 +360,55 @@ pub async fn list(
     Ok((rows, next))
 }
 
-/// A new key for a tenant; `None` when there is no such tenant.
+/// A new key for a tenant, recorded (`key.created`) in the same transaction; `None` when
+/// there is no such tenant.
 pub async fn create_key(
     db: &PgPool,
     tenant_id: &str,
+    origin: &AuditOrigin,
 ) -> Result<Option<(String, String)>, sqlx::Error> {
-    if tenants::get(db, tenant_id).await?.is_none() {
+    let mut tx = db.begin().await?;
+    if tenants::get(&mut *tx, tenant_id).await?.is_none() {
         return Ok(None);
     }
     let api_key = generate_key();
     let key_prefix = api_key[..KEY_PREFIX_LEN].to_owned();
-    tenants::insert_key(db, tenant_id, &key_prefix, &hash_key(&api_key)).await?;
+    tenants::insert_key(&mut *tx, tenant_id, &key_prefix, &hash_key(&api_key)).await?;
+    audit::record(
+        &mut *tx,
+        origin,
+        AuditAction::KeyCreated,
+        &key_prefix,
+        Some(tenant_id),
+        serde_json::json!({}),
+    )
+    .await?;
+    tx.commit().await?;
     Ok(Some((api_key, key_prefix)))
 }
 
-pub async fn revoke_key(db: &PgPool, key_prefix: &str) -> Result<bool, sqlx::Error> {
-    tenants::revoke_key(db, key_prefix).await
+/// Revokes a key, recorded (`key.revoked`) in the same transaction; false when no live key
+/// has that prefix.
+pub async fn revoke_key(
+    db: &PgPool,
+    key_prefix: &str,
+    origin: &AuditOrigin,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let Some(tenant_id) = tenants::revoke_key(&mut *tx, key_prefix).await? else {
+        return Ok(false);
+    };
+    audit::record(
+        &mut *tx,
+        origin,
+        AuditAction::KeyRevoked,
+        key_prefix,
+        Some(&tenant_id),
+        serde_json::json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// Looks keys up for the API: concurrent requests share one query, and every lookup reads

@@ -138,19 +138,20 @@ pub async fn mark_replayed(db: impl PgExecutor<'_>, id: &str) -> Result<(), sqlx
     Ok(())
 }
 
+/// Deletes a dead letter; the tenant it belonged to, or `None` when there was none.
 pub async fn delete(
     db: impl PgExecutor<'_>,
     id: &str,
     tenant_id: Option<&str>,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "DELETE FROM dead_letters WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "DELETE FROM dead_letters WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)
+         RETURNING tenant_id",
     )
     .bind(id)
     .bind(tenant_id)
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    .fetch_optional(db)
+    .await
 }
 
 /// Writes a dead letter for a message that ended `failed` (`rejected`) or `dead` (`exhausted`).

@@ -446,6 +446,17 @@ pub async fn event_exists(
         .await
 }
 
+/// The tenant an event belongs to (for the audit log of an operator's redelivery).
+pub async fn event_tenant(
+    db: impl PgExecutor<'_>,
+    event_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT tenant_id FROM events WHERE id = $1")
+        .bind(event_id)
+        .fetch_optional(db)
+        .await
+}
+
 /// Every event since `since` not delivered to the endpoint, set to go again from its first
 /// attempt.
 pub async fn recover(

@@ -2,6 +2,7 @@
 //! a transaction) so services decide what runs in one transaction.
 
 pub mod appointments;
+pub mod audit;
 pub mod contacts;
 pub mod conversations;
 pub mod dead_letters;

@@ -1,20 +1,17 @@
 //! Dashboard sessions: only the hash of each session's id is kept.
 
-use sqlx::PgExecutor;
+use sqlx::{PgConnection, PgExecutor};
 
 /// Starts a session that lasts `hours`, dropping sessions that expired.
-pub async fn insert<'c, E>(
-    db: E,
+pub async fn insert(
+    db: &mut PgConnection,
     id_hash: &[u8],
     csrf: &str,
     token_hash: &[u8],
     hours: i32,
-) -> Result<(), sqlx::Error>
-where
-    E: PgExecutor<'c> + Copy,
-{
+) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM ops_sessions WHERE expires_at < now()")
-        .execute(db)
+        .execute(&mut *db)
         .await?;
     sqlx::query(
         "INSERT INTO ops_sessions (id_hash, csrf, token_hash, expires_at)

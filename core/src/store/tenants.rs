@@ -222,15 +222,18 @@ pub async fn find_by_key_hashes(
         .collect())
 }
 
-/// Revokes a key; false when no live key has that prefix.
-pub async fn revoke_key(db: impl PgExecutor<'_>, key_prefix: &str) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE api_keys SET revoked_at = now() WHERE key_prefix = $1 AND revoked_at IS NULL",
+/// Revokes a key; the tenant it belonged to, or `None` when no live key has that prefix.
+pub async fn revoke_key(
+    db: impl PgExecutor<'_>,
+    key_prefix: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE api_keys SET revoked_at = now() WHERE key_prefix = $1 AND revoked_at IS NULL
+         RETURNING tenant_id",
     )
     .bind(key_prefix)
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    .fetch_optional(db)
+    .await
 }
 
 /// The tenant whose `sms_from` is this number (inbound texts name their tenant by `To`).

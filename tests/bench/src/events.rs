@@ -102,6 +102,7 @@ pub async fn run(figures: &mut Figures, messages: usize, rounds: usize) -> anyho
             events: Some(vec!["message.sent".to_owned()]),
             ..Default::default()
         },
+        None,
     )
     .await?;
 

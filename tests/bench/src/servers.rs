@@ -294,6 +294,7 @@ impl Stack {
                 sms_mps: Some(10_000.0),
                 retention_days: tenants::DEFAULT_RETENTION_DAYS,
             },
+            None,
         )
         .await?)
     }
