@@ -640,6 +640,35 @@ mod tests {
     }
 
     #[test]
+    fn the_event_retry_schedule_is_the_contracts_unless_told_otherwise() {
+        let c = config(&BASE).unwrap();
+        assert_eq!(c.event_retry_schedule, EVENT_RETRY_SCHEDULE.to_vec());
+        assert_eq!(c.endpoint_disable_after, Duration::from_secs(5 * 86_400));
+        let mut vars = BASE.to_vec();
+        vars.push(("HERALD_EVENT_RETRY_SCHEDULE", "250ms, 5s,1m"));
+        vars.push(("HERALD_ENDPOINT_DISABLE_AFTER", "90s"));
+        let c = config(&vars).unwrap();
+        assert_eq!(
+            c.event_retry_schedule,
+            [
+                Duration::from_millis(250),
+                Duration::from_secs(5),
+                Duration::from_secs(60)
+            ]
+        );
+        assert_eq!(c.endpoint_disable_after, Duration::from_secs(90));
+        for bad in ["5s,", "5s,never", "0ms", "1w"] {
+            let mut vars = BASE.to_vec();
+            vars.push(("HERALD_EVENT_RETRY_SCHEDULE", bad));
+            let err = config(&vars).unwrap_err().to_string();
+            assert!(
+                err.contains("HERALD_EVENT_RETRY_SCHEDULE"),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn spans_take_a_unit_and_refuse_nonsense() {
         let with = |v: &'static str| {
             let mut vars = BASE.to_vec();
