@@ -189,6 +189,7 @@ async fn every_page_refuses_a_visitor_without_a_session() {
         "/ops/endpoints",
         "/ops/endpoints/ep_00000000000000000000000000",
         "/ops/inbox",
+        "/ops/audit",
     ] {
         let r = http.get(app.url(page)).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::SEE_OTHER, "{page}");
@@ -470,5 +471,105 @@ async fn ops_see_endpoints_and_their_attempts_redeliver_an_event_and_read_an_inb
     .await;
     let message = browser.text("#message").await;
     assert!(message.contains(texted), "{message}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn ops_read_the_audit_log_filtered_by_tenant_with_its_detail_escaped() {
+    let app = TestApp::start().await;
+    let a = app.tenant().await;
+    let named = "<script>alert('x')</script> & Co";
+    let b = app.tenant_with(json!({ "name": named })).await;
+    let (status, key) = app
+        .post(
+            &format!("/v1/admin/tenants/{}/keys", a.id),
+            &app.ops_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let prefix = key["key_prefix"].as_str().unwrap().to_owned();
+
+    // From the navigation.
+    let browser = Browser::start().await;
+    browser.goto(&app.url("/ops/login")).await;
+    browser.type_into("input[name=token]", &app.ops_token).await;
+    browser.click("#login").await;
+    browser.wait_for_url("/ops").await;
+    browser.click("nav a[href=\"/ops/audit\"]").await;
+    browser.wait_for_url("/ops/audit").await;
+    // Newest first: this very login, then the key.
+    let login = browser.text("#audit tbody tr:nth-child(1)").await;
+    assert!(
+        login.contains("ops.login") && login.contains("dashboard"),
+        "{login}"
+    );
+    let created = browser.text("#audit tbody tr:nth-child(2)").await;
+    for part in ["key.created", prefix.as_str(), a.id.as_str(), "ops", "{}"] {
+        assert!(created.contains(part), "{part} in {created}");
+    }
+    let all = browser.text("#audit").await;
+    assert!(
+        all.contains(&b.id) && all.contains("tenant.created") && all.contains(named),
+        "every tenant's entries, the name shown as text: {all}"
+    );
+
+    // One tenant's entries only.
+    browser.type_into("input[name=tenant_id]", &a.id).await;
+    browser.click("form.filters button").await;
+    browser
+        .wait_for_url(&format!(
+            "/ops/audit?tenant_id={}&action=&actor=&since=",
+            a.id
+        ))
+        .await;
+    let only_a = browser.text("#audit").await;
+    assert!(
+        only_a.contains(&prefix) && only_a.contains(&a.id) && !only_a.contains(&b.id),
+        "{only_a}"
+    );
+    browser.save_screenshot("dashboard-audit").await;
+
+    let http = no_redirects();
+    let cookie = app.ops_login(&http).await;
+    let get = |path: String| {
+        let (http, cookie, app) = (&http, &cookie, &app);
+        async move {
+            http.get(app.url(&path))
+                .header(header::COOKIE, cookie)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let html = get(format!("/ops/audit?tenant_id={}", b.id)).await;
+    assert!(
+        html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; Co")
+            || html.contains("&lt;script&gt;alert('x')&lt;/script&gt; &amp; Co"),
+        "the detail is escaped: {html}"
+    );
+    assert!(
+        !html.contains("<script>") && !html.contains(&prefix),
+        "{html}"
+    );
+    let keys_only = get(format!(
+        "/ops/audit?action=key.created&actor=ops&tenant_id={}",
+        a.id
+    ))
+    .await;
+    assert!(
+        keys_only.contains(&prefix) && !keys_only.contains("tenant.created</span>"),
+        "{keys_only}"
+    );
+    let mistaken = get("/ops/audit?tenant_id=acme&since=yesterday".to_owned()).await;
+    assert!(
+        mistaken.contains("That is not a tenant id")
+            && mistaken.contains("RFC 3339")
+            && mistaken.contains("No audit entries."),
+        "{mistaken}"
+    );
     app.stop().await;
 }

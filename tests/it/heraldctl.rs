@@ -398,6 +398,77 @@ async fn creates_a_tenant_whose_keys_work_until_revoked() {
 }
 
 #[tokio::test]
+async fn lists_the_audit_log_filtered_as_a_table_or_json() {
+    let app = TestApp::start().await;
+    let (a, b) = (app.tenant().await, app.tenant().await);
+    let key = ok(&app, &["keys", "create", &a.id, "--json"]).await.json();
+    let prefix = key["key_prefix"].as_str().unwrap().to_owned();
+
+    // Newest first: the key just created, by the operator.
+    let all = ok(&app, &["audit"]).await;
+    assert!(all.stdout.starts_with("AT "), "a header row: {all:?}");
+    let first = all.stdout.lines().nth(1).unwrap();
+    let cols: Vec<&str> = first.split_whitespace().collect();
+    assert_eq!(
+        (cols[1], cols[2], cols[3], cols[4]),
+        ("ops", "key.created", prefix.as_str(), a.id.as_str()),
+        "{all:?}"
+    );
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(cols[0]).is_ok(),
+        "{first}"
+    );
+    assert!(
+        all.stdout.contains(&b.id),
+        "every tenant's entries: {all:?}"
+    );
+
+    let only_b = ok(&app, &["audit", "--tenant", &b.id, "--since", "1h"]).await;
+    let line = row(&only_b, "tenant.created");
+    assert!(line.contains(&b.id), "{only_b:?}");
+    assert!(!only_b.stdout.contains(&a.id), "{only_b:?}");
+    let keys = ok(
+        &app,
+        &[
+            "audit",
+            "--action",
+            "key.created",
+            "--actor",
+            "ops",
+            "--json",
+        ],
+    )
+    .await
+    .json();
+    let entries = keys["data"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{keys}");
+    assert_eq!(entries[0]["target"], prefix.as_str(), "{keys}");
+    assert_eq!(entries[0]["tenant_id"], a.id.as_str(), "{keys}");
+    assert!(
+        entries[0]["id"].as_str().unwrap().starts_with("aud_"),
+        "{keys}"
+    );
+    assert!(keys["next_cursor"].is_null(), "{keys}");
+    let limited = ok(&app, &["audit", "--limit", "1"]).await;
+    assert!(limited.stdout.contains("raise --limit"), "{limited:?}");
+    let none = ok(&app, &["audit", "--actor", "hk_000000000"]).await;
+    assert_eq!(none.stdout, "no audit entries\n", "{none:?}");
+
+    // The API refuses what it cannot read (422, exit 1); a `--since` that is no time is
+    // refused before any call, like every command's (exit 2).
+    let bad = heraldctl(&app, &["audit", "--actor", "somebody"]).await;
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(
+        bad.stderr.contains("field actor") && bad.stderr.contains("422"),
+        "{bad:?}"
+    );
+    let since = heraldctl(&app, &["audit", "--since", "yesterday"]).await;
+    assert_eq!(since.code, 2, "{since:?}");
+    assert!(since.stderr.contains("`--since`"), "{since:?}");
+    assert!(since.stdout.is_empty(), "{since:?}");
+}
+
+#[tokio::test]
 async fn prints_the_apis_refusal_and_exits_1() {
     let app = TestApp::start().await;
     let bad_token = heraldctl_with(

@@ -33,6 +33,7 @@ pub fn page(title: &str, session: Option<&Session>, body: Markup) -> Html<String
                                 a href="/ops/messages" { "Messages" }
                                 a href="/ops/endpoints" { "Endpoints" }
                                 a href="/ops/inbox" { "Inbox" }
+                                a href="/ops/audit" { "Audit" }
                             }
                             form method="post" action="/ops/logout" {
                                 input type="hidden" name="csrf" value=(s.csrf);

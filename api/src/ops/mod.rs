@@ -7,6 +7,7 @@
 //! caching; notices are the dashboard's own, by code; a database that does not answer is a 503
 //! page, never its error. The pages read through the services, like the API.
 
+mod audit;
 mod dead_letters;
 mod endpoints;
 mod inbox;
@@ -56,6 +57,7 @@ fn pages() -> Router<AppState> {
         .route("/ops/endpoints/{id}", get(endpoints::detail))
         .route("/ops/events/{id}/redeliver", post(endpoints::redeliver))
         .route("/ops/inbox", get(inbox::list))
+        .route("/ops/audit", get(audit::list))
         .layer(middleware::from_fn(security_headers))
 }
 

@@ -5,7 +5,11 @@
 //! checked here, before any call.
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum, error::ErrorKind};
+use clap::{
+    Args, CommandFactory, Parser, Subcommand, ValueEnum, builder::PossibleValuesParser,
+    error::ErrorKind,
+};
+use herald_core::domain::audit::AuditAction;
 
 use crate::failure::Failure;
 
@@ -30,6 +34,8 @@ commands in full:
   events redeliver EVT_ID       send an event again to each endpoint that had it
   inbox --tenant TENANT_ID [--needs-reply] [--mode ai|human] [--limit N]
                                 a tenant's conversations, newest activity first
+  audit [--tenant TENANT_ID] [--action ACTION] [--actor ACTOR] [--since TIME] [--limit N]
+                                the audit log, newest first: who changed what, from where
 
 Lists print every page up to --limit (default 100).
 
@@ -106,6 +112,16 @@ pub enum Command {
         /// `ai` or `human`.
         mode: Option<String>,
         needs_reply: bool,
+        limit: usize,
+    },
+    Audit {
+        tenant_id: Option<String>,
+        /// One of the audit actions (`key.created`, ...).
+        action: Option<String>,
+        /// `ops` or a key prefix.
+        actor: Option<String>,
+        /// RFC 3339, as `--since` is read.
+        since: Option<String>,
         limit: usize,
     },
 }
@@ -198,6 +214,24 @@ enum Group {
         /// Only conversations the AI answers, or a person does
         #[arg(long, value_enum)]
         mode: Option<Mode>,
+        #[command(flatten)]
+        limit: Limit,
+    },
+    /// The audit log, newest first: who changed what, from where (every page, up to --limit)
+    Audit {
+        /// Only entries about this tenant
+        #[arg(long, value_name = "TENANT_ID")]
+        tenant: Option<String>,
+        /// Only this action
+        #[arg(long, value_name = "ACTION",
+              value_parser = PossibleValuesParser::new(AuditAction::ALL.map(AuditAction::as_str)))]
+        action: Option<String>,
+        /// Only changes made by `ops` (ops token or dashboard) or by one key (its prefix)
+        #[arg(long, value_name = "ACTOR")]
+        actor: Option<String>,
+        /// Made at or after TIME (RFC 3339, or a duration ago: 30m, 1h, 2d)
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
         #[command(flatten)]
         limit: Limit,
     },
@@ -461,6 +495,19 @@ fn command(group: Group, now: DateTime<Utc>) -> Result<Command, Failure> {
             needs_reply,
             limit: limit.rows(),
         },
+        Group::Audit {
+            tenant,
+            action,
+            actor,
+            since,
+            limit,
+        } => Command::Audit {
+            tenant_id: tenant,
+            action,
+            actor,
+            since: since.map(|s| parse_since(&s, now)).transpose()?,
+            limit: limit.rows(),
+        },
     })
 }
 
@@ -653,6 +700,36 @@ mod tests {
         assert!(usage_error("endpoints attempts ep_1 --since soon").contains("`--since`"));
         assert!(usage_error("endpoints list --reason rejected").contains("'--reason'"));
         assert!(usage_error("events redeliver").contains("<EVT_ID>"));
+    }
+
+    #[test]
+    fn the_audit_command_reads_its_filters() {
+        assert_eq!(
+            parse_line("audit --tenant ten_1 --action key.created --actor ops --since 1h")
+                .unwrap()
+                .command,
+            Command::Audit {
+                tenant_id: Some("ten_1".into()),
+                action: Some("key.created".into()),
+                actor: Some("ops".into()),
+                since: Some("2026-03-01T11:00:00Z".into()),
+                limit: 100,
+            }
+        );
+        assert_eq!(
+            parse_line("audit --limit 3").unwrap().command,
+            Command::Audit {
+                tenant_id: None,
+                action: None,
+                actor: None,
+                since: None,
+                limit: 3,
+            }
+        );
+        assert!(usage_error("audit --action key.stolen").contains("key.revoked"));
+        assert!(usage_error("audit --since soon").contains("`--since`"));
+        assert!(usage_error("audit --reason rejected").contains("'--reason'"));
+        assert!(help_text("audit --help").contains("--actor <ACTOR>"));
     }
 
     #[test]

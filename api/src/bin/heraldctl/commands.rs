@@ -17,6 +17,9 @@ const MAX_PAGE: usize = 100;
 /// a list before the line gets unreadable; `dlq show` and `--json` have all of it.
 const LAST_ERROR_WIDTH: usize = 60;
 
+/// How much of an audit entry's detail (compact JSON) fits in the list; `--json` has all of it.
+const DETAIL_WIDTH: usize = 60;
+
 /// How much of an endpoint's event types fits in the list; `--json` has them all.
 const EVENTS_WIDTH: usize = 50;
 
@@ -148,6 +151,23 @@ pub async fn run(client: &Client, command: &Command, json: bool) -> Result<Strin
             }
             let page = pages(client, &["v1", "admin", "conversations"], query, *limit).await?;
             let human = inbox(&page);
+            (page, human)
+        }
+        Command::Audit {
+            tenant_id,
+            action,
+            actor,
+            since,
+            limit,
+        } => {
+            let query = optional(&[
+                ("tenant_id", tenant_id),
+                ("action", action),
+                ("actor", actor),
+                ("since", since),
+            ]);
+            let page = pages(client, &["v1", "admin", "audit"], query, *limit).await?;
+            let human = audit_list(&page);
             (page, human)
         }
     };
@@ -441,6 +461,36 @@ fn inbox(page: &Value) -> String {
     table.render() + &more_note(page, "conversations")
 }
 
+fn audit_list(page: &Value) -> String {
+    let rows = rows_of(page);
+    if rows.is_empty() {
+        return "no audit entries\n".to_owned();
+    }
+    let mut table = Table::new(&[
+        ("AT", Align::Left),
+        ("ACTOR", Align::Left),
+        ("ACTION", Align::Left),
+        ("TARGET", Align::Left),
+        ("TENANT", Align::Left),
+        ("CLIENT_IP", Align::Left),
+        ("REQUEST_ID", Align::Left),
+        ("DETAIL", Align::Left),
+    ]);
+    for e in rows {
+        table.row(vec![
+            time(&e["at"]),
+            text(&e["actor"]),
+            text(&e["action"]),
+            text(&e["target"]),
+            text(&e["tenant_id"]),
+            text(&e["client_ip"]),
+            text(&e["request_id"]),
+            truncate(&text(&e["detail"]), DETAIL_WIDTH),
+        ]);
+    }
+    table.render() + &more_note(page, "audit entries")
+}
+
 fn dead_letter(d: &Value) -> String {
     let mut out = fields(&[
         ("id", text(&d["id"])),
@@ -593,6 +643,38 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("more endpoints than the 1 shown"), "{out}");
+    }
+
+    #[test]
+    fn an_audit_row_shows_who_did_what_and_its_detail_as_compact_json() {
+        let page = json!({"data": [{
+            "id": "aud_1", "at": "2026-03-01T10:00:00.25Z", "actor": "ops",
+            "action": "key.created", "target": "hk_abcdefghi", "tenant_id": "ten_1",
+            "client_ip": "127.0.0.1", "request_id": null,
+            "detail": {"fields": ["name", "timezone"]},
+        }], "next_cursor": "aud_1"});
+        let out = audit_list(&page);
+        assert!(out.starts_with("AT "), "{out}");
+        let row = out.lines().nth(1).unwrap();
+        assert_eq!(
+            row.split_whitespace().collect::<Vec<_>>(),
+            [
+                "2026-03-01T10:00:00Z",
+                "ops",
+                "key.created",
+                "hk_abcdefghi",
+                "ten_1",
+                "127.0.0.1",
+                "-",
+                r#"{"fields":["name","timezone"]}"#,
+            ],
+            "{out}"
+        );
+        assert!(out.contains("more audit entries than the 1 shown"), "{out}");
+        assert_eq!(
+            audit_list(&json!({"data": [], "next_cursor": null})),
+            "no audit entries\n"
+        );
     }
 
     #[test]
