@@ -419,6 +419,13 @@ impl Page {
     }
 }
 
+/// An RFC 3339 time with an offset, in UTC.
+pub fn rfc3339(raw: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(raw)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
 /// An optional query parameter: absent or empty is `None`, else what `parse` makes of it,
 /// or 422 naming the parameter with `expected` in the message.
 pub fn query_param<'q, T>(

@@ -6,7 +6,6 @@ use axum::{
     http::HeaderMap,
     response::{IntoResponse, Response},
 };
-use chrono::{DateTime, Utc};
 use herald_core::{
     domain::{audit::AuditAction, is_id},
     services::audit,
@@ -19,7 +18,7 @@ use super::{
     layout::{page, unavailable, url_escape, when},
     session,
 };
-use crate::{routes::audit::is_actor, state::AppState};
+use crate::{body::rfc3339, routes::audit::is_actor, state::AppState};
 
 /// Entries per page.
 const PAGE: i64 = 50;
@@ -37,12 +36,6 @@ pub struct AuditQuery {
 /// A query value that was given (not absent, not blank).
 fn given(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|v| !v.is_empty())
-}
-
-fn rfc3339(raw: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(raw)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
 }
 
 pub async fn list(

@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::{
     auth::Tenant,
-    body::{Fields, JsonBody, Page, known_params, query_param},
+    body::{Fields, JsonBody, Page, known_params, query_param, rfc3339},
     error::{ApiError, ApiResult, ErrorBody},
     state::AppState,
     views,
@@ -211,12 +211,6 @@ fn parse_cursor(c: &str) -> Option<(DateTime<Utc>, &str)> {
     let (micros, id) = c.split_once('.')?;
     let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
     is_id("apt", id).then_some((at, id))
-}
-
-fn rfc3339(raw: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(raw)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
 }
 
 /// A page of the tenant's appointments with their reminders, soonest first (canceled ones

@@ -7,7 +7,6 @@ use axum::{
     Json,
     extract::{Query, State},
 };
-use chrono::{DateTime, Utc};
 use herald_core::{
     domain::{
         audit::{AuditAction, OPS_ACTOR},
@@ -19,7 +18,7 @@ use herald_core::{
 
 use crate::{
     auth::{Ops, Tenant},
-    body::{Page, known_params, query_param},
+    body::{Page, known_params, query_param, rfc3339},
     error::{ApiResult, ErrorBody},
     state::AppState,
     views,
@@ -48,12 +47,6 @@ pub fn filter(q: &HashMap<String, String>) -> ApiResult<AuditFilter> {
         since,
         until,
     })
-}
-
-fn rfc3339(raw: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(raw)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
 }
 
 /// `ops`, or what a key's prefix looks like.

@@ -8,7 +8,6 @@ use axum::{
     extract::{Path, Query, State},
     http::StatusCode,
 };
-use chrono::{DateTime, Utc};
 use herald_core::{
     domain::{
         audit::{AuditAction, AuditOrigin},
@@ -24,7 +23,7 @@ use serde_json::Value;
 
 use crate::{
     auth::{Ops, Origin, Tenant},
-    body::{Fields, JsonBody, Page, known_params, query_param},
+    body::{Fields, JsonBody, Page, known_params, query_param, rfc3339},
     error::{ApiError, ApiResult, ErrorBody},
     state::AppState,
     views,
@@ -129,7 +128,7 @@ pub async fn list(
         page.limit + 1,
     )
     .await?;
-    let (data, next_cursor) = paged(rows, page.limit, |e| e.id.clone());
+    let (data, next_cursor) = page.cut(rows, |e| e.id.clone());
     Ok(Json(views::EndpointPage {
         data: data.into_iter().map(Into::into).collect(),
         next_cursor,
@@ -160,28 +159,11 @@ pub async fn admin_list(
     })?;
     let rows =
         store::list_endpoints(&state.db, tenant_id, page.cursor.as_deref(), page.limit + 1).await?;
-    let (data, next_cursor) = paged(rows, page.limit, |e| e.id.clone());
+    let (data, next_cursor) = page.cut(rows, |e| e.id.clone());
     Ok(Json(views::AdminEndpointPage {
         data: data.into_iter().map(Into::into).collect(),
         next_cursor,
     }))
-}
-
-/// Splits one row too many off a page: its presence says there is a next page, whose cursor
-/// is the last row kept.
-fn paged<T>(
-    mut rows: Vec<T>,
-    limit: i64,
-    cursor: impl Fn(&T) -> String,
-) -> (Vec<T>, Option<String>) {
-    let limit = usize::try_from(limit).unwrap_or(0);
-    if rows.len() > limit {
-        rows.truncate(limit);
-        let next = rows.last().map(cursor);
-        (rows, next)
-    } else {
-        (rows, None)
-    }
 }
 
 fn endpoint_id(id: &str) -> ApiResult<&str> {
@@ -341,7 +323,7 @@ async fn attempts_page(
             .into_iter()
             .find(|known| *known == s)
     })?;
-    let since = query_time(q, "since")?;
+    let since = query_param(q, "since", "an RFC 3339 time with an offset", rfc3339)?;
     let endpoint = store::get_endpoint(&state.db, tenant_id, endpoint_id(id)?)
         .await?
         .ok_or_else(not_found)?;
@@ -354,26 +336,11 @@ async fn attempts_page(
         page.limit + 1,
     )
     .await?;
-    let (data, next_cursor) = paged(rows, page.limit, |a| a.id.clone());
+    let (data, next_cursor) = page.cut(rows, |a| a.id.clone());
     Ok(views::EventAttemptPage {
         data: data.into_iter().map(Into::into).collect(),
         next_cursor,
     })
-}
-
-fn query_time(q: &HashMap<String, String>, name: &str) -> ApiResult<Option<DateTime<Utc>>> {
-    match q.get(name).map(String::as_str) {
-        None | Some("") => Ok(None),
-        Some(raw) => DateTime::parse_from_rfc3339(raw)
-            .map(|t| Some(t.with_timezone(&Utc)))
-            .map_err(|_| {
-                ApiError::invalid(
-                    "invalid_value",
-                    name,
-                    format!("`{name}` must be an RFC 3339 time with an offset"),
-                )
-            }),
-    }
 }
 
 /// Send an endpoint again every event since `since` that it has not had (after an outage of
