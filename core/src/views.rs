@@ -72,6 +72,9 @@ pub struct Message {
     /// due transactional messages before it, for a bulk one). Null once it has left, or for
     /// an inbound message.
     pub expected_at: Option<String>,
+    /// When its body, subject and error texts were removed: by the tenant's retention, or
+    /// because its contact was erased. Null while it has them.
+    pub redacted_at: Option<String>,
 }
 
 impl From<MessageRow> for Message {
@@ -116,6 +119,7 @@ impl From<MessageRow> for Message {
             encoding: encoding.map(|e| e.as_str().to_owned()),
             segments,
             expected_at,
+            redacted_at: opt_time(m.redacted_at),
         }
     }
 }

@@ -11,7 +11,8 @@
 //!   last step, and group sends with nothing left on their way are marked complete (with
 //!   their `group_send.completed` event);
 //! - every hour, retention removes expired idempotency keys, old AI-budget records, old daily-run records and old
-//!   log-provider records.
+//!   log-provider records, and the texts (message bodies, conversation texts, error texts, dead-letter
+//!   payloads), webhook events and endpoint attempts older than each tenant's `retention_days`.
 
 mod outbox;
 pub mod reconcile;
@@ -21,7 +22,10 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 use anyhow::Context;
 use apalis::prelude::{Data, Monitor, WorkerBuilder, WorkerBuilderExt};
 use apalis_cron::{CronScheduler, Tick};
-use herald_core::{Config, db, queue, services::events};
+use herald_core::{
+    Config, db, queue,
+    services::{events, privacy},
+};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -82,6 +86,20 @@ async fn retention_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error
     let removed = herald_core::store::retention::remove_expired(&ctx.db).await?;
     if removed.total() > 0 {
         info!(?removed, "retention removed what is of no more use");
+    }
+    let started = std::time::Instant::now();
+    let retained = privacy::retention_pass(
+        &ctx.db,
+        chrono::Utc::now(),
+        privacy::RetentionPace::default(),
+    )
+    .await?;
+    if retained.messages_redacted + retained.events_removed + retained.attempts_removed > 0 {
+        info!(
+            ?retained,
+            took_ms = started.elapsed().as_millis() as u64,
+            "retention removed texts older than their tenants keep them"
+        );
     }
     Ok(())
 }

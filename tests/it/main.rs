@@ -20,6 +20,7 @@ mod lists;
 mod ops;
 mod outages;
 mod pacing;
+mod privacy;
 mod processes;
 mod queue;
 mod reach;

@@ -72,6 +72,9 @@ pub struct MessageView {
     pub segments: Option<i64>,
     /// When it is expected to leave; null once it has.
     pub expected_at: Option<String>,
+    /// When its texts were removed (retention or erasure).
+    #[serde(default)]
+    pub redacted_at: Option<String>,
     /// Oldest first; empty where the answer carries none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<EventView>,

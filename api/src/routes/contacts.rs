@@ -10,12 +10,13 @@ use axum::{
 use chrono::Utc;
 use herald_core::{
     domain::{EmailAddress, PhoneNumber, TimeZone, is_id, new_id},
+    services::privacy::{self, Erased},
     store::contacts::{self, Consent, ContactChanges, ContactFilter, NewContact},
 };
 use serde_json::Value;
 
 use crate::{
-    auth::Tenant,
+    auth::{Origin, Tenant},
     body::{Fields, JsonBody, Page, bool_param, known_params, query_param},
     error::{ApiError, ApiResult, ErrorBody},
     state::AppState,
@@ -192,6 +193,39 @@ pub async fn get(
     contacts::get(&state.db, &auth.tenant.id, &id)
         .await?
         .map(|c| Json(views::Contact::new(c, &auth.tenant.timezone)))
+        .ok_or_else(|| ApiError::not_found("contact"))
+}
+
+/// What `DELETE /v1/contacts/{id}` answers.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErasedOut {
+    pub erased: Erased,
+}
+
+/// Erase a contact, irreversibly: their name, phone and email, and every message body,
+/// conversation text and error text about them, go from every table (the message rows stay,
+/// without them, for the tenant's figures); what was waiting to be sent is canceled; their
+/// appointments, subscriptions and memberships are removed. An opted-out number stays
+/// suppressed, kept only as a keyed hash. Then the contact is 404.
+#[utoipa::path(
+    delete, path = "/v1/contacts/{id}", tag = "contacts",
+    params(("id" = String, Path, description = "`ct_...`")),
+    responses((status = 200, body = ErasedOut), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn erase(
+    auth: Tenant,
+    origin: Origin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ErasedOut>> {
+    if !is_id("ct", &id) {
+        return Err(ApiError::not_found("contact"));
+    }
+    let origin = origin.by_key(&auth.key_prefix);
+    privacy::erase(&state.db, &auth.tenant.id, &id, &origin)
+        .await?
+        .map(|erased| Json(ErasedOut { erased }))
         .ok_or_else(|| ApiError::not_found("contact"))
 }
 

@@ -173,9 +173,14 @@ pub async fn replay(
                 status: m.status.as_str().to_owned(),
             }),
         )),
+        Replay::NotReplayable { redacted: true, .. } => Err(ApiError::conflict(
+            "redacted",
+            "the message's text was removed (retention or erasure); there is nothing to send",
+        )),
         Replay::NotReplayable {
             status,
             expired: true,
+            ..
         } => Err(ApiError::conflict(
             "expired",
             format!("the message is {status} and its expires_at has passed; it will not be sent"),

@@ -88,7 +88,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(contacts::create, contacts::list))
         .routes(routes!(import::import).layer(DefaultBodyLimit::max(MAX_IMPORT_BODY)))
-        .routes(routes!(contacts::get, contacts::patch))
+        .routes(routes!(contacts::get, contacts::patch, contacts::erase))
         .routes(routes!(contacts::consent_events))
         .routes(routes!(conversations::inbox))
         .routes(routes!(conversations::get))

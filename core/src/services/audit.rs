@@ -62,7 +62,7 @@ pub async fn record_after(
     }
 }
 
-/// `contact.exported`, for the export route when it exists.
+/// `contact.exported`, written before the export is sent.
 pub async fn contact_exported(
     db: impl PgExecutor<'_>,
     origin: &AuditOrigin,
@@ -81,7 +81,7 @@ pub async fn contact_exported(
     .await
 }
 
-/// `contact.erased`, for the erasure route when it exists; `erased` holds the counts it
+/// `contact.erased`, in the erasure's transaction; `erased` holds the counts it
 /// answers with (never the person's data).
 pub async fn contact_erased(
     db: impl PgExecutor<'_>,

@@ -31,6 +31,8 @@ pub enum Replay {
     NotReplayable {
         status: MessageStatus,
         expired: bool,
+        /// Its text was removed (retention or erasure): there is nothing to send.
+        redacted: bool,
     },
     NotFound,
 }
@@ -105,6 +107,7 @@ pub async fn replay(
                 None => Replay::NotFound,
                 Some(m) => Replay::NotReplayable {
                     expired: m.expires_at <= chrono::Utc::now(),
+                    redacted: m.redacted_at.is_some(),
                     status: m.status,
                 },
             })

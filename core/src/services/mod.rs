@@ -17,6 +17,7 @@ pub mod messages;
 pub mod ops_sessions;
 pub mod pacing;
 pub mod pauses;
+pub mod privacy;
 pub mod replies;
 pub mod reports;
 pub mod suspensions;

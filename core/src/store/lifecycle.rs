@@ -125,7 +125,9 @@ async fn claim_statement(
                    (m.status IN ('scheduled', 'queued', 'retrying')
                     OR (m.status = 'sending' AND m.claim_attempt < j.attempt))
                    AND m.send_at <= now() + interval '1 second' AS eligible,
-                   CASE WHEN m.expires_at <= now() THEN 'expired'
+                   -- Its contact was erased while an attempt was under way.
+                   CASE WHEN m.redacted_at IS NOT NULL THEN 'canceled'
+                        WHEN m.expires_at <= now() THEN 'expired'
                         WHEN tn.suspended THEN 'held'
                         WHEN s.why IS NOT NULL THEN 'suppressed'
                         WHEN m.channel = 'sms' AND m.respect_quiet_hours AND tn.quiet_start IS NOT NULL
@@ -141,12 +143,19 @@ async fn claim_statement(
             JOIN tenants tn ON tn.id = m.tenant_id
             LEFT JOIN contacts c ON c.id = m.contact_id
             CROSS JOIN LATERAL (SELECT COALESCE(c.timezone, tn.timezone) AS zone) z
-            -- Why a message must not go out: its number opted out, a carrier called it
-            -- unreachable, or (bulk only) the tenant requires consent it lacks, or the recipient
-            -- had the tenant's cap of bulk messages already.
+            -- Why a message must not go out: its number opted out (or did before its contact
+            -- was erased), a carrier called it unreachable, or (bulk only) the tenant requires
+            -- consent it lacks, or the recipient had the tenant's cap of bulk messages already.
             CROSS JOIN LATERAL (
                 SELECT CASE
                     WHEN o.opted_out THEN 'opted out'
+                    -- A number whose contact was erased while opted out, texted by number.
+                    WHEN m.channel = 'sms' AND o.id IS NULL AND EXISTS (
+                        SELECT 1 FROM erased_opt_outs e
+                        WHERE e.tenant_id = m.tenant_id
+                          AND e.number_hash = herald_number_hash((SELECT herald_number_key()),
+                                                                 m.tenant_id, m.to_addr)
+                    ) THEN 'opted out'
                     WHEN o.phone_status = 'unreachable' THEN 'unreachable'
                     WHEN m.priority = 'bulk' AND m.channel = 'sms' AND tn.require_consent_for_bulk
                          AND COALESCE(o.consent_status, 'unknown') <> 'opted_in' THEN 'no consent'
@@ -191,6 +200,7 @@ async fn claim_statement(
                 WHEN 'sending' THEN 'attempt ' || c.attempts
                 WHEN 'suppressed' THEN CASE t.why WHEN 'opted out'
                                        THEN 'the recipient has opted out; not sent' ELSE t.why END
+                WHEN 'canceled' THEN 'its contact was erased'
                 ELSE 'expires_at passed before it could be sent' END
             FROM claimed c JOIN target t ON t.id = c.id
          )
@@ -334,6 +344,7 @@ pub async fn restart(
             UPDATE messages SET status = 'queued', send_at = now(), run = run + 1, attempts = 0,
                    claim_attempt = 0, last_error = NULL, updated_at = now()
             WHERE id = $1 AND status IN ('failed', 'dead') AND expires_at > now()
+              AND redacted_at IS NULL
             RETURNING *
          ), e AS (
             INSERT INTO message_events (message_id, status, detail)

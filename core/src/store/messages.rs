@@ -60,6 +60,10 @@ pub struct MessageRow {
     /// When an `undelivered` SMS was scheduled to be sent once more (at most once).
     pub redelivered_at: Option<DateTime<Utc>>,
     pub priority: Priority,
+    /// When its body and error texts were removed (erasure or retention).
+    #[sqlx(default)]
+    #[serde(default)]
+    pub redacted_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

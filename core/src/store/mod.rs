@@ -6,6 +6,7 @@ pub mod audit;
 pub mod contacts;
 pub mod conversations;
 pub mod dead_letters;
+pub mod erasure;
 pub mod events;
 pub mod groups;
 pub mod idempotency;

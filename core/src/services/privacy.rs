@@ -1,0 +1,243 @@
+//! Privacy: erasing a person on request, and removing what is older than a tenant keeps.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+
+use crate::{
+    domain::{audit::AuditOrigin, id_floor},
+    services::audit,
+    store::{erasure, retention},
+};
+
+/// What an erasure removed, as `DELETE /v1/contacts/{id}` answers it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Erased {
+    /// Messages to or from the person whose addresses, texts and error texts were removed
+    /// (the rows stay, for the tenant's figures).
+    pub messages: u64,
+    /// Of those, entries of the person's SMS conversation.
+    pub conversation_entries: u64,
+    pub appointments: u64,
+    pub subscriptions: u64,
+    /// Messages still waiting to be sent, now canceled.
+    pub canceled: u64,
+    /// Dead letters of those messages, removed (they could not be replayed to anyone).
+    pub dead_letters: u64,
+    /// Event webhook events about the person or those messages, removed with their
+    /// deliveries.
+    pub events: u64,
+}
+
+/// Erases the tenant's contact, all of it or nothing, with its audit entry; `None` when the
+/// tenant has no such contact (or it was erased already).
+pub async fn erase(
+    db: &PgPool,
+    tenant_id: &str,
+    contact_id: &str,
+    origin: &AuditOrigin,
+) -> anyhow::Result<Option<Erased>> {
+    let mut tx = db.begin().await.context("starting the erasure")?;
+    let Some(contact) = erasure::lock_contact(&mut *tx, tenant_id, contact_id)
+        .await
+        .context("locking the contact")?
+    else {
+        return Ok(None);
+    };
+    erasure::keep_opt_out(&mut *tx, &contact)
+        .await
+        .context("keeping the opt-out")?;
+    let redacted = erasure::redact_messages(&mut tx, &contact)
+        .await
+        .context("redacting the messages")?;
+    let removed = erasure::remove_rest(&mut tx, &contact, &redacted.ids)
+        .await
+        .context("removing the rest")?;
+    let erased = Erased {
+        messages: redacted.ids.len() as u64,
+        conversation_entries: redacted.conversation_entries,
+        appointments: removed.appointments,
+        subscriptions: removed.subscriptions,
+        canceled: redacted.canceled,
+        dead_letters: removed.dead_letters,
+        events: removed.events,
+    };
+    let detail = serde_json::to_value(erased).context("the erasure's counts")?;
+    audit::contact_erased(&mut *tx, origin, tenant_id, contact_id, detail)
+        .await
+        .context("recording the erasure")?;
+    tx.commit().await.context("committing the erasure")?;
+    Ok(Some(erased))
+}
+
+/// How hard a retention pass works: rows per statement, and how long it rests after each
+/// statement, as a share of the time the statement took (1.0: half the time busy), so
+/// sending keeps the database it shares.
+#[derive(Debug, Clone, Copy)]
+pub struct RetentionPace {
+    pub batch: i64,
+    pub rest: f64,
+}
+
+impl Default for RetentionPace {
+    fn default() -> Self {
+        Self {
+            batch: 1_000,
+            rest: 1.0,
+        }
+    }
+}
+
+/// What one retention pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retained {
+    /// Messages whose body, subject and error texts were removed.
+    pub messages_redacted: u64,
+    /// Webhook events removed (with their deliveries), and endpoint attempts removed.
+    pub events_removed: u64,
+    pub attempts_removed: u64,
+    /// Statements it took.
+    pub batches: u64,
+    /// False when another scheduler's pass was running, and this one did nothing.
+    pub ran: bool,
+}
+
+/// The advisory lock that lets one retention pass run at a time, however many schedulers.
+const RETENTION_LOCK: i64 = 0x6865_7261_6c64_7265; // "heraldre"
+
+/// One pass of retention as of `now`: for each tenant, the texts of its messages older than
+/// its `retention_days` are removed (see [`retention::redact_batch`]), and its webhook
+/// events and endpoint attempts older than that are deleted; in bounded statements with
+/// rests between them.
+pub async fn retention_pass(
+    db: &PgPool,
+    now: DateTime<Utc>,
+    pace: RetentionPace,
+) -> anyhow::Result<Retained> {
+    let mut conn = db.acquire().await.context("a connection for retention")?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(RETENTION_LOCK)
+        .fetch_one(&mut *conn)
+        .await
+        .context("taking the retention lock")?;
+    if !locked {
+        return Ok(Retained::default());
+    }
+    let result = retain(&mut conn, now, pace).await;
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(RETENTION_LOCK)
+        .execute(&mut *conn)
+        .await;
+    if unlocked.is_err() {
+        // A connection that may still hold the lock must not go back to the pool.
+        conn.detach();
+    }
+    result
+}
+
+async fn retain(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    pace: RetentionPace,
+) -> anyhow::Result<Retained> {
+    let mut done = Retained {
+        ran: true,
+        ..Retained::default()
+    };
+    let rest = |took: Duration| tokio::time::sleep(took.mul_f64(pace.rest));
+    for (tenant_id, keep_days) in retention::tenants(&mut *conn)
+        .await
+        .context("reading the tenants")?
+    {
+        let mut after = retention::mark(&mut *conn, &tenant_id)
+            .await
+            .context("reading where retention stands")?;
+        loop {
+            let started = Instant::now();
+            let batch =
+                retention::redact_batch(&mut *conn, &tenant_id, &after, now, keep_days, pace.batch)
+                    .await
+                    .with_context(|| format!("redacting tenant {tenant_id}'s old messages"))?;
+            done.batches += 1;
+            done.messages_redacted += batch.redacted;
+            if let Some(last) = batch.last_id {
+                after = last;
+            }
+            let more = batch.walked as i64 >= pace.batch || batch.due as i64 >= pace.batch;
+            rest(started.elapsed()).await;
+            if !more {
+                break;
+            }
+        }
+    }
+    let (events, attempts, batches) = remove_old_events(conn, now, pace).await?;
+    done.events_removed = events;
+    done.attempts_removed = attempts;
+    done.batches += batches;
+    Ok(done)
+}
+
+/// Webhook events and endpoint attempts older than their tenant keeps them.
+async fn remove_old_events(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    pace: RetentionPace,
+) -> anyhow::Result<(u64, u64, u64)> {
+    let rest = |took: Duration| tokio::time::sleep(took.mul_f64(pace.rest));
+    let (mut events, mut attempts, mut batches) = (0, 0, 0);
+    let endpoints = retention::endpoints(&mut *conn)
+        .await
+        .context("reading the endpoints")?;
+    // Events walk once over every tenant's, up to the shortest time any tenant keeps them.
+    if let Some(shortest) = retention::tenants(&mut *conn)
+        .await
+        .context("reading the tenants")?
+        .iter()
+        .map(|(_, days)| *days)
+        .min()
+    {
+        let before = event_id_floor(now - chrono::Duration::days(i64::from(shortest)));
+        let mut after = String::new();
+        loop {
+            let started = Instant::now();
+            let (last, walked, removed) =
+                retention::remove_events(&mut *conn, &after, &before, now, pace.batch)
+                    .await
+                    .context("removing old events")?;
+            batches += 1;
+            events += removed;
+            rest(started.elapsed()).await;
+            match last {
+                Some(last) if walked as i64 >= pace.batch => after = last,
+                _ => break,
+            }
+        }
+    }
+    for (endpoint_id, keep_days) in endpoints {
+        let before = id_floor(
+            "att",
+            (now - chrono::Duration::days(i64::from(keep_days))).timestamp_millis(),
+        );
+        loop {
+            let started = Instant::now();
+            let removed = retention::remove_attempts(&mut *conn, &endpoint_id, &before, pace.batch)
+                .await
+                .context("removing old endpoint attempts")?;
+            batches += 1;
+            attempts += removed;
+            rest(started.elapsed()).await;
+            if (removed as i64) < pace.batch {
+                break;
+            }
+        }
+    }
+    Ok((events, attempts, batches))
+}
+
+/// The smallest event id `herald_emit` (migration 0019) could make at `t`.
+fn event_id_floor(t: DateTime<Utc>) -> String {
+    format!("evt_{:012X}", t.timestamp_millis().max(0))
+}
