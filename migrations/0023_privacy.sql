@@ -98,3 +98,6 @@ CREATE TABLE retention_deferred (
     due_at timestamptz NOT NULL
 );
 CREATE INDEX retention_deferred_due ON retention_deferred (tenant_id, due_at);
+
+-- Retention and erasure reach a message's dead letter by its message.
+CREATE INDEX dead_letters_message ON dead_letters (message_id) WHERE message_id IS NOT NULL;

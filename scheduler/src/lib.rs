@@ -39,6 +39,8 @@ struct Ctx {
     deliveries: queue::Queue,
     replies: queue::Queue,
     events: queue::Queue,
+    /// Cancelled at shutdown: a long retention pass stops after its statement under way.
+    shutdown: CancellationToken,
 }
 
 async fn event_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
@@ -92,6 +94,7 @@ async fn retention_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error
         &ctx.db,
         chrono::Utc::now(),
         privacy::RetentionPace::default(),
+        &ctx.shutdown,
     )
     .await?;
     if retained.messages_redacted + retained.events_removed + retained.attempts_removed > 0 {
@@ -124,6 +127,7 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
         stale_claim: config.stale_claim_after(),
         replies: queue::ai_replies(&config, client.clone(), conn.clone()),
         events: queue::events(&config, client.clone(), conn.clone()),
+        shutdown: shutdown.clone(),
         deliveries: queue::deliveries(&config, client, conn),
     };
     if let Some(addr) = config.scheduler_metrics_listen {

@@ -15,6 +15,7 @@ use herald_tests::{
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -523,7 +524,10 @@ async fn retention_removes_the_texts_older_than_the_tenant_keeps_and_nothing_you
         batch: 2,
         rest: 0.0,
     };
-    let done = privacy::retention_pass(&app.db, later, pace).await.unwrap();
+    let go = CancellationToken::new();
+    let done = privacy::retention_pass(&app.db, later, pace, &go)
+        .await
+        .unwrap();
     assert!(done.ran);
     assert_eq!(done.messages_redacted, 3, "{done:?}");
     assert_eq!(done.events_removed, 1, "{done:?}");
@@ -584,12 +588,14 @@ async fn retention_removes_the_texts_older_than_the_tenant_keeps_and_nothing_you
     assert_eq!(listed.data.len(), 5, "every message is still counted");
 
     // Another pass finds nothing more; the one scheduled ahead is redacted once done and old.
-    let again = privacy::retention_pass(&app.db, later, pace).await.unwrap();
+    let again = privacy::retention_pass(&app.db, later, pace, &go)
+        .await
+        .unwrap();
     assert_eq!(again.messages_redacted, 0, "{again:?}");
     let (status, body) = app.cancel(&tenant, &ahead.id).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let ahead_old = Utc::now() + chrono::Duration::days(61 + 30);
-    let done = privacy::retention_pass(&app.db, ahead_old, pace)
+    let done = privacy::retention_pass(&app.db, ahead_old, pace, &go)
         .await
         .unwrap();
     assert!(done.messages_redacted >= 1, "{done:?}");

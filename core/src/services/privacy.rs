@@ -6,6 +6,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     domain::{audit::AuditOrigin, id_floor},
@@ -111,11 +112,13 @@ const RETENTION_LOCK: i64 = 0x6865_7261_6c64_7265; // "heraldre"
 /// One pass of retention as of `now`: for each tenant, the texts of its messages older than
 /// its `retention_days` are removed (see [`retention::redact_batch`]), and its webhook
 /// events and endpoint attempts older than that are deleted; in bounded statements with
-/// rests between them.
+/// rests between them. Once `stop` is cancelled it ends after the statement under way (the
+/// next pass goes on from there).
 pub async fn retention_pass(
     db: &PgPool,
     now: DateTime<Utc>,
     pace: RetentionPace,
+    stop: &CancellationToken,
 ) -> anyhow::Result<Retained> {
     let mut conn = db.acquire().await.context("a connection for retention")?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
@@ -126,7 +129,7 @@ pub async fn retention_pass(
     if !locked {
         return Ok(Retained::default());
     }
-    let result = retain(&mut conn, now, pace).await;
+    let result = retain(&mut conn, now, pace, stop).await;
     let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(RETENTION_LOCK)
         .execute(&mut *conn)
@@ -142,16 +145,19 @@ async fn retain(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
     pace: RetentionPace,
+    stop: &CancellationToken,
 ) -> anyhow::Result<Retained> {
     let mut done = Retained {
         ran: true,
         ..Retained::default()
     };
-    let rest = |took: Duration| tokio::time::sleep(took.mul_f64(pace.rest));
     for (tenant_id, keep_days) in retention::tenants(&mut *conn)
         .await
         .context("reading the tenants")?
     {
+        if stop.is_cancelled() {
+            return Ok(done);
+        }
         let mut after = retention::mark(&mut *conn, &tenant_id)
             .await
             .context("reading where retention stands")?;
@@ -167,13 +173,15 @@ async fn retain(
                 after = last;
             }
             let more = batch.walked as i64 >= pace.batch || batch.due as i64 >= pace.batch;
-            rest(started.elapsed()).await;
-            if !more {
+            if !more || rested(stop, started.elapsed(), pace).await {
                 break;
             }
         }
     }
-    let (events, attempts, batches) = remove_old_events(conn, now, pace).await?;
+    if stop.is_cancelled() {
+        return Ok(done);
+    }
+    let (events, attempts, batches) = remove_old_events(conn, now, pace, stop).await?;
     done.events_removed = events;
     done.attempts_removed = attempts;
     done.batches += batches;
@@ -185,8 +193,8 @@ async fn remove_old_events(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
     pace: RetentionPace,
+    stop: &CancellationToken,
 ) -> anyhow::Result<(u64, u64, u64)> {
-    let rest = |took: Duration| tokio::time::sleep(took.mul_f64(pace.rest));
     let (mut events, mut attempts, mut batches) = (0, 0, 0);
     let endpoints = retention::endpoints(&mut *conn)
         .await
@@ -209,10 +217,12 @@ async fn remove_old_events(
                     .context("removing old events")?;
             batches += 1;
             events += removed;
-            rest(started.elapsed()).await;
             match last {
                 Some(last) if walked as i64 >= pace.batch => after = last,
                 _ => break,
+            }
+            if rested(stop, started.elapsed(), pace).await {
+                break;
             }
         }
     }
@@ -228,13 +238,20 @@ async fn remove_old_events(
                 .context("removing old endpoint attempts")?;
             batches += 1;
             attempts += removed;
-            rest(started.elapsed()).await;
-            if (removed as i64) < pace.batch {
+            if (removed as i64) < pace.batch || rested(stop, started.elapsed(), pace).await {
                 break;
             }
         }
     }
     Ok((events, attempts, batches))
+}
+
+/// Rests after a statement that took `took`; true when the pass is to stop.
+async fn rested(stop: &CancellationToken, took: Duration, pace: RetentionPace) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(took.mul_f64(pace.rest)) => stop.is_cancelled(),
+        () = stop.cancelled() => true,
+    }
 }
 
 /// The smallest event id `herald_emit` (migration 0019) could make at `t`.

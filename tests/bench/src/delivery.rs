@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// A Twilio Messages API that accepts everything at once. The watch counts its calls.
-async fn start_provider() -> anyhow::Result<(String, watch::Receiver<u64>)> {
+pub(crate) async fn start_provider() -> anyhow::Result<(String, watch::Receiver<u64>)> {
     let (calls, counter) = watch::channel(0u64);
     let calls = Arc::new(calls);
     let app = Router::new().route(

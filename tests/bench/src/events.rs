@@ -44,7 +44,7 @@ async fn counting_server(
     Ok((crate::servers::serve(app).await?, counter))
 }
 
-async fn reach(
+pub(crate) async fn reach(
     calls: &mut watch::Receiver<u64>,
     at_least: u64,
     what: &str,
@@ -63,7 +63,7 @@ async fn reach(
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }

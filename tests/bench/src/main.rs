@@ -9,6 +9,7 @@
 //! cargo run --release -p herald-bench -- --only lanes      # lateness amid a 100,000 backlog
 //! cargo run --release -p herald-bench -- --only events     # delivery with an event per message
 //! cargo run --release -p herald-bench -- --only import     # 100,000 contacts in 10 requests
+//! cargo run --release -p herald-bench -- --only retention  # the retention pass over 1,000,000 messages
 //! ```
 //!
 //! It starts its own `redis-server` on a free loopback port (AOF on, fsync every second, as in
@@ -22,6 +23,7 @@ mod events;
 mod fanout;
 mod lanes;
 mod neighbour;
+mod retention;
 mod servers;
 mod worker;
 
@@ -57,6 +59,8 @@ own Redis and Postgres on free loopback ports; build the release binaries first
   --only events      delivery with and without a message.sent event per message, alternately
                      (--messages 50000, --rounds 2)
   --only import      POST /v1/contacts/import, JSON and CSV (--contacts 100000, --import-requests 10)
+  --only retention   the retention pass over old messages, alone and beside delivery
+                     (--old 1000000, --messages 20000, --rounds 3)
   (no --only)        all of them, in that order
 ";
 
@@ -296,6 +300,15 @@ async fn bench(flags: HashMap<String, String>) -> anyhow::Result<()> {
     if only == "all" || only == "import" {
         let contacts: usize = flag(&flags, "contacts", 100_000);
         events::import(&mut figures, contacts, flag(&flags, "import-requests", 10)).await?;
+    }
+    if only == "all" || only == "retention" {
+        retention::run(
+            &mut figures,
+            flag(&flags, "old", 1_000_000),
+            flag(&flags, "messages", 20_000),
+            flag(&flags, "rounds", 3),
+        )
+        .await?;
     }
     println!();
     println!("| figure | measured | target | floor |");
