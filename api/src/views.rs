@@ -469,6 +469,17 @@ pub struct Group {
     pub created_at: String,
 }
 
+impl From<herald_core::store::groups::GroupWithCount> for Group {
+    fn from(g: herald_core::store::groups::GroupWithCount) -> Self {
+        Self {
+            id: g.group.id,
+            name: g.group.name,
+            members: g.members,
+            created_at: time(g.group.created_at),
+        }
+    }
+}
+
 /// A page of subscriptions, newest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SubscriptionPage {
