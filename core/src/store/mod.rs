@@ -7,6 +7,7 @@ pub mod contacts;
 pub mod conversations;
 pub mod dead_letters;
 pub mod events;
+pub mod export;
 pub mod groups;
 pub mod idempotency;
 pub mod lifecycle;
