@@ -404,18 +404,10 @@ impl Page {
     /// row), if one does.
     pub fn cut<T>(
         &self,
-        mut rows: Vec<T>,
+        rows: Vec<T>,
         cursor_of: impl Fn(&T) -> String,
     ) -> (Vec<T>, Option<String>) {
-        let limit = usize::try_from(self.limit).unwrap_or(0);
-        let more = rows.len() > limit;
-        rows.truncate(limit);
-        let next = if more {
-            rows.last().map(cursor_of)
-        } else {
-            None
-        };
-        (rows, next)
+        herald_core::store::cut(rows, self.limit, cursor_of)
     }
 }
 

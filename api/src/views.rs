@@ -469,6 +469,58 @@ pub struct Group {
     pub created_at: String,
 }
 
+impl From<herald_core::store::groups::GroupWithCount> for Group {
+    fn from(g: herald_core::store::groups::GroupWithCount) -> Self {
+        Self {
+            id: g.group.id,
+            name: g.group.name,
+            members: g.members,
+            created_at: time(g.group.created_at),
+        }
+    }
+}
+
+/// A group a contact is a member of: the group, and when the contact was added to it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Membership {
+    #[serde(flatten)]
+    pub group: Group,
+    pub added_at: String,
+}
+
+impl From<herald_core::store::groups::Membership> for Membership {
+    fn from(m: herald_core::store::groups::Membership) -> Self {
+        Self {
+            group: m.group.into(),
+            added_at: time(m.added_at),
+        }
+    }
+}
+
+/// Everything Herald holds about one contact (`GET /v1/contacts/{id}/export`), each object
+/// as its own route shows it. The document is written a page at a time, in this order, and
+/// never built whole.
+#[derive(ToSchema)]
+#[allow(dead_code)] // read by utoipa's derive: the route writes the document piece by piece
+pub struct ContactExport {
+    /// As `GET /v1/contacts/{id}` shows it.
+    pub contact: Contact,
+    /// Every change of the contact's consent, oldest first.
+    pub consent_events: Vec<Consent>,
+    /// Every message about the person, newest first, as `GET /v1/messages/{id}` shows it:
+    /// naming the contact, sent to their phone or email address, or texted from their phone.
+    pub messages: Vec<MessageWithEvents>,
+    /// The whole SMS conversation, oldest first, as `GET /v1/conversations/{contact_id}`
+    /// shows its entries.
+    pub conversation: Vec<ConversationEntry>,
+    /// The contact's appointments with their reminders, soonest first.
+    pub appointments: Vec<Appointment>,
+    /// The contact's subscriptions, newest first.
+    pub subscriptions: Vec<Subscription>,
+    /// The groups the contact is a member of, newest group first.
+    pub groups: Vec<Membership>,
+}
+
 /// A page of subscriptions, newest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SubscriptionPage {

@@ -513,20 +513,6 @@ async fn appointments_page_soonest_first_by_start_and_filter_by_contact_and_time
 // Subscriptions.
 // ---------------------------------------------------------------------------------------
 
-async fn subscribe(app: &TestApp, tenant: &Tenant, contact_id: &str, at: &str) -> SubscriptionView {
-    app.post_as(
-        "/v1/subscriptions",
-        &tenant.api_key,
-        &json!({
-            "contact_id": contact_id,
-            "send_at_local": at,
-            "content": {"kind": "static", "body": "Good morning."},
-        }),
-        StatusCode::CREATED,
-    )
-    .await
-}
-
 #[tokio::test]
 async fn subscriptions_page_filter_by_contact_and_paused_and_patch_checks_every_field() {
     let app = TestApp::start().await;
@@ -545,9 +531,9 @@ async fn subscriptions_page_filter_by_contact_and_paused_and_patch_checks_every_
     let mut made = Vec::new();
     for i in 0..7 {
         let who = if i < 4 { &ann } else { &bob };
-        made.push(subscribe(&app, &a, &who.id, "07:30").await);
+        made.push(app.subscribe(&a, &who.id, "07:30").await);
     }
-    let theirs = subscribe(&app, &b, &stranger.id, "07:30").await;
+    let theirs = app.subscribe(&b, &stranger.id, "07:30").await;
     assert!(!made[0].paused, "a new subscription is not paused");
 
     let newest_first: Vec<String> = made.iter().rev().map(|s| s.id.clone()).collect();
@@ -768,8 +754,8 @@ async fn a_paused_subscription_creates_no_daily_message_and_a_resume_sends_nothi
         json!({"phone": phone(7), "timezone": zone.name()}),
     )
     .await;
-    let paused = subscribe(&app, &tenant, &contact.id, "07:30").await;
-    let live = subscribe(&app, &tenant, &contact.id, "07:30").await;
+    let paused = app.subscribe(&tenant, &contact.id, "07:30").await;
+    let live = app.subscribe(&tenant, &contact.id, "07:30").await;
     for s in [&paused, &live] {
         set_due(&app, &s.id, zone).await;
     }
@@ -822,7 +808,7 @@ async fn a_paused_subscription_creates_no_daily_message_and_a_resume_sends_nothi
     );
 
     // A witness made due after both changes: once it has its message, a tick has run since.
-    let witness = subscribe(&app, &tenant, &contact.id, "07:30").await;
+    let witness = app.subscribe(&tenant, &contact.id, "07:30").await;
     set_due(&app, &witness.id, zone).await;
     wait_for_daily(&app, &witness.id).await;
     assert!(
@@ -840,16 +826,6 @@ async fn a_paused_subscription_creates_no_daily_message_and_a_resume_sends_nothi
 // Groups.
 // ---------------------------------------------------------------------------------------
 
-async fn new_group(app: &TestApp, tenant: &Tenant, name: &str) -> GroupView {
-    app.post_as(
-        "/v1/groups",
-        &tenant.api_key,
-        &json!({"name": name}),
-        StatusCode::CREATED,
-    )
-    .await
-}
-
 #[tokio::test]
 async fn groups_page_newest_first_with_counts_and_rename_within_the_tenant() {
     let app = TestApp::start().await;
@@ -857,9 +833,9 @@ async fn groups_page_newest_first_with_counts_and_rename_within_the_tenant() {
     let b = app.tenant().await;
     let mut made = Vec::new();
     for i in 0..7 {
-        made.push(new_group(&app, &a, &format!("Group {i}")).await);
+        made.push(app.new_group(&a, &format!("Group {i}")).await);
     }
-    let theirs = new_group(&app, &b, "Theirs").await;
+    let theirs = app.new_group(&b, "Theirs").await;
     let c = new_contact(&app, &a, json!({"phone": phone(1)})).await;
     let added: MembersAddedView = app
         .post_as(
@@ -991,7 +967,7 @@ async fn ten_thousand_contacts_join_a_group_in_one_request_with_exact_counts() {
     let app = TestApp::start().await;
     let a = app.tenant().await;
     let b = app.tenant().await;
-    let group = new_group(&app, &a, "Everyone").await;
+    let group = app.new_group(&a, "Everyone").await;
     let members = format!("/v1/groups/{}/members", group.id);
     let known = insert_contacts(&app, &a, 9_000, 0).await;
     let strangers = insert_contacts(&app, &b, 300, 0).await;
@@ -1130,7 +1106,7 @@ async fn ten_thousand_contacts_join_a_group_in_one_request_with_exact_counts() {
     );
 
     // Another tenant's group, or no group: 404, nothing added.
-    let theirs = new_group(&app, &b, "Theirs").await;
+    let theirs = app.new_group(&b, "Theirs").await;
     let (status, _) = app
         .post(
             &format!("/v1/groups/{}/members", theirs.id),
@@ -1282,7 +1258,7 @@ async fn the_inbox_lists_conversations_by_newest_activity_with_their_last_entry(
 async fn every_list_refuses_a_bad_limit_or_cursor_and_answers_an_empty_page() {
     let app = TestApp::start().await;
     let tenant = app.tenant().await;
-    let group = new_group(&app, &tenant, "Nobody").await;
+    let group = app.new_group(&tenant, "Nobody").await;
     let lists = [
         "/v1/contacts".to_owned(),
         "/v1/appointments".to_owned(),

@@ -11,6 +11,7 @@ mod dead_letters;
 mod delivery;
 mod events;
 mod exactly_once;
+mod export;
 mod hardening;
 mod heraldctl;
 mod import;

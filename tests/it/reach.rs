@@ -560,28 +560,6 @@ async fn new_contact(app: &TestApp, tenant: &Tenant, body: Value) -> String {
     c.id
 }
 
-/// `POST /v1/groups` (asserting 201); returns the group.
-async fn new_group(app: &TestApp, tenant: &Tenant, name: &str) -> GroupView {
-    app.post_as(
-        "/v1/groups",
-        &tenant.api_key,
-        &json!({"name": name}),
-        StatusCode::CREATED,
-    )
-    .await
-}
-
-async fn put_member(app: &TestApp, tenant: &Tenant, group: &str, contact: &str) -> StatusCode {
-    let r = app
-        .http
-        .put(app.url(&format!("/v1/groups/{group}/members/{contact}")))
-        .bearer_auth(&tenant.api_key)
-        .send()
-        .await
-        .unwrap();
-    r.status()
-}
-
 async fn group_send(
     app: &TestApp,
     tenant: &Tenant,
@@ -642,7 +620,7 @@ async fn groups_have_members_that_can_be_added_listed_in_pages_and_removed() {
     let app = TestApp::start().await;
     let tenant = app.tenant().await;
 
-    let g = new_group(&app, &tenant, "Tuesday patients").await;
+    let g = app.new_group(&tenant, "Tuesday patients").await;
     let gid = g.id.clone();
     assert!(gid.starts_with("grp_"), "{g}");
     assert_eq!(g.name, "Tuesday patients");
@@ -656,14 +634,14 @@ async fn groups_have_members_that_can_be_added_listed_in_pages_and_removed() {
     for phone in ["+15558881001", "+15558881002", "+15558881003"] {
         let id = new_contact(&app, &tenant, json!({"phone": phone})).await;
         assert_eq!(
-            put_member(&app, &tenant, &gid, &id).await,
+            app.put_member(&tenant, &gid, &id).await,
             StatusCode::NO_CONTENT
         );
         ids.push(id);
     }
     // Adding a member again is fine, and changes nothing.
     assert_eq!(
-        put_member(&app, &tenant, &gid, &ids[0]).await,
+        app.put_member(&tenant, &gid, &ids[0]).await,
         StatusCode::NO_CONTENT
     );
     let read: GroupView = app
@@ -672,11 +650,11 @@ async fn groups_have_members_that_can_be_added_listed_in_pages_and_removed() {
     assert_eq!(read.members, 3, "{read}");
     // An unknown contact is not found.
     assert_eq!(
-        put_member(&app, &tenant, &gid, "ct_doesnotexist").await,
+        app.put_member(&tenant, &gid, "ct_doesnotexist").await,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        put_member(&app, &tenant, "grp_doesnotexist", &ids[0]).await,
+        app.put_member(&tenant, "grp_doesnotexist", &ids[0]).await,
         StatusCode::NOT_FOUND
     );
 
@@ -744,7 +722,7 @@ async fn groups_have_members_that_can_be_added_listed_in_pages_and_removed() {
     );
 
     // An empty group lists an empty page.
-    let empty = new_group(&app, &tenant, "Nobody yet").await;
+    let empty = app.new_group(&tenant, "Nobody yet").await;
     let (status, page) = app
         .get(
             &format!("/v1/groups/{}/members", empty.id.as_str()),
@@ -795,11 +773,11 @@ async fn a_group_sms_reaches_each_member_once_suppresses_the_opted_out_and_is_id
     s.app.text(&s.twilio, &tenant, cy, "STOP").await;
     assert!(app.contact(&tenant, &cy_id).await.opted_out);
 
-    let g = new_group(app, &tenant, "Newsletter").await;
+    let g = app.new_group(&tenant, "Newsletter").await;
     let gid = g.id.clone();
     for id in [&ana_id, &ben_id, &cy_id, &dee_id] {
         assert_eq!(
-            put_member(app, &tenant, &gid, id).await,
+            app.put_member(&tenant, &gid, id).await,
             StatusCode::NO_CONTENT
         );
     }
@@ -980,11 +958,11 @@ async fn a_group_sms_respects_quiet_hours_in_each_members_zone() {
         json!({"phone": awake, "timezone": "Etc/GMT-6"}),
     )
     .await;
-    let g = new_group(app, &tenant, "Everyone").await;
+    let g = app.new_group(&tenant, "Everyone").await;
     let gid = g.id.as_str();
     for id in [&sleeper_id, &awake_id] {
         assert_eq!(
-            put_member(app, &tenant, gid, id).await,
+            app.put_member(&tenant, gid, id).await,
             StatusCode::NO_CONTENT
         );
     }
@@ -1032,10 +1010,10 @@ async fn another_tenants_group_is_not_found_and_takes_no_foreign_contact() {
     let b = app.tenant().await;
     let a_contact = new_contact(&app, &a, json!({"phone": "+15558884001"})).await;
     let b_contact = new_contact(&app, &b, json!({"phone": "+15558884002"})).await;
-    let g = new_group(&app, &a, "A's group").await;
+    let g = app.new_group(&a, "A's group").await;
     let gid = g.id.clone();
     assert_eq!(
-        put_member(&app, &a, &gid, &a_contact).await,
+        app.put_member(&a, &gid, &a_contact).await,
         StatusCode::NO_CONTENT
     );
     let (status, accepted) = group_send(
@@ -1062,11 +1040,11 @@ async fn another_tenants_group_is_not_found_and_takes_no_foreign_contact() {
         assert!(body["error"]["code"].is_string(), "{body}");
     }
     assert_eq!(
-        put_member(&app, &b, &gid, &b_contact).await,
+        app.put_member(&b, &gid, &b_contact).await,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        put_member(&app, &b, &gid, &a_contact).await,
+        app.put_member(&b, &gid, &a_contact).await,
         StatusCode::NOT_FOUND
     );
     let (status, body) = app
@@ -1086,7 +1064,7 @@ async fn another_tenants_group_is_not_found_and_takes_no_foreign_contact() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     // A cannot add B's contact to its own group either.
     assert_eq!(
-        put_member(&app, &a, &gid, &b_contact).await,
+        app.put_member(&a, &gid, &b_contact).await,
         StatusCode::NOT_FOUND
     );
 
@@ -1118,10 +1096,10 @@ async fn a_group_send_that_fails_validation_creates_nothing() {
         json!({"phone": "+15558885001", "email": "e@example.com"}),
     )
     .await;
-    let g = new_group(&app, &tenant, "Validated").await;
+    let g = app.new_group(&tenant, "Validated").await;
     let gid = g.id.clone();
     assert_eq!(
-        put_member(&app, &tenant, &gid, &phone).await,
+        app.put_member(&tenant, &gid, &phone).await,
         StatusCode::NO_CONTENT
     );
     let rows = app.message_rows().await;

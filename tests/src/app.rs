@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     eventually, eventually_ok, fresh_database, redis_url, unique,
     views::{
-        ContactView, ConversationView, CreatedTenantView, DeadLetterView, MessageView, Page,
-        QueueStatsView, view,
+        ContactView, ConversationView, CreatedTenantView, DeadLetterView, GroupView, MessageView,
+        Page, QueueStatsView, SubscriptionView, view,
     },
 };
 
@@ -330,6 +330,45 @@ impl TestApp {
         assert_eq!(status, StatusCode::OK, "{taken}");
         self.text(twilio, tenant, phone, body).await;
         id
+    }
+
+    /// `POST /v1/groups` (asserting 201); returns the group.
+    pub async fn new_group(&self, tenant: &Tenant, name: &str) -> GroupView {
+        self.post_as(
+            "/v1/groups",
+            &tenant.api_key,
+            &json!({"name": name}),
+            StatusCode::CREATED,
+        )
+        .await
+    }
+
+    /// `PUT /v1/groups/{group}/members/{contact}`; returns the status.
+    pub async fn put_member(&self, tenant: &Tenant, group: &str, contact: &str) -> StatusCode {
+        let r = self
+            .http
+            .put(self.url(&format!("/v1/groups/{group}/members/{contact}")))
+            .bearer_auth(&tenant.api_key)
+            .send()
+            .await
+            .unwrap();
+        r.status()
+    }
+
+    /// A daily subscription of the contact at `at` (local `HH:MM`) with a static text
+    /// (asserting 201).
+    pub async fn subscribe(&self, tenant: &Tenant, contact_id: &str, at: &str) -> SubscriptionView {
+        self.post_as(
+            "/v1/subscriptions",
+            &tenant.api_key,
+            &json!({
+                "contact_id": contact_id,
+                "send_at_local": at,
+                "content": {"kind": "static", "body": "Good morning."},
+            }),
+            StatusCode::CREATED,
+        )
+        .await
     }
 
     /// Sends a webhook message with this JSON body to `url` (asserting 202).

@@ -12,10 +12,7 @@ use herald_core::{
     domain::{Channel, SmsText, is_id},
     schedule::parse_offset,
     services::appointments::{self as service, NewAppointment},
-    store::{
-        appointments::{self as store, AppointmentFilter},
-        messages::MessageRow,
-    },
+    store::appointments::{self as store, AppointmentFilter},
 };
 use serde_json::Value;
 
@@ -257,20 +254,11 @@ pub async fn list(
     };
     let rows = store::list(&state.db, &auth.tenant.id, &filter, page.limit).await?;
     let (rows, next_cursor) = page.cut(rows, cursor_of);
-    let ids: Vec<String> = rows.iter().map(|a| a.id.clone()).collect();
-    let mut reminders: HashMap<String, Vec<MessageRow>> = HashMap::new();
-    for m in store::reminders_of(&state.db, &ids).await? {
-        if let Some(a) = m.appointment_id.clone() {
-            reminders.entry(a).or_default().push(m);
-        }
-    }
+    let rows = service::with_reminders(&state.db, rows).await?;
     Ok(Json(views::AppointmentPage {
         data: rows
             .into_iter()
-            .map(|a| {
-                let own = reminders.remove(&a.id).unwrap_or_default();
-                views::Appointment::new(a, own)
-            })
+            .map(|(a, reminders)| views::Appointment::new(a, reminders))
             .collect(),
         next_cursor,
     }))

@@ -204,15 +204,7 @@ pub async fn list(
     .await?;
     let (rows, next_cursor) = page.cut(rows, |g| g.group.id.clone());
     Ok(Json(views::GroupPage {
-        data: rows
-            .into_iter()
-            .map(|g| views::Group {
-                id: g.group.id,
-                name: g.group.name,
-                members: g.members,
-                created_at: views::time(g.group.created_at),
-            })
-            .collect(),
+        data: rows.into_iter().map(Into::into).collect(),
         next_cursor,
     }))
 }

@@ -7,6 +7,7 @@ pub mod contacts;
 pub mod conversations;
 pub mod dead_letters;
 pub mod endpoints;
+pub mod export;
 pub mod groups;
 pub mod health;
 pub mod import;
@@ -90,6 +91,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(import::import).layer(DefaultBodyLimit::max(MAX_IMPORT_BODY)))
         .routes(routes!(contacts::get, contacts::patch, contacts::erase))
         .routes(routes!(contacts::consent_events))
+        .routes(routes!(export::export))
         .routes(routes!(conversations::inbox))
         .routes(routes!(conversations::get))
         .routes(routes!(conversations::takeover))

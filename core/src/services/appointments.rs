@@ -3,7 +3,7 @@
 //! starts. Moving the appointment moves its unsent reminders (same ids); deleting it cancels
 //! them.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -212,6 +212,28 @@ pub async fn get(
     };
     let reminders = appointments::reminders(db, id).await?;
     Ok(Some((a, reminders)))
+}
+
+/// Appointments with their reminders (each one's earliest due first), read in one statement
+/// for all of them; in the order given.
+pub async fn with_reminders(
+    db: &PgPool,
+    rows: Vec<AppointmentRow>,
+) -> Result<Vec<(AppointmentRow, Vec<MessageRow>)>, sqlx::Error> {
+    let ids: Vec<String> = rows.iter().map(|a| a.id.clone()).collect();
+    let mut reminders: HashMap<String, Vec<MessageRow>> = HashMap::new();
+    for m in appointments::reminders_of(db, &ids).await? {
+        if let Some(a) = m.appointment_id.clone() {
+            reminders.entry(a).or_default().push(m);
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .map(|a| {
+            let own = reminders.remove(&a.id).unwrap_or_default();
+            (a, own)
+        })
+        .collect())
 }
 
 /// Moves an appointment: every unsent reminder keeps its id and gets its new time and text;

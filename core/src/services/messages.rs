@@ -366,10 +366,7 @@ async fn with_events(
     tenant_id: Option<&str>,
     id: &str,
 ) -> Result<Option<(MessageRow, Vec<EventRow>)>, sqlx::Error> {
-    let mut tx = db.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = crate::store::snapshot(db).await?;
     let message = match tenant_id {
         Some(tenant_id) => messages::get(&mut *tx, tenant_id, id).await?,
         None => messages::get_any(&mut *tx, id).await?,

@@ -10,6 +10,7 @@ pub mod dead_letters;
 pub mod delivery;
 pub mod enqueue;
 pub mod events;
+pub mod export;
 pub mod groups;
 pub mod inbound;
 pub mod inbox;

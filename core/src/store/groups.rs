@@ -144,6 +144,43 @@ pub async fn list(
     .await
 }
 
+/// A group a contact is a member of, and since when.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Membership {
+    #[sqlx(flatten)]
+    pub group: GroupWithCount,
+    pub added_at: DateTime<Utc>,
+}
+
+/// The tenant's groups the contact is a member of, newest group first, older than `before`
+/// (a cursor), with their member counts; up to `limit + 1`. Each of the tenant's groups is
+/// looked up by the primary key `(group_id, contact_id)`: `group_members` has no index by
+/// contact.
+pub async fn memberships(
+    db: impl PgExecutor<'_>,
+    tenant_id: &str,
+    contact_id: &str,
+    before: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Membership>, sqlx::Error> {
+    sqlx::query_as::<_, Membership>(
+        "SELECT g.*, (SELECT count(*) FROM group_members gm WHERE gm.group_id = g.id) AS members,
+                m.added_at
+         FROM groups g
+         JOIN LATERAL (SELECT added_at FROM group_members
+                       WHERE group_id = g.id AND contact_id = $2) m ON true
+         WHERE g.tenant_id = $1 AND g.deleted_at IS NULL AND ($3::text IS NULL OR g.id < $3)
+         ORDER BY g.id DESC
+         LIMIT $4",
+    )
+    .bind(tenant_id)
+    .bind(contact_id)
+    .bind(before)
+    .bind(limit + 1)
+    .fetch_all(db)
+    .await
+}
+
 /// Renames a group; `None` when the tenant has no such group.
 pub async fn rename(
     db: impl PgExecutor<'_>,

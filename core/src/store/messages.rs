@@ -280,6 +280,28 @@ pub async fn events(db: impl PgExecutor<'_>, id: &str) -> Result<Vec<EventRow>, 
     .await
 }
 
+/// An event and the message it belongs to.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MessageEventRow {
+    pub message_id: String,
+    #[sqlx(flatten)]
+    pub event: EventRow,
+}
+
+/// The events of several messages in one statement, each message's oldest first.
+pub async fn events_of(
+    db: impl PgExecutor<'_>,
+    ids: &[String],
+) -> Result<Vec<MessageEventRow>, sqlx::Error> {
+    sqlx::query_as::<_, MessageEventRow>(
+        "SELECT message_id, at, status, detail FROM message_events
+         WHERE message_id = ANY($1) ORDER BY message_id, id",
+    )
+    .bind(ids)
+    .fetch_all(db)
+    .await
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter<'a> {
     pub status: Option<&'a str>,

@@ -8,6 +8,7 @@ pub mod conversations;
 pub mod dead_letters;
 pub mod erasure;
 pub mod events;
+pub mod export;
 pub mod groups;
 pub mod idempotency;
 pub mod lifecycle;
@@ -19,6 +20,33 @@ pub mod sender_pauses;
 pub mod subscriptions;
 pub mod tenants;
 pub mod types;
+
+/// A page of `rows` read with one row more than `limit` (as the list queries here return
+/// them, to tell whether another page follows), and the cursor of the next page
+/// (`cursor_of` its last row) when one does.
+pub fn cut<T, C>(mut rows: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> C) -> (Vec<T>, Option<C>) {
+    let limit = usize::try_from(limit).unwrap_or(0);
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next = if more {
+        rows.last().map(cursor_of)
+    } else {
+        None
+    };
+    (rows, next)
+}
+
+/// A read-only transaction that sees one snapshot in all its statements (a message and its
+/// events read apart would otherwise let an event run ahead of the status).
+pub async fn snapshot(
+    db: &sqlx::PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
 
 /// Whether an error means Postgres is unreachable or overloaded (answer 503 and retry later),
 /// rather than a bug.
