@@ -79,6 +79,18 @@ CREATE TRIGGER contacts_restored_consent_on_phone AFTER UPDATE OF phone ON conta
                        AND OLD.consent_source IS DISTINCT FROM NEW.consent_source)
     EXECUTE FUNCTION herald_restored_consent_event();
 
+-- Whether a message is about a person (their contact, or their phone or email by address):
+-- what an export hands over and an erasure removes. Only an outbound message's `to_addr` is
+-- theirs: an inbound text's is the tenant's own number.
+CREATE FUNCTION herald_about(m messages, contact text, phone text, email text) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT COALESCE(m.contact_id = contact, false)
+        OR COALESCE(m.direction = 'outbound' AND m.channel = 'sms' AND m.to_addr = phone, false)
+        OR COALESCE(m.direction = 'outbound' AND m.channel = 'email'
+                    AND lower(m.to_addr) = lower(email), false)
+        OR COALESCE(m.direction = 'inbound' AND m.from_addr = phone, false)
+$$;
+
 -- When a message's personal text was removed, by erasure or by retention. Its body is then
 -- empty, and its subject and error texts null; statuses, times and counts stay.
 ALTER TABLE messages ADD COLUMN redacted_at timestamptz;

@@ -53,8 +53,8 @@ pub struct Redacted {
     pub canceled: u64,
 }
 
-/// Every message about the person (theirs by `contact_id`, or to or from their number or
-/// email by address) loses its addresses, body, subject, metadata and error texts, and its
+/// Every message about the person (`herald_about`: theirs by `contact_id`, or to or from
+/// their number or email by address) loses its addresses, body, subject, metadata and error texts, and its
 /// events their details; those still waiting are canceled, with an event saying why. A
 /// message being sent right now keeps its status: its worker's next claim cancels it.
 pub async fn redact_messages(
@@ -67,15 +67,13 @@ pub async fn redact_messages(
                    m.status IN ('scheduled', 'queued', 'retrying') AS waiting
             FROM messages m
             WHERE m.tenant_id = $1
-              AND (m.contact_id = $2
-                   OR (m.channel = 'sms' AND $3::text IS NOT NULL
-                       AND (m.to_addr = $3 OR (m.direction = 'inbound' AND m.from_addr = $3)))
-                   OR (m.channel = 'email' AND $4::text IS NOT NULL AND lower(m.to_addr) = lower($4)))
+              AND herald_about(m, $2, $3, $4)
             FOR UPDATE
          ), redacted AS (
             UPDATE messages m SET
                 status = CASE WHEN a.waiting THEN 'canceled' ELSE m.status END,
-                to_addr = '',
+                -- Their address: an outbound message's recipient, an inbound one's sender.
+                to_addr = CASE WHEN m.direction = 'inbound' THEN m.to_addr ELSE '' END,
                 from_addr = CASE WHEN m.direction = 'inbound' THEN '' ELSE m.from_addr END,
                 body = '', subject = NULL, metadata = '{}'::jsonb, last_error = NULL,
                 needs_reply = false, redacted_at = now(), updated_at = now()

@@ -57,9 +57,9 @@ pub async fn window(
 }
 
 /// The messages about `person` in the window, newest first, up to `limit + 1`. About the
-/// person: naming the contact, an SMS sent to their phone or an email sent to their address
-/// (any case), or a text from their phone. Only an outbound message's `to_addr` is theirs:
-/// an inbound text's is the tenant's own number.
+/// person (`herald_about`, migration 0023, shared with erasure): naming the contact, an SMS
+/// sent to their phone or an email sent to their address (any case), or a text from their
+/// phone.
 pub async fn messages_about(
     db: impl PgExecutor<'_>,
     tenant_id: &str,
@@ -70,10 +70,7 @@ pub async fn messages_about(
     sqlx::query_as::<_, MessageRow>(
         "SELECT * FROM messages
          WHERE tenant_id = $1 AND id >= $2 AND id <= $3
-           AND (contact_id = $4
-             OR (direction = 'outbound' AND channel = 'sms' AND to_addr = $5)
-             OR (direction = 'outbound' AND channel = 'email' AND lower(to_addr) = lower($6))
-             OR (direction = 'inbound' AND from_addr = $5))
+           AND herald_about(messages, $4, $5, $6)
          ORDER BY id DESC
          LIMIT $7",
     )
