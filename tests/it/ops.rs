@@ -170,6 +170,7 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_answers()
         ("GET", "/v1/contacts/{id}"),
         ("PATCH", "/v1/contacts/{id}"),
         ("GET", "/v1/contacts/{id}/export"),
+        ("DELETE", "/v1/contacts/{id}"),
         ("POST", "/v1/appointments"),
         ("GET", "/v1/appointments/{id}"),
         ("PATCH", "/v1/appointments/{id}"),

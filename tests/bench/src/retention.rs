@@ -1,11 +1,11 @@
 //! Issue 18's figure: the retention pass over 1,000,000 messages, alone and beside delivery.
 //!
-//! A tenant keeping 90 days has `old` messages made 200 to 160 days ago (three events each;
+//! A tenant keeping 90 days has `old` messages made about 200 days ago (three events each;
 //! one in a hundred refused, with its error texts and a dead letter). The figures: how long
-//! the scheduler's pass (its default pace: batches of 1,000, resting as long as each took)
-//! takes to remove their texts; then, over `old` more such messages, end-to-end delivery of
-//! `messages` SMS by a real worker process with the pass running and without it, alternately,
-//! so the machine's drift falls on both alike.
+//! the scheduler's pass (its default pace: batches of 1,000, resting three times as long as
+//! each took) takes to remove their texts; then, over `old` more such messages, end-to-end
+//! delivery of `messages` SMS by a real worker process with the pass running and without it,
+//! alternately, so the machine's drift falls on both alike.
 
 use std::time::{Duration, Instant};
 
@@ -127,7 +127,7 @@ pub async fn run(
         alone.messages_redacted
     );
     figures.add(
-        &format!("retention pass over {old} messages older than their tenant's 90 days, alone (default pace: batches of 1,000, resting as long as each took)"),
+        &format!("retention pass over {old} messages older than their tenant's 90 days, alone (default pace: batches of 1,000, resting three times as long as each took)"),
         format!(
             "{took:.0} s ({:.0} messages/s, {} statements)",
             old as f64 / took,
