@@ -606,3 +606,86 @@ async fn retention_removes_the_texts_older_than_the_tenant_keeps_and_nothing_you
         "a year is not up yet"
     );
 }
+
+/// `n` delivered SMS of `tenant`, made a second apart from `from` (ids as Herald makes them
+/// then), written straight into the table; their ids.
+async fn old_messages(db: &PgPool, tenant: &Tenant, from: DateTime<Utc>, n: usize) -> Vec<String> {
+    let (ids, times): (Vec<String>, Vec<DateTime<Utc>>) = (0..n)
+        .map(|i| {
+            let at = from + chrono::Duration::seconds(i as i64);
+            (
+                herald_core::domain::id_floor("msg", at.timestamp_millis()),
+                at,
+            )
+        })
+        .unzip();
+    sqlx::query(
+        "INSERT INTO messages (id, tenant_id, channel, to_addr, body, status, send_at, expires_at,
+                               created_at, sent_at)
+         SELECT x.id, $1, 'sms', '+15557000020', 'an old text', 'delivered', x.at,
+                x.at + interval '1 day', x.at, x.at
+         FROM unnest($2::text[], $3::timestamptz[]) AS x(id, at)",
+    )
+    .bind(&tenant.id)
+    .bind(&ids)
+    .bind(&times)
+    .execute(db)
+    .await
+    .unwrap();
+    ids
+}
+
+async fn redacted(db: &PgPool, tenant: &Tenant) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM messages WHERE tenant_id = $1 AND redacted_at IS NOT NULL",
+    )
+    .bind(&tenant.id)
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_tenant_with_a_large_backlog_does_not_hold_up_anothers_retention() {
+    let app = TestApp::start().await;
+    // A comes first in the pass's order (ids sort by creation).
+    let a = app.tenant().await;
+    let b = app.tenant().await;
+    let long_ago = Utc::now() - chrono::Duration::days(200);
+    old_messages(&app.db, &a, long_ago, 5_000).await;
+    old_messages(&app.db, &b, long_ago + chrono::Duration::days(1), 3).await;
+
+    let stop = CancellationToken::new();
+    let pass = tokio::spawn({
+        let (db, stop) = (app.db.clone(), stop.clone());
+        async move {
+            let pace = RetentionPace {
+                batch: 10,
+                rest: 4.0,
+            };
+            privacy::retention_pass(&db, Utc::now(), pace, &stop).await
+        }
+    });
+    // B's texts go after A's first turn, not after A's whole backlog.
+    let a_when_b_done = eventually(Duration::from_secs(30), "B's old texts removed", || async {
+        (redacted(&app.db, &b).await == 3).then_some(redacted(&app.db, &a).await)
+    })
+    .await;
+    stop.cancel();
+    let done = pass.await.unwrap().unwrap();
+    assert!(
+        a_when_b_done <= 1_000,
+        "A had {a_when_b_done} of 5,000 redacted before B's 3 (turns of 100)"
+    );
+    assert_eq!(done.failed_tenants, 0);
+    // The next pass finishes A from where this one stopped.
+    let go = CancellationToken::new();
+    let pace = RetentionPace {
+        batch: 500,
+        rest: 0.0,
+    };
+    privacy::retention_pass(&app.db, Utc::now(), pace, &go)
+        .await
+        .unwrap();
+    assert_eq!(redacted(&app.db, &a).await, 5_000);
+}

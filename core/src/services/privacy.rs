@@ -1,12 +1,16 @@
 //! Privacy: erasing a person on request, and removing what is older than a tenant keeps.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::{
     domain::{audit::AuditOrigin, id_floor},
@@ -104,15 +108,17 @@ pub struct Retained {
     pub batches: u64,
     /// False when another scheduler's pass was running, and this one did nothing.
     pub ran: bool,
+    /// Tenants whose messages' retention failed in this pass (logged; the others went on).
+    pub failed_tenants: u64,
 }
 
 /// The advisory lock that lets one retention pass run at a time, however many schedulers.
 const RETENTION_LOCK: i64 = 0x6865_7261_6c64_7265; // "heraldre"
 
-/// One pass of retention as of `now`: for each tenant, the texts of its messages older than
-/// its `retention_days` are removed (see [`retention::redact_batch`]), and its webhook
-/// events and endpoint attempts older than that are deleted; in bounded statements with
-/// rests between them. Once `stop` is cancelled it ends after the statement under way (the
+/// One pass of retention as of `now`: the texts of each tenant's messages older than its
+/// `retention_days` are removed (see [`retention::redact_batch`]), tenants taking turns of
+/// [`TURN`] statements, and webhook events and endpoint attempts older than that are
+/// deleted; in bounded statements with rests between them. Once `stop` is cancelled it ends after the statement under way (the
 /// next pass goes on from there).
 pub async fn retention_pass(
     db: &PgPool,
@@ -141,6 +147,10 @@ pub async fn retention_pass(
     result
 }
 
+/// Statements a tenant's messages get in a row before the next tenant's turn: a tenant with
+/// millions of old messages does not hold up another's retention for the whole pass.
+const TURN: usize = 10;
+
 async fn retain(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
@@ -151,30 +161,27 @@ async fn retain(
         ran: true,
         ..Retained::default()
     };
-    for (tenant_id, keep_days) in retention::tenants(&mut *conn)
+    let mut turns: VecDeque<Turn> = retention::tenants(&mut *conn)
         .await
         .context("reading the tenants")?
-    {
+        .into_iter()
+        .map(|(tenant_id, keep_days)| Turn {
+            tenant_id,
+            keep_days,
+            after: None,
+        })
+        .collect();
+    while let Some(mut turn) = turns.pop_front() {
         if stop.is_cancelled() {
             return Ok(done);
         }
-        let mut after = retention::mark(&mut *conn, &tenant_id)
-            .await
-            .context("reading where retention stands")?;
-        loop {
-            let started = Instant::now();
-            let batch =
-                retention::redact_batch(&mut *conn, &tenant_id, &after, now, keep_days, pace.batch)
-                    .await
-                    .with_context(|| format!("redacting tenant {tenant_id}'s old messages"))?;
-            done.batches += 1;
-            done.messages_redacted += batch.redacted;
-            if let Some(last) = batch.last_id {
-                after = last;
-            }
-            let more = batch.walked as i64 >= pace.batch || batch.due as i64 >= pace.batch;
-            if !more || rested(stop, started.elapsed(), pace).await {
-                break;
+        match tenant_turn(conn, &mut turn, now, pace, stop, &mut done).await {
+            Ok(true) => turns.push_back(turn),
+            Ok(false) => {}
+            // One tenant's failure stays its own: the others' texts are still removed.
+            Err(e) => {
+                done.failed_tenants += 1;
+                warn!(tenant_id = %turn.tenant_id, error = format!("{e:#}"), "retention failed for a tenant");
             }
         }
     }
@@ -186,6 +193,56 @@ async fn retain(
     done.attempts_removed = attempts;
     done.batches += batches;
     Ok(done)
+}
+
+/// A tenant's place in a pass: how long it keeps texts, and where its walk stands (`None`
+/// before its first turn: its stored mark).
+struct Turn {
+    tenant_id: String,
+    keep_days: i32,
+    after: Option<String>,
+}
+
+/// Up to [`TURN`] statements of a tenant's message retention; true when it has more to do.
+async fn tenant_turn(
+    conn: &mut PgConnection,
+    turn: &mut Turn,
+    now: DateTime<Utc>,
+    pace: RetentionPace,
+    stop: &CancellationToken,
+    done: &mut Retained,
+) -> anyhow::Result<bool> {
+    let tenant_id = turn.tenant_id.as_str();
+    let mut after = match turn.after.take() {
+        Some(after) => after,
+        None => retention::mark(&mut *conn, tenant_id)
+            .await
+            .context("reading where retention stands")?,
+    };
+    for _ in 0..TURN {
+        let started = Instant::now();
+        let batch = retention::redact_batch(
+            &mut *conn,
+            tenant_id,
+            &after,
+            now,
+            turn.keep_days,
+            pace.batch,
+        )
+        .await
+        .with_context(|| format!("redacting tenant {tenant_id}'s old messages"))?;
+        done.batches += 1;
+        done.messages_redacted += batch.redacted;
+        if let Some(last) = batch.last_id {
+            after = last;
+        }
+        let more = batch.walked as i64 >= pace.batch || batch.due as i64 >= pace.batch;
+        if !more || rested(stop, started.elapsed(), pace).await {
+            return Ok(false);
+        }
+    }
+    turn.after = Some(after);
+    Ok(true)
 }
 
 /// Webhook events and endpoint attempts older than their tenant keeps them.
