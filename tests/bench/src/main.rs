@@ -10,6 +10,7 @@
 //! cargo run --release -p herald-bench -- --only events     # delivery with an event per message
 //! cargo run --release -p herald-bench -- --only import     # 100,000 contacts in 10 requests
 //! cargo run --release -p herald-bench -- --only retention  # the retention pass over 1,000,000 messages
+//! cargo run --release -p herald-bench -- --only sustained  # latency at a fixed offered rate
 //! ```
 //!
 //! It starts its own `redis-server` on a free loopback port (AOF on, fsync every second, as in
@@ -25,6 +26,7 @@ mod lanes;
 mod neighbour;
 mod retention;
 mod servers;
+mod sustained;
 mod worker;
 
 use std::{
@@ -61,6 +63,9 @@ own Redis and Postgres on free loopback ports; build the release binaries first
   --only import      POST /v1/contacts/import, JSON and CSV (--contacts 100000, --import-requests 10)
   --only retention   the retention pass over old messages, alone and beside delivery
                      (--old 1000000, --messages 20000, --rounds 3)
+  --only sustained   messages offered through the API at 25, 50 and 80 % of the maximum: latency
+                     from acceptance to the provider, and the highest rate with p99 under 1 s
+                     (--seconds 60)
   (no --only)        all of them, in that order
 ";
 
@@ -309,6 +314,9 @@ async fn bench(flags: HashMap<String, String>) -> anyhow::Result<()> {
             flag(&flags, "rounds", 3),
         )
         .await?;
+    }
+    if only == "all" || only == "sustained" {
+        sustained::run(&mut figures, flag(&flags, "seconds", 60)).await?;
     }
     println!();
     println!("| figure | measured | target | floor |");
