@@ -689,3 +689,40 @@ async fn a_tenant_with_a_large_backlog_does_not_hold_up_anothers_retention() {
         .unwrap();
     assert_eq!(redacted(&app.db, &a).await, 5_000);
 }
+
+#[tokio::test]
+async fn a_tenant_whose_retention_fails_does_not_stop_anothers() {
+    let app = TestApp::start().await;
+    let a = app.tenant().await;
+    let b = app.tenant().await;
+    let long_ago = Utc::now() - chrono::Duration::days(200);
+    old_messages(&app.db, &a, long_ago, 20).await;
+    old_messages(&app.db, &b, long_ago + chrono::Duration::days(1), 20).await;
+    // A's rows refuse to change (as a broken row or a constraint of A's data would).
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE FUNCTION refuse_a() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'tenant A''s row cannot change'; END $$;
+         CREATE TRIGGER refuse_a BEFORE UPDATE ON messages FOR EACH ROW
+             WHEN (OLD.tenant_id = '{}') EXECUTE FUNCTION refuse_a();",
+        a.id
+    )))
+    .execute(&app.db)
+    .await
+    .unwrap();
+
+    let go = CancellationToken::new();
+    let pace = RetentionPace {
+        batch: 5,
+        rest: 0.0,
+    };
+    let done = privacy::retention_pass(&app.db, Utc::now(), pace, &go)
+        .await
+        .unwrap();
+    assert_eq!(done.failed_tenants, 1, "{done:?}");
+    assert_eq!(redacted(&app.db, &a).await, 0);
+    assert_eq!(
+        redacted(&app.db, &b).await,
+        20,
+        "B's texts went all the same"
+    );
+}
