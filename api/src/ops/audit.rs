@@ -15,7 +15,7 @@ use maud::html;
 use serde::Deserialize;
 
 use super::{
-    layout::{page, unavailable, url_escape, when},
+    layout::{given, page, unavailable, url_escape, when},
     session,
 };
 use crate::{body::rfc3339, routes::audit::is_actor, state::AppState};
@@ -31,11 +31,6 @@ pub struct AuditQuery {
     /// RFC 3339.
     since: Option<String>,
     cursor: Option<String>,
-}
-
-/// A query value that was given (not absent, not blank).
-fn given(v: &Option<String>) -> Option<&str> {
-    v.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
 pub async fn list(

@@ -16,18 +16,13 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::{
-    layout::{page, unavailable, url_escape, when},
+    layout::{given, page, unavailable, url_escape, when},
     session,
 };
 use crate::state::AppState;
 
 /// Rows per page of each list.
 const PAGE: i64 = 50;
-
-/// A query value that was given (not absent, not blank).
-fn given(v: &Option<String>) -> Option<&str> {
-    v.as_deref().map(str::trim).filter(|v| !v.is_empty())
-}
 
 /// What the dashboard says after a redelivery, by code: only its own sentences, with nothing
 /// from the query string but an event id of the right shape and a count, so a link cannot make

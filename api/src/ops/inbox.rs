@@ -15,7 +15,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::{
-    layout::{page, unavailable, url_escape, when},
+    layout::{given, page, unavailable, url_escape, when},
     session,
 };
 use crate::state::AppState;
@@ -31,10 +31,6 @@ pub struct InboxQuery {
     /// Present (any value): only conversations waiting for a reply.
     needs_reply: Option<String>,
     cursor: Option<String>,
-}
-
-fn given(v: &Option<String>) -> Option<&str> {
-    v.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
 pub async fn list(

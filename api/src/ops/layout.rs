@@ -97,6 +97,11 @@ pub fn unavailable(e: impl std::fmt::Display) -> Response {
 }
 
 /// Percent-encodes a value for a URL's query.
+/// A query value that was given (not absent, not blank).
+pub fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
 pub fn url_escape(s: &str) -> String {
     s.bytes()
         .map(|b| match b {

@@ -161,9 +161,11 @@ async fn retain(
         ran: true,
         ..Retained::default()
     };
-    let mut turns: VecDeque<Turn> = retention::tenants(&mut *conn)
+    let tenants = retention::tenants(&mut *conn)
         .await
-        .context("reading the tenants")?
+        .context("reading the tenants")?;
+    let shortest = tenants.iter().map(|(_, days)| *days).min();
+    let mut turns: VecDeque<Turn> = tenants
         .into_iter()
         .map(|(tenant_id, keep_days)| Turn {
             tenant_id,
@@ -188,7 +190,7 @@ async fn retain(
     if stop.is_cancelled() {
         return Ok(done);
     }
-    let (events, attempts, batches) = remove_old_events(conn, now, pace, stop).await?;
+    let (events, attempts, batches) = remove_old_events(conn, shortest, now, pace, stop).await?;
     done.events_removed = events;
     done.attempts_removed = attempts;
     done.batches += batches;
@@ -245,9 +247,11 @@ async fn tenant_turn(
     Ok(true)
 }
 
-/// Webhook events and endpoint attempts older than their tenant keeps them.
+/// Webhook events and endpoint attempts older than their tenant keeps them (`shortest`: the
+/// fewest days any tenant keeps them).
 async fn remove_old_events(
     conn: &mut PgConnection,
+    shortest: Option<i32>,
     now: DateTime<Utc>,
     pace: RetentionPace,
     stop: &CancellationToken,
@@ -257,13 +261,7 @@ async fn remove_old_events(
         .await
         .context("reading the endpoints")?;
     // Events walk once over every tenant's, up to the shortest time any tenant keeps them.
-    if let Some(shortest) = retention::tenants(&mut *conn)
-        .await
-        .context("reading the tenants")?
-        .iter()
-        .map(|(_, days)| *days)
-        .min()
-    {
+    if let Some(shortest) = shortest {
         let before = event_id_floor(now - chrono::Duration::days(i64::from(shortest)));
         let mut after = String::new();
         loop {
