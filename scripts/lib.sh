@@ -515,15 +515,19 @@ redis_running_pid() {
     printf '%s\n' "$pid"
 }
 
-# start_redis DIR PORT
+# start_redis DIR PORT [CONFIG-LINE...]
 #
 # Start a private redis-server on 127.0.0.1:PORT with its data (append-only file: every write is
 # logged, so a restart loses nothing acknowledged more than a second ago; no RDB snapshots) and
-# its log in DIR, running in the background with its pid recorded in DIR/redis.pid. Waits until
-# it answers PING (it answers LOADING while it replays a large AOF). A redis left running for DIR
-# by an earlier run is stopped first.
+# its log in DIR, running in the background with its pid recorded in DIR/redis.pid. Its settings
+# (and any CONFIG-LINEs, such as "cluster-enabled yes") are written to DIR/redis.conf, so the
+# same server can be started again from that file alone (`redis-server DIR/redis.conf`: the
+# cluster failover test restarts a master it killed that way). Waits until it answers PING (it
+# answers LOADING while it replays a large AOF). A redis left running for DIR by an earlier run
+# is stopped first.
 start_redis() {
     local dir=$1 port=$2 pid
+    shift 2
     mkdir -p -- "$dir"
     dir=$(cd -- "$dir" && pwd -P)
 
@@ -532,18 +536,15 @@ start_redis() {
         stop_redis "$dir" "$(redis_port_of "$dir")"
     fi
 
+    # daemonize no and our own `&`: we keep the pid and can wait for and stop the process.
+    # save "": no RDB snapshots; the AOF is the durable copy.
+    {
+        printf '%s\n' "port $port" "bind 127.0.0.1" "dir $dir" "appendonly yes" 'save ""' \
+            "daemonize no" "logfile $dir/redis.log"
+        (($# == 0)) || printf '%s\n' "$@"
+    } >"$dir/redis.conf"
     log "starting redis on 127.0.0.1:$port (data: $dir)"
-    # --daemonize no and our own `&`: we keep the pid and can wait for and stop the process.
-    # --save "": no RDB snapshots; the AOF is the durable copy.
-    "${DETACH[@]}" redis-server \
-        --port "$port" \
-        --bind 127.0.0.1 \
-        --dir "$dir" \
-        --appendonly yes \
-        --save "" \
-        --daemonize no \
-        --logfile "$dir/redis.log" \
-        </dev/null >/dev/null 2>&1 &
+    "${DETACH[@]}" redis-server "$dir/redis.conf" </dev/null >/dev/null 2>&1 &
     pid=$!
     printf '%s\n' "$pid" >"$dir/redis.pid"
     # Remember the port, so a later run can shut down a server left behind on another port.
@@ -599,4 +600,108 @@ stop_redis() {
     # Reap it if it is our child; harmless otherwise.
     wait "$pid" 2>/dev/null || true
     rm -f -- "$dir/redis.pid"
+}
+
+# start_redis_cluster DIR
+#
+# A Redis Cluster on loopback: six servers (DIR/node-1 .. node-6, each started by start_redis)
+# made into three masters with a replica each. The cluster bus ports are picked too (a bus port
+# is the client port + 10000 unless set, which fails above 55535). A master that stops is
+# replaced by its replica after 2 s (cluster-node-timeout), and the slots still served keep
+# answering meanwhile (cluster-require-full-coverage no). Waits until every node reports
+# cluster_state:ok, then sets REDIS_CLUSTER_NODES to "127.0.0.1:port,..." (the seed list).
+start_redis_cluster() {
+    local dir=$1 i port bus used=" " nodes=()
+    mkdir -p -- "$dir"
+    for i in 1 2 3 4 5 6; do
+        port=$(free_port)
+        while [[ "$used" == *" $port "* ]]; do port=$(free_port); done
+        used+="$port "
+        bus=$(free_port)
+        while [[ "$used" == *" $bus "* ]]; do bus=$(free_port); done
+        used+="$bus "
+        start_redis "$dir/node-$i" "$port" "cluster-enabled yes" "cluster-port $bus" \
+            "cluster-config-file nodes.conf" "cluster-node-timeout 2000" \
+            "cluster-require-full-coverage no"
+        nodes+=("127.0.0.1:$port")
+    done
+    log "making a cluster of ${nodes[*]} (three masters, a replica each)"
+    if ! redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes \
+        >"$dir/create.log" 2>&1; then
+        cat -- "$dir/create.log" >&2
+        die "redis-cli --cluster create failed"
+    fi
+    # Up means: every node sees the cluster ok and three replicas, and every replica has
+    # synced with its master (a failover before that would promote an empty replica).
+    local node info deadline=$(($(now) + 60))
+    for node in "${nodes[@]}"; do
+        until redis-cli -h 127.0.0.1 -p "${node##*:}" cluster info 2>/dev/null |
+            grep -q '^cluster_state:ok' &&
+            (($(redis-cli -h 127.0.0.1 -p "${node##*:}" cluster nodes | grep -c slave) == 3)) &&
+            info=$(redis-cli -h 127.0.0.1 -p "${node##*:}" info replication) &&
+            { [[ "$info" == *role:master* ]] || [[ "$info" == *master_link_status:up* ]]; }; do
+            (($(now) < deadline)) || die "the Redis Cluster did not come up (see $dir/node-*/redis.log)"
+            sleep 0.1
+        done
+    done
+    REDIS_CLUSTER_NODES=$(
+        IFS=,
+        printf '%s' "${nodes[*]}"
+    )
+}
+
+# stop_redis_cluster DIR: stops every node start_redis_cluster started in DIR.
+stop_redis_cluster() {
+    local node
+    for node in "$1"/node-*; do
+        [[ -d "$node" ]] && stop_redis "$node"
+    done
+}
+
+# start_redis_sentinel DIR
+#
+# A primary with one replica (DIR/primary, DIR/replica, each started by start_redis) watched by
+# a Redis Sentinel (DIR/sentinel) that knows the primary as "herald" and fails over one second
+# after it stops answering. Waits until the replica has synced and the sentinel has seen it,
+# then sets REDIS_SENTINEL_URL to "redis+sentinel://127.0.0.1:<sentinel port>/herald".
+start_redis_sentinel() {
+    local dir=$1 primary replica sentinel pid
+    mkdir -p -- "$dir/sentinel"
+    primary=$(free_port)
+    replica=$(free_port)
+    while [[ "$replica" == "$primary" ]]; do replica=$(free_port); done
+    sentinel=$(free_port)
+    while [[ "$sentinel" == "$primary" || "$sentinel" == "$replica" ]]; do sentinel=$(free_port); done
+    start_redis "$dir/primary" "$primary"
+    start_redis "$dir/replica" "$replica" "replicaof 127.0.0.1 $primary"
+
+    local sdir
+    sdir=$(cd -- "$dir/sentinel" && pwd -P)
+    # The sentinel rewrites its own file as it learns the replica and any failover.
+    printf '%s\n' "port $sentinel" "bind 127.0.0.1" "dir $sdir" "daemonize no" \
+        "logfile $sdir/redis.log" "sentinel monitor herald 127.0.0.1 $primary 1" \
+        "sentinel down-after-milliseconds herald 1000" "sentinel failover-timeout herald 10000" \
+        >"$sdir/sentinel.conf"
+    log "starting a Redis Sentinel on 127.0.0.1:$sentinel watching 127.0.0.1:$primary"
+    "${DETACH[@]}" redis-server "$sdir/sentinel.conf" --sentinel </dev/null >/dev/null 2>&1 &
+    pid=$!
+    printf '%s\n' "$pid" >"$sdir/redis.pid"
+    printf '%s\n' "$sentinel" >"$sdir/redis.port"
+    local deadline=$(($(now) + 60))
+    until redis-cli -h 127.0.0.1 -p "$replica" info replication 2>/dev/null |
+        grep -q '^master_link_status:up' &&
+        redis-cli -h 127.0.0.1 -p "$sentinel" sentinel replicas herald 2>/dev/null |
+        grep -q "^$replica\$"; do
+        (($(now) < deadline)) || die "the Redis Sentinel setup did not come up (see $dir/*/redis.log)"
+        sleep 0.1
+    done
+    REDIS_SENTINEL_URL="redis+sentinel://127.0.0.1:$sentinel/herald"
+}
+
+# stop_redis_sentinel DIR: stops the sentinel, the primary and the replica.
+stop_redis_sentinel() {
+    local node
+    for node in "$1/sentinel" "$1/primary" "$1/replica"; do
+        [[ -d "$node" ]] && stop_redis "$node"
+    done
 }

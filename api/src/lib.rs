@@ -56,11 +56,13 @@ pub async fn serve(
     if shutdown.is_cancelled() {
         return Ok(());
     }
-    let (client, conn) = queue::connect(config.redis_url.expose()).context("HERALD_REDIS_URL")?;
-    let limiter = herald_core::ratelimit::RateLimiter::new(conn.clone(), &config.queue_prefix);
-    let replies = queue::ai_replies(&config, client.clone(), conn.clone());
-    let events = queue::events(&config, client.clone(), conn.clone());
-    let queue = queue::deliveries(&config, client, conn);
+    let redis = queue::connect(config.redis_url.expose()).context("HERALD_REDIS_URL")?;
+    let limiter = herald_core::ratelimit::RateLimiter::new(redis.clone(), &config.queue_prefix);
+    let queue::Queues {
+        deliveries: queue,
+        replies,
+        events,
+    } = queue::Queues::adopted(&config, &redis).await;
     let tasks = TaskTracker::new();
     let intake = Arc::new(Intake::start(db.clone(), queue.clone(), &tasks));
     let keys = KeyLookup::start(db.clone(), &tasks);

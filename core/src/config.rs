@@ -98,6 +98,9 @@ pub struct Config {
     /// Prefix of every Redis key, so one Redis can host several deployments (and every test
     /// its own namespace).
     pub queue_prefix: String,
+    /// `HERALD_QUEUE_PARTITIONS`: partitions per queue, each under its own hash tag (`None`:
+    /// one on a single Redis, sixteen on a cluster).
+    pub queue_partitions: Option<usize>,
     /// How long SIGTERM waits for in-flight jobs and requests before giving up.
     pub shutdown_timeout: Duration,
     /// Postgres connections per process.
@@ -229,6 +232,12 @@ impl Config {
             log_format: log_format.unwrap_or(LogFormat::Json),
             log_filter,
             queue_prefix,
+            queue_partitions: r.parsed("HERALD_QUEUE_PARTITIONS", None, |s| {
+                match s.parse::<usize>() {
+                    Ok(n) if (1..=256).contains(&n) => Ok(n),
+                    _ => Err("must be a whole number from 1 to 256".to_owned()),
+                }
+            }),
             shutdown_timeout: r.millis("HERALD_SHUTDOWN_TIMEOUT_MS", 30_000, 0, 3_600_000),
             database_pool_size: r.number("HERALD_DATABASE_POOL_SIZE", 20, 1, 1_000),
             circuit: r.circuit(),
@@ -301,13 +310,20 @@ impl Reader<'_> {
         if let Some(url) = &redis_url
             && !(url.starts_with("redis://")
                 || url.starts_with("rediss://")
+                || url.starts_with("redis+cluster://")
+                || url.starts_with("redis+sentinel://")
                 || url.starts_with("redis+unix://")
                 || url.starts_with("unix://"))
         {
             r.problem(
                 "HERALD_REDIS_URL",
-                "must start with redis://, rediss:// or unix://",
+                "must start with redis://, rediss://, redis+cluster://, redis+sentinel:// or unix://",
             );
+        } else if let Some(why) = redis_url
+            .as_deref()
+            .and_then(crate::queue::conn::url_problem)
+        {
+            r.problem("HERALD_REDIS_URL", why);
         }
         (database_url, redis_url)
     }
@@ -694,6 +710,49 @@ mod tests {
         ] {
             let err = with(bad).unwrap_err().to_string();
             assert!(err.contains("HERALD_REDELIVER_AFTER"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn redis_may_be_a_cluster_or_a_sentinel_watched_primary_with_partitions() {
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut vars = vec![BASE[0]];
+            vars.extend_from_slice(pairs);
+            config(&vars)
+        };
+        let c = with(&[(
+            "HERALD_REDIS_URL",
+            "redis+cluster://10.0.0.1:7000,10.0.0.2:7000",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.queue_partitions, None,
+            "the default is the kind of Redis's"
+        );
+        with(&[("HERALD_REDIS_URL", "redis+sentinel://10.0.0.1:26379/herald")]).unwrap();
+        let c = with(&[
+            ("HERALD_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("HERALD_QUEUE_PARTITIONS", "4"),
+        ])
+        .unwrap();
+        assert_eq!(c.queue_partitions, Some(4));
+        for (url, partitions) in [
+            ("redis+cluster://", "16"),
+            ("redis+sentinel://10.0.0.1:26379", "16"),
+            ("redis://127.0.0.1:6379", "0"),
+            ("redis://127.0.0.1:6379", "many"),
+        ] {
+            let err = with(&[
+                ("HERALD_REDIS_URL", url),
+                ("HERALD_QUEUE_PARTITIONS", partitions),
+            ])
+            .unwrap_err();
+            assert_eq!(err.problems.len(), 1, "{url} {partitions}: {err}");
+            let text = err.to_string();
+            assert!(
+                text.contains("HERALD_REDIS_URL") || text.contains("HERALD_QUEUE_PARTITIONS"),
+                "{text}"
+            );
         }
     }
 

@@ -18,7 +18,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redis::{Script, aio::ConnectionManager};
+use redis::Script;
+
+use crate::queue::Redis;
 
 use crate::queue::now_ms;
 
@@ -76,7 +78,7 @@ type Local = Arc<tokio::sync::Mutex<Held>>;
 
 #[derive(Clone)]
 pub struct RateLimiter {
-    conn: ConnectionManager,
+    conn: Redis,
     prefix: String,
     script: Arc<Script>,
     login_failed: Arc<Script>,
@@ -92,7 +94,7 @@ impl std::fmt::Debug for RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+    pub fn new(conn: Redis, prefix: &str) -> Self {
         Self {
             conn,
             prefix: prefix.to_owned(),

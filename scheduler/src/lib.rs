@@ -71,11 +71,9 @@ async fn outbox_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
 }
 
 async fn reconcile_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
-    // Every queue lives on the same Redis server.
-    let run = ctx.deliveries.server_run().await?;
-    reconcile::replies(&ctx.db, &ctx.replies, &run).await?;
-    reconcile::events(&ctx.db, &ctx.events, &run).await?;
-    reconcile::deliveries(&ctx.db, &ctx.deliveries, &run, ctx.stale_claim).await?;
+    reconcile::replies(&ctx.db, &ctx.replies).await?;
+    reconcile::events(&ctx.db, &ctx.events).await?;
+    reconcile::deliveries(&ctx.db, &ctx.deliveries, ctx.stale_claim).await?;
     Ok(())
 }
 
@@ -121,14 +119,15 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
         ready = db::wait_for_schema(&pool, Duration::from_secs(120)) => ready?,
         _ = shutdown.cancelled() => return Ok(()),
     }
-    let (client, conn) = queue::connect(config.redis_url.expose()).context("HERALD_REDIS_URL")?;
+    let redis = queue::connect(config.redis_url.expose()).context("HERALD_REDIS_URL")?;
+    let queues = queue::Queues::adopted(&config, &redis).await;
     let ctx = Ctx {
         db: pool,
         stale_claim: config.stale_claim_after(),
-        replies: queue::ai_replies(&config, client.clone(), conn.clone()),
-        events: queue::events(&config, client.clone(), conn.clone()),
+        replies: queues.replies,
+        events: queues.events,
         shutdown: shutdown.clone(),
-        deliveries: queue::deliveries(&config, client, conn),
+        deliveries: queues.deliveries,
     };
     if let Some(addr) = config.scheduler_metrics_listen {
         let queues = vec![ctx.deliveries.clone(), ctx.replies.clone()];

@@ -43,7 +43,7 @@ pub async fn sweep(db: &PgPool, queue: &Queue) -> anyhow::Result<usize> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         // Redis down: the step is not recorded, and the next tick sweeps it again.
-        total += queue.push_many(&jobs).await?;
+        total += queue.ensure_many(&jobs).await?;
         match due.last() {
             Some(last) if due.len() as i64 == BATCH => after = (last.created_xid, last.id.clone()),
             _ => break,
@@ -74,7 +74,7 @@ pub async fn sweep_replies(db: &PgPool, queue: &Queue) -> anyhow::Result<usize> 
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        total += queue.push_many(&jobs).await?;
+        total += queue.ensure_many(&jobs).await?;
         match rows.last() {
             Some(last) if rows.len() as i64 == BATCH => after = last.clone(),
             _ => break,

@@ -12,8 +12,10 @@
 //! costs one pass over the unfinished messages and changes nothing when nothing was lost.
 //! AI replies still wanted for texts of the last hour get their jobs again the same way.
 //!
-//! An event is noticed through the server's `run_id` and a marker key that goes with the data
-//! (see [`Queue::needs_reconcile`]); a first start reconciles once too.
+//! An event is noticed per partition, through the `run_id` of the server holding it and a
+//! marker key that goes with the data (see [`Queue::needs_reconcile`]): on a cluster, a
+//! failover of one master is noticed by the partitions it served. A first start reconciles
+//! once too.
 
 use std::time::Duration;
 
@@ -34,16 +36,16 @@ use tracing::{info, warn};
 const BATCH: i64 = 1_000;
 
 /// Reconciles the `deliveries` queue with Postgres if Redis lost or may have lost data since
-/// the last time; `run` is the Redis server's current run ([`Queue::server_run`]). Returns how many jobs it had to add back (`None`: nothing to check).
+/// the last time (on any of its partitions). Returns how many jobs it had to add back
+/// (`None`: nothing to check).
 pub async fn deliveries(
     db: &PgPool,
     queue: &Queue,
-    run: &str,
     stale_claim: Duration,
 ) -> anyhow::Result<Option<usize>> {
-    if !queue.needs_reconcile(run).await? {
+    let Some(runs) = queue.needs_reconcile().await? else {
         return Ok(None);
-    }
+    };
     let started = std::time::Instant::now();
     let stale = chrono::Duration::from_std(stale_claim)?;
     let (mut after, mut checked, mut added) = (String::new(), 0, 0);
@@ -65,14 +67,14 @@ pub async fn deliveries(
                 NewJob::new(m.id.clone(), &job, due.timestamp_millis())
             })
             .collect::<Result<Vec<_>, _>>()?;
-        added += queue.push_many(&jobs).await?;
+        added += queue.ensure_many(&jobs).await?;
         checked += rows.len();
         match rows.last() {
             Some(last) if rows.len() as i64 == BATCH => after = last.id.clone(),
             _ => break,
         }
     }
-    queue.mark_reconciled(run).await?;
+    queue.mark_reconciled(&runs).await?;
     let elapsed_ms = started.elapsed().as_millis() as u64;
     if added > 0 {
         warn!(
@@ -96,10 +98,10 @@ const REPLY_HORIZON_MS: i64 = 60 * 60 * 1000;
 
 /// The same for the `ai-replies` queue: every inbound text of the last hour still wanting a
 /// reply has a job.
-pub async fn replies(db: &PgPool, queue: &Queue, run: &str) -> anyhow::Result<Option<usize>> {
-    if !queue.needs_reconcile(run).await? {
+pub async fn replies(db: &PgPool, queue: &Queue) -> anyhow::Result<Option<usize>> {
+    let Some(runs) = queue.needs_reconcile().await? else {
         return Ok(None);
-    }
+    };
     let before = id_floor("msg", now_ms() + 1);
     let (mut after, mut added) = (id_floor("msg", now_ms() - REPLY_HORIZON_MS), 0);
     loop {
@@ -113,13 +115,13 @@ pub async fn replies(db: &PgPool, queue: &Queue, run: &str) -> anyhow::Result<Op
                 NewJob::new(id.clone(), &job, now_ms())
             })
             .collect::<Result<Vec<_>, _>>()?;
-        added += queue.push_many(&jobs).await?;
+        added += queue.ensure_many(&jobs).await?;
         match ids.last() {
             Some(last) if ids.len() as i64 == BATCH => after = last.clone(),
             _ => break,
         }
     }
-    queue.mark_reconciled(run).await?;
+    queue.mark_reconciled(&runs).await?;
     if added > 0 {
         warn!(
             added,
@@ -131,10 +133,10 @@ pub async fn replies(db: &PgPool, queue: &Queue, run: &str) -> anyhow::Result<Op
 
 /// The same for the `events` queue: every pending event delivery has a job (one waiting for
 /// a retry keeps its time; a lost one goes now).
-pub async fn events(db: &PgPool, queue: &Queue, run: &str) -> anyhow::Result<Option<usize>> {
-    if !queue.needs_reconcile(run).await? {
+pub async fn events(db: &PgPool, queue: &Queue) -> anyhow::Result<Option<usize>> {
+    let Some(runs) = queue.needs_reconcile().await? else {
         return Ok(None);
-    }
+    };
     let (mut after, mut added) = ((String::new(), String::new()), 0);
     loop {
         let rows = event_store::pending_after(db, (&after.0, &after.1), BATCH).await?;
@@ -149,7 +151,7 @@ pub async fn events(db: &PgPool, queue: &Queue, run: &str) -> anyhow::Result<Opt
                 NewJob::new(job.id(), &job, now_ms())
             })
             .collect::<Result<Vec<_>, _>>()?;
-        added += queue.push_many(&jobs).await?;
+        added += queue.ensure_many(&jobs).await?;
         match rows.last() {
             Some(last) if rows.len() as i64 == BATCH => {
                 after = (last.event_id.clone(), last.endpoint_id.clone());
@@ -157,7 +159,7 @@ pub async fn events(db: &PgPool, queue: &Queue, run: &str) -> anyhow::Result<Opt
             _ => break,
         }
     }
-    queue.mark_reconciled(run).await?;
+    queue.mark_reconciled(&runs).await?;
     if added > 0 {
         warn!(
             added,

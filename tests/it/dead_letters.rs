@@ -100,10 +100,45 @@ async fn a_message_that_always_gets_503_ends_dead_and_one_replay_sends_it() {
         .await;
     assert_eq!(sent.attempts, 1, "a replay starts a new run: {sent}");
     assert_eq!(twilio.received().len(), 4, "the replay made one call");
-    let events: Vec<&str> = sent.events.iter().map(|e| e.status.as_str()).collect();
+    // Both runs' every step, in order: the attempts' `sending` and the final `sent` are
+    // kept on the message row until the next step, and read back in their places.
+    let history: Vec<(&str, &str)> = sent
+        .events
+        .iter()
+        .map(|e| (e.status.as_str(), e.detail.as_deref().unwrap_or_default()))
+        .collect();
+    let steps: Vec<&str> = history.iter().map(|(status, _)| *status).collect();
+    assert_eq!(
+        steps,
+        [
+            "queued", "sending", "retrying", "sending", "retrying", "sending", "dead", "queued",
+            "sending", "sent"
+        ],
+        "the events keep the history: {history:?}"
+    );
+    let attempts: Vec<&str> = history
+        .iter()
+        .filter(|(status, _)| *status == "sending")
+        .map(|(_, detail)| *detail)
+        .collect();
+    assert_eq!(
+        attempts,
+        ["attempt 1", "attempt 2", "attempt 3", "attempt 1"],
+        "{history:?}"
+    );
     assert!(
-        events.contains(&"dead") && events.last() == Some(&"sent"),
-        "the events keep the history: {events:?}"
+        history[7].1.ends_with("(run 1)"),
+        "runs count from 0: {history:?}"
+    );
+    assert!(history[9].1.contains("accepted it"), "{history:?}");
+    let times: Vec<_> = sent
+        .events
+        .iter()
+        .map(|e| chrono::DateTime::parse_from_rfc3339(&e.at).unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "oldest first: {times:?}"
     );
 
     let after = app.dead_letter(&tenant.api_key, dl_id).await;
@@ -461,8 +496,8 @@ async fn a_job_taken_while_its_replay_is_still_committing_waits_for_it_and_sends
     .execute(&mut *tx)
     .await
     .unwrap();
-    let (client, conn) = herald_core::queue::connect(&herald_tests::redis_url()).unwrap();
-    let queue = herald_core::queue::deliveries(&app.config, client, conn);
+    let redis = herald_core::queue::connect(&herald_tests::redis_url()).unwrap();
+    let queue = herald_core::queue::deliveries(&app.config, redis.clone());
     let job = herald_core::domain::jobs::DeliveryJob::new(
         id,
         &tenant.id,

@@ -34,8 +34,8 @@ async fn a_duplicated_delivery_job_sends_one_text() {
     let id = m.id.as_str();
     let due: DateTime<Utc> = m.send_at.parse().unwrap();
 
-    let (client, conn) = herald_core::queue::connect(app.config.redis_url.expose()).unwrap();
-    let queue = herald_core::queue::deliveries(&app.config, client, conn);
+    let redis = herald_core::queue::connect(app.config.redis_url.expose()).unwrap();
+    let queue = herald_core::queue::deliveries(&app.config, redis.clone());
     let job = herald_core::domain::jobs::DeliveryJob::new(
         id,
         &tenant.id,

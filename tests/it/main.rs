@@ -4,6 +4,7 @@
 mod audit;
 mod blast_radius;
 mod carrier_codes;
+mod cluster;
 mod consent;
 mod conversations;
 mod dashboard;

@@ -308,6 +308,11 @@ async fn erasure_leaves_no_trace_of_the_person_cancels_what_waits_and_keeps_thei
             .all(|e| e.detail.is_none() || e.detail.as_deref() == Some("")),
         "{redacted:?}"
     );
+    assert_eq!(
+        redacted.event_statuses(),
+        ["queued", "sending", "sent"],
+        "the steps stay, without their details"
+    );
     assert_eq!(app.message(&tenant, &soon.id).await.status, "canceled");
     assert!(app.dead_letters(&tenant.api_key, "").await.is_empty());
     assert_eq!(

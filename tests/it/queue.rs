@@ -29,6 +29,62 @@ async fn push_due_now(engine: &Engine, n: usize) {
     assert_eq!(engine.queue.push_many(&jobs).await.unwrap(), n);
 }
 
+/// Waits until `queue` holds no waiting or running job (every ack has landed).
+async fn wait_idle(queue: &herald_core::queue::Queue, what: &str) {
+    eventually(Duration::from_secs(10), what, || async {
+        let s = queue.stats().await.unwrap();
+        (s.pending + s.scheduled + s.running == 0).then_some(())
+    })
+    .await;
+}
+
+/// A handler that records each run's payload, then holds the job running until the test
+/// hands it a permit.
+#[derive(Clone)]
+struct Gated {
+    runs: Arc<Mutex<Vec<Value>>>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Gated {
+    fn default() -> Self {
+        Self {
+            runs: Arc::default(),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        }
+    }
+}
+
+type Handled = futures_util::future::BoxFuture<'static, Result<(), JobError>>;
+
+impl Gated {
+    fn handler(
+        &self,
+    ) -> impl Fn(Value, herald_core::queue::JobMeta) -> Handled + Clone + Send + Sync + 'static
+    {
+        let gated = self.clone();
+        move |payload, _| {
+            let gated = gated.clone();
+            Box::pin(async move {
+                gated.runs.lock().unwrap().push(payload);
+                gated.gate.acquire().await.unwrap().forget();
+                Ok(())
+            })
+        }
+    }
+
+    fn runs(&self) -> Vec<Value> {
+        self.runs.lock().unwrap().clone()
+    }
+
+    async fn wait_runs(&self, n: usize, what: &str) {
+        eventually(Duration::from_secs(10), what, || async {
+            (self.runs.lock().unwrap().len() == n).then_some(())
+        })
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn jobs_due_in_300_ms_never_start_early() {
     let engine = Engine::new(8, fast_policy()).await;
@@ -628,4 +684,206 @@ async fn a_job_that_keeps_killing_its_worker_ends_dead() {
             .count(),
         2
     );
+}
+
+#[tokio::test]
+async fn a_queue_in_four_partitions_answers_for_all_of_them() {
+    let engine = Engine::with_partitions(Some(4), 1, fast_policy()).await;
+    let q = &engine.queue;
+    // Forty jobs due in an hour, routed by id: every partition holds some.
+    let later = now_ms() + 3_600_000;
+    let jobs: Vec<NewJob> = (0..40)
+        .map(|i| NewJob::new(format!("later-{i}"), &json!({"i": i}), later).unwrap())
+        .collect();
+    assert_eq!(q.push_many(&jobs).await.unwrap(), 40);
+    assert_eq!(
+        q.push_many(&jobs).await.unwrap(),
+        0,
+        "pushes stay idempotent"
+    );
+    let keys = engine.keys().await;
+    for part in 0..4 {
+        let scheduled = format!("{}:scheduled", q.hash_tag(part));
+        assert!(keys.contains(&scheduled), "{scheduled} in {keys:?}");
+    }
+    assert_eq!(q.stats().await.unwrap().scheduled, 40);
+    assert!(q.remove_waiting("later-7").await.unwrap());
+    assert!(!q.remove_waiting("later-7").await.unwrap());
+    assert_eq!(q.stats().await.unwrap().scheduled, 39);
+    let expected = q.expected(&["later-8", "nobody"]).await.unwrap();
+    assert!(
+        expected[0].is_some_and(|t| t >= later),
+        "expected at its due time: {expected:?}"
+    );
+    assert_eq!(expected[1], None);
+
+    // Twelve jobs die, spread over the partitions: the dead list pages through all of them,
+    // newest first, each once.
+    let worker = engine.worker(options(4, 5000), Duration::from_secs(5), |_, _| async {
+        Err(JobError::permanent("refused"))
+    });
+    for i in 0..12 {
+        q.push(&format!("doomed-{i}"), &json!({"i": i}), now_ms())
+            .await
+            .unwrap();
+    }
+    eventually(Duration::from_secs(10), "twelve dead jobs", || async {
+        (q.stats().await.unwrap().dead == 12).then_some(())
+    })
+    .await;
+    let mut listed = Vec::new();
+    let mut offset = Some(0);
+    while let Some(o) = offset {
+        let page = q.list_dead(&DeadFilter::default(), o, 5).await.unwrap();
+        listed.extend(page.jobs.into_iter().map(|j| (j.id, j.dead_at)));
+        offset = page.next_offset;
+    }
+    assert_eq!(listed.len(), 12, "{listed:?}");
+    let ids: std::collections::HashSet<&String> = listed.iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), 12, "none twice: {listed:?}");
+    assert!(
+        listed.windows(2).all(|w| w[0].1 >= w[1].1),
+        "newest first: {listed:?}"
+    );
+    // One in a partition other than the first is found, deleted and replayed by id.
+    let (elsewhere, _) = listed
+        .iter()
+        .find(|(id, _)| q.partition_of(id) != 0)
+        .unwrap()
+        .clone();
+    assert_eq!(q.get_dead(&elsewhere).await.unwrap().unwrap().attempts, 1);
+    assert!(q.delete_dead(&elsewhere).await.unwrap());
+    assert!(q.get_dead(&elsewhere).await.unwrap().is_none());
+    worker.stop().await;
+    let (again, _) = listed.iter().find(|(id, _)| *id != elsewhere).unwrap();
+    assert!(q.replay_dead(again).await.unwrap());
+    let s = q.stats().await.unwrap();
+    assert_eq!((s.dead, s.pending), (10, 1), "{s:?}");
+}
+
+#[tokio::test]
+async fn a_worker_configured_with_fewer_partitions_still_runs_every_job() {
+    // The API (say) pushes into four partitions; a worker configured with one learns, at
+    // start, that four are in use and fetches them all.
+    let engine = Engine::with_partitions(Some(4), 3, fast_policy()).await;
+    let pusher = engine.queue.clone().adopted().await;
+    push_due_now(&engine, 40).await;
+    for part in 1..4 {
+        let key = format!("{}:data", pusher.hash_tag(part));
+        assert!(engine.keys().await.contains(&key), "jobs in {key}");
+    }
+    let configured = herald_core::queue::Queue::new(
+        engine.redis.clone(),
+        &engine.prefix,
+        &engine.name,
+        1,
+        3,
+        fast_policy(),
+    );
+    assert_eq!(configured.partitions(), 1);
+    let worker_queue = configured.adopted().await;
+    assert_eq!(worker_queue.partitions(), 4, "it fetches all four");
+    assert_eq!(
+        worker_queue.partition_of("anything"),
+        0,
+        "and pushes into its one"
+    );
+    let done = Arc::new(AtomicU64::new(0));
+    let count = done.clone();
+    let worker = Engine::worker_on(
+        worker_queue.clone(),
+        options(10, 5000),
+        Duration::from_secs(5),
+        move |_, _| {
+            let count = count.clone();
+            async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        },
+    );
+    eventually(Duration::from_secs(10), "every job ran", || async {
+        (done.load(Ordering::SeqCst) == 40).then_some(())
+    })
+    .await;
+    // The handler counts before its job's ack lands: wait for the acks too.
+    wait_idle(&worker_queue, "every job acked").await;
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_push_that_meets_its_job_running_runs_it_once_more_after() {
+    // A job reads state, the pusher changes that state and pushes the same id while the job
+    // still runs (a redelivery meeting the reconcile's copy): the running attempt may have
+    // read the state before the change, so the job must run again after it, once.
+    let engine = Engine::new(4, fast_policy()).await;
+    let gated = Gated::default();
+    let worker = engine.worker(options(4, 5000), Duration::from_secs(5), gated.handler());
+    let q = &engine.queue;
+    assert!(q.push("job", &json!({"v": 1}), now_ms()).await.unwrap());
+    gated.wait_runs(1, "the first run started").await;
+    assert!(
+        q.push("job", &json!({"v": 2}), now_ms()).await.unwrap(),
+        "a push of a running job takes effect"
+    );
+    assert!(
+        q.push("job", &json!({"v": 3}), now_ms()).await.unwrap(),
+        "the last push while it runs is the one that counts"
+    );
+    gated.gate.add_permits(1);
+    gated.wait_runs(2, "the second run started").await;
+    assert_eq!(gated.runs()[1], json!({"v": 3}));
+    gated.gate.add_permits(1);
+    wait_idle(q, "the second run was acked").await;
+    assert_eq!(gated.runs().len(), 2, "once more, not twice");
+    assert!(
+        !engine.keys().await.iter().any(|k| k.ends_with(":again")),
+        "nothing is left behind"
+    );
+    worker.stop().await;
+
+    // A job that dies while a push waits for it starts that push's run with fresh attempts.
+    let dying = Arc::new(AtomicU64::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let second = {
+        let (dying, gate) = (dying.clone(), gate.clone());
+        move |payload: Value, _: herald_core::queue::JobMeta| {
+            let (dying, gate) = (dying.clone(), gate.clone());
+            async move {
+                dying.fetch_add(1, Ordering::SeqCst);
+                if payload["v"] == 1 {
+                    gate.acquire().await.unwrap().forget();
+                    return Err(JobError::Permanent("cannot ever work".to_owned()));
+                }
+                Ok(())
+            }
+        }
+    };
+    let worker = engine.worker(options(4, 5000), Duration::from_secs(5), second);
+    assert!(q.push("doomed", &json!({"v": 1}), now_ms()).await.unwrap());
+    eventually(
+        Duration::from_secs(10),
+        "the doomed run started",
+        || async { (dying.load(Ordering::SeqCst) == 1).then_some(()) },
+    )
+    .await;
+    assert!(q.push("doomed", &json!({"v": 2}), now_ms()).await.unwrap());
+    gate.add_permits(1);
+    wait_idle(q, "the pushed run went").await;
+    assert_eq!(dying.load(Ordering::SeqCst), 2);
+    assert_eq!(q.stats().await.unwrap().dead, 0, "the push revived it");
+    worker.stop().await;
+
+    // A sweep that only makes sure a job exists (the reconcile, the outbox) leaves a running
+    // one alone: no run after it.
+    let gated = Gated::default();
+    let worker = engine.worker(options(4, 5000), Duration::from_secs(5), gated.handler());
+    assert!(q.push("held", &json!({"v": 1}), now_ms()).await.unwrap());
+    gated.wait_runs(1, "the held job runs").await;
+    let sweep = [NewJob::new("held", &json!({"v": 1}), now_ms()).unwrap()];
+    assert_eq!(q.ensure_many(&sweep).await.unwrap(), 0, "nothing added");
+    gated.gate.add_permits(1);
+    wait_idle(q, "the held job was acked").await;
+    assert_eq!(gated.runs().len(), 1, "it ran once");
+    worker.stop().await;
 }

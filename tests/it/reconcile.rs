@@ -221,11 +221,7 @@ async fn the_log_provider_finds_its_own_record_of_an_attempt_whose_outcome_was_l
         .await
         .unwrap()
         .unwrap();
-    let queue = herald_core::queue::deliveries(
-        &app.config,
-        redis::Client::open(app.config.redis_url.expose().as_str()).unwrap(),
-        app.redis.clone(),
-    );
+    let queue = herald_core::queue::deliveries(&app.config, app.redis.clone());
     let job = herald_core::domain::jobs::DeliveryJob::new(
         &row.id,
         &row.tenant_id,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, NaiveTime, SecondsFormat, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
+use herald_core::Config;
 use herald_tests::{
     Tenant, TestApp,
     app::test_config,
@@ -631,8 +632,18 @@ async fn quiet_hours_defer_or_expire_an_sms_in_the_recipients_zone() {
 
 #[tokio::test]
 async fn two_scheduler_processes_create_exactly_one_daily_message_per_subscription() {
+    two_schedulers_make_one_daily_message_each(test_config().await).await;
+}
+
+#[tokio::test]
+async fn two_scheduler_processes_on_a_redis_cluster_create_exactly_one_daily_message_each() {
+    two_schedulers_make_one_daily_message_each(herald_tests::cluster::cluster_config().await).await;
+}
+
+async fn two_schedulers_make_one_daily_message_each(mut config: Config) {
     let twilio = TwilioMock::start().await;
-    let mut app = app_with(&twilio, None).await;
+    twilio.configure(&mut config);
+    let mut app = TestApp::start_with(config).await;
     app.start_worker();
     let tenant = tenant_in(&app, "UTC", Value::Null).await;
 

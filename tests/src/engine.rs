@@ -17,8 +17,7 @@ pub struct Engine {
     pub queue: Queue,
     pub prefix: String,
     pub name: String,
-    pub redis: redis::aio::ConnectionManager,
-    client: redis::Client,
+    pub redis: queue::Redis,
 }
 
 /// A running in-process worker.
@@ -38,15 +37,24 @@ impl EngineWorker {
 
 impl Engine {
     pub async fn new(max_attempts: u32, policy: RetryPolicy) -> Self {
+        Self::with_partitions(None, max_attempts, policy).await
+    }
+
+    /// A queue in `partitions` partitions (`None`: the default for the test Redis, one).
+    pub async fn with_partitions(
+        partitions: Option<usize>,
+        max_attempts: u32,
+        policy: RetryPolicy,
+    ) -> Self {
         crate::app::init_logs();
         let prefix = unique("q");
         let name = "jobs".to_owned();
-        let (client, conn) = queue::connect(&redis_url()).unwrap();
+        let redis = queue::connect(&redis_url()).unwrap();
         let queue = Queue::new(
-            client.clone(),
-            conn.clone(),
+            redis.clone(),
             &prefix,
             &name,
+            partitions.unwrap_or_else(|| queue::default_partitions(&redis)),
             max_attempts,
             policy,
         );
@@ -54,18 +62,17 @@ impl Engine {
             queue,
             prefix,
             name,
-            redis: conn,
-            client,
+            redis,
         }
     }
 
     /// A second handle on the same queue, as another process would have.
     pub fn same_queue(&self) -> Queue {
         Queue::new(
-            self.client.clone(),
             self.redis.clone(),
             &self.prefix,
             &self.name,
+            self.queue.partitions(),
             self.queue.max_attempts(),
             *self.queue.policy(),
         )
@@ -82,7 +89,21 @@ impl Engine {
         F: Fn(Value, JobMeta) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<(), JobError>> + Send + 'static,
     {
-        let backend = QueueBackend::<Value>::new(self.same_queue(), options);
+        Self::worker_on(self.same_queue(), options, shutdown_timeout, handler)
+    }
+
+    /// [`Self::worker`] on this handle of the queue (as another process configured it).
+    pub fn worker_on<F, Fut>(
+        queue: Queue,
+        options: WorkerOptions,
+        shutdown_timeout: Duration,
+        handler: F,
+    ) -> EngineWorker
+    where
+        F: Fn(Value, JobMeta) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+    {
+        let backend = QueueBackend::<Value>::new(queue, options);
         let handle = backend.handle();
         let slot = Arc::new(std::sync::Mutex::new(Some(backend)));
         let token = CancellationToken::new();

@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod browser;
+pub mod cluster;
 pub mod engine;
 pub mod process;
 pub mod providers;
@@ -119,7 +120,10 @@ pub async fn fresh_database() -> String {
 }
 
 /// Every Redis key matching `pattern`, by SCAN (never KEYS, which blocks the server).
-pub async fn scan_keys(redis: &redis::aio::ConnectionManager, pattern: &str) -> Vec<String> {
+pub async fn scan_keys<C>(redis: &C, pattern: &str) -> Vec<String>
+where
+    C: redis::aio::ConnectionLike + Clone,
+{
     let mut conn = redis.clone();
     let mut keys = Vec::new();
     let mut cursor: u64 = 0;

@@ -164,6 +164,9 @@ pub fn herald_env(config: &herald_core::Config) -> Vec<(String, String)> {
         ));
         env.push(("HERALD_TWILIO_BASE_URL", config.twilio.base_url.clone()));
     }
+    if let Some(n) = config.queue_partitions {
+        env.push(("HERALD_QUEUE_PARTITIONS", n.to_string()));
+    }
     if let Some(ops) = &config.ops_token {
         env.push(("HERALD_OPS_TOKEN", ops.expose().clone()));
     }

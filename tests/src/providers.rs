@@ -2,7 +2,7 @@
 //! and answer as scripted.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -611,6 +611,9 @@ struct ReceiverState {
     answers: HashMap<String, (u16, Bytes)>,
     /// Statuses answered first, in order, before the path's standing answer.
     scripts: HashMap<String, VecDeque<u16>>,
+    /// Paths whose requests are recorded and never answered (an endpoint that hangs: the
+    /// caller's own timeout ends each request).
+    hanging: HashSet<String>,
 }
 
 impl WebhookReceiver {
@@ -627,8 +630,15 @@ impl WebhookReceiver {
                 let state = state.clone();
                 async move {
                     let path = uri.path().to_owned();
+                    let hangs = {
+                        let mut s = state.lock().unwrap();
+                        s.got.push((path.clone(), headers.clone(), body.clone()));
+                        s.hanging.contains(&path)
+                    };
+                    if hangs {
+                        std::future::pending::<()>().await;
+                    }
                     let mut s = state.lock().unwrap();
-                    s.got.push((path.clone(), headers, body));
                     let scripted = s.scripts.get_mut(&path).and_then(VecDeque::pop_front);
                     let (status, body) = match scripted {
                         Some(status) => (status, Bytes::from_static(b"receiver says so")),
@@ -658,6 +668,11 @@ impl WebhookReceiver {
             .unwrap()
             .answers
             .insert(path.to_owned(), (status, body.into()));
+    }
+
+    /// Records every request to `path` and never answers it (an endpoint that hangs).
+    pub fn hang(&self, path: &str) {
+        self.state.lock().unwrap().hanging.insert(path.to_owned());
     }
 
     /// Answers the next requests to `path` with these statuses, in order, then as before.

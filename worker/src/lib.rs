@@ -87,10 +87,14 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
         ready = db::wait_for_schema(&pool, Duration::from_secs(120)) => ready?,
         _ = shutdown.cancelled() => return Ok(()),
     }
-    let (client, conn) = queue::connect(config.redis_url.expose()).context("HERALD_REDIS_URL")?;
-    let limiter = RateLimiter::new(conn.clone(), &config.queue_prefix);
+    let redis = queue::connect(config.redis_url.expose()).context("HERALD_REDIS_URL")?;
+    let limiter = RateLimiter::new(redis.clone(), &config.queue_prefix);
     let tasks = TaskTracker::new();
-    let deliveries = queue::deliveries(&config, client.clone(), conn.clone());
+    let queue::Queues {
+        deliveries,
+        replies,
+        events,
+    } = queue::Queues::adopted(&config, &redis).await;
     let replier = Replier {
         db: pool.clone(),
         assistant: Assistant::from_config(&config),
@@ -98,9 +102,9 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
         replies_per_hour: config.ai_replies_per_hour,
     };
     let workers = Workers {
-        events: queue::events(&config, client.clone(), conn.clone()),
+        events,
         event_sender: EventSender::from_config(&config, pool.clone(), &tasks),
-        replies: queue::ai_replies(&config, client, conn),
+        replies,
         deliverer: Arc::new(
             Deliverer::from_config(&config, pool, Some(limiter), &tasks)
                 .with_pacing(deliveries.clone()),

@@ -95,6 +95,10 @@ impl QueuedJob for DeliveryJob {
             tenant: self.tenant_id.clone(),
         }
     }
+
+    fn route(&self) -> Option<&str> {
+        self.sender.as_deref()
+    }
 }
 
 /// A webhook URL's origin, `scheme://host:port` (the port spelled out even when it is the

@@ -14,7 +14,7 @@
 //! another worker cannot take once the lease expires.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     marker::PhantomData,
     sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
@@ -27,7 +27,10 @@ use apalis_core::{
     task::{Task, builder::TaskBuilder, task_id::RandomId, task_id::TaskId},
     worker::context::WorkerContext,
 };
-use futures_util::{FutureExt, StreamExt, future::BoxFuture};
+use futures_util::{
+    FutureExt, StreamExt,
+    future::{BoxFuture, try_join_all},
+};
 use rand::RngExt;
 use serde::de::DeserializeOwned;
 use tokio::{
@@ -72,6 +75,7 @@ impl WorkerOptions {
 /// One leased job as the fetch script returns it.
 struct Leased {
     id: String,
+    part: usize,
     payload: String,
     attempt: u32,
     /// The job was released from its sender's pace: its slot is taken.
@@ -87,13 +91,14 @@ struct FetchResult {
 impl Queue {
     async fn fetch(
         &self,
+        part: usize,
         n: usize,
         lease: Duration,
         token: &str,
     ) -> Result<FetchResult, QueueError> {
         let now = now_ms();
         let values: Vec<redis::Value> = self
-            .invoke(&self.inner.scripts.fetch, now)
+            .invoke(part, &self.inner.scripts.fetch, now)
             .arg(now)
             .arg(n)
             .arg(lease.as_millis() as u64)
@@ -101,7 +106,7 @@ impl Queue {
             .arg(self.inner.max_attempts)
             .arg(CHUNK)
             .arg(BUCKET_TTL_SECS)
-            .invoke_async(&mut self.inner.conn.clone())
+            .invoke_async(&mut self.conn())
             .await?;
         let mut it = values.into_iter();
         let hint = match it.next() {
@@ -114,6 +119,7 @@ impl Queue {
         {
             jobs.push(Leased {
                 id: redis::from_redis_value(id)?,
+                part,
                 payload: redis::from_redis_value(payload)?,
                 attempt: redis::from_redis_value(attempt)?,
                 paced: redis::from_redis_value::<i64>(granted)? == 1,
@@ -122,16 +128,28 @@ impl Queue {
         Ok(FetchResult { jobs, hint })
     }
 
-    async fn ack_many(&self, items: &[(String, Arc<str>)]) -> Result<usize, QueueError> {
-        let mut inv = self.invoke(&self.inner.scripts.ack, now_ms());
-        inv.arg(BUCKET_TTL_SECS);
-        for (id, token) in items {
-            inv.arg(id).arg(&**token);
-        }
-        Ok(inv.invoke_async(&mut self.inner.conn.clone()).await?)
+    /// Acknowledges finished jobs, one round trip per partition they are in (at once).
+    async fn ack_many(&self, ids: &[(String, usize)], token: &str) -> Result<usize, QueueError> {
+        let acks = by_partition(ids).into_iter().map(|(part, ids)| async move {
+            let now = now_ms();
+            let mut inv = self.invoke(part, &self.inner.scripts.ack, now);
+            inv.arg(BUCKET_TTL_SECS).arg(now);
+            for id in ids {
+                inv.arg(id).arg(token);
+            }
+            let n: usize = inv.invoke_async(&mut self.conn()).await?;
+            Ok::<_, QueueError>(n)
+        });
+        Ok(try_join_all(acks).await?.into_iter().sum())
     }
 
-    async fn settle(&self, id: &str, token: &str, settle: &Settle) -> Result<String, QueueError> {
+    async fn settle(
+        &self,
+        id: &str,
+        part: usize,
+        token: &str,
+        settle: &Settle,
+    ) -> Result<String, QueueError> {
         let now = now_ms();
         let (kind, due, error) = match settle {
             Settle::Retry { delay, error } => {
@@ -140,10 +158,10 @@ impl Queue {
             Settle::RetryAt { at_ms, error } => ("retry_at", *at_ms, error.as_str()),
             Settle::Defer { at_ms, reason } => ("defer", *at_ms, reason.as_str()),
             Settle::Dead { error } => ("dead", now, error.as_str()),
-            Settle::Park(pace) => return self.park(id, token, pace).await,
+            Settle::Park(pace) => return self.park(id, part, token, pace).await,
         };
         Ok(self
-            .invoke(&self.inner.scripts.settle, now)
+            .invoke(part, &self.inner.scripts.settle, now)
             .arg(now)
             .arg(id)
             .arg(token)
@@ -152,14 +170,20 @@ impl Queue {
             .arg(error)
             .arg(self.inner.max_attempts)
             .arg(BUCKET_TTL_SECS)
-            .invoke_async(&mut self.inner.conn.clone())
+            .invoke_async(&mut self.conn())
             .await?)
     }
 
-    async fn park(&self, id: &str, token: &str, pace: &Pace) -> Result<String, QueueError> {
+    async fn park(
+        &self,
+        id: &str,
+        part: usize,
+        token: &str,
+        pace: &Pace,
+    ) -> Result<String, QueueError> {
         let now = now_ms();
         Ok(self
-            .invoke(&self.inner.scripts.park, now)
+            .invoke(part, &self.inner.scripts.park, now)
             .arg(now)
             .arg(id)
             .arg(token)
@@ -170,43 +194,60 @@ impl Queue {
             })
             .arg(pace.cost)
             .arg(pace.rate)
-            .invoke_async(&mut self.inner.conn.clone())
+            .invoke_async(&mut self.conn())
             .await?)
     }
 
+    /// Extends the leases of `ids` (with their partitions); returns those no longer held.
     async fn extend(
         &self,
-        ids: &[String],
+        ids: &[(String, usize)],
         lease: Duration,
         token: &str,
     ) -> Result<Vec<String>, QueueError> {
-        let mut lost = Vec::new();
-        for chunk in ids.chunks(CHUNK) {
-            let now = now_ms();
-            let mut inv = self.invoke(&self.inner.scripts.extend, now);
-            inv.arg(now + lease.as_millis() as i64).arg(token);
-            for id in chunk {
-                inv.arg(id);
+        let extends = by_partition(ids).into_iter().map(|(part, ids)| async move {
+            let mut lost = Vec::new();
+            for chunk in ids.chunks(CHUNK) {
+                let now = now_ms();
+                let mut inv = self.invoke(part, &self.inner.scripts.extend, now);
+                inv.arg(now + lease.as_millis() as i64).arg(token);
+                for id in chunk {
+                    inv.arg(*id);
+                }
+                let l: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
+                lost.extend(l);
             }
-            let l: Vec<String> = inv.invoke_async(&mut self.inner.conn.clone()).await?;
-            lost.extend(l);
-        }
-        Ok(lost)
+            Ok::<_, QueueError>(lost)
+        });
+        Ok(try_join_all(extends).await?.into_iter().flatten().collect())
     }
 
-    async fn release(&self, ids: &[String], token: &str) -> Result<usize, QueueError> {
-        let mut total = 0;
-        for chunk in ids.chunks(CHUNK) {
-            let mut inv = self.invoke(&self.inner.scripts.release, now_ms());
-            inv.arg(token);
-            for id in chunk {
-                inv.arg(id);
+    /// Hands the leases of `ids` (with their partitions) back; returns how many were held.
+    async fn release(&self, ids: &[(String, usize)], token: &str) -> Result<usize, QueueError> {
+        let releases = by_partition(ids).into_iter().map(|(part, ids)| async move {
+            let mut total = 0;
+            for chunk in ids.chunks(CHUNK) {
+                let mut inv = self.invoke(part, &self.inner.scripts.release, now_ms());
+                inv.arg(token);
+                for id in chunk {
+                    inv.arg(*id);
+                }
+                let n: usize = inv.invoke_async(&mut self.conn()).await?;
+                total += n;
             }
-            let n: usize = inv.invoke_async(&mut self.inner.conn.clone()).await?;
-            total += n;
-        }
-        Ok(total)
+            Ok::<_, QueueError>(total)
+        });
+        Ok(try_join_all(releases).await?.into_iter().sum())
     }
+}
+
+/// Job ids grouped by partition.
+fn by_partition(ids: &[(String, usize)]) -> HashMap<usize, Vec<&str>> {
+    let mut parts: HashMap<usize, Vec<&str>> = HashMap::new();
+    for (id, part) in ids {
+        parts.entry(*part).or_default().push(id);
+    }
+    parts
 }
 
 /// How a finished attempt is settled in Redis.
@@ -237,22 +278,22 @@ struct Shared {
     /// Names this process's leases, so an ack from a process whose lease was reclaimed
     /// cannot remove a job another worker now runs.
     token: Arc<str>,
-    /// Jobs this process holds a lease on: the heartbeat extends them, shutdown hands back
-    /// whatever is left.
-    leased: Mutex<HashSet<String>>,
+    /// Jobs this process holds a lease on, with their partitions: the heartbeat extends them,
+    /// shutdown hands back whatever is left.
+    leased: Mutex<HashMap<String, usize>>,
     /// One permit per job this process may lease; a finished job gives its permit back.
     capacity: Semaphore,
-    /// Wakes the idle fetcher (a push notification arrived, or capacity came back).
-    wake: Notify,
-    acks: mpsc::UnboundedSender<String>,
-    acks_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    /// Wakes a partition's idle fetcher (a push notification arrived).
+    wake: Vec<Notify>,
+    acks: mpsc::UnboundedSender<(String, usize)>,
+    acks_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, usize)>>>,
     /// Stops the background tasks of this process for this queue.
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Shared {
-    fn leased(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn leased(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
         self.leased.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -262,14 +303,18 @@ impl Shared {
             (Ok(()), _) => {
                 // The acker removes the id from `leased` once Redis has the ack, so the
                 // heartbeat keeps the lease alive until then.
-                if self.acks.send(meta.id.clone()).is_err() {
+                if self.acks.send((meta.id.clone(), meta.partition)).is_err() {
                     self.leased().remove(&meta.id);
                 }
             }
             (Err(_), Some(settle)) => {
                 let mut tries = 0;
                 loop {
-                    match self.queue.settle(&meta.id, &self.token, &settle).await {
+                    match self
+                        .queue
+                        .settle(&meta.id, meta.partition, &self.token, &settle)
+                        .await
+                    {
                         Ok(outcome) => {
                             log_settled(meta, &settle, &outcome);
                             break;
@@ -360,7 +405,7 @@ impl WorkerHandle {
     /// another worker takes those jobs at once. Returns how many were handed back.
     pub async fn release_all(&self) -> Result<usize, QueueError> {
         self.shared.cancel.cancel();
-        let ids: Vec<String> = self.shared.leased().drain().collect();
+        let ids: Vec<(String, usize)> = self.shared.leased().drain().collect();
         if ids.is_empty() {
             return Ok(0);
         }
@@ -396,13 +441,14 @@ impl<J: DeserializeOwned + Send + 'static> QueueBackend<J> {
         .into();
         let (acks, acks_rx) = mpsc::unbounded_channel();
         let (tx, rx) = mpsc::channel(opts.concurrency);
+        let parts = queue.partitions();
         let shared = Arc::new(Shared {
             capacity: Semaphore::new(opts.concurrency),
             queue,
             opts,
             token,
-            leased: Mutex::new(HashSet::new()),
-            wake: Notify::new(),
+            leased: Mutex::new(HashMap::new()),
+            wake: (0..parts).map(|_| Notify::new()).collect(),
             acks,
             acks_rx: Mutex::new(Some(acks_rx)),
             cancel: CancellationToken::new(),
@@ -433,7 +479,9 @@ impl<J: DeserializeOwned + Send + 'static> QueueBackend<J> {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         let mut tasks = s.tasks.lock().unwrap_or_else(PoisonError::into_inner);
-        tasks.push(tokio::spawn(fetch_loop::<J>(s.clone(), tx)));
+        for part in 0..s.queue.partitions() {
+            tasks.push(tokio::spawn(fetch_loop::<J>(s.clone(), part, tx.clone())));
+        }
         tasks.push(tokio::spawn(heartbeat_loop(s.clone())));
         tasks.push(tokio::spawn(subscribe_loop(s.clone())));
         if let Some(rx) = acks_rx {
@@ -502,19 +550,16 @@ async fn close<J>(shared: Arc<Shared>, rx: Option<mpsc::Receiver<Task<J>>>) {
     let mut unstarted = Vec::new();
     if let Some(mut rx) = rx {
         rx.close();
+        let mut leased = shared.leased();
         while let Ok(task) = rx.try_recv() {
-            if let Some(TaskId::String(id)) = task.task_id() {
-                unstarted.push(id.clone());
+            if let Some(TaskId::String(id)) = task.task_id()
+                && let Some(part) = leased.remove(id)
+            {
+                unstarted.push((id.clone(), part));
             }
         }
     }
     if !unstarted.is_empty() {
-        {
-            let mut leased = shared.leased();
-            for id in &unstarted {
-                leased.remove(id);
-            }
-        }
         match shared.queue.release(&unstarted, &shared.token).await {
             Ok(n) => {
                 debug!(queue = %shared.queue.name(), released = n, "handed back jobs that had not started")
@@ -526,8 +571,11 @@ async fn close<J>(shared: Arc<Shared>, rx: Option<mpsc::Receiver<Task<J>>>) {
     }
 }
 
+/// Leases the due jobs of one partition while there is room: every partition has its own
+/// fetcher, and they wait for room in turn (the semaphore is fair), so no partition starves.
 async fn fetch_loop<J: DeserializeOwned + Send + 'static>(
     shared: Arc<Shared>,
+    part: usize,
     tx: mpsc::Sender<Task<J>>,
 ) {
     let opts = shared.opts.clone();
@@ -535,7 +583,7 @@ async fn fetch_loop<J: DeserializeOwned + Send + 'static>(
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(n) = room(&shared).await else { return };
-        let batch = match shared.queue.fetch(n, opts.lease, &shared.token).await {
+        let batch = match shared.queue.fetch(part, n, opts.lease, &shared.token).await {
             Ok(batch) => {
                 backoff = Duration::from_millis(50);
                 batch
@@ -558,7 +606,7 @@ async fn fetch_loop<J: DeserializeOwned + Send + 'static>(
         while let Some(job) = jobs.next() {
             if !hand_over(&shared, &tx, &name, job).await {
                 // The worker stopped: the rest of the batch goes straight back too.
-                let rest: Vec<String> = jobs.map(|j| j.id).collect();
+                let rest: Vec<(String, usize)> = jobs.map(|j| (j.id, j.part)).collect();
                 if !rest.is_empty() {
                     let _ = shared.queue.release(&rest, &shared.token).await;
                 }
@@ -576,7 +624,7 @@ async fn fetch_loop<J: DeserializeOwned + Send + 'static>(
             if !wait.is_zero() {
                 tokio::select! {
                     _ = shared.cancel.cancelled() => return,
-                    _ = shared.wake.notified() => {}
+                    _ = shared.wake[part].notified() => {}
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
@@ -619,8 +667,9 @@ async fn hand_over<J: DeserializeOwned>(
         attempt: job.attempt,
         queue: name.to_owned(),
         paced: job.paced,
+        partition: job.part,
     };
-    shared.leased().insert(job.id.clone());
+    shared.leased().insert(job.id.clone(), job.part);
     if shared.cancel.is_cancelled() {
         // Stopped while this fetch was on its way: hand the job straight back. The stop drains
         // `leased` after cancelling, so whichever of the two sees the job releases it (a
@@ -628,7 +677,7 @@ async fn hand_over<J: DeserializeOwned>(
         shared.leased().remove(&job.id);
         let _ = shared
             .queue
-            .release(std::slice::from_ref(&job.id), &shared.token)
+            .release(&[(job.id.clone(), job.part)], &shared.token)
             .await;
         return false;
     }
@@ -656,7 +705,7 @@ async fn hand_over<J: DeserializeOwned>(
         shared.capacity.add_permits(1);
         let _ = shared
             .queue
-            .release(std::slice::from_ref(&job.id), &shared.token)
+            .release(&[(job.id.clone(), job.part)], &shared.token)
             .await;
         return false;
     }
@@ -671,7 +720,11 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
             _ = shared.cancel.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let ids: Vec<String> = shared.leased().iter().cloned().collect();
+        let ids: Vec<(String, usize)> = shared
+            .leased()
+            .iter()
+            .map(|(id, part)| (id.clone(), *part))
+            .collect();
         if ids.is_empty() {
             continue;
         }
@@ -689,31 +742,48 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
     }
 }
 
+/// Turns push notifications into wake-ups of the partitions' fetchers. On a cluster it listens
+/// on one node (every node hears every `PUBLISH`) and goes round the nodes while one is down.
 async fn subscribe_loop(shared: Arc<Shared>) {
-    let channel = shared.queue.inner.keys.notify.clone();
+    let channels: HashMap<String, usize> = shared
+        .queue
+        .inner
+        .parts
+        .iter()
+        .enumerate()
+        .map(|(part, k)| (k.notify.clone(), part))
+        .collect();
     let name = shared.queue.name().to_owned();
+    let wake_all = || shared.wake.iter().for_each(Notify::notify_one);
     let mut backoff = Duration::from_millis(100);
+    let mut attempt = 0;
     loop {
         let connected = async {
-            let mut pubsub = shared.queue.inner.client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
+            let mut pubsub = shared.queue.inner.redis.pubsub(attempt).await?;
+            for channel in channels.keys() {
+                pubsub.subscribe(channel).await?;
+            }
             Ok::<_, redis::RedisError>(pubsub)
         };
         let pubsub = tokio::select! {
             _ = shared.cancel.cancelled() => return,
             p = connected => p,
         };
+        attempt += 1;
         match pubsub {
             Ok(mut pubsub) => {
                 backoff = Duration::from_millis(100);
                 // Anything may have been pushed while we were not listening.
-                shared.wake.notify_one();
+                wake_all();
                 let mut messages = pubsub.on_message();
                 loop {
                     tokio::select! {
                         _ = shared.cancel.cancelled() => return,
                         msg = messages.next() => match msg {
-                            Some(_) => shared.wake.notify_one(),
+                            Some(msg) => match channels.get(msg.get_channel_name()) {
+                                Some(part) => shared.wake[*part].notify_one(),
+                                None => wake_all(),
+                            },
                             None => break,
                         }
                     }
@@ -732,9 +802,9 @@ async fn subscribe_loop(shared: Arc<Shared>) {
     }
 }
 
-async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<String>) {
+async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(String, usize)>) {
     let name = shared.queue.name().to_owned();
-    let mut batch: Vec<(String, Arc<str>)> = Vec::new();
+    let mut batch: Vec<(String, usize)> = Vec::new();
     loop {
         if batch.is_empty() {
             let first = tokio::select! {
@@ -746,17 +816,17 @@ async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<String>) 
                 }
             };
             match first {
-                Some(id) => batch.push((id, shared.token.clone())),
+                Some(job) => batch.push(job),
                 None => return,
             }
         }
         while batch.len() < CHUNK {
             match rx.try_recv() {
-                Ok(id) => batch.push((id, shared.token.clone())),
+                Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
-        match shared.queue.ack_many(&batch).await {
+        match shared.queue.ack_many(&batch, &shared.token).await {
             Ok(_) => {
                 let mut leased = shared.leased();
                 for (id, _) in batch.drain(..) {
@@ -769,7 +839,7 @@ async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<String>) 
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                     _ = shared.cancel.cancelled() => {
                         // One last try, then leave them to lease expiry.
-                        if shared.queue.ack_many(&batch).await.is_err() {
+                        if shared.queue.ack_many(&batch, &shared.token).await.is_err() {
                             warn!(queue = %name, pending = batch.len(), "acknowledgements lost at shutdown; those jobs run again");
                         }
                         let mut leased = shared.leased();

@@ -52,4 +52,6 @@ pub struct JobMeta {
     pub queue: String,
     /// The job was released from its sender's pace: the slot it needs is already taken.
     pub paced: bool,
+    /// The partition of its queue it lives in.
+    pub partition: usize,
 }

@@ -25,6 +25,8 @@
 //! - `pacers`    ZSET  senders with parked jobs, by when they may release the next one
 //! - `parked`    HASH  id -> `sender|lane|cost|position`, and the LISTs `parked:lane:sender`
 //! - `granted`   HASH  id -> 1: the job has its sender's slot
+//! - `again`     HASH  id -> `[due, flow, payload]`: a push that met the job running, for
+//!   the run it asks for once this one ends
 //! - `done:<t>` / `failed:<t>`  counters per 5-second bucket, expiring after an hour
 //! - `notify`    pub/sub channel: "something is due, or due earlier than you thought"
 //! - `ready`     LIST  due ids as an older version kept them; drained into the lanes
@@ -47,7 +49,7 @@ local K = {
   inflight = KEYS[6], lease = KEYS[7], dead = KEYS[8], notify = KEYS[9],
   tx = KEYS[10], bulk = KEYS[11], flow = KEYS[12], vt0 = KEYS[13], weights = KEYS[14],
   pace = KEYS[15], pacers = KEYS[16], parked = KEYS[17], granted = KEYS[18],
-  done = KEYS[19], failed = KEYS[20], vt1 = KEYS[21],
+  done = KEYS[19], failed = KEYS[20], vt1 = KEYS[21], again = KEYS[22],
 }
 
 local function num(s) return string.format('%.17g', s) end
@@ -270,21 +272,55 @@ local function forget(id)
   redis.call('HDEL', K.errors, id)
   redis.call('HDEL', K.flow, id)
   redis.call('HDEL', K.granted, id)
+  redis.call('HDEL', K.again, id)
 end
 "#;
 
-/// Push jobs. A job whose id is alive already is left alone (a duplicate push is a no-op);
-/// one that is dead is revived with fresh attempts.
+/// A push that met its job running asked for one more run, starting after this one: when the
+/// running attempt ends and the job would be gone (acked) or dead, it starts that run, with
+/// fresh attempts, as the push would have. Returns whether there was one. (A job that is to
+/// run again anyway, retried or handed back, needs no extra run: the mark is dropped.)
+const AGAIN_PART: &str = r#"
+local function run_again(id, now)
+  local raw = redis.call('HGET', K.again, id)
+  if not raw then return false end
+  redis.call('HDEL', K.again, id)
+  local a = cjson.decode(raw)
+  local due, f, payload = tonumber(a[1]), a[2], a[3]
+  redis.call('HSET', K.data, id, payload)
+  redis.call('HDEL', K.attempts, id)
+  redis.call('HDEL', K.errors, id)
+  redis.call('HDEL', K.granted, id)
+  if f ~= '0|' then redis.call('HSET', K.flow, id, f) else redis.call('HDEL', K.flow, id) end
+  if due <= now then
+    local tenant = string.sub(f, 3)
+    if tenant == '' then tenant = '~' end
+    ready_add(id, false, string.sub(f, 1, 1), tenant)
+    lanes_flush()
+    redis.call('PUBLISH', K.notify, 'w')
+  else
+    schedule(id, due)
+  end
+  return true
+end
+"#;
+
+/// Push jobs. A job whose id is waiting already is left alone (a duplicate push is a no-op);
+/// one that is dead is revived with fresh attempts; one that is running runs once more after
+/// (its attempt may have read what the pusher changed before the change).
 ///
-/// ARGV: now, then (id, payload, due, flow) quadruples; `flow` is `lane|tenant`.
-/// Returns the number of jobs added or revived.
+/// ARGV: now, again (`1`: a running job runs once more; `0`: it is left alone, for sweeps
+/// that only make sure a job exists), then (id, payload, due, flow) quadruples; `flow` is
+/// `lane|tenant`.
+/// Returns the number of jobs added, revived or to run again.
 pub const PUSH: Lua = Lua {
     parts: &[KEYS_PART, SCHEDULE_PART, LANES_PART],
     body: r#"
 local now = tonumber(ARGV[1])
+local again = ARGV[2] == '1'
 local added = 0
 local ready_now = false
-for i = 2, #ARGV, 4 do
+for i = 3, #ARGV, 4 do
   local id, payload, due, f = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
   local fresh = redis.call('HSETNX', K.data, id, payload) == 1
   if not fresh and redis.call('ZREM', K.dead, id) == 1 then
@@ -292,6 +328,11 @@ for i = 2, #ARGV, 4 do
     redis.call('HDEL', K.attempts, id)
     redis.call('HDEL', K.errors, id)
     fresh = true
+  end
+  if not fresh and again and redis.call('HEXISTS', K.lease, id) == 1 then
+    -- Running now, perhaps on what the pusher has just changed: it runs once more after.
+    redis.call('HSET', K.again, id, cjson.encode({due, f, payload}))
+    added = added + 1
   end
   if fresh then
     added = added + 1
@@ -328,9 +369,11 @@ pub const FETCH: Lua = Lua {
         KEYS_PART,
         ERRORS_PART,
         SPLIT_PART,
+        SCHEDULE_PART,
         LANES_PART,
         PACE_PART,
         RELEASE_PART,
+        AGAIN_PART,
     ],
     body: r#"
 local now = tonumber(ARGV[1])
@@ -348,7 +391,9 @@ for _, id in ipairs(expired) do
   redis.call('HDEL', K.lease, id)
   local attempt = tonumber(redis.call('HGET', K.attempts, id) or '0')
   push_error(id, now, attempt, 'lease expired: the worker running attempt ' .. attempt .. ' stopped or lost Redis')
-  if attempt >= max_attempts then
+  if run_again(id, now) then
+    -- Pushed while it ran: a fresh run, as after an ack.
+  elseif attempt >= max_attempts then
     redis.call('ZADD', K.dead, now, id)
     reclaimed_dead = reclaimed_dead + 1
   else
@@ -402,21 +447,30 @@ return out
 "#,
 };
 
-/// Acknowledge finished jobs: they leave Redis entirely, but for a counter that expires.
-/// A job whose lease this worker no longer holds (it was reclaimed) is left to its new holder.
+/// Acknowledge finished jobs: they leave Redis entirely, but for a counter that expires (a
+/// job pushed while it ran starts its next run instead). A job whose lease this worker no
+/// longer holds (it was reclaimed) is left to its new holder.
 ///
-/// ARGV: bucket_ttl, then (id, token) pairs
+/// ARGV: bucket_ttl, now, then (id, token) pairs
 /// Returns the number acknowledged.
 pub const ACK: Lua = Lua {
-    parts: &[KEYS_PART, ERRORS_PART, FORGET_PART],
+    parts: &[
+        KEYS_PART,
+        ERRORS_PART,
+        SCHEDULE_PART,
+        LANES_PART,
+        FORGET_PART,
+        AGAIN_PART,
+    ],
     body: r#"
+local now = tonumber(ARGV[2])
 local acked = 0
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
   if redis.call('HGET', K.lease, id) == token then
     redis.call('ZREM', K.inflight, id)
     redis.call('HDEL', K.lease, id)
-    forget(id)
+    if not run_again(id, now) then forget(id) end
     acked = acked + 1
   end
 end
@@ -433,7 +487,13 @@ return acked
 /// ARGV: now, id, token, kind (retry | retry_at | defer | dead), due, error, max_attempts, bucket_ttl
 /// Returns 'retried', 'deferred', 'dead', or 'lost' when this worker no longer holds the lease.
 pub const SETTLE: Lua = Lua {
-    parts: &[KEYS_PART, ERRORS_PART, SCHEDULE_PART],
+    parts: &[
+        KEYS_PART,
+        ERRORS_PART,
+        SCHEDULE_PART,
+        LANES_PART,
+        AGAIN_PART,
+    ],
     body: r#"
 local now, id, token, kind = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local due, text, max_attempts, ttl = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -444,15 +504,18 @@ redis.call('HDEL', K.granted, id)
 local attempt = tonumber(redis.call('HGET', K.attempts, id) or '0')
 if kind == 'defer' then
   redis.call('HINCRBY', K.attempts, id, -1)
+  redis.call('HDEL', K.again, id)
   schedule(id, due)
   return 'deferred'
 end
 push_error(id, now, attempt, text)
 bump(K.failed, 1, ttl)
 if kind == 'dead' or (kind == 'retry' and attempt >= max_attempts) then
+  if run_again(id, now) then return 'retried' end
   redis.call('ZADD', K.dead, now, id)
   return 'dead'
 end
+redis.call('HDEL', K.again, id)
 schedule(id, due)
 return 'retried'
 "#,
@@ -498,6 +561,7 @@ if redis.call('HGET', K.lease, id) ~= token then return 'lost' end
 redis.call('ZREM', K.inflight, id)
 redis.call('HDEL', K.lease, id)
 redis.call('HDEL', K.granted, id)
+redis.call('HDEL', K.again, id)
 redis.call('HINCRBY', K.attempts, id, -1)
 redis.call('HSET', K.pace, sender .. '|rate', ARGV[7])
 local counter = sender .. '|in:' .. lane

@@ -344,7 +344,7 @@ pub async fn sweep(db: &PgPool, queue: &Queue) -> anyhow::Result<usize> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         // Redis down: the step is not recorded, and the next one sweeps it again.
-        total += queue.push_many(&jobs).await?;
+        total += queue.ensure_many(&jobs).await?;
         match due.last() {
             Some(last) if due.len() as i64 == SWEEP_BATCH => {
                 after = (

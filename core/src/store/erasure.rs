@@ -64,7 +64,9 @@ pub async fn redact_messages(
     let rows = sqlx::query_as::<_, (String, bool, bool)>(
         "WITH about AS (
             SELECT m.id, m.channel = 'sms' AND m.contact_id IS NOT NULL AS in_conversation,
-                   m.status IN ('scheduled', 'queued', 'retrying') AS waiting
+                   m.status IN ('scheduled', 'queued', 'retrying') AS waiting,
+                   -- The row as locked (a claim that committed meanwhile included).
+                   m AS was
             FROM messages m
             WHERE m.tenant_id = $1
               AND herald_about(m, $2, $3, $4)
@@ -76,7 +78,8 @@ pub async fn redact_messages(
                 to_addr = CASE WHEN m.direction = 'inbound' THEN m.to_addr ELSE '' END,
                 from_addr = CASE WHEN m.direction = 'inbound' THEN '' ELSE m.from_addr END,
                 body = '', subject = NULL, metadata = '{}'::jsonb, last_error = NULL,
-                needs_reply = false, redacted_at = now(), updated_at = now()
+                needs_reply = false, claimed_at = NULL, accepted_note = NULL,
+                redacted_at = now(), updated_at = now()
             FROM about a
             WHERE m.id = a.id
             RETURNING m.id
@@ -85,8 +88,13 @@ pub async fn redact_messages(
             FROM about a
             WHERE e.message_id = a.id AND e.detail IS NOT NULL
          ), canceled AS (
-            INSERT INTO message_events (message_id, status, detail)
-            SELECT a.id, 'canceled', 'its contact was erased' FROM about a WHERE a.waiting
+            -- The events kept on the row are written out, without their details like the rest.
+            INSERT INTO message_events (message_id, at, status, detail)
+            SELECT a.id, k.at, k.status, NULL
+            FROM about a CROSS JOIN LATERAL herald_kept_events(a.was) k
+            UNION ALL
+            SELECT a.id, clock_timestamp(), 'canceled', 'its contact was erased'
+            FROM about a WHERE a.waiting
          )
          SELECT a.id, a.in_conversation, a.waiting FROM about a JOIN redacted r ON r.id = a.id",
     )

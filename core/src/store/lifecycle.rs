@@ -3,7 +3,11 @@
 //! provider ids that tie reports to messages.
 //!
 //! Every status change and the event recording it are written by one statement, so the
-//! history never disagrees with the status.
+//! history never disagrees with the status. Two steps of the happy path write no event row:
+//! a claim keeps its `sending` event on the message (`claimed_at`) and an accepted send its
+//! `sent` event (`accepted_note`, at `sent_at`), read back by `herald_history`; whatever would
+//! make them untrue (the next claim, a replay, a redelivery, an erasure) writes them out first
+//! (`herald_kept_events`; the statement's other parts see the row as it was before it).
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
@@ -117,7 +121,8 @@ async fn claim_statement(
             WHERE m.id = ANY($1) AND m.priority = 'bulk'
               AND m.status IN ('scheduled', 'queued', 'retrying')
          ), target AS (
-            SELECT m.id, j.attempt, z.zone, s.why,
+            SELECT m.id, j.attempt, z.zone, s.why, m.claimed_at AS kept_claim,
+                   m.attempts AS kept_attempt,
                    -- What the tenant sends this channel from now: a changed sender is used
                    -- by the next attempt, whenever the message was created.
                    CASE m.channel WHEN 'sms' THEN COALESCE(tn.messaging_service_sid, tn.sms_from)
@@ -186,6 +191,9 @@ async fn claim_statement(
                                       AND m.unsettled_since IS NULL
                                  THEN COALESCE(t.sender, m.from_addr) ELSE m.from_addr END,
                 claim_attempt = t.attempt,
+                -- The new attempt's `sending` event, kept on the row.
+                claimed_at = CASE WHEN t.next = 'sending' THEN clock_timestamp()
+                                  ELSE m.claimed_at END,
                 -- Taking over a claim whose worker died: that attempt's outcome is unknown.
                 unsettled_since = CASE WHEN m.status = 'sending'
                                        THEN COALESCE(m.unsettled_since, m.updated_at)
@@ -195,14 +203,19 @@ async fn claim_statement(
             WHERE m.id = t.id AND t.eligible AND t.next NOT IN ('quiet', 'held')
             RETURNING m.*
          ), events AS (
-            INSERT INTO message_events (message_id, status, detail)
-            SELECT c.id, c.status, CASE c.status
-                WHEN 'sending' THEN 'attempt ' || c.attempts
+            INSERT INTO message_events (message_id, at, status, detail)
+            SELECT c.id, clock_timestamp(), c.status, CASE c.status
                 WHEN 'suppressed' THEN CASE t.why WHEN 'opted out'
                                        THEN 'the recipient has opted out; not sent' ELSE t.why END
                 WHEN 'canceled' THEN 'its contact was erased'
                 ELSE 'expires_at passed before it could be sent' END
             FROM claimed c JOIN target t ON t.id = c.id
+            WHERE c.status <> 'sending'
+            UNION ALL
+            -- A new attempt: the previous one's `sending`, kept on the row until now.
+            SELECT c.id, t.kept_claim, 'sending', 'attempt ' || t.kept_attempt
+            FROM claimed c JOIN target t ON t.id = c.id
+            WHERE c.status = 'sending' AND t.kept_claim IS NOT NULL
          )
          SELECT claimed.*, tn.webhook_secret, false AS quiet, false AS held, NULL::text AS zone,
                 NULL::time AS quiet_start, NULL::time AS quiet_end
@@ -278,8 +291,9 @@ pub struct Outcome {
     pub still_unsettled: bool,
 }
 
-/// Records the outcomes of many attempts in one statement, each with its event. Returns the
-/// ids that moved (a message no longer `sending`, canceled say, is left as it is).
+/// Records the outcomes of many attempts in one statement, each with its event (an accepted
+/// send's, `sent` or `delivered`, kept on the row). Returns the ids that moved (a message no
+/// longer `sending`, canceled say, is left as it is).
 pub async fn finish_many(
     db: impl PgExecutor<'_>,
     outcomes: &[Outcome],
@@ -307,6 +321,8 @@ pub async fn finish_many(
                 delivered_at = CASE WHEN v.status = 'delivered' THEN now() ELSE m.delivered_at END,
                 send_at = COALESCE(v.next_at, m.send_at),
                 unsettled_since = CASE WHEN v.still_unsettled THEN m.unsettled_since END,
+                accepted_note = CASE WHEN v.status IN ('sent', 'delivered')
+                                     THEN COALESCE(v.detail, '') ELSE m.accepted_note END,
                 updated_at = now()
             FROM v
             WHERE m.id = v.id AND m.status = 'sending'
@@ -316,10 +332,11 @@ pub async fn finish_many(
             SELECT v.provider_message_id, v.id FROM v JOIN moved ON moved.id = v.id
             WHERE v.provider_message_id IS NOT NULL
             ON CONFLICT DO NOTHING
+         ), events AS (
+            INSERT INTO message_events (message_id, status, detail)
+            SELECT id, status, detail FROM moved WHERE status NOT IN ('sent', 'delivered')
          )
-         INSERT INTO message_events (message_id, status, detail)
-         SELECT id, status, detail FROM moved
-         RETURNING message_id",
+         SELECT id FROM moved",
     )
     .bind(&ids)
     .bind(&statuses)
@@ -342,13 +359,19 @@ pub async fn restart(
     sqlx::query_as::<_, MessageRow>(
         "WITH m AS (
             UPDATE messages SET status = 'queued', send_at = now(), run = run + 1, attempts = 0,
-                   claim_attempt = 0, last_error = NULL, updated_at = now()
+                   claim_attempt = 0, last_error = NULL, claimed_at = NULL, accepted_note = NULL,
+                   updated_at = now()
             WHERE id = $1 AND status IN ('failed', 'dead') AND expires_at > now()
               AND redacted_at IS NULL
             RETURNING *
          ), e AS (
-            INSERT INTO message_events (message_id, status, detail)
-            SELECT id, 'queued', $2 || ' (run ' || run || ')' FROM m
+            -- The events the row kept (`x` is the row before this statement) go first.
+            INSERT INTO message_events (message_id, at, status, detail)
+            SELECT x.id, k.at, k.status, k.detail
+            FROM messages x CROSS JOIN LATERAL herald_kept_events(x) k
+            WHERE x.id IN (SELECT id FROM m)
+            UNION ALL
+            SELECT id, clock_timestamp(), 'queued', $2 || ' (run ' || run || ')' FROM m
          )
          SELECT * FROM m",
     )
@@ -369,12 +392,18 @@ pub async fn redeliver(
     sqlx::query_as::<_, MessageRow>(
         "WITH m AS (
             UPDATE messages SET status = 'scheduled', send_at = $2, run = run + 1, attempts = 0,
-                   claim_attempt = 0, redelivered_at = now(), updated_at = now()
+                   claim_attempt = 0, redelivered_at = now(), claimed_at = NULL,
+                   accepted_note = NULL, updated_at = now()
             WHERE id = $1 AND status = 'undelivered' AND channel = 'sms'
               AND redelivered_at IS NULL AND expires_at > $2
             RETURNING *
          ), e AS (
-            INSERT INTO message_events (message_id, status, detail) SELECT id, 'scheduled', $3 FROM m
+            INSERT INTO message_events (message_id, at, status, detail)
+            SELECT x.id, k.at, k.status, k.detail
+            FROM messages x CROSS JOIN LATERAL herald_kept_events(x) k
+            WHERE x.id IN (SELECT id FROM m)
+            UNION ALL
+            SELECT id, clock_timestamp(), 'scheduled', $3 FROM m
          )
          SELECT * FROM m",
     )

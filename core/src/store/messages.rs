@@ -272,12 +272,10 @@ pub async fn get_any(db: impl PgExecutor<'_>, id: &str) -> Result<Option<Message
 }
 
 pub async fn events(db: impl PgExecutor<'_>, id: &str) -> Result<Vec<EventRow>, sqlx::Error> {
-    sqlx::query_as::<_, EventRow>(
-        "SELECT at, status, detail FROM message_events WHERE message_id = $1 ORDER BY id",
-    )
-    .bind(id)
-    .fetch_all(db)
-    .await
+    sqlx::query_as::<_, EventRow>("SELECT at, status, detail FROM herald_history(ARRAY[$1::text])")
+        .bind(id)
+        .fetch_all(db)
+        .await
 }
 
 /// An event and the message it belongs to.
@@ -294,8 +292,7 @@ pub async fn events_of(
     ids: &[String],
 ) -> Result<Vec<MessageEventRow>, sqlx::Error> {
     sqlx::query_as::<_, MessageEventRow>(
-        "SELECT message_id, at, status, detail FROM message_events
-         WHERE message_id = ANY($1) ORDER BY message_id, id",
+        "SELECT message_id, at, status, detail FROM herald_history($1)",
     )
     .bind(ids)
     .fetch_all(db)

@@ -103,20 +103,15 @@ pub async fn run(figures: &mut Figures, in_flight: usize) -> anyhow::Result<()> 
     let tenant = stack.tenant("Crash Clinic", "+15005550006").await?.tenant;
     let (provider_url, provider) = start_provider(Duration::from_secs(2)).await?;
     let prefix = "crash";
-    let (client, conn) = queue::connect(&redis.url)?;
+    let rconn = queue::connect(&redis.url)?;
     let mut config = herald_core::Config::for_urls(&pg.url, &redis.url);
     config.queue_prefix = prefix.to_owned();
-    let q = queue::deliveries(&config, client, conn);
+    let q = queue::deliveries(&config, rconn.clone());
     crate::delivery::accept(pool, &q, &tenant.id, "crash", in_flight).await?;
 
     let mut env = crate::delivery::base_env(&pg.url, &redis.url, prefix);
-    env.extend([
-        ("HERALD_SMS_PROVIDER", "twilio".to_owned()),
-        ("HERALD_TWILIO_ACCOUNT_SID", "ACbench".to_owned()),
-        ("HERALD_TWILIO_AUTH_TOKEN", "bench-token".to_owned()),
-        ("HERALD_TWILIO_BASE_URL", provider_url),
-        ("HERALD_WORKER_CONCURRENCY", (in_flight + 50).to_string()),
-    ]);
+    env.extend(crate::delivery::twilio_env(&provider_url));
+    env.push(("HERALD_WORKER_CONCURRENCY", (in_flight + 50).to_string()));
     let mut victim = herald("herald-worker", &env)?;
     let mut posts = provider.posts.subscribe();
     if tokio::time::timeout(
@@ -147,7 +142,8 @@ pub async fn run(figures: &mut Figures, in_flight: usize) -> anyhow::Result<()> 
     let held = provider.held.lock().unwrap().len();
     let duplicates = held.saturating_sub(in_flight);
     let reconciled: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM message_events WHERE message_id LIKE 'msg_crash_%' AND detail LIKE 'reconciled: twilio already had%'",
+        "SELECT count(*) FROM herald_history(ARRAY(SELECT id FROM messages WHERE id LIKE 'msg_crash_%'))
+         WHERE detail LIKE 'reconciled: twilio already had%'",
     )
     .fetch_one(pool)
     .await?;

@@ -96,6 +96,16 @@ pub(crate) fn base_env(pg: &str, redis: &str, prefix: &str) -> Vec<(&'static str
     ]
 }
 
+/// A worker's settings for sending SMS to the loopback Twilio at `provider`.
+pub(crate) fn twilio_env(provider: &str) -> [(&'static str, String); 4] {
+    [
+        ("HERALD_SMS_PROVIDER", "twilio".to_owned()),
+        ("HERALD_TWILIO_ACCOUNT_SID", "ACbench".to_owned()),
+        ("HERALD_TWILIO_AUTH_TOKEN", "bench-token".to_owned()),
+        ("HERALD_TWILIO_BASE_URL", provider.to_owned()),
+    ]
+}
+
 /// `n` accepted messages, committed and queued the way the API leaves them.
 pub(crate) async fn accept(
     pool: &PgPool,
@@ -104,14 +114,36 @@ pub(crate) async fn accept(
     tag: &str,
     n: usize,
 ) -> anyhow::Result<()> {
-    let batch = Accepted {
-        tenant,
-        from: "+15005550006",
-        tag,
-        to_prefix: "+1555",
-        priority: Priority::Transactional,
-    };
-    batch.accept(pool, queue, 1, n).await
+    accept_from(pool, queue, tenant, tag, n, 1).await
+}
+
+/// [`accept`], the messages spread evenly over `senders` senders (`+1500555000k`).
+pub(crate) async fn accept_from(
+    pool: &PgPool,
+    queue: &queue::Queue,
+    tenant: &str,
+    tag: &str,
+    n: usize,
+    senders: usize,
+) -> anyhow::Result<()> {
+    let mut first = 1;
+    for k in 0..senders {
+        let count = n / senders + usize::from(k < n % senders);
+        if count == 0 {
+            continue;
+        }
+        let from = format!("+1500555{:04}", 6 + k);
+        let batch = Accepted {
+            tenant,
+            from: &from,
+            tag,
+            to_prefix: "+1555",
+            priority: Priority::Transactional,
+        };
+        batch.accept(pool, queue, first, count).await?;
+        first += count;
+    }
+    Ok(())
 }
 
 /// SMS written and queued as the API and group sends leave them: `msg_<tag>_<g>` to
@@ -171,7 +203,13 @@ impl Accepted<'_> {
     }
 }
 
-pub async fn run(figures: &mut Figures, messages: usize, requests: usize) -> anyhow::Result<()> {
+pub async fn run(
+    figures: &mut Figures,
+    messages: usize,
+    requests: usize,
+    workers: usize,
+    senders: usize,
+) -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let (pg, redis, pool) = (&stack.pg, &stack.redis, &stack.pool);
     println!(
@@ -185,22 +223,18 @@ pub async fn run(figures: &mut Figures, messages: usize, requests: usize) -> any
     for concurrency in [50usize, 200] {
         let prefix = format!("deliver{concurrency}");
         let tag = format!("c{concurrency}");
-        let (client, conn) = queue::connect(&redis.url)?;
+        let rconn = queue::connect(&redis.url)?;
         let mut config = herald_core::Config::for_urls(&pg.url, &redis.url);
         config.queue_prefix = prefix.clone();
-        let q = queue::deliveries(&config, client, conn);
-        accept(pool, &q, &tenant, &tag, messages).await?;
+        let q = queue::deliveries(&config, rconn.clone());
+        accept_from(pool, &q, &tenant, &tag, messages, senders).await?;
         let before = *calls.borrow();
         let mut env = base_env(&pg.url, &redis.url, &prefix);
-        env.extend([
-            ("HERALD_SMS_PROVIDER", "twilio".to_owned()),
-            ("HERALD_TWILIO_ACCOUNT_SID", "ACbench".to_owned()),
-            ("HERALD_TWILIO_AUTH_TOKEN", "bench-token".to_owned()),
-            ("HERALD_TWILIO_BASE_URL", provider.clone()),
-            ("HERALD_WORKER_CONCURRENCY", concurrency.to_string()),
-        ]);
-        let worker = herald("herald-worker", &env)?;
-        let pid = worker.id().unwrap_or(0);
+        env.extend(crate::delivery::twilio_env(&provider));
+        env.extend([("HERALD_WORKER_CONCURRENCY", concurrency.to_string())]);
+        let started: Vec<_> = (0..workers)
+            .map(|_| herald("herald-worker", &env))
+            .collect::<Result<_, _>>()?;
         let like = format!("msg_{tag}_%");
         // The provider's counter says when the first and the last message were handed over
         // (nothing polls); then Postgres, until every `sent` is recorded.
@@ -209,16 +243,64 @@ pub async fn run(figures: &mut Figures, messages: usize, requests: usize) -> any
         let first = Instant::now();
         calls_reach(&mut calls, before + messages as u64, within).await?;
         let last = all_sent(pool, &like, messages, within).await?;
-        let rss = crate::servers::peak_rss_kib(pid);
-        drop(worker);
+        let rss = started
+            .iter()
+            .map(|w| crate::servers::peak_rss_kib(w.id().unwrap_or(0)))
+            .max()
+            .unwrap_or(0);
+        drop(started);
         let rate = messages as f64 / (last - first).as_secs_f64().max(0.001);
         let provider_calls = *calls.borrow() - before;
+        let procs = match workers {
+            1 => "one worker process".to_owned(),
+            n => format!("{n} worker processes"),
+        };
+        let from = match senders {
+            1 => String::new(),
+            n => format!(", {n} senders"),
+        };
         figures.add(
-            &format!("delivery end to end ({messages} messages, one worker process, concurrency {concurrency})"),
+            &format!("delivery end to end ({messages} messages{from}, {procs}, concurrency {concurrency})"),
             format!("{rate:.0} messages/s ({provider_calls} provider calls, worker peak RSS {:.1} MiB)", rss as f64 / 1024.0),
             "15,000/s",
             "8,000/s",
         );
+    }
+
+    // An update that changes no indexed column (nor one an index's predicate reads) is a
+    // HOT update, leaving every index of `messages` alone; the claim and the outcome of each
+    // message should be. Postgres reports its counters within a second or so.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (updates, hot): (i64, i64) = sqlx::query_as(
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'messages'",
+    )
+    .fetch_one(pool)
+    .await?;
+    figures.add(
+        "updates of `messages` while delivering that left its indexes alone (HOT)",
+        format!(
+            "{:.0} % of {updates}",
+            hot as f64 * 100.0 / updates.max(1) as f64
+        ),
+        "-",
+        "-",
+    );
+
+    if std::env::var_os("HERALD_BENCH_STATEMENTS").is_some() {
+        // Started with HERALD_BENCH_PG_OPTS="-c shared_preload_libraries=pg_stat_statements":
+        // where Postgres spent its time, statement by statement.
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(pool)
+            .await?;
+        let top: Vec<(f64, i64, i64, String)> = sqlx::query_as(
+            "SELECT total_exec_time, calls, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 100)
+             FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12",
+        )
+        .fetch_all(pool)
+        .await?;
+        for (ms, calls, rows, query) in top {
+            println!("  {ms:9.0} ms {calls:7} calls {rows:8} rows  {query}");
+        }
     }
 
     // POST /v1/messages from 50 concurrent clients against a real herald-api process.

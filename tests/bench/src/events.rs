@@ -108,11 +108,8 @@ pub async fn run(figures: &mut Figures, messages: usize, rounds: usize) -> anyho
 
     let prefix = "events";
     let mut env = base_env(&pg.url, &redis.url, prefix);
+    env.extend(crate::delivery::twilio_env(&provider));
     env.extend([
-        ("HERALD_SMS_PROVIDER", "twilio".to_owned()),
-        ("HERALD_TWILIO_ACCOUNT_SID", "ACbench".to_owned()),
-        ("HERALD_TWILIO_AUTH_TOKEN", "bench-token".to_owned()),
-        ("HERALD_TWILIO_BASE_URL", provider.clone()),
         ("HERALD_WORKER_CONCURRENCY", "50".to_owned()),
         ("HERALD_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
         ("HERALD_WORKER_METRICS_LISTEN", "off".to_owned()),
@@ -127,10 +124,10 @@ pub async fn run(figures: &mut Figures, messages: usize, rounds: usize) -> anyho
         ("redis", redis.pid()),
     ];
     let cpu = || pids.map(|(_, pid)| crate::servers::tree_cpu_ticks(pid));
-    let (client, conn) = queue::connect(&redis.url)?;
+    let rconn = queue::connect(&redis.url)?;
     let mut config = herald_core::Config::for_urls(&pg.url, &redis.url);
     config.queue_prefix = prefix.to_owned();
-    let deliveries = queue::deliveries(&config, client, conn);
+    let deliveries = queue::deliveries(&config, rconn.clone());
 
     let (mut without, mut with, mut drained) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {

@@ -37,9 +37,9 @@ pub async fn run(figures: &mut Figures, subscriptions: usize) -> anyhow::Result<
 
     let mut config = herald_core::Config::for_urls(&pg.url, &redis.url);
     config.queue_prefix = "fanout".to_owned();
-    let (client, conn) = queue::connect(&redis.url)?;
-    let deliveries = queue::deliveries(&config, client.clone(), conn.clone());
-    let ai = queue::ai_replies(&config, client, conn);
+    let rconn = queue::connect(&redis.url)?;
+    let deliveries = queue::deliveries(&config, rconn.clone());
+    let ai = queue::ai_replies(&config, rconn.clone());
 
     let started = Instant::now();
     let report = daily::tick(pool, &deliveries, &ai).await?;
@@ -66,14 +66,9 @@ pub async fn run(figures: &mut Figures, subscriptions: usize) -> anyhow::Result<
         .await?;
     let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await?;
     let started = Instant::now();
-    let run = deliveries.server_run().await?;
-    let restored = herald_scheduler::reconcile::deliveries(
-        pool,
-        &deliveries,
-        &run,
-        config.stale_claim_after(),
-    )
-    .await?;
+    let restored =
+        herald_scheduler::reconcile::deliveries(pool, &deliveries, config.stale_claim_after())
+            .await?;
     let reconcile_took = started.elapsed();
     let stats = deliveries.stats().await?;
     if restored != Some(subscriptions)
@@ -107,8 +102,8 @@ pub async fn run(figures: &mut Figures, subscriptions: usize) -> anyhow::Result<
     let group_queue = {
         let mut c = config.clone();
         c.queue_prefix = "groupsend".to_owned();
-        let (client, conn) = queue::connect(&redis.url)?;
-        queue::deliveries(&c, client, conn)
+        let rconn = queue::connect(&redis.url)?;
+        queue::deliveries(&c, rconn.clone())
     };
     let send = herald_core::services::groups::GroupSend {
         priority: herald_core::domain::Priority::Bulk,

@@ -79,20 +79,15 @@ impl Run<'_> {
     ) -> anyhow::Result<(f64, Vec<f64>)> {
         let (pg, redis, pool) = (&self.stack.pg, &self.stack.redis, &self.stack.pool);
         let prefix = format!("lanes-{}", self.name);
-        let (client, conn) = queue::connect(&redis.url)?;
+        let rconn = queue::connect(&redis.url)?;
         let mut config = herald_core::Config::for_urls(&pg.url, &redis.url);
         config.queue_prefix = prefix.clone();
-        let q = queue::deliveries(&config, client, conn);
+        let q = queue::deliveries(&config, rconn.clone());
         noisy.accept(pool, &q, 1, backlog).await?;
 
         let mut env = base_env(&pg.url, &redis.url, &prefix);
-        env.extend([
-            ("HERALD_SMS_PROVIDER", "twilio".to_owned()),
-            ("HERALD_TWILIO_ACCOUNT_SID", "ACbench".to_owned()),
-            ("HERALD_TWILIO_AUTH_TOKEN", "bench-token".to_owned()),
-            ("HERALD_TWILIO_BASE_URL", self.provider.to_owned()),
-            ("HERALD_WORKER_CONCURRENCY", "100".to_owned()),
-        ]);
+        env.extend(crate::delivery::twilio_env(self.provider));
+        env.extend([("HERALD_WORKER_CONCURRENCY", "100".to_owned())]);
         self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -67,6 +67,13 @@ own Redis and Postgres on free loopback ports; build the release binaries first
                      from acceptance to the provider, and the highest rate with p99 under 1 s
                      (--seconds 60)
   (no --only)        all of them, in that order
+
+  --redis-cluster    run every figure on a Redis Cluster of three masters with a replica each
+                     (16 partitions per queue) instead of one Redis
+  --workers N        worker processes for the drain and delivery figures (default 1; each with
+                     the figure's concurrency)
+  --senders N        SMS senders the delivery figure's messages are spread over (default 1; on
+                     a cluster a sender's texts share one partition)
 ";
 
 #[tokio::main]
@@ -93,13 +100,16 @@ async fn main() -> ExitCode {
     }
 }
 
-/// `--key value` pairs.
+/// `--key value` pairs; a `--key` followed by another flag (or nothing) is `true`.
 pub fn parse_flags(args: &[String]) -> HashMap<String, String> {
     let mut flags = HashMap::new();
-    let mut it = args.iter();
+    let mut it = args.iter().peekable();
     while let Some(arg) = it.next() {
         if let Some(key) = arg.strip_prefix("--") {
-            let value = it.next().cloned().unwrap_or_default();
+            let value = match it.peek() {
+                Some(next) if !next.starts_with("--") => it.next().cloned().unwrap_or_default(),
+                _ => "true".to_owned(),
+            };
             flags.insert(key.to_owned(), value);
         }
     }
@@ -113,12 +123,12 @@ pub fn flag<T: std::str::FromStr>(flags: &HashMap<String, String>, name: &str, d
         .unwrap_or(default)
 }
 
-fn queue_for(redis: &redis::Client, conn: &redis::aio::ConnectionManager, prefix: &str) -> Queue {
+fn queue_for(redis: &queue::Redis, prefix: &str) -> Queue {
     Queue::new(
         redis.clone(),
-        conn.clone(),
         prefix,
         QUEUE,
+        queue::default_partitions(redis),
         8,
         RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(10)),
     )
@@ -266,11 +276,13 @@ async fn wait_drained(
 }
 
 async fn bench(flags: HashMap<String, String>) -> anyhow::Result<()> {
+    servers::use_cluster(flag(&flags, "redis-cluster", false));
+    let workers: usize = flag(&flags, "workers", 1usize).max(1);
     let jobs: usize = flag(&flags, "jobs", 100_000);
     let only: String = flag(&flags, "only", "all".to_owned());
     let mut figures = Figures { rows: Vec::new() };
     if only == "all" || only == "engine" {
-        engine(&mut figures, jobs).await?;
+        engine(&mut figures, jobs, workers).await?;
     }
     if only == "all" || only == "fanout" {
         let subscriptions: usize = flag(&flags, "subscriptions", 100_000);
@@ -279,7 +291,8 @@ async fn bench(flags: HashMap<String, String>) -> anyhow::Result<()> {
     if only == "all" || only == "delivery" {
         let messages: usize = flag(&flags, "messages", 50_000);
         let requests: usize = flag(&flags, "requests", 50_000);
-        delivery::run(&mut figures, messages, requests).await?;
+        let senders: usize = flag(&flags, "senders", 1usize).max(1);
+        delivery::run(&mut figures, messages, requests, workers, senders).await?;
     }
     if only == "all" || only == "crash" {
         let in_flight: usize = flag(&flags, "in-flight", 50);
@@ -327,9 +340,9 @@ async fn bench(flags: HashMap<String, String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn engine(figures: &mut Figures, jobs: usize) -> anyhow::Result<()> {
+async fn engine(figures: &mut Figures, jobs: usize, workers: usize) -> anyhow::Result<()> {
     let server = RedisServer::start().await?;
-    let (client, conn) = queue::connect(&server.url)?;
+    let redis = queue::connect(&server.url)?;
     println!(
         "herald-bench: Redis at {} (AOF everysec), {jobs} jobs per drain run",
         server.url
@@ -337,7 +350,7 @@ async fn engine(figures: &mut Figures, jobs: usize) -> anyhow::Result<()> {
 
     // Enqueue: one job per call from 50 concurrent clients, and in batches of 1,000.
     {
-        let q = Arc::new(queue_for(&client, &conn, "enq1"));
+        let q = Arc::new(queue_for(&redis, "enq1"));
         let n = jobs;
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -362,7 +375,7 @@ async fn engine(figures: &mut Figures, jobs: usize) -> anyhow::Result<()> {
             "-",
         );
 
-        let q = queue_for(&client, &conn, "enq2");
+        let q = queue_for(&redis, "enq2");
         let started = Instant::now();
         fill(&q, n, |_| now_ms()).await?;
         let rate = n as f64 / started.elapsed().as_secs_f64();
@@ -374,25 +387,34 @@ async fn engine(figures: &mut Figures, jobs: usize) -> anyhow::Result<()> {
         );
     }
 
-    // Drain a pre-filled backlog with one worker process.
+    // Drain a pre-filled backlog with `workers` worker processes.
     let mut peak_rss = 0;
+    let procs = match workers {
+        1 => "one worker process".to_owned(),
+        n => format!("{n} worker processes"),
+    };
     for concurrency in [1usize, 50, 200] {
         let prefix = format!("drain{concurrency}");
-        let q = queue_for(&client, &conn, &prefix);
+        let q = queue_for(&redis, &prefix);
         fill(&q, jobs, |_| 0).await?;
-        let worker = WorkerProc::start(&server.url, &prefix, concurrency, 10_000)?;
+        let started: Vec<WorkerProc> = (0..workers)
+            .map(|_| WorkerProc::start(&server.url, &prefix, concurrency, 10_000))
+            .collect::<Result<_, _>>()?;
         let (first, last) = wait_drained(&q, jobs as u64, Duration::from_secs(600)).await?;
-        peak_rss = peak_rss.max(worker.peak_rss_kib());
-        let summary = worker.stop().await?;
+        let mut processed = 0;
+        for worker in started {
+            peak_rss = peak_rss.max(worker.peak_rss_kib());
+            let summary = worker.stop().await?;
+            processed += summary["processed"].as_u64().unwrap_or(0);
+        }
         let rate = jobs as f64 / (last - first).as_secs_f64();
-        let processed = summary["processed"].as_u64().unwrap_or(0);
         let (target, floor) = if concurrency == 1 {
             ("-", "-")
         } else {
             ("40,000/s", "20,000/s")
         };
         figures.add(
-            &format!("drain {jobs} no-op jobs, one worker process, concurrency {concurrency}"),
+            &format!("drain {jobs} no-op jobs, {procs}, concurrency {concurrency}"),
             format!("{rate:.0} jobs/s ({processed} processed)"),
             target,
             floor,
@@ -408,7 +430,7 @@ async fn engine(figures: &mut Figures, jobs: usize) -> anyhow::Result<()> {
     // Scheduled precision: 10,000 jobs due over 10 s, one every millisecond.
     {
         let prefix = "late";
-        let q = queue_for(&client, &conn, prefix);
+        let q = queue_for(&redis, prefix);
         let worker = WorkerProc::start(&server.url, prefix, 200, 10_000)?;
         // The worker is up once it has run a job; then it waits idle for the next.
         let ready = BenchJob {
@@ -416,7 +438,7 @@ async fn engine(figures: &mut Figures, jobs: usize) -> anyhow::Result<()> {
             ..Default::default()
         };
         q.push("ready", &ready, now_ms()).await?;
-        let mut c = conn.clone();
+        let mut c = redis.clone();
         wait_probe(&mut c, &worker::probe_key(prefix), |e| e.kind == "done").await?;
         let start = now_ms() + 1_000;
         fill(&q, 10_000, |i| start + i as i64).await?;
@@ -438,7 +460,7 @@ async fn engine(figures: &mut Figures, jobs: usize) -> anyhow::Result<()> {
     // Recovery: kill -9 the worker running a job; another process runs it again.
     {
         let prefix = "kill";
-        let q = queue_for(&client, &conn, prefix);
+        let q = queue_for(&redis, prefix);
         let a = WorkerProc::start(&server.url, prefix, 10, 10_000)?;
         let b = WorkerProc::start(&server.url, prefix, 10, 10_000)?;
         let probe = worker::probe_key(prefix);
@@ -452,7 +474,7 @@ async fn engine(figures: &mut Figures, jobs: usize) -> anyhow::Result<()> {
             now_ms(),
         )
         .await?;
-        let mut c = conn.clone();
+        let mut c = redis.clone();
         let first = wait_probe(&mut c, &probe, |e| e.kind == "start").await?;
         let (victim, survivor) = if first.pid == a.pid() { (a, b) } else { (b, a) };
         let killed_at = Instant::now();
@@ -485,7 +507,7 @@ struct ProbeEvent {
 /// Waits for a probe event `want` accepts, taking events off the probe list as they come
 /// (a blocking pop: nothing polls).
 async fn wait_probe(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut queue::Redis,
     key: &str,
     want: impl Fn(&ProbeEvent) -> bool,
 ) -> anyhow::Result<ProbeEvent> {

@@ -232,10 +232,10 @@ async fn phase(
         (false, run) => format!("idle{run}"),
     };
     let prefix = format!("neighbour-{name}");
-    let (client, conn) = queue::connect(redis_url)?;
+    let rconn = queue::connect(redis_url)?;
     let mut config = herald_core::Config::for_urls(pg_url, redis_url);
     config.queue_prefix = prefix.clone();
-    let q = queue::deliveries(&config, client, conn);
+    let q = queue::deliveries(&config, rconn.clone());
 
     // The API, for A's rejected requests (started in both phases, so only the load differs).
     let port = crate::servers::free_port()?;
@@ -265,13 +265,8 @@ async fn phase(
     accept(pool, &q, &b.tenant.id, &format!("{name}b"), QUIET, &backlog).await?;
 
     let mut env = crate::delivery::base_env(pg_url, redis_url, &prefix);
-    env.extend([
-        ("HERALD_SMS_PROVIDER", "twilio".to_owned()),
-        ("HERALD_TWILIO_ACCOUNT_SID", "ACbench".to_owned()),
-        ("HERALD_TWILIO_AUTH_TOKEN", "bench-token".to_owned()),
-        ("HERALD_TWILIO_BASE_URL", provider.to_owned()),
-        ("HERALD_WORKER_CONCURRENCY", "50".to_owned()),
-    ]);
+    env.extend(crate::delivery::twilio_env(provider));
+    env.extend([("HERALD_WORKER_CONCURRENCY", "50".to_owned())]);
     let worker = herald("herald-worker", &env)?;
     let within = Duration::from_secs(600);
     let reached = |n: u64| {

@@ -142,19 +142,16 @@ pub async fn run(
     let (provider, mut calls) = crate::delivery::start_provider().await?;
     let prefix = "retention";
     let mut env = base_env(&pg.url, &redis.url, prefix);
+    env.extend(crate::delivery::twilio_env(&provider));
     env.extend([
-        ("HERALD_SMS_PROVIDER", "twilio".to_owned()),
-        ("HERALD_TWILIO_ACCOUNT_SID", "ACbench".to_owned()),
-        ("HERALD_TWILIO_AUTH_TOKEN", "bench-token".to_owned()),
-        ("HERALD_TWILIO_BASE_URL", provider),
         ("HERALD_WORKER_CONCURRENCY", "50".to_owned()),
         ("HERALD_WORKER_METRICS_LISTEN", "off".to_owned()),
     ]);
     let _worker = herald("herald-worker", &env)?;
-    let (client, conn) = queue::connect(&redis.url)?;
+    let rconn = queue::connect(&redis.url)?;
     let mut config = herald_core::Config::for_urls(&pg.url, &redis.url);
     config.queue_prefix = prefix.to_owned();
-    let deliveries = queue::deliveries(&config, client, conn);
+    let deliveries = queue::deliveries(&config, rconn.clone());
 
     let (mut without, mut beside, mut redacted) = (Vec::new(), Vec::new(), 0);
     for round in 0..rounds {

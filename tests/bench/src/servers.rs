@@ -16,64 +16,155 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// A private redis-server for the run, removed when dropped.
+static CLUSTER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether every [`RedisServer`] of the run is a Redis Cluster (`--redis-cluster`).
+pub fn use_cluster(on: bool) {
+    CLUSTER.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A private Redis for the run, removed when dropped: one redis-server, or with
+/// [`use_cluster`] a Redis Cluster of three masters with a replica each.
 pub struct RedisServer {
-    child: Child,
+    children: Vec<Child>,
     pub url: String,
     dir: PathBuf,
 }
 
 impl RedisServer {
+    /// The (first master's) redis-server process.
     pub fn pid(&self) -> u32 {
-        self.child.id().unwrap_or(0)
+        self.children.first().and_then(Child::id).unwrap_or(0)
     }
 
     pub async fn start() -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = free_port()?;
         let dir = std::env::temp_dir().join(format!("herald-bench-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting redis-server (install it: apt-get install redis-server)")?;
-        let url = format!("redis://127.0.0.1:{port}");
-        let client = redis::Client::open(url.as_str())?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok()
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("redis-server did not answer within 10 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if !CLUSTER.load(std::sync::atomic::Ordering::Relaxed) {
+            let child = redis_server(&dir, port, &[])?;
+            let url = format!("redis://127.0.0.1:{port}");
+            answers(port).await?;
+            return Ok(Self {
+                children: vec![child],
+                url,
+                dir,
+            });
         }
-        Ok(Self { child, url, dir })
+        let mut server = Self {
+            children: Vec::new(),
+            url: String::new(),
+            dir,
+        };
+        let mut nodes = Vec::new();
+        for i in 0..6 {
+            let port = if i == 0 { port } else { free_port()? };
+            let bus = free_port()?;
+            let node_dir = server.dir.join(format!("node-{i}"));
+            std::fs::create_dir_all(&node_dir)?;
+            server.children.push(redis_server(
+                &node_dir,
+                port,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus.to_string(),
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-require-full-coverage",
+                    "no",
+                ],
+            )?);
+            answers(port).await?;
+            nodes.push(format!("127.0.0.1:{port}"));
+        }
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&nodes)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .await?;
+        if !created.success() {
+            bail!("redis-cli --cluster create failed");
+        }
+        // Up once every node sees the cluster ok and the three replicas.
+        for node in &nodes {
+            let client = redis::Client::open(format!("redis://{node}"))?;
+            let mut c = client.get_multiplexed_async_connection().await?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut c)
+                    .await?;
+                let map: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(&mut c)
+                    .await?;
+                if info.contains("cluster_state:ok") && map.matches("slave").count() == 3 {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("the Redis Cluster did not come up within 30 s");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        server.url = format!("redis+cluster://{}", nodes.join(","));
+        Ok(server)
+    }
+}
+
+/// A redis-server on `port` with its data in `dir` (AOF on, fsync every second, as in
+/// production) and `extra` arguments.
+fn redis_server(dir: &std::path::Path, port: u16, extra: &[&str]) -> anyhow::Result<Child> {
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting redis-server (install it: apt-get install redis-server)")
+}
+
+/// Waits until the redis-server on `port` answers PING.
+async fn answers(port: u16) -> anyhow::Result<()> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut c) = client.get_multiplexed_async_connection().await
+            && redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .is_ok()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("redis-server on port {port} did not answer within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.start_kill();
+        for child in &mut self.children {
+            let _ = child.start_kill();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -183,12 +183,9 @@ pub async fn run(figures: &mut Figures, seconds: u64) -> anyhow::Result<()> {
     };
     let port = crate::servers::free_port()?;
     let mut env = base_env(&stack.pg.url, &stack.redis.url, "steady");
+    env.extend(crate::delivery::twilio_env(&provider));
     env.extend([
         ("HERALD_LISTEN", format!("127.0.0.1:{port}")),
-        ("HERALD_SMS_PROVIDER", "twilio".to_owned()),
-        ("HERALD_TWILIO_ACCOUNT_SID", "ACbench".to_owned()),
-        ("HERALD_TWILIO_AUTH_TOKEN", "bench-token".to_owned()),
-        ("HERALD_TWILIO_BASE_URL", provider),
         ("HERALD_WORKER_CONCURRENCY", "50".to_owned()),
         ("HERALD_WORKER_METRICS_LISTEN", "off".to_owned()),
     ]);

@@ -53,7 +53,7 @@ pub fn probe_key(prefix: &str) -> String {
 struct Ctx {
     processed: AtomicU64,
     lateness: Mutex<Vec<i64>>,
-    redis: redis::aio::ConnectionManager,
+    redis: queue::Redis,
     probe: String,
 }
 
@@ -122,19 +122,19 @@ pub async fn main(flags: HashMap<String, String>) -> anyhow::Result<()> {
     let retry_base = Duration::from_millis(flag(&flags, "retry-base-ms", 100));
     let retry_max = Duration::from_millis(flag(&flags, "retry-max-ms", 10_000));
 
-    let (client, conn) = queue::connect(&redis_url)?;
+    let redis = queue::connect(&redis_url)?;
     let q = Queue::new(
-        client,
-        conn.clone(),
+        redis.clone(),
         &prefix,
         &name,
+        queue::default_partitions(&redis),
         max_attempts,
         RetryPolicy::new(retry_base, retry_max),
     );
     let ctx = Arc::new(Ctx {
         processed: AtomicU64::new(0),
         lateness: Mutex::new(Vec::new()),
-        redis: conn,
+        redis,
         probe: probe_key(&prefix),
     });
     let options = WorkerOptions::new(concurrency, lease);
