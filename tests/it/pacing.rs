@@ -139,8 +139,10 @@ async fn two_workers_sharing_a_long_code_send_one_segment_a_second_between_them(
 async fn a_reminder_due_amid_a_10000_member_group_send_of_its_tenant_leaves_within_one_slot() {
     let twilio = TwilioMock::start().await;
     let app = TestApp::start_with_twilio(test_config().await, &twilio).await;
-    // A slot of two seconds: long beside the time a worker takes to pass a message on.
-    let tenant = app.tenant_with(json!({"sms_mps": 0.5})).await;
+    // A slot of five seconds: long beside the time a worker takes to pass a message on, even
+    // on a machine busy with the rest of the suite (at two seconds, a loaded run once let a
+    // second bulk SMS take the slot while the reminder was still on its way to the queue).
+    let tenant = app.tenant_with(json!({"sms_mps": 0.2})).await;
     let group = group_of(&app, &tenant, 10_000).await;
     assert_eq!(
         send_to_group(&app, &tenant, &group, "Our spring sale starts today").await,
@@ -179,8 +181,8 @@ async fn a_reminder_due_amid_a_10000_member_group_send_of_its_tenant_leaves_with
     );
     let waited = (arrived.at - posted).num_milliseconds();
     assert!(
-        waited < 2_000 + 1_000,
-        "the reminder waited {waited} ms behind a 2 s slot sender's bulk backlog"
+        waited < 5_000 + 1_000,
+        "the reminder waited {waited} ms behind a 5 s slot sender's bulk backlog"
     );
 }
 
