@@ -21,6 +21,8 @@ use crate::{error, views};
         views::Appointment, views::Group, views::ContactPage, views::GroupSendAccepted, views::GroupSendStatus, views::Subscription, views::SubscriptionContent, views::Contact, views::Conversation, views::ConversationEntry, views::ConversationMode,
         views::DeadLetter, views::DeadLetterPage, views::AttemptError, views::Replayed, views::ReplayedCount,
         views::AuditEntry, views::AuditPage,
+        crate::routes::usage::Usage, crate::routes::usage::AdminUsage, crate::routes::usage::TenantUsage,
+        herald_core::store::usage::UsageDay, herald_core::store::usage::ModelUsage,
         views::Endpoint, views::EndpointPage, views::AdminEndpoint, views::AdminEndpointPage, views::EndpointSecret, views::EventAttempt, views::EventAttemptPage, views::Redelivered,
     )),
     modifiers(&Security),
@@ -37,6 +39,7 @@ use crate::{error, views};
         (name = "endpoints", description = "event webhooks: where a tenant's events go (Standard Webhooks, signed with each endpoint's secret), what was attempted, and sending events again"),
         (name = "inbound", description = "what providers send Herald, signed"),
         (name = "audit", description = "who changed what: the append-only audit log (tenant key: its own tenant's; ops token: everything)"),
+        (name = "usage", description = "what a tenant's messages and AI replies used, per day in its zone (tenant API key; every tenant's with the ops token)"),
         (name = "ops", description = "health and readiness"),
     )
 )]

@@ -267,6 +267,9 @@ pub struct QueueStats {
     pub dead: u64,
     pub completed_last_minute: u64,
     pub failed_last_minute: u64,
+    /// How long the oldest due job has waited for a worker, in seconds (0: none waits; jobs
+    /// waiting for their sender's pace are not counted).
+    pub oldest_due_seconds: f64,
 }
 
 impl From<herald_core::queue::QueueStats> for QueueStats {
@@ -280,6 +283,7 @@ impl From<herald_core::queue::QueueStats> for QueueStats {
             dead: s.dead,
             completed_last_minute: s.completed_last_minute,
             failed_last_minute: s.failed_last_minute,
+            oldest_due_seconds: s.oldest_due_seconds,
         }
     }
 }

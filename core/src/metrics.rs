@@ -11,9 +11,25 @@
 //!   and the tenants' webhook origins'), `herald_circuit_transitions_total{provider,to}`
 //! - `herald_batch_splits_total`: batched statements that failed and were split so that only
 //!   the item at fault failed
+//! - `herald_queue_oldest_due_seconds{queue}`: how long the oldest due job has waited for a
+//!   worker (jobs waiting for their sender's pace are not counted)
+//! - `herald_worker_heartbeat_timestamp_seconds{queue}`: each worker process's last fetch
+//!   (at least every second while it runs and has room)
+//! - `herald_scheduler_last_run_timestamp_seconds{task}`, `herald_scheduler_failures_total{task}`:
+//!   the scheduler's ticks (`outbox`, `events`, `reconcile`, `daily`, `retention`, `usage`)
+//! - `herald_messages_finished_total{channel,status}`: messages reaching an outcome (the
+//!   worker's `sent`, `delivered`, `failed`, `dead`, `expired`, `suppressed`, `canceled`, and the
+//!   status callbacks' `delivered`, `undelivered`, `failed`)
+//! - `herald_delivery_lateness_seconds{channel}`: from a message's due time to its first
+//!   provider call
+//! - `herald_model_calls_total{role,outcome}`, `herald_canned_replies_total{reason}`
+//! - `herald_usage_today{tenant_id,kind}`, `herald_usage_daily_average{tenant_id,kind}`
+//!   (`sms_segments`, `model_tokens`: today so far in the tenant's zone, and the mean of its 7
+//!   days before), from the scheduler, for the tenants with usage in those 8 days
 //!
 //! Every label's values are bounded: routes by their pattern, providers by name, never a
-//! host, a tenant or anything else a client chooses.
+//! host or anything else a client chooses. Only the usage gauges name a tenant (tenants are
+//! made by the operator), and only the tenants with usage in the last 8 days.
 
 use std::{net::SocketAddr, sync::OnceLock, time::Duration};
 
@@ -29,14 +45,23 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
+            const LATENESS: &[f64] = &[
+                0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+            ];
+            const DURATION: &[f64] = &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ];
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
-                    Matcher::Suffix("duration_seconds".to_owned()),
-                    &[
-                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                        10.0,
-                    ],
+                    Matcher::Full("herald_delivery_lateness_seconds".to_owned()),
+                    LATENESS,
                 )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Suffix("duration_seconds".to_owned()),
+                        DURATION,
+                    )
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             match builder.install_recorder() {
                 Ok(handle) => handle,
@@ -61,7 +86,9 @@ pub async fn record_queue_depths(queues: &[Queue]) {
                 ::metrics::gauge!("herald_queue_depth", "queue" => name.clone(), "state" => state)
                     .set(value as f64);
             }
-            ::metrics::gauge!("herald_queue_paced", "queue" => name).set(s.paced as f64);
+            ::metrics::gauge!("herald_queue_paced", "queue" => name.clone()).set(s.paced as f64);
+            ::metrics::gauge!("herald_queue_oldest_due_seconds", "queue" => name)
+                .set(s.oldest_due_seconds);
         }
     }
 }

@@ -12,7 +12,9 @@
 //!   their `group_send.completed` event);
 //! - every hour, retention removes expired idempotency keys, old AI-budget records, old daily-run records and old
 //!   log-provider records, and the texts (message bodies, conversation texts, error texts, dead-letter
-//!   payloads), webhook events and endpoint attempts older than each tenant's `retention_days`.
+//!   payloads), webhook events and endpoint attempts older than each tenant's `retention_days`;
+//! - every five minutes, the usage gauges: each tenant's SMS segments and model tokens today
+//!   and on average over its 7 days before (for the alert rule on a tenant's sudden spend).
 
 mod outbox;
 pub mod reconcile;
@@ -24,7 +26,7 @@ use apalis::prelude::{Data, Monitor, WorkerBuilder, WorkerBuilderExt};
 use apalis_cron::{CronScheduler, Tick};
 use herald_core::{
     Config, db, queue,
-    services::{events, privacy},
+    services::{events, privacy, usage},
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -41,9 +43,15 @@ struct Ctx {
     events: queue::Queue,
     /// Cancelled at shutdown: a long retention pass stops after its statement under way.
     shutdown: CancellationToken,
+    /// The usage gauges' baselines between passes.
+    usage: Arc<tokio::sync::Mutex<usage::UsageWatch>>,
 }
 
 async fn event_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
+    recorded("events", event_work(&ctx)).await
+}
+
+async fn event_work(ctx: &Ctx) -> Result<(), anyhow::Error> {
     let completed = events::complete_group_sends(&ctx.db).await?;
     if completed > 0 {
         info!(completed, "group sends completed");
@@ -53,6 +61,10 @@ async fn event_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
 }
 
 async fn outbox_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
+    recorded("outbox", outbox_work(&ctx)).await
+}
+
+async fn outbox_work(ctx: &Ctx) -> Result<(), anyhow::Error> {
     let replies = outbox::sweep_replies(&ctx.db, &ctx.replies).await?;
     if replies > 0 {
         info!(
@@ -71,6 +83,10 @@ async fn outbox_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
 }
 
 async fn reconcile_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
+    recorded("reconcile", reconcile_work(&ctx)).await
+}
+
+async fn reconcile_work(ctx: &Ctx) -> Result<(), anyhow::Error> {
     reconcile::replies(&ctx.db, &ctx.replies).await?;
     reconcile::events(&ctx.db, &ctx.events).await?;
     reconcile::deliveries(&ctx.db, &ctx.deliveries, ctx.stale_claim).await?;
@@ -78,11 +94,19 @@ async fn reconcile_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error
 }
 
 async fn daily_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
+    recorded("daily", daily_work(&ctx)).await
+}
+
+async fn daily_work(ctx: &Ctx) -> Result<(), anyhow::Error> {
     herald_core::services::daily::tick(&ctx.db, &ctx.deliveries, &ctx.replies).await?;
     Ok(())
 }
 
 async fn retention_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
+    recorded("retention", retention_work(&ctx)).await
+}
+
+async fn retention_work(ctx: &Ctx) -> Result<(), anyhow::Error> {
     let removed = herald_core::store::retention::remove_expired(&ctx.db).await?;
     if removed.total() > 0 {
         info!(?removed, "retention removed what is of no more use");
@@ -103,6 +127,32 @@ async fn retention_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error
         );
     }
     Ok(())
+}
+
+/// Runs one tick's work and records it for the alert rules: the time of its last success
+/// (`herald_scheduler_last_run_timestamp_seconds{task}`), or one more failure.
+async fn recorded(
+    task: &'static str,
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let result = work.await;
+    match &result {
+        Ok(()) => ::metrics::gauge!("herald_scheduler_last_run_timestamp_seconds", "task" => task)
+            .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0),
+        Err(_) => {
+            ::metrics::counter!("herald_scheduler_failures_total", "task" => task).increment(1)
+        }
+    }
+    result
+}
+
+async fn usage_tick(_tick: Tick, ctx: Data<Ctx>) -> Result<(), anyhow::Error> {
+    recorded("usage", async {
+        let mut watch = ctx.usage.lock().await;
+        watch.record(&ctx.db, chrono::Utc::now()).await?;
+        Ok(())
+    })
+    .await
 }
 
 fn schedule(expr: &str) -> anyhow::Result<cron::Schedule> {
@@ -128,9 +178,14 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
         events: queues.events,
         shutdown: shutdown.clone(),
         deliveries: queues.deliveries,
+        usage: Arc::default(),
     };
     if let Some(addr) = config.scheduler_metrics_listen {
-        let queues = vec![ctx.deliveries.clone(), ctx.replies.clone()];
+        let queues = vec![
+            ctx.deliveries.clone(),
+            ctx.replies.clone(),
+            ctx.events.clone(),
+        ];
         tokio::spawn(herald_core::metrics::serve(
             addr,
             queues,
@@ -145,11 +200,11 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
     };
     let every_two_seconds = schedule("*/2 * * * * *")?;
     let hourly = schedule("0 17 * * * *")?;
+    let every_five_minutes = schedule("30 */5 * * * *")?;
     info!("herald-scheduler starting");
     // Catch up at once: deliveries due while no scheduler ran go out now, not at the next
     // minute.
-    if let Err(e) = herald_core::services::daily::tick(&ctx.db, &ctx.deliveries, &ctx.replies).await
-    {
+    if let Err(e) = recorded("daily", daily_work(&ctx)).await {
         warn!(
             error = format!("{e:#}"),
             "daily catch-up failed; the minute tick retries"
@@ -157,7 +212,14 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
     }
 
     let monitor = {
-        let (c1, c2, c3, c4, c5) = (ctx.clone(), ctx.clone(), ctx.clone(), ctx.clone(), ctx);
+        let (c1, c2, c3, c4, c5, c6) = (
+            ctx.clone(),
+            ctx.clone(),
+            ctx.clone(),
+            ctx.clone(),
+            ctx.clone(),
+            ctx,
+        );
         let every_second_too = every_second.clone();
         Monitor::new()
             .shutdown_timeout(config.shutdown_timeout)
@@ -205,6 +267,15 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
                     .catch_panic()
                     .concurrency(1)
                     .build(retention_tick)
+            })
+            .register(move |_| {
+                WorkerBuilder::new("herald-usage")
+                    .backend(CronScheduler::new(every_five_minutes.clone()))
+                    .data(c6.clone())
+                    .enable_tracing()
+                    .catch_panic()
+                    .concurrency(1)
+                    .build(usage_tick)
             })
     };
     let result = monitor

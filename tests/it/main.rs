@@ -32,5 +32,6 @@ mod settings;
 mod status_callbacks;
 mod tenancy;
 mod time;
+mod usage;
 mod validation;
 mod webhooks;

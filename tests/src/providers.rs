@@ -388,7 +388,7 @@ async fn twilio_list(
                 "from": m.from,
                 "messaging_service_sid": null,
                 "num_media": "0",
-                "num_segments": "1",
+                "num_segments": twilio_segments(&m.body).to_string(),
                 "price": null,
                 "price_unit": "USD",
                 "sid": m.sid,
@@ -451,9 +451,8 @@ fn twilio_created(mock: &TwilioMock, form: &HashMap<String, String>) -> Response
         "error_message": null,
         "from": form.get("From"),
         "messaging_service_sid": form.get("MessagingServiceSid"),
-        "messaging_service_sid": null,
         "num_media": "0",
-        "num_segments": "1",
+        "num_segments": twilio_segments(form.get("Body").map_or("", String::as_str)).to_string(),
         "price": null,
         "price_unit": "USD",
         "sid": sid,
@@ -463,6 +462,40 @@ fn twilio_created(mock: &TwilioMock, form: &HashMap<String, String>) -> Response
         "uri": format!("/2010-04-01/Accounts/{account_sid}/Messages/{sid}.json"),
     });
     (StatusCode::CREATED, axum::Json(body)).into_response()
+}
+
+/// GSM 03.38's basic character set: one septet each.
+const GSM_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡\
+ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
+/// Its extension table: an escape and the character, two septets each.
+const GSM_EXTENSION: &str = "^{}\\[~]|€\u{c}";
+
+/// The segments Twilio bills for `body` (its `num_segments`), counted as Twilio documents
+/// it, independently of Herald's own count: GSM-7 when every character is in GSM 03.38 (160
+/// septets in one segment, else 153 per segment), else UCS-2 (70 UTF-16 units in one segment,
+/// else 67 per segment).
+pub fn twilio_segments(body: &str) -> u32 {
+    let septets: Option<u32> = body
+        .chars()
+        .map(|c| {
+            if GSM_BASIC.contains(c) {
+                Some(1)
+            } else if GSM_EXTENSION.contains(c) {
+                Some(2)
+            } else {
+                None
+            }
+        })
+        .sum();
+    let (units, single, per) = match septets {
+        Some(n) => (n, 160, 153),
+        None => (body.encode_utf16().count() as u32, 70, 67),
+    };
+    if units <= single {
+        1
+    } else {
+        units.div_ceil(per)
+    }
 }
 
 fn twilio_error(status: u16, code: u32, message: &str) -> Response {
@@ -509,6 +542,8 @@ pub enum ModelReply {
 #[derive(Default)]
 struct ModelState {
     received: Vec<serde_json::Value>,
+    /// The `usage` of every completion answered, oldest first.
+    reported: Vec<serde_json::Value>,
     script: VecDeque<ModelReply>,
     default: Option<ModelReply>,
 }
@@ -553,6 +588,11 @@ impl ModelMock {
         self.state.lock().unwrap().received.clone()
     }
 
+    /// The `usage` objects of the completions it answered, oldest first.
+    pub fn reported_usage(&self) -> Vec<serde_json::Value> {
+        self.state.lock().unwrap().reported.clone()
+    }
+
     /// An endpoint configuration pointing at this mock.
     pub fn endpoint(&self) -> herald_core::config::LlmEndpoint {
         herald_core::config::LlmEndpoint {
@@ -586,13 +626,15 @@ async fn model_complete(State(mock): State<ModelMock>, body: Bytes) -> Response 
             "late answer".to_owned()
         }
     };
+    let usage = json!({"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49});
+    mock.state.lock().unwrap().reported.push(usage.clone());
     let body = json!({
         "id": "chatcmpl-test",
         "object": "chat.completion",
         "created": Utc::now().timestamp(),
         "model": json["model"].as_str().unwrap_or(&mock.model),
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49},
+        "usage": usage,
     });
     (StatusCode::OK, axum::Json(body)).into_response()
 }

@@ -144,6 +144,7 @@ pub struct QueueStatsView {
     pub dead: u64,
     pub completed_last_minute: u64,
     pub failed_last_minute: u64,
+    pub oldest_due_seconds: f64,
 }
 
 impl QueueStatsView {

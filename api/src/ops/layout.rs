@@ -34,6 +34,7 @@ pub fn page(title: &str, session: Option<&Session>, body: Markup) -> Html<String
                                 a href="/ops/endpoints" { "Endpoints" }
                                 a href="/ops/inbox" { "Inbox" }
                                 a href="/ops/audit" { "Audit" }
+                                a href="/ops/usage" { "Usage" }
                             }
                             form method="post" action="/ops/logout" {
                                 input type="hidden" name="csrf" value=(s.csrf);
@@ -96,12 +97,12 @@ pub fn unavailable(e: impl std::fmt::Display) -> Response {
     response
 }
 
-/// Percent-encodes a value for a URL's query.
 /// A query value that was given (not absent, not blank).
 pub fn given(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
+/// Percent-encodes a value for a URL's query.
 pub fn url_escape(s: &str) -> String {
     s.bytes()
         .map(|b| match b {

@@ -15,6 +15,7 @@ mod layout;
 mod messages;
 mod queues;
 mod session;
+mod usage;
 
 use axum::{
     Router,
@@ -58,6 +59,7 @@ fn pages() -> Router<AppState> {
         .route("/ops/events/{id}/redeliver", post(endpoints::redeliver))
         .route("/ops/inbox", get(inbox::list))
         .route("/ops/audit", get(audit::list))
+        .route("/ops/usage", get(usage::list))
         .layer(middleware::from_fn(security_headers))
 }
 

@@ -15,6 +15,7 @@ pub mod inbound;
 pub mod messages;
 pub mod subscriptions;
 pub mod tenant;
+pub mod usage;
 
 use std::time::Duration;
 
@@ -64,6 +65,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::queues))
         .routes(routes!(audit::admin_list))
         .routes(routes!(audit::list))
+        .routes(routes!(usage::get))
+        .routes(routes!(usage::admin))
         .routes(routes!(admin::message))
         .routes(routes!(endpoints::admin_list))
         .routes(routes!(endpoints::admin_attempts))

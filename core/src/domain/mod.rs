@@ -507,6 +507,19 @@ impl MessageStatus {
     pub fn parse(raw: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.as_str() == raw)
     }
+
+    /// An outcome of a run: sent on its way, or ended. (A sent SMS or email may still become
+    /// `delivered` or `undelivered` on its provider's callback.)
+    pub fn is_outcome(self) -> bool {
+        !matches!(
+            self,
+            MessageStatus::Scheduled
+                | MessageStatus::Queued
+                | MessageStatus::Sending
+                | MessageStatus::Retrying
+                | MessageStatus::Received
+        )
+    }
 }
 
 impl fmt::Display for MessageStatus {

@@ -186,13 +186,33 @@ impl Assistant {
     pub async fn answer(&self, turns: &[Turn]) -> Answer {
         for (which, model) in [("primary", &self.primary), ("fallback", &self.fallback)] {
             let Some(model) = model else { continue };
-            match model.complete(turns).await {
+            let answered = model.complete(turns).await;
+            let outcome = if answered.is_ok() {
+                "answered"
+            } else {
+                "failed"
+            };
+            ::metrics::counter!("herald_model_calls_total", "role" => which, "outcome" => outcome)
+                .increment(1);
+            match answered {
                 Ok(c) => return Answer::Model(c),
                 Err(e) => warn!(which, model = model.model(), error = %e, "model did not answer"),
             }
         }
+        let reason = if self.primary.is_none() && self.fallback.is_none() {
+            "no_model"
+        } else {
+            "models_failed"
+        };
+        canned_reply_counted(reason);
         Answer::Canned
     }
+}
+
+/// Counts a canned reply sent instead of a model's (`herald_canned_replies_total{reason}`):
+/// `models_failed`, `no_model` (none configured) or `budget` (the tenant's AI budget is spent).
+pub fn canned_reply_counted(reason: &'static str) {
+    ::metrics::counter!("herald_canned_replies_total", "reason" => reason).increment(1);
 }
 
 /// The longest reply Herald texts (two SMS segments).

@@ -581,10 +581,15 @@ async fn fetch_loop<J: DeserializeOwned + Send + 'static>(
     let opts = shared.opts.clone();
     let name = shared.queue.name().to_owned();
     let mut backoff = Duration::from_millis(50);
+    // A fetch that reached Redis, even an empty one, is a turn of a live worker; one that
+    // waits for room behind handlers that never finish is not.
+    let heartbeat =
+        ::metrics::gauge!("herald_worker_heartbeat_timestamp_seconds", "queue" => name.clone());
     loop {
         let Some(n) = room(&shared).await else { return };
         let batch = match shared.queue.fetch(part, n, opts.lease, &shared.token).await {
             Ok(batch) => {
+                heartbeat.set(now_ms() as f64 / 1000.0);
                 backoff = Duration::from_millis(50);
                 batch
             }

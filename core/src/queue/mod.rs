@@ -91,6 +91,8 @@ pub(crate) struct Keys {
     granted: String,
     /// id -> a push that met its job running: the run it asks for, started by the ack.
     again: String,
+    /// id -> when it entered a ready lane (ms), for the age of the oldest due job.
+    since: String,
     /// The Redis server run (`INFO server` run_id) whose data the queue was last reconciled
     /// with Postgres against.
     reconciled: String,
@@ -125,6 +127,7 @@ impl Keys {
             parked: format!("{tag}:parked"),
             granted: format!("{tag}:granted"),
             again: format!("{tag}:again"),
+            since: format!("{tag}:since"),
             reconciled: format!("{tag}:reconciled"),
             done: format!("{tag}:done"),
             failed: format!("{tag}:failed"),
@@ -183,6 +186,7 @@ pub(crate) struct Scripts {
     replay: Script,
     delete_dead: Script,
     remove_waiting: Script,
+    oldest_due: Script,
     server_run: Script,
     mark_reconciled: Script,
 }
@@ -203,6 +207,7 @@ impl Scripts {
             replay: script(scripts::REPLAY),
             delete_dead: script(scripts::DELETE_DEAD),
             remove_waiting: script(scripts::REMOVE_WAITING),
+            oldest_due: script(scripts::OLDEST_DUE),
             server_run: Script::new(SERVER_RUN),
             mark_reconciled: Script::new(MARK_RECONCILED),
         }
@@ -331,7 +336,7 @@ pub struct Pace {
 }
 
 /// Counts for `GET /v1/admin/queues`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct QueueStats {
     pub name: String,
     /// Due now and waiting for a worker (or for their sender's pace).
@@ -345,6 +350,9 @@ pub struct QueueStats {
     pub dead: u64,
     pub completed_last_minute: u64,
     pub failed_last_minute: u64,
+    /// How long the oldest due job has waited to be fetched, in seconds (0 when none waits;
+    /// jobs parked for their sender's pace are not counted).
+    pub oldest_due_seconds: f64,
 }
 
 /// One failed attempt, as kept with a job.
@@ -650,7 +658,8 @@ impl Queue {
         inv.key(k.done_bucket(now))
             .key(k.failed_bucket(now))
             .key(&k.vt_bulk)
-            .key(&k.again);
+            .key(&k.again)
+            .key(&k.since);
         inv
     }
 
@@ -787,7 +796,21 @@ impl Queue {
             let counts: [u64; 8] = pipe.query_async(&mut self.conn()).await?;
             Ok::<_, QueueError>(counts)
         }));
-        let (per_part, counts) = tokio::try_join!(per_part, self.bucket_counts(&buckets))?;
+        let oldest = try_join_all((0..self.partitions()).map(|part| async move {
+            let due: i64 = self
+                .invoke(part, &self.inner.scripts.oldest_due, now)
+                .arg(now)
+                .invoke_async(&mut self.conn())
+                .await?;
+            Ok::<_, QueueError>(due)
+        }));
+        let (per_part, counts, oldest) =
+            tokio::try_join!(per_part, self.bucket_counts(&buckets), oldest)?;
+        let oldest_due_seconds = oldest
+            .into_iter()
+            .filter(|due| *due >= 0)
+            .min()
+            .map_or(0.0, |due| (now - due).max(0) as f64 / 1000.0);
         let sum = |i: usize| per_part.iter().map(|c| c[i]).sum::<u64>();
         let (tx, bulk, parked, legacy, due) = (sum(0), sum(1), sum(2), sum(3), sum(4));
         Ok(QueueStats {
@@ -799,6 +822,7 @@ impl Queue {
             dead: sum(7),
             completed_last_minute: counts.iter().map(|c| c.0).sum(),
             failed_last_minute: counts.iter().map(|c| c.1).sum(),
+            oldest_due_seconds,
         })
     }
 

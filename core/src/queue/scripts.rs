@@ -27,6 +27,8 @@
 //! - `granted`   HASH  id -> 1: the job has its sender's slot
 //! - `again`     HASH  id -> `[due, flow, payload]`: a push that met the job running, for
 //!   the run it asks for once this one ends
+//! - `since`     ZSET  id in a ready lane by when it entered the lane (ms): the age of the
+//!   oldest due job, for the metrics
 //! - `done:<t>` / `failed:<t>`  counters per 5-second bucket, expiring after an hour
 //! - `notify`    pub/sub channel: "something is due, or due earlier than you thought"
 //! - `ready`     LIST  due ids as an older version kept them; drained into the lanes
@@ -49,7 +51,7 @@ local K = {
   inflight = KEYS[6], lease = KEYS[7], dead = KEYS[8], notify = KEYS[9],
   tx = KEYS[10], bulk = KEYS[11], flow = KEYS[12], vt0 = KEYS[13], weights = KEYS[14],
   pace = KEYS[15], pacers = KEYS[16], parked = KEYS[17], granted = KEYS[18],
-  done = KEYS[19], failed = KEYS[20], vt1 = KEYS[21], again = KEYS[22],
+  done = KEYS[19], failed = KEYS[20], vt1 = KEYS[21], again = KEYS[22], since = KEYS[23],
 }
 
 local function num(s) return string.format('%.17g', s) end
@@ -117,7 +119,7 @@ end
 -- Jobs entering the lanes during one script call. Each flow's state is read once and written
 -- once, and each lane gets one ZADD per 1,000 jobs, so a batch costs little more than its
 -- jobs' own writes. Call `lanes_flush` before taking from the lanes.
-local Lanes = {state = {}, adds = {['0'] = {}, ['1'] = {}}}
+local Lanes = {state = {}, adds = {['0'] = {}, ['1'] = {}}, since = {}}
 
 local function lanes_flush_adds(lane)
   local list = Lanes.adds[lane]
@@ -125,6 +127,19 @@ local function lanes_flush_adds(lane)
     redis.call('ZADD', (lane_keys(lane)), unpack(list))
     Lanes.adds[lane] = {}
   end
+  if #Lanes.since > 0 then
+    redis.call('ZADD', K.since, 'NX', unpack(Lanes.since))
+    Lanes.since = {}
+  end
+end
+
+-- The server's clock in ms, read once per script call: when jobs entered the lanes.
+local function lanes_now()
+  if not Lanes.now then
+    local t = redis.call('TIME')
+    Lanes.now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return Lanes.now
 end
 
 -- Put a due job in its lane: at the front (a job handed back or reclaimed), else at its
@@ -150,7 +165,10 @@ local function ready_add(id, front, lane, tenant)
   local list = Lanes.adds[lane]
   list[#list + 1] = num(tag)
   list[#list + 1] = id
-  if #list >= 2000 then lanes_flush_adds(lane) end
+  local since = Lanes.since
+  since[#since + 1] = lanes_now()
+  since[#since + 1] = id
+  if #list >= 2000 or #since >= 2000 then lanes_flush_adds(lane) end
 end
 
 local function lanes_flush()
@@ -176,7 +194,12 @@ local function ready_pop(n)
       local ready, vt = lane_keys(lane)
       local got = redis.call('ZPOPMIN', ready, n - #out)
       if #got > 0 then
-        for i = 1, #got, 2 do out[#out + 1] = got[i] end
+        local ids = {}
+        for i = 1, #got, 2 do
+          out[#out + 1] = got[i]
+          ids[#ids + 1] = got[i]
+        end
+        redis.call('ZREM', K.since, unpack(ids))
         if redis.call('ZCARD', ready) == 0 then
           -- An empty lane has no flow left in it: its clock starts again from zero.
           redis.call('DEL', vt)
@@ -253,7 +276,10 @@ const UNREADY_PART: &str = r#"
 -- Remove a job from wherever it waits (a lane, the legacy list or a sender's list).
 local function unready(id)
   local ready = lane_keys(flow_of(id))
-  if redis.call('ZREM', ready, id) == 1 then return 1 end
+  if redis.call('ZREM', ready, id) == 1 then
+    redis.call('ZREM', K.since, id)
+    return 1
+  end
   local info = redis.call('HGET', K.parked, id)
   if info then
     local p = split(info)
@@ -726,3 +752,32 @@ impl Lua {
         source
     }
 }
+
+/// When the oldest due job became due (ms), or -1 when none waits: the first of the jobs in
+/// the lanes by when they entered, or a due job not yet moved from `scheduled` (no worker has
+/// fetched since it came due). An entry of `since` whose job left the lanes by a path that
+/// did not remove it is dropped here.
+///
+/// ARGV: now
+pub const OLDEST_DUE: Lua = Lua {
+    parts: &[KEYS_PART, LANES_PART],
+    body: r#"
+local now = tonumber(ARGV[1])
+local oldest = -1
+for _ = 1, 100 do
+  local first = redis.call('ZRANGE', K.since, 0, 0, 'WITHSCORES')
+  if first[1] == nil then break end
+  local ready = lane_keys(flow_of(first[1]))
+  if redis.call('ZSCORE', ready, first[1]) then
+    oldest = tonumber(first[2])
+    break
+  end
+  redis.call('ZREM', K.since, first[1])
+end
+local due = redis.call('ZRANGEBYSCORE', K.scheduled, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1)
+if due[2] ~= nil and (oldest < 0 or tonumber(due[2]) < oldest) then
+  oldest = tonumber(due[2])
+end
+return oldest
+"#,
+};

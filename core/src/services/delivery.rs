@@ -655,6 +655,13 @@ async fn call(
     probe: &mut ProbeGuard<'_>,
 ) -> (SendOutcome, u64) {
     let channel = m.channel;
+    if m.attempts <= 1 {
+        // The first call of a run: how late after its due time the message reached its
+        // provider (waiting for a worker, its sender's pace, a retry of the claim).
+        let late = (Utc::now() - m.send_at).num_milliseconds().max(0);
+        ::metrics::histogram!("herald_delivery_lateness_seconds", "channel" => channel.as_str())
+            .record(late as f64 / 1000.0);
+    }
     let outbound = outbound(m, webhook_secret);
     let provider = d.provider(channel);
     let origin = match channel {
@@ -955,6 +962,7 @@ async fn finish(
 /// Records an outcome (see [`finish`]).
 async fn record_outcome(d: &Deliverer, m: &MessageRow, outcome: Outcome) -> Result<(), JobError> {
     let status = outcome.status.as_str();
+    let finished = outcome.status.is_outcome();
     // Once the provider has been called, the outcome must be recorded: given up, the job
     // would run again and send a second time. A Postgres outage is waited out, with backoff,
     // for as long as the job may still run.
@@ -1003,6 +1011,9 @@ async fn record_outcome(d: &Deliverer, m: &MessageRow, outcome: Outcome) -> Resu
     };
     if !changed {
         debug!(message_id = %m.id, status, "message left `sending` meanwhile; outcome not recorded");
+    } else if finished {
+        ::metrics::counter!("herald_messages_finished_total", "channel" => m.channel.as_str(), "status" => status)
+            .increment(1);
     }
     Ok(())
 }

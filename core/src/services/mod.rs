@@ -23,3 +23,4 @@ pub mod replies;
 pub mod reports;
 pub mod suspensions;
 pub mod tenants;
+pub mod usage;

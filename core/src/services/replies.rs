@@ -288,7 +288,10 @@ async fn answer(r: &Replier, inbound_id: &str) -> Result<(), JobError> {
                 .map_err(db_error)?;
             return Ok(());
         }
-        AiSpend::Notice => (canned_reply(&tenant), None, None),
+        AiSpend::Notice => {
+            crate::providers::llm::canned_reply_counted("budget");
+            (canned_reply(&tenant), None, None)
+        }
         AiSpend::Model => {
             let history = conversations::turns_before(
                 &r.db,

@@ -138,6 +138,8 @@ pub async fn twilio_status(
         return Ok(false);
     };
     info!(message_id = %m.id, tenant_id = %m.tenant_id, status = status.as_str(), "delivery report applied");
+    ::metrics::counter!("herald_messages_finished_total", "channel" => m.channel.as_str(), "status" => status.as_str())
+        .increment(1);
     let refusal = match class {
         Some(CodeClass::OptedOut) => Refusal::OptedOut,
         Some(CodeClass::Unreachable) => Refusal::Unreachable,

@@ -20,6 +20,7 @@ pub mod sender_pauses;
 pub mod subscriptions;
 pub mod tenants;
 pub mod types;
+pub mod usage;
 
 /// A page of `rows` read with one row more than `limit` (as the list queries here return
 /// them, to tell whether another page follows), and the cursor of the next page

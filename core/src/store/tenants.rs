@@ -121,6 +121,13 @@ pub async fn get_for_update(
         .await
 }
 
+/// Every tenant, oldest first.
+pub async fn all(db: impl PgExecutor<'_>) -> Result<Vec<TenantRow>, sqlx::Error> {
+    sqlx::query_as::<_, TenantRow>("SELECT * FROM tenants ORDER BY id")
+        .fetch_all(db)
+        .await
+}
+
 /// Every tenant, newest first, older than the tenant `before` (the cursor); up to `limit + 1`
 /// so the caller knows whether another page follows.
 pub async fn list(
