@@ -31,10 +31,7 @@ async fn main() -> ExitCode {
         Some("migrate") => migrate(&config).await,
         _ => herald_api::run(config.clone(), shutdown::on_signal()).await,
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => binary::failed("herald-api", &config, &e),
-    }
+    binary::finished("herald-api", &config, result)
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {

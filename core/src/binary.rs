@@ -3,7 +3,7 @@
 
 use std::{process::ExitCode, sync::Arc};
 
-use crate::{Config, config::LogFormat, telemetry};
+use crate::{Config, config::LogFormat, telemetry, traces};
 
 /// Prints `usage` and returns `true` when the arguments ask for help.
 pub fn help_requested(usage: &str) -> bool {
@@ -21,7 +21,11 @@ pub fn help_requested(usage: &str) -> bool {
 pub fn start(name: &str) -> Result<Arc<Config>, ExitCode> {
     match Config::from_env() {
         Ok(config) => {
-            telemetry::init(config.log_format, &config.log_filter);
+            let traces = config
+                .otlp_endpoint
+                .as_deref()
+                .map(|endpoint| traces::Export::new(endpoint, name));
+            telemetry::init_with(config.log_format, &config.log_filter, traces.as_ref());
             Ok(Arc::new(config))
         }
         Err(e) => {
@@ -31,9 +35,19 @@ pub fn start(name: &str) -> Result<Arc<Config>, ExitCode> {
     }
 }
 
+/// What a binary's `main` returns once `run` is over: the spans still waiting are sent first.
+pub fn finished(name: &str, config: &Config, result: anyhow::Result<()>) -> ExitCode {
+    let code = match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => failed(name, config, &e),
+    };
+    traces::flush();
+    code
+}
+
 /// Reports a failed run once: as a JSON log line when logs are JSON (what collects them reads
 /// it), else as one plain line.
-pub fn failed(name: &str, config: &Config, e: &anyhow::Error) -> ExitCode {
+fn failed(name: &str, config: &Config, e: &anyhow::Error) -> ExitCode {
     match config.log_format {
         LogFormat::Json => tracing::error!(error = format!("{e:#}"), "{name} failed"),
         LogFormat::Pretty => eprintln!("{name}: {e:#}"),

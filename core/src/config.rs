@@ -129,6 +129,9 @@ pub struct Config {
     /// Where herald-worker and herald-scheduler serve `/metrics` (`None`: off).
     pub worker_metrics_listen: Option<SocketAddr>,
     pub scheduler_metrics_listen: Option<SocketAddr>,
+    /// `HERALD_OTLP_ENDPOINT`: where spans go over OTLP/HTTP (the collector's base URL, such
+    /// as `http://127.0.0.1:4318`, or its full `.../v1/traces`); none: no traces at all.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The waits between an event delivery's attempts: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
@@ -255,6 +258,14 @@ impl Config {
                 .listen_or_off("HERALD_WORKER_METRICS_LISTEN", "127.0.0.1:9101"),
             scheduler_metrics_listen: r
                 .listen_or_off("HERALD_SCHEDULER_METRICS_LISTEN", "127.0.0.1:9102"),
+            otlp_endpoint: r.get("HERALD_OTLP_ENDPOINT").map(|_| {
+                let url = r.url("HERALD_OTLP_ENDPOINT", "");
+                if url.ends_with("/v1/traces") {
+                    url
+                } else {
+                    format!("{url}/v1/traces")
+                }
+            }),
         };
         if r.problems.is_empty() {
             Ok(config)

@@ -18,6 +18,7 @@ pub mod services;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod traces;
 pub mod views;
 
 pub use config::Config;

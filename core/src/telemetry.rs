@@ -1,14 +1,23 @@
-//! Logging: JSON lines by default, human-readable with `HERALD_LOG_FORMAT=pretty`.
+//! Logging: JSON lines by default, human-readable with `HERALD_LOG_FORMAT=pretty`; and, with
+//! `HERALD_OTLP_ENDPOINT`, the same spans exported as OpenTelemetry traces (see
+//! [`crate::traces`]).
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use crate::config::LogFormat;
+use crate::{config::LogFormat, traces};
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing), so
 /// tests that start several apps in one process can all call it.
 pub fn init(format: LogFormat, filter: &str) {
+    init_with(format, filter, None);
+}
+
+/// [`init`], exporting spans as `traces` says when it is given.
+pub fn init_with(format: LogFormat, filter: &str, traces: Option<&traces::Export>) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(traces.and_then(traces::layer));
     let _ = match format {
         LogFormat::Json => registry
             .with(

@@ -19,8 +19,6 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    match herald_scheduler::run(config.clone(), shutdown::on_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => binary::failed("herald-scheduler", &config, &e),
-    }
+    let result = herald_scheduler::run(config.clone(), shutdown::on_signal()).await;
+    binary::finished("herald-scheduler", &config, result)
 }

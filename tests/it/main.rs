@@ -31,6 +31,7 @@ mod retries;
 mod settings;
 mod status_callbacks;
 mod tenancy;
+mod traces;
 mod time;
 mod usage;
 mod validation;

@@ -62,11 +62,33 @@ static LOGS: std::sync::Once = std::sync::Once::new();
 
 /// Logs (captured by the test runner) and the TLS provider, once per test process.
 pub fn init_logs() {
+    LOGS.call_once(|| init_logs_with(None));
+}
+
+/// [`init_logs`] exporting every span of this process to `collector` as OpenTelemetry
+/// traces, in batches a tenth of a second apart. It must come first in its process (nextest
+/// runs each test in its own): once logging has started, it cannot add the exporter.
+pub fn init_logs_with_traces(collector: &crate::otlp::OtlpCollector) {
+    let mut first = false;
     LOGS.call_once(|| {
-        herald_core::install_crypto();
-        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".to_owned());
-        herald_core::telemetry::init(LogFormat::Pretty, &filter);
+        first = true;
+        let mut export = herald_core::traces::Export::new(
+            &format!("{}/v1/traces", collector.endpoint),
+            "herald-tests",
+        );
+        export.every = Duration::from_millis(100);
+        init_logs_with(Some(&export));
     });
+    assert!(
+        first,
+        "traces are set up before anything else logs in this process"
+    );
+}
+
+fn init_logs_with(traces: Option<&herald_core::traces::Export>) {
+    herald_core::install_crypto();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".to_owned());
+    herald_core::telemetry::init_with(LogFormat::Pretty, &filter, traces);
 }
 
 /// A configuration for one test: its own database and Redis prefix, quick retries, short

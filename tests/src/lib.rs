@@ -10,6 +10,7 @@ pub mod app;
 pub mod browser;
 pub mod cluster;
 pub mod engine;
+pub mod otlp;
 pub mod process;
 pub mod providers;
 pub mod proxy;

@@ -38,12 +38,30 @@ async fn send_message(
     deliverer: Data<Arc<Deliverer>>,
 ) -> Result<(), JobError> {
     // Every line of this job carries its message, tenant and the request that caused it.
-    let span = tracing::info_span!(
-        "delivery",
-        message_id = %job.message_id,
-        tenant_id = job.tenant_id.as_deref().unwrap_or_default(),
-        request_id = job.request_id.as_deref().unwrap_or_default(),
-    );
+    let span = if herald_core::traces::enabled() {
+        let span = tracing::info_span!(
+            "delivery",
+            message_id = %job.message_id,
+            tenant_id = job.tenant_id.as_deref().unwrap_or_default(),
+            request_id = job.request_id.as_deref().unwrap_or_default(),
+            otel.name = "job deliveries",
+            otel.kind = "consumer",
+            queue = %meta.queue,
+            attempt = meta.attempt,
+            partition = meta.partition,
+            lease_ms = deliverer.lease.as_millis() as u64,
+        );
+        // The message's trace, begun by the request (or the schedule) that queued it.
+        herald_core::traces::follow(&span, job.traceparent.as_deref());
+        span
+    } else {
+        tracing::info_span!(
+            "delivery",
+            message_id = %job.message_id,
+            tenant_id = job.tenant_id.as_deref().unwrap_or_default(),
+            request_id = job.request_id.as_deref().unwrap_or_default(),
+        )
+    };
     delivery::deliver(&deliverer, &job, &meta)
         .instrument(span)
         .await

@@ -131,15 +131,28 @@ pub async fn twilio_status(
         queue: &state.queue,
         after: state.config.redeliver_after,
     };
-    reports::twilio_status(
+    let report = reports::twilio_status(
         &state.db,
         &redelivery,
         &sid,
         &status,
         error_code.as_deref(),
         callback_for.as_ref(),
-    )
-    .await?;
+    );
+    match param("traceparent").filter(|_| herald_core::traces::enabled()) {
+        // The report joins the trace of the provider call it answers.
+        Some(traceparent) => {
+            let span = tracing::info_span!(
+                "status callback",
+                provider = "twilio",
+                message_status = %status,
+                otel.kind = "server",
+            );
+            herald_core::traces::follow(&span, Some(traceparent));
+            tracing::Instrument::instrument(report, span).await?
+        }
+        None => report.await?,
+    };
     Ok(twiml())
 }
 

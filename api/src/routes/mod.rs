@@ -188,6 +188,9 @@ async fn track(req: Request, next: Next) -> Response {
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    if herald_core::traces::enabled() {
+        herald_core::traces::rename_current(format!("{method} {route}"));
+    }
     let started = std::time::Instant::now();
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
@@ -315,13 +318,35 @@ async fn trace_request(req: Request, next: Next) -> Response {
     let id = request_id(req.extensions().get::<RequestId>()).unwrap_or_default();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let span = info_span!(
-        "request",
-        request_id = %id,
-        method = %method,
-        path = %path,
-        tenant_id = tracing::field::Empty,
-        message_id = tracing::field::Empty,
+    let span = if herald_core::traces::enabled() {
+        // For the trace, named by its route once routing has matched one (see `track`).
+        info_span!(
+            "request",
+            request_id = %id,
+            method = %method,
+            path = %path,
+            tenant_id = tracing::field::Empty,
+            message_id = tracing::field::Empty,
+            otel.name = %method,
+            otel.kind = "server",
+            http.response.status_code = tracing::field::Empty,
+        )
+    } else {
+        info_span!(
+            "request",
+            request_id = %id,
+            method = %method,
+            path = %path,
+            tenant_id = tracing::field::Empty,
+            message_id = tracing::field::Empty,
+        )
+    };
+    // A caller's trace continues here.
+    herald_core::traces::follow(
+        &span,
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
     );
     let started = std::time::Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
@@ -337,6 +362,7 @@ async fn trace_request(req: Request, next: Next) -> Response {
         response = ApiError::unavailable("this request took too long; Herald").into_response();
     }
     let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
     span.in_scope(|| {
         if path != "/healthz" && path != "/readyz" {
             info!(

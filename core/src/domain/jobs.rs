@@ -35,6 +35,10 @@ pub struct DeliveryJob {
     pub sender: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segments: Option<u16>,
+    /// With traces on: the W3C `traceparent` of the span that queued it, so the job's spans
+    /// join the message's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl DeliveryJob {
@@ -52,6 +56,7 @@ impl DeliveryJob {
             priority: None,
             sender: None,
             segments: None,
+            traceparent: None,
         }
     }
 

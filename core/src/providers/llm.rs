@@ -186,7 +186,36 @@ impl Assistant {
     pub async fn answer(&self, turns: &[Turn]) -> Answer {
         for (which, model) in [("primary", &self.primary), ("fallback", &self.fallback)] {
             let Some(model) = model else { continue };
-            let answered = model.complete(turns).await;
+            let span = crate::traces::enabled().then(|| {
+                tracing::info_span!(
+                    "model call",
+                    otel.kind = "client",
+                    otel.status_code = tracing::field::Empty,
+                    role = which,
+                    model = model.model(),
+                    prompt_tokens = tracing::field::Empty,
+                    completion_tokens = tracing::field::Empty,
+                )
+            });
+            let answered = match &span {
+                Some(span) => {
+                    tracing::Instrument::instrument(model.complete(turns), span.clone()).await
+                }
+                None => model.complete(turns).await,
+            };
+            if let Some(span) = &span {
+                match &answered {
+                    Ok(c) => {
+                        let tokens =
+                            |key: &str| c.usage.as_ref().and_then(|u| u[key].as_i64()).unwrap_or(0);
+                        span.record("prompt_tokens", tokens("prompt_tokens"));
+                        span.record("completion_tokens", tokens("completion_tokens"));
+                    }
+                    Err(_) => {
+                        span.record("otel.status_code", "error");
+                    }
+                }
+            }
             let outcome = if answered.is_ok() {
                 "answered"
             } else {

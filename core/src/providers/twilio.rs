@@ -87,11 +87,18 @@ struct Listed {
 impl Twilio {
     /// Where Twilio reports this message's status: the callback names the message and its run,
     /// so a report for an attempt whose answer never came still finds its message.
+    /// With traces on, it carries the provider call's `traceparent` (hex digits and dashes),
+    /// so the callback's span joins the message's trace.
     fn status_callback(&self, m: &Outbound<'_>) -> String {
-        format!(
+        let mut url = format!(
             "{}?message_id={}&run={}",
             self.status_callback, m.message_id, m.run
-        )
+        );
+        if let Some(traceparent) = crate::traces::traceparent() {
+            url.push_str("&traceparent=");
+            url.push_str(&traceparent);
+        }
+        url
     }
 
     /// Reads the list of messages to `m.to` from its sender, newest first, until they are

@@ -114,7 +114,8 @@ pub enum Posted {
 impl WebhookSender {
     /// POSTs `body` (JSON) to `url` as Standard Webhooks delivery `id`, signed with each of
     /// `secrets` (a rotated secret and its successor both sign for a while; receivers accept
-    /// any signature they can verify). Reads at most [`MAX_ERROR_BODY`] of the answer.
+    /// any signature they can verify), with the current span's `traceparent` when traces are
+    /// on. Reads at most [`MAX_ERROR_BODY`] of the answer.
     pub async fn post_signed(&self, url: &str, id: &str, body: &str, secrets: &[&str]) -> Posted {
         if self.private_literal(url) {
             return Posted::Private("webhook target is a private address");
@@ -124,16 +125,18 @@ impl WebhookSender {
             .iter()
             .filter_map(|secret| sign(secret, id, timestamp, body))
             .collect();
-        let response = self
+        let mut request = self
             .client
             .post(url)
             .header(CONTENT_TYPE, "application/json")
             .header("webhook-id", id)
             .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signatures.join(" "))
-            .body(body.to_owned())
-            .send()
-            .await;
+            .header("webhook-signature", signatures.join(" "));
+        // With traces on, the receiver's spans can join the call's trace.
+        if let Some(traceparent) = crate::traces::traceparent() {
+            request = request.header("traceparent", traceparent);
+        }
+        let response = request.body(body.to_owned()).send().await;
         match response {
             Ok(response) => {
                 let status = response.status();

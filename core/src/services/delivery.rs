@@ -73,6 +73,8 @@ pub struct Deliverer {
     pub send_rate: u32,
     /// A `sending` claim older than this is taken over ([`Config::stale_claim_after`]).
     pub stale_claim: Duration,
+    /// How long a fetched job is held (`HERALD_LEASE_MS`), for its span.
+    pub lease: Duration,
     /// Claims and outcomes of concurrent jobs share statements (see [`crate::batch`]).
     /// (message, queue attempt, bulk).
     claims: Batcher<(String, i32, bool), Option<Claimed>>,
@@ -191,6 +193,7 @@ impl Deliverer {
             limiter,
             send_rate: config.tenant_send_rate,
             stale_claim: config.stale_claim_after(),
+            lease: config.lease,
             claims,
             outcomes,
             put_offs,
@@ -669,8 +672,23 @@ async fn call(
         _ => None,
     };
     let circuits = d.circuits(channel, &m.tenant_id, origin.as_deref());
+    let span = crate::traces::enabled().then(|| {
+        tracing::info_span!(
+            "provider call",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            provider = provider.name(),
+            channel = channel.as_str(),
+            attempt = m.attempts,
+            outcome = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        )
+    });
     let started = std::time::Instant::now();
-    let outcome = provider.send(&outbound).await;
+    let outcome = match &span {
+        Some(span) => tracing::Instrument::instrument(provider.send(&outbound), span.clone()).await,
+        None => provider.send(&outbound).await,
+    };
     let elapsed_ms = started.elapsed().as_millis() as u64;
     let (result, label) = match &outcome {
         SendOutcome::Transient {
@@ -692,6 +710,13 @@ async fn call(
     // Probes of circuits this call did not go through (its job named another origin) are
     // released by the guard.
     probe.circuits.retain(|c| !circuits.contains(c));
+    if let Some(span) = span {
+        span.record("outcome", label);
+        if label != "accepted" {
+            span.record("otel.status_code", "error");
+            span.record("error.type", label);
+        }
+    }
     ::metrics::counter!("herald_provider_calls_total", "provider" => provider.name(), "outcome" => label)
         .increment(1);
     ::metrics::histogram!("herald_provider_call_duration_seconds", "provider" => provider.name())

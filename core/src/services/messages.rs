@@ -158,12 +158,18 @@ async fn create(
         let to = recipient(db, tenant, new).await?;
         let row = api_row(tenant, new, to, sender(tenant, new.channel)?);
         let message = match idempotency {
-            None => intake
-                .inserts
-                .call(row)
-                .await
-                .context("inserting the message")?
-                .context("the new message was already there")?,
+            None => {
+                let insert = intake.inserts.call(row);
+                let inserted = if crate::traces::enabled() {
+                    let span = tracing::info_span!("postgres.commit", table = "messages");
+                    tracing::Instrument::instrument(insert, span).await
+                } else {
+                    insert.await
+                };
+                inserted
+                    .context("inserting the message")?
+                    .context("the new message was already there")?
+            }
             Some(idem) => match insert_with_key(db, tenant, &row, idem).await? {
                 Some(message) => message,
                 None => continue,
