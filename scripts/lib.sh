@@ -170,13 +170,15 @@ ensure_browser() {
     command -v chromedriver >/dev/null 2>&1 || die "chromium-driver was installed but chromedriver is not on PATH"
 }
 
-# ensure_packages [postgres] [redis]
+# ensure_packages [postgres] [redis] [promtool]
 #
-# Make sure the servers we are about to start are installed (both when no argument is given).
+# Make sure the servers we are about to start are installed (postgres and redis when no
+# argument is given), and promtool when asked for (the suite checks and unit-tests the alert
+# rules in docker/prometheus with it).
 # Installs Debian's packages when we are root (or have passwordless sudo) and apt-get exists;
 # otherwise prints the exact command to run and exits non-zero.
 ensure_packages() {
-    local want_pg=0 want_redis=0 what prefix
+    local want_pg=0 want_redis=0 want_promtool=0 what prefix
     if [[ $# -eq 0 ]]; then
         want_pg=1
         want_redis=1
@@ -185,6 +187,7 @@ ensure_packages() {
         case "$what" in
             postgres) want_pg=1 ;;
             redis) want_redis=1 ;;
+            promtool) want_promtool=1 ;;
             *) die "ensure_packages: unknown package group '$what'" ;;
         esac
     done
@@ -225,9 +228,47 @@ ensure_packages() {
             die "redis-server was installed but is not on PATH"
         fi
     fi
+    if ((want_promtool)) && ! command -v promtool >/dev/null 2>&1; then
+        install_promtool
+    fi
     if ((want_pg)); then
         ensure_pg_os_user
     fi
+}
+
+# install_promtool
+#
+# Install Debian's `prometheus` package for its /usr/bin/promtool; the server it also brings is
+# not wanted, and must not be left listening on :9090. So: no recommends (they add
+# node-exporter, another service), and a policy-rc.d that refuses every service start for the
+# length of the install (Debian's way; only when the machine has none, and removed again by
+# the same root shell, whatever happens to apt-get). Where systemd runs, the unit the package
+# enables is disabled again, so it does not start at the next boot either.
+install_promtool() {
+    local prefix
+    local install="apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus"
+    if ! prefix=$(apt_prefix); then
+        printf 'error: missing promtool; install it (as root) with:\n' >&2
+        printf "    sudo env DEBIAN_FRONTEND=noninteractive sh -c '%s'\n" "$install" >&2
+        exit 1
+    fi
+    log "installing prometheus, for promtool (it checks docker/prometheus/alerts.yml); its server stays off"
+    # shellcheck disable=SC2086 # $prefix is empty or "sudo -n", split on purpose.
+    $prefix env DEBIAN_FRONTEND=noninteractive sh -c '
+        policy=/usr/sbin/policy-rc.d
+        made=0
+        if [ ! -e "$policy" ]; then
+            printf "#!/bin/sh\nexit 101\n" >"$policy" && chmod 755 "$policy" && made=1
+        fi
+        trap "if [ \$made = 1 ]; then rm -f \"\$policy\"; fi" EXIT
+        trap "exit 130" INT TERM
+        '"$install"'
+    ' || die "could not install prometheus (for promtool)"
+    if [[ -d /run/systemd/system ]]; then
+        # shellcheck disable=SC2086
+        $prefix systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    fi
+    command -v promtool >/dev/null 2>&1 || die "prometheus was installed but promtool is not on PATH"
 }
 
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 //! Herald's end-to-end suite: one test binary, one module per area.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod alerts;
 mod audit;
 mod blast_radius;
 mod carrier_codes;
@@ -31,8 +32,8 @@ mod retries;
 mod settings;
 mod status_callbacks;
 mod tenancy;
-mod traces;
 mod time;
+mod traces;
 mod usage;
 mod validation;
 mod webhooks;
