@@ -159,6 +159,9 @@ pub struct Killed {
     pub addr: String,
     config_file: String,
     dir: String,
+    /// Started again by [`Killed::restart`]; if not (the test failed first), dropping it
+    /// starts it, so the shared cluster has its replica back for the next test.
+    started: bool,
 }
 
 fn info_field(info: &str, name: &str) -> String {
@@ -237,6 +240,7 @@ async fn kill(addr: &str) -> Killed {
         addr: addr.to_owned(),
         config_file,
         dir: dir.get(1).cloned().unwrap_or_default(),
+        started: false,
     }
 }
 
@@ -244,22 +248,8 @@ impl Killed {
     /// Starts the server again from its configuration file (it rejoins as a replica of the
     /// node promoted in its place: the cluster or the sentinel tells it so), records its pid
     /// where `scripts/test` stops it from, and waits until it has synced.
-    pub async fn restart(self) {
-        // It daemonizes (out of this test's process group) and writes its own pid file.
-        let started = std::process::Command::new("redis-server")
-            .arg(&self.config_file)
-            .args(["--daemonize", "yes", "--pidfile"])
-            .arg(format!("{}/redis.pid", self.dir))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("start redis-server again");
-        assert!(
-            started.success(),
-            "redis-server {} started",
-            self.config_file
-        );
+    pub async fn restart(mut self) {
+        self.start();
         eventually(
             Duration::from_secs(60),
             "the restarted node has synced as a replica",
@@ -276,5 +266,52 @@ impl Killed {
             },
         )
         .await;
+    }
+
+    fn start(&mut self) {
+        // It daemonizes (out of this test's process group) and writes its own pid file.
+        let started = std::process::Command::new("redis-server")
+            .arg(&self.config_file)
+            .args(["--daemonize", "yes", "--pidfile"])
+            .arg(format!("{}/redis.pid", self.dir))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("start redis-server again");
+        assert!(
+            started.success(),
+            "redis-server {} started",
+            self.config_file
+        );
+        self.started = true;
+    }
+}
+
+impl Drop for Killed {
+    /// A test that failed before restarting its node: start it, and wait (up to a minute) for
+    /// it to sync as a replica, so the next test of the shared cluster finds every master
+    /// replicated again.
+    fn drop(&mut self) {
+        if self.started {
+            return;
+        }
+        self.start();
+        let port = self.addr.rsplit(':').next().unwrap_or_default().to_owned();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            let info = std::process::Command::new("redis-cli")
+                .args(["-p", &port, "INFO", "replication"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).replace('\r', ""))
+                .unwrap_or_default();
+            if info_field(&info, "role") == "slave"
+                && info_field(&info, "master_link_status") == "up"
+            {
+                return;
+            }
+            // Polling a server that is catching up, with a deadline.
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
