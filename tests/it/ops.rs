@@ -10,14 +10,7 @@ use herald_tests::{
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-/// The value of a Prometheus sample whose line starts with `name{` and contains every label.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .find(|l| labels.iter().all(|lab| l.contains(lab)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
+use herald_tests::prometheus_sample as sample;
 
 #[tokio::test]
 async fn metrics_appear_after_traffic() {

@@ -21,14 +21,7 @@ const WAIT: Duration = Duration::from_secs(20);
 const MODEL: &str = "usage-model";
 const ANSWER: &str = "We open at nine tomorrow.";
 
-/// The value of a Prometheus sample named `name` whose labels include every one of `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .find(|l| labels.iter().all(|lab| l.contains(lab)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
+use herald_tests::prometheus_sample as sample;
 
 async fn metrics(app: &TestApp) -> String {
     let r = app.http.get(app.url("/metrics")).send().await.unwrap();

@@ -250,22 +250,7 @@ impl Killed {
     /// where `scripts/test` stops it from, and waits until it has synced.
     pub async fn restart(mut self) {
         self.start();
-        eventually(
-            Duration::from_secs(60),
-            "the restarted node has synced as a replica",
-            || async {
-                let mut conn = node(&self.addr).await.ok()?;
-                let info: String = redis::cmd("INFO")
-                    .arg("replication")
-                    .query_async(&mut conn)
-                    .await
-                    .ok()?;
-                (info_field(&info, "role") == "slave"
-                    && info_field(&info, "master_link_status") == "up")
-                    .then_some(())
-            },
-        )
-        .await;
+        synced(&self.addr).await;
     }
 
     fn start(&mut self) {
@@ -291,27 +276,42 @@ impl Killed {
 impl Drop for Killed {
     /// A test that failed before restarting its node: start it, and wait (up to a minute) for
     /// it to sync as a replica, so the next test of the shared cluster finds every master
-    /// replicated again.
+    /// replicated again. Dropped inside the test's runtime, which cannot be blocked on, the
+    /// wait runs on a runtime of its own.
     fn drop(&mut self) {
         if self.started {
             return;
         }
         self.start();
-        let port = self.addr.rsplit(':').next().unwrap_or_default().to_owned();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while std::time::Instant::now() < deadline {
-            let info = std::process::Command::new("redis-cli")
-                .args(["-p", &port, "INFO", "replication"])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).replace('\r', ""))
-                .unwrap_or_default();
-            if info_field(&info, "role") == "slave"
-                && info_field(&info, "master_link_status") == "up"
-            {
-                return;
-            }
-            // Polling a server that is catching up, with a deadline.
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let addr = self.addr.clone();
+        let waited = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime to wait in")
+                .block_on(synced(&addr));
+        });
+        let _ = waited.join();
     }
+}
+
+/// Waits until the restarted node at `addr` has synced as a replica (it rejoins as one of
+/// the node promoted in its place).
+async fn synced(addr: &str) {
+    eventually(
+        Duration::from_secs(60),
+        "the restarted node has synced as a replica",
+        || async {
+            let mut conn = node(addr).await.ok()?;
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            (info_field(&info, "role") == "slave"
+                && info_field(&info, "master_link_status") == "up")
+                .then_some(())
+        },
+    )
+    .await;
 }

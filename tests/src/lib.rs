@@ -190,3 +190,13 @@ where
         poll_pause = (poll_pause * 2).min(Duration::from_millis(100));
     }
 }
+
+/// The value of the Prometheus sample named `name` (in the text format) whose labels include
+/// every one of `labels` (each written `key="value"`).
+pub fn prometheus_sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| labels.iter().all(|lab| l.contains(lab)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

@@ -38,30 +38,29 @@ async fn send_message(
     deliverer: Data<Arc<Deliverer>>,
 ) -> Result<(), JobError> {
     // Every line of this job carries its message, tenant and the request that caused it.
-    let span = if herald_core::traces::enabled() {
-        let span = tracing::info_span!(
-            "delivery",
-            message_id = %job.message_id,
-            tenant_id = job.tenant_id.as_deref().unwrap_or_default(),
-            request_id = job.request_id.as_deref().unwrap_or_default(),
-            otel.name = "job deliveries",
-            otel.kind = "consumer",
-            queue = %meta.queue,
-            attempt = meta.attempt,
-            partition = meta.partition,
-            lease_ms = deliverer.lease.as_millis() as u64,
-        );
+    let span = tracing::info_span!(
+        "delivery",
+        message_id = %job.message_id,
+        tenant_id = job.tenant_id.as_deref().unwrap_or_default(),
+        request_id = job.request_id.as_deref().unwrap_or_default(),
+        // The trace's fields stay empty (and out of the logs) unless traces are on.
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        queue = tracing::field::Empty,
+        attempt = tracing::field::Empty,
+        partition = tracing::field::Empty,
+        lease_ms = tracing::field::Empty,
+    );
+    if herald_core::traces::enabled() {
+        span.record("otel.name", "job deliveries");
+        span.record("otel.kind", "consumer");
+        span.record("queue", meta.queue.as_str());
+        span.record("attempt", meta.attempt);
+        span.record("partition", meta.partition);
+        span.record("lease_ms", deliverer.lease.as_millis() as u64);
         // The message's trace, begun by the request (or the schedule) that queued it.
         herald_core::traces::follow(&span, job.traceparent.as_deref());
-        span
-    } else {
-        tracing::info_span!(
-            "delivery",
-            message_id = %job.message_id,
-            tenant_id = job.tenant_id.as_deref().unwrap_or_default(),
-            request_id = job.request_id.as_deref().unwrap_or_default(),
-        )
-    };
+    }
     delivery::deliver(&deliverer, &job, &meta)
         .instrument(span)
         .await

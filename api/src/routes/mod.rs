@@ -318,29 +318,24 @@ async fn trace_request(req: Request, next: Next) -> Response {
     let id = request_id(req.extensions().get::<RequestId>()).unwrap_or_default();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let span = if herald_core::traces::enabled() {
-        // For the trace, named by its route once routing has matched one (see `track`).
-        info_span!(
-            "request",
-            request_id = %id,
-            method = %method,
-            path = %path,
-            tenant_id = tracing::field::Empty,
-            message_id = tracing::field::Empty,
-            otel.name = %method,
-            otel.kind = "server",
-            http.response.status_code = tracing::field::Empty,
-        )
-    } else {
-        info_span!(
-            "request",
-            request_id = %id,
-            method = %method,
-            path = %path,
-            tenant_id = tracing::field::Empty,
-            message_id = tracing::field::Empty,
-        )
-    };
+    // The trace's fields stay empty (and out of the logs) unless traces are on; the span is
+    // named by its route once routing has matched one (see `track`).
+    let span = info_span!(
+        "request",
+        request_id = %id,
+        method = %method,
+        path = %path,
+        tenant_id = tracing::field::Empty,
+        message_id = tracing::field::Empty,
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let traced = herald_core::traces::enabled();
+    if traced {
+        span.record("otel.name", method.as_str());
+        span.record("otel.kind", "server");
+    }
     // A caller's trace continues here.
     herald_core::traces::follow(
         &span,
@@ -362,7 +357,9 @@ async fn trace_request(req: Request, next: Next) -> Response {
         response = ApiError::unavailable("this request took too long; Herald").into_response();
     }
     let status = response.status().as_u16();
-    span.record("http.response.status_code", status);
+    if traced {
+        span.record("http.response.status_code", status);
+    }
     span.in_scope(|| {
         if path != "/healthz" && path != "/readyz" {
             info!(
