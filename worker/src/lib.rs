@@ -22,7 +22,7 @@ use herald_core::{
     queue::{self, JobError, JobMeta, QueueBackend, WorkerHandle, WorkerOptions},
     ratelimit::RateLimiter,
     services::{
-        delivery::{self, Deliverer},
+        delivery::{self, BATCH_CONNECTIONS, Deliverer},
         events::{self, EventSender},
         messages::Intake,
         replies::{self, Replier},
@@ -100,6 +100,8 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
     herald_core::metrics::install();
     let pool = db::pool(config.database_url.expose(), config.database_pool_size)
         .context("HERALD_DATABASE_URL")?;
+    let batch_pool = db::batch_pool(config.database_url.expose(), BATCH_CONNECTIONS)
+        .context("HERALD_DATABASE_URL")?;
     tokio::select! {
         ready = db::wait_for_schema(&pool, Duration::from_secs(120)) => ready?,
         _ = shutdown.cancelled() => return Ok(()),
@@ -123,7 +125,7 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> anyhow::Re
         event_sender: EventSender::from_config(&config, pool.clone(), &tasks),
         replies,
         deliverer: Arc::new(
-            Deliverer::from_config(&config, pool, Some(limiter), &tasks)
+            Deliverer::from_config(&config, pool, batch_pool, Some(limiter), &tasks)
                 .with_pacing(deliveries.clone()),
         ),
         replier: Arc::new(replier),

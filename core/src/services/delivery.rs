@@ -48,6 +48,12 @@ const DB_DOWN_DEFER: Duration = Duration::from_secs(5);
 const RECORD_PATIENCE: Duration = Duration::from_secs(20);
 /// The most claims (or outcomes) one statement carries.
 const BATCH: usize = 256;
+/// How many claim statements, outcome statements and put-off statements may be under way at
+/// once; together, the connections of the pool they share ([`crate::db::batch_pool`]).
+const CLAIMS_AT_ONCE: usize = 2;
+const OUTCOMES_AT_ONCE: usize = 2;
+const PUT_OFFS_AT_ONCE: usize = 1;
+pub const BATCH_CONNECTIONS: u32 = (CLAIMS_AT_ONCE + OUTCOMES_AT_ONCE + PUT_OFFS_AT_ONCE) as u32;
 /// A job put off for at least this long gets an event saying why and until when; shorter
 /// waits (a send rate's next token) would only add noise to the history.
 const PUT_OFF_EVENT_AFTER: Duration = Duration::from_secs(1);
@@ -104,10 +110,12 @@ impl std::fmt::Debug for Deliverer {
 
 impl Deliverer {
     /// The providers configuration names. Its batchers (claims, outcomes, put-offs) run on
-    /// `tasks`, so a shutdown can wait until every outcome is recorded.
+    /// `tasks`, so a shutdown can wait until every outcome is recorded, and their statements
+    /// on `batch_db` ([`crate::db::batch_pool`], [`BATCH_CONNECTIONS`] connections).
     pub fn from_config(
         config: &Config,
         db: PgPool,
+        batch_db: PgPool,
         limiter: Option<RateLimiter>,
         tasks: &TaskTracker,
     ) -> Self {
@@ -137,46 +145,61 @@ impl Deliverer {
             config.webhook_allow_private,
         ));
         let claims = {
-            let db = db.clone();
-            Batcher::spawn(tasks, BATCH, 2, move |items: Arc<[(String, i32, bool)]>| {
-                let db = db.clone();
-                async move {
-                    let ids: Vec<String> = items.iter().map(|(id, ..)| id.clone()).collect();
-                    let attempts: Vec<i32> = items.iter().map(|(_, a, _)| *a).collect();
-                    let any_bulk = items.iter().any(|(.., bulk)| *bulk);
-                    let mut claimed: HashMap<String, Claimed> =
-                        store::lifecycle::claim_many(&db, &ids, &attempts, any_bulk)
-                            .await?
-                            .into_iter()
-                            .map(|c| (c.message.id.clone(), c))
-                            .collect();
-                    // A duplicate job in the same batch finds its message taken.
-                    Ok(ids.iter().map(|id| claimed.remove(id)).collect())
-                }
-            })
+            let db = batch_db.clone();
+            Batcher::spawn(
+                tasks,
+                BATCH,
+                CLAIMS_AT_ONCE,
+                move |items: Arc<[(String, i32, bool)]>| {
+                    let db = db.clone();
+                    async move {
+                        let ids: Vec<String> = items.iter().map(|(id, ..)| id.clone()).collect();
+                        let attempts: Vec<i32> = items.iter().map(|(_, a, _)| *a).collect();
+                        let any_bulk = items.iter().any(|(.., bulk)| *bulk);
+                        let mut claimed: HashMap<String, Claimed> =
+                            store::lifecycle::claim_many(&db, &ids, &attempts, any_bulk)
+                                .await?
+                                .into_iter()
+                                .map(|c| (c.message.id.clone(), c))
+                                .collect();
+                        // A duplicate job in the same batch finds its message taken.
+                        Ok(ids.iter().map(|id| claimed.remove(id)).collect())
+                    }
+                },
+            )
         };
         let outcomes = {
-            let db = db.clone();
-            Batcher::spawn(tasks, BATCH, 2, move |items: Arc<[Outcome]>| {
-                let db = db.clone();
-                async move {
-                    let moved: HashSet<String> = store::lifecycle::finish_many(&db, &items)
-                        .await?
-                        .into_iter()
-                        .collect();
-                    Ok(items.iter().map(|o| moved.contains(&o.id)).collect())
-                }
-            })
+            let db = batch_db.clone();
+            Batcher::spawn(
+                tasks,
+                BATCH,
+                OUTCOMES_AT_ONCE,
+                move |items: Arc<[Outcome]>| {
+                    let db = db.clone();
+                    async move {
+                        let moved: HashSet<String> = store::lifecycle::finish_many(&db, &items)
+                            .await?
+                            .into_iter()
+                            .collect();
+                        Ok(items.iter().map(|o| moved.contains(&o.id)).collect())
+                    }
+                },
+            )
         };
         let put_offs = {
-            let db = db.clone();
-            Batcher::spawn(tasks, BATCH, 1, move |items: Arc<[PutOff]>| {
-                let db = db.clone();
-                async move {
-                    store::lifecycle::note_put_offs(&db, &items).await?;
-                    Ok(vec![(); items.len()])
-                }
-            })
+            let db = batch_db;
+            Batcher::spawn(
+                tasks,
+                BATCH,
+                PUT_OFFS_AT_ONCE,
+                move |items: Arc<[PutOff]>| {
+                    let db = db.clone();
+                    async move {
+                        store::lifecycle::note_put_offs(&db, &items).await?;
+                        Ok(vec![(); items.len()])
+                    }
+                },
+            )
         };
         Self {
             pauses: SenderPauses::new(db.clone(), &config.circuit),

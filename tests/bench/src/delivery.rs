@@ -292,14 +292,19 @@ pub async fn run(
         sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             .execute(pool)
             .await?;
-        let top: Vec<(f64, i64, i64, String)> = sqlx::query_as(
-            "SELECT total_exec_time, calls, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 100)
+        // Planning is counted with `-c pg_stat_statements.track_planning=on`: a statement
+        // planned at every call (custom plans) shows as many plans as calls.
+        let top: Vec<(f64, i64, i64, f64, i64, String)> = sqlx::query_as(
+            "SELECT total_exec_time, calls, rows, total_plan_time, plans,
+                    left(regexp_replace(query, '\\s+', ' ', 'g'), 100)
              FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12",
         )
         .fetch_all(pool)
         .await?;
-        for (ms, calls, rows, query) in top {
-            println!("  {ms:9.0} ms {calls:7} calls {rows:8} rows  {query}");
+        for (ms, calls, rows, plan_ms, plans, query) in top {
+            println!(
+                "  {ms:9.0} ms {calls:7} calls {rows:8} rows {plan_ms:7.0} ms in {plans} plans  {query}"
+            );
         }
     }
 
